@@ -1,0 +1,310 @@
+//! SSH key pairs: generation, OpenSSH encodings and SHA-256 fingerprints.
+//!
+//! Keys are made with the `rsa` crate (RSA-4096, the product's default) or Ed25519, and encoded
+//! with `ssh-key`, so the private key is the OpenSSH format that `ssh -i` and `ssh-keygen -y -f`
+//! read, and the fingerprint is byte for byte what `ssh-keygen -lf` prints.
+//! Generation is CPU-bound (about a second for RSA-4096): callers run it off the async runtime.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey};
+use zeroize::Zeroizing;
+
+/// The two managed key sets of a tenant's VPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// The platform's admin user.
+    Admin,
+    /// The tenant's own user.
+    Tenant,
+}
+
+impl KeyKind {
+    pub const ALL: [KeyKind; 2] = [KeyKind::Admin, KeyKind::Tenant];
+
+    /// The last segment of the key set's Vault path: `vps/{tenant_id}/{secret_name}`.
+    pub fn secret_name(self) -> &'static str {
+        match self {
+            KeyKind::Admin => "admin_ssh",
+            KeyKind::Tenant => "tenant_ssh",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Admin => "admin",
+            KeyKind::Tenant => "tenant",
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyKind {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        match s {
+            "admin" => Ok(KeyKind::Admin),
+            "tenant" => Ok(KeyKind::Tenant),
+            other => Err(KeyError::UnknownKind(other.to_owned())),
+        }
+    }
+}
+
+/// The algorithm of a key set, chosen by its rotation policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyAlgorithm {
+    #[default]
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Rsa4096 => "rsa-4096",
+            KeyAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyAlgorithm {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        match s {
+            "rsa-4096" => Ok(KeyAlgorithm::Rsa4096),
+            "ed25519" => Ok(KeyAlgorithm::Ed25519),
+            other => Err(KeyError::UnknownAlgorithm(other.to_owned())),
+        }
+    }
+}
+
+/// Why a key could not be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key generation failed: {0}")]
+    Generate(ssh_key::Error),
+    #[error("encoding the key in OpenSSH format failed: {0}")]
+    Encode(ssh_key::Error),
+    #[error("not an OpenSSH public key: {0}")]
+    ParsePublic(ssh_key::Error),
+    #[error("not an OpenSSH private key: {0}")]
+    ParsePrivate(ssh_key::Error),
+    #[error("unknown key kind {0:?}; expected \"admin\" or \"tenant\"")]
+    UnknownKind(String),
+    #[error("unknown key algorithm {0:?}; expected \"rsa-4096\" or \"ed25519\"")]
+    UnknownAlgorithm(String),
+    #[error("not a SHA-256 fingerprint: {0:?}")]
+    BadFingerprint(String),
+}
+
+/// A SHA-256 key fingerprint as OpenSSH prints it: `SHA256:` and unpadded base64.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    pub fn of(key: &PublicKey) -> Self {
+        Self(key.fingerprint(HashAlg::Sha256).to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        s.parse::<ssh_key::Fingerprint>()
+            .ok()
+            .filter(|f| f.algorithm() == HashAlg::Sha256)
+            .map(|f| Self(f.to_string()))
+            .ok_or_else(|| KeyError::BadFingerprint(s.chars().take(80).collect()))
+    }
+}
+
+impl TryFrom<String> for Fingerprint {
+    type Error = KeyError;
+    fn try_from(s: String) -> Result<Self, KeyError> {
+        s.parse()
+    }
+}
+
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.0
+    }
+}
+
+/// A freshly generated key pair. The private half is zeroized when this is dropped, and is never
+/// printed by `Debug`.
+pub struct GeneratedKey {
+    algorithm: KeyAlgorithm,
+    private_openssh: Zeroizing<String>,
+    public_openssh: String,
+    fingerprint: Fingerprint,
+}
+
+impl GeneratedKey {
+    /// Makes a new key pair. `comment` ends up in both halves (OpenSSH shows it in `ssh-keygen -l`).
+    pub fn generate(algorithm: KeyAlgorithm, comment: &str) -> Result<Self, KeyError> {
+        let mut rng = rand::rngs::OsRng;
+        let mut private = match algorithm {
+            KeyAlgorithm::Rsa4096 => ssh_key::private::RsaKeypair::random(&mut rng, 4096)
+                .map(PrivateKey::from)
+                .map_err(KeyError::Generate)?,
+            KeyAlgorithm::Ed25519 => PrivateKey::random(&mut rng, ssh_key::Algorithm::Ed25519)
+                .map_err(KeyError::Generate)?,
+        };
+        private.set_comment(comment);
+        let private_openssh = private
+            .to_openssh(LineEnding::LF)
+            .map_err(KeyError::Encode)?;
+        let public = private.public_key();
+        let public_openssh = public.to_openssh().map_err(KeyError::Encode)?;
+        Ok(Self {
+            algorithm,
+            fingerprint: Fingerprint::of(public),
+            private_openssh,
+            public_openssh,
+        })
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// The private key in OpenSSH format (`-----BEGIN OPENSSH PRIVATE KEY-----`), unencrypted.
+    pub fn private_openssh(&self) -> &Zeroizing<String> {
+        &self.private_openssh
+    }
+
+    /// The public key as one `authorized_keys` line body: `ssh-rsa AAAA... comment`.
+    pub fn public_openssh(&self) -> &str {
+        &self.public_openssh
+    }
+
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+}
+
+impl fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("algorithm", &self.algorithm)
+            .field("fingerprint", &self.fingerprint)
+            .field("private_openssh", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Parses an OpenSSH public key line body and returns its SHA-256 fingerprint.
+pub fn public_key_fingerprint(openssh_public: &str) -> Result<Fingerprint, KeyError> {
+    let key = PublicKey::from_openssh(openssh_public.trim()).map_err(KeyError::ParsePublic)?;
+    Ok(Fingerprint::of(&key))
+}
+
+/// Parses an OpenSSH private key and returns the fingerprint of its public half.
+pub fn private_key_fingerprint(openssh_private: &str) -> Result<Fingerprint, KeyError> {
+    let key = PrivateKey::from_openssh(openssh_private).map_err(KeyError::ParsePrivate)?;
+    Ok(Fingerprint::of(key.public_key()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ed25519_key_round_trips_and_fingerprints_agree() {
+        let key = GeneratedKey::generate(KeyAlgorithm::Ed25519, "keyward:t1:tenant").unwrap();
+        assert!(key.public_openssh().starts_with("ssh-ed25519 "));
+        assert!(key.public_openssh().ends_with(" keyward:t1:tenant"));
+        assert!(
+            key.private_openssh()
+                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+        );
+        let from_public = public_key_fingerprint(key.public_openssh()).unwrap();
+        let from_private = private_key_fingerprint(key.private_openssh()).unwrap();
+        assert_eq!(&from_public, key.fingerprint());
+        assert_eq!(&from_private, key.fingerprint());
+        assert!(key.fingerprint().as_str().starts_with("SHA256:"));
+    }
+
+    #[test]
+    fn rsa_4096_key_has_4096_bits() {
+        let key = GeneratedKey::generate(KeyAlgorithm::Rsa4096, "c").unwrap();
+        let public = PublicKey::from_openssh(key.public_openssh()).unwrap();
+        let rsa = public.key_data().rsa().expect("an RSA key");
+        // 4096 bits: 512 bytes of modulus, plus the leading zero of a positive mpint.
+        assert_eq!(rsa.n.as_positive_bytes().unwrap().len(), 512);
+        assert!(key.public_openssh().starts_with("ssh-rsa "));
+    }
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let key = GeneratedKey::generate(KeyAlgorithm::Ed25519, "c").unwrap();
+        let debug = format!("{key:?}");
+        assert!(debug.contains("<redacted>"));
+        assert!(!debug.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn fingerprints_are_validated() {
+        assert!(
+            "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
+                .parse::<Fingerprint>()
+                .is_ok()
+        );
+        for bad in ["", "MD5:00", "SHA256:", "SHA256:!!", "ssh-rsa AAAA"] {
+            assert!(bad.parse::<Fingerprint>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn garbage_public_keys_are_refused() {
+        for bad in ["", "ssh-rsa", "ssh-rsa !!!", "not a key at all"] {
+            assert!(public_key_fingerprint(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn kinds_and_algorithms_parse() {
+        assert_eq!(
+            "admin".parse::<KeyKind>().unwrap().secret_name(),
+            "admin_ssh"
+        );
+        assert_eq!(
+            "tenant".parse::<KeyKind>().unwrap().secret_name(),
+            "tenant_ssh"
+        );
+        assert!("root".parse::<KeyKind>().is_err());
+        assert_eq!(
+            "ed25519".parse::<KeyAlgorithm>().unwrap(),
+            KeyAlgorithm::Ed25519
+        );
+        assert!("dsa".parse::<KeyAlgorithm>().is_err());
+    }
+}

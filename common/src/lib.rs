@@ -1,0 +1,11 @@
+//! Types and functions shared by the keyward control plane and agent.
+//!
+//! Everything that crosses a trust boundary (a Vault path, an SQL row, a file name on a host) is
+//! built from the validated newtypes in [`ids`]; key material is produced and fingerprinted only
+//! by [`keys`].
+
+pub mod ids;
+pub mod keys;
+
+pub use ids::{IdError, TenantId, UnixUser};
+pub use keys::{Fingerprint, GeneratedKey, KeyAlgorithm, KeyError, KeyKind};

@@ -1,0 +1,433 @@
+//! Admin endpoints: `/api/v1/admin/...`.
+
+use std::net::IpAddr;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use keyward_common::{KeyKind, TenantId, UnixUser};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+
+use super::views::*;
+use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
+use crate::auth::{AdminCaller, Caller, new_token};
+use crate::clock::{iso8601, parse_iso8601};
+use crate::error::{ApiError, Problem};
+use crate::lifecycle::{NewTenant, Replace};
+use crate::store::{
+    AuditFilter, ChainVerdict, KeySetRecord, Role, StoreError, TenantRecord, TokenRecord,
+    hash_token,
+};
+
+/// Admin-only routes that name a tenant: a tenant's token gets 404 for another tenant (it learns
+/// nothing about who exists) and 403 for its own.
+fn admin_for(caller: Caller, tenant: &TenantId) -> Result<Caller, ApiError> {
+    match &caller.role {
+        Some(Role::Admin) => Ok(caller),
+        Some(Role::Tenant(own)) if own == tenant => Err(ApiError::Forbidden { needed: "admin" }),
+        _ => Err(ApiError::TenantNotFound(tenant.to_string())),
+    }
+}
+
+fn parse_user(raw: &str, what: &'static str) -> Result<UnixUser, ApiError> {
+    raw.parse()
+        .map_err(|source| ApiError::InvalidId { what, source })
+}
+
+/// An IP address or a DNS name, as tenants will type it after `ssh user@`.
+fn parse_vps_address(raw: &str) -> Result<String, ApiError> {
+    if raw.parse::<IpAddr>().is_ok() {
+        return Ok(raw.to_owned());
+    }
+    let valid_name = !raw.is_empty()
+        && raw.len() <= 253
+        && raw.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if valid_name {
+        Ok(raw.to_ascii_lowercase())
+    } else {
+        Err(ApiError::InvalidBody(
+            "vpsIp must be an IP address or a DNS name".into(),
+        ))
+    }
+}
+
+fn ssh_keys(key_sets: &[KeySetRecord], mount: &str) -> Result<SshKeys, ApiError> {
+    let find = |kind| {
+        key_sets
+            .iter()
+            .find(|k| k.kind == kind)
+            .map(|k| KeySetSummary::new(k, mount))
+            .ok_or(ApiError::Store(StoreError::Corrupt {
+                what: "key set",
+                detail: format!("{kind} key set missing"),
+            }))
+    };
+    Ok(SshKeys {
+        admin_ssh: find(KeyKind::Admin)?,
+        tenant_ssh: find(KeyKind::Tenant)?,
+    })
+}
+
+fn mount(state: &AppState) -> &str {
+    &state.vault_mount
+}
+
+/// Onboards a tenant: generates both key sets and stores them in Vault.
+#[utoipa::path(post, path = "/api/v1/admin/tenants", tag = "admin", request_body = CreateTenantRequest,
+    responses((status = 201, body = TenantSecretsSummary), (status = 400, body = Problem),
+              (status = 409, body = Problem), (status = 503, body = Problem)))]
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+    ApiJson(body): ApiJson<CreateTenantRequest>,
+) -> Result<(StatusCode, Json<TenantSecretsSummary>), ApiError> {
+    if body.ssh_port == 0 {
+        return Err(ApiError::InvalidBody(
+            "sshPort must be between 1 and 65535".into(),
+        ));
+    }
+    let new = NewTenant {
+        tenant_id: tenant_from_path(&body.tenant_id)?,
+        vps_ip: parse_vps_address(&body.vps_ip)?,
+        ssh_port: body.ssh_port,
+        tenant_user: parse_user(&body.ssh_username, "sshUsername")?,
+        admin_user: parse_user(&body.admin_username, "adminUsername")?,
+    };
+    if new.tenant_user == new.admin_user {
+        return Err(ApiError::InvalidBody(
+            "sshUsername and adminUsername must be different users".into(),
+        ));
+    }
+    let (tenant, key_sets) = state.lifecycle.create_tenant(&caller, new).await?;
+    let summary = TenantSecretsSummary::new(&tenant, ssh_keys(&key_sets, mount(&state))?);
+    Ok((StatusCode::CREATED, Json(summary)))
+}
+
+/// Every tenant with its key sets' metadata.
+#[utoipa::path(get, path = "/api/v1/admin/secrets/tenants", tag = "admin",
+    responses((status = 200, body = Vec<TenantSecretsSummary>)))]
+pub async fn list_tenant_secrets(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Vec<TenantSecretsSummary>>, ApiError> {
+    let store = state.lifecycle.store();
+    let (tenants, key_sets) = tokio::try_join!(store.tenants(), store.key_sets())?;
+    let summaries = tenants
+        .iter()
+        .map(|t: &TenantRecord| {
+            let own: Vec<KeySetRecord> = key_sets
+                .iter()
+                .filter(|k| k.tenant_id == t.tenant_id)
+                .cloned()
+                .collect();
+            Ok(TenantSecretsSummary::new(t, ssh_keys(&own, mount(&state))?))
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Json(summaries))
+}
+
+/// One tenant's secrets' metadata with Vault's version history. Audited. Never a private key.
+#[utoipa::path(get, path = "/api/v1/admin/secrets/tenant/{tenant_id}", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = TenantSecretDetails), (status = 404, body = Problem), (status = 503, body = Problem)))]
+pub async fn tenant_secret_details(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<TenantSecretDetails>, ApiError> {
+    let tenant = tenant_from_path(&raw)?;
+    let caller = admin_for(caller, &tenant)?;
+    let store = state.lifecycle.store();
+    let mut key_sets = Vec::new();
+    for kind in KeyKind::ALL {
+        key_sets.push(
+            store
+                .key_set(&tenant, kind)
+                .await?
+                .ok_or_else(|| ApiError::TenantNotFound(tenant.to_string()))?,
+        );
+    }
+    let mut keys = ssh_keys(&key_sets, mount(&state))?;
+    let vault = state.lifecycle.vault();
+    let (admin_versions, tenant_versions) = tokio::try_join!(
+        vault.key_set_versions(&tenant, KeyKind::Admin),
+        vault.key_set_versions(&tenant, KeyKind::Tenant)
+    )?;
+    keys.admin_ssh.vault_versions = admin_versions;
+    keys.tenant_ssh.vault_versions = tenant_versions;
+    let api_keys = store
+        .tokens(Some(&tenant))
+        .await?
+        .iter()
+        .map(TokenSummary::from)
+        .collect();
+    state
+        .lifecycle
+        .audit_read(&caller, "tenant.read_secrets", &tenant)
+        .await?;
+    Ok(Json(TenantSecretDetails {
+        tenant_id: tenant.to_string(),
+        ssh_keys: keys,
+        smtp_credentials: None,
+        api_keys,
+    }))
+}
+
+/// Rotates, regenerates or revokes one of a tenant's key sets (`kind`: `admin` or `tenant`).
+#[utoipa::path(post, path = "/api/v1/admin/tenants/{tenant_id}/keys/{kind}/{operation}", tag = "admin",
+    params(("tenant_id" = String, Path), ("kind" = String, Path, description = "admin or tenant"),
+           ("operation" = String, Path, description = "rotate, regenerate or revoke")),
+    responses((status = 200, body = NewKeyResponse), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn replace_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((raw_tenant, raw_kind, operation)): ApiPath<(String, String, String)>,
+) -> Result<Json<NewKeyResponse>, ApiError> {
+    let tenant = tenant_from_path(&raw_tenant)?;
+    let caller = admin_for(caller, &tenant)?;
+    let kind: KeyKind = raw_kind.parse().map_err(|_| ApiError::NoRoute {
+        path: format!("key kind {raw_kind:?}"),
+    })?;
+    let lifecycle = &state.lifecycle;
+    let (ks, message) = match operation.as_str() {
+        "rotate" => (
+            lifecycle
+                .replace_key(&caller, &tenant, kind, Replace::Rotate)
+                .await?,
+            "key rotated",
+        ),
+        "regenerate" => (
+            lifecycle
+                .replace_key(&caller, &tenant, kind, Replace::Regenerate)
+                .await?,
+            "key regenerated",
+        ),
+        "revoke" => (
+            lifecycle.revoke(&caller, &tenant, kind).await?,
+            "key revoked",
+        ),
+        other => {
+            return Err(ApiError::NoRoute {
+                path: format!("key operation {other:?}"),
+            });
+        }
+    };
+    Ok(Json(NewKeyResponse {
+        status: "success",
+        message: message.to_owned(),
+        new_key_fingerprint: ks.fingerprint,
+    }))
+}
+
+/// Issues an API token. The token is in this answer only.
+#[utoipa::path(post, path = "/api/v1/admin/tokens", tag = "admin", request_body = IssueTokenRequest,
+    responses((status = 201, body = IssuedToken), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn issue_token(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+    ApiJson(body): ApiJson<IssueTokenRequest>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    if body.label.chars().count() > 200 || body.label.chars().any(char::is_control) {
+        return Err(ApiError::InvalidBody(
+            "label must be at most 200 printable characters".into(),
+        ));
+    }
+    let role = match (body.role, body.tenant_id) {
+        (TokenRole::Admin, None) => Role::Admin,
+        (TokenRole::Admin, Some(_)) => {
+            return Err(ApiError::InvalidBody(
+                "an admin token takes no tenantId".into(),
+            ));
+        }
+        (TokenRole::Tenant, Some(raw)) => {
+            let tenant = tenant_from_path(&raw)?;
+            if state.lifecycle.store().tenant(&tenant).await?.is_none() {
+                return Err(ApiError::TenantNotFound(tenant.to_string()));
+            }
+            Role::Tenant(tenant)
+        }
+        (TokenRole::Tenant, None) => {
+            return Err(ApiError::InvalidBody(
+                "a tenant token needs a tenantId".into(),
+            ));
+        }
+    };
+    let (token_id, token) = new_token();
+    let record = TokenRecord {
+        token_id,
+        role,
+        label: body.label,
+        created_at: iso8601(state.lifecycle.now()),
+        revoked_at: None,
+    };
+    let hash = hash_token(&token);
+    let tenant = record.role.tenant().cloned();
+    let stored = record.clone();
+    state
+        .lifecycle
+        .audited(&caller, "token.issue", tenant.as_ref(), move |tx| {
+            Box::pin(async move {
+                tx.insert_token(&stored, &hash).await?;
+                let detail = json!({ "tokenId": stored.token_id, "role": stored.role.name(), "label": stored.label });
+                Ok(((), detail))
+            })
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedToken {
+            token: token.to_string(),
+            summary: TokenSummary::from(&record),
+        }),
+    ))
+}
+
+/// Revokes an API token at once.
+#[utoipa::path(delete, path = "/api/v1/admin/tokens/{token_id}", tag = "admin",
+    params(("token_id" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+    ApiPath(token_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let valid = token_id.len() == 20
+        && token_id.starts_with("tok_")
+        && token_id[4..].chars().all(|c| c.is_ascii_hexdigit());
+    if !valid {
+        return Err(ApiError::TokenNotFound(token_id.chars().take(40).collect()));
+    }
+    let record = state
+        .lifecycle
+        .store()
+        .token(&token_id)
+        .await?
+        .ok_or_else(|| ApiError::TokenNotFound(token_id.clone()))?;
+    let at = iso8601(state.lifecycle.now());
+    let tenant = record.role.tenant().cloned();
+    let revoked = state
+        .lifecycle
+        .audited(&caller, "token.revoke", tenant.as_ref(), move |tx| {
+            Box::pin(async move {
+                let revoked = tx.revoke_token(&token_id, &at).await?;
+                Ok((
+                    revoked,
+                    json!({ "tokenId": token_id, "wasActive": revoked }),
+                ))
+            })
+        })
+        .await?;
+    if !revoked {
+        return Err(ApiError::TokenNotFound(record.token_id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Vault's health as keyward sees it.
+#[utoipa::path(get, path = "/api/v1/admin/vault/health", tag = "admin",
+    responses((status = 200, body = VaultHealthResponse), (status = 503, body = Problem)))]
+pub async fn vault_health(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<VaultHealthResponse>, ApiError> {
+    let health = state.lifecycle.vault().health().await?;
+    let storage_status = if !health.initialized {
+        "uninitialized"
+    } else if health.sealed {
+        "sealed"
+    } else {
+        "ok"
+    };
+    Ok(Json(VaultHealthResponse {
+        sealed: health.sealed,
+        active_node: health.active_node,
+        storage_status: storage_status.to_owned(),
+        last_backup: None,
+        initialized: health.initialized,
+        standby: health.standby,
+        version: health.version,
+        cluster_name: health.cluster_name,
+    }))
+}
+
+/// Filters of `GET /api/v1/admin/audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    pub tenant_id: Option<String>,
+    /// e.g. `key.rotate`, `key.download`, `key.download_refused`, `token.issue`.
+    pub action: Option<String>,
+    /// RFC 3339; inclusive.
+    pub since: Option<String>,
+    /// RFC 3339; exclusive.
+    pub until: Option<String>,
+    /// 1 to 1000, default 100.
+    pub limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<i64>,
+}
+
+/// The audit log, newest first, with filters and paging.
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditQuery),
+    responses((status = 200, body = AuditPageResponse), (status = 400, body = Problem)))]
+pub async fn audit_events(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditPageResponse>, ApiError> {
+    let time = |raw: Option<String>, name: &str| {
+        raw.map(|s| {
+            parse_iso8601(&s)
+                .map(iso8601)
+                .ok_or_else(|| ApiError::InvalidQuery(format!("{name} must be an RFC 3339 time")))
+        })
+        .transpose()
+    };
+    let action = q.action;
+    if action.as_ref().is_some_and(|a| {
+        a.len() > 64
+            || !a
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+    }) {
+        return Err(ApiError::InvalidQuery("unknown action".into()));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidQuery(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    let filter = AuditFilter {
+        tenant_id: q.tenant_id.as_deref().map(tenant_from_path).transpose()?,
+        action,
+        since: time(q.since, "since")?,
+        until: time(q.until, "until")?,
+        before_seq: q.cursor,
+        limit,
+    };
+    let page = state.lifecycle.store().audit_events(&filter).await?;
+    Ok(Json(AuditPageResponse {
+        events: page.events,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Walks the hash chain of the audit log and names the first broken link.
+#[utoipa::path(get, path = "/api/v1/admin/audit/verify", tag = "admin",
+    responses((status = 200, body = ChainVerdict)))]
+pub async fn verify_audit(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<ChainVerdict>, ApiError> {
+    Ok(Json(state.lifecycle.store().verify_audit_chain().await?))
+}

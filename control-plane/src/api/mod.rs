@@ -1,0 +1,198 @@
+//! The REST API: routes, shared state and the request pipeline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use keyward_common::TenantId;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::lifecycle::KeyLifecycle;
+
+pub mod admin;
+pub mod ops;
+pub mod tenant;
+pub mod views;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub lifecycle: Arc<KeyLifecycle>,
+    pub metrics: Option<PrometheusHandle>,
+    pub request_timeout: Duration,
+    pub vault_mount: String,
+}
+
+/// `Json<T>` whose failures are problem documents (malformed JSON, unknown fields, wrong types,
+/// a missing Content-Type, a body over the limit).
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `Path<T>` whose failures are problem documents.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// `Query<T>` whose failures (unknown or malformed parameters) are problem documents.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Parses a tenant id taken from a URL path.
+pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
+    raw.parse().map_err(|source| ApiError::InvalidId {
+        what: "tenant id",
+        source,
+    })
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "keyward", description = "SSH key lifecycle for VPS hosting platforms"),
+    paths(
+        tenant::ssh_credentials,
+        tenant::download,
+        tenant::rotate,
+        tenant::revoke,
+        tenant::regenerate,
+        admin::create_tenant,
+        admin::list_tenant_secrets,
+        admin::tenant_secret_details,
+        admin::replace_key,
+        admin::issue_token,
+        admin::revoke_token,
+        admin::vault_health,
+        admin::audit_events,
+        admin::verify_audit,
+        ops::healthz,
+        ops::readyz,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let tenant_api = Router::new()
+        .route("/ssh-credentials", get(tenant::ssh_credentials))
+        .route("/ssh-credentials/download", post(tenant::download))
+        .route("/ssh-credentials/rotate", post(tenant::rotate))
+        .route("/ssh-credentials/revoke", post(tenant::revoke))
+        .route("/ssh-credentials/regenerate", post(tenant::regenerate));
+    let admin_api = Router::new()
+        .route("/tenants", post(admin::create_tenant))
+        .route(
+            "/tenants/{tenant_id}/keys/{kind}/{operation}",
+            post(admin::replace_key),
+        )
+        .route("/tokens", post(admin::issue_token))
+        .route("/tokens/{token_id}", delete(admin::revoke_token))
+        .route("/secrets/tenants", get(admin::list_tenant_secrets))
+        .route(
+            "/secrets/tenant/{tenant_id}",
+            get(admin::tenant_secret_details),
+        )
+        .route("/vault/health", get(admin::vault_health))
+        .route("/audit", get(admin::audit_events))
+        .route("/audit/verify", get(admin::verify_audit));
+    Router::new()
+        .nest("/api/v1/tenant/infrastructure", tenant_api)
+        .nest("/api/v1/admin", admin_api)
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_pipeline,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal.into_response()
+        }))
+        .with_state(state)
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute {
+        path: uri.path().chars().take(200).collect(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Timeout, metrics and the headers every answer carries.
+async fn request_pipeline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let mut response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if route.starts_with("/api/") && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    let status = response.status().as_u16().to_string();
+    let labels = [
+        ("method", method_label(&method)),
+        ("route", route),
+        ("status", status),
+    ];
+    metrics::counter!("keyward_http_requests_total", &labels).increment(1);
+    metrics::histogram!("keyward_http_request_duration_seconds", &labels[..2])
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Bounded label values: an attacker's made-up methods must not grow the metrics without end.
+fn method_label(method: &Method) -> String {
+    match *method {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD => method.as_str().to_owned(),
+        _ => "other".to_owned(),
+    }
+}

@@ -1,0 +1,128 @@
+//! Tenant endpoints: `/api/v1/tenant/infrastructure/ssh-credentials[/...]`.
+//!
+//! The tenant is the one named by the caller's token; these routes take no tenant id, so a tenant
+//! cannot even name another tenant's resources.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use keyward_common::KeyKind;
+
+use super::AppState;
+use super::views::{NewKeyResponse, SshCredentials, StatusResponse};
+use crate::auth::TenantCaller;
+use crate::error::{ApiError, Problem};
+use crate::lifecycle::Replace;
+
+/// Public SSH connection information for the caller's VPS.
+#[utoipa::path(get, path = "/api/v1/tenant/infrastructure/ssh-credentials", tag = "tenant",
+    responses((status = 200, body = SshCredentials), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn ssh_credentials(
+    State(state): State<AppState>,
+    who: TenantCaller,
+) -> Result<Json<SshCredentials>, ApiError> {
+    let store = state.lifecycle.store();
+    let (tenant, ks) = tokio::try_join!(
+        store.tenant(&who.tenant),
+        store.key_set(&who.tenant, KeyKind::Tenant)
+    )?;
+    match (tenant, ks) {
+        (Some(tenant), Some(ks)) => Ok(Json(SshCredentials::new(&tenant, &ks))),
+        _ => Err(ApiError::TenantNotFound(who.tenant.to_string())),
+    }
+}
+
+/// The tenant's private key, once per key generation, as `tenant-ssh-key.pem`.
+#[utoipa::path(post, path = "/api/v1/tenant/infrastructure/ssh-credentials/download", tag = "tenant",
+    responses(
+        (status = 200, description = "OpenSSH private key", content_type = "application/x-pem-file", body = String),
+        (status = 409, description = "The key is revoked", body = Problem),
+        (status = 410, description = "Already downloaded: regenerate for a new key", body = Problem),
+        (status = 503, description = "Vault unavailable", body = Problem)))]
+pub async fn download(
+    State(state): State<AppState>,
+    who: TenantCaller,
+) -> Result<Response, ApiError> {
+    let (_, private_key) = state
+        .lifecycle
+        .download(&who.caller, &who.tenant, KeyKind::Tenant)
+        .await?;
+    // The response body is a copy that hyper frees without wiping; the Zeroizing original is
+    // wiped when it drops here.
+    let body = Body::from(private_key.as_bytes().to_vec());
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-pem-file"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"tenant-ssh-key.pem\""),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+async fn replace(
+    state: AppState,
+    who: TenantCaller,
+    how: Replace,
+) -> Result<Json<NewKeyResponse>, ApiError> {
+    let ks = state
+        .lifecycle
+        .replace_key(&who.caller, &who.tenant, KeyKind::Tenant, how)
+        .await?;
+    let message = match how {
+        Replace::Rotate => format!(
+            "SSH key rotated. The previous key stays valid until {}.",
+            ks.grace_until.as_deref().unwrap_or("now")
+        ),
+        Replace::Regenerate => "SSH key regenerated. The previous key no longer works.".to_owned(),
+    };
+    Ok(Json(NewKeyResponse {
+        status: "success",
+        message,
+        new_key_fingerprint: ks.fingerprint,
+    }))
+}
+
+/// A new key; the previous one keeps working for the grace period (24 h by default).
+#[utoipa::path(post, path = "/api/v1/tenant/infrastructure/ssh-credentials/rotate", tag = "tenant",
+    responses((status = 200, body = NewKeyResponse), (status = 409, body = Problem), (status = 503, body = Problem)))]
+pub async fn rotate(
+    State(state): State<AppState>,
+    who: TenantCaller,
+) -> Result<Json<NewKeyResponse>, ApiError> {
+    replace(state, who, Replace::Rotate).await
+}
+
+/// A new key; the previous one stops working at once.
+#[utoipa::path(post, path = "/api/v1/tenant/infrastructure/ssh-credentials/regenerate", tag = "tenant",
+    responses((status = 200, body = NewKeyResponse), (status = 503, body = Problem)))]
+pub async fn regenerate(
+    State(state): State<AppState>,
+    who: TenantCaller,
+) -> Result<Json<NewKeyResponse>, ApiError> {
+    replace(state, who, Replace::Regenerate).await
+}
+
+/// No valid tenant key until it is regenerated.
+#[utoipa::path(post, path = "/api/v1/tenant/infrastructure/ssh-credentials/revoke", tag = "tenant",
+    responses((status = 200, body = StatusResponse)))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    who: TenantCaller,
+) -> Result<Json<StatusResponse>, ApiError> {
+    state
+        .lifecycle
+        .revoke(&who.caller, &who.tenant, KeyKind::Tenant)
+        .await?;
+    Ok(Json(StatusResponse {
+        status: "success",
+        message: "SSH access revoked immediately.".to_owned(),
+    }))
+}

@@ -1,0 +1,256 @@
+//! Request and response bodies, in the product document's camelCase.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::store::{KeySetRecord, KeyState, TenantRecord, TokenRecord};
+use crate::vault::KeySetVersions;
+
+/// `GET /api/v1/tenant/infrastructure/ssh-credentials`: public information only.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshCredentials {
+    pub vps_ip: String,
+    pub ssh_username: String,
+    pub ssh_port: u16,
+    /// `SHA256:...` as `ssh-keygen -lf` prints it; `null` while the key is revoked.
+    pub key_fingerprint: Option<String>,
+    pub last_rotated: String,
+    pub next_rotation: String,
+    pub key_status: KeyState,
+    pub key_generation: i64,
+    pub key_algorithm: String,
+    /// Whether this generation's private key has been downloaded (it can be, once).
+    pub downloaded: bool,
+    /// The key replaced by the last rotation, valid until `previousKeyValidUntil`.
+    pub previous_key_fingerprint: Option<String>,
+    pub previous_key_valid_until: Option<String>,
+}
+
+impl SshCredentials {
+    pub fn new(tenant: &TenantRecord, ks: &KeySetRecord) -> Self {
+        let active = ks.state == KeyState::Active;
+        Self {
+            vps_ip: tenant.vps_ip.clone(),
+            ssh_username: tenant.tenant_user.to_string(),
+            ssh_port: tenant.ssh_port,
+            key_fingerprint: active.then(|| ks.fingerprint.clone()),
+            last_rotated: ks.last_rotated.clone(),
+            next_rotation: ks.next_rotation.clone(),
+            key_status: ks.state,
+            key_generation: ks.generation,
+            key_algorithm: ks.algorithm.to_string(),
+            downloaded: ks.downloaded_at.is_some(),
+            previous_key_fingerprint: ks.previous_fingerprint.clone(),
+            previous_key_valid_until: ks.grace_until.clone(),
+        }
+    }
+}
+
+/// The answer of rotate and regenerate.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewKeyResponse {
+    /// Always `success`.
+    pub status: &'static str,
+    pub message: String,
+    pub new_key_fingerprint: String,
+}
+
+/// The answer of revoke.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusResponse {
+    pub status: &'static str,
+    pub message: String,
+}
+
+/// One key set's public metadata.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeySetSummary {
+    pub kind: String,
+    pub algorithm: String,
+    pub status: KeyState,
+    pub generation: i64,
+    pub fingerprint: String,
+    pub public_key: String,
+    pub rotation_policy: String,
+    pub created_at: String,
+    pub last_rotated: String,
+    pub next_rotation: String,
+    pub downloaded_at: Option<String>,
+    pub previous_fingerprint: Option<String>,
+    pub grace_until: Option<String>,
+    /// Vault path of the key set (the private key never leaves Vault but for the download).
+    pub vault_path: String,
+    /// KV version history, in the detail view only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault_versions: Option<KeySetVersions>,
+}
+
+impl KeySetSummary {
+    pub fn new(ks: &KeySetRecord, mount: &str) -> Self {
+        Self {
+            kind: ks.kind.to_string(),
+            algorithm: ks.algorithm.to_string(),
+            status: ks.state,
+            generation: ks.generation,
+            fingerprint: ks.fingerprint.clone(),
+            public_key: ks.public_key.clone(),
+            rotation_policy: ks.rotation_policy.clone(),
+            created_at: ks.created_at.clone(),
+            last_rotated: ks.last_rotated.clone(),
+            next_rotation: ks.next_rotation.clone(),
+            downloaded_at: ks.downloaded_at.clone(),
+            previous_fingerprint: ks.previous_fingerprint.clone(),
+            grace_until: ks.grace_until.clone(),
+            vault_path: format!("{mount}/{}/{}", ks.tenant_id, ks.kind.secret_name()),
+            vault_versions: None,
+        }
+    }
+}
+
+/// Both key sets of a tenant.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshKeys {
+    pub admin_ssh: KeySetSummary,
+    pub tenant_ssh: KeySetSummary,
+}
+
+/// One row of `GET /api/v1/admin/secrets/tenants`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSecretsSummary {
+    pub tenant_id: String,
+    pub vps_ip: String,
+    pub ssh_port: u16,
+    pub ssh_username: String,
+    pub admin_username: String,
+    pub created_at: String,
+    pub ssh_keys: SshKeys,
+}
+
+impl TenantSecretsSummary {
+    pub fn new(tenant: &TenantRecord, ssh_keys: SshKeys) -> Self {
+        Self {
+            tenant_id: tenant.tenant_id.to_string(),
+            vps_ip: tenant.vps_ip.clone(),
+            ssh_port: tenant.ssh_port,
+            ssh_username: tenant.tenant_user.to_string(),
+            admin_username: tenant.admin_user.to_string(),
+            created_at: tenant.created_at.clone(),
+            ssh_keys,
+        }
+    }
+}
+
+/// `GET /api/v1/admin/secrets/tenant/{tenant_id}`: metadata of every secret, never a private key.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSecretDetails {
+    pub tenant_id: String,
+    pub ssh_keys: SshKeys,
+    /// Not managed yet (see the rotation automation work); always `null`.
+    pub smtp_credentials: Option<serde_json::Value>,
+    /// The tenant's API tokens' metadata.
+    pub api_keys: Vec<TokenSummary>,
+}
+
+/// An API token's metadata; the token itself is shown only when issued.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSummary {
+    pub token_id: String,
+    pub role: String,
+    pub tenant_id: Option<String>,
+    pub label: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl From<&TokenRecord> for TokenSummary {
+    fn from(t: &TokenRecord) -> Self {
+        Self {
+            token_id: t.token_id.clone(),
+            role: t.role.name().to_owned(),
+            tenant_id: t.role.tenant().map(|t| t.to_string()),
+            label: t.label.clone(),
+            created_at: t.created_at.clone(),
+            revoked_at: t.revoked_at.clone(),
+        }
+    }
+}
+
+/// `POST /api/v1/admin/tenants`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    /// `^[a-z0-9][a-z0-9-]{0,62}$`
+    pub tenant_id: String,
+    /// The VPS's address as tenants connect to it (IP address or DNS name).
+    pub vps_ip: String,
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
+    /// The tenant's Unix user on the VPS.
+    pub ssh_username: String,
+    /// The platform's admin Unix user on the VPS.
+    pub admin_username: String,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    Admin,
+    Tenant,
+}
+
+/// `POST /api/v1/admin/tokens`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssueTokenRequest {
+    pub role: TokenRole,
+    /// Required for the tenant role, refused for the admin role.
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub label: String,
+}
+
+/// The one time a token is shown.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedToken {
+    pub token: String,
+    #[serde(flatten)]
+    pub summary: TokenSummary,
+}
+
+/// `GET /api/v1/admin/vault/health`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultHealthResponse {
+    pub sealed: bool,
+    pub active_node: String,
+    /// `ok`, `sealed` or `uninitialized`.
+    pub storage_status: String,
+    /// Time of the last Vault snapshot; `null` while backups are not configured.
+    pub last_backup: Option<String>,
+    pub initialized: bool,
+    pub standby: bool,
+    pub version: String,
+    pub cluster_name: Option<String>,
+}
+
+/// `GET /api/v1/admin/audit`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPageResponse {
+    pub events: Vec<crate::store::AuditRecord>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last page.
+    pub next_cursor: Option<i64>,
+}

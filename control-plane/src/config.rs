@@ -1,0 +1,285 @@
+//! Configuration: built-in defaults, then a TOML file, then the environment.
+//!
+//! Environment variables use the `KEYWARD_` prefix and `__` for nesting
+//! (`KEYWARD_VAULT__ADDRESS`). Vault's own `VAULT_ADDR`, `VAULT_TOKEN` and `VAULT_CACERT` are
+//! honoured as Vault's CLI honours them, below the `KEYWARD_` variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use keyward_common::KeyAlgorithm;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of `keyward-server`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub vault: VaultConfig,
+    pub keys: KeysConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the REST API and web UI.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key`, the API is served over TLS 1.3.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serving plain HTTP on an address other than loopback exposes bearer tokens and private
+    /// keys on the wire; it must be asked for by name.
+    pub allow_plain_http_on_network: bool,
+    /// Where the SQLite database and the bootstrap admin token live.
+    pub state_dir: PathBuf,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_http_on_network: false,
+            state_dir: PathBuf::from("/var/lib/keyward"),
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:///path/keyward.db` or `postgres://...`; empty means `keyward.db` in the state dir.
+    pub url: Option<String>,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    pub address: String,
+    /// KV version 2 mount that holds `{tenant_id}/admin_ssh` and `{tenant_id}/tenant_ssh`.
+    pub mount: String,
+    /// A token, given inline (prefer `token_file` or `VAULT_TOKEN`: config files get copied).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub approle: Option<AppRoleConfig>,
+    /// PEM CA bundle that signs Vault's TLS certificate.
+    pub ca_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:8200".into(),
+            mount: "vps".into(),
+            token: None,
+            token_file: None,
+            approle: None,
+            ca_file: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleConfig {
+    #[serde(default = "default_approle_mount")]
+    pub mount: String,
+    pub role_id: String,
+    /// File holding the secret id (Vault's agent and CI tools deliver it this way).
+    pub secret_id_file: PathBuf,
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    pub algorithm: KeyAlgorithm,
+    /// How long a key set lives before the rotation policy replaces it.
+    #[serde(with = "humantime_serde")]
+    pub rotation_interval: Duration,
+    /// How long the previous key keeps working after a rotation.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: KeyAlgorithm::Rsa4096,
+            rotation_interval: Duration::from_secs(90 * 24 * 3600),
+            grace_period: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl KeysConfig {
+    /// The Vault `rotation_policy` field: `"90_days"` for the default interval.
+    pub fn rotation_policy_name(&self) -> String {
+        let secs = self.rotation_interval.as_secs();
+        if secs.is_multiple_of(86_400) {
+            format!("{}_days", secs / 86_400)
+        } else {
+            format!("{secs}_seconds")
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` (which must exist when given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing {
+                    path: path.to_owned(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let vault_env = Env::raw()
+            .only(&["VAULT_ADDR", "VAULT_TOKEN", "VAULT_CACERT"])
+            .map(|key| match key.as_str() {
+                "VAULT_ADDR" => "vault.address".into(),
+                "VAULT_TOKEN" => "vault.token".into(),
+                _ => "vault.ca_file".into(),
+            });
+        let config: Config = figment
+            .merge(vault_env)
+            .merge(Env::prefixed("KEYWARD_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rule = |msg: &str| Err(ConfigError::Rule(msg.to_owned()));
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return rule("server.tls_cert and server.tls_key must be set together");
+        }
+        if self.server.tls_cert.is_none()
+            && !self.server.listen.ip().is_loopback()
+            && !self.server.allow_plain_http_on_network
+        {
+            return rule(
+                "server.listen is not a loopback address but no TLS certificate is set; \
+                 set server.tls_cert and server.tls_key (or allow_plain_http_on_network = true \
+                 behind a TLS-terminating proxy)",
+            );
+        }
+        if self.vault.mount.is_empty() || self.vault.mount.contains(['/', '.', ' ']) {
+            return rule("vault.mount must be a single path segment such as \"vps\"");
+        }
+        if !(self.vault.address.starts_with("http://")
+            || self.vault.address.starts_with("https://"))
+        {
+            return rule("vault.address must start with http:// or https://");
+        }
+        if self.keys.rotation_interval < Duration::from_secs(3600) {
+            return rule("keys.rotation_interval must be at least 1h");
+        }
+        if self.keys.grace_period >= self.keys.rotation_interval {
+            return rule("keys.grace_period must be shorter than keys.rotation_interval");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return rule("server.max_body_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to a SQLite file in the state directory.
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.server.state_dir.join("keyward.db").display()
+            )
+        })
+    }
+
+    /// Where the first start writes the bootstrap admin token.
+    pub fn bootstrap_token_path(&self) -> PathBuf {
+        self.server.state_dir.join("bootstrap-admin-token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_products() {
+        let c = Config::default();
+        assert_eq!(c.vault.mount, "vps");
+        assert_eq!(c.keys.rotation_policy_name(), "90_days");
+        assert_eq!(c.keys.grace_period, Duration::from_secs(86_400));
+        assert!(c.server.listen.ip().is_loopback());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[vault]\nadress = \"http://x\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("adress"), "{err}");
+
+        std::fs::write(&path, "[server]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("TLS"), "{err}");
+
+        std::fs::write(&path, "[keys]\ngrace_period = \"100d\"\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+
+        let missing = dir.path().join("nope.toml");
+        assert!(matches!(
+            Config::load(Some(&missing)),
+            Err(ConfigError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[keys]\nalgorithm = \"ed25519\"\ngrace_period = \"2h\"\n[vault]\nmount = \"kv\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.keys.algorithm, KeyAlgorithm::Ed25519);
+        assert_eq!(c.keys.grace_period, Duration::from_secs(7200));
+        assert_eq!(c.vault.mount, "kv");
+    }
+}

@@ -1,0 +1,19 @@
+//! keyward's control plane (`keyward-server`): SSH key pairs in Vault, their metadata and the
+//! audit log in SQL, and the REST API for tenants and admins.
+//!
+//! - [`vault`]: the key sets in Vault (KV v2, check-and-set).
+//! - [`store`]: tenants, key metadata, API tokens and the hash-chained audit log in SQL.
+//! - [`lifecycle`]: create, rotate, regenerate, revoke, download, each audited.
+//! - [`api`]: the REST API (axum), [`auth`]: bearer tokens, [`error`]: problem documents.
+//! - [`config`], [`server`], [`telemetry`]: running it.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod lifecycle;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod vault;

@@ -1,0 +1,561 @@
+//! The key lifecycle: create, rotate, regenerate, revoke and the one-time download.
+//!
+//! Each operation follows one order, so that SQL never claims what Vault did not store:
+//! generate the key off the async runtime, open an SQL transaction, write Vault with
+//! check-and-set, record the new key metadata and the audit event, commit. A Vault failure rolls
+//! the transaction back (and is audited as a failure on its own); an SQL failure after the Vault
+//! write leaves an unreferenced KV version that the next operation supersedes, and no row points
+//! at it. Operations on one tenant are serialised by a striped lock; check-and-set guards against
+//! other replicas.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use keyward_common::keys::public_key_fingerprint;
+use keyward_common::{GeneratedKey, KeyAlgorithm, KeyKind, TenantId, UnixUser};
+use serde_json::json;
+use tokio::sync::{Mutex, MutexGuard};
+use zeroize::Zeroizing;
+
+use crate::auth::Caller;
+use crate::clock::{Clock, iso8601};
+use crate::config::KeysConfig;
+use crate::error::ApiError;
+use crate::store::{KeySetRecord, KeyState, NewAuditEvent, Store, TenantRecord, WriteTx};
+use crate::vault::{KeySetSecret, SecretStore, VaultError};
+
+/// What an admin gives to onboard a tenant.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub tenant_id: TenantId,
+    pub vps_ip: String,
+    pub ssh_port: u16,
+    pub tenant_user: UnixUser,
+    pub admin_user: UnixUser,
+}
+
+/// How a new key replaces the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// The old key keeps working for the grace period.
+    Rotate,
+    /// The old key stops working at once.
+    Regenerate,
+}
+
+impl Replace {
+    fn action(self) -> &'static str {
+        match self {
+            Replace::Rotate => "key.rotate",
+            Replace::Regenerate => "key.regenerate",
+        }
+    }
+}
+
+/// Serialises operations per tenant. Striped: a fixed set of locks, so memory stays bounded
+/// however many tenants there are; two tenants that share a stripe merely wait for each other.
+#[derive(Debug)]
+struct TenantLocks(Vec<Mutex<()>>);
+
+impl TenantLocks {
+    fn new(stripes: usize) -> Self {
+        Self((0..stripes).map(|_| Mutex::new(())).collect())
+    }
+
+    async fn lock(&self, tenant: &TenantId) -> MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut hasher);
+        let stripe = (hasher.finish() % self.0.len() as u64) as usize;
+        self.0[stripe].lock().await
+    }
+}
+
+/// The key operations, over Vault, the SQL store and a clock.
+pub struct KeyLifecycle {
+    vault: Arc<dyn SecretStore>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    keys: KeysConfig,
+    locks: TenantLocks,
+}
+
+impl fmt::Debug for KeyLifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyLifecycle")
+            .field("vault", &self.vault)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyLifecycle {
+    pub fn new(
+        vault: Arc<dyn SecretStore>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        keys: KeysConfig,
+    ) -> Self {
+        Self {
+            vault,
+            store,
+            clock,
+            keys,
+            locks: TenantLocks::new(256),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn vault(&self) -> &Arc<dyn SecretStore> {
+        &self.vault
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn event(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        tenant: Option<&TenantId>,
+        outcome: &'static str,
+        detail: serde_json::Value,
+    ) -> NewAuditEvent {
+        NewAuditEvent {
+            at: iso8601(self.clock.now()),
+            actor_token_id: caller.token_id.clone(),
+            actor_role: caller.role_name().to_owned(),
+            action,
+            tenant_id: tenant.cloned(),
+            outcome,
+            source_addr: caller.source_addr.clone(),
+            detail,
+        }
+    }
+
+    /// Records a refused or failed operation in its own transaction. The operation has already
+    /// failed; if this record cannot be written either, the log line is all that is left.
+    async fn audit_outside(&self, event: NewAuditEvent) {
+        let result = async {
+            let mut tx = self.store.begin().await?;
+            tx.append_audit(&event).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(action = event.action, error = %e, "could not write the audit event of a failed operation");
+        }
+    }
+
+    async fn audit_failure(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        tenant: &TenantId,
+        error: &ApiError,
+    ) {
+        let outcome = if error.status().is_server_error() {
+            "failure"
+        } else {
+            "refused"
+        };
+        let detail = json!({ "code": error.code(), "reason": error.to_string() });
+        self.audit_outside(self.event(caller, action, Some(tenant), outcome, detail))
+            .await;
+    }
+
+    async fn generate(
+        &self,
+        algorithm: KeyAlgorithm,
+        comment: String,
+    ) -> Result<GeneratedKey, ApiError> {
+        let started = std::time::Instant::now();
+        let key = tokio::task::spawn_blocking(move || GeneratedKey::generate(algorithm, &comment))
+            .await
+            .map_err(|_| ApiError::KeyGeneration)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "key generation failed");
+                ApiError::KeyGeneration
+            })?;
+        metrics::histogram!("keyward_key_generation_seconds", "algorithm" => algorithm.as_str())
+            .record(started.elapsed().as_secs_f64());
+        Ok(key)
+    }
+
+    fn comment(tenant: &TenantId, kind: KeyKind, generation: i64) -> String {
+        format!("keyward:{tenant}:{kind}:{generation}")
+    }
+
+    /// The Vault version to check-and-set against: whatever is current in Vault. A version that
+    /// SQL does not know is left over from an operation whose SQL commit failed; it is superseded.
+    async fn current_vault_version(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<u64, VaultError> {
+        Ok(self
+            .vault
+            .key_set_versions(tenant, kind)
+            .await?
+            .map_or(0, |v| v.current_version))
+    }
+
+    async fn write_vault(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        key: &GeneratedKey,
+        created_at: &str,
+        last_rotated: &str,
+    ) -> Result<i64, ApiError> {
+        let cas = self.current_vault_version(tenant, kind).await?;
+        let secret = KeySetSecret {
+            private_key: key.private_openssh().clone(),
+            public_key: key.public_openssh().to_owned(),
+            created_at: created_at.to_owned(),
+            last_rotated: last_rotated.to_owned(),
+            rotation_policy: self.keys.rotation_policy_name(),
+        };
+        match self.vault.write_key_set(tenant, kind, &secret, cas).await {
+            Ok(version) => i64::try_from(version).map_err(|_| ApiError::Internal),
+            Err(VaultError::CasMismatch { .. }) => Err(ApiError::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn next_rotation(&self, from: DateTime<Utc>) -> String {
+        let interval = chrono::Duration::from_std(self.keys.rotation_interval)
+            .unwrap_or(chrono::Duration::days(90));
+        iso8601(from + interval)
+    }
+
+    /// Onboards a tenant: both key sets generated, stored in Vault and recorded.
+    pub async fn create_tenant(
+        &self,
+        caller: &Caller,
+        new: NewTenant,
+    ) -> Result<(TenantRecord, Vec<KeySetRecord>), ApiError> {
+        let tenant = new.tenant_id.clone();
+        let _guard = self.locks.lock(&tenant).await;
+        if self.store.tenant(&tenant).await?.is_some() {
+            return Err(ApiError::TenantExists(tenant));
+        }
+        let algorithm = self.keys.algorithm;
+        let (admin_key, tenant_key) = tokio::try_join!(
+            self.generate(algorithm, Self::comment(&tenant, KeyKind::Admin, 1)),
+            self.generate(algorithm, Self::comment(&tenant, KeyKind::Tenant, 1)),
+        )?;
+        let now = self.clock.now();
+        let at = iso8601(now);
+        let record = TenantRecord {
+            tenant_id: tenant.clone(),
+            vps_ip: new.vps_ip,
+            ssh_port: new.ssh_port,
+            tenant_user: new.tenant_user,
+            admin_user: new.admin_user,
+            created_at: at.clone(),
+        };
+        let result = async {
+            let mut tx = self.store.begin().await?;
+            tx.insert_tenant(&record).await.map_err(|e| match e {
+                crate::store::StoreError::Duplicate { .. } => {
+                    ApiError::TenantExists(tenant.clone())
+                }
+                other => other.into(),
+            })?;
+            let mut key_sets = Vec::new();
+            for (kind, key) in [(KeyKind::Admin, &admin_key), (KeyKind::Tenant, &tenant_key)] {
+                let vault_version = self.write_vault(&tenant, kind, key, &at, &at).await?;
+                let ks = KeySetRecord {
+                    tenant_id: tenant.clone(),
+                    kind,
+                    algorithm,
+                    generation: 1,
+                    state: KeyState::Active,
+                    public_key: key.public_openssh().to_owned(),
+                    fingerprint: key.fingerprint().to_string(),
+                    vault_version,
+                    rotation_policy: self.keys.rotation_policy_name(),
+                    created_at: at.clone(),
+                    last_rotated: at.clone(),
+                    next_rotation: self.next_rotation(now),
+                    downloaded_at: None,
+                    previous_public_key: None,
+                    previous_fingerprint: None,
+                    grace_until: None,
+                };
+                tx.put_key_set(&ks).await?;
+                key_sets.push(ks);
+            }
+            let detail = json!({
+                "vpsIp": record.vps_ip,
+                "sshPort": record.ssh_port,
+                "adminFingerprint": key_sets[0].fingerprint,
+                "tenantFingerprint": key_sets[1].fingerprint,
+            });
+            tx.append_audit(&self.event(caller, "tenant.create", Some(&tenant), "success", detail))
+                .await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(key_sets)
+        }
+        .await;
+        match result {
+            Ok(key_sets) => {
+                metrics::counter!("keyward_key_operations_total", "operation" => "create", "outcome" => "success").increment(2);
+                tracing::info!(tenant = %tenant, "tenant created");
+                Ok((record, key_sets))
+            }
+            Err(e) => {
+                metrics::counter!("keyward_key_operations_total", "operation" => "create", "outcome" => "failure").increment(1);
+                if !matches!(e, ApiError::TenantExists(_)) {
+                    self.audit_failure(caller, "tenant.create", &tenant, &e)
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn key_set_or_404(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<KeySetRecord, ApiError> {
+        self.store
+            .key_set(tenant, kind)
+            .await?
+            .ok_or_else(|| ApiError::TenantNotFound(tenant.to_string()))
+    }
+
+    /// Replaces the key of (tenant, kind) with a new generation.
+    pub async fn replace_key(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: KeyKind,
+        how: Replace,
+    ) -> Result<KeySetRecord, ApiError> {
+        let action = how.action();
+        let result = self.replace_key_locked(caller, tenant, kind, how).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        metrics::counter!("keyward_key_operations_total", "operation" => action, "outcome" => outcome).increment(1);
+        if let Err(e) = &result
+            && !matches!(e, ApiError::TenantNotFound(_))
+        {
+            self.audit_failure(caller, action, tenant, e).await;
+        }
+        result
+    }
+
+    async fn replace_key_locked(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: KeyKind,
+        how: Replace,
+    ) -> Result<KeySetRecord, ApiError> {
+        let _guard = self.locks.lock(tenant).await;
+        let old = self.key_set_or_404(tenant, kind).await?;
+        if how == Replace::Rotate && old.state == KeyState::Revoked {
+            return Err(ApiError::KeyRevoked);
+        }
+        let generation = old.generation + 1;
+        let key = self
+            .generate(old.algorithm, Self::comment(tenant, kind, generation))
+            .await?;
+        let now = self.clock.now();
+        let at = iso8601(now);
+        let keep_old = how == Replace::Rotate && old.state == KeyState::Active;
+        let grace = chrono::Duration::from_std(self.keys.grace_period)
+            .unwrap_or(chrono::Duration::hours(24));
+        let mut tx = self.store.begin().await?;
+        let vault_version = self
+            .write_vault(tenant, kind, &key, &old.created_at, &at)
+            .await?;
+        let new = KeySetRecord {
+            generation,
+            state: KeyState::Active,
+            public_key: key.public_openssh().to_owned(),
+            fingerprint: key.fingerprint().to_string(),
+            vault_version,
+            last_rotated: at.clone(),
+            next_rotation: self.next_rotation(now),
+            downloaded_at: None,
+            previous_public_key: keep_old.then(|| old.public_key.clone()),
+            previous_fingerprint: keep_old.then(|| old.fingerprint.clone()),
+            grace_until: keep_old.then(|| iso8601(now + grace)),
+            rotation_policy: self.keys.rotation_policy_name(),
+            ..old.clone()
+        };
+        tx.put_key_set(&new).await?;
+        let detail = json!({
+            "kind": kind,
+            "generation": generation,
+            "newFingerprint": new.fingerprint,
+            "oldFingerprint": old.fingerprint,
+            "graceUntil": new.grace_until,
+        });
+        tx.append_audit(&self.event(caller, how.action(), Some(tenant), "success", detail))
+            .await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %tenant, %kind, generation, action = how.action(), "key replaced");
+        Ok(new)
+    }
+
+    /// Revokes the tenant's key: no valid key until it is regenerated. Needs no Vault call, so it
+    /// works while Vault is away. Revoking a revoked key is a no-op that still succeeds.
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<KeySetRecord, ApiError> {
+        let _guard = self.locks.lock(tenant).await;
+        let old = self.key_set_or_404(tenant, kind).await?;
+        let new = KeySetRecord {
+            state: KeyState::Revoked,
+            previous_public_key: None,
+            previous_fingerprint: None,
+            grace_until: None,
+            ..old.clone()
+        };
+        let mut tx = self.store.begin().await?;
+        tx.put_key_set(&new).await?;
+        let detail = json!({
+            "kind": kind,
+            "generation": old.generation,
+            "fingerprint": old.fingerprint,
+            "alreadyRevoked": old.state == KeyState::Revoked,
+        });
+        tx.append_audit(&self.event(caller, "key.revoke", Some(tenant), "success", detail))
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("keyward_key_operations_total", "operation" => "key.revoke", "outcome" => "success").increment(1);
+        tracing::info!(tenant = %tenant, %kind, "key revoked");
+        Ok(new)
+    }
+
+    /// Hands out the private key of the current generation, once. Every attempt is audited.
+    pub async fn download(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<(KeySetRecord, Zeroizing<String>), ApiError> {
+        let result = self.download_locked(caller, tenant, kind).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        metrics::counter!("keyward_key_operations_total", "operation" => "key.download", "outcome" => outcome).increment(1);
+        if let Err(e) = &result {
+            let action = if matches!(e, ApiError::AlreadyDownloaded { .. } | ApiError::KeyRevoked) {
+                "key.download_refused"
+            } else {
+                "key.download"
+            };
+            if !matches!(e, ApiError::TenantNotFound(_)) {
+                self.audit_failure(caller, action, tenant, e).await;
+            }
+        }
+        result
+    }
+
+    async fn download_locked(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<(KeySetRecord, Zeroizing<String>), ApiError> {
+        let _guard = self.locks.lock(tenant).await;
+        let ks = self.key_set_or_404(tenant, kind).await?;
+        if ks.state == KeyState::Revoked {
+            return Err(ApiError::KeyRevoked);
+        }
+        if ks.downloaded_at.is_some() {
+            return Err(ApiError::AlreadyDownloaded {
+                generation: ks.generation,
+            });
+        }
+        let version = u64::try_from(ks.vault_version).map_err(|_| ApiError::Internal)?;
+        let stored = self
+            .vault
+            .read_key_set(tenant, kind, version)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Vault(VaultError::BadResponse {
+                    operation: format!("read {tenant}/{} version {version}", kind.secret_name()),
+                    reason: "the version is missing or deleted".into(),
+                })
+            })?;
+        // The key handed out must be the one SQL (and so every host) knows.
+        let matches = public_key_fingerprint(&stored.secret.public_key)
+            .is_ok_and(|f| f.as_str() == ks.fingerprint);
+        if !matches {
+            return Err(ApiError::Vault(VaultError::BadResponse {
+                operation: format!("read {tenant}/{}", kind.secret_name()),
+                reason: "the stored key does not match the recorded fingerprint".into(),
+            }));
+        }
+        let at = iso8601(self.clock.now());
+        let mut tx = self.store.begin().await?;
+        if !tx.claim_download(tenant, kind, ks.generation, &at).await? {
+            return Err(ApiError::AlreadyDownloaded {
+                generation: ks.generation,
+            });
+        }
+        let detail =
+            json!({ "kind": kind, "generation": ks.generation, "fingerprint": ks.fingerprint });
+        tx.append_audit(&self.event(caller, "key.download", Some(tenant), "success", detail))
+            .await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %tenant, %kind, generation = ks.generation, "private key downloaded");
+        let KeySetSecret { private_key, .. } = stored.secret;
+        Ok((
+            KeySetRecord {
+                downloaded_at: Some(at),
+                ..ks
+            },
+            private_key,
+        ))
+    }
+
+    /// Records an audited read (an admin looking at a tenant's secrets' metadata).
+    pub async fn audit_read(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        tenant: &TenantId,
+    ) -> Result<(), ApiError> {
+        let mut tx = self.store.begin().await?;
+        tx.append_audit(&self.event(caller, action, Some(tenant), "success", json!({})))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs `change` and its audit event in one transaction.
+    pub async fn audited<T, F>(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        tenant: Option<&TenantId>,
+        change: F,
+    ) -> Result<T, ApiError>
+    where
+        F: for<'t> FnOnce(
+            &'t mut WriteTx,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<(T, serde_json::Value), ApiError>> + Send + 't>,
+        >,
+    {
+        let mut tx = self.store.begin().await?;
+        let (value, detail) = change(&mut tx).await?;
+        tx.append_audit(&self.event(caller, action, tenant, "success", detail))
+            .await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+}

@@ -1,0 +1,253 @@
+//! Starting and stopping the control plane.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use axum_server::tls_rustls::RustlsConfig;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::task::JoinHandle;
+
+use crate::api::{AppState, router};
+use crate::auth::{Caller, new_token};
+use crate::clock::{Clock, SystemClock, iso8601};
+use crate::config::Config;
+use crate::lifecycle::KeyLifecycle;
+use crate::store::{Role, Store, StoreError, TokenRecord, hash_token};
+use crate::vault::{SecretStore, VaultError, VaultStore};
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("cannot write the bootstrap admin token to {path}: {source}")]
+    Bootstrap {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub lifecycle: Arc<KeyLifecycle>,
+    handle: axum_server::Handle,
+    server: JoinHandle<Result<(), std::io::Error>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to 10 s) and closes the database.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        self.handle
+            .graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        for task in &self.background {
+            task.abort();
+        }
+        let result = self.server.await;
+        self.lifecycle.store().close().await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StartError::Serve(e)),
+            Err(e) => Err(StartError::Serve(std::io::Error::other(e))),
+        }
+    }
+
+    /// Runs until the server stops on its own (it does not, short of a listener failure).
+    pub async fn wait(self) -> Result<(), StartError> {
+        match self.server.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StartError::Serve(e)),
+            Err(e) => Err(StartError::Serve(std::io::Error::other(e))),
+        }
+    }
+
+    /// Handle to stop the server from another task (signals).
+    pub fn handle(&self) -> axum_server::Handle {
+        self.handle.clone()
+    }
+}
+
+/// The process-wide Prometheus recorder; installed once, shared by every server in the process.
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+/// Starts the control plane with the real Vault and clock.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    let vault = VaultStore::connect(&config.vault).await?;
+    let keepalive = tokio::spawn(vault.clone().keep_token_alive());
+    let mut server = start_with(config, vault, Arc::new(SystemClock)).await?;
+    server.background.push(keepalive);
+    Ok(server)
+}
+
+/// Starts the control plane over the given Vault and clock.
+pub async fn start_with(
+    config: Config,
+    vault: Arc<dyn SecretStore>,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, StartError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state_dir = &config.server.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|source| StartError::StateDir {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+    let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
+    let lifecycle = Arc::new(KeyLifecycle::new(vault, store, clock, config.keys.clone()));
+    bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
+
+    let state = AppState {
+        lifecycle: lifecycle.clone(),
+        metrics: metrics_handle(),
+        request_timeout: config.server.request_timeout,
+        vault_mount: config.vault.mount.clone(),
+    };
+    let app = router(state, config.server.max_body_bytes)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let listener =
+        std::net::TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+    let handle = axum_server::Handle::new();
+    let (server, tls) = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = RustlsConfig::from_config(Arc::new(tls_config(cert, key)?));
+            let server = axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle.clone())
+                .serve(app);
+            (tokio::spawn(server), true)
+        }
+        _ => {
+            let server = axum_server::from_tcp(listener)
+                .handle(handle.clone())
+                .serve(app);
+            (tokio::spawn(server), false)
+        }
+    };
+    tracing::info!(%addr, tls, "keyward-server listening");
+    Ok(RunningServer {
+        addr,
+        tls,
+        lifecycle,
+        handle,
+        server,
+        background: Vec::new(),
+    })
+}
+
+/// TLS 1.3 only, with the configured certificate chain and key.
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, StartError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| StartError::Tls(format!("{}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| StartError::Tls(format!("{}: {e}", key.display())))?;
+    let mut config =
+        rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// On first start (no active admin token), makes one and writes it to a 0600 file. The token is
+/// never logged; the log says where the file is.
+async fn bootstrap_admin_token(lifecycle: &KeyLifecycle, path: &Path) -> Result<(), StartError> {
+    if lifecycle.store().has_active_admin_token().await? {
+        return Ok(());
+    }
+    let (token_id, token) = new_token();
+    let record = TokenRecord {
+        token_id,
+        role: Role::Admin,
+        label: "bootstrap".into(),
+        created_at: iso8601(lifecycle.now()),
+        revoked_at: None,
+    };
+    let write_err = |source| StartError::Bootstrap {
+        path: path.display().to_string(),
+        source,
+    };
+    // Written to a fresh file and renamed, so the token never sits in a file with wider modes.
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(write_err)?;
+    file.write_all(format!("{}\n", token.as_str()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(write_err)?;
+    let hash = hash_token(&token);
+    let stored = record.clone();
+    lifecycle
+        .audited(&Caller::system(), "token.issue", None, move |tx| {
+            Box::pin(async move {
+                tx.insert_token(&stored, &hash).await?;
+                let detail = serde_json::json!({ "tokenId": stored.token_id, "role": "admin", "label": "bootstrap" });
+                Ok(((), detail))
+            })
+        })
+        .await
+        .map_err(|e| StartError::Bootstrap {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    std::fs::rename(&tmp, path).map_err(write_err)?;
+    tracing::warn!(path = %path.display(), token_id = %record.token_id, "no admin token existed: wrote a bootstrap admin token");
+    Ok(())
+}

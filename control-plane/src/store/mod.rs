@@ -1,0 +1,595 @@
+//! The SQL store: tenants, key metadata, API tokens and the audit log.
+//!
+//! One implementation serves SQLite (the embedded default) and PostgreSQL (several replicas)
+//! through sqlx's `Any` driver: the queries are written once, in the SQL both understand
+//! (`$1` placeholders, text times, 64-bit integers), and each backend has its own migrations.
+//! Why not one implementation per backend: the queries are identical, and two copies would drift.
+//!
+//! Every change is made in a [`WriteTx`], which appends its audit event in the same transaction;
+//! the audit chain needs appends in order, so a `WriteTx` holds a process-wide lock on SQLite
+//! and a transaction-scoped advisory lock on PostgreSQL.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use keyward_common::{KeyAlgorithm, KeyKind, TenantId, UnixUser};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+mod audit;
+pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error while {operation}: {source}")]
+    Query {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("a stored {what} is invalid: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("{what} already exists")]
+    Duplicate { what: &'static str },
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+}
+
+fn query_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| {
+        let duplicate = source
+            .as_database_error()
+            .is_some_and(|e| e.kind() == sqlx::error::ErrorKind::UniqueViolation);
+        if duplicate {
+            StoreError::Duplicate { what: operation }
+        } else {
+            StoreError::Query { operation, source }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A tenant's VPS as the platform registered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub tenant_id: TenantId,
+    pub vps_ip: String,
+    pub ssh_port: u16,
+    pub tenant_user: UnixUser,
+    pub admin_user: UnixUser,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Active,
+    Revoked,
+}
+
+impl KeyState {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Revoked => "revoked",
+        }
+    }
+}
+
+/// The public side of one key set: what hosts and people may know. No private material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySetRecord {
+    pub tenant_id: TenantId,
+    pub kind: KeyKind,
+    pub algorithm: KeyAlgorithm,
+    pub generation: i64,
+    pub state: KeyState,
+    pub public_key: String,
+    pub fingerprint: String,
+    /// The Vault KV version that holds this generation's private key.
+    pub vault_version: i64,
+    pub rotation_policy: String,
+    pub created_at: String,
+    pub last_rotated: String,
+    pub next_rotation: String,
+    pub downloaded_at: Option<String>,
+    /// The key replaced by the last rotation, valid until `grace_until`.
+    pub previous_public_key: Option<String>,
+    pub previous_fingerprint: Option<String>,
+    pub grace_until: Option<String>,
+}
+
+/// Who may call what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Tenant(TenantId),
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Tenant(_) => "tenant",
+        }
+    }
+
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Role::Admin => None,
+            Role::Tenant(t) => Some(t),
+        }
+    }
+}
+
+/// An API token's metadata (its secret is only ever held as a SHA-256 hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token_id: String,
+    pub role: Role,
+    pub label: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// The SQL store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// Orders audit appends on SQLite (one process owns a SQLite file).
+    sqlite_writer: Arc<Mutex<()>>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lock id for audit appends on PostgreSQL (`pg_advisory_xact_lock`): "kw" + 1.
+const AUDIT_APPEND_LOCK: i64 = 0x6b77_0001;
+
+impl Store {
+    /// Opens (creating a SQLite file when needed) and migrates the database.
+    pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.unwrap_or(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            }))
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        match backend {
+            Backend::Sqlite => {
+                // WAL lets readers proceed while a writer commits; the setting is kept in the file.
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&pool)
+                    .await
+                    .map_err(query_error("enabling WAL"))?;
+                sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            }
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("pinging the database"))?;
+        Ok(())
+    }
+
+    /// Starts a change. Only one `WriteTx` appends to the audit log at a time.
+    pub async fn begin(&self) -> Result<WriteTx, StoreError> {
+        let guard = match self.backend {
+            Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting a transaction"))?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
+                .bind(AUDIT_APPEND_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("locking the audit log"))?;
+        }
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    pub async fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        sqlx::query("SELECT * FROM tenants WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a tenant"))?
+            .map(|row| tenant_from_row(&row))
+            .transpose()
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        sqlx::query("SELECT * FROM tenants ORDER BY tenant_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing tenants"))?
+            .iter()
+            .map(tenant_from_row)
+            .collect()
+    }
+
+    pub async fn key_set(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<Option<KeySetRecord>, StoreError> {
+        sqlx::query("SELECT * FROM key_sets WHERE tenant_id = $1 AND kind = $2")
+            .bind(tenant.as_str())
+            .bind(kind.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a key set"))?
+            .map(|row| key_set_from_row(&row))
+            .transpose()
+    }
+
+    /// Every key set, ordered by tenant and kind.
+    pub async fn key_sets(&self) -> Result<Vec<KeySetRecord>, StoreError> {
+        sqlx::query("SELECT * FROM key_sets ORDER BY tenant_id, kind")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing key sets"))?
+            .iter()
+            .map(key_set_from_row)
+            .collect()
+    }
+
+    /// The active token with this hash, if any.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        sqlx::query("SELECT * FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("looking up a token"))?
+            .map(|row| token_from_row(&row))
+            .transpose()
+    }
+
+    pub async fn token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        sqlx::query("SELECT * FROM api_tokens WHERE token_id = $1")
+            .bind(token_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a token"))?
+            .map(|row| token_from_row(&row))
+            .transpose()
+    }
+
+    /// Tokens of one tenant, or the admin tokens when `tenant` is `None`.
+    pub async fn tokens(&self, tenant: Option<&TenantId>) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows =
+            match tenant {
+                Some(t) => sqlx::query(
+                    "SELECT * FROM api_tokens WHERE tenant_id = $1 ORDER BY created_at, token_id",
+                )
+                .bind(t.as_str())
+                .fetch_all(&self.pool)
+                .await,
+                None => sqlx::query(
+                    "SELECT * FROM api_tokens WHERE role = 'admin' ORDER BY created_at, token_id",
+                )
+                .fetch_all(&self.pool)
+                .await,
+            }
+            .map_err(query_error("listing tokens"))?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    pub async fn has_active_admin_token(&self) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("counting admin tokens"))?;
+        let n: i64 = row
+            .try_get("n")
+            .map_err(query_error("counting admin tokens"))?;
+        Ok(n > 0)
+    }
+}
+
+/// One change to the store and its audit event, committed together or not at all.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteTx").finish_non_exhaustive()
+    }
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx
+            .commit()
+            .await
+            .map_err(query_error("committing a transaction"))
+    }
+
+    pub async fn insert_tenant(&mut self, t: &TenantRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, vps_ip, ssh_port, tenant_user, admin_user, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(t.tenant_id.as_str())
+        .bind(&t.vps_ip)
+        .bind(i64::from(t.ssh_port))
+        .bind(t.tenant_user.as_str())
+        .bind(t.admin_user.as_str())
+        .bind(&t.created_at)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("tenant"))?;
+        Ok(())
+    }
+
+    /// Inserts or replaces the key set of (tenant, kind).
+    pub async fn put_key_set(&mut self, k: &KeySetRecord) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM key_sets WHERE tenant_id = $1 AND kind = $2")
+            .bind(k.tenant_id.as_str())
+            .bind(k.kind.as_str())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_error("replacing a key set"))?;
+        sqlx::query(
+            "INSERT INTO key_sets (tenant_id, kind, algorithm, generation, state, public_key, \
+             fingerprint, vault_version, rotation_policy, created_at, last_rotated, next_rotation, \
+             downloaded_at, previous_public_key, previous_fingerprint, grace_until) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(k.tenant_id.as_str())
+        .bind(k.kind.as_str())
+        .bind(k.algorithm.as_str())
+        .bind(k.generation)
+        .bind(k.state.as_str())
+        .bind(&k.public_key)
+        .bind(&k.fingerprint)
+        .bind(k.vault_version)
+        .bind(&k.rotation_policy)
+        .bind(&k.created_at)
+        .bind(&k.last_rotated)
+        .bind(&k.next_rotation)
+        .bind(k.downloaded_at.clone())
+        .bind(k.previous_public_key.clone())
+        .bind(k.previous_fingerprint.clone())
+        .bind(k.grace_until.clone())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("writing a key set"))?;
+        Ok(())
+    }
+
+    /// Marks the private key of `generation` as downloaded, unless it already was (or the
+    /// generation moved on). Returns whether this call made the claim.
+    pub async fn claim_download(
+        &mut self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        generation: i64,
+        at: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE key_sets SET downloaded_at = $1 WHERE tenant_id = $2 AND kind = $3 \
+             AND generation = $4 AND state = 'active' AND downloaded_at IS NULL",
+        )
+        .bind(at)
+        .bind(tenant.as_str())
+        .bind(kind.as_str())
+        .bind(generation)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("recording a download"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn insert_token(
+        &mut self,
+        token: &TokenRecord,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (token_id, token_hash, role, tenant_id, label, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&token.token_id)
+        .bind(token_hash)
+        .bind(token.role.name())
+        .bind(token.role.tenant().map(|t| t.as_str().to_owned()))
+        .bind(&token.label)
+        .bind(&token.created_at)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("token"))?;
+        Ok(())
+    }
+
+    /// Revokes a token; returns false when it was unknown or already revoked.
+    pub async fn revoke_token(&mut self, token_id: &str, at: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE token_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(token_id)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("revoking a token"))?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn get<'r, T>(row: &'r AnyRow, column: &'static str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(column).map_err(|e| StoreError::Corrupt {
+        what: column,
+        detail: e.to_string(),
+    })
+}
+
+fn parse<T: FromStr>(row: &AnyRow, column: &'static str) -> Result<T, StoreError>
+where
+    T::Err: fmt::Display,
+{
+    let raw: String = get(row, column)?;
+    raw.parse().map_err(|e: T::Err| StoreError::Corrupt {
+        what: column,
+        detail: e.to_string(),
+    })
+}
+
+fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, StoreError> {
+    let port: i64 = get(row, "ssh_port")?;
+    Ok(TenantRecord {
+        tenant_id: parse(row, "tenant_id")?,
+        vps_ip: get(row, "vps_ip")?,
+        ssh_port: u16::try_from(port).map_err(|e| StoreError::Corrupt {
+            what: "ssh_port",
+            detail: e.to_string(),
+        })?,
+        tenant_user: parse(row, "tenant_user")?,
+        admin_user: parse(row, "admin_user")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+fn key_set_from_row(row: &AnyRow) -> Result<KeySetRecord, StoreError> {
+    let state: String = get(row, "state")?;
+    Ok(KeySetRecord {
+        tenant_id: parse(row, "tenant_id")?,
+        kind: parse(row, "kind")?,
+        algorithm: parse(row, "algorithm")?,
+        generation: get(row, "generation")?,
+        state: match state.as_str() {
+            "active" => KeyState::Active,
+            "revoked" => KeyState::Revoked,
+            other => {
+                return Err(StoreError::Corrupt {
+                    what: "state",
+                    detail: other.to_owned(),
+                });
+            }
+        },
+        public_key: get(row, "public_key")?,
+        fingerprint: get(row, "fingerprint")?,
+        vault_version: get(row, "vault_version")?,
+        rotation_policy: get(row, "rotation_policy")?,
+        created_at: get(row, "created_at")?,
+        last_rotated: get(row, "last_rotated")?,
+        next_rotation: get(row, "next_rotation")?,
+        downloaded_at: get(row, "downloaded_at")?,
+        previous_public_key: get(row, "previous_public_key")?,
+        previous_fingerprint: get(row, "previous_fingerprint")?,
+        grace_until: get(row, "grace_until")?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
+    let role: String = get(row, "role")?;
+    let tenant: Option<String> = get(row, "tenant_id")?;
+    let role = match (role.as_str(), tenant) {
+        ("admin", None) => Role::Admin,
+        ("tenant", Some(t)) => {
+            Role::Tenant(
+                t.parse()
+                    .map_err(|e: keyward_common::IdError| StoreError::Corrupt {
+                        what: "tenant_id",
+                        detail: e.to_string(),
+                    })?,
+            )
+        }
+        (other, _) => {
+            return Err(StoreError::Corrupt {
+                what: "role",
+                detail: other.to_owned(),
+            });
+        }
+    };
+    Ok(TokenRecord {
+        token_id: get(row, "token_id")?,
+        role,
+        label: get(row, "label")?,
+        created_at: get(row, "created_at")?,
+        revoked_at: get(row, "revoked_at")?,
+    })
+}
+
+/// A database URL fit for a log line: any password is replaced.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// SHA-256 of a token, hex: what the store keeps instead of the token.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}

@@ -1,0 +1,33 @@
+//! Logging: journald under systemd, stderr otherwise.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Library crates that would log request details at debug level stay at warn unless asked.
+const DEFAULT_FILTER: &str = "info,vaultrs=warn,rustify=warn,sqlx=warn,hyper=warn,h2=warn";
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default filter.
+pub fn init() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    // systemd sets JOURNAL_STREAM for services whose output goes to the journal.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(journald) => {
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journald.with_syslog_identifier("keyward-server".into()))
+                    .init();
+                return;
+            }
+            Err(e) => {
+                eprintln!("keyward-server: journald is not reachable ({e}); logging to stderr")
+            }
+        }
+    }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}
