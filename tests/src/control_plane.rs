@@ -1,0 +1,246 @@
+//! A real control plane on 127.0.0.1:0, over a real OpenBao and a real database.
+
+use std::time::Duration;
+
+use keyward_common::KeyAlgorithm;
+use keyward_server::config::{Config, KeysConfig};
+use keyward_server::server::{self, RunningServer};
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+use crate::openbao::{OpenBao, ROOT_TOKEN};
+use crate::postgres::PgSchema;
+
+/// Which SQL backend the control plane uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Sqlite,
+    Postgres,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem with this status and code.
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "expected {status} {code}, got: {}",
+            self.text()
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "not a problem document: {}",
+            self.text()
+        );
+        let body = self.json();
+        assert_eq!(body["code"], code, "{body}");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+}
+
+/// A running `keyward-server` and an admin token for it.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub url: String,
+    pub admin_token: String,
+    pub state_dir: tempfile::TempDir,
+    pub database_url: String,
+    server: Option<RunningServer>,
+    http: reqwest::Client,
+    _schema: Option<PgSchema>,
+}
+
+/// Settings for [`ControlPlane::start_with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub database: Database,
+    pub algorithm: KeyAlgorithm,
+    pub grace_period: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            database: Database::Sqlite,
+            algorithm: KeyAlgorithm::Rsa4096,
+            grace_period: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl ControlPlane {
+    /// SQLite, RSA-4096: the embedded defaults.
+    pub async fn start(bao: &OpenBao) -> Self {
+        Self::start_with(bao, Options::default()).await
+    }
+
+    /// Ed25519 keys: for tests about something other than the keys, where RSA-4096 only costs time.
+    pub async fn start_fast(bao: &OpenBao, database: Database) -> Self {
+        Self::start_with(
+            bao,
+            Options {
+                database,
+                algorithm: KeyAlgorithm::Ed25519,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_with(bao: &OpenBao, options: Options) -> Self {
+        let state_dir = tempfile::tempdir().unwrap();
+        let schema = match options.database {
+            Database::Sqlite => None,
+            Database::Postgres => Some(PgSchema::create().await),
+        };
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.state_dir = state_dir.path().to_path_buf();
+        config.database.url = schema.as_ref().map(PgSchema::url);
+        config.vault.address = bao.addr.clone();
+        config.vault.token = Some(ROOT_TOKEN.into());
+        config.keys = KeysConfig {
+            algorithm: options.algorithm,
+            grace_period: options.grace_period,
+            ..KeysConfig::default()
+        };
+        let database_url = config.database_url();
+        let token_path = config.bootstrap_token_path();
+        let server = server::start(config).await.expect("control plane starts");
+        let admin_token = std::fs::read_to_string(token_path)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            url: server.url(),
+            admin_token,
+            state_dir,
+            database_url,
+            server: Some(server),
+            http: reqwest::Client::new(),
+            _schema: schema,
+        }
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+    }
+
+    /// Any request; `token` is sent as a bearer token when given.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        Reply {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, Some(&self.admin_token), None)
+            .await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, Some(&self.admin_token), Some(body))
+            .await
+    }
+
+    /// Onboards a tenant whose VPS is 127.0.0.1:`port`, with users `t_<id>` and `kwadmin`.
+    pub async fn create_tenant(&self, tenant: &str) -> Value {
+        let reply = self
+            .admin_post(
+                "/api/v1/admin/tenants",
+                json!({
+                    "tenantId": tenant,
+                    "vpsIp": "127.0.0.1",
+                    "sshPort": 2222,
+                    "sshUsername": "tenant",
+                    "adminUsername": "kwadmin",
+                }),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        reply.json()
+    }
+
+    /// Issues a tenant API token and returns it.
+    pub async fn tenant_token(&self, tenant: &str) -> String {
+        let reply = self
+            .admin_post(
+                "/api/v1/admin/tokens",
+                json!({ "role": "tenant", "tenantId": tenant, "label": "test" }),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        reply.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A tenant endpoint under `/api/v1/tenant/infrastructure/ssh-credentials`.
+    pub async fn tenant_call(&self, token: &str, method: Method, suffix: &str) -> Reply {
+        self.request(
+            method,
+            &format!("/api/v1/tenant/infrastructure/ssh-credentials{suffix}"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    /// Audit events of one tenant, newest first.
+    pub async fn audit_of(&self, tenant: &str) -> Vec<Value> {
+        let reply = self
+            .admin_get(&format!("/api/v1/admin/audit?tenantId={tenant}&limit=1000"))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["events"].as_array().unwrap().clone()
+    }
+}

