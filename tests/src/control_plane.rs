@@ -74,6 +74,7 @@ pub struct ControlPlane {
     pub admin_token: String,
     pub state_dir: tempfile::TempDir,
     pub database_url: String,
+    config: Config,
     server: Option<RunningServer>,
     http: reqwest::Client,
     _schema: Option<PgSchema>,
@@ -135,7 +136,9 @@ impl ControlPlane {
         };
         let database_url = config.database_url();
         let token_path = config.bootstrap_token_path();
-        let server = server::start(config).await.expect("control plane starts");
+        let server = server::start(config.clone())
+            .await
+            .expect("control plane starts");
         let admin_token = std::fs::read_to_string(token_path)
             .unwrap()
             .trim()
@@ -145,6 +148,7 @@ impl ControlPlane {
             admin_token,
             state_dir,
             database_url,
+            config,
             server: Some(server),
             http: reqwest::Client::new(),
             _schema: schema,
@@ -159,6 +163,16 @@ impl ControlPlane {
         if let Some(server) = self.server.take() {
             server.shutdown().await.unwrap();
         }
+    }
+
+    /// Stops the server and starts a new one on the same database and state directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = server::start(self.config.clone())
+            .await
+            .expect("control plane restarts");
+        self.url = server.url();
+        self.server = Some(server);
     }
 
     /// Any request; `token` is sent as a bearer token when given.

@@ -150,7 +150,12 @@ impl OpenBao {
     /// Reads the current version of a KV v2 secret as root: `(data, version)`.
     pub async fn read_kv(&self, path: &str) -> Option<(Value, u64)> {
         let (status, json) = self
-            .api(reqwest::Method::GET, &format!("vps/data/{path}"), ROOT_TOKEN, None)
+            .api(
+                reqwest::Method::GET,
+                &format!("vps/data/{path}"),
+                ROOT_TOKEN,
+                None,
+            )
             .await;
         if status == 404 {
             return None;
@@ -174,12 +179,16 @@ impl OpenBao {
     /// Seals the server: every secret operation fails until it is unsealed.
     pub async fn seal(&self) {
         self.root(reqwest::Method::PUT, "sys/seal", None).await;
-        eventually("OpenBao to report sealed", Duration::from_secs(10), || async {
-            let (_, health) = self
-                .api(reqwest::Method::GET, "sys/health?sealedcode=200", "", None)
-                .await;
-            health["sealed"].as_bool().filter(|s| *s)
-        })
+        eventually(
+            "OpenBao to report sealed",
+            Duration::from_secs(10),
+            || async {
+                let (_, health) = self
+                    .api(reqwest::Method::GET, "sys/health?sealedcode=200", "", None)
+                    .await;
+                health["sealed"].as_bool().filter(|s| *s)
+            },
+        )
         .await;
     }
 

@@ -16,9 +16,9 @@ pub struct PgSchema {
 impl PgSchema {
     pub async fn create() -> Self {
         let name = format!("kwtest_{:016x}", rand::random::<u64>());
-        let mut conn = PgConnection::connect(ADMIN_URL)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {ADMIN_URL}: {e}; {INSTALL_HINT}"));
+        let mut conn = PgConnection::connect(ADMIN_URL).await.unwrap_or_else(|e| {
+            panic!("cannot reach PostgreSQL at {ADMIN_URL}: {e}; {INSTALL_HINT}")
+        });
         sqlx::query(&format!("CREATE SCHEMA {name}"))
             .execute(&mut conn)
             .await

@@ -3,4 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod backends;
+mod bad_input;
+mod tenant_api;
+mod vault_failures;
 mod vault_policies;
