@@ -8,3 +8,4 @@ mod bad_input;
 mod tenant_api;
 mod vault_failures;
 mod vault_policies;
+mod vault_store;

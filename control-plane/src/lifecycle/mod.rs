@@ -559,3 +559,6 @@ impl KeyLifecycle {
         Ok(value)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,339 @@
+//! The lifecycle's ordering rules, with a fake Vault that fails on demand and a manual clock.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::store::Store;
+use crate::vault::{KeySetVersions, VaultHealth, VersionedKeySet};
+
+/// An in-memory KV v2 with check-and-set, which can be told to fail.
+#[derive(Debug, Default)]
+struct FakeVault {
+    versions: Mutex<HashMap<(String, KeyKind), Vec<KeySetSecret>>>,
+    /// Writes that succeed before every further write fails as if Vault were sealed.
+    writes_left: AtomicUsize,
+    limit_writes: AtomicBool,
+}
+
+impl FakeVault {
+    fn fail_after(&self, writes: usize) {
+        self.writes_left.store(writes, Ordering::SeqCst);
+        self.limit_writes.store(true, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.limit_writes.store(false, Ordering::SeqCst);
+    }
+
+    fn current(&self, tenant: &str, kind: KeyKind) -> usize {
+        self.versions
+            .lock()
+            .unwrap()
+            .get(&(tenant.to_owned(), kind))
+            .map_or(0, Vec::len)
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretStore for FakeVault {
+    async fn write_key_set(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        secret: &KeySetSecret,
+        cas: u64,
+    ) -> Result<u64, VaultError> {
+        if self.limit_writes.load(Ordering::SeqCst) {
+            let left = self.writes_left.load(Ordering::SeqCst);
+            if left == 0 {
+                return Err(VaultError::Sealed);
+            }
+            self.writes_left.store(left - 1, Ordering::SeqCst);
+        }
+        let mut all = self.versions.lock().unwrap();
+        let versions = all.entry((tenant.to_string(), kind)).or_default();
+        if versions.len() as u64 != cas {
+            return Err(VaultError::CasMismatch {
+                path: format!("{tenant}/{kind}"),
+                cas,
+            });
+        }
+        versions.push(secret.clone());
+        Ok(versions.len() as u64)
+    }
+
+    async fn read_key_set(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        version: u64,
+    ) -> Result<Option<VersionedKeySet>, VaultError> {
+        let all = self.versions.lock().unwrap();
+        Ok(all
+            .get(&(tenant.to_string(), kind))
+            .and_then(|v| v.get(version as usize - 1))
+            .map(|secret| VersionedKeySet {
+                secret: secret.clone(),
+                version,
+            }))
+    }
+
+    async fn key_set_versions(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<Option<KeySetVersions>, VaultError> {
+        let n = self.current(tenant.as_str(), kind) as u64;
+        Ok((n > 0).then(|| KeySetVersions {
+            current_version: n,
+            oldest_version: 1,
+            created_time: String::new(),
+            updated_time: String::new(),
+        }))
+    }
+
+    async fn health(&self) -> Result<VaultHealth, VaultError> {
+        unimplemented!("not used by the lifecycle")
+    }
+}
+
+struct Fixture {
+    lifecycle: KeyLifecycle,
+    vault: Arc<FakeVault>,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+const T1: &str = "t1";
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+    let store = Store::connect(&url, None).await.unwrap();
+    let vault = Arc::new(FakeVault::default());
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap(),
+    ));
+    let keys = KeysConfig {
+        algorithm: KeyAlgorithm::Ed25519,
+        ..KeysConfig::default()
+    };
+    Fixture {
+        lifecycle: KeyLifecycle::new(vault.clone(), store, clock.clone(), keys),
+        vault,
+        clock,
+        _dir: dir,
+    }
+}
+
+fn new_tenant() -> NewTenant {
+    NewTenant {
+        tenant_id: T1.parse().unwrap(),
+        vps_ip: "192.0.2.10".into(),
+        ssh_port: 22,
+        tenant_user: "tenant".parse().unwrap(),
+        admin_user: "kwadmin".parse().unwrap(),
+    }
+}
+
+fn t1() -> TenantId {
+    T1.parse().unwrap()
+}
+
+async fn audit_actions(f: &Fixture) -> Vec<(String, String)> {
+    let page = f
+        .lifecycle
+        .store()
+        .audit_events(&crate::store::AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    page.events
+        .into_iter()
+        .rev()
+        .map(|e| (e.action, e.outcome))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_create_that_fails_half_way_in_vault_leaves_no_sql_trace_and_can_be_retried() {
+    let f = fixture().await;
+    let caller = Caller::system();
+    // The admin key set is written, then Vault fails on the tenant key set.
+    f.vault.fail_after(1);
+    let err = f
+        .lifecycle
+        .create_tenant(&caller, new_tenant())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::Vault(VaultError::Sealed)),
+        "{err:?}"
+    );
+    assert!(f.lifecycle.store().tenant(&t1()).await.unwrap().is_none());
+    assert!(f.lifecycle.store().key_sets().await.unwrap().is_empty());
+    assert_eq!(
+        audit_actions(&f).await,
+        [("tenant.create".to_owned(), "failure".to_owned())]
+    );
+
+    // The orphaned admin version is superseded by the retry; SQL points at the new one.
+    f.vault.heal();
+    let (_, key_sets) = f
+        .lifecycle
+        .create_tenant(&caller, new_tenant())
+        .await
+        .unwrap();
+    assert_eq!(f.vault.current(T1, KeyKind::Admin), 2);
+    assert_eq!(key_sets[0].vault_version, 2);
+    assert_eq!(key_sets[1].vault_version, 1);
+    assert!(f.lifecycle.store().verify_audit_chain().await.unwrap().ok);
+}
+
+#[tokio::test]
+async fn the_download_hands_out_the_version_sql_knows_even_if_vault_has_a_newer_orphan() {
+    let f = fixture().await;
+    let caller = Caller::system();
+    let (_, key_sets) = f
+        .lifecycle
+        .create_tenant(&caller, new_tenant())
+        .await
+        .unwrap();
+    let known = &key_sets[1];
+    // A version written by an operation whose SQL commit then failed.
+    let orphan = GeneratedKey::generate(KeyAlgorithm::Ed25519, "orphan").unwrap();
+    let secret = KeySetSecret {
+        private_key: orphan.private_openssh().clone(),
+        public_key: orphan.public_openssh().to_owned(),
+        created_at: String::new(),
+        last_rotated: String::new(),
+        rotation_policy: "90_days".into(),
+    };
+    f.vault
+        .write_key_set(&t1(), KeyKind::Tenant, &secret, 1)
+        .await
+        .unwrap();
+
+    let (_, private_key) = f
+        .lifecycle
+        .download(&caller, &t1(), KeyKind::Tenant)
+        .await
+        .unwrap();
+    let fingerprint = keyward_common::keys::private_key_fingerprint(&private_key).unwrap();
+    assert_eq!(fingerprint.as_str(), known.fingerprint);
+}
+
+#[tokio::test]
+async fn rotation_times_come_from_the_clock_and_policy() {
+    let f = fixture().await;
+    let caller = Caller::system();
+    f.lifecycle
+        .create_tenant(&caller, new_tenant())
+        .await
+        .unwrap();
+    f.clock.advance(chrono::Duration::days(10));
+    let rotated = f
+        .lifecycle
+        .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
+        .await
+        .unwrap();
+    assert_eq!(rotated.last_rotated, "2026-01-11T12:00:00Z");
+    assert_eq!(rotated.grace_until.as_deref(), Some("2026-01-12T12:00:00Z"));
+    assert_eq!(rotated.next_rotation, "2026-04-11T12:00:00Z");
+    assert_eq!(rotated.created_at, "2026-01-01T12:00:00Z");
+    assert_eq!(rotated.generation, 2);
+
+    // Rotating again within the grace period keeps only the key just replaced.
+    let again = f
+        .lifecycle
+        .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.previous_fingerprint.as_deref(),
+        Some(rotated.fingerprint.as_str())
+    );
+    // The admin key set is untouched.
+    let admin = f
+        .lifecycle
+        .store()
+        .key_set(&t1(), KeyKind::Admin)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(admin.generation, 1);
+}
+
+#[tokio::test]
+async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
+    /// Reports a stale current version, as Vault would after another replica's write.
+    #[derive(Debug)]
+    struct StaleVault(FakeVault);
+
+    #[async_trait::async_trait]
+    impl SecretStore for StaleVault {
+        async fn write_key_set(
+            &self,
+            t: &TenantId,
+            k: KeyKind,
+            s: &KeySetSecret,
+            cas: u64,
+        ) -> Result<u64, VaultError> {
+            self.0.write_key_set(t, k, s, cas).await
+        }
+        async fn read_key_set(
+            &self,
+            t: &TenantId,
+            k: KeyKind,
+            v: u64,
+        ) -> Result<Option<VersionedKeySet>, VaultError> {
+            self.0.read_key_set(t, k, v).await
+        }
+        async fn key_set_versions(
+            &self,
+            _: &TenantId,
+            _: KeyKind,
+        ) -> Result<Option<KeySetVersions>, VaultError> {
+            Ok(None)
+        }
+        async fn health(&self) -> Result<VaultHealth, VaultError> {
+            self.0.health().await
+        }
+    }
+
+    let f = fixture().await;
+    let caller = Caller::system();
+    f.lifecycle
+        .create_tenant(&caller, new_tenant())
+        .await
+        .unwrap();
+    let stale = KeyLifecycle::new(
+        Arc::new(StaleVault(FakeVault {
+            versions: Mutex::new(std::mem::take(&mut *f.vault.versions.lock().unwrap())),
+            ..FakeVault::default()
+        })),
+        f.lifecycle.store().clone(),
+        f.clock.clone(),
+        f.lifecycle.keys.clone(),
+    );
+    let err = stale
+        .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Conflict), "{err:?}");
+    let ks = f
+        .lifecycle
+        .store()
+        .key_set(&t1(), KeyKind::Tenant)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ks.generation, 1, "nothing recorded");
+}
