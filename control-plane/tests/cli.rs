@@ -106,3 +106,24 @@ fn audit_verify_on_a_fresh_database() {
         stderr(&out)
     );
 }
+
+#[test]
+fn without_a_journald_socket_logging_falls_back_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // What systemd sets for a unit whose output goes to the journal; no journald runs here.
+    let out = keyward_server(
+        &["serve"],
+        &[
+            ("JOURNAL_STREAM", "8:12345"),
+            ("KEYWARD_SERVER__STATE_DIR", state.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("journald is not reachable"), "{err}");
+    assert!(
+        err.contains("VAULT_TOKEN"),
+        "the real error still reaches stderr: {err}"
+    );
+}

@@ -86,6 +86,43 @@ pub struct Options {
     pub database: Database,
     pub algorithm: KeyAlgorithm,
     pub grace_period: Duration,
+    /// Serve TLS with this certificate and key (PEM), trusted through `ca_pem`.
+    pub tls: Option<TestTls>,
+}
+
+/// A server certificate for 127.0.0.1 and localhost, signed by a CA made for the test.
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub ca_pem: String,
+    _dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl TestTls {
+    pub fn generate() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_file = dir.path().join("server.crt");
+        let key_file = dir.path().join("server.key");
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        Self {
+            cert_file,
+            key_file,
+            ca_pem: ca.pem(),
+            _dir: std::sync::Arc::new(dir),
+        }
+    }
 }
 
 impl Default for Options {
@@ -94,6 +131,7 @@ impl Default for Options {
             database: Database::Sqlite,
             algorithm: KeyAlgorithm::Rsa4096,
             grace_period: Duration::from_secs(24 * 3600),
+            tls: None,
         }
     }
 }
@@ -134,6 +172,10 @@ impl ControlPlane {
             grace_period: options.grace_period,
             ..KeysConfig::default()
         };
+        if let Some(tls) = &options.tls {
+            config.server.tls_cert = Some(tls.cert_file.clone());
+            config.server.tls_key = Some(tls.key_file.clone());
+        }
         let database_url = config.database_url();
         let token_path = config.bootstrap_token_path();
         let server = server::start(config.clone())
@@ -150,7 +192,15 @@ impl ControlPlane {
             database_url,
             config,
             server: Some(server),
-            http: reqwest::Client::new(),
+            http: match &options.tls {
+                Some(tls) => reqwest::Client::builder()
+                    .add_root_certificate(
+                        reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).unwrap(),
+                    )
+                    .build()
+                    .unwrap(),
+                None => reqwest::Client::new(),
+            },
             _schema: schema,
         }
     }

@@ -9,3 +9,4 @@ mod tenant_api;
 mod vault_failures;
 mod vault_policies;
 mod vault_store;
+mod api_surface;
