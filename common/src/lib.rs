@@ -4,6 +4,7 @@
 //! built from the validated newtypes in [`ids`]; key material is produced and fingerprinted only
 //! by [`keys`].
 
+pub mod authorized_keys;
 pub mod ids;
 pub mod keys;
 
