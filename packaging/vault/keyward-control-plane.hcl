@@ -1,0 +1,51 @@
+# keyward-control-plane: the policy of the `keyward-server` control plane.
+#
+# Who gets it: the control plane's own Vault identity, normally through the AppRole role it logs
+# in with (`token_policies=keyward-control-plane`, see README.md). Nobody else.
+#
+# What the control plane does in Vault, and therefore all this policy allows:
+#   * keeps one SSH key pair per (tenant, kind) as a KV v2 secret at
+#     `vps/{tenant_id}/admin_ssh` and `vps/{tenant_id}/tenant_ssh`;
+#   * writes every new key as a new version with check-and-set (`options.cas`), after reading the
+#     secret's metadata to learn the current version;
+#   * reads a given version back when a tenant downloads its private key;
+#   * keeps its own token alive (lookup-self, renew-self).
+#
+# What it deliberately cannot do: delete, undelete or destroy versions (the KV version history is
+# the rotation history and the audit trail relies on it), write or delete metadata (which could
+# shrink `max_versions` and so prune the history), patch, list tenants, read or write any other
+# secret name or mount, create tokens, or manage policies, auth methods, mounts or audit devices.
+#
+# Written for the KV v2 mount `vps`; if keyward runs with another `vault.mount`, replace `vps/`
+# below. `+` matches exactly one path segment: one tenant id (^[a-z0-9][a-z0-9-]{0,62}$).
+# Future secrets (`smtp`, `dkim`, a signing key) get their own paths here when they are added.
+
+# The key sets. `create` writes the first version (cas=0), `update` every later one (cas=N);
+# `read` returns the current version or `?version=N`.
+path "vps/data/+/admin_ssh" {
+  capabilities = ["create", "read", "update"]
+}
+
+path "vps/data/+/tenant_ssh" {
+  capabilities = ["create", "read", "update"]
+}
+
+# The key sets' metadata: the current version to check-and-set against, and the version history
+# shown to administrators. Read only.
+path "vps/metadata/+/admin_ssh" {
+  capabilities = ["read"]
+}
+
+path "vps/metadata/+/tenant_ssh" {
+  capabilities = ["read"]
+}
+
+# The control plane's own token: read its TTL and renew it. Vault's `default` policy grants these
+# too, but the AppRole role may be created with `token_no_default_policy=true`.
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
