@@ -7,6 +7,8 @@
 pub mod authorized_keys;
 pub mod ids;
 pub mod keys;
+pub mod proto;
+pub mod signing;
 
 pub use ids::{IdError, TenantId, UnixUser};
 pub use keys::{Fingerprint, GeneratedKey, KeyAlgorithm, KeyError, KeyKind};
