@@ -75,6 +75,44 @@ impl FromStr for TenantId {
     }
 }
 
+/// A host (VPS) identifier: the same grammar as [`TenantId`]. It names the host in its client
+/// certificate (`urn:keyward:host:{id}`) and in file names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct HostId(String);
+
+impl HostId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for HostId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        // One grammar for both: a host id is as safe in a path as a tenant id.
+        s.parse::<TenantId>()
+            .map(|t| Self(t.0))
+            .map_err(|e| match e {
+                IdError::Empty { .. } => IdError::Empty { what: "host id" },
+                IdError::TooLong { len, max, .. } => IdError::TooLong {
+                    what: "host id",
+                    len,
+                    max,
+                },
+                IdError::BadFirst { first, .. } => IdError::BadFirst {
+                    what: "host id",
+                    first,
+                },
+                IdError::BadChar { allowed, .. } => IdError::BadChar {
+                    what: "host id",
+                    allowed,
+                },
+            })
+    }
+}
+
 /// A Unix user name that keyward manages: `^[a-z_][a-z0-9_-]{0,31}$`.
 ///
 /// This is Debian's `adduser` default (`NAME_REGEX`) without the trailing `$` of machine
@@ -161,6 +199,7 @@ macro_rules! string_newtype_impls {
 
 string_newtype_impls!(TenantId);
 string_newtype_impls!(UnixUser);
+string_newtype_impls!(HostId);
 
 #[cfg(test)]
 mod tests {
@@ -225,6 +264,13 @@ mod tests {
         ] {
             assert!(bad.parse::<UnixUser>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn host_ids_share_the_tenant_grammar() {
+        assert!("vps-1".parse::<HostId>().is_ok());
+        let err = "../h".parse::<HostId>().unwrap_err();
+        assert!(err.to_string().starts_with("host id"), "{err}");
     }
 
     #[test]

@@ -10,5 +10,5 @@ pub mod keys;
 pub mod proto;
 pub mod signing;
 
-pub use ids::{IdError, TenantId, UnixUser};
+pub use ids::{HostId, IdError, TenantId, UnixUser};
 pub use keys::{Fingerprint, GeneratedKey, KeyAlgorithm, KeyError, KeyKind};

@@ -21,6 +21,36 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub vault: VaultConfig,
     pub keys: KeysConfig,
+    pub agent_api: AgentApiConfig,
+}
+
+/// The agents' mTLS gRPC endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentApiConfig {
+    pub listen: SocketAddr,
+    /// The URL agents dial, as given to them at enrollment; default `https://{listen}`.
+    pub url: Option<String>,
+    /// Names (DNS or IP) in the endpoint's certificate; default: the host of `url`.
+    pub server_names: Vec<String>,
+    /// Lifetime of a host's client certificate; agents renew at two thirds of it.
+    #[serde(with = "humantime_serde")]
+    pub certificate_lifetime: Duration,
+    /// How long an enrollment token stays usable.
+    #[serde(with = "humantime_serde")]
+    pub enrollment_ttl: Duration,
+}
+
+impl Default for AgentApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            url: None,
+            server_names: Vec::new(),
+            certificate_lifetime: Duration::from_secs(30 * 86_400),
+            enrollment_ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,7 +204,13 @@ impl Config {
             });
         let config: Config = figment
             .merge(vault_env)
-            .merge(Env::prefixed("KEYWARD_").split("__"))
+            // Only nested keys are settings (`KEYWARD_VAULT__ADDRESS`); other KEYWARD_ variables
+            // (KEYWARD_CONFIG, a test's KEYWARD_BAO) are not ours to refuse.
+            .merge(
+                Env::prefixed("KEYWARD_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
             .extract()
             .map_err(Box::new)?;
         config.validate()?;
@@ -209,6 +245,17 @@ impl Config {
         }
         if self.keys.grace_period >= self.keys.rotation_interval {
             return rule("keys.grace_period must be shorter than keys.rotation_interval");
+        }
+        if self.agent_api.certificate_lifetime < Duration::from_secs(300) {
+            return rule("agent_api.certificate_lifetime must be at least 5m");
+        }
+        if self.agent_api.enrollment_ttl < Duration::from_secs(60) {
+            return rule("agent_api.enrollment_ttl must be at least 1m");
+        }
+        if let Some(url) = &self.agent_api.url
+            && !url.starts_with("https://")
+        {
+            return rule("agent_api.url must start with https://");
         }
         if self.server.max_body_bytes < 1024 {
             return rule("server.max_body_bytes must be at least 1024");

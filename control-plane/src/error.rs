@@ -40,6 +40,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("tenant {0} not found")]
     TenantNotFound(String),
+    #[error("host {0} not found")]
+    HostNotFound(String),
+    #[error("host {0} already exists")]
+    HostExists(String),
+    #[error(
+        "the enrollment token is unknown, used, expired or revoked; ask an admin for a new one"
+    )]
+    EnrollmentTokenInvalid,
     #[error("API token {0} not found")]
     TokenNotFound(String),
     #[error("invalid {what}: {source}")]
@@ -95,6 +103,13 @@ impl ApiError {
             ),
             TenantNotFound(_) => (StatusCode::NOT_FOUND, "tenant_not_found", "Not Found"),
             TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found", "Not Found"),
+            HostNotFound(_) => (StatusCode::NOT_FOUND, "host_not_found", "Not Found"),
+            HostExists(_) => (StatusCode::CONFLICT, "host_exists", "Conflict"),
+            EnrollmentTokenInvalid => (
+                StatusCode::UNAUTHORIZED,
+                "enrollment_token_invalid",
+                "Unauthorized",
+            ),
             InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id", "Bad Request"),
             InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body", "Bad Request"),
             InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", "Bad Request"),

@@ -7,6 +7,7 @@
 //! - [`api`]: the REST API (axum), [`auth`]: bearer tokens, [`error`]: problem documents.
 //! - [`config`], [`server`], [`telemetry`]: running it.
 
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod clock;

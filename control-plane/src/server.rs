@@ -12,6 +12,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
 
+use crate::agents::{AgentTrust, grpc};
+use crate::api::hosts::AgentSettings;
 use crate::api::{AppState, router};
 use crate::auth::{Caller, new_token};
 use crate::clock::{Clock, SystemClock, iso8601};
@@ -39,6 +41,10 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("agents' trust material: {0}")]
+    AgentTrust(#[from] crate::agents::AgentTrustError),
+    #[error(transparent)]
+    AgentApi(#[from] crate::agents::grpc::AgentApiError),
     #[error("TLS configuration: {0}")]
     Tls(String),
     #[error("cannot write the bootstrap admin token to {path}: {source}")]
@@ -56,6 +62,9 @@ pub enum StartError {
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// The agents' mTLS gRPC endpoint.
+    pub agent_addr: SocketAddr,
+    pub agent_url: String,
     pub lifecycle: Arc<KeyLifecycle>,
     handle: axum_server::Handle,
     server: JoinHandle<Result<(), std::io::Error>>,
@@ -133,14 +142,46 @@ pub async fn start_with(
             source,
         })?;
     let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
+    let trust = AgentTrust::load_or_create(vault.as_ref()).await?;
     let lifecycle = Arc::new(KeyLifecycle::new(vault, store, clock, config.keys.clone()));
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
+
+    let agent_config = &config.agent_api;
+    let server_names = if agent_config.server_names.is_empty() {
+        vec![match &agent_config.url {
+            Some(url) => reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+                .ok_or_else(|| StartError::Tls(format!("agent_api.url {url:?} has no host")))?,
+            None => agent_config.listen.ip().to_string(),
+        }]
+    } else {
+        agent_config.server_names.clone()
+    };
+    let agent_api = grpc::start(
+        lifecycle.clone(),
+        trust.clone(),
+        agent_config.listen,
+        &server_names,
+        agent_config.certificate_lifetime,
+    )
+    .await?;
+    let agent_url = agent_config
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", agent_api.addr));
 
     let state = AppState {
         lifecycle: lifecycle.clone(),
         metrics: metrics_handle(),
         request_timeout: config.server.request_timeout,
         vault_mount: config.vault.mount.clone(),
+        agents: Arc::new(AgentSettings {
+            trust,
+            url: agent_url.clone(),
+            certificate_lifetime: agent_config.certificate_lifetime,
+            enrollment_ttl: agent_config.enrollment_ttl,
+        }),
     };
     let app = router(state, config.server.max_body_bytes)
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -179,10 +220,12 @@ pub async fn start_with(
     Ok(RunningServer {
         addr,
         tls,
+        agent_addr: agent_api.addr,
+        agent_url,
         lifecycle,
         handle,
         server,
-        background: Vec::new(),
+        background: vec![agent_api.task],
     })
 }
 

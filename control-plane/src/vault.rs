@@ -131,6 +131,18 @@ pub trait SecretStore: Send + Sync + fmt::Debug {
     ) -> Result<Option<KeySetVersions>, VaultError>;
 
     async fn health(&self) -> Result<VaultHealth, VaultError>;
+
+    /// Reads one of keyward's own secrets (the agent CA, the state signing key) at
+    /// `{mount}/_keyward/{name}`. `_` cannot start a tenant id, so these never collide.
+    async fn read_internal(&self, name: &str) -> Result<Option<serde_json::Value>, VaultError>;
+
+    /// Creates one of keyward's own secrets unless it exists (check-and-set 0). Returns false
+    /// when another writer created it first.
+    async fn create_internal(
+        &self,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<bool, VaultError>;
 }
 
 /// How the control plane authenticates to Vault.
@@ -437,6 +449,42 @@ impl SecretStore for VaultStore {
         }
     }
 
+    async fn read_internal(&self, name: &str) -> Result<Option<serde_json::Value>, VaultError> {
+        let path = format!("{INTERNAL_PREFIX}/{name}");
+        let client = self.client.read().await;
+        let read: Result<serde_json::Value, _> = self
+            .timed("read", vaultrs::kv2::read(&*client, &self.mount, &path))
+            .await;
+        match read {
+            Ok(value) => Ok(Some(value)),
+            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+            Err(e) => Err(self.map_error("read", &path, None, e)),
+        }
+    }
+
+    async fn create_internal(
+        &self,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<bool, VaultError> {
+        let path = format!("{INTERNAL_PREFIX}/{name}");
+        let options = vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: 0 };
+        let client = self.client.read().await;
+        let written = self
+            .timed(
+                "write",
+                vaultrs::kv2::set_with_options(&*client, &self.mount, &path, value, options),
+            )
+            .await;
+        match written {
+            Ok(_) => Ok(true),
+            Err(e) => match self.map_error("write", &path, Some(0), e) {
+                VaultError::CasMismatch { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
     async fn health(&self) -> Result<VaultHealth, VaultError> {
         // The *code parameters make every state answer 200 with a body, so one request tells all.
         let health = self
@@ -475,6 +523,9 @@ impl SecretStore for VaultStore {
         })
     }
 }
+
+/// Where keyward keeps its own secrets inside the mount.
+const INTERNAL_PREFIX: &str = "_keyward";
 
 fn read_secret_file(path: &PathBuf) -> Result<Zeroizing<String>, VaultError> {
     let raw = Zeroizing::new(

@@ -49,3 +49,16 @@ path "auth/token/lookup-self" {
 path "auth/token/renew-self" {
   capabilities = ["update"]
 }
+
+# keyward's own secrets: the agent CA's key and certificate, and the Ed25519 key that signs every
+# desired state sent to agents. `_` cannot start a tenant id, so `_keyward` never collides with a
+# tenant. The control plane creates each once (check-and-set 0) and reads it at start; it can never
+# overwrite or delete them, so a compromised control plane cannot swap the CA or signing key
+# that enrolled agents have pinned.
+path "vps/data/_keyward/agent_ca" {
+  capabilities = ["create", "read"]
+}
+
+path "vps/data/_keyward/state_signing" {
+  capabilities = ["create", "read"]
+}

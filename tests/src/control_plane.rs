@@ -164,6 +164,7 @@ impl ControlPlane {
         let mut config = Config::default();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.server.state_dir = state_dir.path().to_path_buf();
+        config.agent_api.listen = "127.0.0.1:0".parse().unwrap();
         config.database.url = schema.as_ref().map(PgSchema::url);
         config.vault.address = bao.addr.clone();
         config.vault.token = Some(ROOT_TOKEN.into());

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::lifecycle::KeyLifecycle;
 
 pub mod admin;
+pub mod hosts;
 pub mod ops;
 pub mod tenant;
 pub mod views;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub request_timeout: Duration,
     pub vault_mount: String,
+    pub agents: Arc<hosts::AgentSettings>,
 }
 
 /// `Json<T>` whose failures are problem documents (malformed JSON, unknown fields, wrong types,
@@ -73,6 +75,11 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         admin::vault_health,
         admin::audit_events,
         admin::verify_audit,
+        hosts::register_host,
+        hosts::enroll,
+        hosts::list_hosts,
+        hosts::host_details,
+        hosts::revoke_host,
         ops::healthz,
         ops::readyz,
     ),
@@ -117,10 +124,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/vault/health", get(admin::vault_health))
         .route("/audit", get(admin::audit_events))
-        .route("/audit/verify", get(admin::verify_audit));
+        .route("/audit/verify", get(admin::verify_audit))
+        .route("/hosts", post(hosts::register_host).get(hosts::list_hosts))
+        .route("/hosts/{host_id}", get(hosts::host_details))
+        .route("/hosts/{host_id}/revoke", post(hosts::revoke_host));
     Router::new()
         .nest("/api/v1/tenant/infrastructure", tenant_api)
         .nest("/api/v1/admin", admin_api)
+        .route("/api/v1/agent/enroll", post(hosts::enroll))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

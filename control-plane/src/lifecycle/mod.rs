@@ -79,6 +79,21 @@ pub struct KeyLifecycle {
     clock: Arc<dyn Clock>,
     keys: KeysConfig,
     locks: TenantLocks,
+    agents: Arc<crate::agents::hub::Hub>,
+}
+
+/// How many replaced or revoked fingerprints a key set remembers as denied.
+const DENIED_KEPT: usize = 20;
+
+/// `ending` first, then the older denials, without repeats, at most [`DENIED_KEPT`].
+fn deny(older: &[String], ending: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in ending.into_iter().chain(older.iter().cloned()) {
+        if !out.contains(&f) && out.len() < DENIED_KEPT {
+            out.push(f);
+        }
+    }
+    out
 }
 
 impl fmt::Debug for KeyLifecycle {
@@ -103,7 +118,21 @@ impl KeyLifecycle {
             clock,
             keys,
             locks: TenantLocks::new(256),
+            agents: Arc::new(crate::agents::hub::Hub::default()),
         }
+    }
+
+    /// The hub through which changes reach connected agents.
+    pub fn agents(&self) -> &Arc<crate::agents::hub::Hub> {
+        &self.agents
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn keys_config(&self) -> &KeysConfig {
+        &self.keys
     }
 
     pub fn store(&self) -> &Store {
@@ -288,6 +317,8 @@ impl KeyLifecycle {
                     previous_public_key: None,
                     previous_fingerprint: None,
                     grace_until: None,
+                    session_epoch: 0,
+                    denied_fingerprints: Vec::new(),
                 };
                 tx.put_key_set(&ks).await?;
                 key_sets.push(ks);
@@ -393,6 +424,7 @@ impl KeyLifecycle {
             ..old.clone()
         };
         tx.put_key_set(&new).await?;
+        tx.bump_tenant_hosts(tenant).await?;
         let detail = json!({
             "kind": kind,
             "generation": generation,
@@ -403,6 +435,7 @@ impl KeyLifecycle {
         tx.append_audit(&self.event(caller, how.action(), Some(tenant), "success", detail))
             .await?;
         tx.commit().await?;
+        self.agents.tenant_changed(tenant);
         tracing::info!(tenant = %tenant, %kind, generation, action = how.action(), "key replaced");
         Ok(new)
     }
@@ -417,8 +450,15 @@ impl KeyLifecycle {
     ) -> Result<KeySetRecord, ApiError> {
         let _guard = self.locks.lock(tenant).await;
         let old = self.key_set_or_404(tenant, kind).await?;
+        let mut ending = Vec::new();
+        if old.state == KeyState::Active {
+            ending.push(old.fingerprint.clone());
+        }
+        ending.extend(old.previous_fingerprint.clone());
         let new = KeySetRecord {
             state: KeyState::Revoked,
+            denied_fingerprints: deny(&old.denied_fingerprints, ending),
+            session_epoch: old.session_epoch + 1,
             previous_public_key: None,
             previous_fingerprint: None,
             grace_until: None,
@@ -426,6 +466,7 @@ impl KeyLifecycle {
         };
         let mut tx = self.store.begin().await?;
         tx.put_key_set(&new).await?;
+        tx.bump_tenant_hosts(tenant).await?;
         let detail = json!({
             "kind": kind,
             "generation": old.generation,
@@ -435,6 +476,7 @@ impl KeyLifecycle {
         tx.append_audit(&self.event(caller, "key.revoke", Some(tenant), "success", detail))
             .await?;
         tx.commit().await?;
+        self.agents.tenant_changed(tenant);
         metrics::counter!("keyward_key_operations_total", "operation" => "key.revoke", "outcome" => "success").increment(1);
         tracing::info!(tenant = %tenant, %kind, "key revoked");
         Ok(new)
@@ -520,6 +562,53 @@ impl KeyLifecycle {
             },
             private_key,
         ))
+    }
+
+    /// Enrolls the host whose one-time token hashes to `token_hash`, with a certificate from
+    /// `issue`. Refusals are audited with the caller's address.
+    pub async fn enroll_host<F>(
+        &self,
+        caller: &Caller,
+        token_hash: &str,
+        now: &str,
+        issue: F,
+    ) -> Result<(keyward_common::HostId, TenantId, crate::agents::ca::Issued), ApiError>
+    where
+        F: FnOnce(&keyward_common::HostId) -> Result<crate::agents::ca::Issued, ApiError>,
+    {
+        let Some(host) = self.store.pending_host_by_token(token_hash, now).await? else {
+            self.audit_outside(self.event(
+                caller,
+                "host.enroll",
+                None,
+                "refused",
+                json!({ "code": "enrollment_token_invalid" }),
+            ))
+            .await;
+            return Err(ApiError::EnrollmentTokenInvalid);
+        };
+        let issued = issue(&host.host_id)?;
+        let not_after = iso8601(issued.not_after);
+        let mut tx = self.store.begin().await?;
+        if !tx
+            .enroll_host(&host.host_id, token_hash, now, &issued.serial, &not_after)
+            .await?
+        {
+            return Err(ApiError::EnrollmentTokenInvalid);
+        }
+        let detail =
+            json!({ "hostId": host.host_id, "serial": issued.serial, "notAfter": not_after });
+        tx.append_audit(&self.event(
+            caller,
+            "host.enroll",
+            Some(&host.tenant_id),
+            "success",
+            detail,
+        ))
+        .await?;
+        tx.commit().await?;
+        tracing::info!(host = %host.host_id, tenant = %host.tenant_id, "host enrolled");
+        Ok((host.host_id, host.tenant_id, issued))
     }
 
     /// Records an audited read (an admin looking at a tenant's secrets' metadata).

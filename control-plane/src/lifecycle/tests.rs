@@ -100,6 +100,14 @@ impl SecretStore for FakeVault {
     async fn health(&self) -> Result<VaultHealth, VaultError> {
         unimplemented!("not used by the lifecycle")
     }
+
+    async fn read_internal(&self, _: &str) -> Result<Option<serde_json::Value>, VaultError> {
+        unimplemented!("not used by the lifecycle")
+    }
+
+    async fn create_internal(&self, _: &str, _: &serde_json::Value) -> Result<bool, VaultError> {
+        unimplemented!("not used by the lifecycle")
+    }
 }
 
 struct Fixture {
@@ -305,6 +313,16 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
         }
         async fn health(&self) -> Result<VaultHealth, VaultError> {
             self.0.health().await
+        }
+        async fn read_internal(&self, n: &str) -> Result<Option<serde_json::Value>, VaultError> {
+            self.0.read_internal(n).await
+        }
+        async fn create_internal(
+            &self,
+            n: &str,
+            v: &serde_json::Value,
+        ) -> Result<bool, VaultError> {
+            self.0.create_internal(n, v).await
         }
     }
 

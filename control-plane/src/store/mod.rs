@@ -21,7 +21,9 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 mod audit;
+mod hosts;
 pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
+pub use hosts::{DriftRecord, HostRecord};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,10 @@ pub struct KeySetRecord {
     pub previous_public_key: Option<String>,
     pub previous_fingerprint: Option<String>,
     pub grace_until: Option<String>,
+    /// Raised on every regenerate and revoke; agents end the user's sessions when it rises.
+    pub session_epoch: i64,
+    /// Fingerprints keyward issued for this key set and then replaced or revoked, newest first.
+    pub denied_fingerprints: Vec<String>,
 }
 
 /// Who may call what.
@@ -398,8 +404,9 @@ impl WriteTx {
         sqlx::query(
             "INSERT INTO key_sets (tenant_id, kind, algorithm, generation, state, public_key, \
              fingerprint, vault_version, rotation_policy, created_at, last_rotated, next_rotation, \
-             downloaded_at, previous_public_key, previous_fingerprint, grace_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             downloaded_at, previous_public_key, previous_fingerprint, grace_until, \
+             session_epoch, denied_fingerprints) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(k.tenant_id.as_str())
         .bind(k.kind.as_str())
@@ -417,6 +424,8 @@ impl WriteTx {
         .bind(k.previous_public_key.clone())
         .bind(k.previous_fingerprint.clone())
         .bind(k.grace_until.clone())
+        .bind(k.session_epoch)
+        .bind(serde_json::to_string(&k.denied_fingerprints).unwrap_or_else(|_| "[]".into()))
         .execute(&mut *self.tx)
         .await
         .map_err(query_error("writing a key set"))?;
@@ -502,6 +511,17 @@ where
     })
 }
 
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    column: &'static str,
+) -> Result<T, StoreError> {
+    let raw: String = get(row, column)?;
+    serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt {
+        what: column,
+        detail: e.to_string(),
+    })
+}
+
 fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, StoreError> {
     let port: i64 = get(row, "ssh_port")?;
     Ok(TenantRecord {
@@ -545,6 +565,8 @@ fn key_set_from_row(row: &AnyRow) -> Result<KeySetRecord, StoreError> {
         previous_public_key: get(row, "previous_public_key")?,
         previous_fingerprint: get(row, "previous_fingerprint")?,
         grace_until: get(row, "grace_until")?,
+        session_epoch: get(row, "session_epoch")?,
+        denied_fingerprints: json_column(row, "denied_fingerprints")?,
     })
 }
 

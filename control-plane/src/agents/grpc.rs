@@ -1,0 +1,438 @@
+//! The agents' gRPC endpoint: mutual TLS 1.3, one bidirectional stream per host.
+//!
+//! The TLS layer admits only certificates the agent CA issued and that are within their
+//! validity; the stream then maps the certificate to its host (`urn:keyward:host:{id}`) and
+//! refuses a revoked host or a certificate that is not the host's current one. A host only ever
+//! receives the state built for its own id.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use keyward_common::HostId;
+use keyward_common::proto::agent_hub_server::{AgentHub, AgentHubServer};
+use keyward_common::proto::{
+    AgentMessage, Certificate as CertificateMessage, ControlMessage, agent_message, control_message,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::AgentTrust;
+use super::ca::HOST_URI_PREFIX;
+use super::state::desired_state;
+use crate::auth::Caller;
+use crate::clock::iso8601;
+use crate::lifecycle::KeyLifecycle;
+use crate::store::DriftRecord;
+
+/// How long the control plane waits for `Applied` before sending the state again.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+
+/// Why the agent endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentApiError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// The identity a client certificate proves: its host and serial.
+fn peer_identity<T>(request: &Request<T>) -> Result<(HostId, String), Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+    let serial = hex::encode(cert.raw_serial());
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(|| Status::permission_denied("the certificate names no host"))?;
+    let host = san
+        .value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(HOST_URI_PREFIX),
+            _ => None,
+        })
+        .ok_or_else(|| Status::permission_denied("the certificate names no host"))?;
+    let host = host
+        .parse::<HostId>()
+        .map_err(|_| Status::permission_denied("the certificate names an invalid host"))?;
+    Ok((host, serial.trim_start_matches("00").to_owned()))
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    lifecycle: Arc<KeyLifecycle>,
+    trust: AgentTrust,
+    certificate_lifetime: Duration,
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentHub for AgentService {
+    type SessionStream = ControlStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<ControlStream>, Status> {
+        let (host_id, serial) = peer_identity(&request)?;
+        let store = self.lifecycle.store();
+        let host = store
+            .host(&host_id)
+            .await
+            .map_err(|_| Status::unavailable("database unavailable"))?
+            .ok_or_else(|| Status::permission_denied("unknown host"))?;
+        if host.revoked_at.is_some() {
+            return Err(Status::permission_denied("the host is revoked"));
+        }
+        let current = host
+            .cert_serial
+            .as_deref()
+            .map(|s| s.trim_start_matches("00"));
+        if current != Some(serial.as_str()) {
+            return Err(Status::permission_denied(
+                "the certificate is not the host's current certificate",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let session = Session {
+            service: self.clone(),
+            host: host_id,
+            tenant: host.tenant_id,
+            tx,
+        };
+        tokio::spawn(session.run(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Session {
+    service: AgentService,
+    host: HostId,
+    tenant: keyward_common::TenantId,
+    tx: mpsc::Sender<Result<ControlMessage, Status>>,
+}
+
+impl Session {
+    fn now(&self) -> String {
+        iso8601(self.service.lifecycle.now())
+    }
+
+    /// Builds, signs and sends the host's current state; returns its generation.
+    async fn send_state(&self) -> Option<u64> {
+        let lifecycle = &self.service.lifecycle;
+        let state = match desired_state(lifecycle.store(), &self.host, lifecycle.now()).await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(host = %self.host, error = %e, "cannot build the desired state");
+                return None;
+            }
+        };
+        let generation = state.generation;
+        let signed = self.service.trust.signer.sign(&state);
+        let message = ControlMessage {
+            msg: Some(control_message::Msg::State(signed)),
+        };
+        self.tx.send(Ok(message)).await.ok()?;
+        metrics::counter!("keyward_agent_states_sent_total").increment(1);
+        Some(generation)
+    }
+
+    async fn run(self, mut inbound: Streaming<AgentMessage>) {
+        let hub = self.service.lifecycle.agents().clone();
+        let mut registration = hub.register(&self.host, &self.tenant);
+        tracing::info!(host = %self.host, "agent connected");
+        let mut sent = self.send_state().await;
+        let mut acked: Option<u64> = None;
+        let resend = tokio::time::sleep(RESEND_AFTER);
+        tokio::pin!(resend);
+        loop {
+            let awaiting = sent.is_some() && acked < sent;
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        if let Some(generation) = self.handle(message).await {
+                            acked = acked.max(Some(generation));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(host = %self.host, %status, "agent stream ended");
+                        break;
+                    }
+                },
+                changed = registration.wake.changed() => {
+                    if changed.is_err() { break; }
+                    sent = self.send_state().await.or(sent);
+                    resend.as_mut().reset(tokio::time::Instant::now() + RESEND_AFTER);
+                }
+                _ = registration.cut.changed() => {
+                    let _ = self.tx.send(Err(Status::permission_denied("the host was revoked or reconnected"))).await;
+                    break;
+                }
+                () = &mut resend, if awaiting => {
+                    sent = self.send_state().await.or(sent);
+                    resend.as_mut().reset(tokio::time::Instant::now() + RESEND_AFTER);
+                }
+            }
+        }
+        hub.unregister(&self.host, registration.id);
+        let _ = self
+            .service
+            .lifecycle
+            .store()
+            .record_seen(&self.host, &self.now())
+            .await;
+        tracing::info!(host = %self.host, "agent disconnected");
+    }
+
+    /// Handles one message; returns the generation it acknowledges, if it does.
+    async fn handle(&self, message: AgentMessage) -> Option<u64> {
+        let store = self.service.lifecycle.store();
+        let now = self.now();
+        match message.msg? {
+            agent_message::Msg::Hello(hello) => {
+                let host_keys: Vec<String> = hello
+                    .host_keys
+                    .iter()
+                    .filter(|k| keyward_common::keys::public_key_fingerprint(k).is_ok())
+                    .take(16)
+                    .cloned()
+                    .collect();
+                let version: String = hello.agent_version.chars().take(64).collect();
+                if let Err(e) = store
+                    .record_hello(&self.host, &version, &host_keys, &now)
+                    .await
+                {
+                    tracing::warn!(host = %self.host, error = %e, "cannot record hello");
+                }
+                None
+            }
+            agent_message::Msg::Applied(applied) => {
+                let users: Vec<serde_json::Value> = applied
+                    .users
+                    .iter()
+                    .map(|u| {
+                        json!({
+                            "user": u.user,
+                            "error": (!u.error.is_empty()).then_some(&u.error),
+                            "fingerprints": u.fingerprints,
+                            "changed": u.changed,
+                            "sessionsEnded": u.sessions_ended,
+                        })
+                    })
+                    .collect();
+                let errors: Vec<String> = applied
+                    .users
+                    .iter()
+                    .filter(|u| !u.error.is_empty())
+                    .map(|u| format!("{}: {}", u.user, u.error))
+                    .collect();
+                let error = (!errors.is_empty()).then(|| errors.join("; "));
+                let generation = i64::try_from(applied.generation).ok()?;
+                if let Err(e) = store
+                    .record_applied(
+                        &self.host,
+                        generation,
+                        &json!(users),
+                        error.as_deref(),
+                        &now,
+                    )
+                    .await
+                {
+                    tracing::warn!(host = %self.host, error = %e, "cannot record applied state");
+                }
+                metrics::counter!("keyward_agent_states_applied_total").increment(1);
+                Some(applied.generation)
+            }
+            agent_message::Msg::Drift(drift) => {
+                let record = DriftRecord {
+                    user: drift.user.chars().take(64).collect(),
+                    added: drift.added.into_iter().take(64).collect(),
+                    removed: drift.removed.into_iter().take(64).collect(),
+                    detected_at: drift.detected_at.chars().take(40).collect(),
+                    received_at: now,
+                };
+                tracing::warn!(host = %self.host, user = %record.user, "agent repaired drift");
+                if let Err(e) = store.insert_drift(&self.host, &record).await {
+                    tracing::warn!(host = %self.host, error = %e, "cannot record drift");
+                }
+                None
+            }
+            agent_message::Msg::Rejected(rejected) => {
+                let reason: String = rejected.reason.chars().take(200).collect();
+                tracing::error!(host = %self.host, generation = rejected.generation, %reason, "agent rejected a state");
+                let _ = store
+                    .record_host_error(&self.host, &format!("state rejected: {reason}"), &now)
+                    .await;
+                None
+            }
+            agent_message::Msg::Renew(renew) => {
+                self.renew(&renew.csr_pem).await;
+                None
+            }
+        }
+    }
+
+    async fn renew(&self, csr_pem: &str) {
+        let lifecycle = &self.service.lifecycle;
+        let issued = match self.service.trust.ca.issue_host(
+            &self.host,
+            csr_pem,
+            self.service.certificate_lifetime,
+        ) {
+            Ok(issued) => issued,
+            Err(e) => {
+                tracing::warn!(host = %self.host, error = %e, "certificate renewal refused");
+                return;
+            }
+        };
+        let host = self.host.clone();
+        let serial = issued.serial.clone();
+        let not_after = iso8601(issued.not_after);
+        let recorded = lifecycle
+            .audited(
+                &Caller::system(),
+                "host.certificate_renew",
+                Some(&self.tenant),
+                move |tx| {
+                    Box::pin(async move {
+                        tx.set_host_certificate(&host, &serial, &not_after).await?;
+                        Ok((
+                            (),
+                            json!({ "hostId": host, "serial": serial, "notAfter": not_after }),
+                        ))
+                    })
+                },
+            )
+            .await;
+        if recorded.is_ok() {
+            let message = ControlMessage {
+                msg: Some(control_message::Msg::Certificate(CertificateMessage {
+                    certificate_pem: issued.certificate_pem,
+                })),
+            };
+            let _ = self.tx.send(Ok(message)).await;
+        }
+    }
+}
+
+/// The running agent endpoint.
+#[derive(Debug)]
+pub struct AgentApi {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the agent endpoint on `listen` with a server certificate for `server_names`.
+pub async fn start(
+    lifecycle: Arc<KeyLifecycle>,
+    trust: AgentTrust,
+    listen: SocketAddr,
+    server_names: &[String],
+    certificate_lifetime: Duration,
+) -> Result<AgentApi, AgentApiError> {
+    let tls_err = |e: &dyn std::fmt::Display| AgentApiError::Tls(e.to_string());
+    let (cert_pem, key_pem) = trust
+        .ca
+        .issue_server(server_names, Duration::from_secs(365 * 86_400))
+        .map_err(|e| tls_err(&e))?;
+    let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| tls_err(&e))?];
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls_err(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            CertificateDer::from_pem_slice(trust.ca.certificate_pem().as_bytes())
+                .map_err(|e| tls_err(&e))?,
+        )
+        .map_err(|e| tls_err(&e))?;
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .map_err(|e| tls_err(&e))?;
+    let mut config =
+        rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| tls_err(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| AgentApiError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| AgentApiError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let (conn_tx, conn_rx) = mpsc::channel(64);
+    let accept = async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let conn_tx = conn_tx.clone();
+            // Handshakes run concurrently, with a deadline, so a slow client cannot stall others.
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "agent TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, "agent TLS handshake timed out"),
+                }
+            });
+        }
+    };
+    let service = AgentService {
+        lifecycle,
+        trust,
+        certificate_lifetime,
+    };
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(AgentHubServer::new(service))
+        .serve_with_incoming(ReceiverStream::new(conn_rx));
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            () = accept => {},
+            result = server => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "agent endpoint failed");
+                }
+            }
+        }
+    });
+    tracing::info!(%addr, "agent endpoint listening (mTLS)");
+    Ok(AgentApi { addr, task })
+}

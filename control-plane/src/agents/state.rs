@@ -1,0 +1,102 @@
+//! A host's desired state, built from SQL: the admin user with only managed keys, the tenant user
+//! with its own lines preserved, each with the current key and a rotated key in its grace period.
+
+use chrono::{DateTime, Utc};
+use keyward_common::proto::{DesiredState, Key, KeyKind as ProtoKind, ManagedUser, Mode};
+use keyward_common::{HostId, KeyKind};
+
+use crate::clock::{iso8601, parse_iso8601};
+use crate::store::{KeySetRecord, KeyState, Store, StoreError};
+
+/// Why a state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateBuildError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("host {0} is unknown or revoked")]
+    NoHost(HostId),
+}
+
+fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
+    let kind = match ks.kind {
+        KeyKind::Admin => ProtoKind::Admin,
+        KeyKind::Tenant => ProtoKind::Tenant,
+    };
+    let mut keys = Vec::new();
+    if ks.state == KeyState::Active {
+        keys.push(Key {
+            kind: kind.into(),
+            generation: ks.generation,
+            public_key: ks.public_key.clone(),
+            fingerprint: ks.fingerprint.clone(),
+            expires_at: String::new(),
+        });
+        let in_grace = ks
+            .grace_until
+            .as_deref()
+            .and_then(parse_iso8601)
+            .filter(|until| *until > now);
+        if let (Some(until), Some(public_key), Some(fingerprint)) =
+            (in_grace, &ks.previous_public_key, &ks.previous_fingerprint)
+        {
+            keys.push(Key {
+                kind: kind.into(),
+                generation: ks.generation - 1,
+                public_key: public_key.clone(),
+                fingerprint: fingerprint.clone(),
+                expires_at: iso8601(until),
+            });
+        }
+    }
+    keys
+}
+
+fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -> ManagedUser {
+    let mut denied = ks.denied_fingerprints.clone();
+    // A rotated key past its grace period is denied too.
+    if let Some(previous) = &ks.previous_fingerprint
+        && !keys_of(ks, now).iter().any(|k| &k.fingerprint == previous)
+        && !denied.contains(previous)
+    {
+        denied.push(previous.clone());
+    }
+    ManagedUser {
+        user: user.to_owned(),
+        mode: mode.into(),
+        keys: keys_of(ks, now),
+        denied_fingerprints: denied,
+        session_epoch: u64::try_from(ks.session_epoch).unwrap_or_default(),
+    }
+}
+
+/// The whole desired state of `host` now, with the host's current generation.
+pub async fn desired_state(
+    store: &Store,
+    host: &HostId,
+    now: DateTime<Utc>,
+) -> Result<DesiredState, StateBuildError> {
+    let record = store
+        .host(host)
+        .await?
+        .filter(|h| h.revoked_at.is_none())
+        .ok_or_else(|| StateBuildError::NoHost(host.clone()))?;
+    let tenant = store
+        .tenant(&record.tenant_id)
+        .await?
+        .ok_or_else(|| StateBuildError::NoHost(host.clone()))?;
+    let mut users = Vec::new();
+    for (kind, user, mode) in [
+        (KeyKind::Admin, &tenant.admin_user, Mode::Exclusive),
+        (KeyKind::Tenant, &tenant.tenant_user, Mode::Preserve),
+    ] {
+        if let Some(ks) = store.key_set(&tenant.tenant_id, kind).await? {
+            users.push(managed_user(user.as_str(), mode, &ks, now));
+        }
+    }
+    Ok(DesiredState {
+        host_id: host.to_string(),
+        generation: u64::try_from(record.desired_generation).unwrap_or_default(),
+        issued_at: iso8601(now),
+        users,
+    })
+}

@@ -1,0 +1,335 @@
+//! Hosts: registration with a one-time enrollment token, enrollment by the agent, revocation,
+//! and the live view of each host (`/api/v1/admin/hosts`, `/api/v1/agent/enroll`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use keyward_common::HostId;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::{ApiJson, ApiPath, AppState, tenant_from_path};
+use crate::auth::{AdminCaller, Caller};
+use crate::clock::iso8601;
+use crate::error::{ApiError, Problem};
+use crate::store::{DriftRecord, HostRecord, hash_token};
+
+/// `POST /api/v1/admin/hosts`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterHostRequest {
+    pub tenant_id: String,
+    /// Optional; a random id is made when absent. `^[a-z0-9][a-z0-9-]{0,62}$`.
+    pub host_id: Option<String>,
+}
+
+/// The one time an enrollment token is shown.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRegistration {
+    pub host_id: String,
+    pub tenant_id: String,
+    pub enrollment_token: String,
+    pub expires_at: String,
+}
+
+/// `POST /api/v1/agent/enroll`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    /// PKCS#10 request for the agent's own key (PEM). The key never leaves the host.
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollResponse {
+    pub host_id: String,
+    pub tenant_id: String,
+    pub certificate_pem: String,
+    pub ca_certificate_pem: String,
+    /// Ed25519 public key (base64) that signs every desired state; the agent pins it.
+    pub signing_public_key: String,
+    pub grpc_url: String,
+}
+
+/// A host key the agent reported, as a person checks it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostKeyView {
+    pub public_key: String,
+    pub fingerprint: String,
+}
+
+/// A host as admins see it, live.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostView {
+    pub host_id: String,
+    pub tenant_id: String,
+    pub connected: bool,
+    /// `pending` (not enrolled), `in_sync`, `applying` (a newer state is on its way) or `revoked`.
+    pub status: &'static str,
+    pub desired_generation: i64,
+    pub applied_generation: i64,
+    pub last_seen: Option<String>,
+    pub agent_version: Option<String>,
+    pub enrolled_at: Option<String>,
+    pub certificate_not_after: Option<String>,
+    pub revoked_at: Option<String>,
+    /// Per managed user: the fingerprints the agent applied, and any error.
+    pub users: serde_json::Value,
+    pub host_keys: Vec<HostKeyView>,
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Vec<DriftRecord>>,
+}
+
+impl HostView {
+    fn new(host: &HostRecord, connected: bool) -> Self {
+        let status = if host.revoked_at.is_some() {
+            "revoked"
+        } else if host.enrolled_at.is_none() {
+            "pending"
+        } else if host.applied_generation >= host.desired_generation {
+            "in_sync"
+        } else {
+            "applying"
+        };
+        Self {
+            host_id: host.host_id.to_string(),
+            tenant_id: host.tenant_id.to_string(),
+            connected,
+            status,
+            desired_generation: host.desired_generation,
+            applied_generation: host.applied_generation,
+            last_seen: host.last_seen.clone(),
+            agent_version: host.agent_version.clone(),
+            enrolled_at: host.enrolled_at.clone(),
+            certificate_not_after: host.cert_not_after.clone(),
+            revoked_at: host.revoked_at.clone(),
+            users: host.applied_users.clone(),
+            host_keys: host_key_views(&host.host_keys),
+            last_error: host.last_error.clone(),
+            drift: None,
+        }
+    }
+}
+
+pub fn host_key_views(keys: &[String]) -> Vec<HostKeyView> {
+    keys.iter()
+        .filter_map(|k| {
+            keyward_common::keys::public_key_fingerprint(k)
+                .ok()
+                .map(|f| HostKeyView {
+                    public_key: k.clone(),
+                    fingerprint: f.to_string(),
+                })
+        })
+        .collect()
+}
+
+fn host_from_path(raw: &str) -> Result<HostId, ApiError> {
+    raw.parse().map_err(|source| ApiError::InvalidId {
+        what: "host id",
+        source,
+    })
+}
+
+fn new_enrollment_token() -> zeroize::Zeroizing<String> {
+    let (_, token) = crate::auth::new_token();
+    zeroize::Zeroizing::new(token.replacen("kw_", "kwe_", 1))
+}
+
+/// Registers a host for a tenant and returns its one-time enrollment token.
+#[utoipa::path(post, path = "/api/v1/admin/hosts", tag = "hosts", request_body = RegisterHostRequest,
+    responses((status = 201, body = HostRegistration), (status = 400, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn register_host(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+    ApiJson(body): ApiJson<RegisterHostRequest>,
+) -> Result<(StatusCode, Json<HostRegistration>), ApiError> {
+    let tenant = tenant_from_path(&body.tenant_id)?;
+    let host = match &body.host_id {
+        Some(raw) => host_from_path(raw)?,
+        None => format!("host-{}", hex::encode(rand::random::<[u8; 6]>()))
+            .parse()
+            .map_err(|_| ApiError::Internal)?,
+    };
+    let lifecycle = &state.lifecycle;
+    if lifecycle.store().tenant(&tenant).await?.is_none() {
+        return Err(ApiError::TenantNotFound(tenant.to_string()));
+    }
+    let token = new_enrollment_token();
+    let now = lifecycle.now();
+    let ttl =
+        chrono::Duration::from_std(state.agents.enrollment_ttl).map_err(|_| ApiError::Internal)?;
+    let expires_at = iso8601(now + ttl);
+    let (h, t, hash, created, expires) = (
+        host.clone(),
+        tenant.clone(),
+        hash_token(&token),
+        iso8601(now),
+        expires_at.clone(),
+    );
+    lifecycle
+        .audited(&caller, "host.register", Some(&tenant), move |tx| {
+            Box::pin(async move {
+                tx.insert_host(&h, &t, &created, &hash, &expires)
+                    .await
+                    .map_err(|e| match e {
+                        crate::store::StoreError::Duplicate { .. } => {
+                            ApiError::HostExists(h.to_string())
+                        }
+                        other => other.into(),
+                    })?;
+                Ok(((), json!({ "hostId": h, "enrollmentExpiresAt": expires })))
+            })
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(HostRegistration {
+            host_id: host.to_string(),
+            tenant_id: tenant.to_string(),
+            enrollment_token: token.to_string(),
+            expires_at,
+        }),
+    ))
+}
+
+/// Enrolls an agent: a one-time token and a CSR in, a client certificate naming the host out.
+#[utoipa::path(post, path = "/api/v1/agent/enroll", tag = "hosts", request_body = EnrollRequest, security(()),
+    responses((status = 200, body = EnrollResponse), (status = 400, body = Problem), (status = 401, body = Problem)))]
+pub async fn enroll(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ApiJson(body): ApiJson<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let lifecycle = &state.lifecycle;
+    let now = iso8601(lifecycle.now());
+    let hash = hash_token(body.token.trim());
+    let caller = Caller {
+        token_id: None,
+        role: None,
+        source_addr: Some(peer.ip().to_string()),
+    };
+    let agents = state.agents.clone();
+    let csr = body.csr_pem;
+    let enrolled = lifecycle
+        .enroll_host(&caller, &hash, &now, move |host| {
+            agents
+                .trust
+                .ca
+                .issue_host(host, &csr, agents.certificate_lifetime)
+                .map_err(|e| ApiError::InvalidBody(e.to_string()))
+        })
+        .await?;
+    let (host, tenant, issued) = enrolled;
+    Ok(Json(EnrollResponse {
+        host_id: host.to_string(),
+        tenant_id: tenant.to_string(),
+        certificate_pem: issued.certificate_pem,
+        ca_certificate_pem: state.agents.trust.ca.certificate_pem().to_owned(),
+        signing_public_key: state.agents.trust.signer.public_key_base64(),
+        grpc_url: state.agents.url.clone(),
+    }))
+}
+
+/// Every host, with its live status.
+#[utoipa::path(get, path = "/api/v1/admin/hosts", tag = "hosts", responses((status = 200, body = Vec<HostView>)))]
+pub async fn list_hosts(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<Vec<HostView>>, ApiError> {
+    let hub = state.lifecycle.agents();
+    let hosts = state.lifecycle.store().hosts(None).await?;
+    Ok(Json(
+        hosts
+            .iter()
+            .map(|h| HostView::new(h, hub.is_connected(&h.host_id)))
+            .collect(),
+    ))
+}
+
+/// One host, with its recent drift events.
+#[utoipa::path(get, path = "/api/v1/admin/hosts/{host_id}", tag = "hosts", params(("host_id" = String, Path)),
+    responses((status = 200, body = HostView), (status = 404, body = Problem)))]
+pub async fn host_details(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    let host = host_from_path(&raw)?;
+    let store = state.lifecycle.store();
+    let record = store
+        .host(&host)
+        .await?
+        .ok_or_else(|| ApiError::HostNotFound(host.to_string()))?;
+    let mut view = HostView::new(&record, state.lifecycle.agents().is_connected(&host));
+    view.drift = Some(store.drift_events(&host, 50).await?);
+    Ok(Json(view))
+}
+
+/// Revokes a host: its stream is cut at once and its certificate refused from then on.
+#[utoipa::path(post, path = "/api/v1/admin/hosts/{host_id}/revoke", tag = "hosts", params(("host_id" = String, Path)),
+    responses((status = 200, body = HostView), (status = 404, body = Problem)))]
+pub async fn revoke_host(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<HostView>, ApiError> {
+    let host = host_from_path(&raw)?;
+    let lifecycle = &state.lifecycle;
+    let record = lifecycle
+        .store()
+        .host(&host)
+        .await?
+        .ok_or_else(|| ApiError::HostNotFound(host.to_string()))?;
+    let at = iso8601(lifecycle.now());
+    let h = host.clone();
+    lifecycle
+        .audited(&caller, "host.revoke", Some(&record.tenant_id), move |tx| {
+            Box::pin(async move {
+                let revoked = tx.revoke_host(&h, &at).await?;
+                Ok(((), json!({ "hostId": h, "wasActive": revoked })))
+            })
+        })
+        .await?;
+    lifecycle.agents().cut(&host);
+    let record = lifecycle
+        .store()
+        .host(&host)
+        .await?
+        .ok_or_else(|| ApiError::HostNotFound(host.to_string()))?;
+    Ok(Json(HostView::new(&record, false)))
+}
+
+/// The host keys of a tenant's most recently seen live host: `known_hosts` lines for the
+/// tenant's first connection.
+pub async fn tenant_host_keys(
+    state: &AppState,
+    tenant: &keyward_common::TenantId,
+) -> Result<Vec<String>, ApiError> {
+    let hosts = state.lifecycle.store().hosts(Some(tenant)).await?;
+    Ok(hosts
+        .into_iter()
+        .filter(|h| h.revoked_at.is_none() && !h.host_keys.is_empty())
+        .max_by(|a, b| a.last_seen.cmp(&b.last_seen))
+        .map(|h| h.host_keys)
+        .unwrap_or_default())
+}
+
+/// Settings of the agent side that handlers need.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub trust: crate::agents::AgentTrust,
+    pub url: String,
+    pub certificate_lifetime: Duration,
+    pub enrollment_ttl: Duration,
+}

@@ -1,0 +1,318 @@
+//! Hosts: registration, one-time enrollment, certificates, and what agents report.
+
+use keyward_common::{HostId, TenantId};
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError, WriteTx, get, json_column, parse, query_error};
+
+/// One host (a VPS running keyward-agent) as the control plane knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    pub host_id: HostId,
+    pub tenant_id: TenantId,
+    pub created_at: String,
+    pub enroll_expires_at: Option<String>,
+    pub enrolled_at: Option<String>,
+    pub cert_serial: Option<String>,
+    pub cert_not_after: Option<String>,
+    pub revoked_at: Option<String>,
+    pub desired_generation: i64,
+    pub applied_generation: i64,
+    pub last_seen: Option<String>,
+    pub agent_version: Option<String>,
+    /// The agent's last per-user results, as it reported them.
+    pub applied_users: serde_json::Value,
+    pub host_keys: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+/// An outside edit of a managed file that an agent found and repaired.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftRecord {
+    pub user: String,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub detected_at: String,
+    pub received_at: String,
+}
+
+fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
+    Ok(HostRecord {
+        host_id: parse(row, "host_id")?,
+        tenant_id: parse(row, "tenant_id")?,
+        created_at: get(row, "created_at")?,
+        enroll_expires_at: get(row, "enroll_expires_at")?,
+        enrolled_at: get(row, "enrolled_at")?,
+        cert_serial: get(row, "cert_serial")?,
+        cert_not_after: get(row, "cert_not_after")?,
+        revoked_at: get(row, "revoked_at")?,
+        desired_generation: get(row, "desired_generation")?,
+        applied_generation: get(row, "applied_generation")?,
+        last_seen: get(row, "last_seen")?,
+        agent_version: get(row, "agent_version")?,
+        applied_users: json_column(row, "applied_users")?,
+        host_keys: json_column(row, "host_keys")?,
+        last_error: get(row, "last_error")?,
+    })
+}
+
+impl WriteTx {
+    /// Registers a host with a one-time enrollment token (stored as its hash).
+    pub async fn insert_host(
+        &mut self,
+        host: &HostId,
+        tenant: &TenantId,
+        created_at: &str,
+        enroll_token_hash: &str,
+        enroll_expires_at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO hosts (host_id, tenant_id, created_at, enroll_token_hash, enroll_expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(host.as_str())
+        .bind(tenant.as_str())
+        .bind(created_at)
+        .bind(enroll_token_hash)
+        .bind(enroll_expires_at)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("host"))?;
+        Ok(())
+    }
+
+    /// Uses an enrollment token: only once, only before it expires, only for a live host.
+    /// The token hash is cleared, so a used token can never match again.
+    pub async fn enroll_host(
+        &mut self,
+        host: &HostId,
+        token_hash: &str,
+        now: &str,
+        cert_serial: &str,
+        cert_not_after: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE hosts SET enroll_token_hash = NULL, enrolled_at = $1, cert_serial = $2, \
+             cert_not_after = $3 WHERE host_id = $4 AND enroll_token_hash = $5 \
+             AND enrolled_at IS NULL AND revoked_at IS NULL AND enroll_expires_at > $1",
+        )
+        .bind(now)
+        .bind(cert_serial)
+        .bind(cert_not_after)
+        .bind(host.as_str())
+        .bind(token_hash)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("enrolling a host"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a renewed certificate; the previous one stops being accepted.
+    pub async fn set_host_certificate(
+        &mut self,
+        host: &HostId,
+        cert_serial: &str,
+        cert_not_after: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET cert_serial = $1, cert_not_after = $2 WHERE host_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(cert_serial)
+        .bind(cert_not_after)
+        .bind(host.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("renewing a host certificate"))?;
+        Ok(())
+    }
+
+    /// Revokes a host; returns false when it was unknown or already revoked.
+    pub async fn revoke_host(&mut self, host: &HostId, at: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE hosts SET revoked_at = $1, enroll_token_hash = NULL WHERE host_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(host.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("revoking a host"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A change to the tenant's keys: every live host of the tenant gets a new generation.
+    pub async fn bump_tenant_hosts(&mut self, tenant: &TenantId) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET desired_generation = desired_generation + 1 \
+             WHERE tenant_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(tenant.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("raising host generations"))?;
+        Ok(())
+    }
+}
+
+impl Store {
+    pub async fn host(&self, host: &HostId) -> Result<Option<HostRecord>, StoreError> {
+        sqlx::query("SELECT * FROM hosts WHERE host_id = $1")
+            .bind(host.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a host"))?
+            .map(|row| host_from_row(&row))
+            .transpose()
+    }
+
+    /// The host a still-usable enrollment token belongs to.
+    pub async fn pending_host_by_token(
+        &self,
+        token_hash: &str,
+        now: &str,
+    ) -> Result<Option<HostRecord>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM hosts WHERE enroll_token_hash = $1 AND enrolled_at IS NULL \
+             AND revoked_at IS NULL AND enroll_expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_error("finding an enrollment"))?
+        .map(|row| host_from_row(&row))
+        .transpose()
+    }
+
+    pub async fn hosts(&self, tenant: Option<&TenantId>) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = match tenant {
+            Some(t) => {
+                sqlx::query("SELECT * FROM hosts WHERE tenant_id = $1 ORDER BY host_id")
+                    .bind(t.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query("SELECT * FROM hosts ORDER BY host_id")
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(query_error("listing hosts"))?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    /// What an agent says when it connects.
+    pub async fn record_hello(
+        &self,
+        host: &HostId,
+        agent_version: &str,
+        host_keys: &[String],
+        now: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET agent_version = $1, host_keys = $2, last_seen = $3 WHERE host_id = $4",
+        )
+        .bind(agent_version)
+        .bind(serde_json::to_string(host_keys).unwrap_or_else(|_| "[]".into()))
+        .bind(now)
+        .bind(host.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("recording an agent's hello"))?;
+        Ok(())
+    }
+
+    /// An agent applied a generation (never lowers the recorded one).
+    pub async fn record_applied(
+        &self,
+        host: &HostId,
+        generation: i64,
+        users: &serde_json::Value,
+        error: Option<&str>,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET applied_generation = $1, applied_users = $2, last_error = $3, last_seen = $4 \
+             WHERE host_id = $5 AND applied_generation <= $1",
+        )
+        .bind(generation)
+        .bind(users.to_string())
+        .bind(error.map(str::to_owned))
+        .bind(now)
+        .bind(host.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("recording an applied state"))?;
+        Ok(())
+    }
+
+    pub async fn record_host_error(
+        &self,
+        host: &HostId,
+        error: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET last_error = $1, last_seen = $2 WHERE host_id = $3")
+            .bind(error)
+            .bind(now)
+            .bind(host.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording a host error"))?;
+        Ok(())
+    }
+
+    pub async fn record_seen(&self, host: &HostId, now: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET last_seen = $1 WHERE host_id = $2")
+            .bind(now)
+            .bind(host.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording a host's last contact"))?;
+        Ok(())
+    }
+
+    pub async fn insert_drift(&self, host: &HostId, drift: &DriftRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO drift_events (host_id, unix_user, added, removed, detected_at, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(host.as_str())
+        .bind(&drift.user)
+        .bind(serde_json::to_string(&drift.added).unwrap_or_else(|_| "[]".into()))
+        .bind(serde_json::to_string(&drift.removed).unwrap_or_else(|_| "[]".into()))
+        .bind(&drift.detected_at)
+        .bind(&drift.received_at)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("recording drift"))?;
+        Ok(())
+    }
+
+    /// The latest drift events of a host, newest first.
+    pub async fn drift_events(
+        &self,
+        host: &HostId,
+        limit: i64,
+    ) -> Result<Vec<DriftRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM drift_events WHERE host_id = $1 ORDER BY id DESC LIMIT $2")
+                .bind(host.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("listing drift events"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(DriftRecord {
+                    user: get(row, "unix_user")?,
+                    added: json_column(row, "added")?,
+                    removed: json_column(row, "removed")?,
+                    detected_at: get(row, "detected_at")?,
+                    received_at: get(row, "received_at")?,
+                })
+            })
+            .collect()
+    }
+}
