@@ -9,6 +9,7 @@
 pub mod control_plane;
 pub mod openbao;
 pub mod postgres;
+pub mod sshd;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 pub use control_plane::{ControlPlane, Database, Reply};
 pub use openbao::OpenBao;
 pub use postgres::PgSchema;
+pub use sshd::{KeyFile, Sshd, TestUser};
 
 /// The workspace root (where `.tools/` is installed by `make test-deps`).
 pub fn workspace_root() -> PathBuf {

@@ -3,10 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod api_surface;
 mod backends;
 mod bad_input;
 mod tenant_api;
 mod vault_failures;
 mod vault_policies;
 mod vault_store;
-mod api_surface;
+mod sshd_harness;
