@@ -5,7 +5,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Library crates that would log request details at debug level stay at warn unless asked.
-const DEFAULT_FILTER: &str = "info,vaultrs=warn,rustify=warn,sqlx=warn,hyper=warn,h2=warn";
+/// vaultrs logs an expected 404 (a key set that does not exist yet) as an ERROR; keyward logs
+/// every Vault failure itself, with context, so vaultrs and rustify stay silent.
+const DEFAULT_FILTER: &str = "info,vaultrs=off,rustify=off,sqlx=warn,hyper=warn,h2=warn";
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
 pub fn init() {
@@ -28,6 +30,10 @@ pub fn init() {
     }
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
 }
