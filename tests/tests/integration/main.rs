@@ -6,8 +6,8 @@
 mod api_surface;
 mod backends;
 mod bad_input;
+mod sshd_harness;
 mod tenant_api;
 mod vault_failures;
 mod vault_policies;
 mod vault_store;
-mod sshd_harness;
