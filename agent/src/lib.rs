@@ -4,7 +4,28 @@
 //!   controls (no symlink or hard link a user plants is ever followed).
 //! - [`sessions`]: ends a user's live SSH sessions.
 //! - [`watch`]: notices outside edits of managed files.
+//! - [`config`], [`cache`]: the configuration file and the state directory.
+//! - [`enroll`]: `keyward-agent enroll` (one-time token and CSR for a client certificate).
+//! - [`runtime`]: `keyward-agent run` (cached state at start, then the control plane's stream);
+//!   [`runtime::run_with`] runs an agent in-process with a chosen [`apply::Applier`].
+//! - [`tls`], [`client`], [`link`]: the mTLS gRPC connection and its reconnect schedule.
+//! - [`apply`]: the seam between the stream logic and the writer, sessions and watcher.
+//! - [`host_keys`], [`sd_notify`]: SSH host keys for Hello; systemd readiness and watchdog.
 
 pub mod sessions;
 pub mod watch;
 pub mod writer;
+
+pub mod apply;
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod enroll;
+pub mod host_keys;
+mod link;
+pub mod runtime;
+pub mod sd_notify;
+pub mod tls;
+
+pub use config::{AgentConfig, UserConfig, UserMode};
+pub use runtime::{AgentStatus, RuntimeDeps, RuntimeError, run, run_with};

@@ -1,1 +1,376 @@
-//! Placeholder.
+//! Ends a user's live SSH sessions (after a key regeneration or revocation).
+//!
+//! sshd names its per-connection processes with `setproctitle`, which on Linux rewrites
+//! `/proc/PID/cmdline`:
+//!
+//! - `sshd: USER [priv]`: the privileged monitor, running as root, one per connection;
+//! - `sshd: USER@pts/N` / `sshd: USER@notty` (several ttys joined by `,`): the connection's
+//!   process running as the user, a child of the monitor;
+//! - OpenSSH 9.8 and later use `sshd-session: ` instead of `sshd: `.
+//!
+//! [`end_sessions`] sends SIGTERM to every monitor of the user (sshd's monitor forwards it to its
+//! child, which exits and closes the connection); to a user-owned `USER@...` process that has no
+//! such monitor (an sshd without privilege separation); and to the user-owned processes below
+//! them (the session's shell and commands: a `notty` command would otherwise outlive its
+//! connection). The name alone is not trusted: a monitor must run as root and a `USER@`
+//! process as the user, so a process another user named `sshd: victim [priv]` is never matched,
+//! and the listening sshd (`sshd: /usr/sbin/sshd ... [listener]` or a plain command line) never
+//! is either. Processes that left the session's tree (double-forked daemons) are not followed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use keyward_common::UnixUser;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User};
+
+/// Why sessions could not be (fully) ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no such user: {user}")]
+    NoSuchUser { user: UnixUser },
+    #[error("looking up user {user}: {errno}")]
+    UserLookup { user: UnixUser, errno: Errno },
+    #[error("reading {}: {error}", path.display())]
+    ReadProc { path: PathBuf, error: io::Error },
+    #[error("signalling pid {pid}: {errno} (signalled: {signalled:?})")]
+    Signal {
+        pid: i32,
+        errno: Errno,
+        signalled: Vec<i32>,
+    },
+}
+
+/// What an sshd process title says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `sshd: USER [priv]`: the privileged monitor of one connection.
+    Monitor,
+    /// `sshd: USER@pts/N`, `sshd: USER@notty`: the connection's process running as the user.
+    Connection,
+}
+
+/// A process that belongs to one of the user's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    /// Real uid.
+    pub uid: u32,
+    /// `None` for a process below a session (shell, command).
+    pub role: Option<Role>,
+}
+
+/// Sends SIGTERM to the user's live SSH sessions (see the module docs for which processes) and
+/// returns the pids signalled. No session is not an error: the result is then empty.
+pub fn end_sessions(user: &UnixUser) -> Result<Vec<i32>, SessionError> {
+    let uid = user_uid(user)?;
+    let procs = Path::new("/proc");
+    let targets = session_processes(procs, user.as_str(), uid)?;
+    let mut signalled = Vec::new();
+    let mut failure = None;
+    for target in &targets {
+        // The pid may have been reused since the scan: re-check it right before signalling.
+        if !still_matches(procs, user.as_str(), target) {
+            continue;
+        }
+        match kill(Pid::from_raw(target.pid), Signal::SIGTERM) {
+            Ok(()) => signalled.push(target.pid),
+            Err(Errno::ESRCH) => {}
+            Err(errno) => failure = failure.or(Some((target.pid, errno))),
+        }
+    }
+    if !signalled.is_empty() {
+        tracing::info!(%user, pids = ?signalled, "ended SSH sessions");
+    }
+    match failure {
+        Some((pid, errno)) => Err(SessionError::Signal {
+            pid,
+            errno,
+            signalled,
+        }),
+        None => Ok(signalled),
+    }
+}
+
+/// The user's session processes now: monitors first, then connection processes without a
+/// monitor, then the user-owned processes below either.
+pub fn find_sessions(user: &UnixUser) -> Result<Vec<SessionProcess>, SessionError> {
+    let uid = user_uid(user)?;
+    session_processes(Path::new("/proc"), user.as_str(), uid)
+}
+
+fn user_uid(user: &UnixUser) -> Result<u32, SessionError> {
+    match User::from_name(user.as_str()) {
+        Ok(Some(found)) => Ok(found.uid.as_raw()),
+        Ok(None) => Err(SessionError::NoSuchUser { user: user.clone() }),
+        Err(errno) => Err(SessionError::UserLookup {
+            user: user.clone(),
+            errno,
+        }),
+    }
+}
+
+/// Classifies a process title (`/proc/PID/cmdline`) for `user`. Only the exact shapes sshd
+/// writes match: `sshd: bob [priv]` is not a session of `bo` or of `bobby`.
+pub fn classify(cmdline: &[u8], user: &str) -> Option<Role> {
+    // setproctitle leaves the title in argv[0], padded with NULs (or spaces on some builds).
+    let title = cmdline.split(|&b| b == 0).next()?;
+    let title = std::str::from_utf8(title).ok()?.trim_end_matches(' ');
+    let rest = title
+        .strip_prefix("sshd: ")
+        .or_else(|| title.strip_prefix("sshd-session: "))?;
+    if rest.strip_prefix(user)? == " [priv]" {
+        return Some(Role::Monitor);
+    }
+    let ttys = rest.strip_prefix(user)?.strip_prefix('@')?;
+    let tty_chars = |c: char| c.is_ascii_alphanumeric() || c == '/' || c == ',';
+    (!ttys.is_empty() && ttys.chars().all(tty_chars)).then_some(Role::Connection)
+}
+
+/// One process as read from `/proc`.
+#[derive(Debug, Clone)]
+struct ProcEntry {
+    pid: i32,
+    ppid: i32,
+    uid: u32,
+    role: Option<Role>,
+}
+
+/// Finds the processes to signal under `proc_root` (a parameter so tests can use a fake tree).
+fn session_processes(
+    proc_root: &Path,
+    user: &str,
+    uid: u32,
+) -> Result<Vec<SessionProcess>, SessionError> {
+    let entries = fs::read_dir(proc_root).map_err(|error| SessionError::ReadProc {
+        path: proc_root.to_path_buf(),
+        error,
+    })?;
+    let mut all = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit mid-scan; whatever cannot be read is skipped.
+        if let Some(found) = read_entry(proc_root, pid, user) {
+            all.push(found);
+        }
+    }
+    Ok(select(&all, uid))
+}
+
+fn read_entry(proc_root: &Path, pid: i32, user: &str) -> Option<ProcEntry> {
+    let dir = proc_root.join(pid.to_string());
+    let status = fs::read_to_string(dir.join("status")).ok()?;
+    let (ppid, uid) = parse_status(&status)?;
+    let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+    Some(ProcEntry {
+        pid,
+        ppid,
+        uid,
+        role: classify(&cmdline, user),
+    })
+}
+
+/// `PPid:` and the real uid (first field of `Uid:`) from `/proc/PID/status`.
+fn parse_status(status: &str) -> Option<(i32, u32)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+    };
+    Some((field("PPid:")?.parse().ok()?, field("Uid:")?.parse().ok()?))
+}
+
+/// The selection described in the module docs.
+fn select(all: &[ProcEntry], uid: u32) -> Vec<SessionProcess> {
+    let monitors: BTreeSet<i32> = all
+        .iter()
+        .filter(|p| p.role == Some(Role::Monitor) && p.uid == 0)
+        .map(|p| p.pid)
+        .collect();
+    // A connection process is a target of its own only without a monitor above it.
+    let orphans: BTreeSet<i32> = all
+        .iter()
+        .filter(|p| p.role == Some(Role::Connection) && p.uid == uid)
+        .filter(|p| !monitors.contains(&p.ppid))
+        .map(|p| p.pid)
+        .collect();
+
+    let mut children: HashMap<i32, Vec<&ProcEntry>> = HashMap::new();
+    for p in all {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    // Everything the user owns below a monitor or an orphan connection process (the connection
+    // process itself included), breadth first. `seen` guards against a cycle in a torn read.
+    let mut below = Vec::new();
+    let mut seen: BTreeSet<i32> = monitors.union(&orphans).copied().collect();
+    let mut queue: Vec<i32> = seen.iter().copied().collect();
+    while let Some(parent) = queue.pop() {
+        for child in children.get(&parent).into_iter().flatten() {
+            if child.uid == uid && seen.insert(child.pid) {
+                below.push(child.pid);
+                queue.push(child.pid);
+            }
+        }
+    }
+    below.sort_unstable();
+
+    let by_pid: HashMap<i32, &ProcEntry> = all.iter().map(|p| (p.pid, p)).collect();
+    monitors
+        .iter()
+        .chain(orphans.iter())
+        .chain(below.iter())
+        .filter_map(|pid| by_pid.get(pid))
+        .map(|p| SessionProcess {
+            pid: p.pid,
+            ppid: p.ppid,
+            uid: p.uid,
+            role: p.role,
+        })
+        .collect()
+}
+
+/// Whether `pid` is still the process that was selected (same role and owner).
+fn still_matches(proc_root: &Path, user: &str, target: &SessionProcess) -> bool {
+    read_entry(proc_root, target.pid, user)
+        .is_some_and(|now| now.uid == target.uid && now.role == target.role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_of_the_users_sessions_match() {
+        let cases: [(&[u8], Option<Role>); 8] = [
+            (b"sshd: bob [priv]", Some(Role::Monitor)),
+            (b"sshd: bob [priv]\0\0\0\0\0", Some(Role::Monitor)),
+            (b"sshd: bob [priv]      ", Some(Role::Monitor)),
+            (b"sshd: bob@pts/3", Some(Role::Connection)),
+            (b"sshd: bob@notty\0", Some(Role::Connection)),
+            (b"sshd: bob@pts/0,pts/1", Some(Role::Connection)),
+            (b"sshd-session: bob [priv]", Some(Role::Monitor)),
+            (b"sshd-session: bob@notty", Some(Role::Connection)),
+        ];
+        for (cmdline, want) in cases {
+            assert_eq!(
+                classify(cmdline, "bob"),
+                want,
+                "{}",
+                String::from_utf8_lossy(cmdline)
+            );
+        }
+    }
+
+    #[test]
+    fn other_titles_do_not_match() {
+        for cmdline in [
+            &b"sshd: bobby [priv]"[..],
+            b"sshd: bo [priv]",
+            b"sshd: bob@",
+            b"sshd: bob@pts/0 extra",
+            b"sshd: bob [preauth]",
+            b"sshd: bob [net]",
+            b"sshd: alice [priv]",
+            b"sshd: alice@pts/0",
+            b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
+            b"/usr/sbin/sshd\0-D\0-f\0/etc/ssh/sshd_config",
+            b"sshd:bob [priv]",
+            b"bash\0-c\0sshd: bob [priv]",
+            b"xsshd: bob [priv]",
+            b"",
+            b"\xffsshd: bob [priv]",
+        ] {
+            assert_eq!(
+                classify(cmdline, "bob"),
+                None,
+                "{}",
+                String::from_utf8_lossy(cmdline)
+            );
+        }
+    }
+
+    #[test]
+    fn status_fields_are_read() {
+        let status =
+            "Name:\tsshd\nState:\tS (sleeping)\nPPid:\t812\nUid:\t1001\t0\t0\t0\nGid:\t0\n";
+        assert_eq!(parse_status(status), Some((812, 1001)));
+        assert_eq!(parse_status("Name:\tx\n"), None);
+    }
+
+    /// Writes a fake `/proc/PID/{cmdline,status}`.
+    fn fake(root: &Path, pid: i32, ppid: i32, uid: u32, cmdline: &str) {
+        let dir = root.join(pid.to_string());
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cmdline"), format!("{cmdline}\0")).unwrap();
+        fs::write(
+            dir.join("status"),
+            format!("Name:\tx\nPPid:\t{ppid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn selects_monitors_orphans_and_the_users_processes_below_them() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir(r.join("self")).unwrap(); // non-numeric entries are skipped
+        fake(r, 1, 0, 0, "/sbin/init");
+        fake(
+            r,
+            100,
+            1,
+            0,
+            "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
+        );
+        // bob (uid 1001), session 1: monitor, connection, shell, command.
+        fake(r, 200, 100, 0, "sshd: bob [priv]");
+        fake(r, 201, 200, 1001, "sshd: bob@pts/0");
+        fake(r, 202, 201, 1001, "-bash");
+        fake(r, 203, 202, 1001, "sleep\x00600");
+        // Something root runs below bob's session (not bob's: left alone).
+        fake(r, 204, 202, 0, "sudo\x00-i");
+        // bob, session 2 without privilege separation: the connection process is the target.
+        fake(r, 300, 100, 1001, "sshd: bob@notty");
+        // alice's session, and bob's fake monitor (wrong owner) and lookalike.
+        fake(r, 400, 100, 0, "sshd: alice [priv]");
+        fake(r, 401, 400, 1002, "sshd: alice@pts/1");
+        fake(r, 500, 1, 1001, "sshd: bob [priv]");
+        fake(r, 501, 1, 1003, "sshd: bob@pts/9");
+        // bob's process outside any session.
+        fake(r, 600, 1, 1001, "tmux");
+
+        let got = session_processes(r, "bob", 1001).unwrap();
+        let pids: Vec<i32> = got.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, vec![200, 300, 201, 202, 203]);
+        assert_eq!(got[0].role, Some(Role::Monitor));
+        assert_eq!(got[1].role, Some(Role::Connection));
+        assert_eq!(got[4].role, None);
+
+        let alice = session_processes(r, "alice", 1002).unwrap();
+        assert_eq!(
+            alice.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            vec![400, 401]
+        );
+        assert!(session_processes(r, "carol", 1004).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_missing_user_is_an_error_not_a_panic() {
+        let user: UnixUser = "kw-no-such-user-x".parse().unwrap();
+        assert!(matches!(
+            end_sessions(&user),
+            Err(SessionError::NoSuchUser { .. })
+        ));
+    }
+}

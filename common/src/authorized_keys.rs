@@ -1,1 +1,302 @@
-//! Placeholder.
+//! The content of `~/.ssh/authorized_keys`: rendering managed lines and merging them into a
+//! user's file.
+//!
+//! This module is pure (no I/O): the agent's writer reads the current file, calls [`merge`] and
+//! writes the result. Everything keyward puts into the file is *rendered* from a parsed
+//! [`ssh_key::PublicKey`], never copied from the text it was given, so a key string from the
+//! control plane cannot smuggle options (`command="..."`, `from=`), extra lines or NUL bytes into
+//! a file that sshd trusts. Each managed line carries the marker comment
+//! `keyward-managed:{kind}:{generation}`, which is how a later [`merge`] recognises (and replaces)
+//! it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, Utc};
+use serde::{Deserialize, Serialize};
+use ssh_key::{Algorithm, PublicKey};
+
+use crate::keys::{Fingerprint, KeyKind};
+
+/// Every line keyward writes carries a comment starting with this.
+pub const MARKER_PREFIX: &str = "keyward-managed:";
+
+/// How a managed user's file treats lines keyward did not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Only managed keys remain (the admin user's default).
+    Exclusive,
+    /// The user's own lines are kept; managed keys are appended (the tenant user's default).
+    Preserve,
+}
+
+impl Mode {
+    /// The default mode for the user that holds keys of `kind`.
+    pub fn default_for(kind: KeyKind) -> Mode {
+        match kind {
+            KeyKind::Admin => Mode::Exclusive,
+            KeyKind::Tenant => Mode::Preserve,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Preserve => "preserve",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = AuthorizedKeysError;
+    fn from_str(s: &str) -> Result<Self, AuthorizedKeysError> {
+        match s {
+            "exclusive" => Ok(Mode::Exclusive),
+            "preserve" => Ok(Mode::Preserve),
+            other => Err(AuthorizedKeysError::UnknownMode(
+                other.chars().take(40).collect(),
+            )),
+        }
+    }
+}
+
+/// One key the control plane wants in a user's file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedKey {
+    pub kind: KeyKind,
+    pub generation: i64,
+    /// OpenSSH public key: `type base64 [comment]`, no options, one line.
+    pub public_key: String,
+    /// Set while the key is in its grace period; sshd refuses it after this time.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Why a managed key was refused. Nothing is rendered for a refused key, and [`merge`] fails
+/// as a whole, so a bad key never produces a half-updated file.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizedKeysError {
+    #[error(
+        "{kind} key of generation {generation} contains a line break or NUL byte; refused \
+         (it could add lines to authorized_keys)"
+    )]
+    ForbiddenCharacter { kind: KeyKind, generation: i64 },
+    #[error(
+        "{kind} key of generation {generation} carries authorized_keys options; refused \
+         (managed keys get no options but expiry-time)"
+    )]
+    HasOptions { kind: KeyKind, generation: i64 },
+    #[error("{kind} key of generation {generation} is not an OpenSSH public key: {error}")]
+    Parse {
+        kind: KeyKind,
+        generation: i64,
+        error: ssh_key::Error,
+    },
+    #[error(
+        "{kind} key of generation {generation} uses algorithm {algorithm:?}, which keyward does not manage"
+    )]
+    UnsupportedAlgorithm {
+        kind: KeyKind,
+        generation: i64,
+        algorithm: String,
+    },
+    #[error(
+        "{kind} key of generation {generation} expires at {expires_at}, which sshd's \
+         expiry-time cannot express (years 1970 to 9999 only)"
+    )]
+    BadExpiry {
+        kind: KeyKind,
+        generation: i64,
+        expires_at: DateTime<Utc>,
+    },
+    #[error("unknown authorized_keys mode {0:?}; expected \"exclusive\" or \"preserve\"")]
+    UnknownMode(String),
+}
+
+/// The marker comment of a managed line.
+pub fn marker(kind: KeyKind, generation: i64) -> String {
+    format!("{MARKER_PREFIX}{kind}:{generation}")
+}
+
+/// Renders one managed key as an `authorized_keys` line (without the trailing newline):
+/// `[expiry-time="YYYYMMDDHHMMZ" ]type base64 keyward-managed:{kind}:{generation}`.
+///
+/// The algorithm name and base64 blob are re-encoded from the parsed key; the key's own comment
+/// is dropped. The expiry is written in UTC with minute precision, **rounded down**: sshd stops
+/// accepting the key once that minute has passed, so a grace key dies up to 59 s early and never
+/// outlives the grace it was given (failing safe beats a revoked key lingering).
+pub fn render_line(key: &ManagedKey) -> Result<String, AuthorizedKeysError> {
+    let (kind, generation) = (key.kind, key.generation);
+    // Checked before parsing so the reason is exact; the parser would refuse most of these too.
+    if key.public_key.contains(['\n', '\r', '\0']) {
+        return Err(AuthorizedKeysError::ForbiddenCharacter { kind, generation });
+    }
+    let parsed = match PublicKey::from_openssh(&key.public_key) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            // A string that parses once its leading options are skipped is an option injection
+            // attempt (or a confused caller): say so rather than "does not parse".
+            let has_options = skip_options(key.public_key.trim_start())
+                .and_then(parse_key_fields)
+                .is_some();
+            return Err(if has_options {
+                AuthorizedKeysError::HasOptions { kind, generation }
+            } else {
+                AuthorizedKeysError::Parse {
+                    kind,
+                    generation,
+                    error,
+                }
+            });
+        }
+    };
+    if let Algorithm::Other(name) = parsed.algorithm() {
+        // `name@domain` algorithms parse as opaque blobs; sshd would not use them, and we do not
+        // want to write bytes we do not understand into a file sshd trusts.
+        return Err(AuthorizedKeysError::UnsupportedAlgorithm {
+            kind,
+            generation,
+            algorithm: name.as_str().to_owned(),
+        });
+    }
+    let marked = PublicKey::new(parsed.key_data().clone(), marker(kind, generation));
+    let body = marked
+        .to_openssh()
+        .map_err(|error| AuthorizedKeysError::Parse {
+            kind,
+            generation,
+            error,
+        })?;
+    match key.expires_at {
+        None => Ok(body),
+        Some(at) => {
+            if !(1970..=9999).contains(&at.year()) {
+                return Err(AuthorizedKeysError::BadExpiry {
+                    kind,
+                    generation,
+                    expires_at: at,
+                });
+            }
+            // `%M` without seconds truncates, which is the rounding down documented above.
+            Ok(format!(
+                "expiry-time=\"{}\" {body}",
+                at.format("%Y%m%d%H%MZ")
+            ))
+        }
+    }
+}
+
+/// Computes the new content of a user's `authorized_keys`.
+///
+/// - [`Mode::Exclusive`]: only the managed lines.
+/// - [`Mode::Preserve`]: the user's own lines, in order and byte for byte (comments and blank
+///   lines too), followed by the managed lines in one block. Every existing line carrying
+///   [`MARKER_PREFIX`] is dropped (it is re-rendered from `managed`, or gone if its key is), and
+///   so is every user line whose key is in `denied`: keys keyward issued and then replaced or
+///   revoked, which a user could otherwise keep alive by copying them as "their own" line.
+///
+/// Managed lines are sorted by kind, generation and text, and duplicates removed, so the output
+/// does not depend on the order the control plane lists keys in and an unchanged state never
+/// rewrites the file. Every line ends with `'\n'` (an empty result is `""`). If any managed key
+/// is refused, the whole merge fails.
+pub fn merge(
+    existing: &str,
+    managed: &[ManagedKey],
+    mode: Mode,
+    denied: &[Fingerprint],
+) -> Result<String, AuthorizedKeysError> {
+    let mut rendered = managed
+        .iter()
+        .map(|key| Ok(((key.kind, key.generation), render_line(key)?)))
+        .collect::<Result<Vec<_>, AuthorizedKeysError>>()?;
+    rendered.sort();
+    rendered.dedup();
+
+    let mut out = String::with_capacity(existing.len() + rendered.len() * 128);
+    if mode == Mode::Preserve {
+        for line in existing.split_terminator('\n') {
+            if is_managed_line(line) {
+                continue;
+            }
+            if parse_line(line).is_some_and(|key| denied.contains(&Fingerprint::of(&key))) {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    for (_, line) in rendered {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The fingerprint of every key line in `content`, in order, and whether the line is managed
+/// (carries [`MARKER_PREFIX`]). Lines with options are read as sshd reads them; comments, blank
+/// lines and lines that do not parse are skipped. Used for drift reports.
+pub fn fingerprints(content: &str) -> Vec<(Fingerprint, bool)> {
+    content
+        .split_terminator('\n')
+        .filter_map(|line| {
+            parse_line(line).map(|key| (Fingerprint::of(&key), is_managed_line(line)))
+        })
+        .collect()
+}
+
+/// Whether a line was written by keyward. Deliberately broad (anywhere in the line): a user line
+/// that merely mentions the marker is dropped too, which can only remove access, never add it.
+pub fn is_managed_line(line: &str) -> bool {
+    line.contains(MARKER_PREFIX)
+}
+
+/// Parses a key line the way sshd does: first as `type base64 [comment]`, then, if that fails,
+/// after skipping a leading options field. Fields may be separated by any run of blanks.
+fn parse_line(line: &str) -> Option<PublicKey> {
+    let line = line.trim_start_matches([' ', '\t']);
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    parse_key_fields(line).or_else(|| skip_options(line).and_then(parse_key_fields))
+}
+
+/// Parses the first two blank-separated fields as `type base64`. ssh-key's own parser wants
+/// exactly one space between fields; sshd accepts any run of spaces and tabs.
+fn parse_key_fields(text: &str) -> Option<PublicKey> {
+    let mut fields = text.split_ascii_whitespace();
+    let algorithm = fields.next()?;
+    let base64 = fields.next()?;
+    PublicKey::from_openssh(&format!("{algorithm} {base64}")).ok()
+}
+
+/// Skips the options field at the start of `text` and the blanks after it, exactly like
+/// OpenSSH's `sshkey_advance_past_options`: the field ends at the first unquoted space or tab;
+/// `\"` inside quotes does not end the quote. `None` for an unterminated quote.
+fn skip_options(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < bytes.len() && (quoted || (bytes[i] != b' ' && bytes[i] != b'\t')) {
+        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'"') {
+            i += 1;
+        } else if bytes[i] == b'"' {
+            quoted = !quoted;
+        }
+        i += 1;
+    }
+    if quoted {
+        return None;
+    }
+    // `i` only ever stops on an ASCII byte or the end, so this is a char boundary.
+    text.get(i..)
+        .map(|rest| rest.trim_start_matches([' ', '\t']))
+}
+
+#[cfg(test)]
+mod tests;

@@ -182,6 +182,9 @@ impl ControlPlane {
         let server = server::start(config.clone())
             .await
             .expect("control plane starts");
+        // A restart comes back on the same ports, as a deployed control plane does.
+        config.server.listen = server.addr;
+        config.agent_api.listen = server.agent_addr;
         let admin_token = std::fs::read_to_string(token_path)
             .unwrap()
             .trim()

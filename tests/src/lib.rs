@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::missing_panics_doc)]
 
+pub mod agent;
 pub mod control_plane;
 pub mod openbao;
 pub mod postgres;
@@ -15,6 +16,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use agent::Agent;
 pub use control_plane::{ControlPlane, Database, Reply};
 pub use openbao::OpenBao;
 pub use postgres::PgSchema;

@@ -29,7 +29,10 @@ pub async fn ssh_credentials(
         store.key_set(&who.tenant, KeyKind::Tenant)
     )?;
     match (tenant, ks) {
-        (Some(tenant), Some(ks)) => Ok(Json(SshCredentials::new(&tenant, &ks))),
+        (Some(tenant), Some(ks)) => {
+            let host_keys = super::hosts::tenant_host_keys(&state, &who.tenant).await?;
+            Ok(Json(SshCredentials::new(&tenant, &ks, &host_keys)))
+        }
         _ => Err(ApiError::TenantNotFound(who.tenant.to_string())),
     }
 }

@@ -25,10 +25,30 @@ pub struct SshCredentials {
     /// The key replaced by the last rotation, valid until `previousKeyValidUntil`.
     pub previous_key_fingerprint: Option<String>,
     pub previous_key_valid_until: Option<String>,
+    /// SHA-256 fingerprints of the VPS's SSH host keys, as its agent reported them.
+    pub host_key_fingerprints: Vec<String>,
+    /// `known_hosts` lines for the VPS, to verify the first connection.
+    pub known_hosts: Vec<String>,
 }
 
 impl SshCredentials {
-    pub fn new(tenant: &TenantRecord, ks: &KeySetRecord) -> Self {
+    pub fn new(tenant: &TenantRecord, ks: &KeySetRecord, host_keys: &[String]) -> Self {
+        let host = if tenant.ssh_port == 22 {
+            tenant.vps_ip.clone()
+        } else {
+            format!("[{}]:{}", tenant.vps_ip, tenant.ssh_port)
+        };
+        let parsed: Vec<(String, String)> = host_keys
+            .iter()
+            .filter_map(|k| {
+                let fingerprint = keyward_common::keys::public_key_fingerprint(k).ok()?;
+                let body: Vec<&str> = k.split_whitespace().take(2).collect();
+                Some((
+                    fingerprint.to_string(),
+                    format!("{host} {}", body.join(" ")),
+                ))
+            })
+            .collect();
         let active = ks.state == KeyState::Active;
         Self {
             vps_ip: tenant.vps_ip.clone(),
@@ -43,6 +63,8 @@ impl SshCredentials {
             downloaded: ks.downloaded_at.is_some(),
             previous_key_fingerprint: ks.previous_fingerprint.clone(),
             previous_key_valid_until: ks.grace_until.clone(),
+            host_key_fingerprints: parsed.iter().map(|(f, _)| f.clone()).collect(),
+            known_hosts: parsed.into_iter().map(|(_, line)| line).collect(),
         }
     }
 }

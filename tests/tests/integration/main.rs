@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod agent_e2e;
+mod agent_mtls;
 mod api_surface;
 mod backends;
 mod bad_input;

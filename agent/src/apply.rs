@@ -1,0 +1,391 @@
+//! Applying one user's desired keys on the host: the seam between the stream logic and the
+//! file writer, session killer and watcher.
+//!
+//! The runtime talks only to the [`Applier`] trait, so the stream logic can be tested with a
+//! fake that records calls. [`SystemApplier`] is the real thing ([`crate::writer`] and
+//! [`crate::sessions`]); [`DirApplier`] writes into `{root}/{user}` as the current user, for
+//! in-process tests and the many-agents benchmark. All uses of the writer, sessions and watcher
+//! modules are in this file.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use keyward_common::authorized_keys::{ManagedKey, Mode};
+use keyward_common::keys::public_key_fingerprint;
+use keyward_common::proto::{self, ManagedUser};
+use keyward_common::{Fingerprint, KeyKind, UnixUser};
+
+use tokio::sync::mpsc;
+
+use crate::config::{AgentConfig, UserMode};
+use crate::watch::{Changed, WatchTarget, Watcher};
+use crate::writer::{self, ApplyOutcome, WriteError};
+
+/// Why a user's desired state could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("key {index}: {message}")]
+    BadKey { index: usize, message: String },
+    #[error("denied fingerprint {0:?} is not a SHA-256 fingerprint")]
+    BadDenied(String),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("ending sessions: {0}")]
+    Sessions(String),
+    /// For appliers outside this crate (test fakes).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What applying one user did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserApplied {
+    /// The file was rewritten.
+    pub changed: bool,
+    /// Managed keys now in the file.
+    pub fingerprints: Vec<String>,
+    /// Keys that were in the file but must not be (an outside edit added them).
+    pub added: Vec<String>,
+    /// Desired keys that were missing from the file (an outside edit removed them).
+    pub removed: Vec<String>,
+}
+
+/// Makes a user's keys equal to the desired state, and ends their sessions. Called from
+/// blocking threads (`spawn_blocking`): implementations may do file I/O and wait on processes.
+pub trait Applier: Send + Sync + 'static {
+    /// Writes `desired` (the control plane's entry for `user`) with `mode` (from the local
+    /// configuration, which wins over the state's).
+    fn apply_user(
+        &self,
+        user: &UnixUser,
+        mode: UserMode,
+        desired: &ManagedUser,
+    ) -> Result<UserApplied, ApplyError>;
+
+    /// Ends `user`'s live SSH sessions; returns how many.
+    fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError>;
+}
+
+/// Converts the protocol's keys. A key whose kind is unknown, whose expiry is not RFC 3339, or
+/// whose public key does not have the fingerprint the control plane announced is refused (the
+/// whole user then fails: a partly applied key set could drop a key the user needs or keep one
+/// that should be gone).
+pub fn managed_keys(keys: &[proto::Key]) -> Result<Vec<ManagedKey>, ApplyError> {
+    keys.iter()
+        .enumerate()
+        .map(|(index, key)| {
+            let bad = |message: String| ApplyError::BadKey { index, message };
+            let kind = match proto::KeyKind::try_from(key.kind) {
+                Ok(proto::KeyKind::Admin) => KeyKind::Admin,
+                Ok(proto::KeyKind::Tenant) => KeyKind::Tenant,
+                _ => return Err(bad(format!("unknown key kind {}", key.kind))),
+            };
+            let expires_at = match key.expires_at.as_str() {
+                "" => None,
+                text => Some(
+                    DateTime::parse_from_rfc3339(text)
+                        .map_err(|e| bad(format!("expiry {text:?} is not RFC 3339: {e}")))?
+                        .with_timezone(&Utc),
+                ),
+            };
+            if !key.fingerprint.is_empty() {
+                // Only a parseable key gets here with a fingerprint to compare; one that does
+                // not parse is refused by the renderer with the exact reason.
+                if let Ok(actual) = public_key_fingerprint(&key.public_key)
+                    && actual.as_str() != key.fingerprint
+                {
+                    return Err(bad(format!(
+                        "the key's fingerprint is {actual}, not the announced {}",
+                        key.fingerprint
+                    )));
+                }
+            }
+            Ok(ManagedKey {
+                kind,
+                generation: key.generation,
+                public_key: key.public_key.clone(),
+                expires_at,
+            })
+        })
+        .collect()
+}
+
+/// Parses the denied fingerprints.
+pub fn denied(fingerprints: &[String]) -> Result<Vec<Fingerprint>, ApplyError> {
+    fingerprints
+        .iter()
+        .map(|f| f.parse().map_err(|_| ApplyError::BadDenied(f.clone())))
+        .collect()
+}
+
+/// The drift an apply repaired: keys that were there and must not be (managed lines that are no
+/// longer wanted, any line in exclusive mode, denied keys), and wanted keys that were missing.
+pub fn drift(
+    outcome: &ApplyOutcome,
+    mode: Mode,
+    denied: &[Fingerprint],
+) -> (Vec<String>, Vec<String>) {
+    let now: BTreeSet<&str> = outcome
+        .fingerprints
+        .iter()
+        .map(Fingerprint::as_str)
+        .collect();
+    let added: BTreeSet<&str> = outcome
+        .previous
+        .iter()
+        .filter(|(fp, managed)| *managed || mode == Mode::Exclusive || denied.contains(fp))
+        .map(|(fp, _)| fp.as_str())
+        .filter(|fp| !now.contains(fp))
+        .collect();
+    let before_managed: BTreeSet<&str> = outcome
+        .previous
+        .iter()
+        .filter(|(_, managed)| *managed)
+        .map(|(fp, _)| fp.as_str())
+        .collect();
+    let removed = now.difference(&before_managed);
+    (
+        added.into_iter().map(str::to_owned).collect(),
+        removed.map(|s| (*s).to_owned()).collect(),
+    )
+}
+
+fn applied(outcome: ApplyOutcome, mode: Mode, denied: &[Fingerprint]) -> UserApplied {
+    let (added, removed) = drift(&outcome, mode, denied);
+    UserApplied {
+        changed: outcome.changed,
+        fingerprints: outcome.fingerprints.iter().map(|f| f.to_string()).collect(),
+        added,
+        removed,
+    }
+}
+
+/// The real host: writes the user's own `~/.ssh/authorized_keys` and signals their sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemApplier;
+
+impl Applier for SystemApplier {
+    fn apply_user(
+        &self,
+        user: &UnixUser,
+        user_mode: UserMode,
+        desired: &ManagedUser,
+    ) -> Result<UserApplied, ApplyError> {
+        let keys = managed_keys(&desired.keys)?;
+        let denied = denied(&desired.denied_fingerprints)?;
+        let mode = user_mode;
+        let outcome = writer::apply(user, mode, &keys, &denied)?;
+        Ok(applied(outcome, mode, &denied))
+    }
+
+    fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
+        crate::sessions::end_sessions(user)
+            .map(|pids| u32::try_from(pids.len()).unwrap_or(u32::MAX))
+            .map_err(|e| ApplyError::Sessions(e.to_string()))
+    }
+}
+
+/// Writes `{root}/{user}/.ssh/authorized_keys` owned by the current user, and ends no sessions:
+/// an agent that needs neither root nor real accounts (in-process tests, the benchmark).
+#[derive(Debug, Clone)]
+pub struct DirApplier {
+    root: PathBuf,
+}
+
+impl DirApplier {
+    /// `root` must be an absolute path.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The home directory used for `user`.
+    pub fn home(&self, user: &UnixUser) -> PathBuf {
+        self.root.join(user.as_str())
+    }
+}
+
+impl Applier for DirApplier {
+    fn apply_user(
+        &self,
+        user: &UnixUser,
+        user_mode: UserMode,
+        desired: &ManagedUser,
+    ) -> Result<UserApplied, ApplyError> {
+        let keys = managed_keys(&desired.keys)?;
+        let denied = denied(&desired.denied_fingerprints)?;
+        let mode = user_mode;
+        let home = self.home(user);
+        // 0700 like a real home: the writer refuses a home writable by group or other.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&home)
+            .map_err(|e| ApplyError::Other(format!("{}: {e}", home.display())))?;
+        let outcome = writer::apply_in_home(
+            &home,
+            nix::unistd::geteuid(),
+            nix::unistd::getegid(),
+            mode,
+            &keys,
+            &denied,
+        )?;
+        Ok(applied(outcome, mode, &denied))
+    }
+
+    fn end_sessions(&self, _: &UnixUser) -> Result<u32, ApplyError> {
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_common::keys::{GeneratedKey, KeyAlgorithm};
+
+    fn key(kind: proto::KeyKind, public_key: &str, expires_at: &str) -> proto::Key {
+        proto::Key {
+            kind: kind as i32,
+            generation: 3,
+            public_key: public_key.into(),
+            fingerprint: String::new(),
+            expires_at: expires_at.into(),
+        }
+    }
+
+    #[test]
+    fn protocol_keys_convert() {
+        let k = GeneratedKey::generate(KeyAlgorithm::Ed25519, "c").unwrap();
+        let mut with_fp = key(
+            proto::KeyKind::Tenant,
+            k.public_openssh(),
+            "2030-01-02T03:04:05+01:00",
+        );
+        with_fp.fingerprint = k.fingerprint().to_string();
+        let got =
+            managed_keys(&[with_fp, key(proto::KeyKind::Admin, k.public_openssh(), "")]).unwrap();
+        assert_eq!(got[0].kind, KeyKind::Tenant);
+        assert_eq!(got[0].generation, 3);
+        assert_eq!(
+            got[0].expires_at.unwrap().to_rfc3339(),
+            "2030-01-02T02:04:05+00:00"
+        );
+        assert_eq!(got[1].kind, KeyKind::Admin);
+        assert_eq!(got[1].expires_at, None);
+    }
+
+    #[test]
+    fn bad_protocol_keys_are_refused() {
+        let k = GeneratedKey::generate(KeyAlgorithm::Ed25519, "c").unwrap();
+        let pk = k.public_openssh();
+        for (bad, want) in [
+            (key(proto::KeyKind::Tenant, pk, "tomorrow"), "not RFC 3339"),
+            (
+                key(proto::KeyKind::Tenant, pk, "2030-01-02 03:04"),
+                "not RFC 3339",
+            ),
+            (key(proto::KeyKind::Unspecified, pk, ""), "unknown key kind"),
+            (
+                proto::Key {
+                    fingerprint: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into(),
+                    ..key(proto::KeyKind::Admin, pk, "")
+                },
+                "not the announced",
+            ),
+        ] {
+            let err = managed_keys(&[bad]).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        assert!(denied(&["junk".into()]).is_err());
+    }
+
+    #[test]
+    fn drift_names_added_and_removed_keys() {
+        let fp = |i: u8| {
+            let k = GeneratedKey::generate(KeyAlgorithm::Ed25519, &i.to_string()).unwrap();
+            k.fingerprint().clone()
+        };
+        let (wanted, stray, own, revoked) = (fp(1), fp(2), fp(3), fp(4));
+        let outcome = ApplyOutcome {
+            changed: true,
+            fingerprints: vec![wanted.clone()],
+            previous: vec![
+                (stray.clone(), true),
+                (own.clone(), false),
+                (revoked.clone(), false),
+            ],
+        };
+        let (added, removed) = drift(&outcome, Mode::Preserve, std::slice::from_ref(&revoked));
+        let mut want_added = vec![stray.to_string(), revoked.to_string()];
+        want_added.sort();
+        assert_eq!(added, want_added);
+        assert_eq!(removed, vec![wanted.to_string()]);
+        let (added, _) = drift(&outcome, Mode::Exclusive, &[]);
+        assert_eq!(
+            added.len(),
+            3,
+            "in exclusive mode the user's own line is drift too"
+        );
+    }
+}
+
+/// Keeps the file watchers running while held.
+#[derive(Debug)]
+pub struct WatchGuard {
+    _watchers: Vec<Watcher>,
+}
+
+/// How many change notices may wait for the runtime (one burst per user is coalesced anyway).
+const WATCH_QUEUE: usize = 64;
+
+/// Starts watching `targets` (user and home directory); the receiver names the user whose file
+/// changed. One watcher per user, so a missing home (a user not created yet) is logged and skipped
+/// without leaving the others unwatched.
+pub fn watch_homes(targets: Vec<(UnixUser, PathBuf)>) -> (WatchGuard, mpsc::Receiver<UnixUser>) {
+    let (changed_tx, mut changed_rx) = mpsc::channel::<Changed>(WATCH_QUEUE);
+    let (user_tx, user_rx) = mpsc::channel(WATCH_QUEUE);
+    let mut watchers = Vec::new();
+    for (user, home) in targets {
+        let target = WatchTarget {
+            user: user.clone(),
+            home: home.clone(),
+        };
+        match Watcher::start(vec![target], changed_tx.clone()) {
+            Ok(w) => watchers.push(w),
+            Err(e) => tracing::warn!(user = %user, home = %home.display(), error = %e,
+                "outside edits of this user's file will not be noticed"),
+        }
+    }
+    drop(changed_tx);
+    // The runtime only needs the user; this ends when every watcher has stopped.
+    tokio::spawn(async move {
+        while let Some(changed) = changed_rx.recv().await {
+            if user_tx.send(changed.user).await.is_err() {
+                break;
+            }
+        }
+    });
+    (
+        WatchGuard {
+            _watchers: watchers,
+        },
+        user_rx,
+    )
+}
+
+/// [`watch_homes`] for the configured users, with their homes from the user database.
+pub fn watch_users(config: &AgentConfig) -> (WatchGuard, mpsc::Receiver<UnixUser>) {
+    let targets = config
+        .users
+        .iter()
+        .filter_map(|u| match writer::resolve(&u.name) {
+            Ok(account) => Some((u.name.clone(), account.home)),
+            Err(e) => {
+                tracing::warn!(user = %u.name, error = %e, "not watched");
+                None
+            }
+        })
+        .collect();
+    watch_homes(targets)
+}

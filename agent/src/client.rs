@@ -1,0 +1,209 @@
+//! Dialling the control plane's gRPC hub over mutual TLS, and the reconnect schedule.
+//!
+//! tonic's own TLS support is not compiled in (the workspace keeps one rustls setup for all
+//! parts), so the TLS handshake happens in a custom connector: a `tower::service_fn` that dials
+//! TCP and runs tokio-rustls with the agent's client configuration. The endpoint handed to tonic
+//! carries the `http` scheme on purpose: TLS is already done by the connector, and tonic, when
+//! built with a TLS feature elsewhere in the workspace, would otherwise insist on doing it again
+//! for an `https` URI.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use keyward_common::proto::agent_hub_client::AgentHubClient;
+use rand::Rng;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A keepalive ping every 10 s that must be answered within 20 s: a dead control plane (or a
+/// dead network path) is noticed within 30 s even when no message flows.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long dialling (TCP and TLS) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the control plane could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid gRPC URL {url:?}: {message}")]
+    BadUrl { url: String, message: String },
+    #[error("connecting to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Where to dial and which name the server's certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `host:port` for TCP (an IPv6 address keeps its brackets).
+    pub authority: String,
+    /// The host name or IP address checked against the server certificate.
+    pub server_name: String,
+}
+
+/// Parses an `https://host[:port]` gRPC URL (port 443 when absent).
+pub fn parse_target(url: &str) -> Result<Target, ClientError> {
+    let bad = |message: &str| ClientError::BadUrl {
+        url: url.to_owned(),
+        message: message.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(bad("the scheme must be https"));
+    }
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    let port = uri.port_u16().unwrap_or(443);
+    let server_name = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok(Target {
+        authority: format!("{host}:{port}"),
+        server_name,
+    })
+}
+
+/// Opens a channel to the hub at `url` presenting the identity in `tls`.
+pub async fn connect(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<AgentHubClient<Channel>, ClientError> {
+    let target = parse_target(url)?;
+    let server_name =
+        ServerName::try_from(target.server_name.clone()).map_err(|_| ClientError::BadUrl {
+            url: url.to_owned(),
+            message: "the host is neither a DNS name nor an IP address".into(),
+        })?;
+    let endpoint = Endpoint::from_shared(format!("http://{}", target.authority))
+        .map_err(|e| ClientError::BadUrl {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    let connector = TlsConnector::from(tls);
+    let authority = target.authority.clone();
+    let dial = tower::service_fn(move |_: Uri| {
+        let connector = connector.clone();
+        let authority = authority.clone();
+        let server_name = server_name.clone();
+        async move {
+            let tcp = TcpStream::connect(authority.as_str()).await?;
+            // Stream messages are small and latency matters more than packet count.
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let channel = endpoint
+        .connect_with_connector(dial)
+        .await
+        .map_err(|source| ClientError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(AgentHubClient::new(channel))
+}
+
+/// The first retry waits up to this long.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// No retry waits longer than this.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A stream that lived this long was healthy: the next failure starts the schedule afresh.
+pub const HEALTHY_STREAM: Duration = Duration::from_secs(30);
+
+/// The upper bound of the wait before retry number `attempt` (0-based): 200 ms doubling up to
+/// 30 s.
+pub fn backoff_ceiling(attempt: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
+    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_CAP)
+}
+
+/// Exponential backoff with full jitter: each wait is uniform in `[0, ceiling]`, so a thousand
+/// agents cut off by one control plane restart do not all come back in the same instant.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let ceiling = backoff_ceiling(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rng.gen_range(0..=millis))
+    }
+
+    /// Called when a stream ends: a long-lived one resets the schedule.
+    pub fn stream_ended(&mut self, lived: Duration) {
+        if lived > HEALTHY_STREAM {
+            self.attempt = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_doubles_from_200_ms_to_30_s() {
+        let ms = |a| backoff_ceiling(a).as_millis();
+        assert_eq!(
+            (0..10).map(ms).collect::<Vec<_>>(),
+            [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        assert_eq!(backoff_ceiling(u32::MAX), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn delays_are_jittered_below_the_ceiling_and_reset_after_a_healthy_stream() {
+        let mut rng = rand::thread_rng();
+        let mut b = Backoff::new();
+        for attempt in 0..40 {
+            let d = b.next_delay(&mut rng);
+            assert!(d <= backoff_ceiling(attempt), "{attempt}: {d:?}");
+        }
+        b.stream_ended(Duration::from_secs(5));
+        assert!(b.attempt > 0);
+        b.stream_ended(Duration::from_secs(31));
+        assert_eq!(b.attempt, 0);
+        assert!(b.next_delay(&mut rng) <= BACKOFF_BASE);
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            parse_target("https://127.0.0.1:8443").unwrap(),
+            Target {
+                authority: "127.0.0.1:8443".into(),
+                server_name: "127.0.0.1".into()
+            }
+        );
+        assert_eq!(
+            parse_target("https://[::1]:9").unwrap(),
+            Target {
+                authority: "[::1]:9".into(),
+                server_name: "::1".into()
+            }
+        );
+        assert_eq!(
+            parse_target("https://cp.example").unwrap().authority,
+            "cp.example:443"
+        );
+        assert!(parse_target("http://cp.example").is_err());
+        assert!(parse_target("nonsense").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! The atomic replacement of `authorized_keys`: temp file, fsync, rename, fsync of the directory;
+//! and the removal of temp files a killed agent left behind.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{Mode as Perm, fchmod};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat, write};
+
+use super::walk::{Dirs, io};
+use super::{AUTHORIZED_KEYS, TEMP_PREFIX, WriteError};
+
+/// Replaces `.ssh/authorized_keys` with `content`, owned by the user, mode 0600.
+///
+/// Ownership and mode are set before the fsync, so they are as durable as the data, and before
+/// the rename, so the file never appears under its real name with the wrong owner or mode.
+pub(super) fn replace(
+    dirs: &Dirs,
+    ssh_path: &Path,
+    uid: Uid,
+    gid: Gid,
+    content: &[u8],
+) -> Result<(), WriteError> {
+    let temp = TempFile::create(dirs.ssh.as_fd(), ssh_path)?;
+    let shown = ssh_path.join(&temp.name);
+    write_all(&temp.fd, content).map_err(|errno| io("write", &shown, errno))?;
+    fchown(&temp.fd, Some(uid), Some(gid)).map_err(|errno| io("fchown", &shown, errno))?;
+    fchmod(&temp.fd, Perm::S_IRUSR | Perm::S_IWUSR).map_err(|errno| io("fchmod", &shown, errno))?;
+    fsync(&temp.fd).map_err(|errno| io("fsync", &shown, errno))?;
+    // Both names are relative to the verified `.ssh` fd: whatever the user has done to the path
+    // meanwhile, the rename happens in that directory, and replaces (never follows) whatever
+    // entry is called `authorized_keys` now.
+    renameat(&dirs.ssh, temp.name.as_str(), &dirs.ssh, AUTHORIZED_KEYS)
+        .map_err(|errno| io("rename", ssh_path.join(AUTHORIZED_KEYS), errno))?;
+    temp.disarm();
+    fsync(&dirs.ssh).map_err(|errno| io("fsync", ssh_path, errno))?;
+    if dirs.created_ssh {
+        // The new `.ssh` entry itself must survive a crash too.
+        let home = ssh_path.parent().unwrap_or(ssh_path);
+        fsync(&dirs.home).map_err(|errno| io("fsync", home, errno))?;
+    }
+    Ok(())
+}
+
+/// Removes `.keyward-tmp-*` entries (left by an agent killed between create and rename). Best
+/// effort: a failure is logged and does not stop the apply.
+pub(super) fn remove_stale_temp_files(ssh: &OwnedFd, ssh_path: &Path) {
+    let mut dir = match Dir::openat(
+        ssh,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Perm::empty(),
+    ) {
+        Ok(dir) => dir,
+        Err(errno) => {
+            tracing::warn!(path = %ssh_path.display(), %errno, "cannot list .ssh to remove stale temp files");
+            return;
+        }
+    };
+    let stale: Vec<_> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_bytes()
+                .starts_with(TEMP_PREFIX.as_bytes())
+        })
+        // unlinkat never follows a symlink, but a directory of that name is none of ours.
+        .filter(|entry| entry.file_type() != Some(Type::Directory))
+        .map(|entry| entry.file_name().to_owned())
+        .collect();
+    for name in stale {
+        match unlinkat(ssh, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {
+                tracing::debug!(path = %ssh_path.display(), file = ?name, "removed stale temp file");
+            }
+            Err(errno) => {
+                tracing::warn!(path = %ssh_path.display(), file = ?name, %errno, "cannot remove stale temp file");
+            }
+        }
+    }
+}
+
+/// A temp file in `.ssh` that is unlinked on drop unless it was renamed into place.
+struct TempFile<'a> {
+    dir: BorrowedFd<'a>,
+    name: String,
+    fd: OwnedFd,
+    armed: bool,
+}
+
+impl<'a> TempFile<'a> {
+    fn create(dir: BorrowedFd<'a>, ssh_path: &Path) -> Result<Self, WriteError> {
+        // O_EXCL | O_NOFOLLOW: an entry the user planted under the name (a symlink to a file we
+        // would then write through) makes the create fail instead. The name is random so the
+        // user cannot block us by guessing it; a collision is simply retried.
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut last = Errno::EEXIST;
+        for _ in 0..8 {
+            let name = format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>());
+            match openat(dir, name.as_str(), flags, Perm::S_IRUSR | Perm::S_IWUSR) {
+                Ok(fd) => {
+                    return Ok(Self {
+                        dir,
+                        name,
+                        fd,
+                        armed: true,
+                    });
+                }
+                Err(Errno::EEXIST) => last = Errno::EEXIST,
+                Err(errno) => return Err(io("create", ssh_path.join(name), errno)),
+            }
+        }
+        Err(io("create", ssh_path.join(format!("{TEMP_PREFIX}*")), last))
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort: if this fails too, the next apply's stale file sweep removes it.
+            let _ = unlinkat(self.dir, self.name.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
+fn write_all(fd: &OwnedFd, mut content: &[u8]) -> Result<(), Errno> {
+    while !content.is_empty() {
+        match write(fd, content) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => content = &content[n..],
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! A real `keyward-agent` process: enrolled against a control plane, run, killed, restarted.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::process::Child;
+
+use crate::sshd::TestUser;
+use crate::{ControlPlane, eventually, workspace_root};
+
+/// The agent binary built by `cargo build` (`make test` builds it before the tests run).
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KEYWARD_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug/keyward-agent");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p keyward-agent` first (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// An enrolled agent and its files.
+#[derive(Debug)]
+pub struct Agent {
+    pub host_id: String,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Registers a host for `tenant`, writes an agent configuration managing `admin`
+    /// (exclusive) and `tenant_user` (preserve), and enrolls with the one-time token.
+    pub async fn enroll(
+        cp: &ControlPlane,
+        tenant: &str,
+        admin: &TestUser,
+        tenant_user: &TestUser,
+        host_key_dir: &std::path::Path,
+    ) -> Self {
+        let registered = cp
+            .admin_post("/api/v1/admin/hosts", json!({ "tenantId": tenant }))
+            .await;
+        assert_eq!(registered.status, 201, "{}", registered.text());
+        let registered = registered.json();
+        let token = registered["enrollmentToken"].as_str().unwrap().to_owned();
+        let host_id = registered["hostId"].as_str().unwrap().to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n",
+                state_dir.display(),
+                host_key_dir.display(),
+                admin.name,
+                tenant_user.name
+            ),
+        )
+        .unwrap();
+        let out = tokio::process::Command::new(agent_binary())
+            .args([
+                "enroll",
+                "--server",
+                &cp.url,
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .env("KEYWARD_ENROLL_TOKEN", &token)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "enrollment failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The token works once.
+        let again = tokio::process::Command::new(agent_binary())
+            .args(["enroll", "--force", "--server", &cp.url, "--state-dir"])
+            .arg(dir.path().join("other"))
+            .env("KEYWARD_ENROLL_TOKEN", &token)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            !again.status.success(),
+            "a used enrollment token worked twice"
+        );
+        assert!(
+            String::from_utf8_lossy(&again.stderr).contains("enrollment_token_invalid"),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        Self {
+            host_id,
+            config,
+            state_dir,
+            log: dir.path().join("agent.log"),
+            child: None,
+            _dir: dir,
+        }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = tokio::process::Command::new(agent_binary())
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The host as the admin API shows it.
+    pub async fn view(&self, cp: &ControlPlane) -> Value {
+        let reply = cp
+            .request(
+                Method::GET,
+                &format!("/api/v1/admin/hosts/{}", self.host_id),
+                Some(&cp.admin_token),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()
+    }
+
+    /// Waits until the agent has applied the control plane's current generation.
+    pub async fn wait_in_sync(&self, cp: &ControlPlane) -> Value {
+        eventually(
+            &format!(
+                "host {} in sync; agent log:\n{}",
+                self.host_id,
+                self.log_text()
+            ),
+            Duration::from_secs(20),
+            || async {
+                let view = self.view(cp).await;
+                (view["status"] == "in_sync" && view["connected"] == true).then_some(view)
+            },
+        )
+        .await
+    }
+}

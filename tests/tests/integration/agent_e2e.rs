@@ -1,0 +1,298 @@
+//! End to end: control plane, OpenBao, a real agent process, Debian's sshd, real users and real
+//! `ssh` logins.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use keyward_tests::{
+    Agent, ControlPlane, KeyFile, OpenBao, Sshd, TestUser, eventually, unique_tenant,
+};
+use reqwest::Method;
+use serde_json::json;
+
+struct Deployment {
+    bao: OpenBao,
+    cp: ControlPlane,
+    sshd: Sshd,
+    admin: TestUser,
+    user: TestUser,
+    tenant: String,
+    tenant_token: String,
+    agent: Agent,
+}
+
+async fn deploy(fast: bool) -> Deployment {
+    let bao = OpenBao::start().await;
+    let cp = if fast {
+        ControlPlane::start_fast(&bao, keyward_tests::Database::Sqlite).await
+    } else {
+        ControlPlane::start(&bao).await
+    };
+    let sshd = Sshd::start().await;
+    let admin = TestUser::create("kwa");
+    let user = TestUser::create("kwt");
+    let tenant = unique_tenant("e2e");
+    let created = cp
+        .admin_post(
+            "/api/v1/admin/tenants",
+            json!({
+                "tenantId": tenant,
+                "vpsIp": "127.0.0.1",
+                "sshPort": sshd.port,
+                "sshUsername": user.name,
+                "adminUsername": admin.name,
+            }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let tenant_token = cp.tenant_token(&tenant).await;
+    let mut agent = Agent::enroll(&cp, &tenant, &admin, &user, &sshd.host_key_dir).await;
+    agent.start();
+    agent.wait_in_sync(&cp).await;
+    Deployment {
+        bao,
+        cp,
+        sshd,
+        admin,
+        user,
+        tenant,
+        tenant_token,
+        agent,
+    }
+}
+
+impl Deployment {
+    async fn tenant_op(&self, op: &str) -> serde_json::Value {
+        let reply = self
+            .cp
+            .tenant_call(&self.tenant_token, Method::POST, op)
+            .await;
+        assert_eq!(reply.status, 200, "{op}: {}", reply.text());
+        reply.json()
+    }
+
+    async fn download(&self) -> KeyFile {
+        let reply = self
+            .cp
+            .tenant_call(&self.tenant_token, Method::POST, "/download")
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        KeyFile::write(&reply.text())
+    }
+
+    async fn tenant_login(&self, key: &KeyFile) -> bool {
+        self.sshd.login(&self.user.name, &key.path, "true").await.0
+    }
+}
+
+#[tokio::test]
+async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
+    let d = deploy(false).await;
+
+    // Both files written, owned by their users, 0600 in a 0700 .ssh.
+    for user in [&d.admin, &d.user] {
+        let meta = std::fs::symlink_metadata(user.authorized_keys()).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.uid(), user.uid, "{}", user.name);
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let ssh = std::fs::metadata(user.home.join(".ssh")).unwrap();
+        assert_eq!(ssh.mode() & 0o777, 0o700);
+        assert_eq!(ssh.uid(), user.uid);
+    }
+
+    // The tenant's downloaded key logs in as the tenant user; the admin key from Vault as admin.
+    let tenant_key = d.download().await;
+    let (ok, who) = d.sshd.login(&d.user.name, &tenant_key.path, "id -un").await;
+    assert!(ok, "tenant login failed; sshd log:\n{}", d.sshd.log_text());
+    assert_eq!(who, d.user.name);
+    let (admin_secret, _) = d
+        .bao
+        .read_kv(&format!("{}/admin_ssh", d.tenant))
+        .await
+        .unwrap();
+    let admin_key = KeyFile::write(admin_secret["private_key"].as_str().unwrap());
+    assert!(d.sshd.login(&d.admin.name, &admin_key.path, "true").await.0);
+    // Keys are not interchangeable between the users.
+    assert!(
+        !d.sshd
+            .login(&d.admin.name, &tenant_key.path, "true")
+            .await
+            .0
+    );
+    assert!(!d.sshd.login(&d.user.name, &admin_key.path, "true").await.0);
+
+    // The host reported its host keys; the tenant sees them to verify the first connection.
+    let creds =
+        d.cp.tenant_call(&d.tenant_token, Method::GET, "")
+            .await
+            .json();
+    let host_pub =
+        std::fs::read_to_string(d.sshd.host_key_dir.join("ssh_host_ed25519_key.pub")).unwrap();
+    let host_fp = keyward_common::keys::public_key_fingerprint(&host_pub).unwrap();
+    assert_eq!(creds["hostKeyFingerprints"][0], host_fp.as_str(), "{creds}");
+    let known = creds["knownHosts"][0].as_str().unwrap();
+    assert!(
+        known.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", d.sshd.port)),
+        "{known}"
+    );
+
+    // Rotate: the new key works, and the old one still does during its grace period.
+    d.tenant_op("/rotate").await;
+    d.agent.wait_in_sync(&d.cp).await;
+    let rotated_key = d.download().await;
+    assert!(d.tenant_login(&rotated_key).await, "new key refused");
+    assert!(
+        d.tenant_login(&tenant_key).await,
+        "old key refused during its grace period"
+    );
+    let file = std::fs::read_to_string(d.user.authorized_keys()).unwrap();
+    assert_eq!(file.matches("expiry-time=\"").count(), 1, "{file}");
+
+    // Regenerate: the new key works; the previous ones no longer do.
+    d.tenant_op("/regenerate").await;
+    d.agent.wait_in_sync(&d.cp).await;
+    let regenerated_key = d.download().await;
+    assert!(d.tenant_login(&regenerated_key).await);
+    assert!(
+        !d.tenant_login(&rotated_key).await,
+        "regenerate must end the old key at once"
+    );
+    assert!(!d.tenant_login(&tenant_key).await);
+
+    // Revoke: an open session ends, and no login works.
+    let mut session = d
+        .sshd
+        .open_session(&d.user.name, &regenerated_key.path)
+        .await;
+    d.tenant_op("/revoke").await;
+    Sshd::wait_session_end(&mut session, Duration::from_secs(10)).await;
+    d.agent.wait_in_sync(&d.cp).await;
+    assert!(
+        !d.tenant_login(&regenerated_key).await,
+        "a revoked key logged in"
+    );
+    // The admin key is untouched by the tenant's revoke.
+    assert!(d.sshd.login(&d.admin.name, &admin_key.path, "true").await.0);
+
+    let view = d.agent.view(&d.cp).await;
+    assert_eq!(view["connected"], true);
+    assert!(view["agentVersion"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(view["lastError"].is_null(), "{view}");
+}
+
+#[tokio::test]
+async fn outside_edits_are_repaired_and_reported() {
+    let d = deploy(true).await;
+    let path = d.admin.authorized_keys();
+    let desired = std::fs::read_to_string(&path).unwrap();
+    let intruder =
+        keyward_common::GeneratedKey::generate(keyward_common::KeyAlgorithm::Ed25519, "intruder")
+            .unwrap();
+
+    // Someone appends a key to the admin user's (exclusive) file.
+    let mut edited = desired.clone();
+    edited.push_str(intruder.public_openssh());
+    edited.push('\n');
+    std::fs::write(&path, &edited).unwrap();
+    eventually(
+        "the admin file to be repaired",
+        Duration::from_secs(5),
+        || async { (std::fs::read_to_string(&path).ok()? == desired).then_some(()) },
+    )
+    .await;
+    // Someone deletes the tenant user's .ssh altogether.
+    let user_file = d.user.authorized_keys();
+    let user_desired = std::fs::read_to_string(&user_file).unwrap();
+    std::fs::remove_dir_all(d.user.home.join(".ssh")).unwrap();
+    eventually(
+        "the tenant file to be restored",
+        Duration::from_secs(5),
+        || async { (std::fs::read_to_string(&user_file).ok()? == user_desired).then_some(()) },
+    )
+    .await;
+
+    let drift = eventually(
+        "the drift to be reported",
+        Duration::from_secs(5),
+        || async {
+            let view = d.agent.view(&d.cp).await;
+            let drift = view["drift"].as_array()?.clone();
+            (drift.len() >= 2).then_some(drift)
+        },
+    )
+    .await;
+    let added: Vec<&str> = drift
+        .iter()
+        .filter(|e| e["user"] == d.admin.name.as_str())
+        .flat_map(|e| {
+            e["added"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|f| f.as_str())
+        })
+        .collect();
+    assert!(
+        added.contains(&intruder.fingerprint().as_str()),
+        "{drift:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_enforces_its_cache_without_the_control_plane_and_converges_after() {
+    let mut d = deploy(true).await;
+    let path = d.user.authorized_keys();
+    let desired = std::fs::read_to_string(&path).unwrap();
+
+    // The control plane goes away; the agent is killed; the file is damaged meanwhile.
+    d.cp.stop().await;
+    d.agent.kill().await;
+    std::fs::write(&path, "").unwrap();
+    d.agent.start();
+    eventually(
+        "the cached state to be enforced",
+        Duration::from_secs(10),
+        || async { (std::fs::read_to_string(&path).ok()? == desired).then_some(()) },
+    )
+    .await;
+
+    // The control plane comes back; a change made now reaches the host.
+    d.cp.restart().await;
+    d.tenant_op("/regenerate").await;
+    let key = d.download().await;
+    eventually("the new key to work", Duration::from_secs(40), || async {
+        d.tenant_login(&key).await.then_some(())
+    })
+    .await;
+    d.agent.wait_in_sync(&d.cp).await;
+}
+
+#[tokio::test]
+async fn a_revoked_host_is_cut_off_and_its_keys_stay_in_place() {
+    let d = deploy(true).await;
+    let path = d.user.authorized_keys();
+    let desired = std::fs::read_to_string(&path).unwrap();
+    let revoked =
+        d.cp.admin_post(
+            &format!("/api/v1/admin/hosts/{}/revoke", d.agent.host_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(revoked.json()["status"], "revoked");
+    eventually("the stream to be cut", Duration::from_secs(5), || async {
+        (d.agent.view(&d.cp).await["connected"] == false).then_some(())
+    })
+    .await;
+    // Changes no longer reach it, and it cannot reconnect.
+    d.tenant_op("/rotate").await;
+    let view = d.agent.view(&d.cp).await;
+    assert_eq!(view["connected"], false);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        desired,
+        "the host keeps its last state"
+    );
+    let perms = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(perms, 0o600);
+}
