@@ -293,3 +293,65 @@ async fn enrollment_tokens_work_once_and_expire() {
     assert_eq!(outcomes, ["refused", "refused", "success", "refused"]);
     assert!(refused["events"][0]["sourceAddr"] == "127.0.0.1");
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_replaces_the_old_one() {
+    use keyward_common::proto::RenewCertificate;
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let tenant = unique_tenant("renew");
+    cp.create_tenant(&tenant).await;
+    let a = enroll(&cp, &tenant).await;
+    let ca = a.enrolled["caCertificatePem"].as_str().unwrap().to_owned();
+    let old_cert = a.enrolled["certificatePem"].as_str().unwrap().to_owned();
+
+    // Ask for a new certificate for the same key over the stream.
+    let url = cp.server().agent_url.clone();
+    let mut client = keyward_agent::client::connect(&url, tls(&ca, &old_cert, &a.key))
+        .await
+        .unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&a.key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let messages = vec![
+        AgentMessage {
+            msg: Some(agent_message::Msg::Hello(Hello::default())),
+        },
+        AgentMessage {
+            msg: Some(agent_message::Msg::Renew(RenewCertificate { csr_pem: csr })),
+        },
+    ];
+    let outbound = tokio_stream::iter(messages).chain(tokio_stream::pending());
+    let mut inbound = client.session(outbound).await.unwrap().into_inner();
+    let new_cert = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let message = inbound.message().await.unwrap().unwrap();
+            if let Some(control_message::Msg::Certificate(c)) = message.msg {
+                return c.certificate_pem;
+            }
+        }
+    })
+    .await
+    .expect("a renewed certificate within 10 s");
+    assert_ne!(new_cert, old_cert);
+    drop(inbound);
+
+    // The new certificate works; the old one is no longer the host's current one.
+    assert!(first_state(&cp, tls(&ca, &new_cert, &a.key)).await.is_ok());
+    let err = first_state(&cp, tls(&ca, &old_cert, &a.key))
+        .await
+        .unwrap_err();
+    assert!(err.contains("current certificate"), "{err}");
+    let view = cp
+        .admin_get(&format!("/api/v1/admin/hosts/{}", a.host_id))
+        .await
+        .json();
+    assert!(view["certificateNotAfter"].as_str().is_some());
+    let renewals = cp
+        .admin_get("/api/v1/admin/audit?action=host.certificate_renew")
+        .await
+        .json();
+    assert_eq!(renewals["events"].as_array().unwrap().len(), 1);
+}
