@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use keyward_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR};
 use keyward_agent::enroll::{EnrollOptions, enroll};
 
@@ -50,6 +50,10 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Write the man pages (keyward-agent.1, one per subcommand) into a directory; the
+    /// packaging ships them.
+    #[command(hide = true)]
+    Man { out_dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,8 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: under systemd or redirected to a file they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -114,6 +120,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 info.tenant_id,
                 info.grpc_url
             )?;
+            Ok(())
+        }
+        Command::Man { out_dir } => {
+            clap_mangen::generate_to(Cli::command(), &out_dir)
+                .with_context(|| format!("writing man pages into {}", out_dir.display()))?;
             Ok(())
         }
         Command::Run { config } => {

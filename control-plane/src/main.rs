@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use keyward_common::sd_notify::Notifier;
 use keyward_server::config::Config;
 use keyward_server::store::Store;
 use keyward_server::{server, telemetry};
@@ -29,6 +30,10 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Write the man pages (keyward-server.1, one per subcommand) into a directory; the
+    /// packaging ships them.
+    #[command(hide = true)]
+    Man { out_dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,6 +45,15 @@ enum AuditCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Man { out_dir }) = &cli.command {
+        return match clap_mangen::generate_to(Cli::command(), out_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keyward-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     telemetry::init();
     match run(cli).await {
         Ok(code) => code,
@@ -54,6 +68,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        Command::Man { .. } => Ok(ExitCode::SUCCESS),
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
@@ -73,7 +88,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    // Under systemd (Type=notify, WatchdogSec=): watchdog pings from the runtime at half the
+    // timeout, from the start on (a slow start is bounded by TimeoutStartSec, not the watchdog;
+    // a wedged runtime misses them and is restarted), and READY=1 once both listeners are bound.
+    let notifier = Notifier::from_env();
+    if let Some(pinger) = notifier.clone()
+        && let Some(every) = pinger.watchdog_interval()
+    {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                pinger.watchdog();
+            }
+        });
+    }
     let running = server::start(config).await.context("cannot start")?;
+    if let Some(notifier) = &notifier {
+        notifier.ready();
+    }
     let handle = running.handle();
     tokio::spawn(async move {
         shutdown_signal().await;
