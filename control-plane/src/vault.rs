@@ -4,6 +4,14 @@
 //! fields of the product document, written as one version with check-and-set. Vault's KV version
 //! history is the rotation history. The control plane reaches Vault only through
 //! [`SecretStore`], so the key operations can be unit-tested against a fake.
+//!
+//! A tenant's other secrets (`smtp`, `dkim`) are written the same way ([`secrets`]), and Vault's
+//! integrated storage can be snapshotted for backups ([`snapshot`]).
+
+mod secrets;
+mod snapshot;
+
+pub use secrets::SecretFields;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -14,8 +22,8 @@ use async_trait::async_trait;
 use keyward_common::{KeyKind, TenantId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
-use vaultrs::api::kv2::requests::{ReadSecretMetadataRequest, ReadSecretRequest};
-use vaultrs::api::kv2::responses::{ReadSecretMetadataResponse, ReadSecretResponse};
+use vaultrs::api::kv2::requests::ReadSecretRequest;
+use vaultrs::api::kv2::responses::ReadSecretResponse;
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
@@ -45,6 +53,8 @@ pub enum VaultError {
     Config(String),
     #[error("Vault login with AppRole failed: {0}")]
     Login(String),
+    #[error("Vault does not use integrated (raft) storage: it has no snapshots to back up")]
+    SnapshotUnsupported,
 }
 
 /// One key set as stored in Vault: exactly the fields of the product document.
@@ -131,6 +141,27 @@ pub trait SecretStore: Send + Sync + fmt::Debug {
     ) -> Result<Option<KeySetVersions>, VaultError>;
 
     async fn health(&self) -> Result<VaultHealth, VaultError>;
+
+    /// Writes one of a tenant's other secrets (`smtp`, `dkim`) at `{mount}/{tenant_id}/{name}` as
+    /// one new version, with check-and-set as [`SecretStore::write_key_set`]. Returns the version.
+    async fn write_secret(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        fields: &SecretFields,
+        cas: u64,
+    ) -> Result<u64, VaultError>;
+
+    /// The KV metadata of `{mount}/{tenant_id}/{name}`; `None` when there is none.
+    async fn secret_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<KeySetVersions>, VaultError>;
+
+    /// Streams a snapshot of Vault's integrated (raft) storage into `out`; returns its size.
+    /// [`VaultError::SnapshotUnsupported`] when Vault uses other storage.
+    async fn raft_snapshot(&self, out: &mut tokio::fs::File) -> Result<u64, VaultError>;
 
     /// Reads one of keyward's own secrets (the agent CA, the state signing key) at
     /// `{mount}/_keyward/{name}`. `_` cannot start a tenant id, so these never collide.
@@ -424,29 +455,30 @@ impl SecretStore for VaultStore {
         tenant: &TenantId,
         kind: KeyKind,
     ) -> Result<Option<KeySetVersions>, VaultError> {
-        let path = Self::path(tenant, kind);
-        let endpoint = ReadSecretMetadataRequest::builder()
-            .mount(&self.mount)
-            .path(&path)
-            .build()
-            .map_err(|e| VaultError::Config(e.to_string()))?;
-        let client = self.client.read().await;
-        let read: Result<ReadSecretMetadataResponse, _> = self
-            .timed(
-                "read_metadata",
-                vaultrs::api::exec_with_result(&*client, endpoint),
-            )
-            .await;
-        match read {
-            Ok(m) => Ok(Some(KeySetVersions {
-                current_version: m.current_version,
-                oldest_version: m.oldest_version,
-                created_time: m.created_time,
-                updated_time: m.updated_time,
-            })),
-            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
-            Err(e) => Err(self.map_error("read metadata", &path, None, e)),
-        }
+        self.versions_at(&Self::path(tenant, kind)).await
+    }
+
+    async fn write_secret(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        fields: &SecretFields,
+        cas: u64,
+    ) -> Result<u64, VaultError> {
+        self.write_at(&format!("{tenant}/{name}"), fields, cas)
+            .await
+    }
+
+    async fn secret_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<KeySetVersions>, VaultError> {
+        self.versions_at(&format!("{tenant}/{name}")).await
+    }
+
+    async fn raft_snapshot(&self, out: &mut tokio::fs::File) -> Result<u64, VaultError> {
+        self.snapshot_into(out).await
     }
 
     async fn read_internal(&self, name: &str) -> Result<Option<serde_json::Value>, VaultError> {

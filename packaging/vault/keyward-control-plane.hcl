@@ -9,16 +9,19 @@
 #   * writes every new key as a new version with check-and-set (`options.cas`), after reading the
 #     secret's metadata to learn the current version;
 #   * reads a given version back when a tenant downloads its private key;
+#   * keeps each tenant's SMTP credentials and DKIM key at `vps/{tenant_id}/smtp` and
+#     `vps/{tenant_id}/dkim`, written the same way (check-and-set), and never read back;
+#   * takes snapshots of Vault's integrated (raft) storage for backups, when configured;
 #   * keeps its own token alive (lookup-self, renew-self).
 #
 # What it deliberately cannot do: delete, undelete or destroy versions (the KV version history is
 # the rotation history and the audit trail relies on it), write or delete metadata (which could
-# shrink `max_versions` and so prune the history), patch, list tenants, read or write any other
-# secret name or mount, create tokens, or manage policies, auth methods, mounts or audit devices.
+# shrink `max_versions` and so prune the history), patch, list tenants, read the SMTP passwords
+# or DKIM private keys it wrote, read or write any other secret name or mount, restore a snapshot,
+# create tokens, or manage policies, auth methods, mounts or audit devices.
 #
 # Written for the KV v2 mount `vps`; if keyward runs with another `vault.mount`, replace `vps/`
 # below. `+` matches exactly one path segment: one tenant id (^[a-z0-9][a-z0-9-]{0,62}$).
-# Future secrets (`smtp`, `dkim`, a signing key) get their own paths here when they are added.
 
 # The key sets. `create` writes the first version (cas=0), `update` every later one (cas=N);
 # `read` returns the current version or `?version=N`.
@@ -37,6 +40,31 @@ path "vps/metadata/+/admin_ssh" {
 }
 
 path "vps/metadata/+/tenant_ssh" {
+  capabilities = ["read"]
+}
+
+# The tenants' SMTP credentials and DKIM keys: written as new versions (`create` for the first,
+# `update` for the next), never read: the mail servers read them with policies of their own.
+path "vps/data/+/smtp" {
+  capabilities = ["create", "update"]
+}
+
+path "vps/data/+/dkim" {
+  capabilities = ["create", "update"]
+}
+
+# Their metadata: the current version to check-and-set against. Read only.
+path "vps/metadata/+/smtp" {
+  capabilities = ["read"]
+}
+
+path "vps/metadata/+/dkim" {
+  capabilities = ["read"]
+}
+
+# Backups: `GET sys/storage/raft/snapshot` streams a snapshot of integrated storage. `read` only:
+# restoring one (`POST` on this path, or `snapshot-force`) is an operator's act, not keyward's.
+path "sys/storage/raft/snapshot" {
   capabilities = ["read"]
 }
 

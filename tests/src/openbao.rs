@@ -87,6 +87,112 @@ impl OpenBao {
         panic!("OpenBao did not start ({})", bin.display());
     }
 
+    /// Starts a server with integrated (raft) storage, the storage whose snapshots keyward backs
+    /// up: initialised with one key share, unsealed, with the usual [`ROOT_TOKEN`] and the `vps`
+    /// KV v2 mount, so that it serves as [`OpenBao::start`]'s does.
+    pub async fn start_raft() -> Self {
+        let bin = bao_binary();
+        for _ in 0..5 {
+            let home = tempfile::tempdir().unwrap();
+            let (port, cluster_port) = (free_port(), free_port());
+            let data = home.path().join("raft");
+            std::fs::create_dir(&data).unwrap();
+            let config = home.path().join("bao.hcl");
+            std::fs::write(
+                &config,
+                format!(
+                    "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"n1\"\n}}\n\
+                     listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  tls_disable = true\n}}\n\
+                     api_addr = \"http://127.0.0.1:{port}\"\n\
+                     cluster_addr = \"http://127.0.0.1:{cluster_port}\"\n\
+                     disable_mlock = true\n",
+                    data.display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new(&bin)
+                .args(["server", "-config"])
+                .arg(&config)
+                .env("HOME", home.path())
+                .env_remove("VAULT_ADDR")
+                .env_remove("BAO_ADDR")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
+            let mut bao = OpenBao {
+                addr: format!("http://127.0.0.1:{port}"),
+                child,
+                _home: home,
+                http: reqwest::Client::new(),
+            };
+            if !bao.wait_answering().await {
+                continue;
+            }
+            let (status, init) = bao
+                .api(
+                    reqwest::Method::PUT,
+                    "sys/init",
+                    "",
+                    Some(json!({ "secret_shares": 1, "secret_threshold": 1 })),
+                )
+                .await;
+            assert_eq!(status, 200, "OpenBao init: {init}");
+            let key = init["keys"][0].as_str().unwrap().to_owned();
+            let root = init["root_token"].as_str().unwrap().to_owned();
+            let (status, unsealed) = bao
+                .api(
+                    reqwest::Method::PUT,
+                    "sys/unseal",
+                    "",
+                    Some(json!({ "key": key })),
+                )
+                .await;
+            assert_eq!(status, 200, "OpenBao unseal: {unsealed}");
+            // 200 from sys/health: unsealed and the active node (raft has elected itself).
+            assert!(
+                bao.wait_ready().await,
+                "OpenBao with raft storage did not become active"
+            );
+            let (status, created) = bao
+                .api(
+                    reqwest::Method::POST,
+                    "auth/token/create",
+                    &root,
+                    Some(json!({ "id": ROOT_TOKEN, "policies": ["root"], "no_parent": true })),
+                )
+                .await;
+            assert_eq!(status, 200, "OpenBao root token: {created}");
+            bao.enable_kv2("vps").await;
+            return bao;
+        }
+        panic!(
+            "OpenBao with raft storage did not start ({})",
+            bin.display()
+        );
+    }
+
+    /// Waits until the listener answers at all (an uninitialised server's health is not 200).
+    async fn wait_answering(&mut self) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let health = self
+                .http
+                .get(format!("{}/v1/sys/health", self.addr))
+                .send()
+                .await;
+            if health.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     async fn wait_ready(&mut self) -> bool {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {

@@ -7,24 +7,32 @@
 //! write leaves an unreferenced KV version that the next operation supersedes, and no row points
 //! at it. Operations on one tenant are serialised by a striped lock; check-and-set guards against
 //! other replicas.
+//!
+//! New keys follow the tenant's rotation policy ([`policy`]); the tenant's SMTP credentials and
+//! DKIM key go through the same order ([`secrets`]).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use keyward_common::keys::public_key_fingerprint;
 use keyward_common::{GeneratedKey, KeyAlgorithm, KeyKind, TenantId, UnixUser};
 use serde_json::json;
-use tokio::sync::{Mutex, MutexGuard};
-use zeroize::Zeroizing;
+use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
 
 use crate::auth::Caller;
 use crate::clock::{Clock, iso8601};
 use crate::config::KeysConfig;
 use crate::error::ApiError;
-use crate::store::{KeySetRecord, KeyState, NewAuditEvent, Store, TenantRecord, WriteTx};
+use crate::store::{KeySetRecord, KeyState, NewAuditEvent, Store, TenantRecord};
 use crate::vault::{KeySetSecret, SecretStore, VaultError};
+
+mod download;
+mod policy;
+mod records;
+mod secrets;
+pub use policy::{PolicySource, RotationPolicy};
+pub use secrets::{TenantSecretKind, dkim_selector};
 
 /// What an admin gives to onboard a tenant.
 #[derive(Debug, Clone)]
@@ -50,6 +58,29 @@ impl Replace {
         match self {
             Replace::Rotate => "key.rotate",
             Replace::Regenerate => "key.regenerate",
+        }
+    }
+}
+
+/// Why an operation runs; its audit event says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// A caller's API request.
+    Request,
+    /// The rotation scheduler: the key set fell due. A key set that is no longer due when its
+    /// turn comes (rotated meanwhile, by hand or by another replica) is left alone.
+    Schedule,
+    /// A bulk rotation job.
+    Job(String),
+}
+
+impl Trigger {
+    /// The audit event's `trigger` and `jobId`.
+    fn detail(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Trigger::Request => ("request", None),
+            Trigger::Schedule => ("schedule", None),
+            Trigger::Job(id) => ("job", Some(id)),
         }
     }
 }
@@ -80,6 +111,10 @@ pub struct KeyLifecycle {
     keys: KeysConfig,
     locks: TenantLocks,
     agents: Arc<crate::agents::hub::Hub>,
+    /// One permit per core: key generation never takes more CPUs than there are.
+    cpu_slots: Semaphore,
+    /// Woken when a rotation time may have moved earlier (a policy changed, a tenant was added).
+    schedule_changed: Notify,
 }
 
 /// How many replaced or revoked fingerprints a key set remembers as denied.
@@ -119,7 +154,32 @@ impl KeyLifecycle {
             keys,
             locks: TenantLocks::new(256),
             agents: Arc::new(crate::agents::hub::Hub::default()),
+            cpu_slots: Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            ),
+            schedule_changed: Notify::new(),
         }
+    }
+
+    /// Resolves when a rotation time may have moved earlier; the scheduler looks again then.
+    pub async fn schedule_changed(&self) {
+        self.schedule_changed.notified().await;
+    }
+
+    /// Runs CPU-bound work (key generation) off the async runtime, at most one piece per core at
+    /// a time, so that a bulk rotation uses every core but does not queue hundreds of threads.
+    pub(crate) async fn cpu<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _slot = self
+            .cpu_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| ApiError::KeyGeneration)
     }
 
     /// The hub through which changes reach connected agents.
@@ -181,6 +241,16 @@ impl KeyLifecycle {
         }
     }
 
+    /// Records that an operation of keyward's own (a Vault backup) failed.
+    pub(crate) async fn audit_system_failure(
+        &self,
+        action: &'static str,
+        detail: serde_json::Value,
+    ) {
+        self.audit_outside(self.event(&Caller::system(), action, None, "failure", detail))
+            .await;
+    }
+
     async fn audit_failure(
         &self,
         caller: &Caller,
@@ -204,9 +274,9 @@ impl KeyLifecycle {
         comment: String,
     ) -> Result<GeneratedKey, ApiError> {
         let started = std::time::Instant::now();
-        let key = tokio::task::spawn_blocking(move || GeneratedKey::generate(algorithm, &comment))
-            .await
-            .map_err(|_| ApiError::KeyGeneration)?
+        let key = self
+            .cpu(move || GeneratedKey::generate(algorithm, &comment))
+            .await?
             .map_err(|e| {
                 tracing::error!(error = %e, "key generation failed");
                 ApiError::KeyGeneration
@@ -241,6 +311,7 @@ impl KeyLifecycle {
         key: &GeneratedKey,
         created_at: &str,
         last_rotated: &str,
+        rotation_policy: &str,
     ) -> Result<i64, ApiError> {
         let cas = self.current_vault_version(tenant, kind).await?;
         let secret = KeySetSecret {
@@ -248,7 +319,7 @@ impl KeyLifecycle {
             public_key: key.public_openssh().to_owned(),
             created_at: created_at.to_owned(),
             last_rotated: last_rotated.to_owned(),
-            rotation_policy: self.keys.rotation_policy_name(),
+            rotation_policy: rotation_policy.to_owned(),
         };
         match self.vault.write_key_set(tenant, kind, &secret, cas).await {
             Ok(version) => i64::try_from(version).map_err(|_| ApiError::Internal),
@@ -299,7 +370,16 @@ impl KeyLifecycle {
             })?;
             let mut key_sets = Vec::new();
             for (kind, key) in [(KeyKind::Admin, &admin_key), (KeyKind::Tenant, &tenant_key)] {
-                let vault_version = self.write_vault(&tenant, kind, key, &at, &at).await?;
+                let vault_version = self
+                    .write_vault(
+                        &tenant,
+                        kind,
+                        key,
+                        &at,
+                        &at,
+                        &self.keys.rotation_policy_name(),
+                    )
+                    .await?;
                 let ks = KeySetRecord {
                     tenant_id: tenant.clone(),
                     kind,
@@ -321,6 +401,8 @@ impl KeyLifecycle {
                     denied_fingerprints: Vec::new(),
                 };
                 tx.put_key_set(&ks).await?;
+                tx.record_key_history(&tenant, kind, 1, &ks.fingerprint, &at)
+                    .await?;
                 key_sets.push(ks);
             }
             let detail = json!({
@@ -339,6 +421,7 @@ impl KeyLifecycle {
             Ok(key_sets) => {
                 metrics::counter!("keyward_key_operations_total", "operation" => "create", "outcome" => "success").increment(2);
                 tracing::info!(tenant = %tenant, "tenant created");
+                self.schedule_changed.notify_one();
                 Ok((record, key_sets))
             }
             Err(e) => {
@@ -363,7 +446,8 @@ impl KeyLifecycle {
             .ok_or_else(|| ApiError::TenantNotFound(tenant.to_string()))
     }
 
-    /// Replaces the key of (tenant, kind) with a new generation.
+    /// Replaces the key of (tenant, kind) with a new generation, made as the tenant's rotation
+    /// policy says (algorithm, grace period, next rotation).
     pub async fn replace_key(
         &self,
         caller: &Caller,
@@ -371,8 +455,24 @@ impl KeyLifecycle {
         kind: KeyKind,
         how: Replace,
     ) -> Result<KeySetRecord, ApiError> {
+        self.replace_key_as(caller, tenant, kind, how, &Trigger::Request)
+            .await
+    }
+
+    /// [`KeyLifecycle::replace_key`] on behalf of the scheduler or a bulk job. With
+    /// [`Trigger::Schedule`], a key set that is not due (any more) is returned unchanged.
+    pub async fn replace_key_as(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: KeyKind,
+        how: Replace,
+        trigger: &Trigger,
+    ) -> Result<KeySetRecord, ApiError> {
         let action = how.action();
-        let result = self.replace_key_locked(caller, tenant, kind, how).await;
+        let result = self
+            .replace_key_locked(caller, tenant, kind, how, trigger)
+            .await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => action, "outcome" => outcome).increment(1);
         if let Err(e) = &result
@@ -389,24 +489,27 @@ impl KeyLifecycle {
         tenant: &TenantId,
         kind: KeyKind,
         how: Replace,
+        trigger: &Trigger,
     ) -> Result<KeySetRecord, ApiError> {
         let _guard = self.locks.lock(tenant).await;
         let old = self.key_set_or_404(tenant, kind).await?;
         if how == Replace::Rotate && old.state == KeyState::Revoked {
             return Err(ApiError::KeyRevoked);
         }
+        if *trigger == Trigger::Schedule && old.next_rotation > iso8601(self.clock.now()) {
+            return Ok(old);
+        }
+        let policy = self.rotation_policy(tenant).await?;
         let generation = old.generation + 1;
         let key = self
-            .generate(old.algorithm, Self::comment(tenant, kind, generation))
+            .generate(policy.algorithm, Self::comment(tenant, kind, generation))
             .await?;
         let now = self.clock.now();
         let at = iso8601(now);
         let keep_old = how == Replace::Rotate && old.state == KeyState::Active;
-        let grace = chrono::Duration::from_std(self.keys.grace_period)
-            .unwrap_or(chrono::Duration::hours(24));
         let mut tx = self.store.begin().await?;
         let vault_version = self
-            .write_vault(tenant, kind, &key, &old.created_at, &at)
+            .write_vault(tenant, kind, &key, &old.created_at, &at, &policy.name)
             .await?;
         let new = KeySetRecord {
             generation,
@@ -414,16 +517,19 @@ impl KeyLifecycle {
             public_key: key.public_openssh().to_owned(),
             fingerprint: key.fingerprint().to_string(),
             vault_version,
+            algorithm: policy.algorithm,
             last_rotated: at.clone(),
-            next_rotation: self.next_rotation(now),
+            next_rotation: iso8601(policy.next_rotation(now)),
             downloaded_at: None,
             previous_public_key: keep_old.then(|| old.public_key.clone()),
             previous_fingerprint: keep_old.then(|| old.fingerprint.clone()),
-            grace_until: keep_old.then(|| iso8601(now + grace)),
-            rotation_policy: self.keys.rotation_policy_name(),
+            grace_until: keep_old.then(|| iso8601(policy.grace_until(now))),
+            rotation_policy: policy.name.clone(),
             ..old.clone()
         };
         tx.put_key_set(&new).await?;
+        tx.record_key_history(tenant, kind, generation, &new.fingerprint, &at)
+            .await?;
         tx.bump_tenant_hosts(tenant).await?;
         let detail = json!({
             "kind": kind,
@@ -431,6 +537,10 @@ impl KeyLifecycle {
             "newFingerprint": new.fingerprint,
             "oldFingerprint": old.fingerprint,
             "graceUntil": new.grace_until,
+            "algorithm": new.algorithm,
+            "rotationPolicy": new.rotation_policy,
+            "trigger": trigger.detail().0,
+            "jobId": trigger.detail().1,
         });
         tx.append_audit(&self.event(caller, how.action(), Some(tenant), "success", detail))
             .await?;
@@ -480,172 +590,6 @@ impl KeyLifecycle {
         metrics::counter!("keyward_key_operations_total", "operation" => "key.revoke", "outcome" => "success").increment(1);
         tracing::info!(tenant = %tenant, %kind, "key revoked");
         Ok(new)
-    }
-
-    /// Hands out the private key of the current generation, once. Every attempt is audited.
-    pub async fn download(
-        &self,
-        caller: &Caller,
-        tenant: &TenantId,
-        kind: KeyKind,
-    ) -> Result<(KeySetRecord, Zeroizing<String>), ApiError> {
-        let result = self.download_locked(caller, tenant, kind).await;
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        metrics::counter!("keyward_key_operations_total", "operation" => "key.download", "outcome" => outcome).increment(1);
-        if let Err(e) = &result {
-            let action = if matches!(e, ApiError::AlreadyDownloaded { .. } | ApiError::KeyRevoked) {
-                "key.download_refused"
-            } else {
-                "key.download"
-            };
-            if !matches!(e, ApiError::TenantNotFound(_)) {
-                self.audit_failure(caller, action, tenant, e).await;
-            }
-        }
-        result
-    }
-
-    async fn download_locked(
-        &self,
-        caller: &Caller,
-        tenant: &TenantId,
-        kind: KeyKind,
-    ) -> Result<(KeySetRecord, Zeroizing<String>), ApiError> {
-        let _guard = self.locks.lock(tenant).await;
-        let ks = self.key_set_or_404(tenant, kind).await?;
-        if ks.state == KeyState::Revoked {
-            return Err(ApiError::KeyRevoked);
-        }
-        if ks.downloaded_at.is_some() {
-            return Err(ApiError::AlreadyDownloaded {
-                generation: ks.generation,
-            });
-        }
-        let version = u64::try_from(ks.vault_version).map_err(|_| ApiError::Internal)?;
-        let stored = self
-            .vault
-            .read_key_set(tenant, kind, version)
-            .await?
-            .ok_or_else(|| {
-                ApiError::Vault(VaultError::BadResponse {
-                    operation: format!("read {tenant}/{} version {version}", kind.secret_name()),
-                    reason: "the version is missing or deleted".into(),
-                })
-            })?;
-        // The key handed out must be the one SQL (and so every host) knows.
-        let matches = public_key_fingerprint(&stored.secret.public_key)
-            .is_ok_and(|f| f.as_str() == ks.fingerprint);
-        if !matches {
-            return Err(ApiError::Vault(VaultError::BadResponse {
-                operation: format!("read {tenant}/{}", kind.secret_name()),
-                reason: "the stored key does not match the recorded fingerprint".into(),
-            }));
-        }
-        let at = iso8601(self.clock.now());
-        let mut tx = self.store.begin().await?;
-        if !tx.claim_download(tenant, kind, ks.generation, &at).await? {
-            return Err(ApiError::AlreadyDownloaded {
-                generation: ks.generation,
-            });
-        }
-        let detail =
-            json!({ "kind": kind, "generation": ks.generation, "fingerprint": ks.fingerprint });
-        tx.append_audit(&self.event(caller, "key.download", Some(tenant), "success", detail))
-            .await?;
-        tx.commit().await?;
-        tracing::info!(tenant = %tenant, %kind, generation = ks.generation, "private key downloaded");
-        let KeySetSecret { private_key, .. } = stored.secret;
-        Ok((
-            KeySetRecord {
-                downloaded_at: Some(at),
-                ..ks
-            },
-            private_key,
-        ))
-    }
-
-    /// Enrolls the host whose one-time token hashes to `token_hash`, with a certificate from
-    /// `issue`. Refusals are audited with the caller's address.
-    pub async fn enroll_host<F>(
-        &self,
-        caller: &Caller,
-        token_hash: &str,
-        now: &str,
-        issue: F,
-    ) -> Result<(keyward_common::HostId, TenantId, crate::agents::ca::Issued), ApiError>
-    where
-        F: FnOnce(&keyward_common::HostId) -> Result<crate::agents::ca::Issued, ApiError>,
-    {
-        let Some(host) = self.store.pending_host_by_token(token_hash, now).await? else {
-            self.audit_outside(self.event(
-                caller,
-                "host.enroll",
-                None,
-                "refused",
-                json!({ "code": "enrollment_token_invalid" }),
-            ))
-            .await;
-            return Err(ApiError::EnrollmentTokenInvalid);
-        };
-        let issued = issue(&host.host_id)?;
-        let not_after = iso8601(issued.not_after);
-        let mut tx = self.store.begin().await?;
-        if !tx
-            .enroll_host(&host.host_id, token_hash, now, &issued.serial, &not_after)
-            .await?
-        {
-            return Err(ApiError::EnrollmentTokenInvalid);
-        }
-        let detail =
-            json!({ "hostId": host.host_id, "serial": issued.serial, "notAfter": not_after });
-        tx.append_audit(&self.event(
-            caller,
-            "host.enroll",
-            Some(&host.tenant_id),
-            "success",
-            detail,
-        ))
-        .await?;
-        tx.commit().await?;
-        tracing::info!(host = %host.host_id, tenant = %host.tenant_id, "host enrolled");
-        Ok((host.host_id, host.tenant_id, issued))
-    }
-
-    /// Records an audited read (an admin looking at a tenant's secrets' metadata).
-    pub async fn audit_read(
-        &self,
-        caller: &Caller,
-        action: &'static str,
-        tenant: &TenantId,
-    ) -> Result<(), ApiError> {
-        let mut tx = self.store.begin().await?;
-        tx.append_audit(&self.event(caller, action, Some(tenant), "success", json!({})))
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Runs `change` and its audit event in one transaction.
-    pub async fn audited<T, F>(
-        &self,
-        caller: &Caller,
-        action: &'static str,
-        tenant: Option<&TenantId>,
-        change: F,
-    ) -> Result<T, ApiError>
-    where
-        F: for<'t> FnOnce(
-            &'t mut WriteTx,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = Result<(T, serde_json::Value), ApiError>> + Send + 't>,
-        >,
-    {
-        let mut tx = self.store.begin().await?;
-        let (value, detail) = change(&mut tx).await?;
-        tx.append_audit(&self.event(caller, action, tenant, "success", detail))
-            .await?;
-        tx.commit().await?;
-        Ok(value)
     }
 }
 

@@ -9,12 +9,14 @@ use chrono::TimeZone;
 use super::*;
 use crate::clock::ManualClock;
 use crate::store::Store;
-use crate::vault::{KeySetVersions, VaultHealth, VersionedKeySet};
+use crate::vault::{KeySetVersions, SecretFields, VaultHealth, VersionedKeySet};
 
 /// An in-memory KV v2 with check-and-set, which can be told to fail.
 #[derive(Debug, Default)]
 struct FakeVault {
     versions: Mutex<HashMap<(String, KeyKind), Vec<KeySetSecret>>>,
+    /// The other secrets (`smtp`, `dkim`) by (tenant, name).
+    secrets: Mutex<HashMap<(String, String), Vec<SecretFields>>>,
     /// Writes that succeed before every further write fails as if Vault were sealed.
     writes_left: AtomicUsize,
     limit_writes: AtomicBool,
@@ -28,6 +30,27 @@ impl FakeVault {
 
     fn heal(&self) {
         self.limit_writes.store(false, Ordering::SeqCst);
+    }
+
+    /// Counts a write against the limit set by `fail_after`.
+    fn take_write(&self) -> Result<(), VaultError> {
+        if self.limit_writes.load(Ordering::SeqCst) {
+            let left = self.writes_left.load(Ordering::SeqCst);
+            if left == 0 {
+                return Err(VaultError::Sealed);
+            }
+            self.writes_left.store(left - 1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn secret(&self, tenant: &str, name: &str) -> Vec<SecretFields> {
+        self.secrets
+            .lock()
+            .unwrap()
+            .get(&(tenant.to_owned(), name.to_owned()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn current(&self, tenant: &str, kind: KeyKind) -> usize {
@@ -48,13 +71,7 @@ impl SecretStore for FakeVault {
         secret: &KeySetSecret,
         cas: u64,
     ) -> Result<u64, VaultError> {
-        if self.limit_writes.load(Ordering::SeqCst) {
-            let left = self.writes_left.load(Ordering::SeqCst);
-            if left == 0 {
-                return Err(VaultError::Sealed);
-            }
-            self.writes_left.store(left - 1, Ordering::SeqCst);
-        }
+        self.take_write()?;
         let mut all = self.versions.lock().unwrap();
         let versions = all.entry((tenant.to_string(), kind)).or_default();
         if versions.len() as u64 != cas {
@@ -99,6 +116,46 @@ impl SecretStore for FakeVault {
 
     async fn health(&self) -> Result<VaultHealth, VaultError> {
         unimplemented!("not used by the lifecycle")
+    }
+
+    async fn write_secret(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        fields: &SecretFields,
+        cas: u64,
+    ) -> Result<u64, VaultError> {
+        self.take_write()?;
+        let mut all = self.secrets.lock().unwrap();
+        let versions = all
+            .entry((tenant.to_string(), name.to_owned()))
+            .or_default();
+        if versions.len() as u64 != cas {
+            return Err(VaultError::CasMismatch {
+                path: format!("{tenant}/{name}"),
+                cas,
+            });
+        }
+        versions.push(fields.clone());
+        Ok(versions.len() as u64)
+    }
+
+    async fn secret_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> Result<Option<KeySetVersions>, VaultError> {
+        let n = self.secret(tenant.as_str(), name).len() as u64;
+        Ok((n > 0).then(|| KeySetVersions {
+            current_version: n,
+            oldest_version: 1,
+            created_time: String::new(),
+            updated_time: String::new(),
+        }))
+    }
+
+    async fn raft_snapshot(&self, _: &mut tokio::fs::File) -> Result<u64, VaultError> {
+        Err(VaultError::SnapshotUnsupported)
     }
 
     async fn read_internal(&self, _: &str) -> Result<Option<serde_json::Value>, VaultError> {
@@ -314,6 +371,25 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
         async fn health(&self) -> Result<VaultHealth, VaultError> {
             self.0.health().await
         }
+        async fn write_secret(
+            &self,
+            t: &TenantId,
+            n: &str,
+            f: &SecretFields,
+            cas: u64,
+        ) -> Result<u64, VaultError> {
+            self.0.write_secret(t, n, f, cas).await
+        }
+        async fn secret_versions(
+            &self,
+            t: &TenantId,
+            n: &str,
+        ) -> Result<Option<KeySetVersions>, VaultError> {
+            self.0.secret_versions(t, n).await
+        }
+        async fn raft_snapshot(&self, f: &mut tokio::fs::File) -> Result<u64, VaultError> {
+            self.0.raft_snapshot(f).await
+        }
         async fn read_internal(&self, n: &str) -> Result<Option<serde_json::Value>, VaultError> {
             self.0.read_internal(n).await
         }
@@ -355,3 +431,5 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
         .unwrap();
     assert_eq!(ks.generation, 1, "nothing recorded");
 }
+
+mod rotation;

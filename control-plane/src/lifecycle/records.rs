@@ -1,0 +1,97 @@
+//! Changes other than key operations, each with its audit event in the same transaction:
+//! host enrollment, audited reads, and any change a caller hands in ([`KeyLifecycle::audited`]).
+
+use keyward_common::TenantId;
+use serde_json::json;
+
+use super::KeyLifecycle;
+use crate::auth::Caller;
+use crate::clock::iso8601;
+use crate::error::ApiError;
+use crate::store::WriteTx;
+
+impl KeyLifecycle {
+    /// Enrolls the host whose one-time token hashes to `token_hash`, with a certificate from
+    /// `issue`. Refusals are audited with the caller's address.
+    pub async fn enroll_host<F>(
+        &self,
+        caller: &Caller,
+        token_hash: &str,
+        now: &str,
+        issue: F,
+    ) -> Result<(keyward_common::HostId, TenantId, crate::agents::ca::Issued), ApiError>
+    where
+        F: FnOnce(&keyward_common::HostId) -> Result<crate::agents::ca::Issued, ApiError>,
+    {
+        let Some(host) = self.store.pending_host_by_token(token_hash, now).await? else {
+            self.audit_outside(self.event(
+                caller,
+                "host.enroll",
+                None,
+                "refused",
+                json!({ "code": "enrollment_token_invalid" }),
+            ))
+            .await;
+            return Err(ApiError::EnrollmentTokenInvalid);
+        };
+        let issued = issue(&host.host_id)?;
+        let not_after = iso8601(issued.not_after);
+        let mut tx = self.store.begin().await?;
+        if !tx
+            .enroll_host(&host.host_id, token_hash, now, &issued.serial, &not_after)
+            .await?
+        {
+            return Err(ApiError::EnrollmentTokenInvalid);
+        }
+        let detail =
+            json!({ "hostId": host.host_id, "serial": issued.serial, "notAfter": not_after });
+        tx.append_audit(&self.event(
+            caller,
+            "host.enroll",
+            Some(&host.tenant_id),
+            "success",
+            detail,
+        ))
+        .await?;
+        tx.commit().await?;
+        tracing::info!(host = %host.host_id, tenant = %host.tenant_id, "host enrolled");
+        Ok((host.host_id, host.tenant_id, issued))
+    }
+
+    /// Records an audited read (an admin looking at a tenant's secrets' metadata).
+    pub async fn audit_read(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        tenant: &TenantId,
+    ) -> Result<(), ApiError> {
+        let mut tx = self.store.begin().await?;
+        tx.append_audit(&self.event(caller, action, Some(tenant), "success", json!({})))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs `change` and its audit event in one transaction.
+    pub async fn audited<T, F>(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        tenant: Option<&TenantId>,
+        change: F,
+    ) -> Result<T, ApiError>
+    where
+        F: for<'t> FnOnce(
+            &'t mut WriteTx,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<(T, serde_json::Value), ApiError>> + Send + 't>,
+        >,
+    {
+        let mut tx = self.store.begin().await?;
+        let (value, detail) = change(&mut tx).await?;
+        tx.append_audit(&self.event(caller, action, tenant, "success", detail))
+            .await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+}

@@ -1,0 +1,244 @@
+//! A tenant's SMTP credentials and DKIM key, kept in Vault at `{mount}/{tenant_id}/smtp` and
+//! `{mount}/{tenant_id}/dkim`. Each rotation follows the order of every key operation: make the
+//! secret (the DKIM key off the async runtime), open the SQL transaction, write Vault with
+//! check-and-set, record the metadata and the audit event, commit. SQL keeps only what may be
+//! shown: the SMTP user name, the DKIM selector and DNS record; never the password or private key.
+//!
+//! The first rotation creates the secret. Hosts are not told: neither secret is on a VPS.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use keyward_common::TenantId;
+use rand::Rng;
+use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::{KeyLifecycle, Trigger};
+use crate::auth::Caller;
+use crate::clock::iso8601;
+use crate::error::ApiError;
+use crate::store::TenantSecretRecord;
+use crate::vault::{SecretFields, VaultError};
+
+/// Length of a generated SMTP password: 32 alphanumerics, about 190 bits.
+const SMTP_PASSWORD_LEN: usize = 32;
+/// DKIM keys are RSA-2048, the size every verifier accepts and a TXT record holds.
+const DKIM_BITS: usize = 2048;
+
+/// A tenant secret other than the SSH key sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantSecretKind {
+    Smtp,
+    Dkim,
+}
+
+impl TenantSecretKind {
+    /// The last segment of its Vault path, and its name in SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            TenantSecretKind::Smtp => "smtp",
+            TenantSecretKind::Dkim => "dkim",
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            TenantSecretKind::Smtp => "smtp.rotate",
+            TenantSecretKind::Dkim => "dkim.rotate",
+        }
+    }
+}
+
+/// The selector of a new DKIM key: `kw{YYYYMM}`, or `kw{YYYYMM}g{generation}` when the previous
+/// key's selector is of the same month, so that the previous DNS record can stay published for
+/// mail signed with it while the new one takes over.
+pub fn dkim_selector(now: DateTime<Utc>, previous: Option<&str>, generation: i64) -> String {
+    let month = format!("kw{}", now.format("%Y%m"));
+    if previous.is_some_and(|p| p.starts_with(&month)) {
+        format!("{month}g{generation}")
+    } else {
+        month
+    }
+}
+
+/// A new DKIM key: the private key (PKCS#8 PEM) and the DNS TXT record value with the public key.
+fn dkim_key() -> Result<(Zeroizing<String>, String), String> {
+    let private =
+        rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, DKIM_BITS).map_err(|e| e.to_string())?;
+    let pem = private
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| e.to_string())?;
+    let spki = rsa::RsaPublicKey::from(&private)
+        .to_public_key_der()
+        .map_err(|e| e.to_string())?;
+    let record = format!("v=DKIM1; k=rsa; p={}", STANDARD.encode(spki.as_bytes()));
+    Ok((pem, record))
+}
+
+fn smtp_password() -> Zeroizing<String> {
+    let mut rng = rand::rngs::OsRng;
+    Zeroizing::new(
+        (0..SMTP_PASSWORD_LEN)
+            .map(|_| char::from(rng.sample(rand::distributions::Alphanumeric)))
+            .collect(),
+    )
+}
+
+impl KeyLifecycle {
+    /// Replaces (or first creates) the tenant's SMTP credentials or DKIM key. Audited as
+    /// `smtp.rotate` or `dkim.rotate`, failures too.
+    pub async fn rotate_secret(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: TenantSecretKind,
+        trigger: &Trigger,
+    ) -> Result<TenantSecretRecord, ApiError> {
+        let result = self
+            .rotate_secret_locked(caller, tenant, kind, trigger)
+            .await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        metrics::counter!("keyward_key_operations_total", "operation" => kind.action(), "outcome" => outcome).increment(1);
+        if let Err(e) = &result
+            && !matches!(e, ApiError::TenantNotFound(_))
+        {
+            self.audit_failure(caller, kind.action(), tenant, e).await;
+        }
+        result
+    }
+
+    async fn rotate_secret_locked(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: TenantSecretKind,
+        trigger: &Trigger,
+    ) -> Result<TenantSecretRecord, ApiError> {
+        let _guard = self.locks.lock(tenant).await;
+        if self.store.tenant(tenant).await?.is_none() {
+            return Err(ApiError::TenantNotFound(tenant.to_string()));
+        }
+        let old = self.store.tenant_secret(tenant, kind.name()).await?;
+        let generation = old.as_ref().map_or(1, |o| o.generation + 1);
+        let now = self.clock.now();
+        let at = iso8601(now);
+        let created_at = old
+            .as_ref()
+            .map_or_else(|| at.clone(), |o| o.created_at.clone());
+        let (fields, public_info) = match kind {
+            TenantSecretKind::Smtp => {
+                let username = format!("tenant-{tenant}");
+                let fields = SecretFields::new()
+                    .with("username", username.clone())
+                    .with("password", smtp_password().as_str());
+                (fields, json!({ "username": username }))
+            }
+            TenantSecretKind::Dkim => {
+                let previous = old
+                    .as_ref()
+                    .and_then(|o| o.public_info["selector"].as_str().map(str::to_owned));
+                let selector = dkim_selector(now, previous.as_deref(), generation);
+                let (private_key, dns_record) = self.cpu(dkim_key).await?.map_err(|e| {
+                    tracing::error!(error = %e, "DKIM key generation failed");
+                    ApiError::KeyGeneration
+                })?;
+                let fields = SecretFields::new()
+                    .with("private_key", private_key.as_str())
+                    .with("selector", selector.clone())
+                    .with("dns_record", dns_record.clone());
+                let info = json!({
+                    "selector": selector,
+                    "dnsName": format!("{selector}._domainkey"),
+                    "dnsRecord": dns_record,
+                    "previousSelector": previous,
+                });
+                (fields, info)
+            }
+        };
+        let fields = fields
+            .with("created_at", created_at.clone())
+            .with("last_rotated", at.clone());
+        let mut tx = self.store.begin().await?;
+        let cas = self
+            .vault
+            .secret_versions(tenant, kind.name())
+            .await?
+            .map_or(0, |v| v.current_version);
+        let vault_version = match self
+            .vault
+            .write_secret(tenant, kind.name(), &fields, cas)
+            .await
+        {
+            Ok(version) => i64::try_from(version).map_err(|_| ApiError::Internal)?,
+            Err(VaultError::CasMismatch { .. }) => return Err(ApiError::Conflict),
+            Err(e) => return Err(e.into()),
+        };
+        let record = TenantSecretRecord {
+            tenant_id: tenant.clone(),
+            name: kind.name().to_owned(),
+            generation,
+            vault_version,
+            created_at,
+            last_rotated: at,
+            public_info,
+        };
+        tx.put_tenant_secret(&record).await?;
+        let (trigger_name, job_id) = trigger.detail();
+        let mut detail = json!({
+            "secret": kind.name(),
+            "generation": generation,
+            "vaultVersion": vault_version,
+            "trigger": trigger_name,
+            "jobId": job_id,
+        });
+        for public in ["username", "selector"] {
+            if let Some(value) = record.public_info.get(public) {
+                detail[public] = value.clone();
+            }
+        }
+        tx.append_audit(&self.event(caller, kind.action(), Some(tenant), "success", detail))
+            .await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %tenant, secret = kind.name(), generation, "tenant secret rotated");
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    use rsa::traits::PublicKeyParts;
+
+    #[test]
+    fn selectors_are_monthly_and_never_repeat_the_previous() {
+        let jan = crate::clock::parse_iso8601("2026-01-15T10:00:00Z").unwrap();
+        assert_eq!(dkim_selector(jan, None, 1), "kw202601");
+        assert_eq!(dkim_selector(jan, Some("kw202512"), 2), "kw202601");
+        assert_eq!(dkim_selector(jan, Some("kw202601"), 2), "kw202601g2");
+        assert_eq!(dkim_selector(jan, Some("kw202601g2"), 3), "kw202601g3");
+    }
+
+    #[test]
+    fn the_dkim_record_carries_the_public_half_of_the_stored_key() {
+        let (pem, record) = dkim_key().unwrap();
+        let b64 = record.strip_prefix("v=DKIM1; k=rsa; p=").unwrap();
+        let public =
+            rsa::RsaPublicKey::from_public_key_der(&STANDARD.decode(b64).unwrap()).unwrap();
+        let private = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap();
+        assert_eq!(public, rsa::RsaPublicKey::from(&private));
+        assert_eq!(public.size() * 8, DKIM_BITS);
+    }
+
+    #[test]
+    fn passwords_are_long_random_alphanumerics() {
+        let (a, b) = (smtp_password(), smtp_password());
+        assert_eq!(a.len(), SMTP_PASSWORD_LEN);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}
