@@ -20,6 +20,7 @@ use keyward_common::{Fingerprint, KeyKind, UnixUser};
 use tokio::sync::mpsc;
 
 use crate::config::{AgentConfig, UserMode};
+use crate::logins::SessionAttribution;
 use crate::watch::{Changed, WatchTarget, Watcher};
 use crate::writer::{self, ApplyOutcome, WriteError};
 
@@ -66,6 +67,19 @@ pub trait Applier: Send + Sync + 'static {
 
     /// Ends `user`'s live SSH sessions; returns how many.
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError>;
+
+    /// Ends the sessions of `user` a revocation must end: those `attribution` ties to a denied
+    /// key and those it cannot tie to any, leaving the others (the rule is in
+    /// [`crate::logins::revoke`]); returns how many. The default ends them all, like
+    /// [`Applier::end_sessions`].
+    fn end_revoked_sessions(
+        &self,
+        user: &UnixUser,
+        attribution: &SessionAttribution,
+    ) -> Result<u32, ApplyError> {
+        let _ = attribution;
+        self.end_sessions(user)
+    }
 }
 
 /// Converts the protocol's keys. A key whose kind is unknown, whose expiry is not RFC 3339, or
@@ -183,6 +197,15 @@ impl Applier for SystemApplier {
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
         crate::sessions::end_sessions(user)
             .map(|pids| u32::try_from(pids.len()).unwrap_or(u32::MAX))
+            .map_err(|e| ApplyError::Sessions(e.to_string()))
+    }
+
+    fn end_revoked_sessions(
+        &self,
+        user: &UnixUser,
+        attribution: &SessionAttribution,
+    ) -> Result<u32, ApplyError> {
+        crate::logins::revoke::end_revoked_sessions(user, attribution)
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
 }

@@ -9,6 +9,7 @@
 //! | `enrollment.json` | host id, tenant id, gRPC URL |
 //! | `state.bin` | the last applied `SignedState` (protobuf), re-verified before every use |
 //! | `epochs.json` | per user, the session epoch whose sessions were last ended |
+//! | `logins.bin` | the login audit: log position, next sequence number, spooled events, open sessions ([`crate::logins::spool`]) |
 //!
 //! The directory is 0700 and every file 0600, written through a temporary file and a rename so a
 //! crash leaves either the old or the new content, never a torn file.

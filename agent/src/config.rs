@@ -14,6 +14,12 @@
 //! [[users]]
 //! name = "tenant"
 //! mode = "preserve"
+//!
+//! # SSH login audit (the default: the rsyslog file)
+//! [logins]
+//! source = "file"              # "file", "journald" (built with the `journald` feature) or "off"
+//! path = "/var/log/auth.log"   # the file source's log
+//! spool_max_events = 10000     # events kept on disk while the control plane is unreachable
 //! ```
 
 use std::collections::BTreeSet;
@@ -28,11 +34,18 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyward/agent.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/keyward-agent";
 /// Where sshd's host keys are read from by default.
 pub const DEFAULT_HOST_KEY_DIR: &str = "/etc/ssh";
+/// The log file the login audit reads by default (rsyslog's, on Debian).
+pub const DEFAULT_LOGIN_LOG: &str = "/var/log/auth.log";
+/// Login events kept on disk by default while they wait for the control plane.
+pub const DEFAULT_SPOOL_MAX_EVENTS: usize = 10_000;
+/// The largest spool allowed (about 2 MB per 10,000 events, rewritten whole on every change).
+pub const MAX_SPOOL_MAX_EVENTS: usize = 1_000_000;
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the configuration {path}: {source}")]
+    // The cause is the error's source: printing it here too would say it twice.
+    #[error("cannot read the configuration {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -67,6 +80,95 @@ pub struct AgentConfig {
     /// Where `ssh_host_*_key.pub` are read from.
     #[serde(default = "default_host_key_dir")]
     pub host_key_dir: PathBuf,
+    /// The SSH login audit (`[logins]`).
+    #[serde(default)]
+    pub logins: LoginsConfig,
+}
+
+/// Where sshd's log is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoginSource {
+    /// A log file followed across rotation: `/var/log/auth.log`, or `sshd -E`'s file.
+    File,
+    /// The systemd journal (agents built with the `journald` cargo feature).
+    Journald,
+    /// No login audit. Revocation then ends all of a user's sessions (nothing is attributed).
+    Off,
+}
+
+/// `[logins]`: the SSH login audit.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginsConfig {
+    #[serde(default = "default_login_source")]
+    pub source: LoginSource,
+    /// The log file, for `source = "file"`.
+    #[serde(default = "default_login_log")]
+    pub path: PathBuf,
+    /// Events kept on disk for the control plane; past this the oldest are dropped and counted.
+    #[serde(default = "default_spool_max_events")]
+    pub spool_max_events: usize,
+}
+
+impl Default for LoginsConfig {
+    fn default() -> Self {
+        Self {
+            source: default_login_source(),
+            path: default_login_log(),
+            spool_max_events: default_spool_max_events(),
+        }
+    }
+}
+
+impl LoginsConfig {
+    /// No login audit (what [`AgentConfig::new`] uses).
+    pub fn off() -> Self {
+        Self {
+            source: LoginSource::Off,
+            ..Self::default()
+        }
+    }
+
+    /// Follows `path` (an `sshd -E` file in tests).
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            source: LoginSource::File,
+            path: path.into(),
+            ..Self::default()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.source == LoginSource::Journald && !cfg!(feature = "journald") {
+            return Err(
+                "[logins] source = \"journald\": this keyward-agent was built without journald \
+                 support (cargo feature `journald`); use source = \"file\""
+                    .into(),
+            );
+        }
+        if self.source == LoginSource::File && !self.path.is_absolute() {
+            return Err("[logins] path must be an absolute path".into());
+        }
+        if !(1..=MAX_SPOOL_MAX_EVENTS).contains(&self.spool_max_events) {
+            return Err(format!(
+                "[logins] spool_max_events must be between 1 and {MAX_SPOOL_MAX_EVENTS}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_login_source() -> LoginSource {
+    LoginSource::File
+}
+
+fn default_login_log() -> PathBuf {
+    PathBuf::from(DEFAULT_LOGIN_LOG)
+}
+
+fn default_spool_max_events() -> usize {
+    DEFAULT_SPOOL_MAX_EVENTS
 }
 
 fn default_state_dir() -> PathBuf {
@@ -79,13 +181,15 @@ fn default_host_key_dir() -> PathBuf {
 
 impl AgentConfig {
     /// A configuration with the defaults and the given users (for callers that build one in
-    /// code, such as tests running an agent in-process).
+    /// code, such as tests running an agent in-process). Unlike a configuration file, it reads no
+    /// login log: set [`AgentConfig::logins`] for that.
     pub fn new(state_dir: impl Into<PathBuf>, users: Vec<UserConfig>) -> Self {
         Self {
             state_dir: state_dir.into(),
             users,
             grpc_url: None,
             host_key_dir: default_host_key_dir(),
+            logins: LoginsConfig::off(),
         }
     }
 
@@ -127,7 +231,7 @@ impl AgentConfig {
         {
             return Err("grpc_url must be an https:// URL".into());
         }
-        Ok(())
+        self.logins.validate()
     }
 
     /// The configured mode of `user`, or `None` when this agent must not touch that user.
@@ -211,6 +315,39 @@ mod tests {
             let err = AgentConfig::parse(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_login_audit_section() {
+        let users = "[[users]]\nname = \"a\"\nmode = \"preserve\"\n";
+        let c = AgentConfig::parse(users).unwrap();
+        assert_eq!(c.logins, LoginsConfig::default());
+        assert_eq!(c.logins.source, LoginSource::File);
+        assert_eq!(c.logins.path, PathBuf::from(DEFAULT_LOGIN_LOG));
+        assert_eq!(c.logins.spool_max_events, DEFAULT_SPOOL_MAX_EVENTS);
+        let c = AgentConfig::parse(&format!(
+            "{users}[logins]\nsource = \"file\"\npath = \"/tmp/sshd.log\"\nspool_max_events = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.logins.path, PathBuf::from("/tmp/sshd.log"));
+        assert_eq!(c.logins.spool_max_events, 5);
+        let off = AgentConfig::parse(&format!("{users}[logins]\nsource = \"off\"\n")).unwrap();
+        assert_eq!(off.logins.source, LoginSource::Off);
+        let journald = AgentConfig::parse(&format!("{users}[logins]\nsource = \"journald\"\n"));
+        assert_eq!(journald.is_ok(), cfg!(feature = "journald"), "{journald:?}");
+        for (section, want) in [
+            ("source = \"syslog\"", "unknown variant"),
+            ("path = \"auth.log\"", "absolute"),
+            ("spool_max_events = 0", "between"),
+            ("cursor = 3", "unknown field"),
+        ] {
+            let err = AgentConfig::parse(&format!("{users}[logins]\n{section}\n")).unwrap_err();
+            assert!(err.contains(want), "{section}: {err}");
+        }
+        assert_eq!(
+            AgentConfig::new("/x", vec![]).logins.source,
+            LoginSource::Off
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`tls`], [`client`], [`link`]: the mTLS gRPC connection and its reconnect schedule.
 //! - [`apply`]: the seam between the stream logic and the writer, sessions and watcher.
 //! - [`host_keys`], [`sd_notify`]: SSH host keys for Hello; systemd readiness and watchdog.
+//! - [`logins`]: the SSH login audit (sshd's log to the control plane) and exact revocation.
 
 pub mod sessions;
 pub mod watch;
@@ -23,8 +24,10 @@ pub mod config;
 pub mod enroll;
 pub mod host_keys;
 mod link;
+pub mod logins;
 pub mod runtime;
-pub mod sd_notify;
+/// Moved to `keyward_common::sd_notify` (the control plane uses it too); re-exported here.
+pub use keyward_common::sd_notify;
 pub mod tls;
 
 pub use config::{AgentConfig, UserConfig, UserMode};

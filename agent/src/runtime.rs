@@ -1,8 +1,9 @@
 //! `keyward-agent run`: enforce the cached state, then follow the control plane's stream.
 //!
 //! One task owns everything (the applied state, the epochs, the connection) and wakes only for:
-//! a message on the stream, a file-watcher event, the certificate renewal timer, the systemd
-//! watchdog timer, the reconnect timer and shutdown. There is no polling loop: an idle agent costs
+//! a message on the stream, a file-watcher event, a change of sshd's log (the login audit,
+//! [`crate::logins`]), the certificate renewal timer, the systemd watchdog timer, the reconnect
+//! and login-resend timers and shutdown. There is no polling loop: an idle agent costs
 //! only the HTTP/2 keepalive pings.
 //!
 //! Order of trust: a state is applied only after [`verify_state`] with the signing key pinned at
@@ -32,6 +33,7 @@ use crate::client::Backoff;
 use crate::config::AgentConfig;
 use crate::host_keys::read_host_keys;
 use crate::link::{Link, LinkEvent};
+use crate::logins::{self, Logins};
 use crate::sd_notify::Notifier;
 use crate::tls::{self, TlsError};
 
@@ -110,6 +112,7 @@ pub async fn run_with(
         .clone()
         .unwrap_or_else(|| identity.info.grpc_url.clone());
     let mut agent = Agent {
+        logins: Logins::start(&config.logins, &dir),
         cert_pem: identity.cert_pem.clone(),
         config,
         dir,
@@ -149,6 +152,7 @@ struct Agent {
     observed: BTreeMap<String, Vec<String>>,
     /// Drift found while disconnected: only the latest per user matters.
     pending_drift: BTreeMap<String, DriftReport>,
+    logins: Logins,
 }
 
 async fn next_watch_event(events: &mut Option<mpsc::Receiver<UnixUser>>) -> Option<UnixUser> {
@@ -228,6 +232,7 @@ impl Agent {
                 i
             });
         let mut link = self.open();
+        let mut login_wakes = self.logins.take_wakes();
         loop {
             tokio::select! {
                 () = &mut shutdown => {
@@ -246,10 +251,13 @@ impl Agent {
                         n.watchdog();
                     }
                 }
+                () = logins::wake(&mut login_wakes) => self.logins.on_wake(&mut link).await,
+                () = logins::sleep_until(self.logins.resend_at()) => self.logins.on_resend(&mut link),
                 event = link.next() => {
                     if let Some(next) = self.on_link_event(event, &mut link, &mut backoff).await {
                         if link.is_up() {
                             self.status.connected = false;
+                            self.logins.on_disconnected();
                             self.publish();
                         }
                         link = next;
@@ -284,6 +292,7 @@ impl Agent {
                 for (_, report) in std::mem::take(&mut self.pending_drift) {
                     up.send(message(agent_message::Msg::Drift(report)));
                 }
+                self.logins.on_connected(&mut up);
                 self.status.connected = true;
                 self.publish();
                 Some(up)
@@ -293,6 +302,10 @@ impl Agent {
                     Some(control_message::Msg::State(signed)) => Some(self.on_state(signed).await),
                     Some(control_message::Msg::Certificate(cert)) => {
                         self.on_certificate(&cert.certificate_pem, link);
+                        None
+                    }
+                    Some(control_message::Msg::LoginAck(ack)) => {
+                        self.logins.on_ack(ack.cursor, link).await;
                         None
                     }
                     None => None,
@@ -491,21 +504,22 @@ impl Agent {
                 Err(e) => result.error = format!("the apply task failed: {e}"),
             }
             // After the write, so a user whose sessions end cannot log in again with a key the
-            // write just removed.
+            // write just removed. Only the sessions of denied keys (and unattributed ones) end.
             let acted = self.epochs.get(user.as_str()).copied().unwrap_or(0);
             if desired.session_epoch > acted {
                 let applier = Arc::clone(&self.applier);
-                let u = user.clone();
-                match tokio::task::spawn_blocking(move || applier.end_sessions(&u)).await {
-                    Ok(Ok(n)) => {
+                let denied = &desired.denied_fingerprints;
+                match self
+                    .logins
+                    .end_revoked_sessions(applier, &user, denied)
+                    .await
+                {
+                    Ok(n) => {
                         tracing::info!(user = %user, sessions = n, epoch = desired.session_epoch, "ended sessions");
                         result.sessions_ended = n;
                         self.epochs.insert(user.to_string(), desired.session_epoch);
                     }
-                    Ok(Err(e)) => append_error(&mut result.error, &e.to_string()),
-                    Err(e) => {
-                        append_error(&mut result.error, &format!("the session task failed: {e}"))
-                    }
+                    Err(e) => append_error(&mut result.error, &e),
                 }
             }
             results.push(result);

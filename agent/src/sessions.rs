@@ -16,6 +16,10 @@
 //! process as the user, so a process another user named `sshd: victim [priv]` is never matched,
 //! and the listening sshd (`sshd: /usr/sbin/sshd ... [listener]` or a plain command line) never
 //! is either. Processes that left the session's tree (double-forked daemons) are not followed.
+//!
+//! [`find_session_trees`] and [`end_session_trees`] do the same per session (one tree per monitor,
+//! or per connection process without one), so that a revocation can end some of a user's
+//! sessions and leave the others: [`crate::logins::revoke`] decides which.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -64,15 +68,53 @@ pub struct SessionProcess {
     pub role: Option<Role>,
 }
 
+/// One SSH session of a user: its root (the `[priv]` monitor, or a connection process without
+/// one) and the user-owned processes below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTree {
+    pub root: SessionProcess,
+    /// The processes below the root, breadth first.
+    pub below: Vec<SessionProcess>,
+}
+
+impl SessionTree {
+    /// The root and everything below it.
+    pub fn processes(&self) -> impl Iterator<Item = &SessionProcess> {
+        std::iter::once(&self.root).chain(self.below.iter())
+    }
+
+    pub fn contains(&self, pid: i32) -> bool {
+        self.processes().any(|p| p.pid == pid)
+    }
+}
+
 /// Sends SIGTERM to the user's live SSH sessions (see the module docs for which processes) and
 /// returns the pids signalled. No session is not an error: the result is then empty.
 pub fn end_sessions(user: &UnixUser) -> Result<Vec<i32>, SessionError> {
     let uid = user_uid(user)?;
+    let targets = session_processes(Path::new("/proc"), user.as_str(), uid)?;
+    signal_all(user, &targets)
+}
+
+/// The user's sessions now, one tree each.
+pub fn find_session_trees(user: &UnixUser) -> Result<Vec<SessionTree>, SessionError> {
+    let uid = user_uid(user)?;
+    session_trees_in(Path::new("/proc"), user.as_str(), uid)
+}
+
+/// Sends SIGTERM to every process of `trees` (found by [`find_session_trees`] for `user`), each
+/// re-checked right before (a pid reused since the scan is left alone); returns the pids
+/// signalled.
+pub fn end_session_trees(user: &UnixUser, trees: &[SessionTree]) -> Result<Vec<i32>, SessionError> {
+    let targets: Vec<SessionProcess> = trees.iter().flat_map(|t| t.processes()).copied().collect();
+    signal_all(user, &targets)
+}
+
+fn signal_all(user: &UnixUser, targets: &[SessionProcess]) -> Result<Vec<i32>, SessionError> {
     let procs = Path::new("/proc");
-    let targets = session_processes(procs, user.as_str(), uid)?;
     let mut signalled = Vec::new();
     let mut failure = None;
-    for target in &targets {
+    for target in targets {
         // The pid may have been reused since the scan: re-check it right before signalling.
         if !still_matches(procs, user.as_str(), target) {
             continue;
@@ -146,6 +188,19 @@ fn session_processes(
     user: &str,
     uid: u32,
 ) -> Result<Vec<SessionProcess>, SessionError> {
+    Ok(select(&read_all(proc_root, user)?, uid))
+}
+
+/// [`session_processes`] grouped per session.
+pub(crate) fn session_trees_in(
+    proc_root: &Path,
+    user: &str,
+    uid: u32,
+) -> Result<Vec<SessionTree>, SessionError> {
+    Ok(trees(&read_all(proc_root, user)?, uid))
+}
+
+fn read_all(proc_root: &Path, user: &str) -> Result<Vec<ProcEntry>, SessionError> {
     let entries = fs::read_dir(proc_root).map_err(|error| SessionError::ReadProc {
         path: proc_root.to_path_buf(),
         error,
@@ -164,7 +219,7 @@ fn session_processes(
             all.push(found);
         }
     }
-    Ok(select(&all, uid))
+    Ok(all)
 }
 
 fn read_entry(proc_root: &Path, pid: i32, user: &str) -> Option<ProcEntry> {
@@ -238,6 +293,55 @@ fn select(all: &[ProcEntry], uid: u32) -> Vec<SessionProcess> {
             role: p.role,
         })
         .collect()
+}
+
+/// The selection of [`select`], one tree per monitor or orphan connection process (monitors
+/// first, each group by pid).
+fn trees(all: &[ProcEntry], uid: u32) -> Vec<SessionTree> {
+    let monitors: BTreeSet<i32> = all
+        .iter()
+        .filter(|p| p.role == Some(Role::Monitor) && p.uid == 0)
+        .map(|p| p.pid)
+        .collect();
+    let orphans: BTreeSet<i32> = all
+        .iter()
+        .filter(|p| p.role == Some(Role::Connection) && p.uid == uid)
+        .filter(|p| !monitors.contains(&p.ppid))
+        .map(|p| p.pid)
+        .collect();
+    let mut children: HashMap<i32, Vec<&ProcEntry>> = HashMap::new();
+    for p in all {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    let by_pid: HashMap<i32, &ProcEntry> = all.iter().map(|p| (p.pid, p)).collect();
+    let process = |p: &ProcEntry| SessionProcess {
+        pid: p.pid,
+        ppid: p.ppid,
+        uid: p.uid,
+        role: p.role,
+    };
+    let mut seen: BTreeSet<i32> = monitors.union(&orphans).copied().collect();
+    let mut out = Vec::new();
+    for root in monitors.iter().chain(orphans.iter()) {
+        let Some(entry) = by_pid.get(root) else {
+            continue;
+        };
+        let mut below = Vec::new();
+        let mut queue = std::collections::VecDeque::from([*root]);
+        while let Some(parent) = queue.pop_front() {
+            for child in children.get(&parent).into_iter().flatten() {
+                if child.uid == uid && seen.insert(child.pid) {
+                    below.push(process(child));
+                    queue.push_back(child.pid);
+                }
+            }
+        }
+        out.push(SessionTree {
+            root: process(entry),
+            below,
+        });
+    }
+    out
 }
 
 /// Whether `pid` is still the process that was selected (same role and owner).
@@ -363,6 +467,56 @@ mod tests {
             vec![400, 401]
         );
         assert!(session_processes(r, "carol", 1004).unwrap().is_empty());
+    }
+
+    #[test]
+    fn trees_group_the_same_processes_per_session() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fake(
+            r,
+            100,
+            1,
+            0,
+            "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
+        );
+        fake(r, 200, 100, 0, "sshd: bob [priv]");
+        fake(r, 201, 200, 1001, "sshd: bob@notty");
+        fake(r, 202, 201, 1001, "sleep\x00600");
+        fake(r, 210, 100, 0, "sshd: bob [priv]");
+        fake(r, 211, 210, 1001, "sshd: bob@pts/1");
+        fake(r, 212, 211, 1001, "-sh");
+        fake(r, 213, 212, 0, "sudo\x00-i");
+        fake(r, 300, 100, 1001, "sshd: bob@notty");
+        fake(r, 301, 300, 1001, "cat");
+        let trees = session_trees_in(r, "bob", 1001).unwrap();
+        let shape: Vec<(i32, Vec<i32>)> = trees
+            .iter()
+            .map(|t| (t.root.pid, t.below.iter().map(|p| p.pid).collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (200, vec![201, 202]),
+                (210, vec![211, 212]),
+                (300, vec![301])
+            ]
+        );
+        assert!(trees[1].contains(212) && !trees[1].contains(202));
+        // The same processes as the flat selection.
+        let mut flat: Vec<i32> = trees
+            .iter()
+            .flat_map(|t| t.processes())
+            .map(|p| p.pid)
+            .collect();
+        flat.sort_unstable();
+        let mut want: Vec<i32> = session_processes(r, "bob", 1001)
+            .unwrap()
+            .iter()
+            .map(|p| p.pid)
+            .collect();
+        want.sort_unstable();
+        assert_eq!(flat, want);
     }
 
     #[test]

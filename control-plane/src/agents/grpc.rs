@@ -293,6 +293,31 @@ impl Session {
                 self.renew(&renew.csr_pem).await;
                 None
             }
+            agent_message::Msg::Logins(batch) => {
+                self.ingest_logins(batch).await;
+                None
+            }
+        }
+    }
+
+    /// Stores a batch of login events and acknowledges it. A batch that cannot be stored is not
+    /// acknowledged: the agent keeps it spooled and sends it again.
+    async fn ingest_logins(&self, batch: keyward_common::proto::LoginBatch) {
+        let Some(last) = batch.events.iter().map(|e| e.cursor).max() else {
+            return;
+        };
+        let lifecycle = &self.service.lifecycle;
+        let stored = super::logins::ingest(lifecycle, &self.host, &self.tenant, &batch).await;
+        match stored {
+            Ok(()) => {
+                let ack = ControlMessage {
+                    msg: Some(control_message::Msg::LoginAck(
+                        keyward_common::proto::LoginAck { cursor: last },
+                    )),
+                };
+                let _ = self.tx.send(Ok(ack)).await;
+            }
+            Err(e) => tracing::warn!(host = %self.host, error = %e, "cannot store login events"),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct HostRecord {
     pub applied_users: serde_json::Value,
     pub host_keys: Vec<String>,
     pub last_error: Option<String>,
+    /// Login events the agent had to drop from its full spool.
+    pub logins_dropped: i64,
 }
 
 /// An outside edit of a managed file that an agent found and repaired.
@@ -54,6 +56,7 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
         applied_users: json_column(row, "applied_users")?,
         host_keys: json_column(row, "host_keys")?,
         last_error: get(row, "last_error")?,
+        logins_dropped: get(row, "logins_dropped")?,
     })
 }
 

@@ -22,8 +22,14 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 mod audit;
 mod hosts;
+mod logins;
+mod rotation;
 pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
 pub use hosts::{DriftRecord, HostRecord};
+pub use logins::{DayCount, KeyUsage, LoginFilter, LoginRecord, NewLogin, UnmanagedUse};
+pub use rotation::{
+    JobFailure, JobRecord, RotationPolicyRecord, SchedulerLease, TenantSecretRecord,
+};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

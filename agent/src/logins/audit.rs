@@ -1,0 +1,662 @@
+//! The login audit's core, without async: read new log lines, turn sshd's events into
+//! `LoginEvent`s with sequence numbers, spool them, track open sessions, persist it all at once.
+//!
+//! [`super::Logins`] runs it on blocking threads for the runtime; tests drive it directly.
+
+use std::net::SocketAddr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use keyward_common::proto::{LoginBatch, LoginEvent, LoginMethod, LoginOutcome};
+use keyward_common::sshd_log::{self, AuthMethod, LogLine, SshdEvent};
+use tokio::sync::mpsc;
+
+use super::LoginError;
+use super::file::FileFollower;
+use super::revoke::SessionAttribution;
+use super::spool::{OpenSession, Saved};
+use crate::cache::StateDir;
+use crate::config::{LoginSource, LoginsConfig};
+
+/// While a long backlog is read (a first start on a big auth.log), the state is stored at most
+/// this often: events not stored yet are not sent, and a crash reads them again.
+const STORE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Login records kept; past this those whose connection is gone are forgotten, and then (only
+/// when that is not enough) the oldest.
+pub const MAX_OPEN_SESSIONS: usize = 4096;
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// What one read did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Events added to the spool.
+    pub added: usize,
+    /// Events dropped from the full spool by this read.
+    pub dropped: u64,
+    /// The read stopped at its limit: more is waiting.
+    pub more: bool,
+}
+
+enum Source {
+    File(FileFollower),
+    #[cfg(feature = "journald")]
+    Journald(super::journald::JournalSource),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(follower) => write!(f, "File({})", follower.path().display()),
+            #[cfg(feature = "journald")]
+            Source::Journald(_) => f.write_str("Journald"),
+        }
+    }
+}
+
+/// The audit of one host's SSH logins.
+#[derive(Debug)]
+pub struct LoginAudit {
+    saved: Saved,
+    source: Source,
+    dir: StateDir,
+    max_events: usize,
+    /// `next_cursor` as last stored: only events below it are sent, so an event the control
+    /// plane has seen is never given another number after a crash.
+    stored_next: u64,
+    /// The cursors of the batch in flight, and how many of its events the full spool dropped
+    /// meanwhile: if the batch is acknowledged they were delivered, not lost.
+    in_flight: Option<(u64, u64)>,
+    dropped_in_flight: u64,
+    /// Changes read and not yet stored, and when the state was last stored.
+    unstored: bool,
+    stored_at: std::time::Instant,
+}
+
+/// What the position in the saved state is valid for.
+fn source_id(config: &LoginsConfig) -> String {
+    match config.source {
+        LoginSource::File => format!("file:{}", config.path.display()),
+        LoginSource::Journald => "journald".into(),
+        LoginSource::Off => "off".into(),
+    }
+}
+
+fn current_boot_id() -> String {
+    std::fs::read_to_string(BOOT_ID)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl LoginAudit {
+    /// Loads the saved state from `dir` and opens the configured source (`wake` hears from the
+    /// journald thread; the file source's wake-ups come from [`super::file::DirWatch`]).
+    pub fn open(
+        config: &LoginsConfig,
+        dir: StateDir,
+        wake: &mpsc::Sender<()>,
+    ) -> Result<LoginAudit, LoginError> {
+        let id = source_id(config);
+        let mut saved = match Saved::load(&dir) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => fresh(&id),
+            Err(error) => {
+                tracing::error!(%error, "the login audit state is unreadable; starting afresh (its spooled events are lost)");
+                fresh(&id)
+            }
+        };
+        if saved.source != id {
+            tracing::info!(from = %saved.source, to = %id, "the login log changed; reading the new one from its start");
+            saved.source = id;
+            saved.files.clear();
+            saved.journal_cursor.clear();
+        }
+        let boot_id = current_boot_id();
+        if saved.boot_id != boot_id {
+            // Sessions do not survive a reboot; their Disconnected lines may never have come.
+            saved.sessions.clear();
+            saved.boot_id = boot_id;
+        }
+        let _ = wake;
+        let source = match config.source {
+            LoginSource::File => Source::File(FileFollower::new(&config.path, saved.files.clone())),
+            #[cfg(feature = "journald")]
+            LoginSource::Journald => Source::Journald(super::journald::JournalSource::start(
+                saved.journal_cursor.clone(),
+                wake.clone(),
+            )?),
+            #[cfg(not(feature = "journald"))]
+            LoginSource::Journald => return Err(LoginError::NoJournald),
+            LoginSource::Off => return Err(LoginError::Off),
+        };
+        Ok(LoginAudit {
+            in_flight: None,
+            dropped_in_flight: 0,
+            unstored: false,
+            stored_at: std::time::Instant::now(),
+            stored_next: saved.next_cursor,
+            saved,
+            source,
+            dir,
+            max_events: config.spool_max_events.max(1),
+        })
+    }
+
+    /// Reads up to `max_lines` new lines (records) and spools their events; the state is stored
+    /// when anything changed.
+    pub fn read_available(&mut self, max_lines: usize) -> Result<ReadOutcome, LoginError> {
+        let (lines, taken): (Vec<LogLine>, usize) = match &mut self.source {
+            Source::File(follower) => {
+                let raw = follower
+                    .read(max_lines)
+                    .map_err(|source| LoginError::Read {
+                        path: follower.path().to_path_buf(),
+                        source,
+                    })?;
+                let taken = raw.len();
+                (
+                    raw.iter().filter_map(|l| sshd_log::parse_line(l)).collect(),
+                    taken,
+                )
+            }
+            #[cfg(feature = "journald")]
+            Source::Journald(journal) => journal.read(max_lines),
+        };
+        let now = Utc::now();
+        let mut events = Vec::new();
+        let mut sessions_changed = false;
+        for line in &lines {
+            let cursor = self.saved.next_cursor + events.len() as u64;
+            sessions_changed |= self.track_session(line, cursor);
+            events.extend(login_event(line, now));
+        }
+        let added = events.len();
+        // The spool's cursors are contiguous and drops take its front.
+        let lowest = self
+            .saved
+            .events
+            .first()
+            .map_or(self.saved.next_cursor, |e| e.cursor);
+        let dropped = self.saved.append(events, self.max_events);
+        if let Some((first, last)) = self.in_flight {
+            let (from, to) = (lowest.max(first), (lowest + dropped).min(last + 1));
+            self.dropped_in_flight += to.saturating_sub(from);
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                total = self.saved.dropped,
+                "the login spool is full: dropped the oldest events"
+            );
+        }
+        let moved = self.save_position();
+        self.unstored |= added > 0 || moved || sessions_changed;
+        let more = taken >= max_lines;
+        if self.unstored && (!more || self.stored_at.elapsed() >= STORE_EVERY) {
+            self.store();
+        }
+        Ok(ReadOutcome {
+            added,
+            dropped,
+            more,
+        })
+    }
+
+    /// Copies the source's position into the saved state; whether it moved.
+    fn save_position(&mut self) -> bool {
+        match &self.source {
+            Source::File(follower) => {
+                let now = follower.positions();
+                let moved = now != self.saved.files;
+                self.saved.files = now;
+                moved
+            }
+            #[cfg(feature = "journald")]
+            Source::Journald(journal) => {
+                let moved = journal.position() != self.saved.journal_cursor;
+                self.saved.journal_cursor = journal.position().to_owned();
+                moved
+            }
+        }
+    }
+
+    fn store(&mut self) {
+        match self.saved.store(&self.dir) {
+            Ok(()) => {
+                self.stored_next = self.saved.next_cursor;
+                self.unstored = false;
+                self.stored_at = std::time::Instant::now();
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot store the login audit state; new events wait until it can")
+            }
+        }
+    }
+
+    /// Keeps the open sessions current; whether they changed.
+    fn track_session(&mut self, line: &LogLine, cursor: u64) -> bool {
+        let sessions = &mut self.saved.sessions;
+        match &line.event {
+            SshdEvent::Accepted(auth) => {
+                let (ip, port) = endpoint(auth.source);
+                // A new login from the same address and port: the earlier one is over (or one
+                // of the two lines is forged; the record stays, see revoke).
+                for s in sessions.iter_mut() {
+                    if s.ip == ip && s.port == port {
+                        s.closed = true;
+                    }
+                }
+                let key = auth.key.as_ref();
+                sessions.push(OpenSession {
+                    ip,
+                    port,
+                    user: auth.user.clone(),
+                    method: method(&auth.method) as i32,
+                    key_type: key.map(|k| k.key_type.clone()).unwrap_or_default(),
+                    fingerprint: key.map(|k| k.fingerprint.clone()).unwrap_or_default(),
+                    pid: line.pid.unwrap_or(0),
+                    cursor,
+                    closed: false,
+                });
+                if sessions.len() > MAX_OPEN_SESSIONS {
+                    prune(sessions, std::path::Path::new("/proc"));
+                }
+                true
+            }
+            SshdEvent::Disconnected { user, source } => {
+                let (ip, port) = endpoint(*source);
+                let mut changed = false;
+                for s in sessions.iter_mut() {
+                    if s.ip == ip && s.port == port && &s.user == user && !s.closed {
+                        s.closed = true;
+                        changed = true;
+                    }
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+
+    /// The oldest spooled events (at most `max`), for the control plane; `None` when there is
+    /// nothing to send.
+    pub fn batch(&self, max: usize) -> Option<LoginBatch> {
+        let events: Vec<LoginEvent> = self
+            .saved
+            .events
+            .iter()
+            .take_while(|e| e.cursor < self.stored_next)
+            .take(max)
+            .cloned()
+            .collect();
+        let dropped = self.saved.dropped;
+        (!events.is_empty()).then_some(LoginBatch { events, dropped })
+    }
+
+    /// The batch with cursors `first..=last` was sent.
+    pub fn sent(&mut self, first: u64, last: u64) {
+        self.in_flight = Some((first, last));
+        self.dropped_in_flight = 0;
+    }
+
+    /// The batch in flight will not be acknowledged (the stream ended, or it is sent again).
+    pub fn unsent(&mut self) {
+        self.in_flight = None;
+        self.dropped_in_flight = 0;
+    }
+
+    /// The control plane stored every event up to `cursor`, and the batch that carried
+    /// `dropped_reported` as its drop count: forget them.
+    pub fn acknowledge(&mut self, cursor: u64, dropped_reported: u64) {
+        let removed = self.saved.acknowledge(cursor);
+        let before = self.saved.dropped;
+        let mut delivered = 0;
+        if let Some((_, last)) = self.in_flight
+            && cursor >= last
+        {
+            // Dropped from the spool while in flight, yet stored: not lost after all.
+            delivered = std::mem::take(&mut self.dropped_in_flight);
+            self.in_flight = None;
+        }
+        self.saved.dropped = before.saturating_sub(dropped_reported + delivered);
+        if removed > 0 || self.saved.dropped != before {
+            self.store();
+        }
+    }
+
+    /// The spool, oldest first.
+    pub fn spooled(&self) -> &[LoginEvent] {
+        &self.saved.events
+    }
+
+    /// Dropped events not yet reported in an acknowledged batch.
+    pub fn dropped(&self) -> u64 {
+        self.saved.dropped
+    }
+
+    /// The sessions the log says are open.
+    pub fn open_sessions(&self) -> Vec<&OpenSession> {
+        self.saved.sessions.iter().filter(|s| !s.closed).collect()
+    }
+
+    /// What the log says about `user`'s open sessions, judged against `denied`.
+    pub fn attribution(&self, user: &str, denied: &[String]) -> SessionAttribution {
+        SessionAttribution::of_user(&self.saved.sessions, user, denied)
+    }
+}
+
+/// A state with no history. Its first sequence number is the time in microseconds, so the
+/// numbers of a state that was lost (deleted, unreadable) are not handed out again: the control
+/// plane would take the new events for duplicates.
+fn fresh(id: &str) -> Saved {
+    let mut saved = Saved::fresh(id);
+    saved.next_cursor = u64::try_from(Utc::now().timestamp_micros())
+        .unwrap_or(1)
+        .max(1);
+    saved.boot_id = current_boot_id();
+    saved
+}
+
+/// Forgets the login records whose connection is gone; then, only if still too many, the oldest.
+fn prune(sessions: &mut Vec<OpenSession>, proc_root: &std::path::Path) {
+    match super::proc_net::live_remotes(proc_root) {
+        Ok(live) => sessions.retain(|s| {
+            s.ip.parse()
+                .ok()
+                .and_then(|ip| Some(SocketAddr::new(ip, u16::try_from(s.port).ok()?)))
+                .is_some_and(|source| live.contains(&source))
+        }),
+        Err(error) => tracing::warn!(%error, "cannot read /proc/net/tcp to forget ended sessions"),
+    }
+    if sessions.len() > MAX_OPEN_SESSIONS {
+        sessions.sort_by_key(|s| s.cursor);
+        let excess = sessions.len() - MAX_OPEN_SESSIONS;
+        sessions.drain(..excess);
+    }
+}
+
+fn endpoint(source: SocketAddr) -> (String, u32) {
+    (source.ip().to_string(), u32::from(source.port()))
+}
+
+fn method(method: &AuthMethod) -> LoginMethod {
+    match method {
+        AuthMethod::Publickey => LoginMethod::Publickey,
+        AuthMethod::Password => LoginMethod::Password,
+        AuthMethod::KeyboardInteractive => LoginMethod::KeyboardInteractive,
+        AuthMethod::Other(_) => LoginMethod::Other,
+    }
+}
+
+/// The wire event for a log line; `None` for lines that are no login event (`User child`).
+pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent> {
+    let at = line.at.map_or_else(
+        || read_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    );
+    let base = |outcome: LoginOutcome, user: &str, source: SocketAddr| LoginEvent {
+        cursor: 0,
+        at: at.clone(),
+        outcome: outcome as i32,
+        method: LoginMethod::Unspecified as i32,
+        user: user.to_owned(),
+        source_ip: source.ip().to_string(),
+        source_port: u32::from(source.port()),
+        key_type: String::new(),
+        fingerprint: String::new(),
+        sshd_pid: line.pid.unwrap_or(0),
+    };
+    match &line.event {
+        SshdEvent::Accepted(auth) | SshdEvent::Failed(auth) => {
+            let outcome = if matches!(line.event, SshdEvent::Accepted(_)) {
+                LoginOutcome::Accepted
+            } else {
+                LoginOutcome::Failed
+            };
+            let key = auth.key.as_ref();
+            Some(LoginEvent {
+                method: method(&auth.method) as i32,
+                key_type: key.map(|k| k.key_type.clone()).unwrap_or_default(),
+                fingerprint: key.map(|k| k.fingerprint.clone()).unwrap_or_default(),
+                ..base(outcome, &auth.user, auth.source)
+            })
+        }
+        SshdEvent::InvalidUser { user, source } => {
+            Some(base(LoginOutcome::InvalidUser, user, *source))
+        }
+        SshdEvent::Disconnected { user, source } => {
+            Some(base(LoginOutcome::Disconnected, user, *source))
+        }
+        SshdEvent::ClosedPreauth { user, source, .. } => Some(base(
+            LoginOutcome::ClosedPreauth,
+            user.as_deref().unwrap_or(""),
+            *source,
+        )),
+        SshdEvent::UserChild { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const FP1: &str = "SHA256:CQckUcS0Dj4bssx6LruYf8RqXCmfpKWq3eceXa5XfxM";
+    const FP2: &str = "SHA256:YYEcYYEcYYEcYYEcYYEcYYEcYYEcYYEcYYEcYYEcYYE";
+
+    fn append(path: &std::path::Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn audit(tmp: &std::path::Path, max: usize) -> LoginAudit {
+        let config = LoginsConfig {
+            spool_max_events: max,
+            ..LoginsConfig::file(tmp.join("sshd.log"))
+        };
+        let (wake, _) = mpsc::channel(1);
+        let dir = StateDir::new(tmp.join("state"));
+        dir.create().unwrap();
+        LoginAudit::open(&config, dir, &wake).unwrap()
+    }
+
+    #[test]
+    fn events_sessions_and_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        append(
+            &log,
+            &format!(
+                "Connection from 127.0.0.1 port 100 on 127.0.0.1 port 22 rdomain \"\"\n\
+                 Accepted publickey for bob from 127.0.0.1 port 100 ssh2: ED25519 {FP1}\n\
+                 User child is on pid 5\n\
+                 Accepted publickey for bob from 127.0.0.1 port 200 ssh2: RSA {FP2}\n\
+                 Failed password for invalid user x from ::1 port 300 ssh2\n"
+            ),
+        );
+        let mut a = audit(tmp.path(), 100);
+        let outcome = a.read_available(1000).unwrap();
+        assert_eq!((outcome.added, outcome.more), (3, false));
+        let first = a.spooled()[0].clone();
+        assert_eq!(first.outcome, LoginOutcome::Accepted as i32);
+        assert_eq!(first.method, LoginMethod::Publickey as i32);
+        assert_eq!(
+            (
+                first.user.as_str(),
+                first.source_ip.as_str(),
+                first.source_port
+            ),
+            ("bob", "127.0.0.1", 100)
+        );
+        assert_eq!(
+            (first.key_type.as_str(), first.fingerprint.as_str()),
+            ("ED25519", FP1)
+        );
+        let cursors: Vec<u64> = a.spooled().iter().map(|e| e.cursor).collect();
+        assert_eq!(
+            cursors,
+            vec![first.cursor, first.cursor + 1, first.cursor + 2]
+        );
+        assert_eq!(a.spooled()[2].outcome, LoginOutcome::Failed as i32);
+        assert_eq!(a.spooled()[2].source_ip, "::1");
+        assert_eq!(a.open_sessions().len(), 2);
+        let attribution = a.attribution("bob", &[FP1.to_owned()]);
+        assert_eq!(
+            attribution
+                .sessions
+                .iter()
+                .map(|s| s.denied)
+                .collect::<Vec<_>>(),
+            vec![true, false]
+        );
+
+        append(&log, "Disconnected from user bob 127.0.0.1 port 100\n");
+        let batch = a.batch(2).unwrap();
+        assert_eq!(batch.events.len(), 2);
+        a.acknowledge(batch.events[1].cursor, batch.dropped);
+        drop(a);
+
+        // Restarted: the spool, the position, the sessions and the numbering are back.
+        let mut a = audit(tmp.path(), 100);
+        assert_eq!(a.spooled().len(), 1);
+        assert_eq!(a.read_available(1000).unwrap().added, 1);
+        let last = a.spooled().last().unwrap();
+        assert_eq!(last.outcome, LoginOutcome::Disconnected as i32);
+        assert_eq!(last.cursor, first.cursor + 3);
+        assert_eq!(a.open_sessions().len(), 1);
+        assert_eq!(a.open_sessions()[0].port, 200);
+        assert_eq!(a.read_available(1000).unwrap().added, 0);
+    }
+
+    #[test]
+    fn a_full_spool_drops_the_oldest_and_reports_the_count_until_acknowledged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        for port in 1..=5 {
+            append(
+                &log,
+                &format!("Invalid user u{port} from 10.0.0.1 port {port}\n"),
+            );
+        }
+        let mut a = audit(tmp.path(), 3);
+        let outcome = a.read_available(1000).unwrap();
+        assert_eq!((outcome.added, outcome.dropped), (5, 2));
+        let users: Vec<&str> = a.spooled().iter().map(|e| e.user.as_str()).collect();
+        assert_eq!(users, vec!["u3", "u4", "u5"]);
+        let batch = a.batch(500).unwrap();
+        assert_eq!(batch.dropped, 2);
+        append(&log, "Invalid user u6 from 10.0.0.1 port 6\n");
+        a.read_available(1000).unwrap();
+        assert_eq!(a.dropped(), 3);
+        a.acknowledge(batch.events.last().unwrap().cursor, batch.dropped);
+        assert_eq!(
+            a.dropped(),
+            1,
+            "the drop after the batch is still to report"
+        );
+        assert_eq!(a.batch(500).unwrap().dropped, 1);
+    }
+
+    #[test]
+    fn events_dropped_while_in_flight_and_then_acknowledged_were_delivered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        let attempt = |port: u32| format!("Invalid user u{port} from 10.0.0.1 port {port}\n");
+        for port in 1..=3 {
+            append(&log, &attempt(port));
+        }
+        let mut a = audit(tmp.path(), 3);
+        a.read_available(1000).unwrap();
+        let batch = a.batch(500).unwrap();
+        let (first, last) = (batch.events[0].cursor, batch.events[2].cursor);
+        a.sent(first, last);
+        // Two more before the acknowledgement: the two oldest, in flight, leave the spool.
+        append(&log, &attempt(4));
+        append(&log, &attempt(5));
+        a.read_available(1000).unwrap();
+        assert_eq!(a.dropped(), 2);
+        a.acknowledge(last, batch.dropped);
+        assert_eq!(a.dropped(), 0, "they were stored: nothing was lost");
+        let next = a.batch(500).unwrap();
+        assert_eq!(next.dropped, 0);
+        assert_eq!(next.events.len(), 2);
+
+        // The same without an acknowledgement (the stream ended): they count as dropped.
+        let batch = a.batch(500).unwrap();
+        a.sent(batch.events[0].cursor, batch.events[1].cursor);
+        for port in 6..=8 {
+            append(&log, &attempt(port));
+        }
+        a.read_available(1000).unwrap();
+        a.unsent();
+        assert_eq!(a.dropped(), 2);
+        assert_eq!(a.batch(500).unwrap().dropped, 2);
+    }
+
+    #[test]
+    fn a_disconnect_closes_a_record_but_does_not_erase_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        // The genuine login with the revoked key, then what a local user could log through
+        // syslog to pass it off as a login with a good key.
+        append(
+            &log,
+            &format!(
+                "Accepted publickey for bob from 127.0.0.1 port 100 ssh2: ED25519 {FP1}\n\
+                 Disconnected from user bob 127.0.0.1 port 100\n\
+                 Accepted publickey for bob from 127.0.0.1 port 100 ssh2: ED25519 {FP2}\n"
+            ),
+        );
+        let mut a = audit(tmp.path(), 100);
+        a.read_available(1000).unwrap();
+        assert_eq!(a.open_sessions().len(), 1);
+        let attribution = a.attribution("bob", &[FP1.to_owned()]);
+        let denied: Vec<bool> = attribution.sessions.iter().map(|s| s.denied).collect();
+        assert_eq!(denied, vec![true, false], "the closed record still speaks");
+        assert!(a.attribution("bob", &[]).sessions.len() == 1);
+    }
+
+    #[test]
+    fn records_are_forgotten_when_their_connection_is_gone() {
+        let proc_root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(proc_root.path().join("net")).unwrap();
+        // One live connection: 127.0.0.1:49832 (0xC2A8) to port 22.
+        std::fs::write(
+            proc_root.path().join("net/tcp"),
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+             0: 0100007F:0016 0100007F:C2A8 01 00000000:00000000 00:00000000 00000000     0        0 4 1\n",
+        )
+        .unwrap();
+        let record = |port: u32, cursor: u64| OpenSession {
+            ip: "127.0.0.1".into(),
+            port,
+            user: "bob".into(),
+            cursor,
+            ..OpenSession::default()
+        };
+        let mut sessions: Vec<OpenSession> = (0..MAX_OPEN_SESSIONS as u64 + 1)
+            .map(|i| record(1000 + i as u32, i + 1))
+            .collect();
+        sessions.insert(0, record(49832, 0));
+        prune(&mut sessions, proc_root.path());
+        assert_eq!(sessions, vec![record(49832, 0)]);
+    }
+
+    #[test]
+    fn many_lines_are_read_in_bounded_steps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        let text: String = (0..25)
+            .map(|p| format!("Invalid user u from 10.0.0.1 port {}\n", p + 1))
+            .collect();
+        append(&log, &text);
+        let mut a = audit(tmp.path(), 100);
+        assert!(a.read_available(10).unwrap().more);
+        assert!(a.read_available(10).unwrap().more);
+        let last = a.read_available(10).unwrap();
+        assert_eq!((last.added, last.more), (5, false));
+        assert_eq!(a.spooled().len(), 25);
+    }
+}

@@ -1,0 +1,340 @@
+//! SSH login audit: every login and attempt in sshd's log goes to the control plane, and a
+//! revocation ends exactly the sessions opened with the revoked key.
+//!
+//! - [`file`] follows a log file across rotation; [`journald`] (cargo feature `journald`) reads
+//!   the systemd journal; [`export`] maps journal records (and reads `journalctl -o export`).
+//!   Lines are parsed by [`keyward_common::sshd_log`].
+//! - [`audit`] turns lines into `LoginEvent`s with the agent's sequence numbers, spools them on
+//!   disk ([`spool`], bounded: the oldest are dropped and counted) and tracks which sessions are
+//!   open with which key.
+//! - [`revoke`] and [`proc_net`] end the sessions a revocation must end, and only those.
+//!
+//! Delivery ([`Logins`], driven by the runtime's event loop): on (re)connect and whenever events
+//! arrive, the oldest spooled events (up to [`BATCH_MAX`]) go up the stream as one `LoginBatch`
+//! with the count of events dropped since the last acknowledged batch. One batch is in flight at
+//! a time: the next is sent when `LoginAck{cursor}` says the control plane stored everything up
+//! to `cursor`, which the agent then forgets. An unanswered batch is sent again after
+//! [`ACK_TIMEOUT`] and on the next connection; the control plane de-duplicates by (host, cursor).
+//! Sequence numbers have gaps where spooled events were dropped.
+//!
+//! Attribution (which managed key, or unmanaged) is the control plane's: the agent sends
+//! fingerprints.
+
+pub mod audit;
+pub mod export;
+pub mod file;
+#[cfg(feature = "journald")]
+pub mod journald;
+pub mod proc_net;
+pub mod revoke;
+pub mod spool;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use keyward_common::UnixUser;
+use keyward_common::proto::{AgentMessage, agent_message};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use audit::{LoginAudit, ReadOutcome};
+pub use revoke::SessionAttribution;
+
+use crate::apply::Applier;
+use crate::cache::{CacheError, StateDir};
+use crate::config::{LoginSource, LoginsConfig};
+use crate::link::Link;
+
+/// Events per `LoginBatch`.
+pub const BATCH_MAX: usize = 500;
+/// Lines read per step; more is read in the next turn of the event loop.
+pub const READ_LINES: usize = 5000;
+/// An unacknowledged batch is sent again after this.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read steps at most before a revocation decides (the log is read up to now first).
+const CATCH_UP_STEPS: usize = 20;
+/// Changes of the log file within this window are read together: a burst of lines (a
+/// brute-force attempt) is one read and one write of the state, not one per line.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Why the login audit could not read or store.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("reading the login log {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] CacheError),
+    #[cfg(feature = "journald")]
+    #[error(transparent)]
+    Journal(#[from] journald::JournalError),
+    #[error("this keyward-agent was built without journald support (cargo feature `journald`)")]
+    NoJournald,
+    #[error("the login audit is off")]
+    Off,
+}
+
+/// A batch sent and not yet acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    last: u64,
+    dropped: u64,
+    since: Instant,
+}
+
+/// The login audit as the runtime sees it.
+#[derive(Debug)]
+pub struct Logins {
+    audit: Option<Arc<Mutex<LoginAudit>>>,
+    wake: mpsc::Sender<()>,
+    wakes: Option<mpsc::Receiver<()>>,
+    _watch: Option<file::DirWatch>,
+    in_flight: Option<InFlight>,
+    /// The highest cursor sent: an acknowledgement beyond it is not believed.
+    sent_upto: u64,
+}
+
+impl Logins {
+    /// Starts the configured source. Failing to start is logged, not fatal: the agent's first
+    /// job is keeping the keys right.
+    pub fn start(config: &LoginsConfig, dir: &StateDir) -> Logins {
+        let (wake, wakes) = mpsc::channel(1);
+        let mut logins = Logins {
+            audit: None,
+            wake,
+            wakes: Some(wakes),
+            _watch: None,
+            in_flight: None,
+            sent_upto: 0,
+        };
+        if config.source == LoginSource::Off {
+            tracing::info!("login audit off");
+            return logins;
+        }
+        match LoginAudit::open(config, dir.clone(), &logins.wake) {
+            Ok(audit) => logins.audit = Some(Arc::new(Mutex::new(audit))),
+            Err(error) => {
+                tracing::error!(%error, "the login audit cannot start; revocations end all of a user's sessions");
+                return logins;
+            }
+        }
+        if config.source == LoginSource::File {
+            match file::DirWatch::start(&config.path, debounced(logins.wake.clone())) {
+                Ok(watch) => logins._watch = Some(watch),
+                Err(error) => tracing::error!(
+                    path = %config.path.display(), %error,
+                    "cannot watch the login log's directory: new logins are read only at start and before revocations"
+                ),
+            }
+            tracing::info!(path = %config.path.display(), "login audit reading the log file");
+        } else {
+            tracing::info!("login audit reading the systemd journal");
+        }
+        // Read what is there at start.
+        let _ = logins.wake.try_send(());
+        logins
+    }
+
+    /// No login audit.
+    pub fn off() -> Logins {
+        Self::start(&LoginsConfig::off(), &StateDir::new("/nonexistent"))
+    }
+
+    /// The wake-ups, for the event loop to wait on (taken once).
+    pub(crate) fn take_wakes(&mut self) -> Option<mpsc::Receiver<()>> {
+        self.audit.as_ref()?;
+        self.wakes.take()
+    }
+
+    /// When the batch in flight is to be sent again.
+    pub(crate) fn resend_at(&self) -> Option<Instant> {
+        self.in_flight.map(|f| f.since + ACK_TIMEOUT)
+    }
+
+    async fn with_audit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut LoginAudit) -> R + Send + 'static,
+    ) -> Option<R> {
+        let audit = Arc::clone(self.audit.as_ref()?);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut audit)
+        });
+        match task.await {
+            Ok(r) => Some(r),
+            Err(error) => {
+                tracing::error!(%error, "the login audit task failed");
+                None
+            }
+        }
+    }
+
+    /// The log changed (or a read stopped at its limit): read, then send.
+    pub(crate) async fn on_wake(&mut self, link: &mut Link) {
+        let read = self.with_audit(|a| a.read_available(READ_LINES)).await;
+        match read {
+            Some(Ok(outcome)) => {
+                if outcome.added > 0 {
+                    tracing::debug!(events = outcome.added, "read login events");
+                }
+                if outcome.more {
+                    let _ = self.wake.try_send(());
+                }
+            }
+            Some(Err(error)) => tracing::warn!(%error, "cannot read the login log"),
+            None => {}
+        }
+        self.pump(link);
+    }
+
+    /// A new stream: whatever was in flight on the old one is sent again.
+    pub(crate) fn on_connected(&mut self, link: &mut Link) {
+        self.forget_in_flight();
+        self.pump(link);
+    }
+
+    pub(crate) fn on_disconnected(&mut self) {
+        self.forget_in_flight();
+    }
+
+    /// The batch in flight went unanswered: send it again (the control plane de-duplicates).
+    pub(crate) fn on_resend(&mut self, link: &mut Link) {
+        tracing::warn!("no acknowledgement for the login batch; sending it again");
+        self.forget_in_flight();
+        self.pump(link);
+    }
+
+    fn forget_in_flight(&mut self) {
+        self.in_flight = None;
+        if let Some(audit) = &self.audit {
+            audit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unsent();
+        }
+    }
+
+    /// `LoginAck{cursor}`: forget what is stored, send what is next.
+    pub(crate) async fn on_ack(&mut self, cursor: u64, link: &mut Link) {
+        let cursor = cursor.min(self.sent_upto);
+        let dropped = match self.in_flight {
+            Some(f) if cursor >= f.last => {
+                self.in_flight = None;
+                f.dropped
+            }
+            _ => 0,
+        };
+        self.with_audit(move |a| a.acknowledge(cursor, dropped))
+            .await;
+        self.pump(link);
+    }
+
+    /// Sends the next batch when none is in flight.
+    fn pump(&mut self, link: &mut Link) {
+        if self.in_flight.is_some() || !link.is_up() {
+            return;
+        }
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(batch) = audit.batch(BATCH_MAX) else {
+            return;
+        };
+        let first = batch.events.first().map_or(0, |e| e.cursor);
+        let last = batch.events.last().map_or(0, |e| e.cursor);
+        let dropped = batch.dropped;
+        let sent = link.send(AgentMessage {
+            msg: Some(agent_message::Msg::Logins(batch)),
+        });
+        if sent {
+            audit.sent(first, last);
+            self.sent_upto = self.sent_upto.max(last);
+            self.in_flight = Some(InFlight {
+                last,
+                dropped,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A raised session epoch: ends `user`'s sessions opened with a key in `denied` and those the
+    /// log does not attribute (see [`revoke`]); returns how many.
+    pub(crate) async fn end_revoked_sessions(
+        &self,
+        applier: Arc<dyn Applier>,
+        user: &UnixUser,
+        denied: &[String],
+    ) -> Result<u32, String> {
+        let attribution = self.attribution(user.as_str(), denied).await;
+        let user = user.clone();
+        let ended =
+            tokio::task::spawn_blocking(move || applier.end_revoked_sessions(&user, &attribution));
+        match ended.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the session task failed: {e}")),
+        }
+    }
+
+    /// What the log says about `user`'s open sessions, after reading it up to now (a login a
+    /// moment ago is then known).
+    pub(crate) async fn attribution(&self, user: &str, denied: &[String]) -> SessionAttribution {
+        let (user, denied) = (user.to_owned(), denied.to_vec());
+        self.with_audit(move |a| {
+            for _ in 0..CATCH_UP_STEPS {
+                match a.read_available(READ_LINES) {
+                    Ok(outcome) if outcome.more => {}
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the login log before a revocation");
+                        break;
+                    }
+                }
+            }
+            a.attribution(&user, &denied)
+        })
+        .await
+        .unwrap_or_else(SessionAttribution::unknown)
+    }
+}
+
+/// A sender whose wake-ups reach `wake` at most once per [`DEBOUNCE`] (the first one of a burst
+/// waits that long, so the burst is read at once). Without a tokio runtime, `wake` itself.
+fn debounced(wake: mpsc::Sender<()>) -> mpsc::Sender<()> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return wake;
+    };
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    runtime.spawn(async move {
+        // Ends when the watch (the sender's only holder) is dropped.
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            // Full: a wake-up is already waiting, which reads this change too.
+            let _ = wake.try_send(());
+        }
+    });
+    tx
+}
+
+/// Waits for the next wake-up of the login audit (forever when it is off).
+pub(crate) async fn wake(wakes: &mut Option<mpsc::Receiver<()>>) {
+    let woken = match wakes.as_mut() {
+        Some(rx) => rx.recv().await.is_some(),
+        None => false,
+    };
+    if !woken {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits until `at` (forever for `None`): the resend timer of the batch in flight.
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,243 @@
+//! Revocation, exactly, with a real sshd, real users and real sessions: one user, two sessions
+//! opened with two keys; revoking one key (a state that denies it and raises the session epoch)
+//! ends that key's session with its processes and leaves the other running. A session the log
+//! does not attribute is ended (the fallback).
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod logins_support;
+mod runtime_support;
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_agent::apply::SystemApplier;
+use keyward_agent::config::LoginsConfig;
+use keyward_agent::logins::{proc_net, revoke};
+use keyward_agent::sessions::{self, SessionTree};
+use keyward_agent::{RuntimeDeps, UserConfig, UserMode};
+use keyward_common::keys::GeneratedKey;
+use keyward_common::proto::agent_message::Msg;
+use keyward_common::proto::{
+    ControlMessage, DesiredState, Key, KeyKind, LoginAck, LoginEvent, LoginOutcome, ManagedUser,
+    Mode, control_message,
+};
+use logins_support::{Proc, Sshd, audit, authorize, client_key, read_all};
+use runtime_support::{Enrolled, Lifetime, Pki, Session, TestHub, WAIT, within};
+use support::{TestUser, homes_dir, wait_for};
+
+/// The bound on a revoked session's end.
+const ENDS_WITHIN: Duration = Duration::from_secs(2);
+
+fn desired(
+    generation: u64,
+    user: &TestUser,
+    keys: &[&GeneratedKey],
+    denied: &[&GeneratedKey],
+    epoch: u64,
+) -> DesiredState {
+    DesiredState {
+        host_id: runtime_support::HOST_ID.into(),
+        generation,
+        issued_at: "2026-01-01T00:00:00Z".into(),
+        users: vec![ManagedUser {
+            user: user.name.to_string(),
+            mode: Mode::Preserve as i32,
+            keys: keys
+                .iter()
+                .map(|k| Key {
+                    kind: KeyKind::Tenant as i32,
+                    generation: 1,
+                    public_key: k.public_openssh().to_owned(),
+                    fingerprint: k.fingerprint().to_string(),
+                    expires_at: String::new(),
+                })
+                .collect(),
+            denied_fingerprints: denied.iter().map(|k| k.fingerprint().to_string()).collect(),
+            session_epoch: epoch,
+        }],
+    }
+}
+
+/// Whether every process of `tree` is gone: exited (a zombie not yet reaped counts), or its pid
+/// now belongs to another process.
+fn gone(tree: &SessionTree) -> bool {
+    tree.processes().all(|p| {
+        std::fs::read_to_string(format!("/proc/{}/status", p.pid))
+            .map(|status| {
+                status.contains("State:\tZ") || !status.contains(&format!("PPid:\t{}\n", p.ppid))
+            })
+            .unwrap_or(true)
+    })
+}
+
+/// The tree holding the connection from 127.0.0.1:`port`.
+fn tree_of(trees: &[SessionTree], port: u32) -> SessionTree {
+    let source = format!("127.0.0.1:{port}").parse().unwrap();
+    let holders = proc_net::connection_processes(std::path::Path::new("/proc"), source).unwrap();
+    assert!(
+        !holders.is_empty(),
+        "no process holds the connection from {source}"
+    );
+    trees
+        .iter()
+        .find(|t| holders.iter().any(|&pid| t.contains(pid)))
+        .unwrap_or_else(|| panic!("no session tree holds {source}: {holders:?} vs {trees:?}"))
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_ends_only_the_session_it_opened() {
+    let homes = homes_dir();
+    let work = tempfile::tempdir().unwrap();
+    let user = TestUser::create("lv", homes.path());
+    let name = user.name.to_string();
+    let sshd = Sshd::start(work.path());
+    let (revoked, revoked_path) = client_key(work.path(), "revoked");
+    let (kept, kept_path) = client_key(work.path(), "kept");
+
+    // An in-process agent with the real writer and session killer, reading sshd's log.
+    let pki = Pki::new();
+    let mut hub = TestHub::start(&pki).await;
+    let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
+    let mut config = enrolled.config();
+    config.users = vec![UserConfig {
+        name: user.name.clone(),
+        mode: UserMode::Preserve,
+    }];
+    config.logins = LoginsConfig::file(&sshd.log);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let deps = RuntimeDeps {
+        applier: Arc::new(SystemApplier),
+        watch_events: None,
+        notifier: None,
+        status: None,
+    };
+    let task = tokio::spawn(keyward_agent::run_with(config, deps, async move {
+        let _ = stopped.await;
+    }));
+    let mut s = hub.session().await;
+    let mut logins: Vec<LoginEvent> = Vec::new();
+    // Answers every login batch and keeps its events; returns the next other message.
+    async fn next(s: &mut Session, logins: &mut Vec<LoginEvent>) -> Msg {
+        loop {
+            match s.recv().await {
+                Msg::Logins(batch) => {
+                    let cursor = batch.events.last().unwrap().cursor;
+                    logins.extend(batch.events);
+                    s.to_agent
+                        .send(Ok(ControlMessage {
+                            msg: Some(control_message::Msg::LoginAck(LoginAck { cursor })),
+                        }))
+                        .unwrap();
+                }
+                other => return other,
+            }
+        }
+    }
+    assert!(matches!(next(&mut s, &mut logins).await, Msg::Hello(_)));
+
+    // Both keys are the user's; one session with each.
+    s.send_state(enrolled.sign(&desired(1, &user, &[&revoked, &kept], &[], 0)));
+    let Msg::Applied(applied) = next(&mut s, &mut logins).await else {
+        panic!("expected Applied")
+    };
+    assert_eq!(applied.users[0].error, "");
+    let mut revoked_session: Proc =
+        tokio::task::block_in_place(|| sshd.open_session(&revoked_path, &name));
+    let mut kept_session: Proc =
+        tokio::task::block_in_place(|| sshd.open_session(&kept_path, &name));
+
+    // The control plane hears both logins, each with its key's fingerprint.
+    let accepted_port = |logins: &[LoginEvent], key: &GeneratedKey| {
+        logins
+            .iter()
+            .find(|e| {
+                e.outcome == LoginOutcome::Accepted as i32
+                    && e.fingerprint == key.fingerprint().to_string()
+            })
+            .map(|e| e.source_port)
+    };
+    while accepted_port(&logins, &revoked).is_none() || accepted_port(&logins, &kept).is_none() {
+        let other = tokio::time::timeout(WAIT, s.recv()).await.unwrap();
+        let Msg::Logins(batch) = other else {
+            panic!("expected login batches, got {other:?}")
+        };
+        let cursor = batch.events.last().unwrap().cursor;
+        logins.extend(batch.events);
+        s.to_agent
+            .send(Ok(ControlMessage {
+                msg: Some(control_message::Msg::LoginAck(LoginAck { cursor })),
+            }))
+            .unwrap();
+    }
+    let trees = sessions::find_session_trees(&user.name).unwrap();
+    assert_eq!(trees.len(), 2, "{trees:?}");
+    let revoked_tree = tree_of(&trees, accepted_port(&logins, &revoked).unwrap());
+    let kept_tree = tree_of(&trees, accepted_port(&logins, &kept).unwrap());
+    assert_ne!(revoked_tree.root.pid, kept_tree.root.pid);
+    assert!(
+        revoked_tree.below.len() >= 2,
+        "the session's own process and its command: {revoked_tree:?}"
+    );
+
+    // Revoke: the key is denied and the session epoch goes up.
+    s.send_state(enrolled.sign(&desired(2, &user, &[&kept], &[&revoked], 1)));
+    let Msg::Applied(applied) = next(&mut s, &mut logins).await else {
+        panic!("expected Applied")
+    };
+    assert_eq!(applied.users[0].error, "");
+    assert_eq!(applied.users[0].sessions_ended, 1);
+    tokio::task::block_in_place(|| {
+        wait_for(ENDS_WITHIN, "the revoked key's ssh client to end", || {
+            (!revoked_session.running()).then_some(())
+        });
+        wait_for(
+            ENDS_WITHIN,
+            "the revoked session's processes to end",
+            || gone(&revoked_tree).then_some(()),
+        );
+    });
+    assert!(kept_session.running(), "the other key's session ended too");
+    let left = sessions::find_session_trees(&user.name).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].root.pid, kept_tree.root.pid);
+    assert!(!gone(&kept_tree), "a process of the kept session is gone");
+
+    let _ = stop.send(());
+    within("the agent to stop", task).await.unwrap().unwrap();
+    drop(kept_session);
+}
+
+#[test]
+fn a_session_the_log_does_not_attribute_is_ended() {
+    let homes = homes_dir();
+    let work = tempfile::tempdir().unwrap();
+    let user = TestUser::create("lu", homes.path());
+    let name = user.name.to_string();
+    let sshd = Sshd::start(work.path());
+    let (first, first_path) = client_key(work.path(), "first");
+    let (second, second_path) = client_key(work.path(), "second");
+    authorize(&user, &[&first, &second]);
+
+    let mut known = sshd.open_session(&first_path, &name);
+    let mut a = audit(&sshd.log, &work.path().join("state"), 100);
+    read_all(&mut a);
+    // Opened after the audit last read the log: nothing ties it to a key.
+    let mut unknown = sshd.open_session(&second_path, &name);
+    let attribution = a.attribution(&name, &[]);
+    assert_eq!(attribution.sessions.len(), 1);
+
+    let ended = revoke::end_revoked_sessions(&user.name, &attribution).unwrap();
+    assert_eq!(ended, 1);
+    wait_for(ENDS_WITHIN, "the unattributed session to end", || {
+        (!unknown.running()).then_some(())
+    });
+    assert!(
+        known.running(),
+        "a session opened with a key that is not denied ended"
+    );
+    assert_eq!(sessions::find_session_trees(&user.name).unwrap().len(), 1);
+}
