@@ -1,0 +1,158 @@
+//! `keyward-bench`: runs a benchmark, prints its Markdown table on stdout, and with `--write`
+//! records it in `BENCHMARKS.md`.
+//!
+//! ```text
+//! cargo run --release -p keyward-bench -- propagation --agents 1 --rotations 200
+//! cargo run --release -p keyward-bench -- propagation --agents 1000 --rotations 200 --runs 2 --write BENCHMARKS.md
+//! keyward-bench propagation --smoke
+//! ```
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keyward_bench::propagation::{self, Options, Report};
+use keyward_bench::report;
+
+#[derive(Debug, Parser)]
+#[command(name = "keyward-bench", about = "keyward's benchmarks", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Time from the REST rotate call returning to the key's file renamed on the host.
+    Propagation(PropagationArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PropagationArgs {
+    /// Connected agents (tenants with one host each).
+    #[arg(long, default_value_t = 1)]
+    agents: usize,
+    /// Sequential rotations to time.
+    #[arg(long, default_value_t = 200)]
+    rotations: usize,
+    /// The test suite's tiny version: 2 agents, 5 rotations (overrides --agents and --rotations).
+    #[arg(long)]
+    smoke: bool,
+    /// Rotate back to back, without waiting for the previous rotation's acknowledgement.
+    #[arg(long)]
+    back_to_back: bool,
+    /// Runs, each in a fresh process with a fresh OpenBao and database.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Record the results in this Markdown file (its propagation sections are replaced).
+    #[arg(long, value_name = "FILE")]
+    write: Option<PathBuf>,
+    /// Where the simulated hosts' files are written (default: the temporary directory).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Print the report as JSON instead of Markdown (used by --runs).
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
+/// Warnings on stderr (`RUST_LOG` overrides), without the expected ones: the Vault client logs
+/// every 404 of a secret that does not exist yet, and the control plane the bootstrap token.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,rustify=off,vaultrs=off,keyward_server::server=error",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    match Cli::parse().command {
+        Command::Propagation(args) => propagation_command(args).await,
+    }
+}
+
+async fn propagation_command(args: PropagationArgs) -> anyhow::Result<()> {
+    let mut options = if args.smoke {
+        Options {
+            progress: true,
+            ..Options::smoke()
+        }
+    } else {
+        Options::new(args.agents, args.rotations)
+    };
+    options.dir.clone_from(&args.dir);
+    options.settle = !args.back_to_back;
+    let runs = args.runs.max(1);
+    let reports = if runs == 1 {
+        vec![propagation::run(&options).await?]
+    } else {
+        let mut reports = Vec::with_capacity(runs);
+        for run in 1..=runs {
+            eprintln!("run {run} of {runs}");
+            reports.push(run_in_child(&options, args.dir.as_ref()).await?);
+        }
+        reports
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut stdout, &reports[0])?;
+        writeln!(stdout)?;
+        return Ok(());
+    }
+    write!(stdout, "{}", report::propagation_stdout(&reports))?;
+    stdout.flush()?;
+    if let Some(path) = &args.write {
+        let command = report::propagation_command(&options, runs, Some(path.as_path()));
+        report::write_sections(
+            path,
+            &[
+                ("propagation-method".into(), report::propagation_method()),
+                (
+                    report::propagation_section_id(&reports[0]),
+                    report::propagation_section(&reports, &command),
+                ),
+            ],
+        )?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One run in a fresh process of this binary: a fresh heap for the memory figures.
+async fn run_in_child(options: &Options, dir: Option<&PathBuf>) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let mut child = tokio::process::Command::new(exe);
+    child.args([
+        "propagation",
+        "--json",
+        "--agents",
+        &options.agents.to_string(),
+        "--rotations",
+        &options.rotations.to_string(),
+    ]);
+    if let Some(dir) = dir {
+        child.arg("--dir").arg(dir);
+    }
+    if !options.settle {
+        child.arg("--back-to-back");
+    }
+    let out = child
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("running a benchmark process")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the benchmark process failed: {}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).context("reading the benchmark process's report")
+}
