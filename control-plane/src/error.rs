@@ -23,6 +23,9 @@ pub struct Problem {
     pub detail: String,
     /// Stable identifier of the problem, e.g. `key_already_downloaded`.
     pub code: &'static str,
+    /// With `rotation_in_progress`: the running job, to follow instead.
+    #[serde(rename = "jobId", skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 /// Everything a request can fail with.
@@ -75,6 +78,10 @@ pub enum ApiError {
     AlreadyDownloaded { generation: i64 },
     #[error("the key set changed concurrently; retry the request")]
     Conflict,
+    #[error("bulk rotation job {job_id} is running; follow it or wait until it ends")]
+    RotationInProgress { job_id: String },
+    #[error("rotation job {0} not found")]
+    JobNotFound(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -127,6 +134,8 @@ impl ApiError {
             KeyRevoked => (StatusCode::CONFLICT, "key_revoked", "Conflict"),
             AlreadyDownloaded { .. } => (StatusCode::GONE, "key_already_downloaded", "Gone"),
             Conflict => (StatusCode::CONFLICT, "concurrent_modification", "Conflict"),
+            RotationInProgress { .. } => (StatusCode::CONFLICT, "rotation_in_progress", "Conflict"),
+            JobNotFound(_) => (StatusCode::NOT_FOUND, "rotation_job_not_found", "Not Found"),
             Vault(VaultError::Sealed) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "vault_sealed",
@@ -176,12 +185,17 @@ impl IntoResponse for ApiError {
             // Server-side failures are logged with their cause; the client gets the summary.
             tracing::warn!(code, error = %self, cause = ?std::error::Error::source(&self), "request failed");
         }
+        let job_id = match &self {
+            ApiError::RotationInProgress { job_id } => Some(job_id.clone()),
+            _ => None,
+        };
         let problem = Problem {
             problem_type: format!("urn:keyward:problem:{code}"),
             title,
             status: status.as_u16(),
             detail: self.to_string(),
             code,
+            job_id: job_id.clone(),
         };
         let mut response = (status, axum::Json(problem)).into_response();
         let headers = response.headers_mut();
@@ -190,6 +204,11 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(location) = job_id.and_then(|id| {
+            HeaderValue::from_str(&format!("/api/v1/admin/secrets/rotate-all/{id}")).ok()
+        }) {
+            headers.insert(header::LOCATION, location);
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

@@ -3,17 +3,21 @@
 //!
 //! - [`vault`]: the key sets in Vault (KV v2, check-and-set).
 //! - [`store`]: tenants, key metadata, API tokens and the hash-chained audit log in SQL.
-//! - [`lifecycle`]: create, rotate, regenerate, revoke, download, each audited.
+//! - [`lifecycle`]: create, rotate, regenerate, revoke, download, each audited; rotation
+//!   policies, SMTP credentials and DKIM keys.
+//! - [`rotation`]: the rotation scheduler and bulk rotations; [`backup`]: Vault snapshots.
 //! - [`api`]: the REST API (axum), [`auth`]: bearer tokens, [`error`]: problem documents.
 //! - [`config`], [`server`], [`telemetry`]: running it.
 
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod lifecycle;
+pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod telemetry;

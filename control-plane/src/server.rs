@@ -16,9 +16,11 @@ use crate::agents::{AgentTrust, grpc};
 use crate::api::hosts::AgentSettings;
 use crate::api::{AppState, router};
 use crate::auth::{Caller, new_token};
+use crate::backup::VaultBackups;
 use crate::clock::{Clock, SystemClock, iso8601};
 use crate::config::Config;
 use crate::lifecycle::KeyLifecycle;
+use crate::rotation::{BulkRotations, RotationScheduler};
 use crate::store::{Role, Store, StoreError, TokenRecord, hash_token};
 use crate::vault::{SecretStore, VaultError, VaultStore};
 
@@ -66,6 +68,10 @@ pub struct RunningServer {
     pub agent_addr: SocketAddr,
     pub agent_url: String,
     pub lifecycle: Arc<KeyLifecycle>,
+    /// Bulk rotation jobs.
+    pub rotations: Arc<BulkRotations>,
+    /// Vault snapshots (`[backup]`).
+    pub backups: Arc<VaultBackups>,
     handle: axum_server::Handle,
     server: JoinHandle<Result<(), std::io::Error>>,
     background: Vec<JoinHandle<()>>,
@@ -84,6 +90,7 @@ impl RunningServer {
         for task in &self.background {
             task.abort();
         }
+        self.rotations.shutdown();
         let result = self.server.await;
         self.lifecycle.store().close().await;
         match result {
@@ -145,6 +152,17 @@ pub async fn start_with(
     let trust = AgentTrust::load_or_create(vault.as_ref()).await?;
     let lifecycle = Arc::new(KeyLifecycle::new(vault, store, clock, config.keys.clone()));
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
+    let rotations = Arc::new(BulkRotations::new(lifecycle.clone(), &config.rotation));
+    rotations.recover().await?;
+    let backups = Arc::new(VaultBackups::new(lifecycle.clone(), config.backup.clone()));
+    let mut background = Vec::new();
+    if config.rotation.scheduler {
+        let scheduler = RotationScheduler::new(lifecycle.clone(), config.rotation.clone());
+        background.push(tokio::spawn(Arc::new(scheduler).run()));
+    }
+    if backups.configured() {
+        background.push(tokio::spawn(backups.clone().run()));
+    }
 
     let agent_config = &config.agent_api;
     let server_names = if agent_config.server_names.is_empty() {
@@ -173,6 +191,8 @@ pub async fn start_with(
 
     let state = AppState {
         lifecycle: lifecycle.clone(),
+        rotations: rotations.clone(),
+        backups: backups.clone(),
         metrics: metrics_handle(),
         request_timeout: config.server.request_timeout,
         vault_mount: config.vault.mount.clone(),
@@ -225,7 +245,12 @@ pub async fn start_with(
         lifecycle,
         handle,
         server,
-        background: vec![agent_api.task],
+        rotations,
+        backups,
+        background: {
+            background.push(agent_api.task);
+            background
+        },
     })
 }
 

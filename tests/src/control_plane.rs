@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use keyward_common::KeyAlgorithm;
-use keyward_server::config::{Config, KeysConfig};
+use keyward_server::config::{BackupConfig, Config, KeysConfig};
 use keyward_server::server::{self, RunningServer};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -88,6 +88,10 @@ pub struct Options {
     pub grace_period: Duration,
     /// Serve TLS with this certificate and key (PEM), trusted through `ca_pem`.
     pub tls: Option<TestTls>,
+    /// The Vault token the control plane uses; the root token when `None`.
+    pub vault_token: Option<String>,
+    /// Vault snapshots (`[backup]`); not configured when `None`.
+    pub backup: Option<BackupConfig>,
 }
 
 /// A server certificate for 127.0.0.1 and localhost, signed by a CA made for the test.
@@ -132,6 +136,8 @@ impl Default for Options {
             algorithm: KeyAlgorithm::Rsa4096,
             grace_period: Duration::from_secs(24 * 3600),
             tls: None,
+            vault_token: None,
+            backup: None,
         }
     }
 }
@@ -167,7 +173,15 @@ impl ControlPlane {
         config.agent_api.listen = "127.0.0.1:0".parse().unwrap();
         config.database.url = schema.as_ref().map(PgSchema::url);
         config.vault.address = bao.addr.clone();
-        config.vault.token = Some(ROOT_TOKEN.into());
+        config.vault.token = Some(
+            options
+                .vault_token
+                .clone()
+                .unwrap_or_else(|| ROOT_TOKEN.into()),
+        );
+        if let Some(backup) = &options.backup {
+            config.backup = backup.clone();
+        }
         config.keys = KeysConfig {
             algorithm: options.algorithm,
             grace_period: options.grace_period,

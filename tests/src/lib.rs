@@ -10,6 +10,7 @@ pub mod agent;
 pub mod control_plane;
 pub mod openbao;
 pub mod postgres;
+pub mod raw_agent;
 pub mod sshd;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ pub use agent::Agent;
 pub use control_plane::{ControlPlane, Database, Reply};
 pub use openbao::OpenBao;
 pub use postgres::PgSchema;
+pub use raw_agent::{RawIdentity, RawStream};
 pub use sshd::{KeyFile, Sshd, TestUser};
 
 /// The workspace root (where `.tools/` is installed by `make test-deps`).

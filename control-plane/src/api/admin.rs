@@ -15,7 +15,7 @@ use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::auth::{AdminCaller, Caller, new_token};
 use crate::clock::{iso8601, parse_iso8601};
 use crate::error::{ApiError, Problem};
-use crate::lifecycle::{NewTenant, Replace};
+use crate::lifecycle::{NewTenant, Replace, TenantSecretKind};
 use crate::store::{
     AuditFilter, ChainVerdict, KeySetRecord, Role, StoreError, TenantRecord, TokenRecord,
     hash_token,
@@ -23,7 +23,7 @@ use crate::store::{
 
 /// Admin-only routes that name a tenant: a tenant's token gets 404 for another tenant (it learns
 /// nothing about who exists) and 403 for its own.
-fn admin_for(caller: Caller, tenant: &TenantId) -> Result<Caller, ApiError> {
+pub(super) fn admin_for(caller: Caller, tenant: &TenantId) -> Result<Caller, ApiError> {
     match &caller.role {
         Some(Role::Admin) => Ok(caller),
         Some(Role::Tenant(own)) if own == tenant => Err(ApiError::Forbidden { needed: "admin" }),
@@ -169,6 +169,10 @@ pub async fn tenant_secret_details(
         .iter()
         .map(TokenSummary::from)
         .collect();
+    let (smtp, dkim) = tokio::try_join!(
+        store.tenant_secret(&tenant, TenantSecretKind::Smtp.name()),
+        store.tenant_secret(&tenant, TenantSecretKind::Dkim.name()),
+    )?;
     state
         .lifecycle
         .audit_read(&caller, "tenant.read_secrets", &tenant)
@@ -176,7 +180,8 @@ pub async fn tenant_secret_details(
     Ok(Json(TenantSecretDetails {
         tenant_id: tenant.to_string(),
         ssh_keys: keys,
-        smtp_credentials: None,
+        smtp_credentials: smtp.map(|s| SmtpCredentialsSummary::new(&s, mount(&state))),
+        dkim: dkim.map(|d| DkimSummary::new(&d, mount(&state))),
         api_keys,
     }))
 }
@@ -339,6 +344,7 @@ pub async fn vault_health(
     _admin: AdminCaller,
 ) -> Result<Json<VaultHealthResponse>, ApiError> {
     let health = state.lifecycle.vault().health().await?;
+    let backup = state.backups.status();
     let storage_status = if !health.initialized {
         "uninitialized"
     } else if health.sealed {
@@ -350,7 +356,9 @@ pub async fn vault_health(
         sealed: health.sealed,
         active_node: health.active_node,
         storage_status: storage_status.to_owned(),
-        last_backup: None,
+        last_backup: backup.last_backup,
+        backup_status: backup.status,
+        backup_error: backup.error,
         initialized: health.initialized,
         standby: health.standby,
         version: health.version,

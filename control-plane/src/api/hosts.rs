@@ -85,6 +85,8 @@ pub struct HostView {
     pub users: serde_json::Value,
     pub host_keys: Vec<HostKeyView>,
     pub last_error: Option<String>,
+    /// Login events the agent dropped because its spool was full.
+    pub logins_dropped: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Vec<DriftRecord>>,
 }
@@ -115,6 +117,7 @@ impl HostView {
             users: host.applied_users.clone(),
             host_keys: host_key_views(&host.host_keys),
             last_error: host.last_error.clone(),
+            logins_dropped: host.logins_dropped,
             drift: None,
         }
     }

@@ -19,7 +19,9 @@ use crate::lifecycle::KeyLifecycle;
 
 pub mod admin;
 pub mod hosts;
+pub mod logins;
 pub mod ops;
+pub mod rotation;
 pub mod tenant;
 pub mod views;
 
@@ -31,6 +33,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     pub vault_mount: String,
     pub agents: Arc<hosts::AgentSettings>,
+    pub rotations: Arc<crate::rotation::BulkRotations>,
+    pub backups: Arc<crate::backup::VaultBackups>,
 }
 
 /// `Json<T>` whose failures are problem documents (malformed JSON, unknown fields, wrong types,
@@ -80,8 +84,18 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         hosts::list_hosts,
         hosts::host_details,
         hosts::revoke_host,
+        logins::admin_logins,
+        logins::tenant_logins,
+        logins::key_usage,
         ops::healthz,
         ops::readyz,
+        rotation::rotate_all,
+        rotation::list_jobs,
+        rotation::job,
+        rotation::job_events,
+        rotation::get_policy,
+        rotation::put_policy,
+        rotation::delete_policy,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -108,7 +122,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ssh-credentials/download", post(tenant::download))
         .route("/ssh-credentials/rotate", post(tenant::rotate))
         .route("/ssh-credentials/revoke", post(tenant::revoke))
-        .route("/ssh-credentials/regenerate", post(tenant::regenerate));
+        .route("/ssh-credentials/regenerate", post(tenant::regenerate))
+        .route("/ssh-logins", get(logins::tenant_logins));
     let admin_api = Router::new()
         .route("/tenants", post(admin::create_tenant))
         .route(
@@ -125,9 +140,26 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/vault/health", get(admin::vault_health))
         .route("/audit", get(admin::audit_events))
         .route("/audit/verify", get(admin::verify_audit))
+        .route("/audit/logins", get(logins::admin_logins))
+        .route("/keys/usage", get(logins::key_usage))
         .route("/hosts", post(hosts::register_host).get(hosts::list_hosts))
         .route("/hosts/{host_id}", get(hosts::host_details))
-        .route("/hosts/{host_id}/revoke", post(hosts::revoke_host));
+        .route("/hosts/{host_id}/revoke", post(hosts::revoke_host))
+        .route(
+            "/tenants/{tenant_id}/rotation-policy",
+            get(rotation::get_policy)
+                .put(rotation::put_policy)
+                .delete(rotation::delete_policy),
+        )
+        .route(
+            "/secrets/rotate-all",
+            post(rotation::rotate_all).get(rotation::list_jobs),
+        )
+        .route("/secrets/rotate-all/{job_id}", get(rotation::job))
+        .route(
+            "/secrets/rotate-all/{job_id}/events",
+            get(rotation::job_events),
+        );
     Router::new()
         .nest("/api/v1/tenant/infrastructure", tenant_api)
         .nest("/api/v1/admin", admin_api)
@@ -163,6 +195,8 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+const BULK_ROTATION_ROUTE: &str = "/api/v1/admin/secrets/rotate-all";
+
 /// Timeout, metrics and the headers every answer carries.
 async fn request_pipeline(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -171,7 +205,13 @@ async fn request_pipeline(State(state): State<AppState>, request: Request, next:
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let mut response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+    // A synchronous bulk rotation lasts as long as its job: it is not cut by the timeout.
+    let timeout = if method == Method::POST && route == BULK_ROTATION_ROUTE {
+        Duration::MAX
+    } else {
+        state.request_timeout
+    };
+    let mut response = match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
     };

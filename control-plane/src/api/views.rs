@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::store::{KeySetRecord, KeyState, TenantRecord, TokenRecord};
+use crate::store::{KeySetRecord, KeyState, TenantRecord, TenantSecretRecord, TokenRecord};
 use crate::vault::KeySetVersions;
 
 /// `GET /api/v1/tenant/infrastructure/ssh-credentials`: public information only.
@@ -174,10 +174,78 @@ impl TenantSecretsSummary {
 pub struct TenantSecretDetails {
     pub tenant_id: String,
     pub ssh_keys: SshKeys,
-    /// Not managed yet (see the rotation automation work); always `null`.
-    pub smtp_credentials: Option<serde_json::Value>,
+    /// The SMTP credentials' metadata, never the password; `null` until the first `smtp`
+    /// rotation creates them.
+    pub smtp_credentials: Option<SmtpCredentialsSummary>,
+    /// The DKIM key's selector and DNS record; `null` until the first `dkim` rotation.
+    pub dkim: Option<DkimSummary>,
     /// The tenant's API tokens' metadata.
     pub api_keys: Vec<TokenSummary>,
+}
+
+/// A tenant's SMTP credentials, as admins may see them: no password.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmtpCredentialsSummary {
+    pub username: String,
+    pub generation: i64,
+    pub created_at: String,
+    pub last_rotated: String,
+    /// The Vault KV version that holds the current password.
+    pub vault_version: i64,
+    pub vault_path: String,
+}
+
+impl SmtpCredentialsSummary {
+    pub fn new(s: &TenantSecretRecord, mount: &str) -> Self {
+        Self {
+            username: s.public_info["username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            generation: s.generation,
+            created_at: s.created_at.clone(),
+            last_rotated: s.last_rotated.clone(),
+            vault_version: s.vault_version,
+            vault_path: format!("{mount}/{}/{}", s.tenant_id, s.name),
+        }
+    }
+}
+
+/// A tenant's DKIM key: what to publish in DNS. The private key stays in Vault.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DkimSummary {
+    /// `kw{YYYYMM}`: publish the record at `{selector}._domainkey.{the mail domain}`.
+    pub selector: String,
+    pub dns_name: String,
+    /// The TXT record value: `v=DKIM1; k=rsa; p=...`.
+    pub dns_record: String,
+    /// The selector of the key replaced by the last rotation: keep its record published until
+    /// mail signed with it has been delivered.
+    pub previous_selector: Option<String>,
+    pub generation: i64,
+    pub created_at: String,
+    pub last_rotated: String,
+    pub vault_version: i64,
+    pub vault_path: String,
+}
+
+impl DkimSummary {
+    pub fn new(s: &TenantSecretRecord, mount: &str) -> Self {
+        let text = |field: &str| s.public_info[field].as_str().map(str::to_owned);
+        Self {
+            selector: text("selector").unwrap_or_default(),
+            dns_name: text("dnsName").unwrap_or_default(),
+            dns_record: text("dnsRecord").unwrap_or_default(),
+            previous_selector: text("previousSelector"),
+            generation: s.generation,
+            created_at: s.created_at.clone(),
+            last_rotated: s.last_rotated.clone(),
+            vault_version: s.vault_version,
+            vault_path: format!("{mount}/{}/{}", s.tenant_id, s.name),
+        }
+    }
 }
 
 /// An API token's metadata; the token itself is shown only when issued.
@@ -260,8 +328,14 @@ pub struct VaultHealthResponse {
     pub active_node: String,
     /// `ok`, `sealed` or `uninitialized`.
     pub storage_status: String,
-    /// Time of the last Vault snapshot; `null` while backups are not configured.
+    /// Time of the newest Vault snapshot; `null` while backups are not configured or none exists.
     pub last_backup: Option<String>,
+    /// `ok`, `pending` (none taken yet), `failing` (the last attempt failed), `not_configured`
+    /// (no `[backup] dir`) or `unsupported_storage` (Vault does not use integrated raft storage).
+    pub backup_status: &'static str,
+    /// Why the last snapshot failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_error: Option<String>,
     pub initialized: bool,
     pub standby: bool,
     pub version: String,

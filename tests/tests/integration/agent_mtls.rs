@@ -7,42 +7,9 @@ use std::time::Duration;
 use base64::Engine;
 use keyward_common::proto::agent_hub_client::AgentHubClient;
 use keyward_common::proto::{AgentMessage, Hello, agent_message, control_message};
-use keyward_tests::{ControlPlane, Database, OpenBao, unique_tenant};
+use keyward_tests::{ControlPlane, Database, OpenBao, RawIdentity, unique_tenant};
 use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
-use serde_json::{Value, json};
-
-struct Identity {
-    host_id: String,
-    key: KeyPair,
-    enrolled: Value,
-}
-
-async fn enroll(cp: &ControlPlane, tenant: &str) -> Identity {
-    let registered = cp
-        .admin_post("/api/v1/admin/hosts", json!({ "tenantId": tenant }))
-        .await
-        .json();
-    let key = KeyPair::generate().unwrap();
-    let csr = CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let reply = cp
-        .request(
-            reqwest::Method::POST,
-            "/api/v1/agent/enroll",
-            None,
-            Some(json!({ "token": registered["enrollmentToken"], "csrPem": csr })),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    Identity {
-        host_id: registered["hostId"].as_str().unwrap().to_owned(),
-        key,
-        enrolled: reply.json(),
-    }
-}
+use serde_json::json;
 
 fn tls(ca_pem: &str, cert_pem: &str, key: &KeyPair) -> Arc<rustls::ClientConfig> {
     keyward_agent::tls::client_config(ca_pem, cert_pem, &key.serialize_pem()).unwrap()
@@ -85,8 +52,8 @@ async fn only_a_live_hosts_current_certificate_gets_its_own_state() {
     let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
     let tenant = unique_tenant("mtls");
     cp.create_tenant(&tenant).await;
-    let a = enroll(&cp, &tenant).await;
-    let b = enroll(&cp, &tenant).await;
+    let a = RawIdentity::enroll(&cp, &tenant).await;
+    let b = RawIdentity::enroll(&cp, &tenant).await;
     let ca = a.enrolled["caCertificatePem"].as_str().unwrap().to_owned();
     let pinned = base64::engine::general_purpose::STANDARD
         .decode(a.enrolled["signingPublicKey"].as_str().unwrap())
@@ -301,7 +268,7 @@ async fn a_renewed_certificate_replaces_the_old_one() {
     let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
     let tenant = unique_tenant("renew");
     cp.create_tenant(&tenant).await;
-    let a = enroll(&cp, &tenant).await;
+    let a = RawIdentity::enroll(&cp, &tenant).await;
     let ca = a.enrolled["caCertificatePem"].as_str().unwrap().to_owned();
     let old_cert = a.enrolled["certificatePem"].as_str().unwrap().to_owned();
 

@@ -74,6 +74,10 @@ async fn openapi_metrics_and_health_describe_the_service() {
         "/api/v1/admin/vault/health",
         "/api/v1/admin/secrets/tenants",
         "/api/v1/admin/secrets/tenant/{tenant_id}",
+        "/api/v1/admin/secrets/rotate-all",
+        "/api/v1/admin/secrets/rotate-all/{job_id}",
+        "/api/v1/admin/secrets/rotate-all/{job_id}/events",
+        "/api/v1/admin/tenants/{tenant_id}/rotation-policy",
     ] {
         assert!(
             doc["paths"].get(path).is_some(),
@@ -92,6 +96,14 @@ async fn openapi_metrics_and_health_describe_the_service() {
         assert!(
             credentials.get(field).is_some(),
             "SshCredentials.{field} missing"
+        );
+    }
+
+    let rotate_all = &doc["components"]["schemas"]["RotateAllResponse"]["properties"];
+    for field in ["status", "rotatedCount", "failedCount", "jobId"] {
+        assert!(
+            rotate_all.get(field).is_some(),
+            "RotateAllResponse.{field} missing"
         );
     }
 

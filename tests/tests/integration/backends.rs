@@ -157,3 +157,45 @@ async fn sqlite_audit_tampering_is_found() {
 async fn postgres_audit_tampering_is_found() {
     tampering_is_found(Database::Postgres).await;
 }
+
+#[tokio::test]
+async fn postgres_runs_one_rotation_scheduler_per_deployment() {
+    use keyward_server::store::Store;
+    let schema = keyward_tests::PgSchema::create().await;
+    let replica_a = Store::connect(&schema.url(), None).await.unwrap();
+    let replica_b = Store::connect(&schema.url(), None).await.unwrap();
+    let mut lease = replica_a
+        .try_scheduler_lease()
+        .await
+        .unwrap()
+        .expect("the first replica becomes the scheduler");
+    assert!(lease.is_held().await);
+    assert!(
+        replica_b.try_scheduler_lease().await.unwrap().is_none(),
+        "a second replica of the deployment must wait"
+    );
+    // Another deployment, in a schema of its own in the same database, has its own scheduler.
+    let other = keyward_tests::PgSchema::create().await;
+    let other_store = Store::connect(&other.url(), None).await.unwrap();
+    assert!(other_store.try_scheduler_lease().await.unwrap().is_some());
+
+    // The scheduling replica goes away: its session ends and the other one takes over.
+    drop(lease);
+    let mut taken = eventually(
+        "the second replica to take the scheduler lease",
+        Duration::from_secs(10),
+        || async { replica_b.try_scheduler_lease().await.unwrap() },
+    )
+    .await;
+    assert!(taken.is_held().await);
+
+    // On SQLite one process owns the file: it is always the scheduler.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::connect(
+        &format!("sqlite://{}/k.db?mode=rwc", dir.path().display()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(sqlite.try_scheduler_lease().await.unwrap().is_some());
+}

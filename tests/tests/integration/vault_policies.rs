@@ -789,3 +789,135 @@ async fn control_plane_runs_with_only_its_policy_through_approle() {
 
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn control_plane_policy_writes_smtp_and_dkim_secrets_but_never_reads_them() {
+    let bao = OpenBao::start().await;
+    load_policy(&bao, CONTROL_PLANE).await;
+    let cp = token_with(&bao, &[CONTROL_PLANE]).await;
+    let fields = |marker: &str| json!({ "username": "tenant-t1", "password": marker });
+    for secret in ["smtp", "dkim"] {
+        let data_path = format!("vps/data/t1/{secret}");
+        let meta_path = format!("vps/metadata/t1/{secret}");
+        let (status, _) = bao.api(Method::GET, &meta_path, &cp, None).await;
+        assert_eq!(status, 404, "metadata of a missing secret must read as 404");
+        for (cas, marker) in [(0, "v1"), (1, "v2")] {
+            let written = assert_allowed(
+                &bao,
+                &cp,
+                Method::POST,
+                &data_path,
+                Some(json!({ "options": { "cas": cas }, "data": fields(marker) })),
+            )
+            .await;
+            assert_eq!(written["data"]["version"], cas + 1, "{written}");
+        }
+        let meta = assert_allowed(&bao, &cp, Method::GET, &meta_path, None).await;
+        assert_eq!(meta["data"]["current_version"], 2, "{meta}");
+
+        // What it wrote is for the mail servers: it cannot read a password or key back...
+        assert_denied(&bao, &cp, Method::GET, &data_path, None).await;
+        assert_denied(
+            &bao,
+            &cp,
+            Method::GET,
+            &format!("{data_path}?version=1"),
+            None,
+        )
+        .await;
+        // ...nor lose history.
+        assert_denied(&bao, &cp, Method::DELETE, &data_path, None).await;
+        for op in ["delete", "undelete", "destroy"] {
+            let path = format!("vps/{op}/t1/{secret}");
+            assert_denied(
+                &bao,
+                &cp,
+                Method::POST,
+                &path,
+                Some(json!({ "versions": [1] })),
+            )
+            .await;
+        }
+        assert_denied(&bao, &cp, Method::DELETE, &meta_path, None).await;
+        assert_denied(
+            &bao,
+            &cp,
+            Method::POST,
+            &meta_path,
+            Some(json!({ "max_versions": 1 })),
+        )
+        .await;
+        let (status, body) = merge_patch(
+            &bao,
+            &cp,
+            &data_path,
+            json!({ "data": { "password": "x" } }),
+        )
+        .await;
+        assert_eq!(status, 403, "PATCH should be denied: {body}");
+        assert_eq!(
+            bao.read_kv(&format!("t1/{secret}")).await,
+            Some((fields("v2"), 2))
+        );
+    }
+    // Only those two names.
+    for path in [
+        "vps/data/t1/smtp_relay",
+        "vps/data/t1/smtp/nested",
+        "vps/data/t1/dkim2",
+    ] {
+        assert_denied(
+            &bao,
+            &cp,
+            Method::POST,
+            path,
+            Some(json!({ "data": fields("x") })),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn control_plane_policy_takes_raft_snapshots_but_cannot_restore_them() {
+    let bao = OpenBao::start_raft().await;
+    load_policy(&bao, CONTROL_PLANE).await;
+    let cp = token_with(&bao, &[CONTROL_PLANE]).await;
+    let (status, _) = bao
+        .api(Method::GET, "sys/storage/raft/snapshot", &cp, None)
+        .await;
+    assert_eq!(
+        status, 200,
+        "the control plane must be able to take a snapshot"
+    );
+    for path in [
+        "sys/storage/raft/snapshot",
+        "sys/storage/raft/snapshot-force",
+    ] {
+        assert_denied(&bao, &cp, Method::POST, path, Some(json!({}))).await;
+    }
+    assert_denied(
+        &bao,
+        &cp,
+        Method::GET,
+        "sys/storage/raft/configuration",
+        None,
+    )
+    .await;
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "sys/storage/raft/remove-peer",
+        Some(json!({ "server_id": "n1" })),
+    )
+    .await;
+    // The same read on the dev server's in-memory storage is allowed by the policy and answered
+    // "unsupported" by OpenBao: that is how keyward tells that backups are not possible.
+    let dev = OpenBao::start().await;
+    load_policy(&dev, CONTROL_PLANE).await;
+    let dev_cp = token_with(&dev, &[CONTROL_PLANE]).await;
+    let (status, body) = dev
+        .api(Method::GET, "sys/storage/raft/snapshot", &dev_cp, None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+}
