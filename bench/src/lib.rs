@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod fleet;
+pub mod ingest;
 pub mod machine;
 pub mod propagation;
 pub mod report;

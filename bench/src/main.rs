@@ -5,6 +5,7 @@
 //! cargo run --release -p keyward-bench -- propagation --agents 1 --rotations 200
 //! cargo run --release -p keyward-bench -- propagation --agents 1000 --rotations 200 --runs 2 --write BENCHMARKS.md
 //! keyward-bench propagation --smoke
+//! cargo run --release -p keyward-bench -- ingest --events 20000
 //! ```
 
 use std::io::Write;
@@ -26,6 +27,18 @@ struct Cli {
 enum Command {
     /// Time from the REST rotate call returning to the key's file renamed on the host.
     Propagation(PropagationArgs),
+    /// Login events stored per second, into SQLite and into PostgreSQL.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct IngestArgs {
+    /// Events to store per backend.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Events per batch (the agent sends up to 500).
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +89,18 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().command {
         Command::Propagation(args) => propagation_command(args).await,
+        Command::Ingest(args) => {
+            let mut results = Vec::new();
+            for database in [
+                keyward_tests::Database::Sqlite,
+                keyward_tests::Database::Postgres,
+            ] {
+                results.push(keyward_bench::ingest::run(database, args.events, args.batch).await?);
+            }
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(keyward_bench::ingest::markdown(&results).as_bytes())?;
+            Ok(())
+        }
     }
 }
 

@@ -16,3 +16,16 @@ async fn smoke_mode_times_five_rotations() {
     let table = keyward_bench::report::propagation_stdout(&[report]);
     assert!(table.contains("| 1 | 2 of 2 | 5 | 0 |"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_benchmark_stores_every_event_on_both_backends() {
+    for database in [
+        keyward_tests::Database::Sqlite,
+        keyward_tests::Database::Postgres,
+    ] {
+        let result = keyward_bench::ingest::run(database, 120, 50).await.unwrap();
+        assert_eq!(result.events, 120);
+        let table = keyward_bench::ingest::markdown(&[result]);
+        assert!(table.contains("| 120 | 50 |"), "{table}");
+    }
+}

@@ -47,7 +47,7 @@ impl Agent {
         tenant: &str,
         admin: &TestUser,
         tenant_user: &TestUser,
-        host_key_dir: &std::path::Path,
+        sshd: &crate::Sshd,
     ) -> Self {
         let registered = cp
             .admin_post("/api/v1/admin/hosts", json!({ "tenantId": tenant }))
@@ -62,11 +62,12 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n",
+                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n",
                 state_dir.display(),
-                host_key_dir.display(),
+                sshd.host_key_dir.display(),
                 admin.name,
-                tenant_user.name
+                tenant_user.name,
+                sshd.log.display()
             ),
         )
         .unwrap();

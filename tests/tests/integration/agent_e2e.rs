@@ -46,7 +46,7 @@ async fn deploy(fast: bool) -> Deployment {
         .await;
     assert_eq!(created.status, 201, "{}", created.text());
     let tenant_token = cp.tenant_token(&tenant).await;
-    let mut agent = Agent::enroll(&cp, &tenant, &admin, &user, &sshd.host_key_dir).await;
+    let mut agent = Agent::enroll(&cp, &tenant, &admin, &user, &sshd).await;
     agent.start();
     agent.wait_in_sync(&cp).await;
     Deployment {
@@ -295,4 +295,71 @@ async fn a_revoked_host_is_cut_off_and_its_keys_stay_in_place() {
     );
     let perms = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(perms, 0o600);
+}
+
+#[tokio::test]
+async fn every_login_reaches_the_control_plane_attributed_to_its_key() {
+    let d = deploy(true).await;
+    let key = d.download().await;
+    let fingerprint =
+        d.cp.tenant_call(&d.tenant_token, Method::GET, "")
+            .await
+            .json()["keyFingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert!(
+        d.tenant_login(&key).await,
+        "sshd log:\n{}",
+        d.sshd.log_text()
+    );
+    // A key keyward never issued is refused, and the attempt is recorded too.
+    let stranger =
+        keyward_common::GeneratedKey::generate(keyward_common::KeyAlgorithm::Ed25519, "x").unwrap();
+    let stranger_file = KeyFile::write(stranger.private_openssh());
+    assert!(!d.tenant_login(&stranger_file).await);
+
+    let path = format!(
+        "/api/v1/admin/audit/logins?tenantId={}&user={}",
+        d.tenant, d.user.name
+    );
+    let events = eventually(
+        "the logins at the control plane",
+        Duration::from_secs(10),
+        || async {
+            let page = d.cp.admin_get(&path).await.json();
+            let events = page["events"].as_array()?.clone();
+            let accepted = events.iter().any(|e| e["outcome"] == "accepted");
+            let failed = events.iter().any(|e| e["outcome"] == "failed");
+            (accepted && failed).then_some(events)
+        },
+    )
+    .await;
+    let accepted = events.iter().find(|e| e["outcome"] == "accepted").unwrap();
+    assert_eq!(accepted["fingerprint"], fingerprint.as_str());
+    assert_eq!(accepted["keyKind"], "tenant");
+    assert_eq!(accepted["keyGeneration"], 1);
+    assert_eq!(accepted["sourceIp"], "127.0.0.1");
+    assert_eq!(accepted["hostId"], d.agent.host_id.as_str());
+    let failed = events.iter().find(|e| e["outcome"] == "failed").unwrap();
+    assert_eq!(failed["fingerprint"], stranger.fingerprint().as_str());
+    assert_eq!(failed["keyKind"], "unmanaged");
+
+    // The tenant sees its own logins.
+    let own =
+        d.cp.request(
+            Method::GET,
+            "/api/v1/tenant/infrastructure/ssh-logins",
+            Some(&d.tenant_token),
+            None,
+        )
+        .await
+        .json();
+    assert!(
+        own["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["fingerprint"] == fingerprint.as_str())
+    );
 }
