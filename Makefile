@@ -24,7 +24,7 @@ test-deps:
 # Debian packages are built, installed, upgraded and purged on this machine (scripts/package-test).
 test: test-deps
 	$(CARGO) build --workspace --bins --locked
-	$(CARGO) test --workspace --all-targets --locked
+	$(CARGO) test --workspace --all-targets --locked --no-fail-fast
 	scripts/package-test
 
 lint:

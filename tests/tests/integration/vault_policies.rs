@@ -600,6 +600,7 @@ fn approle_config(
 ) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.agent_api.listen = "127.0.0.1:0".parse().unwrap();
     config.server.state_dir = state_dir;
     config.vault.address = bao.addr.clone();
     config.vault.token = None;
