@@ -210,6 +210,12 @@ impl Session {
 
     /// Handles one message; returns the generation it acknowledges, if it does.
     async fn handle(&self, message: AgentMessage) -> Option<u64> {
+        let handled = self.handle_message(message).await;
+        self.service.lifecycle.agents().hosts_changed();
+        handled
+    }
+
+    async fn handle_message(&self, message: AgentMessage) -> Option<u64> {
         let store = self.service.lifecycle.store();
         let now = self.now();
         match message.msg? {

@@ -22,6 +22,9 @@ struct Connection {
 pub struct Hub {
     connections: Mutex<HashMap<HostId, Connection>>,
     next_id: AtomicU64,
+    /// Bumped whenever something an admin sees of a host may have changed (a stream came or
+    /// went, an acknowledgement, a hello, drift, an error, a login): the live hosts view follows it.
+    changes: watch::Sender<u64>,
 }
 
 /// What a stream holds while it lives.
@@ -57,6 +60,7 @@ impl Hub {
             let _ = old.cut.send(true);
         }
         metrics::gauge!("keyward_agents_connected").set(self.lock().len() as f64);
+        self.hosts_changed();
         Registration {
             id,
             wake: wake_rx,
@@ -71,6 +75,8 @@ impl Hub {
             connections.remove(host);
         }
         metrics::gauge!("keyward_agents_connected").set(connections.len() as f64);
+        drop(connections);
+        self.hosts_changed();
     }
 
     /// The tenant's keys changed: wake every connected host of the tenant.
@@ -78,6 +84,7 @@ impl Hub {
         for connection in self.lock().values().filter(|c| &c.tenant == tenant) {
             connection.wake.send_modify(|n| *n += 1);
         }
+        self.hosts_changed();
     }
 
     /// Ends the host's stream at once (revocation).
@@ -85,6 +92,18 @@ impl Hub {
         if let Some(connection) = self.lock().remove(host) {
             let _ = connection.cut.send(true);
         }
+        self.hosts_changed();
+    }
+
+    /// Something an admin sees of some host changed (see [`Hub::subscribe_changes`]).
+    pub fn hosts_changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Follows [`Hub::hosts_changed`]: the receiver sees a new value after each change (several
+    /// changes between two looks collapse into one).
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn is_connected(&self, host: &HostId) -> bool {

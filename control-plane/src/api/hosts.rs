@@ -195,6 +195,7 @@ pub async fn register_host(
             })
         })
         .await?;
+    lifecycle.agents().hosts_changed();
     Ok((
         StatusCode::CREATED,
         Json(HostRegistration {
@@ -234,6 +235,7 @@ pub async fn enroll(
         })
         .await?;
     let (host, tenant, issued) = enrolled;
+    lifecycle.agents().hosts_changed();
     Ok(Json(EnrollResponse {
         host_id: host.to_string(),
         tenant_id: tenant.to_string(),
