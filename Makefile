@@ -9,7 +9,8 @@ help:
 	@echo "make test        test-deps, then the whole test suite against real OpenBao and PostgreSQL"
 	@echo "make lint        rustfmt check and clippy with warnings as errors"
 	@echo "make ci          lint + test (what .ci/run runs)"
-	@echo "make build       release build of every binary"
+	@echo "make build       release build of every binary (the shipped agent: make build-agent)"
+	@echo "make build-agent the agent as the .deb ships it: profile release-agent (size-optimised)"
 	@echo "make quickstart  OpenBao dev server + keyward-server + a demo tenant and, as root, sshd on"
 	@echo "                 loopback with two demo users and an enrolled keyward-agent; prints commands"
 	@echo "make stop        stop what quickstart started (its data in .run/ stays)"
@@ -36,6 +37,12 @@ ci: lint test
 build:
 	$(CARGO) build --release --locked
 
+# The agent as shipped (package-test, make bench): the size-optimised `release-agent` profile of
+# Cargo.toml, into target/release-agent/keyward-agent. The control plane stays on `release`.
+.PHONY: build-agent
+build-agent:
+	$(CARGO) build --profile release-agent --locked -p keyward-agent
+
 quickstart:
 	scripts/quickstart
 
@@ -53,9 +60,16 @@ package-test:
 
 # Propagation benchmark: 1 and 1,000 in-process agents, 200 rotations, two runs each, hosts' files
 # on disk and on tmpfs; prints Markdown and records it in BENCHMARKS.md. Needs OpenBao (`make
-# test-deps`). A benchmark, not a test: nothing checks a timing.
+# test-deps`). A benchmark, not a test: nothing checks a timing. The REST benchmark needs wrk and
+# the agent benchmark strip: scripts/install-bench-deps installs them (apt-get install wrk). The
+# agent benchmark measures the agent as the .deb ships it: the `release-agent` profile of Cargo.toml
+# (fat LTO, opt-level "s"; several minutes to build), in target/release-agent/.
 .PHONY: bench
 bench:
+	scripts/install-bench-deps
+	$(CARGO) build --profile release-agent --locked -p keyward-agent
+	$(CARGO) run --release --locked -p keyward-bench -- rest --write BENCHMARKS.md
+	$(CARGO) run --release --locked -p keyward-bench -- agent-idle --write BENCHMARKS.md
 	for agents in 1 1000; do \
 	  $(CARGO) run --release --locked -p keyward-bench -- propagation --agents $$agents --rotations 200 --runs 2 --write BENCHMARKS.md || exit 1; \
 	  $(CARGO) run --release --locked -p keyward-bench -- propagation --agents $$agents --rotations 200 --runs 2 --dir /dev/shm --write BENCHMARKS.md || exit 1; \

@@ -80,7 +80,11 @@ fn init_logging() {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the agent is one event loop that sleeps between a few events a minute (the
+    // HTTP/2 keepalive pings). A multi-threaded runtime wakes two worker threads per event and
+    // keeps a thread and a malloc arena per CPU for nothing. File writes and session ends still
+    // run on the blocking pool (`spawn_blocking`), so the loop never waits on the disk.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

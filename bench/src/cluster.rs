@@ -25,7 +25,8 @@ impl Default for ClusterOptions {
     }
 }
 
-/// OpenBao (a child process) and `keyward-server` (tasks of this process) on loopback ports.
+/// OpenBao (a child process) and `keyward-server` (tasks of this process, or of a child
+/// process: [`Cluster::spawn`]) on loopback ports.
 #[derive(Debug)]
 pub struct Cluster {
     /// The REST base URL.
@@ -35,9 +36,27 @@ pub struct Cluster {
     pub bao_version: String,
     server: Option<RunningServer>,
     http: reqwest::Client,
-    bao: OpenBao,
-    _state_dir: tempfile::TempDir,
+    bao: Option<OpenBao>,
+    /// The process the control plane runs in, when it is not this one.
+    child: Option<tokio::process::Child>,
+    /// That process's `RLIMIT_NOFILE`.
+    pub child_fd_limit: Option<crate::sys::FdLimit>,
+    _state_dir: Option<tempfile::TempDir>,
 }
+
+/// What a control plane started by [`Cluster::spawn`] tells its parent (one JSON line).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChildHello {
+    pub url: String,
+    pub admin_token: String,
+    pub bao_version: String,
+    pub pid: u32,
+    /// The child's `RLIMIT_NOFILE` after raising it.
+    pub fd_limit: crate::sys::FdLimit,
+}
+
+/// The hidden subcommand that runs a control plane for [`Cluster::spawn`].
+pub const CHILD_COMMAND: &str = "control-plane-child";
 
 impl Cluster {
     /// Starts OpenBao in dev mode (`make test-deps` installs `bao`; `KEYWARD_BAO` names another
@@ -78,12 +97,64 @@ impl Cluster {
             admin_token,
             bao_version,
             server: Some(server),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()?,
-            bao,
-            _state_dir: state_dir,
+            http: http_client()?,
+            bao: Some(bao),
+            child: None,
+            child_fd_limit: None,
+            _state_dir: Some(state_dir),
         })
+    }
+
+    /// Starts the control plane (and its OpenBao) in a child process, this binary run with
+    /// [`CHILD_COMMAND`], so that its memory and CPU can be read apart from the agents'
+    /// (`/proc/{pid}`). The child stops when its standard input closes ([`Cluster::shutdown`]).
+    /// `exe` is the `keyward-bench` binary (this process's own when `None`).
+    pub async fn spawn(exe: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = match exe {
+            Some(exe) => exe.to_owned(),
+            None => std::env::current_exe().context("finding this binary")?,
+        };
+        let mut child = tokio::process::Command::new(exe)
+            .arg(CHILD_COMMAND)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the control plane's process")?;
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .context("the control plane's process did not start within 60 s")??
+            .context("the control plane's process ended before it started")?;
+        let hello: ChildHello =
+            serde_json::from_str(&line).context("reading the control plane's process hello")?;
+        Ok(Self {
+            url: hello.url,
+            admin_token: hello.admin_token,
+            bao_version: hello.bao_version,
+            server: None,
+            http: http_client()?,
+            bao: None,
+            child: Some(child),
+            child_fd_limit: Some(hello.fd_limit),
+            _state_dir: None,
+        })
+    }
+
+    /// The process id of the control plane ([`Cluster::spawn`]) or of this process.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .unwrap_or_else(std::process::id)
+    }
+
+    /// The control plane's lifecycle, when it runs in this process.
+    pub fn lifecycle(&self) -> Option<&std::sync::Arc<keyward_server::lifecycle::KeyLifecycle>> {
+        self.server.as_ref().map(|s| &s.lifecycle)
     }
 
     /// `POST {path}` with a bearer token and a JSON body; fails unless the status is `want`.
@@ -214,9 +285,63 @@ impl Cluster {
                 .await
                 .context("stopping the control plane")?;
         }
-        self.bao.stop().await;
+        if let Some(bao) = &mut self.bao {
+            bao.stop().await;
+        }
+        if let Some(mut child) = self.child.take() {
+            // Closing its standard input asks it to stop.
+            drop(child.stdin.take());
+            match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                Ok(status) => {
+                    let status = status.context("waiting for the control plane's process")?;
+                    anyhow::ensure!(
+                        status.success(),
+                        "the control plane's process failed: {status}"
+                    );
+                }
+                Err(_) => child
+                    .kill()
+                    .await
+                    .context("killing the control plane's process")?,
+            }
+        }
         Ok(())
     }
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?)
+}
+
+/// The body of [`CHILD_COMMAND`]: a control plane over its own OpenBao, announced on stdout as
+/// one JSON line ([`ChildHello`]), running until standard input closes.
+pub async fn serve_child() -> anyhow::Result<()> {
+    let fd_limit = crate::sys::raise_fd_limit();
+    let cluster = Cluster::start(&ClusterOptions::default()).await?;
+    let hello = ChildHello {
+        url: cluster.url.clone(),
+        admin_token: cluster.admin_token.clone(),
+        bao_version: cluster.bao_version.clone(),
+        pid: std::process::id(),
+        fd_limit,
+    };
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", serde_json::to_string(&hello)?)?;
+        stdout.flush()?;
+    }
+    // Blocking reads on a thread of their own until the parent closes the pipe.
+    let _ = tokio::task::spawn_blocking(|| {
+        use std::io::Read as _;
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin().lock();
+        while stdin.read(&mut sink).unwrap_or(0) > 0 {}
+    })
+    .await;
+    cluster.shutdown().await
 }
 
 /// A string field of a JSON answer.

@@ -290,6 +290,58 @@ impl Fleet {
             .count()
     }
 
+    /// Starts every provisioned agent, `wave` at a time (the next wave starts when this one is
+    /// connected or `timeout` passed), calling `after_wave` with the number started so far.
+    /// Returns why it stopped early, if it did (a wave that did not all connect).
+    pub async fn connect_all(
+        &mut self,
+        wave: usize,
+        timeout: Duration,
+        progress: bool,
+        mut after_wave: impl FnMut(usize),
+    ) -> Option<String> {
+        let wave = wave.max(1);
+        let mut started = 0;
+        while started < self.hosts.len() {
+            let end = (started + wave).min(self.hosts.len());
+            for i in started..end {
+                self.start_agent(i);
+            }
+            let connected = self.wait_connected(started..end, timeout).await;
+            if connected < end - started {
+                return Some(self.describe_connect_stop(started + connected).await);
+            }
+            started = end;
+            after_wave(started);
+            if progress && started % 1000 == 0 {
+                eprintln!("  started {started}/{} agents", self.hosts.len());
+            }
+        }
+        None
+    }
+
+    /// The reason a wave of agents did not all connect.
+    async fn describe_connect_stop(&mut self, connected: usize) -> String {
+        let fds = crate::sys::open_fds();
+        let soft = crate::sys::fd_soft_limit();
+        let limit = if fds + 16 >= soft {
+            format!("limit: RLIMIT_NOFILE ({fds} of {soft} descriptors open); ")
+        } else {
+            String::new()
+        };
+        let agent = self
+            .agent_failure()
+            .await
+            .map(|e| format!("; {e}"))
+            .unwrap_or_default();
+        format!(
+            "connecting stopped at about {connected} agents: {limit}a wave did not connect in time \
+             (open descriptors {fds} of {soft}, threads {}, RSS {}){agent}; the agents' warnings on stderr say why",
+            crate::sys::threads(),
+            crate::report::bytes(crate::sys::rss_bytes())
+        )
+    }
+
     /// The first error of an agent that stopped on its own (not enrolled, unreadable key).
     pub async fn agent_failure(&mut self) -> Option<String> {
         for host in &mut self.hosts {
@@ -302,6 +354,11 @@ impl Fleet {
             }
         }
         None
+    }
+
+    /// The status of host `i`'s running agent.
+    pub fn status(&self, i: usize) -> Option<watch::Receiver<AgentStatus>> {
+        self.hosts.get(i)?.agent.as_ref().map(|a| a.status.clone())
     }
 
     /// Indexes of the hosts whose agent is connected now.

@@ -3,16 +3,28 @@
 //!
 //! - [`propagation`]: from the REST rotate call returning to the rotated key's file renamed on
 //!   the host, with 1 and with 1,000 connected agents.
+//! - [`keygen`]: RSA-4096 keys per second on one core, keyward's generator beside `ssh-keygen`.
+//! - [`rotate_all`]: a bulk RSA-4096 rotation against pure key generation on all cores.
 //! - [`cluster`]: OpenBao and the control plane on loopback ports, and the REST calls.
+//! - [`streams`]: the control plane (in a child process) holding N agent streams: memory per
+//!   agent and idle CPU.
+//! - [`fanout`]: rotate-all of N Ed25519 tenants, from the call to every host's acknowledgement.
 //! - [`fleet`]: simulated hosts, each a tenant with an enrolled agent running in this process.
 //! - [`stats`], [`report`]: summaries, Markdown tables and the sections of `BENCHMARKS.md`.
 //! - [`machine`], [`sys`]: what the numbers were measured on, and the process's limits.
 
+pub mod agent_idle;
 pub mod cluster;
+pub mod fanout;
 pub mod fleet;
 pub mod ingest;
+pub mod keygen;
 pub mod machine;
 pub mod propagation;
 pub mod report;
+pub mod rest;
+pub mod rotate_all;
 pub mod stats;
+pub mod streams;
+pub mod suite;
 pub mod sys;

@@ -25,10 +25,40 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every benchmark of the suite, one after another (about half an hour; --smoke: a minute or two).
+    All(AllArgs),
     /// Time from the REST rotate call returning to the key's file renamed on the host.
     Propagation(PropagationArgs),
     /// Login events stored per second, into SQLite and into PostgreSQL.
     Ingest(IngestArgs),
+    /// `GET .../ssh-credentials` per second and p99 on SQLite and PostgreSQL, beside OpenBao's KV read.
+    Rest(keyward_bench::rest::Args),
+    /// The real keyward-agent while idle: resident memory, wakeups, stripped binary size.
+    AgentIdle(keyward_bench::agent_idle::Args),
+    /// The control plane holding N agent streams: its memory per agent and its idle CPU.
+    Streams(keyward_bench::streams::Args),
+    /// rotate-all of N Ed25519 tenants: from the call to every host's acknowledgement.
+    Fanout(keyward_bench::fanout::Args),
+    /// RSA-4096 keys per second on one core: keyward's generator beside ssh-keygen, interleaved.
+    Keygen(keyward_bench::keygen::Args),
+    /// rotate-all of N RSA-4096 tenants against pure key generation on all cores.
+    RotateAll(keyward_bench::rotate_all::Args),
+    /// A control plane in this process until stdin closes (used by `streams`).
+    #[command(hide = true)]
+    ControlPlaneChild,
+}
+
+#[derive(Debug, clap::Args)]
+struct AllArgs {
+    /// Each benchmark's tiny version (the test suite's).
+    #[arg(long)]
+    smoke: bool,
+    /// Record the results in this Markdown file (each benchmark replaces its own sections).
+    #[arg(long, value_name = "FILE")]
+    write: Option<PathBuf>,
+    /// Where the 10,000-agent runs keep the simulated hosts' files (default: /dev/shm).
+    #[arg(long, value_name = "DIR")]
+    tmpfs: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +69,9 @@ struct IngestArgs {
     /// Events per batch (the agent sends up to 500).
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Record the results in this Markdown file (its `login-ingest` section is replaced).
+    #[arg(long, value_name = "FILE")]
+    write: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +122,26 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     match Cli::parse().command {
         Command::Propagation(args) => propagation_command(args).await,
+        Command::Rest(args) => keyward_bench::rest::command(args).await,
+        Command::AgentIdle(args) => keyward_bench::agent_idle::command(args).await,
+        Command::Streams(args) => keyward_bench::streams::command(args).await,
+        Command::Fanout(args) => keyward_bench::fanout::command(args).await,
+        Command::Keygen(args) => keyward_bench::keygen::command(args).await,
+        Command::RotateAll(args) => keyward_bench::rotate_all::command(args).await,
+        Command::ControlPlaneChild => keyward_bench::cluster::serve_child().await,
+        Command::All(args) => {
+            let tmpfs = args
+                .tmpfs
+                .unwrap_or_else(keyward_bench::suite::default_tmpfs);
+            let steps = keyward_bench::suite::steps(args.smoke, &tmpfs, args.write.as_deref());
+            let outcomes = keyward_bench::suite::run(steps).await?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "\n## The suite\n")?;
+            stdout.write_all(keyward_bench::suite::summary(&outcomes).as_bytes())?;
+            let failed = outcomes.iter().filter(|o| !o.ok).count();
+            anyhow::ensure!(failed == 0, "{failed} benchmark(s) failed");
+            Ok(())
+        }
         Command::Ingest(args) => {
             let mut results = Vec::new();
             for database in [
@@ -97,8 +150,19 @@ async fn main() -> anyhow::Result<()> {
             ] {
                 results.push(keyward_bench::ingest::run(database, args.events, args.batch).await?);
             }
+            let table = keyward_bench::ingest::markdown(&results);
             let mut stdout = std::io::stdout().lock();
-            stdout.write_all(keyward_bench::ingest::markdown(&results).as_bytes())?;
+            stdout.write_all(table.as_bytes())?;
+            if let Some(path) = &args.write {
+                let section = format!(
+                    "### Login-event ingest\n\nCommand: `cargo run --release -p keyward-bench -- ingest --events {} --batch {}`. \
+                     Batches as an agent sends them, through the control plane's ingest path (attribution, \
+                     de-duplication, one audit event per batch), into each backend.\n\n{table}",
+                    args.events, args.batch
+                );
+                report::write_sections(path, &[("login-ingest".into(), section)])?;
+                eprintln!("wrote {}", path.display());
+            }
             Ok(())
         }
     }

@@ -51,6 +51,14 @@ pub struct Options {
     pub settle: bool,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// Run the control plane in a child process ([`Cluster::spawn`]). `None`: when both ends
+    /// of every connection would not fit this process's descriptor limit (10,000 agents need
+    /// more than 20,000 descriptors in one process).
+    #[serde(default)]
+    pub separate_control_plane: Option<bool>,
+    /// The `keyward-bench` binary that runs a separate control plane (this one when `None`).
+    #[serde(skip)]
+    pub control_plane_exe: Option<PathBuf>,
 }
 
 impl Options {
@@ -66,6 +74,8 @@ impl Options {
             propagation_timeout: Duration::from_secs(30),
             settle: true,
             progress: true,
+            separate_control_plane: None,
+            control_plane_exe: None,
         }
     }
 
@@ -119,6 +129,9 @@ pub struct Report {
     pub rotate_call_ms: Vec<f64>,
     /// Rotations whose key did not reach the host within the timeout.
     pub lost: usize,
+    /// The control plane ran in a child process (the RSS figures are then the agents' alone).
+    #[serde(default)]
+    pub separate_control_plane: bool,
     /// Resident memory of the whole process (control plane and agents), in bytes.
     pub rss_before_agents: u64,
     pub rss_after_agents: u64,
@@ -177,7 +190,16 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         "propagation: {} agents, {} rotations",
         options.agents, options.rotations
     ));
-    let cluster = Cluster::start(&ClusterOptions::default()).await?;
+    // Both ends of each connection, the hosts' files, SQLite and the HTTP clients.
+    let descriptors_needed = 2 * options.agents as u64 + 256;
+    let separate_control_plane = options
+        .separate_control_plane
+        .unwrap_or(descriptors_needed > fd_limit.soft);
+    let cluster = if separate_control_plane {
+        Cluster::spawn(options.control_plane_exe.as_deref()).await?
+    } else {
+        Cluster::start(&ClusterOptions::default()).await?
+    };
     let services = setup_start.elapsed();
     say(format!(
         "  OpenBao and the control plane started in {services:.1?}"
@@ -203,23 +225,15 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 
     let rss_before_agents = sys::rss_bytes();
     let connect_start = Instant::now();
-    let wave = options.connect_wave.max(1);
-    let mut started = 0;
-    while started < fleet.hosts.len() && stopped_by.is_none() {
-        let end = (started + wave).min(fleet.hosts.len());
-        for i in started..end {
-            fleet.start_agent(i);
-        }
-        let connected = fleet
-            .wait_connected(started..end, options.connect_timeout)
+    if stopped_by.is_none() {
+        stopped_by = fleet
+            .connect_all(
+                options.connect_wave,
+                options.connect_timeout,
+                options.progress,
+                |_| {},
+            )
             .await;
-        if connected < end - started {
-            stopped_by = Some(describe_connect_stop(&mut fleet, started + connected).await);
-        }
-        started = end;
-        if options.progress && started % 100 == 0 {
-            eprintln!("  started {started}/{} agents", fleet.hosts.len());
-        }
     }
     let connected = fleet.connected();
     if options.settle {
@@ -288,6 +302,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         write_ms: samples.write_ms,
         rotate_call_ms: samples.rotate_call_ms,
         lost: samples.lost,
+        separate_control_plane,
         rss_before_agents,
         rss_after_agents,
         rss_after_rotations,
@@ -297,35 +312,13 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 }
 
 /// The reason provisioning stopped, with the limit behind it when one is recognisable.
-fn describe_stop(phase: &str, done: usize, error: &anyhow::Error) -> String {
+pub(crate) fn describe_stop(phase: &str, done: usize, error: &anyhow::Error) -> String {
     let limit = sys::limit_behind(error)
         .map(|l| format!("limit: {l}; "))
         .unwrap_or_default();
     format!(
         "{phase} stopped after {done} hosts: {limit}{error:#} (open descriptors {}, threads {}, RSS {})",
         sys::open_fds(),
-        sys::threads(),
-        crate::report::bytes(sys::rss_bytes())
-    )
-}
-
-/// The reason a wave of agents did not all connect.
-async fn describe_connect_stop(fleet: &mut Fleet, connected: usize) -> String {
-    let fds = sys::open_fds();
-    let soft = sys::fd_soft_limit();
-    let limit = if fds + 16 >= soft {
-        format!("limit: RLIMIT_NOFILE ({fds} of {soft} descriptors open); ")
-    } else {
-        String::new()
-    };
-    let agent = fleet
-        .agent_failure()
-        .await
-        .map(|e| format!("; {e}"))
-        .unwrap_or_default();
-    format!(
-        "connecting stopped at about {connected} agents: {limit}a wave did not connect in time \
-         (open descriptors {fds} of {soft}, threads {}, RSS {}){agent}; the agents' warnings on stderr say why",
         sys::threads(),
         crate::report::bytes(sys::rss_bytes())
     )

@@ -109,28 +109,12 @@ pub fn propagation_tables(reports: &[Report]) -> String {
         );
     }
     for (i, r) in reports.iter().enumerate() {
-        let limit = if r.fd_limit.soft != r.fd_limit.soft_before {
-            format!(
-                "RLIMIT_NOFILE raised from {} to {} (hard {})",
-                r.fd_limit.soft_before, r.fd_limit.soft, r.fd_limit.hard
-            )
-        } else {
-            format!(
-                "RLIMIT_NOFILE {} (already the hard limit {})",
-                r.fd_limit.soft, r.fd_limit.hard
-            )
-        };
+        let limit = r.fd_limit.describe();
         let stop = match &r.stopped_by {
             Some(reason) => format!("**stopped by:** {reason}"),
             None => "no limit stopped the run".into(),
         };
-        let fd_error = r
-            .fd_limit
-            .error
-            .as_ref()
-            .map(|e| format!("; {e}"))
-            .unwrap_or_default();
-        let _ = writeln!(out, "\nRun {}: {limit}{fd_error}; {stop}.", i + 1);
+        let _ = writeln!(out, "\nRun {}: {limit}; {stop}.", i + 1);
     }
     out
 }
@@ -217,7 +201,7 @@ pub fn propagation_section(reports: &[Report], command: &str) -> String {
     format!(
         "## Propagation: {agents} connected {noun}{mode}{fs_title}\n\n\
          Command: `{command}`\n\n\
-         Machine: {machine}. Build: {build}. {bao}. Hosts' files on {fs}.\n\n\
+         Machine: {machine}. Build: {build}. {bao}. Hosts' files on {fs}.{separate}\n\n\
          Rotations: {pacing}.\n\n\
          Runs: {runs}.{load_note}\n\n\
          {tables}",
@@ -229,6 +213,12 @@ pub fn propagation_section(reports: &[Report], command: &str) -> String {
             first.bao_version.clone()
         },
         fs = first.hosts_filesystem,
+        separate = if first.separate_control_plane {
+            " The control plane ran in a child process (descriptors: see the method), so the RSS \
+             figures are the agents' process alone."
+        } else {
+            ""
+        },
         fs_title = if first.hosts_filesystem == "tmpfs" {
             ", files on tmpfs"
         } else {
@@ -287,7 +277,11 @@ pub fn propagation_method() -> String {
      - RSS is `VmRSS` of the whole process, so \"per agent\" is the control plane's and the \
      agent's side of one connection together, read before the agents start and once all are \
      connected. The soft `RLIMIT_NOFILE` is raised to the hard limit first; each agent costs \
-     two descriptors (both ends of its connection).\n\
+     two descriptors (both ends of its connection). With 10,000 agents both ends do not fit the \
+     hard limit of 20,000 (raising it needs `CAP_SYS_RESOURCE`, which this machine's root lacks), \
+     so the control plane then runs in a child process (`keyward-bench control-plane-child`, \
+     same code and configuration, over loopback as before) and RSS is the agents' process only; \
+     the `streams` section measures the control plane's memory.\n\
      - Each run is a fresh process with a fresh OpenBao and database (`--runs N` starts the \
      binary N times). Timings are not asserted anywhere; `keyward-bench propagation --smoke` \
      (2 agents, 5 rotations) runs in the test suite only to keep the benchmark working.\n"

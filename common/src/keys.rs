@@ -3,13 +3,22 @@
 //! Keys are made with the `rsa` crate (RSA-4096, the product's default) or Ed25519, and encoded
 //! with `ssh-key`, so the private key is the OpenSSH format that `ssh -i` and `ssh-keygen -y -f`
 //! read, and the fingerprint is byte for byte what `ssh-keygen -lf` prints.
-//! Generation is CPU-bound (about a second for RSA-4096): callers run it off the async runtime.
+//!
+//! RSA keys come from `rsa` 0.10 (crypto-bigint arithmetic, crypto-primes' sieve and
+//! Baillie-PSW test), not from the `rsa` 0.9 that `ssh-key` 0.6 bundles: 0.10 makes RSA-4096 keys
+//! faster than `ssh-keygen` does, 0.9 several times slower (`keyward-bench keygen`, BENCHMARKS.md).
+//! The key's components (n, e, d, p, q and q⁻¹ mod p) are copied into `ssh-key`'s
+//! [`RsaKeypair`] for the OpenSSH encoding; every copy of a secret component is zeroized.
+//! Generation is CPU-bound (a fraction of a second to a few seconds for RSA-4096, a random prime
+//! search): callers run it off the async runtime.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey};
+use ssh_key::private::{RsaKeypair, RsaPrivateKey};
+use ssh_key::public::RsaPublicKey;
+use ssh_key::{HashAlg, LineEnding, Mpint, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
 /// The two managed key sets of a tenant's VPS.
@@ -99,6 +108,8 @@ impl FromStr for KeyAlgorithm {
 pub enum KeyError {
     #[error("key generation failed: {0}")]
     Generate(ssh_key::Error),
+    #[error("RSA key generation failed: {0}")]
+    GenerateRsa(rsa_keygen::Error),
     #[error("encoding the key in OpenSSH format failed: {0}")]
     Encode(ssh_key::Error),
     #[error("not an OpenSSH public key: {0}")]
@@ -172,9 +183,7 @@ impl GeneratedKey {
     pub fn generate(algorithm: KeyAlgorithm, comment: &str) -> Result<Self, KeyError> {
         let mut rng = rand::rngs::OsRng;
         let mut private = match algorithm {
-            KeyAlgorithm::Rsa4096 => ssh_key::private::RsaKeypair::random(&mut rng, 4096)
-                .map(PrivateKey::from)
-                .map_err(KeyError::Generate)?,
+            KeyAlgorithm::Rsa4096 => PrivateKey::from(rsa_keypair(4096)?),
             KeyAlgorithm::Ed25519 => PrivateKey::random(&mut rng, ssh_key::Algorithm::Ed25519)
                 .map_err(KeyError::Generate)?,
         };
@@ -221,6 +230,53 @@ impl fmt::Debug for GeneratedKey {
     }
 }
 
+/// A new RSA key pair of `bits` bits (public exponent 65537) from `rsa` 0.10 and the operating
+/// system's RNG, as `ssh-key`'s [`RsaKeypair`].
+pub fn rsa_keypair(bits: usize) -> Result<RsaKeypair, KeyError> {
+    use rsa_keygen::traits::{PrivateKeyParts, PublicKeyParts};
+
+    // Zeroized on drop, like every component copied out of it below.
+    let key = rsa_keygen::PrivateKey::new(&mut getrandom_sys::SysRng, bits)
+        .map_err(KeyError::GenerateRsa)?;
+    let [p, q] = key.primes() else {
+        return Err(KeyError::GenerateRsa(rsa_keygen::Error::InvalidPrime));
+    };
+    // OpenSSH's `iqmp`: q⁻¹ mod p, for this p and q.
+    let iqmp = Zeroizing::new(
+        key.crt_coefficient()
+            .ok_or(KeyError::GenerateRsa(rsa_keygen::Error::InvalidPrime))?,
+    );
+    let secret = |n: &rsa_keygen::BoxedUint| mpint(&Zeroizing::new(n.to_be_bytes()));
+    Ok(RsaKeypair {
+        public: RsaPublicKey {
+            e: mpint(&key.e().to_be_bytes())?,
+            n: mpint(&key.n().as_ref().to_be_bytes())?,
+        },
+        private: RsaPrivateKey {
+            d: secret(key.d())?,
+            iqmp: secret(&iqmp)?,
+            p: secret(p.as_ref())?,
+            q: secret(q.as_ref())?,
+        },
+    })
+}
+
+/// A non-negative big-endian integer (leading zeros allowed) as an SSH `mpint`. The buffer is
+/// allocated once at its final size and handed over to the `Mpint`, which zeroizes it when
+/// dropped, so no copy of a secret component is left behind in freed memory.
+fn mpint(big_endian: &[u8]) -> Result<Mpint, KeyError> {
+    let start = big_endian
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(big_endian.len());
+    let digits = &big_endian[start..];
+    // A positive number whose top bit is set gets a leading zero byte.
+    let pad = usize::from(digits.first().is_some_and(|&b| b >= 0x80));
+    let mut buf = vec![0u8; pad + digits.len()].into_boxed_slice();
+    buf[pad..].copy_from_slice(digits);
+    Mpint::try_from(buf).map_err(KeyError::Encode)
+}
+
 /// Parses an OpenSSH public key line body and returns its SHA-256 fingerprint.
 pub fn public_key_fingerprint(openssh_public: &str) -> Result<Fingerprint, KeyError> {
     let key = PublicKey::from_openssh(openssh_public.trim()).map_err(KeyError::ParsePublic)?;
@@ -261,6 +317,71 @@ mod tests {
         // 4096 bits: 512 bytes of modulus, plus the leading zero of a positive mpint.
         assert_eq!(rsa.n.as_positive_bytes().unwrap().len(), 512);
         assert!(key.public_openssh().starts_with("ssh-rsa "));
+    }
+
+    /// The generated RSA key is a valid key (the `rsa` 0.9 that `ssh-key` uses checks it), and
+    /// OpenSSH reads it: `ssh-keygen -y` derives the same public key, `-l` the same fingerprint.
+    #[test]
+    fn rsa_4096_key_is_valid_and_openssh_reads_it() {
+        use std::io::Write;
+        use std::process::Command;
+
+        let key = GeneratedKey::generate(KeyAlgorithm::Rsa4096, "keyward:t1:admin:3").unwrap();
+        let private = PrivateKey::from_openssh(key.private_openssh()).unwrap();
+        let keypair = private.key_data().rsa().expect("an RSA key pair");
+        // (`ssh-key` 0.6's own conversion to `rsa` passes p twice, so it is done here.)
+        let big = |m: &Mpint| rsa::BigUint::from_bytes_be(m.as_positive_bytes().unwrap());
+        let (public, secret) = (&keypair.public, &keypair.private);
+        let checked = rsa::RsaPrivateKey::from_components(
+            big(&public.n),
+            big(&public.e),
+            big(&secret.d),
+            vec![big(&secret.p), big(&secret.q)],
+        )
+        .unwrap();
+        checked.validate().unwrap();
+        assert_eq!(checked.crt_coefficient(), Some(big(&secret.iqmp)));
+        assert_eq!(big(&public.e), rsa::BigUint::from(65_537_u32));
+
+        // A temporary file only OpenSSH reads (0600), deleted when dropped.
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(key.private_openssh().as_bytes()).unwrap();
+        file.flush().unwrap();
+        let derived = Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(file.path())
+            .output()
+            .expect("ssh-keygen (openssh-client) is installed");
+        assert!(derived.status.success(), "{derived:?}");
+        let derived = String::from_utf8(derived.stdout).unwrap();
+        let body = |line: &str| {
+            line.split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(body(&derived), body(key.public_openssh()));
+        let listed = Command::new("ssh-keygen")
+            .args(["-E", "sha256", "-l", "-f"])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert!(listed.status.success(), "{listed:?}");
+        let listed = String::from_utf8(listed.stdout).unwrap();
+        assert!(
+            listed.starts_with(&format!("4096 {} ", key.fingerprint())),
+            "{listed}"
+        );
+    }
+
+    #[test]
+    fn mpints_are_minimal_and_positive() {
+        assert_eq!(mpint(&[0, 0, 0x7f, 1]).unwrap().as_bytes(), &[0x7f, 1]);
+        assert_eq!(mpint(&[0, 0x80, 1]).unwrap().as_bytes(), &[0, 0x80, 1]);
+        assert_eq!(mpint(&[0xff]).unwrap().as_bytes(), &[0, 0xff]);
+        assert!(mpint(&[0, 0]).unwrap().as_bytes().is_empty());
+        assert!(mpint(&[]).unwrap().as_bytes().is_empty());
     }
 
     #[test]

@@ -18,9 +18,45 @@ struct Connection {
     cut: watch::Sender<bool>,
 }
 
+/// The live streams, by host and by tenant.
+#[derive(Debug, Default)]
+struct Connections {
+    by_host: HashMap<HostId, Connection>,
+    /// The connected hosts of each tenant (usually one), so that waking a tenant's hosts does
+    /// not scan every connection: a bulk rotation of N tenants would otherwise cost N².
+    by_tenant: HashMap<TenantId, Vec<HostId>>,
+}
+
+impl Connections {
+    fn insert(&mut self, host: &HostId, connection: Connection) -> Option<Connection> {
+        let tenant = connection.tenant.clone();
+        let old = self.by_host.insert(host.clone(), connection);
+        if let Some(old) = &old {
+            self.forget_tenant_host(&old.tenant, host);
+        }
+        self.by_tenant.entry(tenant).or_default().push(host.clone());
+        old
+    }
+
+    fn remove(&mut self, host: &HostId) -> Option<Connection> {
+        let old = self.by_host.remove(host)?;
+        self.forget_tenant_host(&old.tenant, host);
+        Some(old)
+    }
+
+    fn forget_tenant_host(&mut self, tenant: &TenantId, host: &HostId) {
+        if let Some(hosts) = self.by_tenant.get_mut(tenant) {
+            hosts.retain(|h| h != host);
+            if hosts.is_empty() {
+                self.by_tenant.remove(tenant);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Hub {
-    connections: Mutex<HashMap<HostId, Connection>>,
+    connections: Mutex<Connections>,
     next_id: AtomicU64,
     /// Bumped whenever something an admin sees of a host may have changed (a stream came or
     /// went, an acknowledgement, a hello, drift, an error, a login): the live hosts view follows it.
@@ -38,7 +74,7 @@ pub struct Registration {
 }
 
 impl Hub {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Connection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -47,19 +83,23 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (wake_tx, wake_rx) = watch::channel(0);
         let (cut_tx, cut_rx) = watch::channel(false);
-        let old = self.lock().insert(
-            host.clone(),
-            Connection {
-                id,
-                tenant: tenant.clone(),
-                wake: wake_tx,
-                cut: cut_tx,
-            },
-        );
+        let (old, connected) = {
+            let mut connections = self.lock();
+            let old = connections.insert(
+                host,
+                Connection {
+                    id,
+                    tenant: tenant.clone(),
+                    wake: wake_tx,
+                    cut: cut_tx,
+                },
+            );
+            (old, connections.by_host.len())
+        };
         if let Some(old) = old {
             let _ = old.cut.send(true);
         }
-        metrics::gauge!("keyward_agents_connected").set(self.lock().len() as f64);
+        metrics::gauge!("keyward_agents_connected").set(connected as f64);
         self.hosts_changed();
         Registration {
             id,
@@ -71,18 +111,25 @@ impl Hub {
     /// Forgets a stream that ended (unless a newer one of the same host replaced it).
     pub fn unregister(&self, host: &HostId, id: u64) {
         let mut connections = self.lock();
-        if connections.get(host).is_some_and(|c| c.id == id) {
+        if connections.by_host.get(host).is_some_and(|c| c.id == id) {
             connections.remove(host);
         }
-        metrics::gauge!("keyward_agents_connected").set(connections.len() as f64);
+        metrics::gauge!("keyward_agents_connected").set(connections.by_host.len() as f64);
         drop(connections);
         self.hosts_changed();
     }
 
     /// The tenant's keys changed: wake every connected host of the tenant.
     pub fn tenant_changed(&self, tenant: &TenantId) {
-        for connection in self.lock().values().filter(|c| &c.tenant == tenant) {
-            connection.wake.send_modify(|n| *n += 1);
+        {
+            let connections = self.lock();
+            let hosts = connections
+                .by_tenant
+                .get(tenant)
+                .map_or(&[][..], Vec::as_slice);
+            for connection in hosts.iter().filter_map(|h| connections.by_host.get(h)) {
+                connection.wake.send_modify(|n| *n += 1);
+            }
         }
         self.hosts_changed();
     }
@@ -107,10 +154,57 @@ impl Hub {
     }
 
     pub fn is_connected(&self, host: &HostId) -> bool {
-        self.lock().contains_key(host)
+        self.lock().by_host.contains_key(host)
     }
 
     pub fn connected(&self) -> usize {
-        self.lock().len()
+        self.lock().by_host.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(host: &str, tenant: &str) -> (HostId, TenantId) {
+        (
+            host.parse().unwrap_or_else(|_| unreachable!()),
+            tenant.parse().unwrap_or_else(|_| unreachable!()),
+        )
+    }
+
+    #[test]
+    fn a_tenant_change_wakes_only_that_tenants_hosts() {
+        let hub = Hub::default();
+        let (h1, t1) = ids("vps-1", "acme");
+        let (h2, _) = ids("vps-2", "acme");
+        let (h3, t2) = ids("vps-3", "other");
+        let mut r1 = hub.register(&h1, &t1);
+        let mut r2 = hub.register(&h2, &t1);
+        let r3 = hub.register(&h3, &t2);
+        hub.tenant_changed(&t1);
+        assert!(r1.wake.has_changed().unwrap_or(false));
+        assert!(r2.wake.has_changed().unwrap_or(false));
+        assert!(!r3.wake.has_changed().unwrap_or(true));
+        r1.wake.mark_unchanged();
+        r2.wake.mark_unchanged();
+
+        // A newer stream of h1 cuts the old one and is the one woken.
+        let r1b = hub.register(&h1, &t1);
+        assert!(*r1.cut.borrow_and_update());
+        hub.unregister(&h1, r1.id);
+        assert!(hub.is_connected(&h1));
+        hub.tenant_changed(&t1);
+        assert!(r1b.wake.has_changed().unwrap_or(false));
+        assert!(r2.wake.has_changed().unwrap_or(false));
+        assert!(!r3.wake.has_changed().unwrap_or(true));
+
+        hub.unregister(&h1, r1b.id);
+        hub.cut(&h2);
+        assert!(*r2.cut.borrow_and_update());
+        assert_eq!(hub.connected(), 1);
+        assert!(!hub.lock().by_tenant.contains_key(&t1));
+        hub.tenant_changed(&t2);
+        assert!(r3.wake.has_changed().unwrap_or(false));
     }
 }

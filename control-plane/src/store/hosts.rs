@@ -5,6 +5,83 @@ use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, WriteTx, get, json_column, parse, query_error};
 
+/// What an agent reports that only updates its host's row ([`Store::record_host_reports`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostReport {
+    /// What an agent says when it connects.
+    Hello {
+        host: HostId,
+        agent_version: String,
+        host_keys: Vec<String>,
+        at: String,
+    },
+    /// An agent applied a generation (never lowers the recorded one).
+    Applied {
+        host: HostId,
+        generation: i64,
+        users: serde_json::Value,
+        error: Option<String>,
+        at: String,
+    },
+    /// The host's stream ended.
+    Seen { host: HostId, at: String },
+}
+
+impl HostReport {
+    pub fn host(&self) -> &HostId {
+        match self {
+            HostReport::Hello { host, .. }
+            | HostReport::Applied { host, .. }
+            | HostReport::Seen { host, .. } => host,
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            HostReport::Hello { .. } => "recording an agent's hello",
+            HostReport::Applied { .. } => "recording an applied state",
+            HostReport::Seen { .. } => "recording a host's last contact",
+        }
+    }
+
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+        match self {
+            HostReport::Hello {
+                host,
+                agent_version,
+                host_keys,
+                at,
+            } => sqlx::query(
+                "UPDATE hosts SET agent_version = $1, host_keys = $2, last_seen = $3 WHERE host_id = $4",
+            )
+            .bind(agent_version.as_str())
+            .bind(serde_json::to_string(host_keys).unwrap_or_else(|_| "[]".into()))
+            .bind(at.as_str())
+            .bind(host.as_str()),
+            HostReport::Applied {
+                host,
+                generation,
+                users,
+                error,
+                at,
+            } => sqlx::query(
+                "UPDATE hosts SET applied_generation = $1, applied_users = $2, last_error = $3, last_seen = $4 \
+                 WHERE host_id = $5 AND applied_generation <= $1",
+            )
+            .bind(*generation)
+            .bind(users.to_string())
+            .bind(error.clone())
+            .bind(at.as_str())
+            .bind(host.as_str()),
+            HostReport::Seen { host, at } => {
+                sqlx::query("UPDATE hosts SET last_seen = $1 WHERE host_id = $2")
+                    .bind(at.as_str())
+                    .bind(host.as_str())
+            }
+        }
+    }
+}
+
 /// One host (a VPS running keyward-agent) as the control plane knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRecord {
@@ -213,17 +290,13 @@ impl Store {
         host_keys: &[String],
         now: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE hosts SET agent_version = $1, host_keys = $2, last_seen = $3 WHERE host_id = $4",
-        )
-        .bind(agent_version)
-        .bind(serde_json::to_string(host_keys).unwrap_or_else(|_| "[]".into()))
-        .bind(now)
-        .bind(host.as_str())
-        .execute(&self.pool)
+        self.record_host_reports(&[HostReport::Hello {
+            host: host.clone(),
+            agent_version: agent_version.to_owned(),
+            host_keys: host_keys.to_vec(),
+            at: now.to_owned(),
+        }])
         .await
-        .map_err(query_error("recording an agent's hello"))?;
-        Ok(())
     }
 
     /// An agent applied a generation (never lowers the recorded one).
@@ -235,18 +308,42 @@ impl Store {
         error: Option<&str>,
         now: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE hosts SET applied_generation = $1, applied_users = $2, last_error = $3, last_seen = $4 \
-             WHERE host_id = $5 AND applied_generation <= $1",
-        )
-        .bind(generation)
-        .bind(users.to_string())
-        .bind(error.map(str::to_owned))
-        .bind(now)
-        .bind(host.as_str())
-        .execute(&self.pool)
+        self.record_host_reports(&[HostReport::Applied {
+            host: host.clone(),
+            generation,
+            users: users.clone(),
+            error: error.map(str::to_owned),
+            at: now.to_owned(),
+        }])
         .await
-        .map_err(query_error("recording an applied state"))?;
+    }
+
+    /// Records agents' reports in order, in one transaction: one commit (on SQLite, one sync
+    /// of the log) for a whole batch, where a statement each would cost one each.
+    pub async fn record_host_reports(&self, reports: &[HostReport]) -> Result<(), StoreError> {
+        if let [report] = reports {
+            report
+                .query()
+                .execute(&self.pool)
+                .await
+                .map_err(query_error(report.what()))?;
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting a transaction"))?;
+        for report in reports {
+            report
+                .query()
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error(report.what()))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query_error("recording agents' reports"))?;
         Ok(())
     }
 
@@ -267,13 +364,11 @@ impl Store {
     }
 
     pub async fn record_seen(&self, host: &HostId, now: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET last_seen = $1 WHERE host_id = $2")
-            .bind(now)
-            .bind(host.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("recording a host's last contact"))?;
-        Ok(())
+        self.record_host_reports(&[HostReport::Seen {
+            host: host.clone(),
+            at: now.to_owned(),
+        }])
+        .await
     }
 
     pub async fn insert_drift(&self, host: &HostId, drift: &DriftRecord) -> Result<(), StoreError> {

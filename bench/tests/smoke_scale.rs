@@ -1,0 +1,61 @@
+//! The scale benchmarks' smoke modes still run end to end (real OpenBao, the control plane,
+//! agents): `streams` (the control plane in a child process holding 3 streams), `fanout`
+//! (rotate-all of 3 Ed25519 tenants to their connected hosts) and `propagation` with the control
+//! plane in a child process (as 10,000 agents run it). Timings are not checked.
+
+#![allow(clippy::unwrap_used)]
+
+use keyward_bench::{fanout, streams};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_smoke_measures_the_control_plane_apart_from_the_agents() {
+    // The child process is this test binary's sibling, keyward-bench: cargo builds it for
+    // integration tests and names it in CARGO_BIN_EXE_keyward-bench.
+    let options = streams::Options {
+        control_plane_exe: Some(env!("CARGO_BIN_EXE_keyward-bench").into()),
+        ..streams::Options::smoke()
+    };
+    let report = streams::run(&options).await.unwrap();
+    assert_eq!(report.agents_connected, 3, "{:?}", report.stopped_by);
+    assert!(report.rss_before > 0);
+    assert!(report.rss_samples.last().is_some_and(|s| s.agents == 3));
+    assert!(report.cpu_idle.seconds >= 1.0);
+    let section = streams::markdown(&report, "keyward-bench streams --smoke");
+    assert!(section.contains("| 3 of 3 |"), "{section}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_smoke_rotates_every_tenant_and_sees_every_acknowledgement() {
+    let options = fanout::Options {
+        control_plane_exe: Some(env!("CARGO_BIN_EXE_keyward-bench").into()),
+        ..fanout::Options::smoke()
+    };
+    let report = fanout::run(&options).await.unwrap();
+    assert_eq!(report.agents_connected, 3, "{:?}", report.stopped_by);
+    let alone = report.alone.as_ref().unwrap();
+    assert_eq!((alone.rotated, alone.failed), (3, 0));
+    let job = report.fanout.as_ref().unwrap();
+    assert_eq!((job.rotated, job.failed), (3, 0));
+    assert_eq!((job.in_sync, job.live), (3, 3));
+    assert!(
+        job.last_ack_s.is_some() && job.all_recorded_s.is_some(),
+        "{job:?}"
+    );
+    // Both users' files on each of the 3 hosts.
+    assert!(job.renames >= 6, "{job:?}");
+    let section = fanout::markdown(&report, "keyward-bench fanout --smoke");
+    assert!(section.contains("| 3 / 0 |"), "{section}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propagation_smoke_with_the_control_plane_in_its_own_process() {
+    let options = keyward_bench::propagation::Options {
+        separate_control_plane: Some(true),
+        control_plane_exe: Some(env!("CARGO_BIN_EXE_keyward-bench").into()),
+        ..keyward_bench::propagation::Options::smoke()
+    };
+    let report = keyward_bench::propagation::run(&options).await.unwrap();
+    assert!(report.separate_control_plane);
+    assert_eq!(report.agents_connected, 2, "{:?}", report.stopped_by);
+    assert_eq!((report.propagation_ms.len(), report.lost), (5, 0));
+}

@@ -1,0 +1,48 @@
+//! What the live hosts view shows of each host besides its own row: the last accepted login and
+//! the last drift the agent repaired.
+
+use std::collections::HashMap;
+
+use super::{Store, StoreError, get, query_error};
+
+/// The latest activity of one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostActivity {
+    /// When the last accepted login happened (the host's clock), and as whom.
+    pub last_login: Option<(String, String)>,
+    /// When the control plane last heard of a drift the agent repaired.
+    pub last_drift: Option<String>,
+}
+
+impl Store {
+    /// The latest accepted login and repaired drift of every host that has either.
+    pub async fn host_activity(&self) -> Result<HashMap<String, HostActivity>, StoreError> {
+        // The newest accepted login per host: the (host_id, outcome, at) index answers both
+        // the grouping and the maximum.
+        let logins = sqlx::query(
+            "SELECT l.host_id, l.at, l.unix_user FROM login_events l \
+             JOIN (SELECT host_id, MAX(at) AS at FROM login_events WHERE outcome = 'accepted' GROUP BY host_id) m \
+             ON l.host_id = m.host_id AND l.at = m.at AND l.outcome = 'accepted'",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("reading the last logins"))?;
+        let drifts = sqlx::query(
+            "SELECT host_id, MAX(received_at) AS at FROM drift_events GROUP BY host_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("reading the last drift events"))?;
+        let mut activity: HashMap<String, HostActivity> = HashMap::new();
+        for row in &logins {
+            let host: String = get(row, "host_id")?;
+            activity.entry(host).or_default().last_login =
+                Some((get(row, "at")?, get(row, "unix_user")?));
+        }
+        for row in &drifts {
+            let host: String = get(row, "host_id")?;
+            activity.entry(host).or_default().last_drift = get(row, "at")?;
+        }
+        Ok(activity)
+    }
+}
