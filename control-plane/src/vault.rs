@@ -295,7 +295,7 @@ impl VaultStore {
             },
             ClientError::RestClientError { source } => VaultError::Unreachable {
                 address: self.address.clone(),
-                reason: source.to_string(),
+                reason: error_chain(&source),
             },
             other => VaultError::BadResponse {
                 operation: format!("{operation} {}/{path}", self.mount),
@@ -382,7 +382,7 @@ impl VaultStore {
         let url = format!("{}/v1/{path}", self.address);
         let unreachable = |e: reqwest::Error| VaultError::Unreachable {
             address: self.address.clone(),
-            reason: e.to_string(),
+            reason: error_chain(&e),
         };
         let response = self.http.get(&url).send().await.map_err(unreachable)?;
         response.json().await.map_err(|e| VaultError::BadResponse {
@@ -565,4 +565,20 @@ fn read_secret_file(path: &PathBuf) -> Result<Zeroizing<String>, VaultError> {
             .map_err(|e| VaultError::Config(format!("cannot read {}: {e}", path.display())))?,
     );
     Ok(Zeroizing::new(raw.trim().to_owned()))
+}
+
+/// An error and its causes, `outer: inner: innermost`: "error sending request" alone does not
+/// say that the certificate was refused.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -162,6 +162,14 @@ impl ControlPlane {
     }
 
     pub async fn start_with(bao: &OpenBao, options: Options) -> Self {
+        Self::try_start_with(bao, options)
+            .await
+            .unwrap_or_else(|e| panic!("control plane starts: {e}"))
+    }
+
+    /// As [`ControlPlane::start_with`], but a control plane that refuses to start is an `Err`
+    /// with its message.
+    pub async fn try_start_with(bao: &OpenBao, options: Options) -> Result<Self, String> {
         let state_dir = tempfile::tempdir().unwrap();
         let schema = match options.database {
             Database::Sqlite => None,
@@ -173,6 +181,7 @@ impl ControlPlane {
         config.agent_api.listen = "127.0.0.1:0".parse().unwrap();
         config.database.url = schema.as_ref().map(PgSchema::url);
         config.vault.address = bao.addr.clone();
+        config.vault.ca_file.clone_from(&bao.ca_file);
         config.vault.token = Some(
             options
                 .vault_token
@@ -195,7 +204,7 @@ impl ControlPlane {
         let token_path = config.bootstrap_token_path();
         let server = server::start(config.clone())
             .await
-            .expect("control plane starts");
+            .map_err(|e| e.to_string())?;
         // A restart comes back on the same ports, as a deployed control plane does.
         config.server.listen = server.addr;
         config.agent_api.listen = server.agent_addr;
@@ -203,7 +212,7 @@ impl ControlPlane {
             .unwrap()
             .trim()
             .to_owned();
-        Self {
+        Ok(Self {
             url: server.url(),
             admin_token,
             state_dir,
@@ -220,7 +229,7 @@ impl ControlPlane {
                 None => reqwest::Client::new(),
             },
             _schema: schema,
-        }
+        })
     }
 
     pub fn server(&self) -> &RunningServer {

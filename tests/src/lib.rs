@@ -7,7 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::missing_panics_doc)]
 
 pub mod agent;
+pub mod browser;
 pub mod control_plane;
+pub mod deployment;
 pub mod openbao;
 pub mod postgres;
 pub mod raw_agent;
@@ -18,7 +20,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use agent::Agent;
+pub use browser::Browser;
 pub use control_plane::{ControlPlane, Database, Reply};
+pub use deployment::Deployment;
 pub use openbao::OpenBao;
 pub use postgres::PgSchema;
 pub use raw_agent::{RawIdentity, RawStream};

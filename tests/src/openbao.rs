@@ -18,6 +18,8 @@ const INSTALL_HINT: &str = "run `make test-deps` (installs OpenBao with `pip ins
 #[derive(Debug)]
 pub struct OpenBao {
     pub addr: String,
+    /// The CA that signed the server's certificate, when it serves TLS ([`OpenBao::start_tls`]).
+    pub ca_file: Option<PathBuf>,
     child: Child,
     _home: tempfile::TempDir,
     http: reqwest::Client,
@@ -43,6 +45,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `bao server -dev` on 127.0.0.1:`port` with the tests' root token, and `extra` arguments.
+fn spawn_dev(bin: &std::path::Path, home: &std::path::Path, port: u16, extra: &[&str]) -> Child {
+    Command::new(bin)
+        .args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={ROOT_TOKEN}"),
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        .args(extra)
+        .env("HOME", home)
+        .env_remove("VAULT_ADDR")
+        .env_remove("BAO_ADDR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()))
+}
+
 impl OpenBao {
     /// Starts a dev server with in-memory storage, and enables KV v2 at `vps`.
     pub async fn start() -> Self {
@@ -56,24 +78,10 @@ impl OpenBao {
             let home = tempfile::tempdir().unwrap();
             let port = free_port();
             let addr = format!("http://127.0.0.1:{port}");
-            let child = Command::new(&bin)
-                .args([
-                    "server",
-                    "-dev",
-                    &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                    &format!("-dev-listen-address=127.0.0.1:{port}"),
-                ])
-                .args(extra)
-                .env("HOME", home.path())
-                .env_remove("VAULT_ADDR")
-                .env_remove("BAO_ADDR")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
+            let child = spawn_dev(&bin, home.path(), port, extra);
             let mut bao = OpenBao {
                 addr,
+                ca_file: None,
                 child,
                 _home: home,
                 http: reqwest::Client::new(),
@@ -85,6 +93,60 @@ impl OpenBao {
             }
         }
         panic!("OpenBao did not start ({})", bin.display());
+    }
+
+    /// Starts a dev server that serves only TLS (`-dev-tls`), with a certificate for 127.0.0.1
+    /// signed by a CA it makes; [`OpenBao::ca_file`] names that CA. The harness's own calls
+    /// trust it.
+    pub async fn start_tls() -> Self {
+        let bin = bao_binary();
+        for _ in 0..5 {
+            let home = tempfile::tempdir().unwrap();
+            let tls_dir = home.path().join("tls");
+            std::fs::create_dir(&tls_dir).unwrap();
+            let port = free_port();
+            let cert_dir = format!("-dev-tls-cert-dir={}", tls_dir.display());
+            let mut child = spawn_dev(&bin, home.path(), port, &["-dev-tls", &cert_dir]);
+            let ca_file = tls_dir.join("vault-ca.pem");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !ca_file.is_file() && std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // The file appears before it is complete: read it until it parses.
+            let certificate = loop {
+                let pem = std::fs::read(&ca_file).unwrap_or_default();
+                if let Ok(certificate) = reqwest::Certificate::from_pem(&pem)
+                    && pem.ends_with(b"-----END CERTIFICATE-----\n")
+                {
+                    break Some(certificate);
+                }
+                if std::time::Instant::now() > deadline {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let Some(certificate) = certificate else {
+                continue;
+            };
+            let mut bao = OpenBao {
+                addr: format!("https://127.0.0.1:{port}"),
+                ca_file: Some(ca_file),
+                child,
+                _home: home,
+                http: reqwest::Client::builder()
+                    .add_root_certificate(certificate)
+                    .build()
+                    .unwrap(),
+            };
+            if bao.wait_ready().await {
+                bao.enable_kv2("vps").await;
+                return bao;
+            }
+        }
+        panic!("OpenBao with -dev-tls did not start ({})", bin.display());
     }
 
     /// Starts a server with integrated (raft) storage, the storage whose snapshots keyward backs
@@ -123,6 +185,7 @@ impl OpenBao {
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
             let mut bao = OpenBao {
                 addr: format!("http://127.0.0.1:{port}"),
+                ca_file: None,
                 child,
                 _home: home,
                 http: reqwest::Client::new(),

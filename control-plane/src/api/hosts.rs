@@ -1,11 +1,14 @@
 //! Hosts: registration with a one-time enrollment token, enrollment by the agent, revocation,
 //! and the live view of each host (`/api/v1/admin/hosts`, `/api/v1/agent/enroll`).
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
 use keyward_common::HostId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -15,7 +18,7 @@ use super::{ApiJson, ApiPath, AppState, tenant_from_path};
 use crate::auth::{AdminCaller, Caller};
 use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
-use crate::store::{DriftRecord, HostRecord, hash_token};
+use crate::store::{DriftRecord, HostActivity, HostRecord, hash_token};
 
 /// `POST /api/v1/admin/hosts`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -87,6 +90,11 @@ pub struct HostView {
     pub last_error: Option<String>,
     /// Login events the agent dropped because its spool was full.
     pub logins_dropped: i64,
+    /// The last accepted login on the host (its clock), and the Unix user.
+    pub last_login: Option<String>,
+    pub last_login_user: Option<String>,
+    /// When the agent last reported a drift it repaired.
+    pub last_drift_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drift: Option<Vec<DriftRecord>>,
 }
@@ -118,8 +126,22 @@ impl HostView {
             host_keys: host_key_views(&host.host_keys),
             last_error: host.last_error.clone(),
             logins_dropped: host.logins_dropped,
+            last_login: None,
+            last_login_user: None,
+            last_drift_at: None,
             drift: None,
         }
+    }
+
+    fn with_activity(mut self, activity: Option<&HostActivity>) -> Self {
+        if let Some(activity) = activity {
+            if let Some((at, user)) = &activity.last_login {
+                self.last_login = Some(at.clone());
+                self.last_login_user = Some(user.clone());
+            }
+            self.last_drift_at.clone_from(&activity.last_drift);
+        }
+        self
     }
 }
 
@@ -252,14 +274,64 @@ pub async fn list_hosts(
     State(state): State<AppState>,
     _admin: AdminCaller,
 ) -> Result<Json<Vec<HostView>>, ApiError> {
+    Ok(Json(host_views(&state).await?))
+}
+
+async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
     let hub = state.lifecycle.agents();
-    let hosts = state.lifecycle.store().hosts(None).await?;
-    Ok(Json(
-        hosts
-            .iter()
-            .map(|h| HostView::new(h, hub.is_connected(&h.host_id)))
-            .collect(),
-    ))
+    let store = state.lifecycle.store();
+    let (hosts, activity) = tokio::try_join!(store.hosts(None), store.host_activity())?;
+    Ok(hosts
+        .iter()
+        .map(|h| {
+            HostView::new(h, hub.is_connected(&h.host_id))
+                .with_activity(activity.get(h.host_id.as_str()))
+        })
+        .collect())
+}
+
+/// Changes closer together than this are sent as one event.
+const LIVE_COALESCE: Duration = Duration::from_millis(150);
+/// Without changes, the table is sent again this often (last seen, certificate expiry).
+const LIVE_REFRESH: Duration = Duration::from_secs(15);
+
+/// The hosts table, live: a `hosts` event with every host at once, then after every change (an
+/// agent connected or left, acknowledged a state, repaired drift, reported logins; a key
+/// changed) and every 15 s.
+#[utoipa::path(get, path = "/api/v1/admin/events/hosts", tag = "hosts",
+    responses((status = 200, content_type = "text/event-stream",
+        description = "`hosts` events, each a JSON array of HostView; `error` events when the database cannot be read")))]
+pub async fn host_events(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let changes = state.lifecycle.agents().subscribe_changes();
+    let stream = futures::stream::unfold(
+        (state, changes, true),
+        |(state, mut changes, first)| async move {
+            if !first {
+                if let Ok(Err(_)) = tokio::time::timeout(LIVE_REFRESH, changes.changed()).await {
+                    return None; // the hub is gone: the server is stopping
+                }
+                tokio::time::sleep(LIVE_COALESCE).await;
+            }
+            changes.borrow_and_update();
+            let event = match host_views(&state).await {
+                Ok(views) => Event::default()
+                    .event("hosts")
+                    .json_data(&views)
+                    .unwrap_or_else(|_| Event::default().event("error").data("serialization")),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the hosts for the live view");
+                    Event::default()
+                        .event("error")
+                        .data("the database cannot be read")
+                }
+            };
+            Some((Ok(event), (state, changes, false)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// One host, with its recent drift events.

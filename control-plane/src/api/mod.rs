@@ -23,6 +23,7 @@ pub mod logins;
 pub mod ops;
 pub mod rotation;
 pub mod tenant;
+pub mod ui;
 pub mod views;
 
 /// What every handler can reach.
@@ -82,6 +83,8 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         hosts::register_host,
         hosts::enroll,
         hosts::list_hosts,
+        hosts::host_events,
+        ui::whoami,
         hosts::host_details,
         hosts::revoke_host,
         logins::admin_logins,
@@ -143,6 +146,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/audit/logins", get(logins::admin_logins))
         .route("/keys/usage", get(logins::key_usage))
         .route("/hosts", post(hosts::register_host).get(hosts::list_hosts))
+        .route("/events/hosts", get(hosts::host_events))
         .route("/hosts/{host_id}", get(hosts::host_details))
         .route("/hosts/{host_id}/revoke", post(hosts::revoke_host))
         .route(
@@ -164,6 +168,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .nest("/api/v1/tenant/infrastructure", tenant_api)
         .nest("/api/v1/admin", admin_api)
         .route("/api/v1/agent/enroll", post(hosts::enroll))
+        .route("/api/v1/whoami", get(ui::whoami))
+        .merge(ui::routes())
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

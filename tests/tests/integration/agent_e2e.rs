@@ -4,90 +4,13 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use keyward_tests::{
-    Agent, ControlPlane, KeyFile, OpenBao, Sshd, TestUser, eventually, unique_tenant,
-};
+use keyward_tests::{Deployment, KeyFile, Sshd, eventually};
 use reqwest::Method;
 use serde_json::json;
 
-struct Deployment {
-    bao: OpenBao,
-    cp: ControlPlane,
-    sshd: Sshd,
-    admin: TestUser,
-    user: TestUser,
-    tenant: String,
-    tenant_token: String,
-    agent: Agent,
-}
-
-async fn deploy(fast: bool) -> Deployment {
-    let bao = OpenBao::start().await;
-    let cp = if fast {
-        ControlPlane::start_fast(&bao, keyward_tests::Database::Sqlite).await
-    } else {
-        ControlPlane::start(&bao).await
-    };
-    let sshd = Sshd::start().await;
-    let admin = TestUser::create("kwa");
-    let user = TestUser::create("kwt");
-    let tenant = unique_tenant("e2e");
-    let created = cp
-        .admin_post(
-            "/api/v1/admin/tenants",
-            json!({
-                "tenantId": tenant,
-                "vpsIp": "127.0.0.1",
-                "sshPort": sshd.port,
-                "sshUsername": user.name,
-                "adminUsername": admin.name,
-            }),
-        )
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let tenant_token = cp.tenant_token(&tenant).await;
-    let mut agent = Agent::enroll(&cp, &tenant, &admin, &user, &sshd).await;
-    agent.start();
-    agent.wait_in_sync(&cp).await;
-    Deployment {
-        bao,
-        cp,
-        sshd,
-        admin,
-        user,
-        tenant,
-        tenant_token,
-        agent,
-    }
-}
-
-impl Deployment {
-    async fn tenant_op(&self, op: &str) -> serde_json::Value {
-        let reply = self
-            .cp
-            .tenant_call(&self.tenant_token, Method::POST, op)
-            .await;
-        assert_eq!(reply.status, 200, "{op}: {}", reply.text());
-        reply.json()
-    }
-
-    async fn download(&self) -> KeyFile {
-        let reply = self
-            .cp
-            .tenant_call(&self.tenant_token, Method::POST, "/download")
-            .await;
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        KeyFile::write(&reply.text())
-    }
-
-    async fn tenant_login(&self, key: &KeyFile) -> bool {
-        self.sshd.login(&self.user.name, &key.path, "true").await.0
-    }
-}
-
 #[tokio::test]
 async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
-    let d = deploy(false).await;
+    let d = Deployment::start(false).await;
 
     // Both files written, owned by their users, 0600 in a 0700 .ssh.
     for user in [&d.admin, &d.user] {
@@ -182,7 +105,7 @@ async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
 
 #[tokio::test]
 async fn outside_edits_are_repaired_and_reported() {
-    let d = deploy(true).await;
+    let d = Deployment::start(true).await;
     let path = d.admin.authorized_keys();
     let desired = std::fs::read_to_string(&path).unwrap();
     let intruder =
@@ -240,7 +163,7 @@ async fn outside_edits_are_repaired_and_reported() {
 
 #[tokio::test]
 async fn the_agent_enforces_its_cache_without_the_control_plane_and_converges_after() {
-    let mut d = deploy(true).await;
+    let mut d = Deployment::start(true).await;
     let path = d.user.authorized_keys();
     let desired = std::fs::read_to_string(&path).unwrap();
 
@@ -269,7 +192,7 @@ async fn the_agent_enforces_its_cache_without_the_control_plane_and_converges_af
 
 #[tokio::test]
 async fn a_revoked_host_is_cut_off_and_its_keys_stay_in_place() {
-    let d = deploy(true).await;
+    let d = Deployment::start(true).await;
     let path = d.user.authorized_keys();
     let desired = std::fs::read_to_string(&path).unwrap();
     let revoked =
@@ -299,7 +222,7 @@ async fn a_revoked_host_is_cut_off_and_its_keys_stay_in_place() {
 
 #[tokio::test]
 async fn every_login_reaches_the_control_plane_attributed_to_its_key() {
-    let d = deploy(true).await;
+    let d = Deployment::start(true).await;
     let key = d.download().await;
     let fingerprint =
         d.cp.tenant_call(&d.tenant_token, Method::GET, "")

@@ -17,3 +17,5 @@ mod vault_backups;
 mod vault_failures;
 mod vault_policies;
 mod vault_store;
+mod vault_tls;
+mod web_ui;

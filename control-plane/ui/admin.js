@@ -1,0 +1,384 @@
+// The admin pages: live hosts, tenants and their secrets' metadata, the audit log, logins,
+// Vault health and bulk rotation.
+
+import {
+  api, badge, busy, confirmAction, facts, fill, follow, h, Problem, say, scrollBox, statusLine, table, when,
+} from './core.js';
+import { outcome } from './tenant.js';
+
+const ADMIN = '/api/v1/admin';
+
+function problemText(e) { return e instanceof Problem ? e.describe() : String(e); }
+
+async function load(container, path, signal) {
+  try {
+    return await api(path, { signal });
+  } catch (e) {
+    if (e.name !== 'AbortError') container.append(h('p', { class: 'notice error', role: 'alert' }, problemText(e)));
+    return null;
+  }
+}
+
+// ---- Hosts, live -------------------------------------------------------------------------
+
+/** What the table says of a host's state: [text, badge kind, data-status]. */
+export function hostStatus(host) {
+  if (host.status === 'revoked') return ['revoked', 'bad', 'revoked'];
+  if (host.status === 'pending') return ['not enrolled', 'off', 'not_enrolled'];
+  if (host.lastError) return ['error', 'bad', 'error'];
+  if (host.status === 'applying') return ['pending', 'warn', 'pending'];
+  return ['in sync', 'ok', 'in_sync'];
+}
+
+function appliedKeys(users) {
+  if (!Array.isArray(users) || users.length === 0) return '—';
+  return users.map((u) => h('div', {},
+    h('strong', {}, `${u.user}: `),
+    u.error ? h('span', { class: 'badge bad' }, u.error)
+      : (u.fingerprints || []).length ? u.fingerprints.join(', ') : 'no keys'));
+}
+
+const HOST_COLUMNS = ['Host', 'Tenant', 'Agent', 'Keys', 'Applied fingerprints', 'Drift', 'Last login', 'Agent version', 'Last seen', 'Host keys'];
+
+function hostRow(host) {
+  const [text, kind, status] = hostStatus(host);
+  const cell = (i, attrs, ...content) => h('td', { 'data-label': HOST_COLUMNS[i], ...attrs }, ...content);
+  return h('tr', { dataset: { hostId: host.hostId, status, connected: String(host.connected) } },
+    h('th', { scope: 'row' }, host.hostId),
+    cell(1, {}, host.tenantId),
+    cell(2, { 'data-col': 'connection' }, host.connected ? badge('connected', 'ok') : badge('offline', 'off')),
+    cell(3, { 'data-col': 'status' }, badge(text, kind),
+      host.status === 'applying' ? h('div', { class: 'hint' }, `generation ${host.appliedGeneration} of ${host.desiredGeneration}`) : null,
+      host.lastError ? h('div', { class: 'hint' }, host.lastError) : null),
+    cell(4, { class: 'fp' }, appliedKeys(host.users)),
+    cell(5, {}, host.lastDriftAt ? [badge('repaired', 'warn'), ' ', when(host.lastDriftAt)] : 'none'),
+    cell(6, {}, host.lastLogin ? [when(host.lastLogin), h('div', { class: 'hint' }, host.lastLoginUser)] : '—'),
+    cell(7, {}, host.agentVersion ?? '—'),
+    cell(8, {}, when(host.lastSeen)),
+    cell(9, { class: 'fp' }, (host.hostKeys || []).map((k) => h('div', {}, k.fingerprint))));
+}
+
+async function hostsPage({ main, signal }) {
+  const live = h('span', { id: 'live', class: 'live', 'data-state': 'connecting', role: 'status' }, 'Connecting…');
+  const summary = h('p', { id: 'hosts-summary' });
+  const body = h('tbody', {});
+  const wrap = scrollBox('Hosts',
+    h('table', { id: 'hosts', class: 'cards' },
+      h('caption', {}, 'Every registered host. The table follows the agents live: no need to reload.'),
+      h('thead', {}, h('tr', {}, HOST_COLUMNS.map((t) => h('th', { scope: 'col' }, t)))),
+      body));
+  fill(main, h('h1', {}, 'Hosts'), h('p', {}, live), summary, wrap);
+  await follow(`${ADMIN}/events/hosts`, {
+    signal,
+    onState(state, problem) {
+      live.dataset.state = state;
+      live.textContent = state === 'live' ? 'Live' : state === 'failed' ? `Stopped: ${problemText(problem)}` : 'Reconnecting…';
+    },
+    onEvent(name, data) {
+      if (name !== 'hosts') return undefined;
+      const hosts = JSON.parse(data);
+      const counts = {};
+      for (const host of hosts) { const s = hostStatus(host)[0]; counts[s] = (counts[s] || 0) + 1; }
+      const connected = hosts.filter((x) => x.connected).length;
+      summary.textContent = hosts.length
+        ? `${hosts.length} hosts, ${connected} connected: ${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(', ')}.`
+        : 'No hosts registered yet (POST /api/v1/admin/hosts registers one).';
+      body.replaceChildren(...hosts.map(hostRow));
+      return undefined;
+    },
+  });
+}
+
+// ---- Tenants -----------------------------------------------------------------------------
+
+function keySet(k) {
+  return [
+    h('div', {}, badge(k.status, k.status === 'active' ? 'ok' : 'bad'), ` ${k.algorithm}, generation ${k.generation}`),
+    h('div', { class: 'mono' }, k.fingerprint),
+    h('div', { class: 'hint' }, 'rotated ', when(k.lastRotated), ', next ', when(k.nextRotation)),
+    h('div', { class: 'hint' }, k.downloadedAt ? ['downloaded ', when(k.downloadedAt)] : 'not downloaded'),
+  ];
+}
+
+async function tenantsPage({ main, signal }) {
+  fill(main, h('h1', {}, 'Tenants'));
+  const tenants = await load(main, `${ADMIN}/secrets/tenants`, signal);
+  if (!tenants) return;
+  const details = h('section', { class: 'card', id: 'tenant-details', 'aria-live': 'polite', hidden: true });
+  const rows = tenants.map((t) => {
+    const button = h('button', { type: 'button', class: 'secondary', 'aria-controls': 'tenant-details' }, 'Secrets');
+    button.addEventListener('click', () => showTenant(t.tenantId, details, signal));
+    return h('tr', { dataset: { tenantId: t.tenantId } },
+      h('th', { scope: 'row' }, t.tenantId),
+      h('td', {}, `${t.sshUsername}@${t.vpsIp}:${t.sshPort}`, h('div', { class: 'hint' }, `admin user ${t.adminUsername}`)),
+      h('td', { class: 'fp' }, keySet(t.sshKeys.tenantSsh)),
+      h('td', { class: 'fp' }, keySet(t.sshKeys.adminSsh)),
+      h('td', {}, when(t.createdAt)),
+      h('td', {}, button));
+  });
+  main.append(
+    rows.length
+      ? table('Tenants and the metadata of their SSH keys (never the keys themselves)', ['Tenant', 'VPS', 'Tenant key', 'Admin key', 'Created', ''], rows, { id: 'tenants' })
+      : h('p', {}, 'No tenants yet.'),
+    details);
+}
+
+async function showTenant(tenantId, details, signal) {
+  details.hidden = false;
+  fill(details, h('h2', {}, `Secrets of ${tenantId}`), h('p', {}, 'Loading…'));
+  let d;
+  try {
+    d = await api(`${ADMIN}/secrets/tenant/${encodeURIComponent(tenantId)}`, { signal });
+  } catch (e) {
+    if (e.name !== 'AbortError') fill(details, h('h2', {}, `Secrets of ${tenantId}`), h('p', { class: 'notice error' }, problemText(e)));
+    return;
+  }
+  const smtp = d.smtpCredentials;
+  const dkim = d.dkim;
+  fill(details,
+    h('h2', {}, `Secrets of ${tenantId}`),
+    h('p', { class: 'hint' }, 'Metadata only: the values stay in Vault.'),
+    h('h3', {}, 'SSH keys'),
+    facts([['tenant_ssh', 'tenantSsh'], ['admin_ssh', 'adminSsh']].map(([kind, field]) => {
+      const k = d.sshKeys[field];
+      return [kind, [keySet(k), h('div', { class: 'hint mono' }, k.vaultPath)]];
+    })),
+    h('h3', {}, 'SMTP'),
+    smtp ? facts([['User', smtp.username], ['Generation', String(smtp.generation)], ['Last rotated', when(smtp.lastRotated)], ['Vault', h('span', { class: 'mono' }, `${smtp.vaultPath} v${smtp.vaultVersion}`)]]) : h('p', {}, 'None.'),
+    h('h3', {}, 'DKIM'),
+    dkim ? facts([['Selector', dkim.selector], ['DNS name', h('span', { class: 'mono' }, dkim.dnsName)], ['Record', h('pre', {}, dkim.dnsRecord)], ['Last rotated', when(dkim.lastRotated)]]) : h('p', {}, 'None.'),
+    h('h3', {}, 'API tokens'),
+    d.apiKeys.length
+      ? table('Tokens of this tenant', ['Token', 'Role', 'Label', 'Created', 'Revoked'],
+        d.apiKeys.map((k) => h('tr', {}, h('td', { class: 'mono' }, k.tokenId), h('td', {}, k.role), h('td', {}, k.label), h('td', {}, when(k.createdAt)), h('td', {}, when(k.revokedAt)))))
+      : h('p', {}, 'None.'));
+  details.scrollIntoView({ block: 'nearest' });
+}
+
+// ---- Audit log and logins: filters and paging -------------------------------------------------
+
+function filterForm(id, fields, onSubmit) {
+  const inputs = {};
+  const form = h('form', { id, class: 'filters', role: 'search' },
+    fields.map(([name, label, kind, options]) => {
+      const inputId = `${id}-${name}`;
+      const input = kind === 'select'
+        ? h('select', { id: inputId, name }, h('option', { value: '' }, 'any'), options.map((o) => h('option', { value: o }, o)))
+        : h('input', { id: inputId, name, type: kind, placeholder: kind === 'datetime-local' ? undefined : label.toLowerCase() });
+      inputs[name] = input;
+      return h('label', { for: inputId }, label, input);
+    }),
+    h('button', { type: 'submit' }, 'Apply filters'));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams();
+    for (const [name, input] of Object.entries(inputs)) {
+      let value = input.value.trim();
+      if (!value) continue;
+      if (input.type === 'datetime-local') value = new Date(value).toISOString();
+      params.set(name, value);
+    }
+    onSubmit(params);
+  });
+  return form;
+}
+
+async function pagedTable({ container, status, path, params, signal, caption, headers, row, id }) {
+  let cursor = null;
+  const body = h('tbody', {});
+  const more = h('button', { type: 'button', class: 'secondary', id: `${id}-more`, hidden: true }, 'Older');
+  fill(container, scrollBox(caption, h('table', { id },
+    h('caption', {}, caption),
+    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { scope: 'col' }, t)))), body)),
+  h('div', { class: 'actions' }, more));
+  async function page() {
+    const query = new URLSearchParams(params);
+    query.set('limit', '50');
+    if (cursor !== null) query.set('cursor', String(cursor));
+    await busy(more, status, async () => {
+      const answer = await api(`${path}?${query}`, { signal });
+      say(status, '');
+      body.append(...answer.events.map(row));
+      if (!body.children.length) body.append(h('tr', {}, h('td', { colspan: headers.length }, 'Nothing matches.')));
+      cursor = answer.nextCursor ?? null;
+    });
+    more.hidden = cursor === null;
+  }
+  more.addEventListener('click', page);
+  await page();
+}
+
+async function auditPage({ main, signal }) {
+  const status = statusLine('audit-status');
+  const results = h('div', {});
+  const verdict = statusLine('audit-verdict');
+  const verify = h('button', { type: 'button', class: 'secondary', id: 'verify-chain' }, 'Verify the hash chain');
+  verify.addEventListener('click', () => busy(verify, verdict, async () => {
+    const v = await api(`${ADMIN}/audit/verify`, { signal });
+    say(verdict, v.ok ? `The chain is whole: ${v.checked} events checked.`
+      : `The chain is broken at event ${v.firstBrokenSeq}: ${v.reason}`, v.ok ? 'ok' : 'error');
+  }));
+  const show = (params) => pagedTable({
+    container: results, status, path: `${ADMIN}/audit`, params, signal, id: 'audit',
+    caption: 'Audit events, newest first. Each is linked to the one before it by a SHA-256 hash.',
+    headers: ['#', 'Time', 'Action', 'Outcome', 'Tenant', 'Actor', 'From', 'Detail'],
+    row: (e) => h('tr', { dataset: { action: e.action } },
+      h('td', {}, String(e.seq)), h('td', {}, when(e.at)), h('td', { class: 'mono' }, e.action),
+      h('td', {}, badge(e.outcome, e.outcome === 'success' ? 'ok' : 'bad')), h('td', {}, e.tenantId ?? '—'),
+      h('td', {}, e.actorRole, e.actorTokenId ? h('div', { class: 'hint mono' }, e.actorTokenId) : null),
+      h('td', {}, e.sourceAddr ?? '—'), h('td', { class: 'fp' }, JSON.stringify(e.detail))),
+  });
+  fill(main, h('h1', {}, 'Audit log'),
+    filterForm('audit-filters', [
+      ['tenantId', 'Tenant', 'text'], ['action', 'Action', 'text'],
+      ['since', 'From', 'datetime-local'], ['until', 'Until', 'datetime-local'],
+    ], show),
+    h('div', { class: 'actions' }, verify), verdict, status, results);
+  await show(new URLSearchParams());
+}
+
+async function loginsPage({ main, signal }) {
+  const status = statusLine('logins-status');
+  const results = h('div', {});
+  const show = (params) => pagedTable({
+    container: results, status, path: `${ADMIN}/audit/logins`, params, signal, id: 'logins',
+    caption: 'SSH logins and attempts reported by the agents, newest first',
+    headers: ['Time', 'Host', 'Tenant', 'User', 'Outcome', 'Key', 'From', 'Fingerprint'],
+    row: (e) => h('tr', {},
+      h('td', {}, when(e.at)), h('td', {}, e.hostId), h('td', {}, e.tenantId), h('td', {}, e.user),
+      h('td', {}, outcome(e.outcome)), h('td', {}, e.keyKind ? `${e.keyKind}${e.keyGeneration ? ` #${e.keyGeneration}` : ''}` : e.method),
+      h('td', {}, e.sourceIp), h('td', { class: 'fp' }, e.fingerprint ?? '—')),
+  });
+  fill(main, h('h1', {}, 'Logins'),
+    filterForm('logins-filters', [
+      ['tenantId', 'Tenant', 'text'], ['hostId', 'Host', 'text'], ['user', 'User', 'text'],
+      ['keyKind', 'Key', 'select', ['admin', 'tenant', 'unmanaged']],
+      ['outcome', 'Outcome', 'select', ['accepted', 'failed', 'invalid_user', 'closed_preauth', 'disconnected']],
+      ['since', 'From', 'datetime-local'],
+    ], show),
+    status, results);
+  await show(new URLSearchParams());
+}
+
+// ---- Vault -------------------------------------------------------------------------------
+
+async function vaultPage({ main, signal }) {
+  fill(main, h('h1', {}, 'Vault'));
+  const v = await load(main, `${ADMIN}/vault/health`, signal);
+  if (!v) return;
+  const healthy = v.initialized && !v.sealed;
+  main.append(h('section', { class: 'card', id: 'vault-health' },
+    h('h2', {}, 'Health'),
+    facts([
+      ['State', badge(healthy ? 'unsealed' : v.sealed ? 'sealed' : 'not initialized', healthy ? 'ok' : 'bad'), 'vault-state'],
+      ['Role', v.standby ? 'standby' : 'active'],
+      ['Active node', v.activeNode],
+      ['Version', v.version],
+      ['Cluster', v.clusterName ?? '—'],
+      ['Storage', v.storageStatus],
+      ['Last backup', when(v.lastBackup)],
+      ['Backups', badge(v.backupStatus, v.backupStatus === 'ok' ? 'ok' : v.backupStatus === 'failed' ? 'bad' : 'off')],
+      v.backupError ? ['Backup error', v.backupError] : null,
+    ].filter(Boolean))));
+}
+
+// ---- Bulk rotation -----------------------------------------------------------------------
+
+function jobRow(j) {
+  return h('tr', { dataset: { jobId: j.jobId } },
+    h('td', { class: 'mono' }, j.jobId), h('td', {}, j.secretType),
+    h('td', {}, badge(j.status, j.status === 'completed' ? 'ok' : j.status === 'running' ? 'info' : 'warn')),
+    h('td', {}, `${j.rotatedCount} rotated, ${j.failedCount} failed, ${j.skippedCount} skipped of ${j.total}`),
+    h('td', {}, when(j.startedAt)), h('td', {}, when(j.finishedAt)));
+}
+
+async function rotationPage({ main, signal }) {
+  const status = statusLine('rotation-status');
+  const progress = h('progress', { id: 'rotation-progress', max: 1, value: 0, 'aria-labelledby': 'progress-label' });
+  const label = h('p', { id: 'progress-label' }, 'No rotation running.');
+  const failures = h('ul', { id: 'rotation-failures' });
+  const jobs = h('div', {});
+  const select = h('select', { id: 'secret-type', name: 'secretType' },
+    h('option', { value: 'ssh' }, 'SSH keys (admin and tenant key of every tenant)'),
+    h('option', { value: 'smtp' }, 'SMTP credentials'),
+    h('option', { value: 'dkim' }, 'DKIM keys'));
+  const start = h('button', { type: 'submit', id: 'start-rotation', class: 'danger' }, 'Rotate all');
+  const form = h('form', { class: 'stack', id: 'rotation-form' },
+    h('label', { for: 'secret-type' }, 'What to rotate', select),
+    h('p', { class: 'hint' }, 'Every tenant gets a new secret. For SSH keys the previous key keeps working for each tenant\'s grace period, so sessions open now go on; tenants must download their new key.'),
+    h('div', { class: 'actions' }, start));
+
+  async function listJobs() {
+    try {
+      const list = await api(`${ADMIN}/secrets/rotate-all`, { signal });
+      fill(jobs, list.length
+        ? table('Recent bulk rotations, newest first', ['Job', 'Secrets', 'Status', 'Result', 'Started', 'Finished'], list.map(jobRow), { id: 'jobs' })
+        : h('p', {}, 'No bulk rotation yet.'));
+      return list;
+    } catch (e) {
+      if (e.name !== 'AbortError') fill(jobs, h('p', { class: 'notice error' }, problemText(e)));
+      return [];
+    }
+  }
+
+  function show(job) {
+    const done = job.rotatedCount + job.failedCount + job.skippedCount;
+    progress.max = Math.max(job.total, 1);
+    progress.value = job.total ? done : 1;
+    progress.dataset.status = job.status;
+    label.textContent = `${job.secretType}: ${done} of ${job.total} tenants (${job.rotatedCount} rotated, ${job.failedCount} failed, ${job.skippedCount} skipped) — ${job.status}`;
+    fill(failures, (job.failures || []).map((f) => h('li', {}, `${f.tenantId}: ${f.reason} (${f.code})`)));
+  }
+
+  async function watch(job) {
+    show(job);
+    await follow(`${ADMIN}/secrets/rotate-all/${encodeURIComponent(job.jobId)}/events`, {
+      signal,
+      onEvent(name, data) {
+        if (name !== 'progress' && name !== 'done') return undefined;
+        const j = JSON.parse(data);
+        show(j);
+        if (name === 'done') {
+          say(status, `Bulk rotation ${j.status}: ${j.rotatedCount} rotated, ${j.failedCount} failed.`, j.failedCount ? 'warn' : 'ok');
+          listJobs();
+          return 'stop';
+        }
+        return undefined;
+      },
+    });
+  }
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const type = select.value;
+    const yes = await confirmAction({
+      title: `Rotate the ${type} secrets of every tenant?`,
+      text: 'This starts at once and cannot be undone. Only one bulk rotation runs at a time.',
+      ok: 'Rotate all',
+    });
+    if (!yes) return;
+    await busy(start, status, async () => {
+      const job = await api(`${ADMIN}/secrets/rotate-all?async=true`, { method: 'POST', body: { secretType: type }, signal });
+      say(status, `Started job ${job.jobId}.`, 'ok');
+      listJobs();
+      watch(job);
+    });
+  });
+
+  fill(main, h('h1', {}, 'Bulk rotation'),
+    h('section', { class: 'card' }, h('h2', {}, 'Start'), form),
+    h('section', { class: 'card' }, h('h2', {}, 'Progress'), label, progress, failures, status),
+    h('section', { class: 'card' }, h('h2', {}, 'History'), jobs));
+  const list = await listJobs();
+  const running = list.find((j) => j.status === 'running');
+  if (running) watch(running);
+}
+
+export const adminPages = {
+  hosts: hostsPage,
+  tenants: tenantsPage,
+  audit: auditPage,
+  logins: loginsPage,
+  vault: vaultPage,
+  rotation: rotationPage,
+};

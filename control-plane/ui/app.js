@@ -1,0 +1,126 @@
+// keyward's pages: the router, the navigation and the sign-in page.
+
+import { api, fill, h, Problem, say, session, statusLine, whenSignedOut } from './core.js';
+import { tenantPage } from './tenant.js';
+import { adminPages } from './admin.js';
+
+const main = document.getElementById('main');
+const nav = document.getElementById('nav');
+const who = document.getElementById('who');
+
+/** Stops the live parts (streams, timers) of the page being left. */
+let leaving = new AbortController();
+let signInMessage = '';
+
+const tenantNav = [['#/tenant', 'SSH access']];
+const adminNav = [
+  ['#/admin/hosts', 'Hosts'],
+  ['#/admin/tenants', 'Tenants'],
+  ['#/admin/audit', 'Audit log'],
+  ['#/admin/logins', 'Logins'],
+  ['#/admin/vault', 'Vault'],
+  ['#/admin/rotation', 'Bulk rotation'],
+];
+
+function home() { return session.role === 'admin' ? '#/admin/hosts' : '#/tenant'; }
+
+function signOut(message = '') {
+  session.clear();
+  signInMessage = message;
+  if (location.hash === '#/signin') render(); else location.hash = '#/signin';
+}
+whenSignedOut(signOut);
+
+function renderChrome(route) {
+  const links = session.role === 'admin' ? adminNav : session.role === 'tenant' ? tenantNav : [];
+  fill(nav, links.map(([href, text]) =>
+    h('a', { href, 'aria-current': route === href ? 'page' : undefined }, text)));
+  if (session.token) {
+    fill(who,
+      h('span', {}, session.role === 'admin' ? 'Admin' : `Tenant ${session.tenant}`),
+      h('button', { type: 'button', class: 'secondary', id: 'signout', onclick: () => signOut('You signed out.') }, 'Sign out'));
+  } else {
+    fill(who);
+  }
+}
+
+function signInPage() {
+  const status = statusLine('signin-error');
+  const input = h('input', {
+    id: 'token', name: 'token', type: 'password', required: true, autocomplete: 'off',
+    spellcheck: 'false', 'aria-describedby': 'token-hint',
+  });
+  const button = h('button', { type: 'submit' }, 'Sign in');
+  const form = h('form', { id: 'signin', class: 'stack', novalidate: true },
+    h('label', { for: 'token' }, 'API token'),
+    input,
+    h('p', { id: 'token-hint', class: 'hint' },
+      'Paste the API token your platform gave you (it starts with kw_). It is kept only in this ',
+      'browser tab and sent with each request; closing the tab forgets it.'),
+    h('div', { class: 'actions' }, button),
+    status);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const token = input.value.trim();
+    if (!token) { say(status, 'Enter your API token.', 'error'); input.focus(); return; }
+    button.disabled = true;
+    say(status, '');
+    try {
+      const me = await api('/api/v1/whoami', { token });
+      session.set(token, me);
+      input.value = '';
+      location.hash = home();
+    } catch (e) {
+      const text = e instanceof Problem && (e.status === 401)
+        ? 'This token is not valid (wrong, revoked or mistyped). Check it and try again.'
+        : e instanceof Problem ? e.describe() : String(e);
+      say(status, text, 'error');
+      input.focus();
+    } finally {
+      button.disabled = false;
+    }
+  });
+  const page = [h('h1', {}, 'Sign in'), form];
+  if (signInMessage) {
+    page.splice(1, 0, h('p', { class: 'notice', role: 'status' }, signInMessage));
+    signInMessage = '';
+  }
+  fill(main, page);
+  input.focus();
+}
+
+function notFound() {
+  fill(main, h('h1', {}, 'Page not found'), h('p', {}, h('a', { href: home() }, 'Go to your start page')));
+}
+
+async function render() {
+  leaving.abort();
+  leaving = new AbortController();
+  const route = location.hash || '';
+  if (!session.token) {
+    if (route !== '#/signin') { location.replace('#/signin'); return; }
+    renderChrome(route);
+    document.title = 'Sign in · keyward';
+    signInPage();
+    return;
+  }
+  if (route === '' || route === '#/' || route === '#/signin') { location.replace(home()); return; }
+  renderChrome(route);
+  const context = { main, signal: leaving.signal };
+  if (route === '#/tenant' && session.role === 'tenant') {
+    document.title = 'SSH access · keyward';
+    await tenantPage(context);
+  } else if (route.startsWith('#/admin/') && session.role === 'admin') {
+    const name = route.slice('#/admin/'.length);
+    const page = adminPages[name];
+    if (!page) { notFound(); return; }
+    document.title = `${adminNav.find(([href]) => href === route)?.[1] ?? name} · keyward`;
+    await page(context);
+  } else {
+    notFound();
+  }
+  main.focus({ preventScroll: true });
+}
+
+window.addEventListener('hashchange', render);
+render();

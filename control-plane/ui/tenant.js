@@ -1,0 +1,187 @@
+// The tenant's page: credentials, the one-time key download, connection instructions, key
+// actions with their consequences spelled out, and the login history.
+
+import {
+  api, badge, busy, confirmAction, facts, fill, h, Problem, say, statusLine, table, when,
+} from './core.js';
+
+const BASE = '/api/v1/tenant/infrastructure/ssh-credentials';
+const KEY_FILE = 'tenant-ssh-key.pem';
+
+const KEY_STATES = {
+  active: ['active', 'ok'],
+  revoked: ['revoked', 'bad'],
+};
+
+export async function tenantPage({ main, signal }) {
+  const credentials = h('section', { class: 'card', 'aria-labelledby': 'credentials-title' });
+  const download = h('section', { class: 'card', 'aria-labelledby': 'download-title' });
+  const connect = h('section', { class: 'card', 'aria-labelledby': 'connect-title' });
+  const manage = h('section', { class: 'card', 'aria-labelledby': 'manage-title' });
+  const logins = h('section', { class: 'card', 'aria-labelledby': 'logins-title' });
+  const pageStatus = statusLine('page-status');
+  fill(main, h('h1', {}, 'Your SSH access'), pageStatus,
+    h('div', { class: 'grid' }, credentials, download), connect, manage, logins);
+
+  const downloadStatus = statusLine('download-status');
+  const actionStatus = statusLine('action-status');
+
+  async function refresh() {
+    let c;
+    try {
+      c = await api(BASE, { signal });
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+      say(pageStatus, e instanceof Problem ? e.describe() : String(e), 'error');
+      return;
+    }
+    say(pageStatus, '');
+    renderCredentials(c);
+    renderDownload(c);
+    renderConnect(c);
+    renderManage(c);
+  }
+
+  function renderCredentials(c) {
+    const [stateText, stateKind] = KEY_STATES[c.keyStatus] || [c.keyStatus, 'info'];
+    fill(credentials,
+      h('h2', { id: 'credentials-title' }, 'Credentials'),
+      facts([
+        ['VPS address', c.vpsIp, 'vps-address'],
+        ['SSH user', c.sshUsername, 'ssh-user'],
+        ['SSH port', String(c.sshPort), 'ssh-port'],
+        ['Key', `${c.keyAlgorithm}, generation ${c.keyGeneration}`],
+        ['Key status', badge(stateText, stateKind), 'key-status'],
+        ['Fingerprint', c.keyFingerprint ? h('code', {}, c.keyFingerprint) : 'none (revoked)', 'fingerprint'],
+        ['Last rotated', when(c.lastRotated)],
+        ['Next rotation', when(c.nextRotation)],
+        c.previousKeyFingerprint && c.previousKeyValidUntil
+          ? ['Previous key works until', [when(c.previousKeyValidUntil), ' (', h('code', {}, c.previousKeyFingerprint), ')']]
+          : null,
+      ].filter(Boolean)));
+  }
+
+  function renderDownload(c) {
+    const button = h('button', { type: 'button', id: 'download', disabled: c.keyStatus !== 'active' }, 'Download private key');
+    const warning = c.downloaded
+      ? h('p', { class: 'notice warn', id: 'download-warning' },
+        'This key has already been downloaded. keyward keeps no other copy for you: if you lost it, ',
+        'regenerate the key below and download the new one.')
+      : h('p', { class: 'notice warn', id: 'download-warning' },
+        h('strong', {}, 'You can download this private key once. '),
+        `Save ${KEY_FILE} somewhere safe right away: a second download is refused, and the only `,
+        'way to get a key again is to regenerate it.');
+    button.addEventListener('click', async () => {
+      const yes = await confirmAction({
+        title: 'Download the private key?',
+        text: `The key file ${KEY_FILE} is handed out once. After this, keyward refuses to show it again; `
+          + 'if you lose it you must regenerate the key. Keep it private and never share it.',
+        ok: 'Download now',
+      });
+      if (!yes) return;
+      await busy(button, downloadStatus, async () => {
+        const response = await api(`${BASE}/download`, { method: 'POST', raw: true, signal });
+        const blob = await response.blob();
+        const url = URL.createObjectURL(blob);
+        const link = h('a', { href: url, download: KEY_FILE, hidden: true });
+        document.body.append(link);
+        link.click();
+        link.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 60000);
+        say(downloadStatus, `Downloaded ${KEY_FILE}. Run chmod 600 on it before you use it (see below).`, 'ok');
+        await refresh();
+      });
+    });
+    fill(download, h('h2', { id: 'download-title' }, 'Private key'), warning,
+      h('div', { class: 'actions' }, button), downloadStatus);
+  }
+
+  function renderConnect(c) {
+    const target = `${c.sshUsername}@${c.vpsIp}`;
+    const command = `ssh -i ${KEY_FILE} -p ${c.sshPort} ${target}`;
+    const hostKeys = c.hostKeyFingerprints.length
+      ? [
+        h('p', {}, 'Before you connect the first time, make sure you reach your own server. Its host keys have these fingerprints:'),
+        h('ul', { id: 'host-key-fingerprints' }, c.hostKeyFingerprints.map((f) => h('li', {}, h('code', {}, f)))),
+        h('p', {}, 'Either add these lines to ~/.ssh/known_hosts, so that ssh checks them for you:'),
+        h('pre', { id: 'known-hosts' }, c.knownHosts.join('\n')),
+        h('p', {}, 'or compare the fingerprint ssh shows on the first connection with the list above, and answer "yes" only if it matches.'),
+      ]
+      : [h('p', { class: 'notice warn' },
+        'Your server has not reported its host keys yet. On the first connection ssh shows the host key ',
+        'fingerprint: ask your platform for it before you answer "yes".')];
+    fill(connect,
+      h('h2', { id: 'connect-title' }, 'Connect'),
+      h('ol', {},
+        h('li', {}, `Keep the downloaded key as ${KEY_FILE} and make it readable only by you (ssh refuses keys others can read):`,
+          h('pre', { id: 'chmod-command' }, `chmod 600 ${KEY_FILE}`)),
+        h('li', {}, 'Check the server\'s identity:', hostKeys),
+        h('li', {}, 'Connect:', h('pre', { id: 'ssh-command' }, command))));
+  }
+
+  function renderManage(c) {
+    const graceNote = 'The current key keeps working for the grace period (24 hours unless your platform set another)';
+    const actions = [
+      {
+        id: 'rotate', label: 'Rotate key', kind: '',
+        what: `Makes a new key. ${graceNote}, so sessions open now go on and you have time to switch. Download the new key afterwards.`,
+        title: 'Rotate the SSH key?', ok: 'Rotate',
+        path: 'rotate', disabled: c.keyStatus !== 'active',
+      },
+      {
+        id: 'regenerate', label: 'Regenerate key', kind: 'danger',
+        what: 'Makes a new key and stops the current one at once: SSH sessions opened with the current key are ended on your VPS. Use this when the key may be exposed, or to get a key after revoking.',
+        title: 'Regenerate the SSH key?', ok: 'Regenerate and end sessions',
+        path: 'regenerate',
+      },
+      {
+        id: 'revoke', label: 'Revoke key', kind: 'danger',
+        what: 'Stops the current key at once and ends the SSH sessions opened with it. You have no working key until you regenerate one.',
+        title: 'Revoke the SSH key?', ok: 'Revoke and end sessions',
+        path: 'revoke', disabled: c.keyStatus !== 'active',
+      },
+    ];
+    fill(manage, h('h2', { id: 'manage-title' }, 'Manage the key'),
+      actions.map((a) => {
+        const button = h('button', { type: 'button', id: a.id, class: a.kind, disabled: a.disabled, 'aria-describedby': `${a.id}-what` }, a.label);
+        button.addEventListener('click', async () => {
+          if (!await confirmAction({ title: a.title, text: a.what, ok: a.ok })) return;
+          await busy(button, actionStatus, async () => {
+            const answer = await api(`${BASE}/${a.path}`, { method: 'POST', signal });
+            say(actionStatus, answer.newKeyFingerprint
+              ? `${answer.message} New fingerprint: ${answer.newKeyFingerprint}`
+              : answer.message, 'ok');
+            await refresh();
+          });
+        });
+        return h('div', { class: 'action' }, h('p', { id: `${a.id}-what` }, a.what), button);
+      }),
+      actionStatus);
+  }
+
+  async function loadLogins() {
+    let page;
+    try {
+      page = await api('/api/v1/tenant/infrastructure/ssh-logins?limit=50', { signal });
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+      fill(logins, h('h2', { id: 'logins-title' }, 'Login history'),
+        h('p', { class: 'notice error' }, e instanceof Problem ? e.describe() : String(e)));
+      return;
+    }
+    const rows = page.events.map((e) => h('tr', {},
+      h('td', {}, when(e.at)), h('td', {}, e.user), h('td', {}, outcome(e.outcome)),
+      h('td', {}, e.keyKind ?? e.method), h('td', {}, `${e.sourceIp}`), h('td', { class: 'fp' }, e.fingerprint ?? '—')));
+    fill(logins, h('h2', { id: 'logins-title' }, 'Login history'),
+      rows.length
+        ? table('Your most recent SSH logins and attempts, newest first', ['Time', 'User', 'Outcome', 'Key', 'From', 'Key fingerprint'], rows, { id: 'logins' })
+        : h('p', { id: 'logins-empty' }, 'No logins recorded yet.'));
+  }
+
+  await Promise.all([refresh(), loadLogins()]);
+}
+
+export function outcome(value) {
+  const kinds = { accepted: 'ok', failed: 'bad', invalid_user: 'bad', closed_preauth: 'warn', disconnected: 'off' };
+  return badge(value.replace('_', ' '), kinds[value] || 'info');
+}

@@ -1,0 +1,89 @@
+//! A whole deployment for end-to-end tests: OpenBao, the control plane, Debian's sshd, two real
+//! Unix users (admin and tenant) and the real agent managing them.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::{Agent, ControlPlane, KeyFile, OpenBao, Sshd, TestUser, unique_tenant};
+
+/// Everything an end-to-end test stands on; dropping it stops every part.
+#[derive(Debug)]
+pub struct Deployment {
+    pub bao: OpenBao,
+    pub cp: ControlPlane,
+    pub sshd: Sshd,
+    pub admin: TestUser,
+    pub user: TestUser,
+    pub tenant: String,
+    pub tenant_token: String,
+    pub agent: Agent,
+}
+
+impl Deployment {
+    /// OpenBao, a control plane (Ed25519 keys when `fast`, else the RSA-4096 default), sshd,
+    /// two real Unix users, a tenant on them and its agent, started and in sync.
+    pub async fn start(fast: bool) -> Self {
+        let bao = OpenBao::start().await;
+        let cp = if fast {
+            ControlPlane::start_fast(&bao, crate::Database::Sqlite).await
+        } else {
+            ControlPlane::start(&bao).await
+        };
+        let sshd = Sshd::start().await;
+        let admin = TestUser::create("kwa");
+        let user = TestUser::create("kwt");
+        let tenant = unique_tenant("e2e");
+        let created = cp
+            .admin_post(
+                "/api/v1/admin/tenants",
+                json!({
+                    "tenantId": tenant,
+                    "vpsIp": "127.0.0.1",
+                    "sshPort": sshd.port,
+                    "sshUsername": user.name,
+                    "adminUsername": admin.name,
+                }),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text());
+        let tenant_token = cp.tenant_token(&tenant).await;
+        let mut agent = Agent::enroll(&cp, &tenant, &admin, &user, &sshd).await;
+        agent.start();
+        agent.wait_in_sync(&cp).await;
+        Self {
+            bao,
+            cp,
+            sshd,
+            admin,
+            user,
+            tenant,
+            tenant_token,
+            agent,
+        }
+    }
+
+    /// A tenant operation (`/rotate`, ...) that must succeed; its answer.
+    pub async fn tenant_op(&self, op: &str) -> serde_json::Value {
+        let reply = self
+            .cp
+            .tenant_call(&self.tenant_token, Method::POST, op)
+            .await;
+        assert_eq!(reply.status, 200, "{op}: {}", reply.text());
+        reply.json()
+    }
+
+    /// The tenant's private key, downloaded (once per generation).
+    pub async fn download(&self) -> KeyFile {
+        let reply = self
+            .cp
+            .tenant_call(&self.tenant_token, Method::POST, "/download")
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        KeyFile::write(&reply.text())
+    }
+
+    /// Whether the tenant's user can log in with `key`.
+    pub async fn tenant_login(&self, key: &KeyFile) -> bool {
+        self.sshd.login(&self.user.name, &key.path, "true").await.0
+    }
+}

@@ -1,0 +1,395 @@
+//! The web UI in a real browser: Debian's headless Chromium, driven over WebDriver, against a
+//! real control plane, OpenBao, sshd and agent. Screenshots of every page are written to
+//! `target/ui-screenshots/`.
+
+use std::time::Duration;
+
+use fantoccini::key::Key;
+use keyward_tests::{
+    Browser, ControlPlane, Database, Deployment, KeyFile, OpenBao, eventually, unique_tenant,
+};
+use reqwest::Method;
+use serde_json::json;
+
+/// Signs in on the page with `token` and waits for the start page of its role.
+async fn sign_in(browser: &Browser, cp: &ControlPlane, token: &str, start: &str) {
+    browser.goto(&format!("{}/", cp.url)).await;
+    browser.wait_for("#signin #token", "the sign-in form").await;
+    browser.type_into("#token", token).await;
+    // Enter in the field signs in, as in any form.
+    browser.press(Key::Enter).await;
+    browser.wait_for(start, "the start page").await;
+}
+
+/// Confirms the page's dialog (its text must mention `says`).
+async fn confirm(browser: &Browser, says: &str) {
+    browser
+        .wait_text("#confirm-text", "the confirmation", |t| t.contains(says))
+        .await;
+    browser.click("#confirm-ok").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_signs_in_downloads_once_and_rotates() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let tenant = unique_tenant("ui");
+    cp.create_tenant(&tenant).await;
+    let token = cp.tenant_token(&tenant).await;
+    let before = cp.tenant_call(&token, Method::GET, "").await.json();
+    let first = before["keyFingerprint"].as_str().unwrap().to_owned();
+
+    // The pages' security headers.
+    let page = cp.request(Method::GET, "/ui/", None, None).await;
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+
+    let browser = Browser::start().await;
+    // A wrong token is refused on the page, not silently.
+    browser.goto(&format!("{}/", cp.url)).await;
+    browser.type_into("#token", "kw_not-a-real-token").await;
+    browser.click("#signin button[type=submit]").await;
+    browser
+        .wait_text("#signin-error", "the refusal", |t| t.contains("not valid"))
+        .await;
+    browser.screenshot("signin-refused").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "sign-in page: {violations:#?}");
+
+    sign_in(&browser, &cp, &token, "#fingerprint code").await;
+    let shown = browser
+        .wait_text("#fingerprint", "the key's fingerprint", |t| {
+            t.starts_with("SHA256:")
+        })
+        .await;
+    assert_eq!(shown, first);
+    assert_eq!(
+        browser.text("#ssh-command").await,
+        format!("ssh -i tenant-ssh-key.pem -p 2222 tenant@127.0.0.1")
+    );
+    assert_eq!(
+        browser.text("#chmod-command").await,
+        "chmod 600 tenant-ssh-key.pem"
+    );
+    let warning = browser.text("#download-warning").await;
+    assert!(warning.contains("once"), "{warning}");
+    browser.screenshot("tenant").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "tenant page: {violations:#?}");
+
+    // The one-time download: the file arrives and is the key of the fingerprint shown.
+    browser.click("#download").await;
+    confirm(&browser, "once").await;
+    let file = browser.downloaded("tenant-ssh-key.pem").await;
+    browser
+        .wait_text("#download-status", "the download's confirmation", |t| {
+            t.contains("Downloaded")
+        })
+        .await;
+    let key = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+        "not a key file"
+    );
+    let fingerprint = keyward_common::keys::private_key_fingerprint(&key).unwrap();
+    assert_eq!(fingerprint.to_string(), first);
+    std::fs::remove_file(&file).unwrap();
+
+    // A second try is refused, in the page.
+    browser
+        .wait_text("#download-warning", "the already-downloaded note", |t| {
+            t.contains("already been downloaded")
+        })
+        .await;
+    browser.click("#download").await;
+    confirm(&browser, "once").await;
+    browser
+        .wait_text("#download-status", "the refusal", |t| {
+            t.contains("already downloaded")
+        })
+        .await;
+    assert!(
+        browser.downloads().is_empty(),
+        "a refused download left a file: {:?}",
+        browser.downloads()
+    );
+    browser.screenshot("tenant-download-refused").await;
+
+    // Rotate: the dialog says what happens to live sessions; the new fingerprint shows.
+    browser.click("#rotate").await;
+    confirm(&browser, "sessions open now go on").await;
+    let after = browser
+        .wait_text("#fingerprint", "the new fingerprint", |t| {
+            t.starts_with("SHA256:") && t != first
+        })
+        .await;
+    let now = cp.tenant_call(&token, Method::GET, "").await.json();
+    assert_eq!(now["keyFingerprint"], json!(after));
+    browser
+        .wait_text("#action-status", "the rotation's message", |t| {
+            t.contains(&after)
+        })
+        .await;
+
+    // Regenerate and revoke ask first, and say that sessions end; cancelling changes nothing.
+    browser.click("#revoke").await;
+    browser
+        .wait_text("#confirm-text", "the revoke warning", |t| {
+            t.contains("ends the SSH sessions")
+        })
+        .await;
+    browser.screenshot("tenant-confirm-revoke").await;
+    // Keyboard: the dialog takes the focus on its safe choice, and Escape cancels.
+    assert_eq!(browser.focused_id().await, "confirm-cancel");
+    browser.press(Key::Escape).await;
+    eventually("the dialog to close", Duration::from_secs(10), || async {
+        (browser
+            .script("return document.getElementById('confirm').open")
+            .await
+            == json!(false))
+        .then_some(())
+    })
+    .await;
+    let unchanged = cp.tenant_call(&token, Method::GET, "").await.json();
+    assert_eq!(unchanged["keyStatus"], "active");
+
+    // Phone width: the page still works, nothing needs sideways scrolling.
+    browser.resize(390, 844).await;
+    let overflow = browser
+        .script("return document.documentElement.scrollWidth - window.innerWidth")
+        .await;
+    browser.screenshot("tenant-phone").await;
+    let wide = browser
+        .script(
+            "const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT); const out = []; let n; while ((n = w.nextNode())) { const r = document.createRange(); r.selectNodeContents(n); const b = r.getBoundingClientRect(); if (b.right > window.innerWidth + 1) out.push(n.parentElement.tagName + '#' + n.parentElement.id + ': ' + n.textContent.slice(0, 40) + ' ' + Math.round(b.right)); } return out.slice(0, 8).join('; ')",
+        )
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "page wider than the phone by {overflow} px: {wide}"
+    );
+
+    let errors = browser.console_errors().await;
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("410") || e.contains("401")),
+        "console errors: {errors:?}"
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
+    // Every part is bound: a dropped part stops (a dropped TestUser is deleted).
+    let Deployment {
+        bao: _bao,
+        cp,
+        sshd,
+        admin: _admin,
+        user,
+        tenant,
+        tenant_token: token,
+        mut agent,
+    } = Deployment::start(true).await;
+    let row = format!("#hosts tr[data-host-id=\"{}\"]", agent.host_id);
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &cp, &cp.admin_token, "#hosts").await;
+    browser
+        .wait_text("#live", "the live indicator", |t| t == "Live")
+        .await;
+    let in_sync = format!("{row}[data-status=\"in_sync\"][data-connected=\"true\"]");
+    browser.wait_for(&in_sync, "the host in sync").await;
+    // A mark in the page: if the page reloads, it is gone.
+    browser.script("window.keywardMark = 42; return 1").await;
+    browser.screenshot("admin-hosts").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin-hosts: {violations:#?}");
+
+    // The agent goes away and the key changes: the row shows offline, then pending.
+    agent.kill().await;
+    browser
+        .wait_for(
+            &format!("{row}[data-connected=\"false\"]"),
+            "the host offline",
+        )
+        .await;
+    let rotated = cp.tenant_call(&token, Method::POST, "/rotate").await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    browser
+        .wait_for(
+            &format!("{row}[data-status=\"pending\"]"),
+            "the host pending",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .text(&format!("{row} td[data-col=status] .badge"))
+            .await,
+        "pending"
+    );
+    browser.screenshot("admin-hosts-pending").await;
+
+    // The agent comes back and applies the new key: in sync again, without a reload.
+    agent.start();
+    // First from the API (a slow agent fails here, with its log), then on the page.
+    agent.wait_in_sync(&cp).await;
+    browser.wait_for(&in_sync, "the host in sync again").await;
+    let new_fingerprint = rotated.json()["newKeyFingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser
+        .wait_text(&format!("{row} td.fp"), "the applied fingerprint", |t| {
+            t.contains(&new_fingerprint)
+        })
+        .await;
+    assert_eq!(browser.script("return window.keywardMark").await, json!(42));
+
+    // A real ssh login with the new key shows up as the host's last login, live.
+    let download = cp.tenant_call(&token, Method::POST, "/download").await;
+    assert_eq!(download.status, 200, "{}", download.text());
+    let key = KeyFile::write(&download.text());
+    let (ok, out) = sshd.login(&user.name, &key.path, "true").await;
+    assert!(ok, "ssh login with the rotated key: {out}");
+    browser
+        .wait_text(
+            &format!("{row} td[data-label=\"Last login\"]"),
+            "the login on the live table",
+            |t| t.contains(&user.name),
+        )
+        .await;
+    assert_eq!(browser.script("return window.keywardMark").await, json!(42));
+
+    // Every other admin page renders, and gets its screenshot.
+    browser
+        .goto(&format!("{}/ui/#/admin/tenants", cp.url))
+        .await;
+    browser
+        .wait_for(
+            &format!("#tenants tr[data-tenant-id=\"{tenant}\"]"),
+            "the tenant",
+        )
+        .await;
+    browser
+        .click(&format!("#tenants tr[data-tenant-id=\"{tenant}\"] button"))
+        .await;
+    browser
+        .wait_text("#tenant-details", "the tenant's secrets", |t| {
+            t.contains("tenant_ssh") && t.contains(&format!("vps/{tenant}/tenant_ssh"))
+        })
+        .await;
+    browser.screenshot("admin-tenants").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin-tenants: {violations:#?}");
+
+    browser.goto(&format!("{}/ui/#/admin/audit", cp.url)).await;
+    browser.wait_for("#audit tbody tr", "audit events").await;
+    browser
+        .type_into("#audit-filters-action", "key.rotate")
+        .await;
+    browser.click("#audit-filters button[type=submit]").await;
+    eventually("only key.rotate events", Duration::from_secs(20), || async {
+        let actions = browser
+            .script(
+                "return [...document.querySelectorAll('#audit tbody tr')].map(r => r.dataset.action)",
+            )
+            .await;
+        let actions = actions.as_array()?.clone();
+        (!actions.is_empty() && actions.iter().all(|a| a == "key.rotate")).then_some(())
+    })
+    .await;
+    browser.click("#verify-chain").await;
+    browser
+        .wait_text("#audit-verdict", "the chain verdict", |t| {
+            t.contains("whole")
+        })
+        .await;
+    browser.screenshot("admin-audit").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin-audit: {violations:#?}");
+
+    browser.goto(&format!("{}/ui/#/admin/vault", cp.url)).await;
+    browser
+        .wait_text("#vault-state", "Vault's state", |t| t == "unsealed")
+        .await;
+    browser.screenshot("admin-vault").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin-vault: {violations:#?}");
+
+    browser.goto(&format!("{}/ui/#/admin/logins", cp.url)).await;
+    browser.wait_for("#logins", "the logins table").await;
+    browser.screenshot("admin-logins").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin-logins: {violations:#?}");
+
+    // A bulk rotation, followed to the end on the progress bar.
+    browser
+        .goto(&format!("{}/ui/#/admin/rotation", cp.url))
+        .await;
+    browser
+        .wait_for("#rotation-form", "the bulk rotation form")
+        .await;
+    browser
+        .script("document.getElementById('secret-type').value = 'smtp'; return 1")
+        .await;
+    browser.click("#start-rotation").await;
+    confirm(&browser, "cannot be undone").await;
+    browser
+        .wait_for(
+            "#rotation-progress[data-status=\"completed\"]",
+            "the job completed",
+        )
+        .await;
+    let (value, max) = (
+        browser.attr("#rotation-progress", "value").await,
+        browser.attr("#rotation-progress", "max").await,
+    );
+    assert_eq!(value, max, "the bar is full when the job is done");
+    browser.screenshot("admin-rotation").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin-rotation: {violations:#?}");
+
+    browser.resize(390, 844).await;
+    browser.goto(&format!("{}/ui/#/admin/hosts", cp.url)).await;
+    browser
+        .wait_for(&in_sync, "the hosts table at phone width")
+        .await;
+    browser.screenshot("admin-hosts-phone").await;
+
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+
+    // The tenant of that host sees its host keys to check, and the login in its history.
+    browser.resize(1280, 900).await;
+    browser.click("#signout").await;
+    sign_in(&browser, &cp, &token, "#fingerprint code").await;
+    let host_key = agent.view(&cp).await["hostKeys"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    browser
+        .wait_text("#host-key-fingerprints", "the host key fingerprints", |t| {
+            t.contains(&host_key)
+        })
+        .await;
+    let known_hosts = browser.text("#known-hosts").await;
+    assert!(
+        known_hosts.starts_with(&format!("[127.0.0.1]:{} ", sshd.port)),
+        "{known_hosts}"
+    );
+    browser
+        .wait_text("#logins tbody", "the tenant's login history", |t| {
+            t.contains(&user.name) && t.contains("accepted")
+        })
+        .await;
+    browser.screenshot("tenant-with-host").await;
+    browser.close().await;
+    agent.kill().await;
+}
