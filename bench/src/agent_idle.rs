@@ -639,7 +639,8 @@ pub struct Args {
     /// Seconds left alone after the first apply before the window.
     #[arg(long, default_value_t = 10)]
     pub settle: u64,
-    /// The agent binary (default: target/release-agent/keyward-agent, or KEYWARD_AGENT_BIN).
+    /// The agent binary (default: target/release-agent/keyward-agent, with --smoke the test
+    /// build's target/debug/keyward-agent; KEYWARD_AGENT_BIN overrides either).
     #[arg(long, value_name = "FILE")]
     pub agent_bin: Option<PathBuf>,
     /// The test suite's version: no settling, a 2 s window.
@@ -652,7 +653,14 @@ pub struct Args {
 
 /// Runs `keyward-bench agent-idle`: prints the Markdown, and writes it with `--write`.
 pub async fn command(args: Args) -> anyhow::Result<()> {
-    let bin = args.agent_bin.clone().unwrap_or_else(release_agent);
+    // The smoke run checks that the benchmark works, not the shipped build: it takes the agent
+    // the test suite builds (`cargo build --workspace --bins`, or KEYWARD_AGENT_BIN).
+    let default_bin: fn() -> PathBuf = if args.smoke {
+        keyward_tests::agent::agent_binary
+    } else {
+        release_agent
+    };
+    let bin = args.agent_bin.clone().unwrap_or_else(default_bin);
     let options = if args.smoke {
         Options::smoke(bin)
     } else {
