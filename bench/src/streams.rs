@@ -342,11 +342,12 @@ pub fn markdown(report: &Report, command: &str) -> String {
         r.load_before,
         r.load_after
     );
-    out.push_str(
+    out.push_str(&format!(
         "Method: the control plane (`keyward_server::server::start`, SQLite, its own OpenBao dev \
          server) runs in a child process of the benchmark (`keyward-bench control-plane-child`); \
          the agents (`keyward_agent::run_with`, each its own TLS 1.3 client certificate and \
-         HTTP/2 connection over loopback, the default keepalive: a ping every 10 s each way) run \
+         HTTP/2 connection over loopback, the default keepalive: the agent pings every {agent_ping} s, \
+         the control plane every 60 s) run \
          in the benchmark's process. Memory is the control plane process's `VmRSS` \
          (`/proc/PID/status`): after every host was provisioned and before the first agent \
          connected, after each wave of agents, and after a settle time with all connected. \
@@ -355,7 +356,8 @@ pub fn markdown(report: &Report, command: &str) -> String {
          allocator arenas). CPU is `utime + stime` of the control plane's process \
          (`/proc/PID/stat`, 10 ms ticks) over the idle interval, in percent of one core; the \
          baseline is the same before any agent connected.\n\n",
-    );
+        agent_ping = keyward_agent::client::KEEPALIVE_INTERVAL.as_secs(),
+    ));
     let per = |x: Option<u64>| x.map_or_else(|| "–".into(), bytes);
     out.push_str(
         "| agents connected | RSS before agents | RSS with agents | **per agent** | marginal per agent (second half) | RSS after idle | peak RSS | CP fds / threads |\n\

@@ -494,7 +494,7 @@ pub async fn start(
         trust,
         certificate_lifetime,
     };
-    // The agents ping every 15 s and redial when the path is dead; the control plane's own ping
+    // The agents ping every 20 s and redial when the path is dead; the control plane's own ping
     // only has to find streams whose agent vanished silently (power loss, a dropped route), so
     // that the hub stops calling them connected: every 60 s is enough, and at 10,000 streams it
     // is a sixth of the wake-ups of a 10 s ping (BENCHMARKS.md, streams).
