@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every benchmark of the suite, one after another (about half an hour; --smoke: a minute or two).
+    /// Every benchmark of the suite, one after another (about 15 minutes; --smoke: under a minute).
     All(AllArgs),
     /// Time from the REST rotate call returning to the key's file renamed on the host.
     Propagation(PropagationArgs),
