@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::config::{AgentConfig, UserMode};
 use crate::logins::SessionAttribution;
 use crate::watch::{Changed, WatchTarget, Watcher};
-use crate::writer::{self, ApplyOutcome, WriteError};
+use crate::writer::{self, ApplyOutcome, PreserveLimits, WriteError};
 
 /// Why a user's desired state could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,13 @@ pub struct UserApplied {
     pub added: Vec<String>,
     /// Desired keys that were missing from the file (an outside edit removed them).
     pub removed: Vec<String>,
+    /// The user's own keys now in the file ([`Mode::Preserve`]): with the managed keys, the keys
+    /// valid for the user now.
+    pub own: Vec<String>,
+    /// Applied, but an admin must know (a file replaced without reading it, an oversized file).
+    pub warnings: Vec<String>,
+    /// The keys in the user's set-aside file.
+    pub set_aside: Vec<String>,
 }
 
 /// Makes a user's keys equal to the desired state, and ends their sessions. Called from
@@ -68,16 +75,16 @@ pub trait Applier: Send + Sync + 'static {
     /// Ends `user`'s live SSH sessions; returns how many.
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError>;
 
-    /// Ends the sessions of `user` a revocation must end: those `attribution` ties to a denied
-    /// key and those it cannot tie to any, leaving the others (the rule is in
-    /// [`crate::logins::revoke`]); returns how many. The default ends them all, like
-    /// [`Applier::end_sessions`].
+    /// Ends the sessions of `user` a check must end: all but those `attribution` ties to a key
+    /// in `valid` (the keys valid for the user now; the rule is in [`crate::logins::revoke`]);
+    /// returns how many. The default ends them all, like [`Applier::end_sessions`].
     fn end_revoked_sessions(
         &self,
         user: &UnixUser,
         attribution: &SessionAttribution,
+        valid: &[String],
     ) -> Result<u32, ApplyError> {
-        let _ = attribution;
+        let _ = (attribution, valid);
         self.end_sessions(user)
     }
 }
@@ -168,17 +175,48 @@ pub fn drift(
 
 fn applied(outcome: ApplyOutcome, mode: Mode, denied: &[Fingerprint]) -> UserApplied {
     let (added, removed) = drift(&outcome, mode, denied);
+    let strings = |fps: &[Fingerprint]| fps.iter().map(|f| f.to_string()).collect();
+    let mut warnings = outcome.warnings;
+    if outcome.set_aside.dropped > 0 {
+        warnings.push(format!(
+            "{} set-aside lines did not fit",
+            outcome.set_aside.dropped
+        ));
+    }
     UserApplied {
         changed: outcome.changed,
-        fingerprints: outcome.fingerprints.iter().map(|f| f.to_string()).collect(),
+        fingerprints: strings(&outcome.fingerprints),
         added,
         removed,
+        own: strings(&outcome.own),
+        warnings,
+        set_aside: outcome.set_aside.keys,
+    }
+}
+
+/// What the writer must make of `desired` for a user in `mode`.
+fn desired_file<'a>(
+    mode: Mode,
+    desired: &ManagedUser,
+    keys: &'a [ManagedKey],
+    denied: &'a [Fingerprint],
+    limits: PreserveLimits,
+) -> writer::Desired<'a> {
+    writer::Desired {
+        mode,
+        keys,
+        denied,
+        revoked: desired.revoked,
+        limits,
     }
 }
 
 /// The real host: writes the user's own `~/.ssh/authorized_keys` and signals their sessions.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemApplier;
+pub struct SystemApplier {
+    /// How much of a preserve-mode user's own file is kept line by line.
+    pub limits: PreserveLimits,
+}
 
 impl Applier for SystemApplier {
     fn apply_user(
@@ -190,7 +228,8 @@ impl Applier for SystemApplier {
         let keys = managed_keys(&desired.keys)?;
         let denied = denied(&desired.denied_fingerprints)?;
         let mode = user_mode;
-        let outcome = writer::apply(user, mode, &keys, &denied)?;
+        let file = desired_file(mode, desired, &keys, &denied, self.limits);
+        let outcome = writer::apply_desired(user, &file)?;
         Ok(applied(outcome, mode, &denied))
     }
 
@@ -204,7 +243,9 @@ impl Applier for SystemApplier {
         &self,
         user: &UnixUser,
         attribution: &SessionAttribution,
+        valid: &[String],
     ) -> Result<u32, ApplyError> {
+        let _ = valid;
         crate::logins::revoke::end_revoked_sessions(user, attribution)
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
@@ -246,13 +287,12 @@ impl Applier for DirApplier {
             .mode(0o700)
             .create(&home)
             .map_err(|e| ApplyError::Other(format!("{}: {e}", home.display())))?;
-        let outcome = writer::apply_in_home(
+        let file = desired_file(mode, desired, &keys, &denied, PreserveLimits::default());
+        let outcome = writer::apply_desired_in_home(
             &home,
             nix::unistd::geteuid(),
             nix::unistd::getegid(),
-            mode,
-            &keys,
-            &denied,
+            &file,
         )?;
         Ok(applied(outcome, mode, &denied))
     }
@@ -338,6 +378,7 @@ mod tests {
                 (own.clone(), false),
                 (revoked.clone(), false),
             ],
+            ..ApplyOutcome::default()
         };
         let (added, removed) = drift(&outcome, Mode::Preserve, std::slice::from_ref(&revoked));
         let mut want_added = vec![stray.to_string(), revoked.to_string()];

@@ -15,6 +15,11 @@
 //! name = "tenant"
 //! mode = "preserve"
 //!
+//! # How much of a preserve-mode user's own file is kept line by line (the defaults)
+//! [preserve]
+//! max_bytes = 1048576
+//! max_lines = 10000
+//!
 //! # SSH login audit (the default: the rsyslog file)
 //! [logins]
 //! source = "file"              # "file", "journald" (built with the `journald` feature) or "off"
@@ -26,6 +31,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use keyward_common::UnixUser;
+
+use crate::writer::PreserveLimits;
 use serde::Deserialize;
 
 /// Where the configuration is read from when `--config` is not given.
@@ -83,6 +90,11 @@ pub struct AgentConfig {
     /// The SSH login audit (`[logins]`).
     #[serde(default)]
     pub logins: LoginsConfig,
+    /// `[preserve]`: how much of a preserve-mode user's own file is kept line by line
+    /// (`max_bytes`, default 1 MiB; `max_lines`, default 10,000). A larger file is moved to
+    /// `~/.ssh/authorized_keys.keyward-oversized` unread and reported.
+    #[serde(default)]
+    pub preserve: PreserveLimits,
 }
 
 /// Where sshd's log is read from.
@@ -190,6 +202,7 @@ impl AgentConfig {
             grpc_url: None,
             host_key_dir: default_host_key_dir(),
             logins: LoginsConfig::off(),
+            preserve: PreserveLimits::default(),
         }
     }
 
@@ -230,6 +243,9 @@ impl AgentConfig {
             && !url.starts_with("https://")
         {
             return Err("grpc_url must be an https:// URL".into());
+        }
+        if self.preserve.max_bytes == 0 || self.preserve.max_lines == 0 {
+            return Err("[preserve] max_bytes and max_lines must be at least 1".into());
         }
         self.logins.validate()
     }

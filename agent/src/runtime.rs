@@ -2,40 +2,72 @@
 //!
 //! One task owns everything (the applied state, the epochs, the connection) and wakes only for:
 //! a message on the stream, a file-watcher event, a change of sshd's log (the login audit,
-//! [`crate::logins`]), the certificate renewal timer, the systemd watchdog timer, the reconnect
-//! and login-resend timers and shutdown. There is no polling loop: an idle agent costs
-//! only the HTTP/2 keepalive pings.
+//! [`crate::logins`]), a finished session check, the certificate renewal timer, the repair,
+//! expiry, reconnect and login-resend timers and shutdown. There is no polling loop: an idle agent
+//! costs only the HTTP/2 keepalive pings.
+//!
+//! Nothing slow runs on that task. Files are written on blocking threads (fast: one user's file).
+//! Session checks — which read `/proc`, where a tenant can make many processes and connections —
+//! run in their own task ([`SessionWorker`]) with a deadline; a state's `Applied` answer waits for
+//! them at most [`SESSION_REPLY_WAIT`], and a later result is sent as a fresh `Applied` for the
+//! same generation. The systemd watchdog is fed by a task of its own, which no step of the event
+//! loop can hold up (a slow step once got the agent killed mid-revocation).
+//!
+//! Sessions: a session is kept only when the key that opened it is valid for the user right now
+//! (a current managed key, or a user's own line that survived the merge). The user's sessions are
+//! checked when its session epoch rises (regenerate, revoke), when the set of valid keys loses a
+//! key (a grace period ending, an outside edit removing a line), and when a repair removed a line
+//! that must not be there (a denied key written back may have been used in the moment before).
+//!
+//! Outside edits are repaired at most once per [`REPAIR_INTERVAL`] per user (a `chmod` loop costs
+//! next to nothing); a failed write is retried with exponential backoff up to [`RETRY_MAX`].
 //!
 //! Order of trust: a state is applied only after [`verify_state`] with the signing key pinned at
-//! enrollment, for this host id, not older than what was applied. The cached copy is verified
-//! again at every start. A user the local configuration does not list is never written.
+//! enrollment, for this host id, not older than what was applied. It is written to the cache
+//! *before* its side effects start, so an agent killed half-way restarts from that state, never
+//! from an older one. The cached copy is verified again at every start. A user the local configuration does not list is never written.
 //! Keys are never removed because the control plane is unreachable: without a stream the agent
 //! just keeps enforcing the last state it verified.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use keyward_common::UnixUser;
 use keyward_common::proto::{
-    AgentMessage, Applied, DesiredState, DriftReport, Hello, RenewCertificate, SignedState,
-    StateRejected, UserFingerprints, UserResult, agent_message, control_message,
+    AgentMessage, Applied, DesiredState, DriftReport, Hello, ManagedUser, RenewCertificate,
+    SignedState, StateRejected, UserFingerprints, UserResult, agent_message, control_message,
 };
 use keyward_common::signing::verify_state;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::apply::{Applier, SystemApplier};
+use crate::apply::{Applier, SystemApplier, UserApplied};
 use crate::cache::{CERT_FILE, CacheError, CachedState, Epochs, Identity, StateDir};
 use crate::client::Backoff;
 use crate::config::AgentConfig;
 use crate::host_keys::read_host_keys;
 use crate::link::{Link, LinkEvent};
-use crate::logins::{self, Logins};
+use crate::logins::{self, Logins, SessionEnder};
 use crate::sd_notify::Notifier;
 use crate::tls::{self, TlsError};
+
+/// How long a state's `Applied` answer waits for its session checks; a later result follows in
+/// another `Applied`.
+pub const SESSION_REPLY_WAIT: Duration = Duration::from_secs(1);
+/// A session check that takes longer is reported as failed (and retried with the next trigger).
+pub const SESSION_DEADLINE: Duration = Duration::from_secs(10);
+/// Prefix of the warning a failed session check leaves on its user.
+const SESSIONS_WARNING: &str = "ending sessions: ";
+/// Outside edits of one user's file are repaired at most this often.
+pub const REPAIR_INTERVAL: Duration = Duration::from_millis(250);
+/// The first retry of a failed write comes after this; each next one waits twice as long.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between retries of a failed write.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +115,9 @@ pub async fn run(
 ) -> Result<(), RuntimeError> {
     let (watcher, events) = crate::apply::watch_users(&config);
     let deps = RuntimeDeps {
-        applier: Arc::new(SystemApplier),
+        applier: Arc::new(SystemApplier {
+            limits: config.preserve,
+        }),
         watch_events: Some(events),
         notifier: Notifier::from_env(),
         status: None,
@@ -111,8 +145,14 @@ pub async fn run_with(
         .grpc_url
         .clone()
         .unwrap_or_else(|| identity.info.grpc_url.clone());
+    let logins = Logins::start(&config.logins, &dir);
+    let sessions = SessionWorker::start(logins.session_ender(), Arc::clone(&deps.applier));
+    if let Some(period) = deps.notifier.as_ref().and_then(Notifier::watchdog_interval) {
+        spawn_watchdog(deps.notifier.clone(), period);
+    }
     let mut agent = Agent {
-        logins: Logins::start(&config.logins, &dir),
+        logins,
+        sessions,
         cert_pem: identity.cert_pem.clone(),
         config,
         dir,
@@ -127,6 +167,11 @@ pub async fn run_with(
         epochs,
         observed: BTreeMap::new(),
         pending_drift: BTreeMap::new(),
+        results: BTreeMap::new(),
+        valid: BTreeMap::new(),
+        due: BTreeMap::new(),
+        retry_wait: BTreeMap::new(),
+        repaired_at: BTreeMap::new(),
     };
     agent.enforce_cache().await;
     agent.event_loop(deps.watch_events, shutdown).await;
@@ -153,20 +198,173 @@ struct Agent {
     /// Drift found while disconnected: only the latest per user matters.
     pending_drift: BTreeMap<String, DriftReport>,
     logins: Logins,
+    sessions: SessionWorker,
+    /// Per user, the last result reported, kept current by repairs and session checks.
+    results: BTreeMap<String, UserResult>,
+    /// Per user, the keys valid at the last apply (with their expiry), to see one go.
+    valid: BTreeMap<String, ValidKeys>,
+    /// Users to re-apply at a time: an outside edit inside [`REPAIR_INTERVAL`], or a retry.
+    due: BTreeMap<UnixUser, Instant>,
+    /// Per user, the wait before the next retry of a failed write.
+    retry_wait: BTreeMap<UnixUser, Duration>,
+    /// Per user, when its file was last repaired.
+    repaired_at: BTreeMap<UnixUser, Instant>,
+}
+
+/// The keys valid for a user: fingerprint and, for a managed key in its grace period, when it
+/// stops being valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ValidKeys(BTreeMap<String, Option<chrono::DateTime<Utc>>>);
+
+impl ValidKeys {
+    /// From what an apply left in the file: the managed keys of `desired` that are in it and not
+    /// expired, and the user's own keys.
+    fn of(desired: &ManagedUser, done: &UserApplied) -> Self {
+        let mut keys = BTreeMap::new();
+        for key in &desired.keys {
+            if !done.fingerprints.contains(&key.fingerprint) {
+                continue;
+            }
+            let expires = chrono::DateTime::parse_from_rfc3339(&key.expires_at)
+                .ok()
+                .map(|t| t.with_timezone(&Utc));
+            keys.insert(key.fingerprint.clone(), expires);
+        }
+        for own in &done.own {
+            keys.entry(own.clone()).or_insert(None);
+        }
+        Self(keys)
+    }
+
+    /// The fingerprints valid at `now`.
+    fn at(&self, now: chrono::DateTime<Utc>) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(_, expires)| expires.is_none_or(|t| t > now))
+            .map(|(fp, _)| fp.clone())
+            .collect()
+    }
+
+    /// The next time a key stops being valid, after `now`.
+    fn next_expiry(&self, now: chrono::DateTime<Utc>) -> Option<chrono::DateTime<Utc>> {
+        self.0
+            .values()
+            .flatten()
+            .filter(|t| **t > now)
+            .min()
+            .copied()
+    }
+}
+
+/// A session check to run: end `user`'s sessions not opened with a key in `valid`.
+#[derive(Debug)]
+struct SessionCheck {
+    user: UnixUser,
+    valid: Vec<String>,
+    /// The session epoch this check acts on, recorded when it succeeds.
+    epoch: Option<u64>,
+}
+
+/// A finished session check.
+#[derive(Debug)]
+struct SessionDone {
+    user: UnixUser,
+    epoch: Option<u64>,
+    result: Result<u32, String>,
+}
+
+/// Runs session checks off the event loop, one at a time, newest request per user first
+/// (requests for a user that queue up collapse into the newest, with the highest epoch).
+struct SessionWorker {
+    requests: mpsc::UnboundedSender<SessionCheck>,
+    done: mpsc::UnboundedReceiver<SessionDone>,
+}
+
+impl SessionWorker {
+    fn start(ender: SessionEnder, applier: Arc<dyn Applier>) -> Self {
+        let (requests, mut inbox) = mpsc::unbounded_channel::<SessionCheck>();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(first) = inbox.recv().await {
+                let mut queued: BTreeMap<UnixUser, SessionCheck> = BTreeMap::new();
+                let mut add = |check: SessionCheck| {
+                    let epoch = queued
+                        .get(&check.user)
+                        .and_then(|c| c.epoch)
+                        .max(check.epoch);
+                    queued.insert(check.user.clone(), SessionCheck { epoch, ..check });
+                };
+                add(first);
+                while let Ok(more) = inbox.try_recv() {
+                    add(more);
+                }
+                for (user, check) in queued {
+                    let ending = ender.end(Arc::clone(&applier), &user, &check.valid);
+                    let result = match tokio::time::timeout(SESSION_DEADLINE, ending).await {
+                        Ok(result) => result,
+                        Err(_) => Err(format!(
+                            "ending sessions did not finish within {} s",
+                            SESSION_DEADLINE.as_secs()
+                        )),
+                    };
+                    let finished = SessionDone {
+                        user,
+                        epoch: check.epoch,
+                        result,
+                    };
+                    if done_tx.send(finished).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Self { requests, done }
+    }
+
+    fn check(&self, check: SessionCheck) {
+        tracing::debug!(user = %check.user, valid = check.valid.len(), "checking sessions");
+        // The worker lives as long as the agent: a failed send means it is shutting down.
+        let _ = self.requests.send(check);
+    }
+}
+
+/// Feeds systemd's watchdog from a task of its own, so that no step of the event loop (which a
+/// tenant may try to slow down) gets the agent killed and restarted mid-revocation.
+fn spawn_watchdog(notifier: Option<Notifier>, period: Duration) {
+    let Some(notifier) = notifier else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            notifier.watchdog();
+        }
+    });
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_time(at: Option<chrono::DateTime<Utc>>) {
+    match at {
+        Some(at) => {
+            let wait = (at - Utc::now()).to_std().unwrap_or_default();
+            // A little after the expiry, so that the key is expired when the timer fires.
+            tokio::time::sleep(wait + Duration::from_millis(10)).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_watch_event(events: &mut Option<mpsc::Receiver<UnixUser>>) -> Option<UnixUser> {
     match events {
         Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn tick(interval: &mut Option<Interval>) {
-    match interval {
-        Some(i) => {
-            i.tick().await;
-        }
         None => std::future::pending().await,
     }
 }
@@ -200,10 +398,15 @@ impl Agent {
         );
         match self.dir.load_state(&key, &host) {
             Ok(Some(cached)) => {
-                let results = self.apply_state(&cached.state).await;
+                let checking = self.apply_state(&cached.state).await;
+                self.wait_for_sessions(checking).await;
                 tracing::info!(
                     generation = cached.state.generation,
-                    errors = results.iter().filter(|r| !r.error.is_empty()).count(),
+                    errors = self
+                        .results
+                        .values()
+                        .filter(|r| !r.error.is_empty())
+                        .count(),
                     "enforced the cached state"
                 );
                 self.status.applied_generation = cached.state.generation;
@@ -222,18 +425,10 @@ impl Agent {
     ) {
         tokio::pin!(shutdown);
         let mut backoff = Backoff::new();
-        let mut watchdog = self
-            .notifier
-            .as_ref()
-            .and_then(Notifier::watchdog_interval)
-            .map(|period| {
-                let mut i = tokio::time::interval(period);
-                i.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                i
-            });
         let mut link = self.open();
         let mut login_wakes = self.logins.take_wakes();
         loop {
+            let (expiry, due) = (self.next_expiry(), self.due.values().min().copied());
             tokio::select! {
                 () = &mut shutdown => {
                     tracing::info!("shutting down");
@@ -246,11 +441,13 @@ impl Agent {
                         events = None;
                     }
                 },
-                () = tick(&mut watchdog) => {
-                    if let Some(n) = &self.notifier {
-                        n.watchdog();
+                Some(done) = self.sessions.done.recv() => {
+                    if self.on_sessions_done(done) {
+                        self.send_results(&mut link);
                     }
                 }
+                () = sleep_until(due) => self.on_due(&mut link).await,
+                () = sleep_until_time(expiry) => self.on_expiry(),
                 () = logins::wake(&mut login_wakes) => self.logins.on_wake(&mut link).await,
                 () = logins::sleep_until(self.logins.resend_at()) => self.logins.on_resend(&mut link),
                 event = link.next() => {
@@ -427,18 +624,44 @@ impl Agent {
                 }));
             }
         };
-        let users = self.apply_state(&state).await;
-        let generation = state.generation;
+        // Cached before anything is changed: killed at any point from here, the agent restarts
+        // from this state, never from the older one a revocation replaced.
         self.persist(&signed).await;
+        let generation = state.generation;
+        self.status.applied_generation = generation;
+        self.last = Some(CachedState {
+            signed,
+            state: state.clone(),
+        });
+        let checking = self.apply_state(&state).await;
+        self.wait_for_sessions(checking).await;
+        let users: Vec<UserResult> = state
+            .users
+            .iter()
+            .filter_map(|u| self.results.get(&u.user).cloned())
+            .collect();
         tracing::info!(
             generation,
             errors = users.iter().filter(|r| !r.error.is_empty()).count(),
             "applied a state"
         );
-        self.status.applied_generation = generation;
-        self.last = Some(CachedState { signed, state });
         self.mark_ready();
         message(agent_message::Msg::Applied(Applied { generation, users }))
+    }
+
+    /// Waits at most [`SESSION_REPLY_WAIT`] for the session checks of `users`.
+    async fn wait_for_sessions(&mut self, mut users: BTreeSet<UnixUser>) {
+        let deadline = Instant::now() + SESSION_REPLY_WAIT;
+        while !users.is_empty() {
+            match tokio::time::timeout_at(deadline, self.sessions.done.recv()).await {
+                Ok(Some(done)) => {
+                    users.remove(&done.user);
+                    // The answer being made carries the result.
+                    let _ = self.on_sessions_done(done);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
     }
 
     /// Writes the cache. If that fails, the old cache is removed: re-applying an older state at
@@ -453,16 +676,16 @@ impl Agent {
         .await;
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot cache the applied state"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot cache the state"),
             Err(e) => tracing::error!(error = %e, "the cache task failed"),
         }
     }
 
-    /// Applies every user of `state` that this agent manages, then ends sessions where the
-    /// session epoch went up.
-    async fn apply_state(&mut self, state: &DesiredState) -> Vec<UserResult> {
+    /// Applies every user of `state` that this agent manages and starts the session checks that
+    /// are due; returns the users being checked.
+    async fn apply_state(&mut self, state: &DesiredState) -> BTreeSet<UnixUser> {
         let mut seen = BTreeSet::new();
-        let mut results = Vec::with_capacity(state.users.len());
+        let mut checking = BTreeSet::new();
         for desired in &state.users {
             let mut result = UserResult {
                 user: desired.user.clone(),
@@ -472,62 +695,185 @@ impl Agent {
                 Ok(u) => u,
                 Err(e) => {
                     result.error = format!("refused: {e}");
-                    results.push(result);
+                    self.results.insert(desired.user.clone(), result);
                     continue;
                 }
             };
-            let Some(mode) = self.config.mode_of(user.as_str()) else {
+            if self.config.mode_of(user.as_str()).is_none() {
                 tracing::warn!(user = %user, "the state names a user this agent does not manage");
                 result.error = format!(
                     "refused: user {user} is not in this agent's configuration; nothing was written"
                 );
-                results.push(result);
+                self.results.insert(desired.user.clone(), result);
                 continue;
-            };
+            }
             if !seen.insert(user.clone()) {
                 result.error = format!("refused: user {user} appears twice in the state");
-                results.push(result);
+                self.results.insert(desired.user.clone(), result);
                 continue;
             }
-            let applier = Arc::clone(&self.applier);
-            let (u, d) = (user.clone(), desired.clone());
-            match tokio::task::spawn_blocking(move || applier.apply_user(&u, mode, &d)).await {
-                Ok(Ok(done)) => {
-                    result.changed = done.changed;
-                    result.fingerprints = done.fingerprints.clone();
-                    self.observed.insert(user.to_string(), done.fingerprints);
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(user = %user, error = %e, "cannot apply");
-                    result.error = e.to_string();
-                }
-                Err(e) => result.error = format!("the apply task failed: {e}"),
-            }
-            // After the write, so a user whose sessions end cannot log in again with a key the
-            // write just removed. Only the sessions of denied keys (and unattributed ones) end.
             let acted = self.epochs.get(user.as_str()).copied().unwrap_or(0);
-            if desired.session_epoch > acted {
-                let applier = Arc::clone(&self.applier);
-                let denied = &desired.denied_fingerprints;
-                match self
-                    .logins
-                    .end_revoked_sessions(applier, &user, denied)
-                    .await
-                {
-                    Ok(n) => {
-                        tracing::info!(user = %user, sessions = n, epoch = desired.session_epoch, "ended sessions");
-                        result.sessions_ended = n;
-                        self.epochs.insert(user.to_string(), desired.session_epoch);
-                    }
-                    Err(e) => append_error(&mut result.error, &e),
-                }
+            let epoch = (desired.session_epoch > acted).then_some(desired.session_epoch);
+            if self.apply_user(&user, desired, epoch).await {
+                checking.insert(user);
             }
-            results.push(result);
         }
-        results
+        checking
     }
 
-    /// Re-applies the last state for users whose file changed on disk, and reports drift.
+    /// Applies one user's desired state and records it ([`Agent::record`]); `epoch`: a raised
+    /// session epoch to act on. Returns whether a session check started.
+    async fn apply_user(
+        &mut self,
+        user: &UnixUser,
+        desired: &ManagedUser,
+        epoch: Option<u64>,
+    ) -> bool {
+        match self.write(user, desired).await {
+            Some(done) => self.record(user, desired, &done, epoch),
+            None => false,
+        }
+    }
+
+    /// Writes one user's file on a blocking thread. A failure is recorded and retried later.
+    async fn write(&mut self, user: &UnixUser, desired: &ManagedUser) -> Option<UserApplied> {
+        let mode = self.config.mode_of(user.as_str())?;
+        let applier = Arc::clone(&self.applier);
+        let (u, d) = (user.clone(), desired.clone());
+        match tokio::task::spawn_blocking(move || applier.apply_user(&u, mode, &d)).await {
+            Ok(Ok(done)) => {
+                self.retry_wait.remove(user);
+                Some(done)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(user = %user, error = %e, "cannot apply");
+                self.failed(user, e.to_string());
+                None
+            }
+            Err(e) => {
+                tracing::error!(user = %user, error = %e, "the apply task failed");
+                self.failed(user, format!("the apply task failed: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Records what a write did and starts a session check when one is due (module docs): a
+    /// raised epoch, a valid key gone, or a line removed that must not have been there. Returns
+    /// whether a check started.
+    fn record(
+        &mut self,
+        user: &UnixUser,
+        desired: &ManagedUser,
+        done: &UserApplied,
+        epoch: Option<u64>,
+    ) -> bool {
+        if !done.warnings.is_empty() {
+            tracing::warn!(user = %user, warnings = ?done.warnings, "applied with warnings");
+        }
+        self.results.insert(
+            user.to_string(),
+            UserResult {
+                user: user.to_string(),
+                error: String::new(),
+                fingerprints: done.fingerprints.clone(),
+                changed: done.changed,
+                sessions_ended: 0,
+                set_aside: done.set_aside.clone(),
+                warnings: done.warnings.clone(),
+            },
+        );
+        self.observed
+            .insert(user.to_string(), done.fingerprints.clone());
+        let now = Utc::now();
+        let valid = ValidKeys::of(desired, done);
+        let valid_now = valid.at(now);
+        let lost = self
+            .valid
+            .get(user.as_str())
+            .is_some_and(|before| before.at(now).iter().any(|fp| !valid_now.contains(fp)));
+        self.valid.insert(user.to_string(), valid);
+        if epoch.is_some() || lost || !done.added.is_empty() {
+            self.sessions.check(SessionCheck {
+                user: user.clone(),
+                valid: valid_now,
+                epoch,
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Records a failed write and schedules its retry.
+    fn failed(&mut self, user: &UnixUser, error: String) {
+        let wait = self
+            .retry_wait
+            .get(user)
+            .map_or(RETRY_FIRST, |w| (*w * 2).min(RETRY_MAX));
+        self.retry_wait.insert(user.clone(), wait);
+        let at = Instant::now() + wait;
+        let due = self.due.entry(user.clone()).or_insert(at);
+        *due = (*due).min(at);
+        let result = self
+            .results
+            .entry(user.to_string())
+            .or_insert_with(|| UserResult {
+                user: user.to_string(),
+                ..UserResult::default()
+            });
+        result.error = error;
+        result.changed = false;
+    }
+
+    /// A session check finished; `true` when the user's result changed (sessions ended, or a
+    /// failure came or went).
+    fn on_sessions_done(&mut self, done: SessionDone) -> bool {
+        let result = self
+            .results
+            .entry(done.user.to_string())
+            .or_insert_with(|| UserResult {
+                user: done.user.to_string(),
+                ..UserResult::default()
+            });
+        let before = (result.sessions_ended, result.warnings.len());
+        match done.result {
+            Ok(n) => {
+                tracing::info!(user = %done.user, sessions = n, epoch = ?done.epoch, "checked sessions");
+                result.sessions_ended = result.sessions_ended.saturating_add(n);
+                result.warnings.retain(|w| !w.starts_with(SESSIONS_WARNING));
+                if let Some(epoch) = done.epoch {
+                    self.epochs.insert(done.user.to_string(), epoch);
+                    let (dir, epochs) = (self.dir.clone(), self.epochs.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = dir.store_epochs(&epochs) {
+                            tracing::error!(error = %e, "cannot store the session epochs");
+                        }
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(user = %done.user, error = %e, "cannot end sessions");
+                result.warnings.push(format!("{SESSIONS_WARNING}{e}"));
+            }
+        }
+        (result.sessions_ended, result.warnings.len()) != before
+    }
+
+    /// Sends every user's current result as an `Applied` for the applied generation: how the
+    /// control plane learns of results that came after the state's answer.
+    fn send_results(&mut self, link: &mut Link) {
+        if self.status.applied_generation == 0 || self.results.is_empty() {
+            return;
+        }
+        let users = self.results.values().cloned().collect();
+        link.send(message(agent_message::Msg::Applied(Applied {
+            generation: self.status.applied_generation,
+            users,
+        })));
+    }
+
+    /// Queues users whose file changed on disk for repair: at once, or when their
+    /// [`REPAIR_INTERVAL`] since the last repair is over.
     async fn on_watch(
         &mut self,
         first: UnixUser,
@@ -541,19 +887,50 @@ impl Agent {
                 users.insert(u);
             }
         }
+        let now = Instant::now();
         for user in users {
-            let Some(report) = self.repair(&user).await else {
-                continue;
-            };
-            tracing::warn!(user = %user, added = ?report.added, removed = ?report.removed, "repaired an outside edit");
-            if !link.send(message(agent_message::Msg::Drift(report.clone()))) {
-                self.pending_drift.insert(user.to_string(), report);
+            let at = self
+                .repaired_at
+                .get(&user)
+                .map_or(now, |last| (*last + REPAIR_INTERVAL).max(now));
+            let due = self.due.entry(user).or_insert(at);
+            *due = (*due).min(at);
+        }
+        self.on_due(link).await;
+    }
+
+    /// Repairs the users whose time has come (an outside edit, or a retry).
+    async fn on_due(&mut self, link: &mut Link) {
+        let now = Instant::now();
+        let ready: Vec<UnixUser> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(u, _)| u.clone())
+            .collect();
+        let mut changed = false;
+        for user in ready {
+            self.due.remove(&user);
+            self.repaired_at.insert(user.clone(), now);
+            let before = self.results.get(user.as_str()).cloned();
+            if let Some(report) = self.repair(&user).await {
+                tracing::warn!(user = %user, added = ?report.added, removed = ?report.removed, "repaired an outside edit");
+                if !link.send(message(agent_message::Msg::Drift(report.clone()))) {
+                    self.pending_drift.insert(user.to_string(), report);
+                }
             }
+            let status = |r: Option<&UserResult>| {
+                r.map(|r| (r.error.clone(), r.warnings.clone(), r.set_aside.clone()))
+            };
+            changed |= status(self.results.get(user.as_str())) != status(before.as_ref());
+        }
+        if changed {
+            self.send_results(link);
         }
     }
 
+    /// Re-applies the last state for `user`; the drift it repaired, if any.
     async fn repair(&mut self, user: &UnixUser) -> Option<DriftReport> {
-        let mode = self.config.mode_of(user.as_str())?;
         let desired = self
             .last
             .as_ref()?
@@ -562,26 +939,42 @@ impl Agent {
             .iter()
             .find(|u| u.user == user.as_str())?
             .clone();
-        let applier = Arc::clone(&self.applier);
-        let u = user.clone();
-        match tokio::task::spawn_blocking(move || applier.apply_user(&u, mode, &desired)).await {
-            Ok(Ok(done)) => {
-                self.observed.insert(user.to_string(), done.fingerprints);
-                (!done.added.is_empty() || !done.removed.is_empty()).then(|| DriftReport {
-                    user: user.to_string(),
-                    added: done.added,
-                    removed: done.removed,
-                    detected_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                })
+        let done = self.write(user, &desired).await?;
+        self.record(user, &desired, &done, None);
+        (!done.added.is_empty() || !done.removed.is_empty()).then(|| DriftReport {
+            user: user.to_string(),
+            added: done.added,
+            removed: done.removed,
+            detected_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+    }
+
+    /// When a managed key's grace period next ends.
+    fn next_expiry(&self) -> Option<chrono::DateTime<Utc>> {
+        let now = Utc::now();
+        self.valid.values().filter_map(|v| v.next_expiry(now)).min()
+    }
+
+    /// A grace period ended: sshd refuses the key from now on (its `expiry-time`); the sessions
+    /// it opened end too.
+    fn on_expiry(&mut self) {
+        let now = Utc::now();
+        let mut checks = Vec::new();
+        for (user, valid) in &self.valid {
+            let expired = valid.0.values().flatten().any(|t| *t <= now);
+            if expired && let Ok(user) = user.parse::<UnixUser>() {
+                let mut keep = valid.clone();
+                keep.0.retain(|_, t| t.is_none_or(|t| t > now));
+                checks.push((user, keep));
             }
-            Ok(Err(e)) => {
-                tracing::warn!(user = %user, error = %e, "cannot repair an outside edit");
-                None
-            }
-            Err(e) => {
-                tracing::error!(user = %user, error = %e, "the repair task failed");
-                None
-            }
+        }
+        for (user, keep) in checks {
+            self.sessions.check(SessionCheck {
+                user: user.clone(),
+                valid: keep.at(now),
+                epoch: None,
+            });
+            self.valid.insert(user.to_string(), keep);
         }
     }
 
@@ -612,11 +1005,4 @@ impl Agent {
             stream.renew_at = self.renew_instant();
         }
     }
-}
-
-fn append_error(error: &mut String, more: &str) {
-    if !error.is_empty() {
-        error.push_str("; ");
-    }
-    error.push_str(more);
 }

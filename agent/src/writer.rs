@@ -7,10 +7,16 @@
 //!
 //! 1. [`walk`] opens `/`, every component of the home, `.ssh` and `authorized_keys` one at a time
 //!    with `openat(.., O_NOFOLLOW)` relative to the directory fd before it, and checks what it
-//!    opened with `fstat` on the fd: no symlink anywhere; home and `.ssh` owned by the user or
-//!    root and not writable by group or other (sshd's `StrictModes`); `authorized_keys` a
-//!    regular file with a single link. Anything else is a [`WriteError::Refused`] naming the
-//!    path and the reason, and nothing is read or written.
+//!    opened with `fstat` on the fd: no symlink on the way to the home; home and `.ssh` owned by
+//!    the user or root and not writable by group or other (sshd's `StrictModes`). Anything else
+//!    is a [`WriteError::Refused`] naming the path and the reason, and nothing is read or
+//!    written. What the user can plant *at* `.ssh` or `authorized_keys` to pin a stale file
+//!    (sshd follows links; a hard link makes a file keyward will not read) is not a reason to
+//!    give up, since then a revocation would never land: a link or non-directory at `.ssh` is
+//!    moved aside and a new `.ssh` made; an `authorized_keys` that is a symlink, has several
+//!    hard links, is not a regular file or belongs to another user is replaced by rename
+//!    without being read (the other name keeps the old inode, which harms no one). Both are
+//!    reported as warnings. Only a regular, single-link file of the user's (or root's) is read.
 //! 2. The new content is [`keyward_common::authorized_keys::merge`]d from what was read through
 //!    the verified fd. If it equals the current file (and owner and mode are right), nothing
 //!    happens.
@@ -24,6 +30,7 @@
 //! one task): the stale temp file cleanup of one could remove the other's temp file, which would
 //! make that apply fail (safely, with the old file in place).
 
+mod aside;
 mod commit;
 mod walk;
 
@@ -34,25 +41,81 @@ use keyward_common::{Fingerprint, UnixUser};
 use nix::errno::Errno;
 use nix::unistd::{Gid, Uid, User};
 
+use walk::{Existing, Read};
+
 /// Name of the managed file inside `~/.ssh`.
 pub const AUTHORIZED_KEYS: &str = "authorized_keys";
 /// Prefix of the writer's temp files in `~/.ssh`; leftovers are removed by the next apply.
 pub const TEMP_PREFIX: &str = ".keyward-tmp-";
-/// Largest existing file read in [`Mode::Preserve`]. sshd has no limit, but a user could grow
-/// their file to exhaust the agent's memory; past this size the write is refused and reported.
-pub const MAX_EXISTING_SIZE: u64 = 4 << 20;
+/// Where a [`Mode::Preserve`] file over its [`PreserveLimits`] is moved (it is the user's own; it
+/// stays theirs, and keyward's file then holds only managed keys).
+pub const OVERSIZED: &str = "authorized_keys.keyward-oversized";
+
+pub use aside::{MAX_SET_ASIDE, SET_ASIDE, SetAside};
+pub use walk::MOVED_SSH;
+
+/// How much of a user's own file is kept line by line in [`Mode::Preserve`] (`[preserve]` in the
+/// agent's configuration). sshd has no limit, but every byte is read and merged on every outside
+/// edit: a file past either limit is moved to [`OVERSIZED`] unread, and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreserveLimits {
+    pub max_bytes: u64,
+    pub max_lines: usize,
+}
+
+impl Default for PreserveLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1 << 20,
+            max_lines: 10_000,
+        }
+    }
+}
+
+/// What one user's file must hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Desired<'a> {
+    pub mode: Mode,
+    pub keys: &'a [ManagedKey],
+    /// Keys removed even from the user's own lines.
+    pub denied: &'a [Fingerprint],
+    /// The user is revoked: no line at all; in [`Mode::Preserve`] the user's own lines are set
+    /// aside ([`SET_ASIDE`]).
+    pub revoked: bool,
+    pub limits: PreserveLimits,
+}
+
+impl<'a> Desired<'a> {
+    /// Managed keys only, nothing revoked, default limits.
+    pub fn new(mode: Mode, keys: &'a [ManagedKey], denied: &'a [Fingerprint]) -> Self {
+        Self {
+            mode,
+            keys,
+            denied,
+            revoked: false,
+            limits: PreserveLimits::default(),
+        }
+    }
+}
 
 /// What an apply did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
     /// The file was (re)written. `false` when content, owner and mode were already right.
     pub changed: bool,
     /// Fingerprints of the managed keys now in the file, in file order.
     pub fingerprints: Vec<Fingerprint>,
+    /// Fingerprints of the user's own keys now in the file ([`Mode::Preserve`]).
+    pub own: Vec<Fingerprint>,
     /// Fingerprints of every key line in the file before this apply, and whether each was
-    /// managed: the "before" half of a drift report. Empty when there was no file, or when an
-    /// [`Mode::Exclusive`] file over [`MAX_EXISTING_SIZE`] was replaced without being read.
+    /// managed: the "before" half of a drift report. Empty when there was no file, or when it was
+    /// replaced without being read.
     pub previous: Vec<(Fingerprint, bool)>,
+    /// Applied, but worth an admin's attention (see the module docs).
+    pub warnings: Vec<String>,
+    /// The set-aside file's keys ([`Mode::Preserve`]).
+    pub set_aside: SetAside,
 }
 
 /// A resolved local account: whose file, where, owned by whom.
@@ -139,8 +202,13 @@ pub fn apply(
     keys: &[ManagedKey],
     denied: &[Fingerprint],
 ) -> Result<ApplyOutcome, WriteError> {
+    apply_desired(user, &Desired::new(mode, keys, denied))
+}
+
+/// Makes `user`'s file what `desired` says.
+pub fn apply_desired(user: &UnixUser, desired: &Desired<'_>) -> Result<ApplyOutcome, WriteError> {
     let account = resolve(user)?;
-    apply_in_home(&account.home, account.uid, account.gid, mode, keys, denied)
+    apply_desired_in_home(&account.home, account.uid, account.gid, desired)
 }
 
 /// [`apply`] for an explicit home directory and owner (tests, and callers that resolved the
@@ -153,17 +221,80 @@ pub fn apply_in_home(
     keys: &[ManagedKey],
     denied: &[Fingerprint],
 ) -> Result<ApplyOutcome, WriteError> {
+    apply_desired_in_home(home, uid, gid, &Desired::new(mode, keys, denied))
+}
+
+/// [`apply_desired`] for an explicit home directory and owner.
+pub fn apply_desired_in_home(
+    home: &Path,
+    uid: Uid,
+    gid: Gid,
+    desired: &Desired<'_>,
+) -> Result<ApplyOutcome, WriteError> {
     let dirs = walk::open_ssh_dir(home, uid, gid)?;
     let ssh_path = home.join(".ssh");
     let file_path = ssh_path.join(AUTHORIZED_KEYS);
     let current = walk::open_authorized_keys(&dirs.ssh, &file_path, uid)?;
     // Only once nothing was refused: a refusal leaves `.ssh` exactly as it was.
     commit::remove_stale_temp_files(&dirs.ssh, &ssh_path);
-    // Exclusive mode ignores the old content, so an oversized file there is simply replaced;
-    // preserve mode must keep its lines and refuses it.
-    let existing = match &current {
-        Some(file) => walk::read_current(file, &file_path, mode == Mode::Preserve)?,
-        None => None,
+    let preserve = desired.mode == Mode::Preserve;
+    let mut warnings: Vec<String> = dirs.moved.iter().cloned().collect();
+    let (existing, readable) = match current {
+        Existing::Missing => (None, None),
+        Existing::Unsafe(reason) => {
+            warnings.push(format!(
+                "{}: {reason}; replaced without reading it{}",
+                file_path.display(),
+                if preserve {
+                    " (the user's own lines in it were not kept; another name of it keeps them)"
+                } else {
+                    ""
+                }
+            ));
+            (None, None)
+        }
+        Existing::Readable(file) => {
+            let limits = desired.limits;
+            let too_large = |what: String| {
+                // Exclusive mode drops the user's lines anyway: nothing to keep or report.
+                if !preserve {
+                    return None;
+                }
+                Some(
+                    match walk::move_entry_aside(
+                        &dirs.ssh,
+                        AUTHORIZED_KEYS.as_ref(),
+                        OVERSIZED.as_ref(),
+                        false,
+                    ) {
+                        Ok(()) => format!(
+                            "{}: {what}, more than keyward keeps line by line; moved to {OVERSIZED}, the file now holds keyward's keys only",
+                            file_path.display()
+                        ),
+                        Err(errno) => format!(
+                            "{}: {what}, more than keyward keeps line by line, and moving it to {OVERSIZED} failed ({errno}); replaced",
+                            file_path.display()
+                        ),
+                    },
+                )
+            };
+            match walk::read_current(&file, &file_path, limits.max_bytes)? {
+                Read::Content(bytes)
+                    if preserve && bytes.split(|&b| b == b'\n').count() > limits.max_lines + 1 =>
+                {
+                    warnings.extend(too_large(format!("more than {} lines", limits.max_lines)));
+                    (None, None)
+                }
+                Read::Content(bytes) => (Some(bytes), Some(file)),
+                Read::TooLarge(size) => {
+                    warnings.extend(too_large(format!(
+                        "{size} bytes (limit {})",
+                        limits.max_bytes
+                    )));
+                    (None, None)
+                }
+            }
+        }
     };
     // Invalid UTF-8 can only be in comments or junk lines (key fields are ASCII); decoding lossily
     // keeps the user's keys working rather than letting a stray byte block every update,
@@ -172,29 +303,48 @@ pub fn apply_in_home(
         .as_deref()
         .map(String::from_utf8_lossy)
         .unwrap_or_default();
-    let content = authorized_keys::merge(&existing_text, keys, mode, denied)?;
-    let fingerprints = authorized_keys::fingerprints(&content)
+    let content = if desired.revoked {
+        String::new()
+    } else {
+        authorized_keys::merge(&existing_text, desired.keys, desired.mode, desired.denied)?
+    };
+    let set_aside = if !preserve {
+        SetAside::default()
+    } else if desired.revoked {
+        // The user's own lines: what a merge without managed keys keeps.
+        let own = authorized_keys::merge(&existing_text, &[], Mode::Preserve, desired.denied)?;
+        let set = aside::append(&dirs, &ssh_path, own.as_bytes())?;
+        if set.dropped > 0 {
+            warnings.push(format!(
+                "{} lines could not be set aside: {SET_ASIDE} is full ({MAX_SET_ASIDE} bytes)",
+                set.dropped
+            ));
+        }
+        set
+    } else {
+        aside::current(&dirs.ssh, &ssh_path)?
+    };
+    let (managed_now, own_now): (Vec<_>, Vec<_>) = authorized_keys::fingerprints(&content)
         .into_iter()
-        .filter_map(|(fp, managed)| managed.then_some(fp))
-        .collect();
+        .partition(|(_, managed)| *managed);
+    let fingerprints = managed_now.into_iter().map(|(fp, _)| fp).collect();
+    let own = own_now.into_iter().map(|(fp, _)| fp).collect();
     let previous = authorized_keys::fingerprints(&existing_text);
 
-    let up_to_date = current.as_ref().is_some_and(|file| {
+    let up_to_date = readable.as_ref().is_some_and(|file| {
         existing.as_deref() == Some(content.as_bytes())
             && file.stat.st_uid == uid.as_raw()
             && file.stat.st_mode & 0o7777 == 0o600
     });
-    if up_to_date {
-        return Ok(ApplyOutcome {
-            changed: false,
-            fingerprints,
-            previous,
-        });
+    if !up_to_date {
+        commit::replace(&dirs, &ssh_path, uid, gid, content.as_bytes())?;
     }
-    commit::replace(&dirs, &ssh_path, uid, gid, content.as_bytes())?;
     Ok(ApplyOutcome {
-        changed: true,
+        changed: !up_to_date,
         fingerprints,
+        own,
         previous,
+        warnings,
+        set_aside,
     })
 }

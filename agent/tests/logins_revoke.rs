@@ -57,6 +57,7 @@ fn desired(
                 .collect(),
             denied_fingerprints: denied.iter().map(|k| k.fingerprint().to_string()).collect(),
             session_epoch: epoch,
+            revoked: false,
         }],
     }
 }
@@ -110,7 +111,7 @@ async fn revoking_a_key_ends_only_the_session_it_opened() {
     config.logins = LoginsConfig::file(&sshd.log);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let deps = RuntimeDeps {
-        applier: Arc::new(SystemApplier),
+        applier: Arc::new(SystemApplier::default()),
         watch_events: None,
         notifier: None,
         status: None,

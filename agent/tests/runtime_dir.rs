@@ -32,6 +32,7 @@ fn desired(generation: u64, key: &GeneratedKey) -> DesiredState {
         }],
         denied_fingerprints: vec![],
         session_epoch: 0,
+        revoked: false,
     };
     DesiredState {
         host_id: HOST_ID.into(),

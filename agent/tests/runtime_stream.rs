@@ -255,12 +255,20 @@ async fn drift_is_repaired_and_reported_or_queued_until_connected() {
     let fake = agent.fake.clone();
     eventually("the repair", || applies(&fake.calls()) == 3).await;
     assert_eq!(
-        fake.calls().last(),
-        Some(&Call::Apply {
+        fake.calls()
+            .into_iter()
+            .rfind(|c| matches!(c, Call::Apply { .. })),
+        Some(Call::Apply {
             user: "kwadmin".into(),
             mode: UserMode::Exclusive
         })
     );
+    // A line removed that must not have been there may have been used to log in in the moment
+    // before: the user's sessions are checked.
+    let checked = Call::EndSessions {
+        user: "kwadmin".into(),
+    };
+    eventually("the session check", || fake.calls().contains(&checked)).await;
 
     let mut hub = TestHub::start_on(&pki, addr).await;
     let mut s = hub.session().await;

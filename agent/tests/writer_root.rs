@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use keyward_agent::writer::{self, Refusal, WriteError};
-use keyward_common::authorized_keys::{self, Mode};
+use keyward_common::authorized_keys::{self, ManagedKey, Mode};
 use keyward_common::keys::KeyKind;
 use support::{TestUser, homes_dir, managed_key};
 
@@ -36,6 +36,33 @@ fn assert_refused(result: Result<writer::ApplyOutcome, WriteError>, path: &Path,
             path.display()
         ),
     }
+}
+
+/// The file now holds exactly `key`'s managed line, as a regular single-link file of the user,
+/// and the outcome warns with `warning`.
+fn assert_replaced(
+    outcome: &writer::ApplyOutcome,
+    user: &TestUser,
+    key: &ManagedKey,
+    warning: &str,
+) {
+    let meta = fs::symlink_metadata(user.authorized_keys()).unwrap();
+    assert!(meta.is_file(), "{meta:?}");
+    assert_eq!(
+        (meta.nlink(), meta.uid(), meta.mode() & 0o7777),
+        (1, user.uid, 0o600)
+    );
+    let expected = format!("{}\n", authorized_keys::render_line(key).unwrap());
+    assert_eq!(
+        fs::read_to_string(user.authorized_keys()).unwrap(),
+        expected
+    );
+    assert!(outcome.changed);
+    assert!(
+        outcome.warnings.iter().any(|w| w.contains(warning)),
+        "no warning with {warning:?}: {:?}",
+        outcome.warnings
+    );
 }
 
 /// A root-owned file in a root-only directory, standing in for /etc/shadow.
@@ -178,54 +205,51 @@ fn a_missing_user_is_reported() {
 }
 
 #[test]
-fn authorized_keys_symlinked_to_a_root_file_is_refused_and_the_file_is_not_read() {
+fn authorized_keys_symlinked_to_a_root_file_is_replaced_and_the_file_is_not_read() {
+    // sshd follows the link: leaving it (refusing to write) would pin whatever it points at.
     let homes = homes_dir();
     let user = TestUser::create("sym", homes.path());
     let secret = secret_file(homes.path());
     fs::create_dir(user.ssh_dir()).unwrap();
     user.own(&user.ssh_dir());
-    symlink(&secret.path, user.authorized_keys()).unwrap();
-    user.own(&user.authorized_keys());
 
     let (_, key) = managed_key(KeyKind::Tenant, 1);
     for mode in [Mode::Preserve, Mode::Exclusive] {
-        let result = writer::apply(&user.name, mode, std::slice::from_ref(&key), &[]);
-        assert_refused(result, &user.authorized_keys(), Refusal::Symlink);
-        assert!(
-            fs::symlink_metadata(user.authorized_keys())
-                .unwrap()
-                .is_symlink()
-        );
+        symlink(&secret.path, user.authorized_keys()).unwrap();
+        user.own(&user.authorized_keys());
+        let outcome = writer::apply(&user.name, mode, std::slice::from_ref(&key), &[]).unwrap();
+        assert_replaced(&outcome, &user, &key, "symbolic link");
+        assert!(outcome.previous.is_empty(), "the link's target was read");
+        fs::remove_file(user.authorized_keys()).unwrap();
     }
     assert_untouched(&secret);
     let leftovers: Vec<_> = fs::read_dir(user.ssh_dir()).unwrap().flatten().collect();
-    assert_eq!(leftovers.len(), 1, "temp files left: {leftovers:?}");
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 }
 
 #[test]
-fn authorized_keys_hard_linked_to_another_file_is_refused_and_that_file_untouched() {
+fn authorized_keys_hard_linked_to_another_file_is_replaced_and_that_file_untouched() {
+    // A hard link once made every write refused while sshd kept reading the stale file.
     let homes = homes_dir();
     let user = TestUser::create("hln", homes.path());
     let victim = secret_file(homes.path());
     fs::create_dir(user.ssh_dir()).unwrap();
     user.own(&user.ssh_dir());
-    fs::hard_link(&victim.path, user.authorized_keys()).unwrap();
 
     let (_, key) = managed_key(KeyKind::Tenant, 1);
     for mode in [Mode::Preserve, Mode::Exclusive] {
-        let result = writer::apply(&user.name, mode, std::slice::from_ref(&key), &[]);
-        assert_refused(
-            result,
-            &user.authorized_keys(),
-            Refusal::HardLinked { links: 2 },
-        );
+        fs::hard_link(&victim.path, user.authorized_keys()).unwrap();
+        let outcome = writer::apply(&user.name, mode, std::slice::from_ref(&key), &[]).unwrap();
+        assert_replaced(&outcome, &user, &key, "2 hard links");
+        assert!(outcome.previous.is_empty(), "the linked file was read");
+        assert_eq!(fs::metadata(&victim.path).unwrap().nlink(), 1);
+        fs::remove_file(user.authorized_keys()).unwrap();
     }
-    assert_eq!(fs::metadata(&victim.path).unwrap().nlink(), 2);
     assert_untouched(&victim);
 }
 
 #[test]
-fn ssh_dir_symlinked_to_another_users_ssh_is_refused_and_theirs_untouched() {
+fn ssh_dir_symlinked_to_another_users_ssh_is_moved_aside_and_theirs_untouched() {
     let homes = homes_dir();
     let victim = TestUser::create("vic", homes.path());
     let attacker = TestUser::create("att", homes.path());
@@ -241,12 +265,21 @@ fn ssh_dir_symlinked_to_another_users_ssh_is_refused_and_theirs_untouched() {
     let before = fs::read(victim.authorized_keys()).unwrap();
     let before_ino = fs::metadata(victim.authorized_keys()).unwrap().ino();
 
-    symlink(victim.ssh_dir(), attacker.ssh_dir()).unwrap();
-    attacker.own(&attacker.ssh_dir());
+    let moved = attacker.home.join(writer::MOVED_SSH);
     for mode in [Mode::Preserve, Mode::Exclusive] {
+        symlink(victim.ssh_dir(), attacker.ssh_dir()).unwrap();
+        attacker.own(&attacker.ssh_dir());
         let keys = std::slice::from_ref(&attacker_key);
-        let result = writer::apply(&attacker.name, mode, keys, &[]);
-        assert_refused(result, &attacker.ssh_dir(), Refusal::Symlink);
+        let outcome = writer::apply(&attacker.name, mode, keys, &[]).unwrap();
+        assert!(fs::symlink_metadata(attacker.ssh_dir()).unwrap().is_dir());
+        assert_replaced(
+            &outcome,
+            &attacker,
+            &attacker_key,
+            "moved to .ssh.keyward-moved",
+        );
+        assert!(fs::symlink_metadata(&moved).unwrap().is_symlink());
+        fs::remove_dir_all(attacker.ssh_dir()).unwrap();
     }
     assert_eq!(fs::read(victim.authorized_keys()).unwrap(), before);
     assert_eq!(
@@ -297,22 +330,28 @@ fn unsafe_homes_and_ssh_dirs_are_refused() {
     );
     user.own(&user.ssh_dir());
 
-    // `authorized_keys` as a FIFO (must not block the agent) and as a directory.
+    // `authorized_keys` as a FIFO (must not block the agent): replaced unread. As a directory
+    // (which cannot be renamed over, and from which sshd reads no keys): refused.
     nix::unistd::mkfifo(&user.authorized_keys(), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    assert_refused(apply(), &user.authorized_keys(), Refusal::NotARegularFile);
+    let outcome = apply().unwrap();
+    assert_replaced(&outcome, &user, &keys[0], "not a regular file");
     fs::remove_file(user.authorized_keys()).unwrap();
     fs::create_dir(user.authorized_keys()).unwrap();
     assert_refused(apply(), &user.authorized_keys(), Refusal::NotARegularFile);
     fs::remove_dir(user.authorized_keys()).unwrap();
 
-    // Another user's file moved in (its lines would be copied into this user's file).
+    // Another user's file moved in: its lines are not copied into this user's file, and it is
+    // replaced.
     fs::write(user.authorized_keys(), "# theirs\n").unwrap();
     other.own(&user.authorized_keys());
-    assert_refused(
-        apply(),
-        &user.authorized_keys(),
-        Refusal::WrongOwner { uid: other.uid },
+    let outcome = apply().unwrap();
+    assert_replaced(
+        &outcome,
+        &user,
+        &keys[0],
+        &format!("owned by uid {}", other.uid),
     );
+    assert!(outcome.previous.is_empty());
     fs::remove_file(user.authorized_keys()).unwrap();
 
     // The home reached through a symlink.
@@ -353,32 +392,114 @@ fn stale_temp_files_are_removed_without_following_them() {
 }
 
 #[test]
-fn an_oversized_file_is_refused_in_preserve_mode_and_replaced_in_exclusive_mode() {
+fn an_oversized_file_is_moved_aside_in_preserve_mode_and_replaced_in_exclusive_mode() {
     let homes = homes_dir();
     let user = TestUser::create("big", homes.path());
     fs::create_dir(user.ssh_dir()).unwrap();
     user.own(&user.ssh_dir());
-    let big = vec![b'#'; usize::try_from(writer::MAX_EXISTING_SIZE).unwrap() + 1];
-    fs::write(user.authorized_keys(), &big).unwrap();
-    user.own(&user.authorized_keys());
+    let limits = writer::PreserveLimits::default();
     let (_, key) = managed_key(KeyKind::Admin, 1);
     let keys = std::slice::from_ref(&key);
+    let oversized = user.ssh_dir().join(writer::OVERSIZED);
 
-    let result = writer::apply(&user.name, Mode::Preserve, keys, &[]);
-    let size = writer::MAX_EXISTING_SIZE + 1;
-    let max = writer::MAX_EXISTING_SIZE;
-    assert_refused(
-        result,
-        &user.authorized_keys(),
-        Refusal::TooLarge { size, max },
-    );
-    assert_eq!(fs::metadata(user.authorized_keys()).unwrap().len(), size);
+    // Too many bytes, then too many (short) lines: moved aside unread, the user's own file.
+    let big = vec![b'#'; usize::try_from(limits.max_bytes).unwrap() + 1];
+    let many = "#\n".repeat(limits.max_lines + 1).into_bytes();
+    for (content, warning) in [(big, "bytes"), (many, "lines")] {
+        fs::write(user.authorized_keys(), &content).unwrap();
+        user.own(&user.authorized_keys());
+        let outcome = writer::apply(&user.name, Mode::Preserve, keys, &[]).unwrap();
+        assert_replaced(&outcome, &user, &key, warning);
+        assert!(
+            outcome.warnings[0].contains(writer::OVERSIZED),
+            "{:?}",
+            outcome.warnings
+        );
+        assert_eq!(fs::read(&oversized).unwrap(), content);
+        assert_eq!(fs::metadata(&oversized).unwrap().uid(), user.uid);
+    }
+    fs::remove_file(&oversized).unwrap();
 
+    // Exclusive mode drops the user's lines anyway: replaced, nothing to keep or say.
+    let big = vec![b'#'; usize::try_from(limits.max_bytes).unwrap() + 1];
+    fs::write(user.authorized_keys(), &big).unwrap();
+    user.own(&user.authorized_keys());
     let outcome = writer::apply(&user.name, Mode::Exclusive, keys, &[]).unwrap();
-    assert!(outcome.changed && outcome.previous.is_empty());
+    assert!(outcome.changed && outcome.previous.is_empty() && outcome.warnings.is_empty());
+    assert!(!oversized.exists());
     let expected = format!("{}\n", authorized_keys::render_line(&key).unwrap());
     assert_eq!(
         fs::read_to_string(user.authorized_keys()).unwrap(),
         expected
     );
+}
+
+#[test]
+fn revoke_empties_the_file_and_sets_the_users_own_lines_aside() {
+    let homes = homes_dir();
+    let user = TestUser::create("rvk", homes.path());
+    let (_, managed) = managed_key(KeyKind::Tenant, 1);
+    let (own_key, _) = managed_key(KeyKind::Tenant, 2);
+    let (denied_key, _) = managed_key(KeyKind::Tenant, 3);
+    let denied = [denied_key.fingerprint().clone()];
+    fs::create_dir(user.ssh_dir()).unwrap();
+    user.own(&user.ssh_dir());
+    let own_line = format!("{} planted-with-a-leaked-key", own_key.public_openssh());
+    let users_lines = format!("# mine\n{own_line}\n{}\n", denied_key.public_openssh());
+    fs::write(user.authorized_keys(), &users_lines).unwrap();
+    user.own(&user.authorized_keys());
+    writer::apply(
+        &user.name,
+        Mode::Preserve,
+        std::slice::from_ref(&managed),
+        &denied,
+    )
+    .unwrap();
+
+    let revoked = writer::Desired {
+        revoked: true,
+        ..writer::Desired::new(Mode::Preserve, &[], &denied)
+    };
+    let outcome = writer::apply_desired(&user.name, &revoked).unwrap();
+    assert!(outcome.changed);
+    assert_eq!(
+        fs::read(user.authorized_keys()).unwrap(),
+        b"",
+        "no line at all"
+    );
+    assert!(outcome.own.is_empty() && outcome.fingerprints.is_empty());
+    let aside = user.ssh_dir().join(writer::SET_ASIDE);
+    // The user's own lines (not keyward's, not the denied key's), readable but not theirs.
+    assert_eq!(
+        fs::read_to_string(&aside).unwrap(),
+        format!("# mine\n{own_line}\n")
+    );
+    let meta = fs::metadata(&aside).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o644));
+    assert_eq!(
+        outcome.set_aside.keys,
+        vec![own_key.fingerprint().to_string()]
+    );
+
+    // The user writes its key back: the next apply sets nothing aside twice.
+    fs::write(user.authorized_keys(), format!("{own_line}\n")).unwrap();
+    user.own(&user.authorized_keys());
+    let again = writer::apply_desired(&user.name, &revoked).unwrap();
+    assert_eq!(fs::read(user.authorized_keys()).unwrap(), b"");
+    assert_eq!(
+        fs::read_to_string(&aside).unwrap(),
+        format!("# mine\n{own_line}\n")
+    );
+    assert_eq!(again.set_aside.keys.len(), 1);
+
+    // Regenerated: the file holds the new key; the set-aside file stays and is still listed.
+    let back = writer::apply(
+        &user.name,
+        Mode::Preserve,
+        std::slice::from_ref(&managed),
+        &denied,
+    )
+    .unwrap();
+    assert_eq!(back.set_aside.keys, vec![own_key.fingerprint().to_string()]);
+    assert!(aside.exists());
 }

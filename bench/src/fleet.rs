@@ -193,6 +193,7 @@ impl Fleet {
             logins: keyward_agent::config::LoginsConfig::off(),
             grpc_url: None,
             host_key_dir: self.host_key_dir.clone(),
+            preserve: Default::default(),
         };
         Ok(SimHost {
             index,

@@ -25,7 +25,7 @@ async function load(container, path, signal) {
 export function hostStatus(host) {
   if (host.status === 'revoked') return ['revoked', 'bad', 'revoked'];
   if (host.status === 'pending') return ['not enrolled', 'off', 'not_enrolled'];
-  if (host.lastError) return ['error', 'bad', 'error'];
+  if (host.status === 'degraded') return ['degraded', 'bad', 'degraded'];
   if (host.status === 'applying') return ['pending', 'warn', 'pending'];
   return ['in sync', 'ok', 'in_sync'];
 }
@@ -35,7 +35,9 @@ function appliedKeys(users) {
   return users.map((u) => h('div', {},
     h('strong', {}, `${u.user}: `),
     u.error ? h('span', { class: 'badge bad' }, u.error)
-      : (u.fingerprints || []).length ? u.fingerprints.join(', ') : 'no keys'));
+      : (u.fingerprints || []).length ? u.fingerprints.join(', ') : 'no keys',
+    (u.setAside || []).length
+      ? h('div', { class: 'hint' }, `set aside (${u.setAside.length}): ${u.setAside.join(', ')}`) : null));
 }
 
 const HOST_COLUMNS = ['Host', 'Tenant', 'Agent', 'Keys', 'Applied fingerprints', 'Drift', 'Last login', 'Agent version', 'Last seen', 'Host keys'];

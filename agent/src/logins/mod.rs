@@ -158,18 +158,7 @@ impl Logins {
         &self,
         f: impl FnOnce(&mut LoginAudit) -> R + Send + 'static,
     ) -> Option<R> {
-        let audit = Arc::clone(self.audit.as_ref()?);
-        let task = tokio::task::spawn_blocking(move || {
-            let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut audit)
-        });
-        match task.await {
-            Ok(r) => Some(r),
-            Err(error) => {
-                tracing::error!(%error, "the login audit task failed");
-                None
-            }
-        }
+        with_audit(self.audit.as_ref(), f).await
     }
 
     /// The log changed (or a read stopped at its limit): read, then send.
@@ -261,18 +250,34 @@ impl Logins {
         }
     }
 
-    /// A raised session epoch: ends `user`'s sessions opened with a key in `denied` and those the
-    /// log does not attribute (see [`revoke`]); returns how many.
-    pub(crate) async fn end_revoked_sessions(
+    /// What ends sessions, for a task of its own (the runtime's session worker).
+    pub(crate) fn session_ender(&self) -> SessionEnder {
+        SessionEnder {
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// Ends the sessions a check must end ([`revoke`]); cheap to clone into another task.
+#[derive(Debug, Clone)]
+pub struct SessionEnder {
+    audit: Option<Arc<Mutex<LoginAudit>>>,
+}
+
+impl SessionEnder {
+    /// Ends `user`'s sessions that were not opened with a key in `valid` (the keys valid for the
+    /// user now), and those the log does not attribute (see [`revoke`]); returns how many.
+    pub(crate) async fn end(
         &self,
         applier: Arc<dyn Applier>,
         user: &UnixUser,
-        denied: &[String],
+        valid: &[String],
     ) -> Result<u32, String> {
-        let attribution = self.attribution(user.as_str(), denied).await;
-        let user = user.clone();
-        let ended =
-            tokio::task::spawn_blocking(move || applier.end_revoked_sessions(&user, &attribution));
+        let attribution = self.attribution(user.as_str(), valid).await;
+        let (user, valid) = (user.clone(), valid.to_vec());
+        let ended = tokio::task::spawn_blocking(move || {
+            applier.end_revoked_sessions(&user, &attribution, &valid)
+        });
         match ended.await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(e) => Err(format!("the session task failed: {e}")),
@@ -281,9 +286,9 @@ impl Logins {
 
     /// What the log says about `user`'s open sessions, after reading it up to now (a login a
     /// moment ago is then known).
-    pub(crate) async fn attribution(&self, user: &str, denied: &[String]) -> SessionAttribution {
-        let (user, denied) = (user.to_owned(), denied.to_vec());
-        self.with_audit(move |a| {
+    pub(crate) async fn attribution(&self, user: &str, valid: &[String]) -> SessionAttribution {
+        let (user, valid) = (user.to_owned(), valid.to_vec());
+        with_audit(self.audit.as_ref(), move |a| {
             for _ in 0..CATCH_UP_STEPS {
                 match a.read_available(READ_LINES) {
                     Ok(outcome) if outcome.more => {}
@@ -294,10 +299,35 @@ impl Logins {
                     }
                 }
             }
-            a.attribution(&user, &denied)
+            let mut attribution = a.attribution(&user, &[]);
+            // A session opened with a key that is not valid now counts as a denied key's.
+            for session in &mut attribution.sessions {
+                session.denied =
+                    !session.fingerprint.is_empty() && !valid.contains(&session.fingerprint);
+            }
+            attribution
         })
         .await
         .unwrap_or_else(SessionAttribution::unknown)
+    }
+}
+
+/// Runs `f` on the audit (when there is one) on a blocking thread.
+async fn with_audit<R: Send + 'static>(
+    audit: Option<&Arc<Mutex<LoginAudit>>>,
+    f: impl FnOnce(&mut LoginAudit) -> R + Send + 'static,
+) -> Option<R> {
+    let audit = Arc::clone(audit?);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut audit = audit.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut audit)
+    });
+    match task.await {
+        Ok(r) => Some(r),
+        Err(error) => {
+            tracing::error!(%error, "the login audit task failed");
+            None
+        }
     }
 }
 

@@ -24,29 +24,48 @@ pub(super) fn replace(
     gid: Gid,
     content: &[u8],
 ) -> Result<(), WriteError> {
+    let owner = Owner {
+        uid,
+        gid,
+        perm: Perm::S_IRUSR | Perm::S_IWUSR,
+    };
+    replace_file(dirs, ssh_path, AUTHORIZED_KEYS, owner, content)
+}
+
+/// Who a file written by [`replace_file`] belongs to, and its mode.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Owner {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub perm: Perm,
+}
+
+/// [`replace`] for any file `name` in `.ssh`, with the given owner and mode.
+pub(super) fn replace_file(
+    dirs: &Dirs,
+    ssh_path: &Path,
+    name: &str,
+    owner: Owner,
+    content: &[u8],
+) -> Result<(), WriteError> {
     let temp = TempFile::create(dirs.ssh.as_fd(), ssh_path)?;
     let shown = ssh_path.join(&temp.name);
     write_all(&temp.fd, content).map_err(|errno| io("write", &shown, errno))?;
-    fchown(&temp.fd, Some(uid), Some(gid)).map_err(|errno| io("fchown", &shown, errno))?;
-    fchmod(&temp.fd, Perm::S_IRUSR | Perm::S_IWUSR).map_err(|errno| io("fchmod", &shown, errno))?;
+    fchown(&temp.fd, Some(owner.uid), Some(owner.gid))
+        .map_err(|errno| io("fchown", &shown, errno))?;
+    fchmod(&temp.fd, owner.perm).map_err(|errno| io("fchmod", &shown, errno))?;
     fsync(&temp.fd).map_err(|errno| io("fsync", &shown, errno))?;
-    // Both names are relative to the verified `.ssh` fd: whatever the user has done to the path
-    // meanwhile, the rename happens in that directory, and replaces (never follows) whatever
-    // entry is called `authorized_keys` now.
-    renameat(&dirs.ssh, temp.name.as_str(), &dirs.ssh, AUTHORIZED_KEYS)
-        .map_err(|errno| io("rename", ssh_path.join(AUTHORIZED_KEYS), errno))?;
+    renameat(&dirs.ssh, temp.name.as_str(), &dirs.ssh, name)
+        .map_err(|errno| io("rename", ssh_path.join(name), errno))?;
     temp.disarm();
     fsync(&dirs.ssh).map_err(|errno| io("fsync", ssh_path, errno))?;
     if dirs.created_ssh {
-        // The new `.ssh` entry itself must survive a crash too.
         let home = ssh_path.parent().unwrap_or(ssh_path);
         fsync(&dirs.home).map_err(|errno| io("fsync", home, errno))?;
     }
     Ok(())
 }
 
-/// Removes `.keyward-tmp-*` entries (left by an agent killed between create and rename). Best
-/// effort: a failure is logged and does not stop the apply.
 pub(super) fn remove_stale_temp_files(ssh: &OwnedFd, ssh_path: &Path) {
     let mut dir = match Dir::openat(
         ssh,

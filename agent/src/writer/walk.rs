@@ -7,11 +7,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, open, openat};
+use nix::fcntl::{AtFlags, OFlag, open, openat, renameat};
 use nix::sys::stat::{FileStat, Mode as Perm, SFlag, fchmod, fstat, fstatat, mkdirat};
-use nix::unistd::{Gid, Uid, fchown, fsync, read};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, read, unlinkat};
 
-use super::{AUTHORIZED_KEYS, MAX_EXISTING_SIZE, Refusal, WriteError};
+use super::{AUTHORIZED_KEYS, Refusal, WriteError};
 
 /// The verified directories: `home` and `.ssh`, both opened without following symlinks and
 /// checked.
@@ -21,6 +21,8 @@ pub(super) struct Dirs {
     pub ssh: OwnedFd,
     /// `.ssh` was made by this apply, so the home directory's entry needs an fsync too.
     pub created_ssh: bool,
+    /// A link or non-directory found at `.ssh` and moved aside: what to report.
+    pub moved: Option<String>,
 }
 
 /// The opened, checked `authorized_keys`.
@@ -35,39 +37,99 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
+/// Where a link or a non-directory found at `~/.ssh` is moved (inside the home, by rename of the
+/// entry itself: nothing is followed, nothing is lost).
+pub const MOVED_SSH: &str = ".ssh.keyward-moved";
+
 /// Opens and checks `home` and `home/.ssh`, creating `.ssh` (0700, owned by the user) when it is
-/// missing.
+/// missing. A symlink or any other non-directory at `.ssh` is moved aside to [`MOVED_SSH`] (a
+/// symlink that cannot be moved is removed: that removes the link, never its target) and a new
+/// `.ssh` is made: sshd follows a `.ssh` link to a directory the user controls, so leaving it
+/// would let a user pin a file keyward refuses to write. The move is said in `Dirs::moved`.
 pub(super) fn open_ssh_dir(home: &Path, uid: Uid, gid: Gid) -> Result<Dirs, WriteError> {
     let home_fd = open_home(home)?;
     check_dir(&home_fd, home, uid)?;
 
     let ssh_path = home.join(".ssh");
     let ssh_name = OsStr::new(".ssh");
-    let mut created_ssh = false;
+    let mut moved = None;
     let ssh_fd = match openat(&home_fd, ssh_name, DIR_FLAGS, Perm::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => {
-            match mkdirat(&home_fd, ssh_name, Perm::S_IRWXU) {
-                Ok(()) => created_ssh = true,
-                // Someone made it in between: fine, it is checked like any other below.
-                Err(Errno::EEXIST) => {}
-                Err(errno) => return Err(io("mkdir", &ssh_path, errno)),
+        Ok(fd) => Some(fd),
+        Err(Errno::ENOENT) => None,
+        Err(errno) => match open_failure(&home_fd, ssh_name, &ssh_path, errno) {
+            WriteError::Refused {
+                reason:
+                    reason @ (Refusal::Symlink | Refusal::NotADirectory | Refusal::NotARegularFile),
+                ..
+            } => {
+                move_entry_aside(
+                    &home_fd,
+                    ssh_name,
+                    OsStr::new(MOVED_SSH),
+                    reason == Refusal::Symlink,
+                )
+                .map_err(|errno| io("rename", &ssh_path, errno))?;
+                moved = Some(format!(
+                    "{} was {reason_text}; moved to {MOVED_SSH} and a new .ssh made",
+                    ssh_path.display(),
+                    reason_text = match reason {
+                        Refusal::Symlink => "a symbolic link",
+                        _ => "not a directory",
+                    }
+                ));
+                None
             }
-            let fd = openat(&home_fd, ssh_name, DIR_FLAGS, Perm::empty())
-                .map_err(|errno| open_failure(&home_fd, ssh_name, &ssh_path, errno))?;
-            if created_ssh {
-                hand_over_new_dir(&fd, &ssh_path, uid, gid)?;
-            }
-            fd
-        }
-        Err(errno) => return Err(open_failure(&home_fd, ssh_name, &ssh_path, errno)),
+            other => return Err(other),
+        },
+    };
+    let (ssh_fd, created_ssh) = match ssh_fd {
+        Some(fd) => (fd, false),
+        None => make_ssh_dir(&home_fd, ssh_name, &ssh_path, uid, gid)?,
     };
     check_dir(&ssh_fd, &ssh_path, uid)?;
     Ok(Dirs {
         home: home_fd,
         ssh: ssh_fd,
         created_ssh,
+        moved,
     })
+}
+
+/// Makes `.ssh` (0700, handed to the user) and opens it; `true` when this call made it.
+fn make_ssh_dir(
+    home: &OwnedFd,
+    name: &OsStr,
+    path: &Path,
+    uid: Uid,
+    gid: Gid,
+) -> Result<(OwnedFd, bool), WriteError> {
+    let created = match mkdirat(home, name, Perm::S_IRWXU) {
+        Ok(()) => true,
+        // Someone made it in between: fine, it is checked like any other below.
+        Err(Errno::EEXIST) => false,
+        Err(errno) => return Err(io("mkdir", path, errno)),
+    };
+    let fd = openat(home, name, DIR_FLAGS, Perm::empty())
+        .map_err(|errno| open_failure(home, name, path, errno))?;
+    if created {
+        hand_over_new_dir(&fd, path, uid, gid)?;
+    }
+    Ok((fd, created))
+}
+
+/// Renames the entry `from` in `dir` to `to` (replacing a non-directory there). When that fails
+/// and `removable` (the entry is a symlink), the link itself is removed instead.
+pub(super) fn move_entry_aside(
+    dir: &OwnedFd,
+    from: &OsStr,
+    to: &OsStr,
+    removable: bool,
+) -> Result<(), Errno> {
+    match renameat(dir, from, dir, to) {
+        Ok(()) => Ok(()),
+        Err(_) if removable => unlinkat(dir, from, UnlinkatFlags::NoRemoveDir),
+        Err(errno) => Err(errno),
+    }
 }
 
 /// Opens `/`, then each component of `home` relative to the previous one, never following a
@@ -131,16 +193,27 @@ fn hand_over_new_dir(fd: &OwnedFd, path: &Path, uid: Uid, gid: Gid) -> Result<()
     fsync(fd).map_err(|errno| io("fsync", path, errno))
 }
 
-/// Opens `authorized_keys` for reading and checks it: `None` when it does not exist.
-///
-/// `O_NOFOLLOW` makes a symlink fail with `ELOOP` before anything is opened; `O_NONBLOCK` keeps
-/// a planted FIFO from blocking the agent (and `O_NOCTTY` a terminal from becoming ours); the
-/// link count and type are then checked on the fd, before a single byte is read.
+/// What is at `~/.ssh/authorized_keys`.
+#[derive(Debug)]
+pub(super) enum Existing {
+    Missing,
+    /// A regular file with one link, owned by the user or root: safe to read.
+    Readable(Current),
+    /// Something keyward must not read but may replace: a symlink (sshd would follow it), a
+    /// file with several hard links (reading could copy another file's lines; writing through it
+    /// would change the other name too), a FIFO or socket, a file of another user. Replacing the
+    /// directory entry by rename harms none of them: the other name keeps the old inode.
+    Unsafe(Refusal),
+}
+
+/// Opens `authorized_keys` in the verified `.ssh` without following a link and says what it is.
+/// A directory there is an error: it cannot be replaced by rename (and sshd reads no keys from it).
 pub(super) fn open_authorized_keys(
     ssh: &OwnedFd,
     path: &Path,
     uid: Uid,
-) -> Result<Option<Current>, WriteError> {
+) -> Result<Existing, WriteError> {
+    // O_NONBLOCK: opening a FIFO the user planted must not wait for a writer.
     let flags = OFlag::O_RDONLY
         | OFlag::O_NOFOLLOW
         | OFlag::O_NONBLOCK
@@ -149,54 +222,50 @@ pub(super) fn open_authorized_keys(
     let name = OsStr::new(AUTHORIZED_KEYS);
     let fd = match openat(ssh, name, flags, Perm::empty()) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(errno) => return Err(open_failure(ssh, name, path, errno)),
-    };
-    let stat = fstat(&fd).map_err(|errno| io("fstat", path, errno))?;
-    if file_type(&stat) != SFlag::S_IFREG {
-        return Err(refused(path, Refusal::NotARegularFile));
-    }
-    if stat.st_nlink != 1 {
-        return Err(refused(
-            path,
-            Refusal::HardLinked {
-                links: stat.st_nlink,
-            },
-        ));
-    }
-    // A file of another user, moved in, would have its lines copied into a file this user can
-    // read: refuse it. Root-owned is fine (an administrator's file).
-    check_owner(&stat, path, uid)?;
-    Ok(Some(Current { fd, stat }))
-}
-
-/// Reads the current content through the checked fd, at most [`MAX_EXISTING_SIZE`] bytes. A
-/// larger file is refused when `need_content` (its lines must be kept), and otherwise not read
-/// at all (`None`: the caller replaces it anyway).
-pub(super) fn read_current(
-    file: &Current,
-    path: &Path,
-    need_content: bool,
-) -> Result<Option<Vec<u8>>, WriteError> {
-    let too_large = |size: u64| {
-        if need_content {
-            Err(refused(
-                path,
-                Refusal::TooLarge {
-                    size,
-                    max: MAX_EXISTING_SIZE,
-                },
-            ))
-        } else {
-            Ok(None)
+        Err(Errno::ENOENT) => return Ok(Existing::Missing),
+        Err(errno) => {
+            return match open_failure(ssh, name, path, errno) {
+                WriteError::Refused { reason, .. } => Ok(Existing::Unsafe(reason)),
+                other => Err(other),
+            };
         }
     };
-    let size = u64::try_from(file.stat.st_size).unwrap_or(u64::MAX);
-    if size > MAX_EXISTING_SIZE {
-        return too_large(size);
+    let stat = fstat(&fd).map_err(|errno| io("fstat", path, errno))?;
+    let kind = file_type(&stat);
+    if kind == SFlag::S_IFDIR {
+        return Err(refused(path, Refusal::NotARegularFile));
     }
-    // Read to EOF rather than trusting st_size (the user may be appending right now), but never
-    // past the limit.
+    if kind != SFlag::S_IFREG {
+        return Ok(Existing::Unsafe(Refusal::NotARegularFile));
+    }
+    if stat.st_nlink != 1 {
+        return Ok(Existing::Unsafe(Refusal::HardLinked {
+            links: stat.st_nlink,
+        }));
+    }
+    // A file of another user, moved in, would have its lines copied into a file this user can
+    // read: not read. Root-owned is fine (an administrator's file).
+    if stat.st_uid != uid.as_raw() && stat.st_uid != 0 {
+        return Ok(Existing::Unsafe(Refusal::WrongOwner { uid: stat.st_uid }));
+    }
+    Ok(Existing::Readable(Current { fd, stat }))
+}
+
+/// What reading the current file gave.
+#[derive(Debug)]
+pub(super) enum Read {
+    Content(Vec<u8>),
+    /// Longer than the cap: not read (or not past the cap).
+    TooLarge(u64),
+}
+
+/// Reads the current content through the checked fd, at most `max` bytes: a larger file is not
+/// read at all (its size is known from `fstat`) or, if it grew while being read, not kept.
+pub(super) fn read_current(file: &Current, path: &Path, max: u64) -> Result<Read, WriteError> {
+    let size = u64::try_from(file.stat.st_size).unwrap_or(u64::MAX);
+    if size > max {
+        return Ok(Read::TooLarge(size));
+    }
     let mut content = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -205,15 +274,15 @@ pub(super) fn read_current(
             Ok(n) => {
                 content.extend_from_slice(&buf[..n]);
                 let read_so_far = u64::try_from(content.len()).unwrap_or(u64::MAX);
-                if read_so_far > MAX_EXISTING_SIZE {
-                    return too_large(read_so_far);
+                if read_so_far > max {
+                    return Ok(Read::TooLarge(read_so_far));
                 }
             }
             Err(Errno::EINTR) => {}
             Err(errno) => return Err(io("read", path, errno)),
         }
     }
-    Ok(Some(content))
+    Ok(Read::Content(content))
 }
 
 /// Turns a failed `openat(.., O_NOFOLLOW)` into the precise reason. With `O_DIRECTORY`, Linux

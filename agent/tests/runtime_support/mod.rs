@@ -199,6 +199,7 @@ pub fn state(generation: u64, users: &[(&str, u64)]) -> DesiredState {
                 }],
                 denied_fingerprints: vec![],
                 session_epoch: *epoch,
+                revoked: false,
             })
             .collect(),
     }
@@ -242,6 +243,7 @@ impl Applier for FakeApplier {
             fingerprints: desired.keys.iter().map(|k| k.fingerprint.clone()).collect(),
             added,
             removed,
+            ..UserApplied::default()
         })
     }
 

@@ -43,6 +43,40 @@ const REPORT_QUEUE: usize = 4096;
 /// The most reports recorded in one transaction.
 const REPORT_BATCH: usize = 512;
 
+/// Users per `Applied` kept (an agent manages two).
+const MAX_USERS: usize = 16;
+/// Warnings per user kept.
+const MAX_WARNINGS: usize = 8;
+/// Set-aside keys per user kept (the agent lists at most 100).
+const MAX_SET_ASIDE: usize = 100;
+/// Characters kept of an error or warning.
+const MAX_TEXT: usize = 500;
+
+/// At most `max` characters of `text`.
+fn bounded(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// One user's result as the host view shows it: bounded, fingerprints checked.
+fn user_view(u: &keyward_common::proto::UserResult) -> serde_json::Value {
+    let fingerprints = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .filter(|f| f.parse::<keyward_common::Fingerprint>().is_ok())
+            .take(MAX_SET_ASIDE)
+            .cloned()
+            .collect()
+    };
+    json!({
+        "user": bounded(&u.user, 64),
+        "error": (!u.error.is_empty()).then(|| bounded(&u.error, MAX_TEXT)),
+        "fingerprints": fingerprints(&u.fingerprints),
+        "changed": u.changed,
+        "sessionsEnded": u.sessions_ended,
+        "warnings": u.warnings.iter().take(MAX_WARNINGS).map(|w| bounded(w, MAX_TEXT)).collect::<Vec<_>>(),
+        "setAside": fingerprints(&u.set_aside),
+    })
+}
+
 /// Why the agent endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentApiError {
@@ -288,23 +322,29 @@ impl Session {
                 let users: Vec<serde_json::Value> = applied
                     .users
                     .iter()
-                    .map(|u| {
-                        json!({
-                            "user": u.user,
-                            "error": (!u.error.is_empty()).then_some(&u.error),
-                            "fingerprints": u.fingerprints,
-                            "changed": u.changed,
-                            "sessionsEnded": u.sessions_ended,
-                        })
-                    })
+                    .take(MAX_USERS)
+                    .map(user_view)
                     .collect();
-                let errors: Vec<String> = applied
+                // What makes the host `degraded`: any user's error or warning.
+                let reasons: Vec<String> = applied
                     .users
                     .iter()
-                    .filter(|u| !u.error.is_empty())
-                    .map(|u| format!("{}: {}", u.user, u.error))
+                    .take(MAX_USERS)
+                    .flat_map(|u| {
+                        let user = bounded(&u.user, 64);
+                        let error = (!u.error.is_empty()).then(|| bounded(&u.error, MAX_TEXT));
+                        error
+                            .into_iter()
+                            .chain(
+                                u.warnings
+                                    .iter()
+                                    .take(MAX_WARNINGS)
+                                    .map(|w| bounded(w, MAX_TEXT)),
+                            )
+                            .map(move |why| format!("{user}: {why}"))
+                    })
                     .collect();
-                let error = (!errors.is_empty()).then(|| errors.join("; "));
+                let error = (!reasons.is_empty()).then(|| reasons.join("; "));
                 let generation = i64::try_from(applied.generation).ok()?;
                 self.report(HostReport::Applied {
                     host: self.host.clone(),

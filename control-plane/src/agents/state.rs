@@ -66,6 +66,7 @@ fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -
         keys: keys_of(ks, now),
         denied_fingerprints: denied,
         session_epoch: u64::try_from(ks.session_epoch).unwrap_or_default(),
+        revoked: ks.state == KeyState::Revoked,
     }
 }
 

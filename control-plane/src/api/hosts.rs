@@ -75,7 +75,9 @@ pub struct HostView {
     pub host_id: String,
     pub tenant_id: String,
     pub connected: bool,
-    /// `pending` (not enrolled), `in_sync`, `applying` (a newer state is on its way) or `revoked`.
+    /// `pending` (not enrolled), `in_sync`, `applying` (a newer state is on its way),
+    /// `degraded` (applied, but a user has an error or a warning: see `degradedReasons`) or
+    /// `revoked`.
     pub status: &'static str,
     pub desired_generation: i64,
     pub applied_generation: i64,
@@ -87,6 +89,8 @@ pub struct HostView {
     /// Per managed user: the fingerprints the agent applied, and any error.
     pub users: serde_json::Value,
     pub host_keys: Vec<HostKeyView>,
+    /// Why the host is `degraded`: every user's error and warnings (`user: reason`, joined by
+    /// `; `), or the last state the agent rejected.
     pub last_error: Option<String>,
     /// Login events the agent dropped because its spool was full.
     pub logins_dropped: i64,
@@ -105,6 +109,8 @@ impl HostView {
             "revoked"
         } else if host.enrolled_at.is_none() {
             "pending"
+        } else if host.last_error.is_some() {
+            "degraded"
         } else if host.applied_generation >= host.desired_generation {
             "in_sync"
         } else {

@@ -71,6 +71,7 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         tenant::rotate,
         tenant::revoke,
         tenant::regenerate,
+        tenant::set_aside_keys,
         admin::create_tenant,
         admin::list_tenant_secrets,
         admin::tenant_secret_details,
@@ -126,7 +127,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ssh-credentials/rotate", post(tenant::rotate))
         .route("/ssh-credentials/revoke", post(tenant::revoke))
         .route("/ssh-credentials/regenerate", post(tenant::regenerate))
-        .route("/ssh-logins", get(logins::tenant_logins));
+        .route("/ssh-logins", get(logins::tenant_logins))
+        .route("/set-aside-keys", get(tenant::set_aside_keys));
     let admin_api = Router::new()
         .route("/tenants", post(admin::create_tenant))
         .route(

@@ -36,6 +36,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Counted at scrape time from SQL, so every replica tells the same.
+    match state.lifecycle.store().degraded_host_count().await {
+        Ok(n) => metrics::gauge!("keyward_hosts_degraded").set(n as f64),
+        Err(e) => tracing::warn!(error = %e, "cannot count degraded hosts"),
+    }
     let body = state
         .metrics
         .as_ref()

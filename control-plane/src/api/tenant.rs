@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use keyward_common::KeyKind;
 
 use super::AppState;
-use super::views::{NewKeyResponse, SshCredentials, StatusResponse};
+use super::views::{NewKeyResponse, SetAsideKeys, SetAsideOnHost, SshCredentials, StatusResponse};
 use crate::auth::TenantCaller;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::Replace;
@@ -39,6 +39,53 @@ pub async fn ssh_credentials(
         }) => Ok(Json(SshCredentials::new(&tenant, &ks, &host_keys))),
         _ => Err(ApiError::TenantNotFound(who.tenant.to_string())),
     }
+}
+
+/// Keys of the tenant's own that keyward moved out of `authorized_keys` on its VPSs (a revoke
+/// empties the file; an oversized file is not kept line by line), per host and user. They are
+/// kept on the VPS in `~/.ssh/authorized_keys.keyward-set-aside`; after regenerating, the tenant
+/// restores what is really theirs from there.
+#[utoipa::path(get, path = "/api/v1/tenant/infrastructure/set-aside-keys", tag = "tenant",
+    responses((status = 200, body = SetAsideKeys), (status = 401, body = Problem)))]
+pub async fn set_aside_keys(
+    State(state): State<AppState>,
+    who: TenantCaller,
+) -> Result<Json<SetAsideKeys>, ApiError> {
+    let hosts = state.lifecycle.store().hosts(Some(&who.tenant)).await?;
+    let tenant_user = state
+        .lifecycle
+        .store()
+        .tenant(&who.tenant)
+        .await?
+        .map(|t| t.tenant_user.to_string());
+    let mut out = Vec::new();
+    for host in hosts.iter().filter(|h| h.revoked_at.is_none()) {
+        for user in host.applied_users.as_array().into_iter().flatten() {
+            let name = user
+                .get("user")
+                .and_then(|u| u.as_str())
+                .unwrap_or_default();
+            // The tenant's own user only: the admin user's file is the platform's.
+            if Some(name) != tenant_user.as_deref() {
+                continue;
+            }
+            let keys: Vec<String> = user
+                .get("setAside")
+                .and_then(|k| k.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect();
+            if !keys.is_empty() {
+                out.push(SetAsideOnHost {
+                    host_id: host.host_id.to_string(),
+                    user: name.to_owned(),
+                    keys,
+                });
+            }
+        }
+    }
+    Ok(Json(SetAsideKeys { hosts: out }))
 }
 
 /// The tenant's private key, once per key generation, as `tenant-ssh-key.pem`.

@@ -69,6 +69,23 @@ impl SshCredentials {
     }
 }
 
+/// `GET /api/v1/tenant/infrastructure/set-aside-keys`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetAsideKeys {
+    pub hosts: Vec<SetAsideOnHost>,
+}
+
+/// The keys set aside for one user on one host.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetAsideOnHost {
+    pub host_id: String,
+    pub user: String,
+    /// `SHA256:...` fingerprints of the lines in `~/.ssh/authorized_keys.keyward-set-aside`.
+    pub keys: Vec<String>,
+}
+
 /// The answer of rotate and regenerate.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

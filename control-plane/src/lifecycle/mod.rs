@@ -117,8 +117,9 @@ pub struct KeyLifecycle {
     schedule_changed: Notify,
 }
 
-/// How many replaced or revoked fingerprints a key set remembers as denied.
-const DENIED_KEPT: usize = 20;
+/// How many replaced or revoked fingerprints a key set remembers as denied (newest first): a
+/// key rotated every 90 days for 25 years.
+const DENIED_KEPT: usize = 100;
 
 /// `ending` first, then the older denials, without repeats, at most [`DENIED_KEPT`].
 fn deny(older: &[String], ending: Vec<String>) -> Vec<String> {
@@ -507,6 +508,22 @@ impl KeyLifecycle {
         let now = self.clock.now();
         let at = iso8601(now);
         let keep_old = how == Replace::Rotate && old.state == KeyState::Active;
+        // Regenerate replaces at once: the old key (and a rotated one still in its grace period)
+        // is denied everywhere, and the sessions it opened end. Rotate keeps the old key valid
+        // for the grace period; the agents end its sessions when that is over.
+        let (denied, session_epoch) = if how == Replace::Rotate {
+            (old.denied_fingerprints.clone(), old.session_epoch)
+        } else {
+            let mut ending = Vec::new();
+            if old.state == KeyState::Active {
+                ending.push(old.fingerprint.clone());
+            }
+            ending.extend(old.previous_fingerprint.clone());
+            (
+                deny(&old.denied_fingerprints, ending),
+                old.session_epoch + 1,
+            )
+        };
         let mut tx = self.store.begin().await?;
         let vault_version = self
             .write_vault(tenant, kind, &key, &old.created_at, &at, &policy.name)
@@ -525,6 +542,8 @@ impl KeyLifecycle {
             previous_fingerprint: keep_old.then(|| old.fingerprint.clone()),
             grace_until: keep_old.then(|| iso8601(policy.grace_until(now))),
             rotation_policy: policy.name.clone(),
+            denied_fingerprints: denied,
+            session_epoch,
             ..old.clone()
         };
         tx.put_key_set(&new).await?;
@@ -560,11 +579,14 @@ impl KeyLifecycle {
     ) -> Result<KeySetRecord, ApiError> {
         let _guard = self.locks.lock(tenant).await;
         let old = self.key_set_or_404(tenant, kind).await?;
-        let mut ending = Vec::new();
-        if old.state == KeyState::Active {
-            ending.push(old.fingerprint.clone());
-        }
+        let mut tx = self.store.begin().await?;
+        // Every key the user ever had from keyward, not only the last ones.
+        let mut ending = vec![old.fingerprint.clone()];
         ending.extend(old.previous_fingerprint.clone());
+        ending.extend(
+            tx.issued_fingerprints(tenant, kind, DENIED_KEPT as i64)
+                .await?,
+        );
         let new = KeySetRecord {
             state: KeyState::Revoked,
             denied_fingerprints: deny(&old.denied_fingerprints, ending),
@@ -574,7 +596,6 @@ impl KeyLifecycle {
             grace_until: None,
             ..old.clone()
         };
-        let mut tx = self.store.begin().await?;
         tx.put_key_set(&new).await?;
         tx.bump_tenant_hosts(tenant).await?;
         let detail = json!({

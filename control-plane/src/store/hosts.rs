@@ -347,6 +347,18 @@ impl Store {
         Ok(())
     }
 
+    /// Enrolled hosts that are not revoked and have an error or a warning (`degraded`).
+    pub async fn degraded_host_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM hosts WHERE revoked_at IS NULL AND enrolled_at IS NOT NULL \
+             AND last_error IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("counting degraded hosts"))?;
+        get(&row, "n")
+    }
+
     pub async fn record_host_error(
         &self,
         host: &HostId,

@@ -142,6 +142,27 @@ impl WriteTx {
         Ok(())
     }
 
+    /// The fingerprints of every key keyward issued for (tenant, kind), newest first, at most
+    /// `limit`.
+    pub async fn issued_fingerprints(
+        &mut self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT fingerprint FROM key_history WHERE tenant_id = $1 AND kind = $2 \
+             ORDER BY generation DESC LIMIT $3",
+        )
+        .bind(tenant.as_str())
+        .bind(kind.as_str())
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(query_error("reading key history"))?;
+        rows.iter().map(|row| get(row, "fingerprint")).collect()
+    }
+
     /// Stores login events of one host, attributed to the tenant's keys; an event whose
     /// (host, cursor) is already stored is skipped. Returns how many were new.
     pub async fn insert_logins(
