@@ -730,7 +730,7 @@ impl Agent {
         epoch: Option<u64>,
     ) -> bool {
         match self.write(user, desired).await {
-            Some(done) => self.record(user, desired, &done, epoch),
+            Some(done) => self.record(user, desired, &done, epoch, false),
             None => false,
         }
     }
@@ -767,9 +767,20 @@ impl Agent {
         desired: &ManagedUser,
         done: &UserApplied,
         epoch: Option<u64>,
+        repair: bool,
     ) -> bool {
         if !done.warnings.is_empty() {
             tracing::warn!(user = %user, warnings = ?done.warnings, "applied with warnings");
+        }
+        // A repair's warnings stay until the next state: a pin the repair defeated a moment ago
+        // must still show (the repair's own rename makes another, clean, repair right after).
+        let mut warnings = done.warnings.clone();
+        if repair && let Some(before) = self.results.get(user.as_str()) {
+            for w in &before.warnings {
+                if !warnings.contains(w) && !w.starts_with(SESSIONS_WARNING) {
+                    warnings.push(w.clone());
+                }
+            }
         }
         self.results.insert(
             user.to_string(),
@@ -780,7 +791,7 @@ impl Agent {
                 changed: done.changed,
                 sessions_ended: 0,
                 set_aside: done.set_aside.clone(),
-                warnings: done.warnings.clone(),
+                warnings,
             },
         );
         self.observed
@@ -940,7 +951,7 @@ impl Agent {
             .find(|u| u.user == user.as_str())?
             .clone();
         let done = self.write(user, &desired).await?;
-        self.record(user, &desired, &done, None);
+        self.record(user, &desired, &done, None, true);
         (!done.added.is_empty() || !done.removed.is_empty()).then(|| DriftReport {
             user: user.to_string(),
             added: done.added,

@@ -9,6 +9,7 @@ mod api_surface;
 mod backends;
 mod bad_input;
 mod login_ingest;
+mod revocation_attacks;
 mod rotate_all;
 mod rotation;
 mod sshd_harness;
