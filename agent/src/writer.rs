@@ -165,22 +165,18 @@ pub fn apply_in_home(
         Some(file) => walk::read_current(file, &file_path, mode == Mode::Preserve)?,
         None => None,
     };
-    // Invalid UTF-8 can only be in comments or junk lines (key fields are ASCII); decoding lossily
-    // keeps the user's keys working rather than letting a stray byte block every update,
-    // revocations included.
-    let existing_text = existing
-        .as_deref()
-        .map(String::from_utf8_lossy)
-        .unwrap_or_default();
-    let content = authorized_keys::merge(&existing_text, keys, mode, denied)?;
+    // Bytes, not text: the user's lines are kept byte for byte (invalid UTF-8, `\r` and NUL
+    // included), and their keys are read as sshd reads them.
+    let existing_bytes = existing.as_deref().unwrap_or_default();
+    let content = authorized_keys::merge(existing_bytes, keys, mode, denied)?;
     let fingerprints = authorized_keys::fingerprints(&content)
         .into_iter()
         .filter_map(|(fp, managed)| managed.then_some(fp))
         .collect();
-    let previous = authorized_keys::fingerprints(&existing_text);
+    let previous = authorized_keys::fingerprints(existing_bytes);
 
     let up_to_date = current.as_ref().is_some_and(|file| {
-        existing.as_deref() == Some(content.as_bytes())
+        existing.as_deref() == Some(content.as_slice())
             && file.stat.st_uid == uid.as_raw()
             && file.stat.st_mode & 0o7777 == 0o600
     });
@@ -191,7 +187,7 @@ pub fn apply_in_home(
             previous,
         });
     }
-    commit::replace(&dirs, &ssh_path, uid, gid, content.as_bytes())?;
+    commit::replace(&dirs, &ssh_path, uid, gid, &content)?;
     Ok(ApplyOutcome {
         changed: true,
         fingerprints,
