@@ -494,8 +494,9 @@ fn keyward_reads_every_line_as_openssh_does() {
         Ok(())
     });
     let stats = stats.into_inner();
+    let lines = stats.keys + stats.none + stats.certificates + stats.keygen_misses;
     eprintln!(
-        "{CASES} lines in {:.1} s (seed {seed}): {stats:?}",
+        "{lines} lines in {:.1} s (seed {seed}): {stats:?}",
         started.elapsed().as_secs_f64()
     );
     match result {
