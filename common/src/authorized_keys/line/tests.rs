@@ -1,6 +1,6 @@
 //! The attacks a tenant can try against the preserve-mode deny list, each a line that sshd reads
-//! as a revoked key, and the shapes sshd refuses. Every case here was checked against
-//! `ssh-keygen -l` and sshd by the differential tests.
+//! as a revoked key, and the shapes sshd refuses. The same shapes run against `ssh-keygen -l`
+//! (`common/tests/authorized_keys_vs_openssh.rs`) and real sshd logins (`authorized_keys_logins`).
 
 use super::*;
 use crate::keys::{GeneratedKey, KeyAlgorithm};
