@@ -296,24 +296,20 @@ pub fn apply_desired_in_home(
             }
         }
     };
-    // Invalid UTF-8 can only be in comments or junk lines (key fields are ASCII); decoding lossily
-    // keeps the user's keys working rather than letting a stray byte block every update,
-    // revocations included.
-    let existing_text = existing
-        .as_deref()
-        .map(String::from_utf8_lossy)
-        .unwrap_or_default();
+    // Bytes, not text: the user's lines are kept byte for byte (invalid UTF-8, `\r` and NUL
+    // included), and their keys are read as sshd reads them.
+    let existing_bytes = existing.as_deref().unwrap_or_default();
     let content = if desired.revoked {
-        String::new()
+        Vec::new()
     } else {
-        authorized_keys::merge(&existing_text, desired.keys, desired.mode, desired.denied)?
+        authorized_keys::merge(existing_bytes, desired.keys, desired.mode, desired.denied)?
     };
     let set_aside = if !preserve {
         SetAside::default()
     } else if desired.revoked {
         // The user's own lines: what a merge without managed keys keeps.
-        let own = authorized_keys::merge(&existing_text, &[], Mode::Preserve, desired.denied)?;
-        let set = aside::append(&dirs, &ssh_path, own.as_bytes())?;
+        let own = authorized_keys::merge(existing_bytes, &[], Mode::Preserve, desired.denied)?;
+        let set = aside::append(&dirs, &ssh_path, &own)?;
         if set.dropped > 0 {
             warnings.push(format!(
                 "{} lines could not be set aside: {SET_ASIDE} is full ({MAX_SET_ASIDE} bytes)",
@@ -329,15 +325,15 @@ pub fn apply_desired_in_home(
         .partition(|(_, managed)| *managed);
     let fingerprints = managed_now.into_iter().map(|(fp, _)| fp).collect();
     let own = own_now.into_iter().map(|(fp, _)| fp).collect();
-    let previous = authorized_keys::fingerprints(&existing_text);
+    let previous = authorized_keys::fingerprints(existing_bytes);
 
     let up_to_date = readable.as_ref().is_some_and(|file| {
-        existing.as_deref() == Some(content.as_bytes())
+        existing.as_deref() == Some(content.as_slice())
             && file.stat.st_uid == uid.as_raw()
             && file.stat.st_mode & 0o7777 == 0o600
     });
     if !up_to_date {
-        commit::replace(&dirs, &ssh_path, uid, gid, content.as_bytes())?;
+        commit::replace(&dirs, &ssh_path, uid, gid, &content)?;
     }
     Ok(ApplyOutcome {
         changed: !up_to_date,

@@ -118,8 +118,8 @@ fn a_writer_killed_at_random_moments_leaves_the_old_or_the_new_file_whole() {
     fs::write(work.path().join("target"), target).unwrap();
     let (a, b) = key_sets();
     save_sets(&work.path().join("keys"), &a, &b);
-    let content_a = authorized_keys::merge("", &a, Mode::Exclusive, &[]).unwrap();
-    let content_b = authorized_keys::merge("", &b, Mode::Exclusive, &[]).unwrap();
+    let content_a = authorized_keys::merge(b"", &a, Mode::Exclusive, &[]).unwrap();
+    let content_b = authorized_keys::merge(b"", &b, Mode::Exclusive, &[]).unwrap();
     assert!(content_a.len() > 4096 && content_a != content_b);
     writer::apply(&user.name, Mode::Exclusive, &a, &[]).unwrap();
 
@@ -154,7 +154,7 @@ fn a_writer_killed_at_random_moments_leaves_the_old_or_the_new_file_whole() {
             "round {round}: the child exited by itself: {status}"
         );
 
-        let content = fs::read_to_string(user.authorized_keys()).unwrap();
+        let content = fs::read(user.authorized_keys()).unwrap();
         assert!(
             content == content_a || content == content_b,
             "round {round}: torn file of {} bytes",

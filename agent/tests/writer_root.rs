@@ -503,3 +503,61 @@ fn revoke_empties_the_file_and_sets_the_users_own_lines_aside() {
     assert_eq!(back.set_aside.keys, vec![own_key.fingerprint().to_string()]);
     assert!(aside.exists());
 }
+
+/// Preserve mode keeps the user's bytes exactly (invalid UTF-8, CRLF, NUL) and still finds a
+/// revoked key the tenant disguised the way sshd reads it (vertical tab in the base64, options
+/// in front, a signature-only name is not needed for Ed25519).
+#[test]
+fn preserve_keeps_user_bytes_and_drops_a_disguised_revoked_key() {
+    let homes = homes_dir();
+    let tenant = TestUser::create("byt", homes.path());
+    let (_, tenant_key) = managed_key(KeyKind::Tenant, 2);
+    let (own, _) = managed_key(KeyKind::Tenant, 0);
+    let (revoked, _) = managed_key(KeyKind::Tenant, 1);
+    let mut fields = revoked.public_openssh().split(' ');
+    let (kind, blob) = (fields.next().unwrap(), fields.next().unwrap());
+    let (head, tail) = blob.split_at(20);
+
+    fs::create_dir(tenant.ssh_dir()).unwrap();
+    fs::set_permissions(tenant.ssh_dir(), fs::Permissions::from_mode(0o700)).unwrap();
+    tenant.own(&tenant.ssh_dir());
+    let kept = [
+        b"# \xe9t\xe9 \xff\r\n".as_slice(),
+        format!("{}\r\n", own.public_openssh()).as_bytes(),
+        b"junk\0after nul\n",
+    ]
+    .concat();
+    let disguised = format!("no-pty,command=\"a b\" {kind} {head}\x0b{tail}\r\n");
+    fs::write(
+        tenant.authorized_keys(),
+        [kept.as_slice(), disguised.as_bytes()].concat(),
+    )
+    .unwrap();
+    tenant.own(&tenant.authorized_keys());
+
+    let denied = [revoked.fingerprint().clone()];
+    let outcome = writer::apply(
+        &tenant.name,
+        Mode::Preserve,
+        std::slice::from_ref(&tenant_key),
+        &denied,
+    )
+    .unwrap();
+    assert!(outcome.changed);
+    assert_eq!(
+        outcome.previous,
+        vec![
+            (own.fingerprint().clone(), false),
+            (revoked.fingerprint().clone(), false)
+        ]
+    );
+    let expected = [
+        kept.as_slice(),
+        authorized_keys::render_line(&tenant_key)
+            .unwrap()
+            .as_bytes(),
+        b"\n",
+    ]
+    .concat();
+    assert_eq!(fs::read(tenant.authorized_keys()).unwrap(), expected);
+}

@@ -1,6 +1,11 @@
 //! The content of `~/.ssh/authorized_keys`: rendering managed lines and merging them into a
 //! user's file.
 //!
+//! Which key a user's line holds is decided exactly as sshd decides it: see [`parse_line`] and
+//! the rules in [`line`], proven against OpenSSH by
+//! `common/tests/authorized_keys_vs_openssh.rs` (every generated line against `ssh-keygen -l`) and
+//! the `authorized_keys_logins` integration test (real logins through Debian's sshd).
+//!
 //! This module is pure (no I/O): the agent's writer reads the current file, calls [`merge`] and
 //! writes the result. Everything keyward puts into the file is *rendered* from a parsed
 //! [`ssh_key::PublicKey`], never copied from the text it was given, so a key string from the
@@ -17,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use ssh_key::{Algorithm, PublicKey};
 
 use crate::keys::{Fingerprint, KeyKind};
+
+pub mod line;
+pub use line::{KeyLine, b64_pton, parse_line};
 
 /// Every line keyward writes carries a comment starting with this.
 pub const MARKER_PREFIX: &str = "keyward-managed:";
@@ -142,9 +150,8 @@ pub fn render_line(key: &ManagedKey) -> Result<String, AuthorizedKeysError> {
         Err(error) => {
             // A string that parses once its leading options are skipped is an option injection
             // attempt (or a confused caller): say so rather than "does not parse".
-            let has_options = skip_options(key.public_key.trim_start())
-                .and_then(parse_key_fields)
-                .is_some();
+            let has_options =
+                parse_line(key.public_key.as_bytes()).is_some_and(|line| line.options.is_some());
             return Err(if has_options {
                 AuthorizedKeysError::HasOptions { kind, generation }
             } else {
@@ -195,22 +202,23 @@ pub fn render_line(key: &ManagedKey) -> Result<String, AuthorizedKeysError> {
 /// Computes the new content of a user's `authorized_keys`.
 ///
 /// - [`Mode::Exclusive`]: only the managed lines.
-/// - [`Mode::Preserve`]: the user's own lines, in order and byte for byte (comments and blank
-///   lines too), followed by the managed lines in one block. Every existing line carrying
-///   [`MARKER_PREFIX`] is dropped (it is re-rendered from `managed`, or gone if its key is), and
-///   so is every user line whose key is in `denied`: keys keyward issued and then replaced or
-///   revoked, which a user could otherwise keep alive by copying them as "their own" line.
+/// - [`Mode::Preserve`]: the user's own lines, in order and byte for byte (comments, blank
+///   lines, `'\r'`, invalid UTF-8 and NUL bytes too), followed by the managed lines in one block.
+///   Every existing line carrying [`MARKER_PREFIX`] is dropped (it is re-rendered from `managed`,
+///   or gone if its key is), and so is every user line in which sshd would find a key in
+///   `denied` ([`parse_line`]): keys keyward issued and then replaced or revoked, which a user
+///   could otherwise keep alive by copying them as "their own" line.
 ///
-/// Managed lines are sorted by kind, generation and text, and duplicates removed, so the output
-/// does not depend on the order the control plane lists keys in and an unchanged state never
-/// rewrites the file. Every line ends with `'\n'` (an empty result is `""`). If any managed key
-/// is refused, the whole merge fails.
+/// Lines are split at `'\n'` as sshd's `getline` does. Managed lines are sorted by kind,
+/// generation and text, and duplicates removed, so the output does not depend on the order the
+/// control plane lists keys in and an unchanged state never rewrites the file. Every line ends
+/// with `'\n'` (an empty result is empty). If any managed key is refused, the whole merge fails.
 pub fn merge(
-    existing: &str,
+    existing: &[u8],
     managed: &[ManagedKey],
     mode: Mode,
     denied: &[Fingerprint],
-) -> Result<String, AuthorizedKeysError> {
+) -> Result<Vec<u8>, AuthorizedKeysError> {
     let mut rendered = managed
         .iter()
         .map(|key| Ok(((key.kind, key.generation), render_line(key)?)))
@@ -218,84 +226,49 @@ pub fn merge(
     rendered.sort();
     rendered.dedup();
 
-    let mut out = String::with_capacity(existing.len() + rendered.len() * 128);
+    let mut out = Vec::with_capacity(existing.len() + rendered.len() * 128);
     if mode == Mode::Preserve {
-        for line in existing.split_terminator('\n') {
+        for line in lines(existing) {
             if is_managed_line(line) {
                 continue;
             }
-            if parse_line(line).is_some_and(|key| denied.contains(&Fingerprint::of(&key))) {
+            if parse_line(line).is_some_and(|key| denied.contains(&key.fingerprint)) {
                 continue;
             }
-            out.push_str(line);
-            out.push('\n');
+            out.extend_from_slice(line);
+            out.push(b'\n');
         }
     }
     for (_, line) in rendered {
-        out.push_str(&line);
-        out.push('\n');
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
     }
     Ok(out)
 }
 
-/// The fingerprint of every key line in `content`, in order, and whether the line is managed
-/// (carries [`MARKER_PREFIX`]). Lines with options are read as sshd reads them; comments, blank
-/// lines and lines that do not parse are skipped. Used for drift reports.
-pub fn fingerprints(content: &str) -> Vec<(Fingerprint, bool)> {
-    content
-        .split_terminator('\n')
-        .filter_map(|line| {
-            parse_line(line).map(|key| (Fingerprint::of(&key), is_managed_line(line)))
-        })
+/// The lines of `content` as sshd's `getline` splits them, without their `'\n'`; a final
+/// `'\n'` does not start another line.
+fn lines(content: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let empty = content.is_empty();
+    let content = content.strip_suffix(b"\n").unwrap_or(content);
+    content.split(|&b| b == b'\n').filter(move |_| !empty)
+}
+
+/// The fingerprint of every line in `content` that sshd reads as a key ([`parse_line`]), in
+/// order, and whether the line is managed (carries [`MARKER_PREFIX`]). Used for drift reports.
+pub fn fingerprints(content: impl AsRef<[u8]>) -> Vec<(Fingerprint, bool)> {
+    lines(content.as_ref())
+        .filter_map(|line| parse_line(line).map(|key| (key.fingerprint, is_managed_line(line))))
         .collect()
 }
 
-/// Whether a line was written by keyward. Deliberately broad (anywhere in the line): a user line
-/// that merely mentions the marker is dropped too, which can only remove access, never add it.
-pub fn is_managed_line(line: &str) -> bool {
-    line.contains(MARKER_PREFIX)
-}
-
-/// Parses a key line the way sshd does: first as `type base64 [comment]`, then, if that fails,
-/// after skipping a leading options field. Fields may be separated by any run of blanks.
-fn parse_line(line: &str) -> Option<PublicKey> {
-    let line = line.trim_start_matches([' ', '\t']);
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    parse_key_fields(line).or_else(|| skip_options(line).and_then(parse_key_fields))
-}
-
-/// Parses the first two blank-separated fields as `type base64`. ssh-key's own parser wants
-/// exactly one space between fields; sshd accepts any run of spaces and tabs.
-fn parse_key_fields(text: &str) -> Option<PublicKey> {
-    let mut fields = text.split_ascii_whitespace();
-    let algorithm = fields.next()?;
-    let base64 = fields.next()?;
-    PublicKey::from_openssh(&format!("{algorithm} {base64}")).ok()
-}
-
-/// Skips the options field at the start of `text` and the blanks after it, exactly like
-/// OpenSSH's `sshkey_advance_past_options`: the field ends at the first unquoted space or tab;
-/// `\"` inside quotes does not end the quote. `None` for an unterminated quote.
-fn skip_options(text: &str) -> Option<&str> {
-    let bytes = text.as_bytes();
-    let mut quoted = false;
-    let mut i = 0;
-    while i < bytes.len() && (quoted || (bytes[i] != b' ' && bytes[i] != b'\t')) {
-        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'"') {
-            i += 1;
-        } else if bytes[i] == b'"' {
-            quoted = !quoted;
-        }
-        i += 1;
-    }
-    if quoted {
-        return None;
-    }
-    // `i` only ever stops on an ASCII byte or the end, so this is a char boundary.
-    text.get(i..)
-        .map(|rest| rest.trim_start_matches([' ', '\t']))
+/// Whether a line was written by keyward. Deliberately broad (anywhere in the line, even after a
+/// NUL): a user line that merely mentions the marker is dropped too, which can only remove
+/// access, never add it.
+pub fn is_managed_line(line: impl AsRef<[u8]>) -> bool {
+    line.as_ref()
+        .windows(MARKER_PREFIX.len())
+        .any(|w| w == MARKER_PREFIX.as_bytes())
 }
 
 #[cfg(test)]

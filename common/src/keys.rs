@@ -134,6 +134,11 @@ impl Fingerprint {
         Self(key.fingerprint(HashAlg::Sha256).to_string())
     }
 
+    /// The fingerprint of a key whose canonical blob hashes to `digest`.
+    pub(crate) fn from_sha256(digest: [u8; 32]) -> Self {
+        Self(ssh_key::Fingerprint::Sha256(digest).to_string())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

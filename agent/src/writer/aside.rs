@@ -64,7 +64,7 @@ fn read_ours(ssh: &OwnedFd, ssh_path: &Path) -> Result<Option<Vec<u8>>, WriteErr
 }
 
 fn listed(content: &[u8]) -> Vec<String> {
-    authorized_keys::fingerprints(&String::from_utf8_lossy(content))
+    authorized_keys::fingerprints(content)
         .into_iter()
         .take(MAX_LISTED)
         .map(|(fingerprint, _)| fingerprint.to_string())

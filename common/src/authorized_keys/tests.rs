@@ -104,7 +104,7 @@ fn option_injection_is_refused() {
             "{injected:?}: {err}"
         );
         // And merge refuses the whole state: nothing is rendered.
-        assert!(merge("", &[m], Mode::Exclusive, &[]).is_err());
+        assert!(merge(b"", &[m], Mode::Exclusive, &[]).is_err());
     }
 }
 
@@ -177,14 +177,20 @@ fn exclusive_keeps_only_managed_lines() {
     let k = new_key("k");
     let existing = format!("# mine\n{}\n\n", own.public_openssh());
     let out = merge(
-        &existing,
+        existing.as_bytes(),
         &[managed(&k, KeyKind::Admin, 3)],
         Mode::Exclusive,
         &[],
     )
     .unwrap();
-    assert_eq!(out, format!("{} keyward-managed:admin:3\n", body(&k)));
-    assert_eq!(merge(&existing, &[], Mode::Exclusive, &[]).unwrap(), "");
+    assert_eq!(
+        out,
+        format!("{} keyward-managed:admin:3\n", body(&k)).as_bytes()
+    );
+    assert_eq!(
+        merge(existing.as_bytes(), &[], Mode::Exclusive, &[]).unwrap(),
+        b""
+    );
 }
 
 #[test]
@@ -208,14 +214,14 @@ fn preserve_keeps_user_lines_replaces_managed_ones_and_drops_denied_keys() {
     );
     let denied = [old.fingerprint().clone(), revoked.fingerprint().clone()];
     let out = merge(
-        &existing,
+        existing.as_bytes(),
         &[managed(&current, KeyKind::Tenant, 2)],
         Mode::Preserve,
         &denied,
     )
     .unwrap();
     assert_eq!(
-        out,
+        String::from_utf8(out.clone()).unwrap(),
         format!(
             "# my keys\n{}\n\ngarbage line stays\n   # indented comment\n{} keyward-managed:tenant:2\n",
             own.public_openssh(),
@@ -244,12 +250,15 @@ fn merge_is_idempotent_and_order_independent() {
     let reversed = [admin, mb.clone(), ma, mb];
     let existing = format!("{}\n# note", own.public_openssh());
     for mode in [Mode::Exclusive, Mode::Preserve] {
-        let once = merge(&existing, &keys, mode, &[]).unwrap();
+        let once = merge(existing.as_bytes(), &keys, mode, &[]).unwrap();
         let twice = merge(&once, &keys, mode, &[]).unwrap();
         assert_eq!(once, twice, "{mode}");
-        assert_eq!(merge(&existing, &reversed, mode, &[]).unwrap(), once);
-        assert!(once.ends_with('\n'));
-        let managed_lines = once.lines().filter(|l| is_managed_line(l)).count();
+        assert_eq!(
+            merge(existing.as_bytes(), &reversed, mode, &[]).unwrap(),
+            once
+        );
+        assert!(once.ends_with(b"\n"));
+        let managed_lines = lines(&once).filter(|l| is_managed_line(l)).count();
         assert_eq!(managed_lines, 3, "{mode}: duplicates removed, all kept");
     }
 }
@@ -270,10 +279,52 @@ fn fingerprints_skip_what_does_not_parse() {
 
 #[test]
 fn options_are_skipped_like_sshd_does() {
-    assert_eq!(skip_options("a=\"x y\" rest"), Some("rest"));
-    assert_eq!(skip_options("a=\"x \\\" y\",b\t\t rest"), Some("rest"));
-    assert_eq!(skip_options("a=\"open"), None);
-    assert_eq!(skip_options("nospace"), Some(""));
+    let key = new_key("o");
+    let b = body(&key);
+    for (options, gap) in [
+        ("a=\"x y\"", " "),
+        ("a=\"x \\\" y\",b", "\t\t "),
+        ("no-pty", " "),
+    ] {
+        let line = format!("{options}{gap}{b} c");
+        let parsed = parse_line(line.as_bytes()).unwrap();
+        assert_eq!(&parsed.fingerprint, key.fingerprint(), "{line:?}");
+        assert_eq!(parsed.options, Some(0..options.len()), "{line:?}");
+    }
+    assert_eq!(parse_line(format!("a=\"open {b}").as_bytes()), None);
+    assert_eq!(parse_line(b"nospace"), None);
+}
+
+#[test]
+fn preserve_keeps_user_bytes_that_are_not_utf8_cr_or_nul() {
+    let own = new_key("own");
+    let revoked = new_key("revoked");
+    let existing = [
+        b"# caf\xe9 latin-1 comment\r\n".as_slice(),
+        format!("{}\r\n", own.public_openssh()).as_bytes(),
+        b"junk\0with nul\n",
+        format!("{}\0trailing\n", body(&revoked)).as_bytes(),
+        b"\xff\xfe no newline at the end",
+    ]
+    .concat();
+    let out = merge(
+        &existing,
+        &[],
+        Mode::Preserve,
+        &[revoked.fingerprint().clone()],
+    )
+    .unwrap();
+    let expected = [
+        b"# caf\xe9 latin-1 comment\r\n".as_slice(),
+        format!("{}\r\n", own.public_openssh()).as_bytes(),
+        b"junk\0with nul\n",
+        b"\xff\xfe no newline at the end\n",
+    ]
+    .concat();
+    assert_eq!(out, expected);
+    // An empty file stays empty; a lone newline is one (blank) line and stays.
+    assert_eq!(merge(b"", &[], Mode::Preserve, &[]).unwrap(), b"");
+    assert_eq!(merge(b"\n", &[], Mode::Preserve, &[]).unwrap(), b"\n");
 }
 
 #[test]

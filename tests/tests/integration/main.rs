@@ -6,6 +6,7 @@
 mod agent_e2e;
 mod agent_mtls;
 mod api_surface;
+mod authorized_keys_logins;
 mod backends;
 mod bad_input;
 mod login_ingest;

@@ -12,7 +12,7 @@ use reqwest::Method;
 
 /// Sessions end and files change well within this; the latency itself is measured by
 /// `keyward-bench revocation`, not asserted here.
-const WITHIN: Duration = Duration::from_secs(10);
+const WITHIN: Duration = Duration::from_secs(20);
 
 /// Runs a shell command as `user` (the tenant attacking from its own shell).
 fn as_user(user: &TestUser, script: &str) {
@@ -230,12 +230,21 @@ async fn a_hard_link_pin_does_not_stop_revocation_and_the_host_says_so() {
         std::fs::read_to_string(d.user.home.join("pin")).unwrap(),
         before
     );
-    // The host is not called in sync: it says what happened.
-    let view = eventually("the host to be degraded", WITHIN, || async {
-        let view = d.agent.view(&d.cp).await;
-        (view["status"] == "degraded").then_some(view)
-    })
-    .await;
+    // The host is not called in sync: it says what happened, until the next state.
+    let mut view = d.agent.view(&d.cp).await;
+    for _ in 0..100 {
+        if view["status"] == "degraded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        view = d.agent.view(&d.cp).await;
+    }
+    assert_eq!(
+        view["status"],
+        "degraded",
+        "{view}\nagent log:\n{}",
+        d.agent.log_text()
+    );
     let reasons = view["lastError"].as_str().unwrap();
     assert!(reasons.contains("2 hard links"), "{view}");
     assert!(reasons.starts_with(&format!("{}: ", d.user.name)), "{view}");
