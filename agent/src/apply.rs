@@ -68,16 +68,17 @@ pub trait Applier: Send + Sync + 'static {
     /// Ends `user`'s live SSH sessions; returns how many.
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError>;
 
-    /// Ends the sessions of `user` a revocation must end: those `attribution` ties to a denied
-    /// key and those it cannot tie to any, leaving the others (the rule is in
-    /// [`crate::logins::revoke`]); returns how many. The default ends them all, like
-    /// [`Applier::end_sessions`].
+    /// Ends the sessions of `user` a revocation must end: every session except those that
+    /// `attribution`'s verified records tie to a key in `valid` (the fingerprints valid for the
+    /// user now) or to a login without a key (the rule is in [`crate::logins::revoke`]); returns
+    /// how many. The default ends them all, like [`Applier::end_sessions`].
     fn end_revoked_sessions(
         &self,
         user: &UnixUser,
         attribution: &SessionAttribution,
+        valid: &[String],
     ) -> Result<u32, ApplyError> {
-        let _ = attribution;
+        let _ = (attribution, valid);
         self.end_sessions(user)
     }
 }
@@ -195,7 +196,7 @@ impl Applier for SystemApplier {
     }
 
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
-        crate::sessions::end_sessions(user)
+        crate::sessions::end_sessions(user, &crate::config::SshdTrust::default())
             .map(|pids| u32::try_from(pids.len()).unwrap_or(u32::MAX))
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
@@ -204,8 +205,9 @@ impl Applier for SystemApplier {
         &self,
         user: &UnixUser,
         attribution: &SessionAttribution,
+        valid: &[String],
     ) -> Result<u32, ApplyError> {
-        crate::logins::revoke::end_revoked_sessions(user, attribution)
+        crate::logins::revoke::end_revoked_sessions(user, attribution, valid)
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
 }

@@ -491,8 +491,11 @@ impl Agent {
             }
             let applier = Arc::clone(&self.applier);
             let (u, d) = (user.clone(), desired.clone());
+            // The keys valid for the user now: what this apply left (none if it failed).
+            let mut valid = Vec::new();
             match tokio::task::spawn_blocking(move || applier.apply_user(&u, mode, &d)).await {
                 Ok(Ok(done)) => {
+                    valid.clone_from(&done.fingerprints);
                     result.changed = done.changed;
                     result.fingerprints = done.fingerprints.clone();
                     self.observed.insert(user.to_string(), done.fingerprints);
@@ -504,14 +507,13 @@ impl Agent {
                 Err(e) => result.error = format!("the apply task failed: {e}"),
             }
             // After the write, so a user whose sessions end cannot log in again with a key the
-            // write just removed. Only the sessions of denied keys (and unattributed ones) end.
+            // write just removed. Only sessions verified logins tie to a valid key stay.
             let acted = self.epochs.get(user.as_str()).copied().unwrap_or(0);
             if desired.session_epoch > acted {
                 let applier = Arc::clone(&self.applier);
-                let denied = &desired.denied_fingerprints;
                 match self
                     .logins
-                    .end_revoked_sessions(applier, &user, denied)
+                    .end_revoked_sessions(applier, &user, &valid)
                     .await
                 {
                     Ok(n) => {
