@@ -75,9 +75,10 @@ pub trait Applier: Send + Sync + 'static {
     /// Ends `user`'s live SSH sessions; returns how many.
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError>;
 
-    /// Ends the sessions of `user` a check must end: all but those `attribution` ties to a key
-    /// in `valid` (the keys valid for the user now; the rule is in [`crate::logins::revoke`]);
-    /// returns how many. The default ends them all, like [`Applier::end_sessions`].
+    /// Ends the sessions of `user` a revocation must end: every session except those that
+    /// `attribution`'s verified records tie to a key in `valid` (the fingerprints valid for the
+    /// user now) or to a login without a key (the rule is in [`crate::logins::revoke`]); returns
+    /// how many. The default ends them all, like [`Applier::end_sessions`].
     fn end_revoked_sessions(
         &self,
         user: &UnixUser,
@@ -234,7 +235,7 @@ impl Applier for SystemApplier {
     }
 
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
-        crate::sessions::end_sessions(user)
+        crate::sessions::end_sessions(user, &crate::config::SshdTrust::default())
             .map(|pids| u32::try_from(pids.len()).unwrap_or(u32::MAX))
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
@@ -245,8 +246,7 @@ impl Applier for SystemApplier {
         attribution: &SessionAttribution,
         valid: &[String],
     ) -> Result<u32, ApplyError> {
-        let _ = valid;
-        crate::logins::revoke::end_revoked_sessions(user, attribution)
+        crate::logins::revoke::end_revoked_sessions(user, attribution, valid)
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
 }

@@ -20,12 +20,26 @@
 //! max_bytes = 1048576
 //! max_lines = 10000
 //!
-//! # SSH login audit (the default: the rsyslog file)
+//! # SSH login audit (the default: the systemd journal)
 //! [logins]
-//! source = "file"              # "file", "journald" (built with the `journald` feature) or "off"
+//! source = "journald"          # "journald" (agents built with the `journald` feature, the
+//!                              # default build), "file" or "off"
 //! path = "/var/log/auth.log"   # the file source's log
 //! spool_max_events = 10000     # events kept on disk while the control plane is unreachable
+//! # What counts as sshd: the executables (`/proc/PID/exe`, journald's `_EXE`) and, for
+//! # journald records that name one, the systemd units (`*` matches any text).
+//! sshd_executables = ["/usr/sbin/sshd", "/usr/lib/openssh/sshd-session"]
+//! sshd_units = ["ssh.service", "sshd.service", "ssh@*.service", "sshd@*.service"]
 //! ```
+//!
+//! Which source to trust: only the journal can say who wrote a line. journald records the
+//! sender's uid, process name and executable itself (`_UID`, `_COMM`, `_EXE`, `_SYSTEMD_UNIT`),
+//! and the agent takes only records whose fields are sshd's. A log file can not: `sshd -E` writes
+//! what unauthenticated clients send (a key-exchange offer with newlines in it becomes lines of
+//! its own) and `/var/log/auth.log` takes any local user's `logger -t sshd`. So from a file only
+//! an accepted login that a live connection of the real sshd corroborates when it is read is
+//! *verified* (see [`crate::logins::audit`]); everything else is sent as unverified and never
+//! keeps a session.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -43,6 +57,17 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/keyward-agent";
 pub const DEFAULT_HOST_KEY_DIR: &str = "/etc/ssh";
 /// The log file the login audit reads by default (rsyslog's, on Debian).
 pub const DEFAULT_LOGIN_LOG: &str = "/var/log/auth.log";
+/// The executables that are sshd by default: Debian's sshd and, from OpenSSH 9.8, its
+/// per-connection `sshd-session`.
+pub const DEFAULT_SSHD_EXECUTABLES: [&str; 2] = ["/usr/sbin/sshd", "/usr/lib/openssh/sshd-session"];
+/// The systemd units sshd runs in by default (Debian's `ssh.service`, other distributions'
+/// `sshd.service`, and the per-connection instances of socket activation).
+pub const DEFAULT_SSHD_UNITS: [&str; 4] = [
+    "ssh.service",
+    "sshd.service",
+    "ssh@*.service",
+    "sshd@*.service",
+];
 /// Login events kept on disk by default while they wait for the control plane.
 pub const DEFAULT_SPOOL_MAX_EVENTS: usize = 10_000;
 /// The largest spool allowed (about 2 MB per 10,000 events, rewritten whole on every change).
@@ -121,6 +146,14 @@ pub struct LoginsConfig {
     /// Events kept on disk for the control plane; past this the oldest are dropped and counted.
     #[serde(default = "default_spool_max_events")]
     pub spool_max_events: usize,
+    /// The sshd executables: a process is sshd only when its `/proc/PID/exe` (or a journal
+    /// record's `_EXE`) is one of these, whatever its name, title or owner.
+    #[serde(default = "default_sshd_executables")]
+    pub sshd_executables: Vec<PathBuf>,
+    /// The systemd units a journal record of sshd may come from when it names one
+    /// (`_SYSTEMD_UNIT`); `*` matches any text.
+    #[serde(default = "default_sshd_units")]
+    pub sshd_units: Vec<String>,
 }
 
 impl Default for LoginsConfig {
@@ -129,8 +162,68 @@ impl Default for LoginsConfig {
             source: default_login_source(),
             path: default_login_log(),
             spool_max_events: default_spool_max_events(),
+            sshd_executables: default_sshd_executables(),
+            sshd_units: default_sshd_units(),
         }
     }
+}
+
+/// What the agent takes as sshd (`[logins] sshd_executables` and `sshd_units`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshdTrust {
+    pub executables: Vec<PathBuf>,
+    pub units: Vec<String>,
+}
+
+impl Default for SshdTrust {
+    fn default() -> Self {
+        Self {
+            executables: default_sshd_executables(),
+            units: default_sshd_units(),
+        }
+    }
+}
+
+impl SshdTrust {
+    /// Whether `exe` (the text of a `/proc/PID/exe` link or a journal record's `_EXE`) names an
+    /// sshd executable. An executable replaced since the process started (an upgrade) reads as
+    /// `PATH (deleted)`: that counts only when `deleted_ok` (the caller knows the process runs as
+    /// root, which no tenant can fake).
+    pub fn is_executable(&self, exe: &[u8], deleted_ok: bool) -> bool {
+        let exe = match exe.strip_suffix(b" (deleted)") {
+            Some(path) if deleted_ok => path,
+            Some(_) => return false,
+            None => exe,
+        };
+        self.executables
+            .iter()
+            .any(|p| p.as_os_str().as_encoded_bytes() == exe)
+    }
+
+    /// Whether a journal record's `_SYSTEMD_UNIT` is one sshd runs in.
+    pub fn unit_allowed(&self, unit: &str) -> bool {
+        self.units.iter().any(|pattern| glob_match(pattern, unit))
+    }
+}
+
+/// `*` matches any run of characters (none included); everything else itself.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 impl LoginsConfig {
@@ -151,6 +244,14 @@ impl LoginsConfig {
         }
     }
 
+    /// What counts as sshd.
+    pub fn trust(&self) -> SshdTrust {
+        SshdTrust {
+            executables: self.sshd_executables.clone(),
+            units: self.sshd_units.clone(),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         if self.source == LoginSource::Journald && !cfg!(feature = "journald") {
             return Err(
@@ -159,7 +260,7 @@ impl LoginsConfig {
                     .into(),
             );
         }
-        if self.source == LoginSource::File && !self.path.is_absolute() {
+        if !self.path.is_absolute() {
             return Err("[logins] path must be an absolute path".into());
         }
         if !(1..=MAX_SPOOL_MAX_EVENTS).contains(&self.spool_max_events) {
@@ -167,12 +268,33 @@ impl LoginsConfig {
                 "[logins] spool_max_events must be between 1 and {MAX_SPOOL_MAX_EVENTS}"
             ));
         }
+        if self.sshd_executables.is_empty()
+            || self.sshd_executables.iter().any(|p| !p.is_absolute())
+        {
+            return Err("[logins] sshd_executables must list absolute paths".into());
+        }
+        if self.sshd_units.iter().any(|u| u.is_empty()) {
+            return Err("[logins] sshd_units must not hold an empty name".into());
+        }
         Ok(())
     }
 }
 
+/// The journal where the agent can read it (the default build); else the log file.
 fn default_login_source() -> LoginSource {
-    LoginSource::File
+    if cfg!(feature = "journald") {
+        LoginSource::Journald
+    } else {
+        LoginSource::File
+    }
+}
+
+fn default_sshd_executables() -> Vec<PathBuf> {
+    DEFAULT_SSHD_EXECUTABLES.iter().map(PathBuf::from).collect()
+}
+
+fn default_sshd_units() -> Vec<String> {
+    DEFAULT_SSHD_UNITS.iter().map(|u| (*u).to_owned()).collect()
 }
 
 fn default_login_log() -> PathBuf {
@@ -338,7 +460,13 @@ mod tests {
         let users = "[[users]]\nname = \"a\"\nmode = \"preserve\"\n";
         let c = AgentConfig::parse(users).unwrap();
         assert_eq!(c.logins, LoginsConfig::default());
-        assert_eq!(c.logins.source, LoginSource::File);
+        let default_source = if cfg!(feature = "journald") {
+            LoginSource::Journald
+        } else {
+            LoginSource::File
+        };
+        assert_eq!(c.logins.source, default_source);
+        assert_eq!(c.logins.trust(), SshdTrust::default());
         assert_eq!(c.logins.path, PathBuf::from(DEFAULT_LOGIN_LOG));
         assert_eq!(c.logins.spool_max_events, DEFAULT_SPOOL_MAX_EVENTS);
         let c = AgentConfig::parse(&format!(
@@ -356,6 +484,9 @@ mod tests {
             ("path = \"auth.log\"", "absolute"),
             ("spool_max_events = 0", "between"),
             ("cursor = 3", "unknown field"),
+            ("sshd_executables = []", "absolute"),
+            ("sshd_executables = [\"sshd\"]", "absolute"),
+            ("sshd_units = [\"\"]", "empty"),
         ] {
             let err = AgentConfig::parse(&format!("{users}[logins]\n{section}\n")).unwrap_err();
             assert!(err.contains(want), "{section}: {err}");
@@ -364,6 +495,54 @@ mod tests {
             AgentConfig::new("/x", vec![]).logins.source,
             LoginSource::Off
         );
+    }
+
+    #[test]
+    fn what_counts_as_sshd() {
+        let users = "[[users]]\nname = \"a\"\nmode = \"preserve\"\n";
+        let c = AgentConfig::parse(&format!(
+            "{users}[logins]\nsshd_executables = [\"/opt/ssh/sbin/sshd\"]\nsshd_units = [\"custom-ssh.service\"]\n"
+        ))
+        .unwrap();
+        let trust = c.logins.trust();
+        assert!(trust.is_executable(b"/opt/ssh/sbin/sshd", false));
+        assert!(!trust.is_executable(b"/usr/sbin/sshd", false));
+        assert!(trust.unit_allowed("custom-ssh.service"));
+        assert!(!trust.unit_allowed("ssh.service"));
+
+        let trust = SshdTrust::default();
+        for exe in [&b"/usr/sbin/sshd"[..], b"/usr/lib/openssh/sshd-session"] {
+            assert!(trust.is_executable(exe, false));
+        }
+        assert!(trust.is_executable(b"/usr/sbin/sshd (deleted)", true));
+        for exe in [
+            &b"/usr/sbin/sshd (deleted)"[..],
+            b"/usr/bin/python3.11",
+            b"/home/t/sshd",
+            b"/usr/sbin/sshd2",
+            b"",
+        ] {
+            assert!(!trust.is_executable(exe, false), "{exe:?}");
+        }
+        for unit in [
+            "ssh.service",
+            "sshd.service",
+            "ssh@0-127.0.0.1:22-127.0.0.1:40000.service",
+        ] {
+            assert!(trust.unit_allowed(unit), "{unit}");
+        }
+        for unit in [
+            "session-3.scope",
+            "user@1000.service",
+            "ssh.socket",
+            "evil-ssh.service",
+            "ssh.service.d",
+            "",
+        ] {
+            assert!(!trust.unit_allowed(unit), "{unit}");
+        }
+        assert!(glob_match("a*b*c", "aXbYc") && !glob_match("a*b*c", "aXbY"));
+        assert!(glob_match("*", "") && glob_match("a*", "a") && !glob_match("a", "ab"));
     }
 
     #[test]

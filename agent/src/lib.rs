@@ -3,6 +3,7 @@
 //! - [`writer`]: writes a user's `~/.ssh/authorized_keys` safely as root in a home the user
 //!   controls (no symlink or hard link a user plants is ever followed).
 //! - [`sessions`]: ends a user's live SSH sessions.
+//! - [`procs`]: one read of `/proc` (processes, the real sshd's sockets, the TCP tables).
 //! - [`watch`]: notices outside edits of managed files.
 //! - [`config`], [`cache`]: the configuration file and the state directory.
 //! - [`enroll`]: `keyward-agent enroll` (one-time token and CSR for a client certificate).
@@ -13,6 +14,7 @@
 //! - [`host_keys`], [`sd_notify`]: SSH host keys for Hello; systemd readiness and watchdog.
 //! - [`logins`]: the SSH login audit (sshd's log to the control plane) and exact revocation.
 
+pub mod procs;
 pub mod sessions;
 pub mod watch;
 pub mod writer;

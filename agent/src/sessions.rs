@@ -12,17 +12,18 @@
 //! child, which exits and closes the connection); to a user-owned `USER@...` process that has no
 //! such monitor (an sshd without privilege separation); and to the user-owned processes below
 //! them (the session's shell and commands: a `notty` command would otherwise outlive its
-//! connection). The name alone is not trusted: a monitor must run as root and a `USER@`
-//! process as the user, so a process another user named `sshd: victim [priv]` is never matched,
-//! and the listening sshd (`sshd: /usr/sbin/sshd ... [listener]` or a plain command line) never
-//! is either. Processes that left the session's tree (double-forked daemons) are not followed.
+//! connection). Neither the name nor the owner alone is trusted: a process is sshd only when its
+//! `/proc/PID/exe` is an sshd executable ([`crate::procs`]), a monitor must run as root and a
+//! `USER@` process as the user, so a process another user named `sshd: victim [priv]` is never
+//! matched, and the listening sshd (`sshd: /usr/sbin/sshd ... [listener]` or a plain command
+//! line) never is either. Processes that left the session's tree (double-forked daemons) are not
+//! followed.
 //!
-//! [`find_session_trees`] and [`end_session_trees`] do the same per session (one tree per monitor,
-//! or per connection process without one), so that a revocation can end some of a user's
-//! sessions and leave the others: [`crate::logins::revoke`] decides which.
+//! [`session_trees`] and [`end_session_trees`] do the same per session (one tree per monitor, or
+//! per connection process without one), from one [`ProcSnapshot`], so that a revocation can end
+//! some of a user's sessions and leave the others: [`crate::logins::revoke`] decides which.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,9 @@ use keyward_common::UnixUser;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
+
+use crate::config::SshdTrust;
+use crate::procs::{self, ProcEntry, ProcSnapshot};
 
 /// Why sessions could not be (fully) ended.
 #[derive(Debug, thiserror::Error)]
@@ -90,33 +94,59 @@ impl SessionTree {
 
 /// Sends SIGTERM to the user's live SSH sessions (see the module docs for which processes) and
 /// returns the pids signalled. No session is not an error: the result is then empty.
-pub fn end_sessions(user: &UnixUser) -> Result<Vec<i32>, SessionError> {
+pub fn end_sessions(user: &UnixUser, trust: &SshdTrust) -> Result<Vec<i32>, SessionError> {
     let uid = user_uid(user)?;
-    let targets = session_processes(Path::new("/proc"), user.as_str(), uid)?;
-    signal_all(user, &targets)
+    let snapshot = snapshot(Path::new("/proc"), trust, uid)?;
+    let targets = select(&snapshot, user.as_str(), uid);
+    signal_all(user, trust, &targets)
 }
 
-/// The user's sessions now, one tree each.
-pub fn find_session_trees(user: &UnixUser) -> Result<Vec<SessionTree>, SessionError> {
+/// The user's sessions now, one tree each (one read of `/proc`).
+pub fn find_session_trees(
+    user: &UnixUser,
+    trust: &SshdTrust,
+) -> Result<Vec<SessionTree>, SessionError> {
     let uid = user_uid(user)?;
-    session_trees_in(Path::new("/proc"), user.as_str(), uid)
+    let snapshot = snapshot(Path::new("/proc"), trust, uid)?;
+    Ok(session_trees(&snapshot, user.as_str(), uid))
 }
 
-/// Sends SIGTERM to every process of `trees` (found by [`find_session_trees`] for `user`), each
+/// Reads `/proc` once for `uid`'s sessions: every process, and the sockets of the sshd processes
+/// of root and of `uid`.
+pub fn snapshot(
+    proc_root: &Path,
+    trust: &SshdTrust,
+    uid: u32,
+) -> Result<ProcSnapshot, SessionError> {
+    ProcSnapshot::take(proc_root, trust, &[0, uid]).map_err(|error| SessionError::ReadProc {
+        path: proc_root.to_path_buf(),
+        error,
+    })
+}
+
+/// Sends SIGTERM to every process of `trees` (found by [`session_trees`] for `user`), each
 /// re-checked right before (a pid reused since the scan is left alone); returns the pids
 /// signalled.
-pub fn end_session_trees(user: &UnixUser, trees: &[SessionTree]) -> Result<Vec<i32>, SessionError> {
+pub fn end_session_trees(
+    user: &UnixUser,
+    trust: &SshdTrust,
+    trees: &[SessionTree],
+) -> Result<Vec<i32>, SessionError> {
     let targets: Vec<SessionProcess> = trees.iter().flat_map(|t| t.processes()).copied().collect();
-    signal_all(user, &targets)
+    signal_all(user, trust, &targets)
 }
 
-fn signal_all(user: &UnixUser, targets: &[SessionProcess]) -> Result<Vec<i32>, SessionError> {
+fn signal_all(
+    user: &UnixUser,
+    trust: &SshdTrust,
+    targets: &[SessionProcess],
+) -> Result<Vec<i32>, SessionError> {
     let procs = Path::new("/proc");
     let mut signalled = Vec::new();
     let mut failure = None;
     for target in targets {
         // The pid may have been reused since the scan: re-check it right before signalling.
-        if !still_matches(procs, user.as_str(), target) {
+        if !still_matches(procs, trust, user.as_str(), target) {
             continue;
         }
         match kill(Pid::from_raw(target.pid), Signal::SIGTERM) {
@@ -140,12 +170,17 @@ fn signal_all(user: &UnixUser, targets: &[SessionProcess]) -> Result<Vec<i32>, S
 
 /// The user's session processes now: monitors first, then connection processes without a
 /// monitor, then the user-owned processes below either.
-pub fn find_sessions(user: &UnixUser) -> Result<Vec<SessionProcess>, SessionError> {
+pub fn find_sessions(
+    user: &UnixUser,
+    trust: &SshdTrust,
+) -> Result<Vec<SessionProcess>, SessionError> {
     let uid = user_uid(user)?;
-    session_processes(Path::new("/proc"), user.as_str(), uid)
+    let snapshot = snapshot(Path::new("/proc"), trust, uid)?;
+    Ok(select(&snapshot, user.as_str(), uid))
 }
 
-fn user_uid(user: &UnixUser) -> Result<u32, SessionError> {
+/// The user's uid.
+pub fn user_uid(user: &UnixUser) -> Result<u32, SessionError> {
     match User::from_name(user.as_str()) {
         Ok(Some(found)) => Ok(found.uid.as_raw()),
         Ok(None) => Err(SessionError::NoSuchUser { user: user.clone() }),
@@ -156,8 +191,9 @@ fn user_uid(user: &UnixUser) -> Result<u32, SessionError> {
     }
 }
 
-/// Classifies a process title (`/proc/PID/cmdline`) for `user`. Only the exact shapes sshd
-/// writes match: `sshd: bob [priv]` is not a session of `bo` or of `bobby`.
+/// Classifies a process title (argv0, `/proc/PID/cmdline`) for `user`. Only the exact shapes
+/// sshd writes match: `sshd: bob [priv]` is not a session of `bo` or of `bobby`. The title says
+/// nothing about whether the process is sshd: see [`role`].
 pub fn classify(cmdline: &[u8], user: &str) -> Option<Role> {
     // setproctitle leaves the title in argv[0], padded with NULs (or spaces on some builds).
     let title = cmdline.split(|&b| b == 0).next()?;
@@ -173,157 +209,71 @@ pub fn classify(cmdline: &[u8], user: &str) -> Option<Role> {
     (!ttys.is_empty() && ttys.chars().all(tty_chars)).then_some(Role::Connection)
 }
 
-/// One process as read from `/proc`.
-#[derive(Debug, Clone)]
-struct ProcEntry {
-    pid: i32,
-    ppid: i32,
-    uid: u32,
-    role: Option<Role>,
-}
-
-/// Finds the processes to signal under `proc_root` (a parameter so tests can use a fake tree).
-fn session_processes(
-    proc_root: &Path,
-    user: &str,
-    uid: u32,
-) -> Result<Vec<SessionProcess>, SessionError> {
-    Ok(select(&read_all(proc_root, user)?, uid))
-}
-
-/// [`session_processes`] grouped per session.
-pub(crate) fn session_trees_in(
-    proc_root: &Path,
-    user: &str,
-    uid: u32,
-) -> Result<Vec<SessionTree>, SessionError> {
-    Ok(trees(&read_all(proc_root, user)?, uid))
-}
-
-fn read_all(proc_root: &Path, user: &str) -> Result<Vec<ProcEntry>, SessionError> {
-    let entries = fs::read_dir(proc_root).map_err(|error| SessionError::ReadProc {
-        path: proc_root.to_path_buf(),
-        error,
-    })?;
-    let mut all = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // A process may exit mid-scan; whatever cannot be read is skipped.
-        if let Some(found) = read_entry(proc_root, pid, user) {
-            all.push(found);
-        }
+/// What a process of a snapshot is to `user`'s sessions: a monitor is an sshd process running as
+/// root titled `sshd: USER [priv]`; a connection process an sshd process running as `uid` titled
+/// `sshd: USER@tty`. Anything not running an sshd executable is neither, whatever its title.
+pub fn role(p: &ProcEntry, user: &str, uid: u32) -> Option<Role> {
+    if !p.sshd {
+        return None;
     }
-    Ok(all)
-}
-
-fn read_entry(proc_root: &Path, pid: i32, user: &str) -> Option<ProcEntry> {
-    let dir = proc_root.join(pid.to_string());
-    let status = fs::read_to_string(dir.join("status")).ok()?;
-    let (ppid, uid) = parse_status(&status)?;
-    let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
-    Some(ProcEntry {
-        pid,
-        ppid,
-        uid,
-        role: classify(&cmdline, user),
-    })
-}
-
-/// `PPid:` and the real uid (first field of `Uid:`) from `/proc/PID/status`.
-fn parse_status(status: &str) -> Option<(i32, u32)> {
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-    };
-    Some((field("PPid:")?.parse().ok()?, field("Uid:")?.parse().ok()?))
-}
-
-/// The selection described in the module docs.
-fn select(all: &[ProcEntry], uid: u32) -> Vec<SessionProcess> {
-    let monitors: BTreeSet<i32> = all
-        .iter()
-        .filter(|p| p.role == Some(Role::Monitor) && p.uid == 0)
-        .map(|p| p.pid)
-        .collect();
-    // A connection process is a target of its own only without a monitor above it.
-    let orphans: BTreeSet<i32> = all
-        .iter()
-        .filter(|p| p.role == Some(Role::Connection) && p.uid == uid)
-        .filter(|p| !monitors.contains(&p.ppid))
-        .map(|p| p.pid)
-        .collect();
-
-    let mut children: HashMap<i32, Vec<&ProcEntry>> = HashMap::new();
-    for p in all {
-        children.entry(p.ppid).or_default().push(p);
+    match classify(&p.title, user)? {
+        Role::Monitor if p.uid == 0 => Some(Role::Monitor),
+        Role::Connection if p.uid == uid => Some(Role::Connection),
+        _ => None,
     }
-    // Everything the user owns below a monitor or an orphan connection process (the connection
-    // process itself included), breadth first. `seen` guards against a cycle in a torn read.
-    let mut below = Vec::new();
-    let mut seen: BTreeSet<i32> = monitors.union(&orphans).copied().collect();
-    let mut queue: Vec<i32> = seen.iter().copied().collect();
-    while let Some(parent) = queue.pop() {
-        for child in children.get(&parent).into_iter().flatten() {
-            if child.uid == uid && seen.insert(child.pid) {
-                below.push(child.pid);
-                queue.push(child.pid);
-            }
-        }
-    }
-    below.sort_unstable();
-
-    let by_pid: HashMap<i32, &ProcEntry> = all.iter().map(|p| (p.pid, p)).collect();
-    monitors
-        .iter()
-        .chain(orphans.iter())
-        .chain(below.iter())
-        .filter_map(|pid| by_pid.get(pid))
-        .map(|p| SessionProcess {
-            pid: p.pid,
-            ppid: p.ppid,
-            uid: p.uid,
-            role: p.role,
-        })
-        .collect()
 }
 
-/// The selection of [`select`], one tree per monitor or orphan connection process (monitors
-/// first, each group by pid).
-fn trees(all: &[ProcEntry], uid: u32) -> Vec<SessionTree> {
-    let monitors: BTreeSet<i32> = all
-        .iter()
-        .filter(|p| p.role == Some(Role::Monitor) && p.uid == 0)
-        .map(|p| p.pid)
-        .collect();
-    let orphans: BTreeSet<i32> = all
-        .iter()
-        .filter(|p| p.role == Some(Role::Connection) && p.uid == uid)
-        .filter(|p| !monitors.contains(&p.ppid))
-        .map(|p| p.pid)
-        .collect();
-    let mut children: HashMap<i32, Vec<&ProcEntry>> = HashMap::new();
-    for p in all {
-        children.entry(p.ppid).or_default().push(p);
-    }
-    let by_pid: HashMap<i32, &ProcEntry> = all.iter().map(|p| (p.pid, p)).collect();
-    let process = |p: &ProcEntry| SessionProcess {
+fn process(p: &ProcEntry, role: Option<Role>) -> SessionProcess {
+    SessionProcess {
         pid: p.pid,
         ppid: p.ppid,
         uid: p.uid,
-        role: p.role,
-    };
+        role,
+    }
+}
+
+/// The selection described in the module docs.
+fn select(snapshot: &ProcSnapshot, user: &str, uid: u32) -> Vec<SessionProcess> {
+    let mut roots = Vec::new();
+    let mut below = Vec::new();
+    for tree in session_trees(snapshot, user, uid) {
+        roots.push(tree.root);
+        below.extend(tree.below);
+    }
+    // Monitors first, then orphan connection processes (the trees' order), then the rest by pid.
+    below.sort_unstable_by_key(|p| p.pid);
+    roots.into_iter().chain(below).collect()
+}
+
+/// `user`'s sessions in `snapshot`: one tree per monitor or orphan connection process (monitors
+/// first, each group by pid), with the processes of `uid` below it.
+pub fn session_trees(snapshot: &ProcSnapshot, user: &str, uid: u32) -> Vec<SessionTree> {
+    let all = &snapshot.processes;
+    let roles: HashMap<i32, Role> = all
+        .iter()
+        .filter_map(|p| Some((p.pid, role(p, user, uid)?)))
+        .collect();
+    let monitors: BTreeSet<i32> = roles
+        .iter()
+        .filter(|(_, r)| **r == Role::Monitor)
+        .map(|(pid, _)| *pid)
+        .collect();
+    // A connection process is a root of its own only without a monitor above it.
+    let orphans: BTreeSet<i32> = all
+        .iter()
+        .filter(|p| roles.get(&p.pid) == Some(&Role::Connection))
+        .filter(|p| !monitors.contains(&p.ppid))
+        .map(|p| p.pid)
+        .collect();
+    let mut children: HashMap<i32, Vec<&ProcEntry>> = HashMap::new();
+    for p in all {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    // `seen` guards against a cycle in a torn read.
     let mut seen: BTreeSet<i32> = monitors.union(&orphans).copied().collect();
     let mut out = Vec::new();
     for root in monitors.iter().chain(orphans.iter()) {
-        let Some(entry) = by_pid.get(root) else {
+        let Some(entry) = snapshot.process(*root) else {
             continue;
         };
         let mut below = Vec::new();
@@ -331,23 +281,24 @@ fn trees(all: &[ProcEntry], uid: u32) -> Vec<SessionTree> {
         while let Some(parent) = queue.pop_front() {
             for child in children.get(&parent).into_iter().flatten() {
                 if child.uid == uid && seen.insert(child.pid) {
-                    below.push(process(child));
+                    below.push(process(child, roles.get(&child.pid).copied()));
                     queue.push_back(child.pid);
                 }
             }
         }
         out.push(SessionTree {
-            root: process(entry),
+            root: process(entry, roles.get(root).copied()),
             below,
         });
     }
     out
 }
 
-/// Whether `pid` is still the process that was selected (same role and owner).
-fn still_matches(proc_root: &Path, user: &str, target: &SessionProcess) -> bool {
-    read_entry(proc_root, target.pid, user)
-        .is_some_and(|now| now.uid == target.uid && now.role == target.role)
+/// Whether `pid` is still the process that was selected (same owner and role): one process
+/// re-read right before it is signalled.
+fn still_matches(proc_root: &Path, trust: &SshdTrust, user: &str, target: &SessionProcess) -> bool {
+    procs::read_one(proc_root, trust, target.pid)
+        .is_some_and(|now| now.uid == target.uid && role(&now, user, target.uid) == target.role)
 }
 
 #[cfg(test)]
@@ -404,69 +355,66 @@ mod tests {
         }
     }
 
-    #[test]
-    fn status_fields_are_read() {
-        let status =
-            "Name:\tsshd\nState:\tS (sleeping)\nPPid:\t812\nUid:\t1001\t0\t0\t0\nGid:\t0\n";
-        assert_eq!(parse_status(status), Some((812, 1001)));
-        assert_eq!(parse_status("Name:\tx\n"), None);
+    use crate::procs::tests::{SSHD, fake};
+
+    const PY: &str = "/usr/bin/python3.11";
+
+    fn take(r: &Path, uid: u32) -> ProcSnapshot {
+        ProcSnapshot::take(r, &SshdTrust::default(), &[0, uid]).unwrap()
     }
 
-    /// Writes a fake `/proc/PID/{cmdline,status}`.
-    fn fake(root: &Path, pid: i32, ppid: i32, uid: u32, cmdline: &str) {
-        let dir = root.join(pid.to_string());
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("cmdline"), format!("{cmdline}\0")).unwrap();
-        fs::write(
-            dir.join("status"),
-            format!("Name:\tx\nPPid:\t{ppid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
-        )
-        .unwrap();
+    fn session_processes(r: &Path, user: &str, uid: u32) -> Vec<SessionProcess> {
+        select(&take(r, uid), user, uid)
     }
 
     #[test]
     fn selects_monitors_orphans_and_the_users_processes_below_them() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        fs::create_dir(r.join("self")).unwrap(); // non-numeric entries are skipped
-        fake(r, 1, 0, 0, "/sbin/init");
+        std::fs::create_dir(r.join("self")).unwrap(); // non-numeric entries are skipped
+        fake(r, 1, 0, 0, "/sbin/init", "/sbin/init", &[]);
         fake(
             r,
             100,
             1,
             0,
+            SSHD,
             "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
+            &[],
         );
         // bob (uid 1001), session 1: monitor, connection, shell, command.
-        fake(r, 200, 100, 0, "sshd: bob [priv]");
-        fake(r, 201, 200, 1001, "sshd: bob@pts/0");
-        fake(r, 202, 201, 1001, "-bash");
-        fake(r, 203, 202, 1001, "sleep\x00600");
+        fake(r, 200, 100, 0, SSHD, "sshd: bob [priv]", &[]);
+        fake(r, 201, 200, 1001, SSHD, "sshd: bob@pts/0", &[]);
+        fake(r, 202, 201, 1001, "/bin/bash", "-bash", &[]);
+        fake(r, 203, 202, 1001, "/bin/sleep", "sleep\x00600", &[]);
         // Something root runs below bob's session (not bob's: left alone).
-        fake(r, 204, 202, 0, "sudo\x00-i");
+        fake(r, 204, 202, 0, "/usr/bin/sudo", "sudo\x00-i", &[]);
         // bob, session 2 without privilege separation: the connection process is the target.
-        fake(r, 300, 100, 1001, "sshd: bob@notty");
+        fake(r, 300, 100, 1001, SSHD, "sshd: bob@notty", &[]);
         // alice's session, and bob's fake monitor (wrong owner) and lookalike.
-        fake(r, 400, 100, 0, "sshd: alice [priv]");
-        fake(r, 401, 400, 1002, "sshd: alice@pts/1");
-        fake(r, 500, 1, 1001, "sshd: bob [priv]");
-        fake(r, 501, 1, 1003, "sshd: bob@pts/9");
+        fake(r, 400, 100, 0, SSHD, "sshd: alice [priv]", &[]);
+        fake(r, 401, 400, 1002, SSHD, "sshd: alice@pts/1", &[]);
+        fake(r, 500, 1, 1001, SSHD, "sshd: bob [priv]", &[]);
+        fake(r, 501, 1, 1003, SSHD, "sshd: bob@pts/9", &[]);
+        // Titled right, owned right, not sshd: a root python and bob's own python.
+        fake(r, 510, 1, 0, PY, "sshd: bob [priv]", &[]);
+        fake(r, 511, 1, 1001, PY, "sshd: bob@notty", &[]);
         // bob's process outside any session.
-        fake(r, 600, 1, 1001, "tmux");
+        fake(r, 600, 1, 1001, "/usr/bin/tmux", "tmux", &[]);
 
-        let got = session_processes(r, "bob", 1001).unwrap();
+        let got = session_processes(r, "bob", 1001);
         let pids: Vec<i32> = got.iter().map(|p| p.pid).collect();
         assert_eq!(pids, vec![200, 300, 201, 202, 203]);
         assert_eq!(got[0].role, Some(Role::Monitor));
         assert_eq!(got[1].role, Some(Role::Connection));
         assert_eq!(got[4].role, None);
 
-        let alice = session_processes(r, "alice", 1002).unwrap();
+        let alice = session_processes(r, "alice", 1002);
         assert_eq!(
             alice.iter().map(|p| p.pid).collect::<Vec<_>>(),
             vec![400, 401]
         );
-        assert!(session_processes(r, "carol", 1004).unwrap().is_empty());
+        assert!(session_processes(r, "carol", 1004).is_empty());
     }
 
     #[test]
@@ -478,18 +426,36 @@ mod tests {
             100,
             1,
             0,
+            SSHD,
             "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
+            &[],
         );
-        fake(r, 200, 100, 0, "sshd: bob [priv]");
-        fake(r, 201, 200, 1001, "sshd: bob@notty");
-        fake(r, 202, 201, 1001, "sleep\x00600");
-        fake(r, 210, 100, 0, "sshd: bob [priv]");
-        fake(r, 211, 210, 1001, "sshd: bob@pts/1");
-        fake(r, 212, 211, 1001, "-sh");
-        fake(r, 213, 212, 0, "sudo\x00-i");
-        fake(r, 300, 100, 1001, "sshd: bob@notty");
-        fake(r, 301, 300, 1001, "cat");
-        let trees = session_trees_in(r, "bob", 1001).unwrap();
+        fake(r, 200, 100, 0, SSHD, "sshd: bob [priv]", &[]);
+        fake(r, 201, 200, 1001, SSHD, "sshd: bob@notty", &[]);
+        fake(r, 202, 201, 1001, "/bin/sleep", "sleep\x00600", &[]);
+        fake(
+            r,
+            210,
+            100,
+            0,
+            "/usr/lib/openssh/sshd-session",
+            "sshd-session: bob [priv]",
+            &[],
+        );
+        fake(
+            r,
+            211,
+            210,
+            1001,
+            "/usr/lib/openssh/sshd-session",
+            "sshd-session: bob@pts/1",
+            &[],
+        );
+        fake(r, 212, 211, 1001, "/bin/sh", "-sh", &[]);
+        fake(r, 213, 212, 0, "/usr/bin/sudo", "sudo\x00-i", &[]);
+        fake(r, 300, 100, 1001, SSHD, "sshd: bob@notty", &[]);
+        fake(r, 301, 300, 1001, "/bin/cat", "cat", &[]);
+        let trees = session_trees(&take(r, 1001), "bob", 1001);
         let shape: Vec<(i32, Vec<i32>)> = trees
             .iter()
             .map(|t| (t.root.pid, t.below.iter().map(|p| p.pid).collect()))
@@ -511,7 +477,6 @@ mod tests {
             .collect();
         flat.sort_unstable();
         let mut want: Vec<i32> = session_processes(r, "bob", 1001)
-            .unwrap()
             .iter()
             .map(|p| p.pid)
             .collect();
@@ -520,10 +485,30 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_pid_is_not_signalled() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fake(r, 200, 1, 0, SSHD, "sshd: bob [priv]", &[]);
+        fake(r, 201, 200, 1001, "/bin/sleep", "sleep", &[]);
+        let trust = SshdTrust::default();
+        let trees = session_trees(&take(r, 1001), "bob", 1001);
+        let [monitor, below] = [trees[0].root, trees[0].below[0]];
+        assert!(still_matches(r, &trust, "bob", &monitor));
+        assert!(still_matches(r, &trust, "bob", &below));
+        // pid 200 is now bob's python under the same title; 201 is root's.
+        std::fs::remove_dir_all(r.join("200")).unwrap();
+        std::fs::remove_dir_all(r.join("201")).unwrap();
+        fake(r, 200, 1, 1001, PY, "sshd: bob [priv]", &[]);
+        fake(r, 201, 1, 0, "/bin/sleep", "sleep", &[]);
+        assert!(!still_matches(r, &trust, "bob", &monitor));
+        assert!(!still_matches(r, &trust, "bob", &below));
+    }
+
+    #[test]
     fn a_missing_user_is_an_error_not_a_panic() {
         let user: UnixUser = "kw-no-such-user-x".parse().unwrap();
         assert!(matches!(
-            end_sessions(&user),
+            end_sessions(&user, &SshdTrust::default()),
             Err(SessionError::NoSuchUser { .. })
         ));
     }

@@ -1,8 +1,12 @@
-//! The journald source through libsystemd (cargo feature `journald`), on real journal files:
-//! `systemd-journal-remote` (Debian's systemd-journal-remote) writes export-format records into
-//! journal files in a directory, which the source opens as it would open the system journal. No
-//! journald daemon is needed. Run with `cargo test -p keyward-agent --features journald --test
+//! The journald source through libsystemd (cargo feature `journald`, on by default), on real
+//! journal files: `systemd-journal-remote` (Debian's systemd-journal-remote) writes export-format
+//! records into journal files in a directory, which the source opens as it would open the system
+//! journal. No journald daemon is needed. Run with `cargo test -p keyward-agent --test
 //! logins_journald` (needs libsystemd-dev to build).
+//!
+//! Only records whose trusted fields (set by journald, `_`-prefixed) are root sshd's count:
+//! forged ones (`logger -t sshd`, a user's own `sshd`, another executable, another unit) are
+//! ignored.
 
 #![cfg(feature = "journald")]
 // Test code: a failed unwrap is a failed test.
@@ -12,6 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use keyward_agent::config::SshdTrust;
 use keyward_agent::logins::journald::JournalSource;
 use keyward_common::sshd_log::{LogLine, SshdEvent};
 use tokio::sync::mpsc;
@@ -19,12 +24,34 @@ use tokio::sync::mpsc;
 const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 const BOOT: &str = "6f1c6f1c6f1c6f1c6f1c6f1c6f1c6f1c";
 
-/// One record as `journalctl -o export` prints it.
+/// One record of root's sshd as `journalctl -o export` prints it.
 fn record(seq: u64, comm: &str, uid: u32, pid: u32, message: &str) -> String {
+    forged(
+        seq,
+        comm,
+        uid,
+        "/usr/sbin/sshd",
+        Some("ssh.service"),
+        pid,
+        message,
+    )
+}
+
+/// One record with the trusted fields given.
+fn forged(
+    seq: u64,
+    comm: &str,
+    uid: u32,
+    exe: &str,
+    unit: Option<&str>,
+    pid: u32,
+    message: &str,
+) -> String {
+    let unit = unit.map_or(String::new(), |u| format!("_SYSTEMD_UNIT={u}\n"));
     format!(
         "__CURSOR=s=0;i={seq}\n__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={seq}\n\
-         _BOOT_ID={BOOT}\n_TRANSPORT=syslog\nSYSLOG_IDENTIFIER=sshd\n_COMM={comm}\n_UID={uid}\n\
-         _PID={pid}\n_HOSTNAME=vps1\nMESSAGE={message}\n\n",
+         _BOOT_ID={BOOT}\n_TRANSPORT=syslog\nSYSLOG_IDENTIFIER=sshd\nSYSLOG_PID=1\n_COMM={comm}\n\
+         _UID={uid}\n_EXE={exe}\n{unit}_PID={pid}\n_HOSTNAME=vps1\nMESSAGE={message}\n\n",
         1_795_860_000_000_000 + seq * 1_000_000
     )
 }
@@ -89,11 +116,13 @@ async fn sshds_records_are_read_and_a_restart_resumes_after_the_cursor() {
                 100,
                 &format!("Accepted publickey for bob from 127.0.0.1 port 5 ssh2: ED25519 {fp}"),
             ),
-            // Matched by the identifier, refused by the process name: `logger -t sshd`.
-            record(
+            // `logger -t sshd` as a user: the identifier says sshd, journald says logger.
+            forged(
                 2,
                 "logger",
                 1000,
+                "/usr/bin/logger",
+                Some("session-1.scope"),
                 7,
                 "Accepted publickey for mallory from 127.0.0.1 port 6 ssh2: ED25519 SHA256:x",
             ),
@@ -106,11 +135,54 @@ async fn sshds_records_are_read_and_a_restart_resumes_after_the_cursor() {
                 100,
                 "Disconnected from user bob 127.0.0.1 port 5",
             ),
+            // The tenant's own program named sshd, or a copy of sshd, run as the tenant.
+            forged(
+                6,
+                "sshd",
+                1000,
+                "/home/t/sshd",
+                Some("session-1.scope"),
+                9,
+                "Accepted publickey for bob from 127.0.0.1 port 7 ssh2: ED25519 SHA256:y",
+            ),
+            forged(
+                7,
+                "sshd",
+                1000,
+                "/usr/sbin/sshd",
+                None,
+                9,
+                "Accepted publickey for bob from 127.0.0.1 port 8 ssh2: ED25519 SHA256:y",
+            ),
+            // Root, named sshd, but another executable; the real one from another unit.
+            forged(
+                8,
+                "sshd",
+                0,
+                "/usr/bin/python3.11",
+                Some("ssh.service"),
+                10,
+                "Accepted publickey for bob from 127.0.0.1 port 9 ssh2: ED25519 SHA256:y",
+            ),
+            forged(
+                9,
+                "sshd",
+                0,
+                "/usr/sbin/sshd",
+                Some("cron.service"),
+                11,
+                "Accepted publickey for bob from 127.0.0.1 port 10 ssh2: ED25519 SHA256:y",
+            ),
         ],
     );
     let (wake_tx, mut wake) = mpsc::channel(1);
-    let mut source =
-        JournalSource::start_in_directory(dir.path().to_owned(), String::new(), wake_tx).unwrap();
+    let mut source = JournalSource::start_in_directory(
+        dir.path().to_owned(),
+        String::new(),
+        wake_tx,
+        SshdTrust::default(),
+    )
+    .unwrap();
     let got = lines(&mut source, &mut wake, 3).await;
     let SshdEvent::Accepted(auth) = &got[0].event else {
         panic!("{got:?}")
@@ -124,17 +196,20 @@ async fn sshds_records_are_read_and_a_restart_resumes_after_the_cursor() {
     assert_eq!(
         got.len(),
         3,
-        "the forged and the other program's records are not sshd's"
+        "the forged and the other program's records are not sshd's: {got:?}"
     );
+    // Every record was read (the forged ones after the genuine ones too): none came out.
+    let (rest, _) = source.read(100);
+    assert!(rest.is_empty(), "{rest:?}");
     let cursor = source.position().to_owned();
-    assert!(cursor.contains("i=5"), "{cursor}");
+    assert!(cursor.contains("i=5") || cursor.contains("i=9"), "{cursor}");
 
     // New records while the source runs wake it.
     write_journal(
         dir.path(),
         "second",
         &[record(
-            6,
+            16,
             "sshd",
             0,
             200,
@@ -150,7 +225,7 @@ async fn sshds_records_are_read_and_a_restart_resumes_after_the_cursor() {
         dir.path(),
         "third",
         &[record(
-            7,
+            17,
             "sshd",
             0,
             300,
@@ -158,8 +233,13 @@ async fn sshds_records_are_read_and_a_restart_resumes_after_the_cursor() {
         )],
     );
     let (wake_tx, mut wake) = mpsc::channel(1);
-    let mut again =
-        JournalSource::start_in_directory(dir.path().to_owned(), cursor, wake_tx).unwrap();
+    let mut again = JournalSource::start_in_directory(
+        dir.path().to_owned(),
+        cursor,
+        wake_tx,
+        SshdTrust::default(),
+    )
+    .unwrap();
     let got = lines(&mut again, &mut wake, 2).await;
     assert!(matches!(&got[0].event, SshdEvent::InvalidUser { user, .. } if user == "eve"));
     assert!(matches!(got[1].event, SshdEvent::ClosedPreauth { .. }));

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use keyward_agent::apply::SystemApplier;
 use keyward_agent::config::LoginsConfig;
-use keyward_agent::logins::{proc_net, revoke};
+use keyward_agent::config::SshdTrust;
+use keyward_agent::logins::revoke;
+use keyward_agent::procs::ProcSnapshot;
 use keyward_agent::sessions::{self, SessionTree};
 use keyward_agent::{RuntimeDeps, UserConfig, UserMode};
 use keyward_common::keys::GeneratedKey;
@@ -77,7 +79,21 @@ fn gone(tree: &SessionTree) -> bool {
 /// The tree holding the connection from 127.0.0.1:`port`.
 fn tree_of(trees: &[SessionTree], port: u32) -> SessionTree {
     let source = format!("127.0.0.1:{port}").parse().unwrap();
-    let holders = proc_net::connection_processes(std::path::Path::new("/proc"), source).unwrap();
+    let snapshot = ProcSnapshot::take(
+        std::path::Path::new("/proc"),
+        &SshdTrust::default(),
+        &[
+            0,
+            trees
+                .iter()
+                .flat_map(|t| t.processes())
+                .map(|p| p.uid)
+                .max()
+                .unwrap_or(0),
+        ],
+    )
+    .unwrap();
+    let holders = snapshot.holders(source);
     assert!(
         !holders.is_empty(),
         "no process holds the connection from {source}"
@@ -174,7 +190,7 @@ async fn revoking_a_key_ends_only_the_session_it_opened() {
             }))
             .unwrap();
     }
-    let trees = sessions::find_session_trees(&user.name).unwrap();
+    let trees = sessions::find_session_trees(&user.name, &SshdTrust::default()).unwrap();
     assert_eq!(trees.len(), 2, "{trees:?}");
     let revoked_tree = tree_of(&trees, accepted_port(&logins, &revoked).unwrap());
     let kept_tree = tree_of(&trees, accepted_port(&logins, &kept).unwrap());
@@ -202,7 +218,7 @@ async fn revoking_a_key_ends_only_the_session_it_opened() {
         );
     });
     assert!(kept_session.running(), "the other key's session ended too");
-    let left = sessions::find_session_trees(&user.name).unwrap();
+    let left = sessions::find_session_trees(&user.name, &SshdTrust::default()).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].root.pid, kept_tree.root.pid);
     assert!(!gone(&kept_tree), "a process of the kept session is gone");
@@ -228,10 +244,14 @@ fn a_session_the_log_does_not_attribute_is_ended() {
     read_all(&mut a);
     // Opened after the audit last read the log: nothing ties it to a key.
     let mut unknown = sshd.open_session(&second_path, &name);
-    let attribution = a.attribution(&name, &[]);
+    let attribution = a.attribution(&name);
     assert_eq!(attribution.sessions.len(), 1);
-
-    let ended = revoke::end_revoked_sessions(&user.name, &attribution).unwrap();
+    // Both keys are valid: only the session nothing verified accounts for ends.
+    let valid = [
+        first.fingerprint().to_string(),
+        second.fingerprint().to_string(),
+    ];
+    let ended = revoke::end_revoked_sessions(&user.name, &attribution, &valid).unwrap();
     assert_eq!(ended, 1);
     wait_for(ENDS_WITHIN, "the unattributed session to end", || {
         (!unknown.running()).then_some(())
@@ -240,5 +260,10 @@ fn a_session_the_log_does_not_attribute_is_ended() {
         known.running(),
         "a session opened with a key that is not denied ended"
     );
-    assert_eq!(sessions::find_session_trees(&user.name).unwrap().len(), 1);
+    assert_eq!(
+        sessions::find_session_trees(&user.name, &SshdTrust::default())
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
+use keyward_agent::config::SshdTrust;
 use keyward_agent::sessions::{self, Role};
 use keyward_agent::writer;
 use keyward_common::authorized_keys::Mode;
@@ -159,22 +160,22 @@ fn end_sessions_ends_the_users_session_within_a_second_and_nothing_else() {
                 "ssh exited; sshd log:\n{}",
                 sshd.log_text()
             );
-            let found = sessions::find_sessions(&user.name).unwrap();
+            let found = sessions::find_sessions(&user.name, &SshdTrust::default()).unwrap();
             let connected = found.iter().any(|p| p.role == Some(Role::Connection));
             let command = found.iter().any(|p| p.role.is_none());
             (connected && command).then_some(())
         });
     }
-    let victim_found = sessions::find_sessions(&victim.name).unwrap();
+    let victim_found = sessions::find_sessions(&victim.name, &SshdTrust::default()).unwrap();
     let monitor = victim_found
         .iter()
         .find(|p| p.role == Some(Role::Monitor))
         .expect("a [priv] monitor process");
     assert_eq!(monitor.uid, 0);
 
-    let signalled = sessions::end_sessions(&victim.name).unwrap();
+    let signalled = sessions::end_sessions(&victim.name, &SshdTrust::default()).unwrap();
     assert!(signalled.contains(&monitor.pid), "{signalled:?}");
-    let bystander_pids: Vec<i32> = sessions::find_sessions(&bystander.name)
+    let bystander_pids: Vec<i32> = sessions::find_sessions(&bystander.name, &SshdTrust::default())
         .unwrap()
         .iter()
         .map(|p| p.pid)
@@ -192,7 +193,7 @@ fn end_sessions_ends_the_users_session_within_a_second_and_nothing_else() {
         Duration::from_secs(1),
         "the victim's session processes to end",
         || {
-            sessions::find_sessions(&victim.name)
+            sessions::find_sessions(&victim.name, &SshdTrust::default())
                 .unwrap()
                 .is_empty()
                 .then_some(())
@@ -202,13 +203,17 @@ fn end_sessions_ends_the_users_session_within_a_second_and_nothing_else() {
         bystander_client[0].running(),
         "the bystander's session ended too"
     );
-    assert!(!sessions::find_sessions(&bystander.name).unwrap().is_empty());
+    assert!(
+        !sessions::find_sessions(&bystander.name, &SshdTrust::default())
+            .unwrap()
+            .is_empty()
+    );
     let mut sshd = sshd;
     assert!(sshd.proc.running(), "the listening sshd was killed");
     assert!(TcpStream::connect(("127.0.0.1", sshd.port)).is_ok());
 
     // Leave nothing of the bystander running before userdel.
-    sessions::end_sessions(&bystander.name).unwrap();
+    sessions::end_sessions(&bystander.name, &SshdTrust::default()).unwrap();
     wait_for(Duration::from_secs(1), "the bystander's ssh to end", || {
         (!bystander_client[0].running()).then_some(())
     });

@@ -4,7 +4,7 @@
 import {
   api, badge, busy, confirmAction, facts, fill, follow, h, Problem, say, scrollBox, statusLine, table, when,
 } from './core.js';
-import { outcome } from './tenant.js';
+import { evidence, outcome } from './tenant.js';
 
 const ADMIN = '/api/v1/admin';
 
@@ -244,12 +244,13 @@ async function loginsPage({ main, signal }) {
   const results = h('div', {});
   const show = (params) => pagedTable({
     container: results, status, path: `${ADMIN}/audit/logins`, params, signal, id: 'logins',
-    caption: 'SSH logins and attempts reported by the agents, newest first',
-    headers: ['Time', 'Host', 'Tenant', 'User', 'Outcome', 'Key', 'From', 'Fingerprint'],
-    row: (e) => h('tr', {},
+    caption: 'SSH logins and attempts reported by the agents, newest first. Unverified: a line of a log file that sshd itself is not known to have written (anyone on the host, or a client before authenticating, can forge one).',
+    headers: ['Time', 'Host', 'Tenant', 'User', 'Outcome', 'Key', 'From', 'Fingerprint', 'Evidence'],
+    row: (e) => h('tr', { dataset: { verified: e.verified ? 'yes' : 'no' } },
       h('td', {}, when(e.at)), h('td', {}, e.hostId), h('td', {}, e.tenantId), h('td', {}, e.user),
       h('td', {}, outcome(e.outcome)), h('td', {}, e.keyKind ? `${e.keyKind}${e.keyGeneration ? ` #${e.keyGeneration}` : ''}` : e.method),
-      h('td', {}, e.sourceIp), h('td', { class: 'fp' }, e.fingerprint ?? '—')),
+      h('td', {}, e.sourceIp), h('td', { class: 'fp' }, e.fingerprint ?? '—'),
+      h('td', { class: 'evidence' }, evidence(e))),
   });
   fill(main, h('h1', {}, 'Logins'),
     filterForm('logins-filters', [

@@ -169,16 +169,24 @@ export async function tenantPage({ main, signal }) {
         h('p', { class: 'notice error' }, e instanceof Problem ? e.describe() : String(e)));
       return;
     }
-    const rows = page.events.map((e) => h('tr', {},
+    const rows = page.events.map((e) => h('tr', { dataset: { verified: e.verified ? 'yes' : 'no' } },
       h('td', {}, when(e.at)), h('td', {}, e.user), h('td', {}, outcome(e.outcome)),
-      h('td', {}, e.keyKind ?? e.method), h('td', {}, `${e.sourceIp}`), h('td', { class: 'fp' }, e.fingerprint ?? '—')));
+      h('td', {}, e.keyKind ?? e.method), h('td', {}, `${e.sourceIp}`), h('td', { class: 'fp' }, e.fingerprint ?? '—'),
+      h('td', { class: 'evidence' }, evidence(e))));
     fill(logins, h('h2', { id: 'logins-title' }, 'Login history'),
       rows.length
-        ? table('Your most recent SSH logins and attempts, newest first', ['Time', 'User', 'Outcome', 'Key', 'From', 'Key fingerprint'], rows, { id: 'logins' })
+        ? table('Your most recent SSH logins and attempts, newest first. Unverified: a line of a log file that sshd itself is not known to have written.',
+          ['Time', 'User', 'Outcome', 'Key', 'From', 'Key fingerprint', 'Evidence'], rows, { id: 'logins' })
         : h('p', { id: 'logins-empty' }, 'No logins recorded yet.'));
   }
 
   await Promise.all([refresh(), loadLogins()]);
+}
+
+// Whether the agent verified a login event (journald's trusted fields, or a live connection of
+// the real sshd for a log file's accepted login): said in words, not only by a style.
+export function evidence(e) {
+  return e.verified ? 'verified' : 'unverified (log claim)';
 }
 
 export function outcome(value) {

@@ -264,6 +264,59 @@ impl Sshd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// What any client may do before authenticating: send an SSH banner and a KEXINIT whose
+    /// key-exchange name-list is `x`, newline, `line`, newline, `y`. sshd finds no common method
+    /// and logs "Unable to negotiate … Their offer: " with the list as it came; into its `-E`
+    /// file the newlines go unescaped, so `line` becomes a log line of its own. Returns once
+    /// sshd hung up.
+    pub async fn inject_kex_line(&self, line: &str) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let mut stream = tokio::io::BufReader::new(stream);
+        stream.write_all(b"SSH-2.0-kwforge\r\n").await.unwrap();
+        let mut banner = String::new();
+        stream.read_line(&mut banner).await.unwrap();
+        assert!(banner.starts_with("SSH-2.0-"), "{banner:?}");
+        let name_list = |text: &[u8]| {
+            let mut out = u32::try_from(text.len()).unwrap().to_be_bytes().to_vec();
+            out.extend_from_slice(text);
+            out
+        };
+        let mut payload = vec![20u8]; // SSH_MSG_KEXINIT, then the cookie
+        payload.extend_from_slice(&[7u8; 16]);
+        payload.extend(name_list(format!("x\n{line}\ny").as_bytes()));
+        for list in [
+            &b"ssh-ed25519"[..],
+            b"aes128-ctr",
+            b"aes128-ctr",
+            b"hmac-sha2-256",
+            b"hmac-sha2-256",
+            b"none",
+            b"none",
+            b"",
+            b"",
+        ] {
+            payload.extend(name_list(list));
+        }
+        payload.extend_from_slice(&[0u8; 5]); // first_kex_packet_follows, reserved
+        let mut padding = 8 - (payload.len() + 5) % 8;
+        if padding < 4 {
+            padding += 8;
+        }
+        let mut packet = u32::try_from(payload.len() + padding + 1)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        packet.push(u8::try_from(padding).unwrap());
+        packet.extend(payload);
+        packet.extend(std::iter::repeat_n(0u8, padding));
+        stream.write_all(&packet).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
+    }
+
     pub async fn stop(&mut self) {
         let _ = self.child.kill().await;
     }

@@ -2,6 +2,24 @@
 //! `LoginEvent`s with sequence numbers, spool them, track open sessions, persist it all at once.
 //!
 //! [`super::Logins`] runs it on blocking threads for the runtime; tests drive it directly.
+//!
+//! **Only sshd speaks for sshd.** Every event says whether it is *verified*:
+//!
+//! - journald: the source takes only records whose trusted fields are root's sshd
+//!   ([`super::export::sshd_line`]); they are all verified.
+//! - a log file (`sshd -E`, `/var/log/auth.log`) cannot say who wrote a line. An accepted login
+//!   read from it is verified only when, at read time, a live TCP connection from its address
+//!   and port is held by a process whose executable is the real sshd, running as root, titled
+//!   `sshd: USER [priv]` (or `sshd-session: USER [priv]`) for the user the line names, and whose
+//!   pid is the line's when it has one. One [`ProcSnapshot`] serves a whole read batch, and only
+//!   a batch with accepted logins takes one. Every other line of a file is unverified.
+//!
+//! Unverified events are spooled and sent like the others (the control plane shows them as
+//! claims), but never enter the table of login records that a revocation consults
+//! ([`super::revoke`]): a forged flood can neither keep a session nor push a genuine record out.
+//! Verified records are bounded ([`MAX_OPEN_SESSIONS`], [`MAX_PER_CONNECTION`]); when the table
+//! overflows anyway, the users whose records were dropped are marked *incomplete* and a
+//! revocation ends all their sessions.
 
 use std::net::SocketAddr;
 
@@ -15,14 +33,19 @@ use super::file::FileFollower;
 use super::revoke::SessionAttribution;
 use super::spool::{OpenSession, Saved};
 use crate::cache::StateDir;
-use crate::config::{LoginSource, LoginsConfig};
+use crate::config::{LoginSource, LoginsConfig, SshdTrust};
+use crate::procs::ProcSnapshot;
+use crate::sessions::{Role, classify};
 
 /// While a long backlog is read (a first start on a big auth.log), the state is stored at most
 /// this often: events not stored yet are not sent, and a crash reads them again.
 const STORE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Login records kept; past this those whose connection is gone are forgotten, and then (only
-/// when that is not enough) the oldest.
+/// Verified login records kept; past this those whose connection is gone are forgotten, and then
+/// (only when that is not enough) the oldest, whose users' attribution is then incomplete.
 pub const MAX_OPEN_SESSIONS: usize = 4096;
+/// Records kept per connection (address and port): more verified logins for one connection than
+/// this are not recorded (the ones there are closed already, so the connection's session ends).
+pub const MAX_PER_CONNECTION: usize = 8;
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// What one read did.
@@ -69,6 +92,13 @@ pub struct LoginAudit {
     /// Changes read and not yet stored, and when the state was last stored.
     unstored: bool,
     stored_at: std::time::Instant,
+    /// What counts as sshd.
+    trust: SshdTrust,
+    /// `/proc` (another root in tests).
+    proc_root: std::path::PathBuf,
+    /// Raised whenever the table overflows: an incomplete attribution is cleared only if no
+    /// overflow came after it.
+    overflows: u64,
 }
 
 /// What the position in the saved state is valid for.
@@ -113,6 +143,7 @@ impl LoginAudit {
         if saved.boot_id != boot_id {
             // Sessions do not survive a reboot; their Disconnected lines may never have come.
             saved.sessions.clear();
+            saved.overflowed.clear();
             saved.boot_id = boot_id;
         }
         let _ = wake;
@@ -122,6 +153,7 @@ impl LoginAudit {
             LoginSource::Journald => Source::Journald(super::journald::JournalSource::start(
                 saved.journal_cursor.clone(),
                 wake.clone(),
+                config.trust(),
             )?),
             #[cfg(not(feature = "journald"))]
             LoginSource::Journald => return Err(LoginError::NoJournald),
@@ -137,13 +169,22 @@ impl LoginAudit {
             source,
             dir,
             max_events: config.spool_max_events.max(1),
+            trust: config.trust(),
+            proc_root: std::path::PathBuf::from("/proc"),
+            overflows: 0,
         })
+    }
+
+    /// Reads processes and connections under `proc_root` instead of `/proc` (tests).
+    pub fn with_proc_root(mut self, proc_root: impl Into<std::path::PathBuf>) -> Self {
+        self.proc_root = proc_root.into();
+        self
     }
 
     /// Reads up to `max_lines` new lines (records) and spools their events; the state is stored
     /// when anything changed.
     pub fn read_available(&mut self, max_lines: usize) -> Result<ReadOutcome, LoginError> {
-        let (lines, taken): (Vec<LogLine>, usize) = match &mut self.source {
+        let (lines, taken, trusted): (Vec<LogLine>, usize, bool) = match &mut self.source {
             Source::File(follower) => {
                 let raw = follower
                     .read(max_lines)
@@ -155,18 +196,28 @@ impl LoginAudit {
                 (
                     raw.iter().filter_map(|l| sshd_log::parse_line(l)).collect(),
                     taken,
+                    false,
                 )
             }
             #[cfg(feature = "journald")]
-            Source::Journald(journal) => journal.read(max_lines),
+            Source::Journald(journal) => {
+                // Only records whose trusted fields are sshd's come out of the source.
+                let (lines, taken) = journal.read(max_lines);
+                (lines, taken, true)
+            }
+        };
+        let (verified, snapshot) = if trusted {
+            (vec![true; lines.len()], None)
+        } else {
+            self.corroborate(&lines)
         };
         let now = Utc::now();
         let mut events = Vec::new();
         let mut sessions_changed = false;
-        for line in &lines {
+        for (line, verified) in lines.iter().zip(verified) {
             let cursor = self.saved.next_cursor + events.len() as u64;
-            sessions_changed |= self.track_session(line, cursor);
-            events.extend(login_event(line, now));
+            sessions_changed |= self.track_session(line, cursor, verified, snapshot.as_ref());
+            events.extend(login_event(line, now).map(|e| LoginEvent { verified, ..e }));
         }
         let added = events.len();
         // The spool's cursors are contiguous and drops take its front.
@@ -231,18 +282,61 @@ impl LoginAudit {
         }
     }
 
-    /// Keeps the open sessions current; whether they changed.
-    fn track_session(&mut self, line: &LogLine, cursor: u64) -> bool {
+    /// Which lines of a file batch are verified (module docs), and the snapshot that said so
+    /// (none when the batch has no accepted login: then nothing is read).
+    fn corroborate(&self, lines: &[LogLine]) -> (Vec<bool>, Option<ProcSnapshot>) {
+        if !lines
+            .iter()
+            .any(|l| matches!(l.event, SshdEvent::Accepted(_)))
+        {
+            return (vec![false; lines.len()], None);
+        }
+        // Monitors run as root: only root's sshd sockets are needed.
+        let snapshot = match ProcSnapshot::take(&self.proc_root, &self.trust, &[0]) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read /proc: the accepted logins read now stay unverified");
+                return (vec![false; lines.len()], None);
+            }
+        };
+        let verified = lines
+            .iter()
+            .map(|line| match &line.event {
+                SshdEvent::Accepted(auth) => {
+                    corroborated(&snapshot, &auth.user, auth.source, line.pid)
+                }
+                _ => false,
+            })
+            .collect();
+        (verified, Some(snapshot))
+    }
+
+    /// Keeps the table of verified login records current; whether it changed.
+    fn track_session(
+        &mut self,
+        line: &LogLine,
+        cursor: u64,
+        verified: bool,
+        snapshot: Option<&ProcSnapshot>,
+    ) -> bool {
         let sessions = &mut self.saved.sessions;
         match &line.event {
+            // An unverified login is no evidence of anything: it does not touch the table.
+            SshdEvent::Accepted(_) if !verified => false,
             SshdEvent::Accepted(auth) => {
                 let (ip, port) = endpoint(auth.source);
                 // A new login from the same address and port: the earlier one is over (or one
                 // of the two lines is forged; the record stays, see revoke).
+                let mut same = 0;
                 for s in sessions.iter_mut() {
                     if s.ip == ip && s.port == port {
                         s.closed = true;
+                        same += 1;
                     }
+                }
+                if same >= MAX_PER_CONNECTION {
+                    tracing::warn!(%ip, port, "too many logins claim one connection: not recording more");
+                    return true;
                 }
                 let key = auth.key.as_ref();
                 sessions.push(OpenSession {
@@ -255,9 +349,19 @@ impl LoginAudit {
                     pid: line.pid.unwrap_or(0),
                     cursor,
                     closed: false,
+                    verified: true,
                 });
                 if sessions.len() > MAX_OPEN_SESSIONS {
-                    prune(sessions, std::path::Path::new("/proc"));
+                    let dropped = prune(sessions, snapshot);
+                    if !dropped.is_empty() {
+                        self.overflows += 1;
+                        for user in dropped {
+                            if !self.saved.overflowed.contains(&user) {
+                                tracing::warn!(%user, "the login records overflowed: the user's sessions all end at the next revocation");
+                                self.saved.overflowed.push(user);
+                            }
+                        }
+                    }
                 }
                 true
             }
@@ -337,10 +441,54 @@ impl LoginAudit {
         self.saved.sessions.iter().filter(|s| !s.closed).collect()
     }
 
-    /// What the log says about `user`'s open sessions, judged against `denied`.
-    pub fn attribution(&self, user: &str, denied: &[String]) -> SessionAttribution {
-        SessionAttribution::of_user(&self.saved.sessions, user, denied)
+    /// What the verified login records say about `user`'s open sessions.
+    pub fn attribution(&self, user: &str) -> SessionAttribution {
+        SessionAttribution::of_user(
+            &self.saved.sessions,
+            user,
+            self.saved.overflowed.iter().any(|u| u == user),
+            self.trust.clone(),
+        )
     }
+
+    /// Every login record (verified ones only: unverified logins are never recorded).
+    pub fn records(&self) -> &[OpenSession] {
+        &self.saved.sessions
+    }
+
+    /// The count of overflows so far (see [`LoginAudit::overflow_handled`]).
+    pub fn overflows(&self) -> u64 {
+        self.overflows
+    }
+
+    /// A revocation ended every session of `user` after an incomplete attribution taken when
+    /// [`LoginAudit::overflows`] was `seen`: its attribution is complete again, unless the table
+    /// overflowed since.
+    pub fn overflow_handled(&mut self, user: &str, seen: u64) {
+        if self.overflows == seen && self.saved.overflowed.iter().any(|u| u == user) {
+            self.saved.overflowed.retain(|u| u != user);
+            self.store();
+        }
+    }
+}
+
+/// Whether `snapshot` corroborates an accepted login of `user` from `source` (logged by `pid`
+/// when the line says): the connection is held by the real sshd's root monitor titled for
+/// `user` (and that monitor is `pid`).
+pub fn corroborated(
+    snapshot: &ProcSnapshot,
+    user: &str,
+    source: SocketAddr,
+    pid: Option<u32>,
+) -> bool {
+    snapshot.holders(source).into_iter().any(|holder| {
+        snapshot.process(holder).is_some_and(|p| {
+            p.sshd
+                && p.uid == 0
+                && classify(&p.title, user) == Some(Role::Monitor)
+                && pid.is_none_or(|pid| i32::try_from(pid).is_ok_and(|pid| pid == p.pid))
+        })
+    })
 }
 
 /// A state with no history. Its first sequence number is the time in microseconds, so the
@@ -355,22 +503,29 @@ fn fresh(id: &str) -> Saved {
     saved
 }
 
-/// Forgets the login records whose connection is gone; then, only if still too many, the oldest.
-fn prune(sessions: &mut Vec<OpenSession>, proc_root: &std::path::Path) {
-    match super::proc_net::live_remotes(proc_root) {
-        Ok(live) => sessions.retain(|s| {
+/// Forgets the login records whose connection is gone (in `snapshot`); then, only if still too
+/// many, the oldest. Returns the users whose records were dropped while their connection may
+/// still be live.
+fn prune(sessions: &mut Vec<OpenSession>, snapshot: Option<&ProcSnapshot>) -> Vec<String> {
+    if let Some(snapshot) = snapshot {
+        sessions.retain(|s| {
             s.ip.parse()
                 .ok()
                 .and_then(|ip| Some(SocketAddr::new(ip, u16::try_from(s.port).ok()?)))
-                .is_some_and(|source| live.contains(&source))
-        }),
-        Err(error) => tracing::warn!(%error, "cannot read /proc/net/tcp to forget ended sessions"),
+                .is_some_and(|source| snapshot.is_live(source))
+        });
     }
+    let mut dropped = Vec::new();
     if sessions.len() > MAX_OPEN_SESSIONS {
         sessions.sort_by_key(|s| s.cursor);
         let excess = sessions.len() - MAX_OPEN_SESSIONS;
-        sessions.drain(..excess);
+        for s in sessions.drain(..excess) {
+            if !dropped.contains(&s.user) {
+                dropped.push(s.user);
+            }
+        }
     }
+    dropped
 }
 
 fn endpoint(source: SocketAddr) -> (String, u32) {
@@ -386,7 +541,8 @@ fn method(method: &AuthMethod) -> LoginMethod {
     }
 }
 
-/// The wire event for a log line; `None` for lines that are no login event (`User child`).
+/// The wire event for a log line (unverified: the caller says otherwise); `None` for lines that
+/// are no login event (`User child`).
 pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent> {
     let at = line.at.map_or_else(
         || read_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
@@ -403,6 +559,7 @@ pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent>
         key_type: String::new(),
         fingerprint: String::new(),
         sshd_pid: line.pid.unwrap_or(0),
+        verified: false,
     };
     match &line.event {
         SshdEvent::Accepted(auth) | SshdEvent::Failed(auth) => {
@@ -451,6 +608,49 @@ mod tests {
         f.write_all(text.as_bytes()).unwrap();
     }
 
+    /// A fake `/proc` under `tmp/proc`: sshd listening on 127.0.0.1:22, bob's sessions from
+    /// 127.0.0.1 ports 100 and 200 with root monitors 500 and 600, and a connection from port 300
+    /// held by bob's own python titled `sshd: bob [priv]`.
+    fn fake_proc(tmp: &std::path::Path) -> std::path::PathBuf {
+        use crate::procs::tests::{SSHD, fake};
+        let root = tmp.join("proc");
+        if root.exists() {
+            return root;
+        }
+        std::fs::create_dir_all(root.join("net")).unwrap();
+        std::fs::write(
+            root.join("net/tcp"),
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1000 1 0
+   1: 0100007F:0016 0100007F:0064 01 00000000:00000000 00:00000000 00000000     0        0 1100 1 0
+   2: 0100007F:0016 0100007F:00C8 01 00000000:00000000 00:00000000 00000000     0        0 1200 1 0
+   3: 0100007F:0016 0100007F:012C 01 00000000:00000000 00:00000000 00000000     0        0 1300 1 0
+",
+        )
+        .unwrap();
+        fake(
+            &root,
+            400,
+            1,
+            0,
+            SSHD,
+            "sshd: /usr/sbin/sshd -D [listener]",
+            &[1000],
+        );
+        fake(&root, 500, 400, 0, SSHD, "sshd: bob [priv]", &[1100]);
+        fake(&root, 600, 400, 0, SSHD, "sshd: bob [priv]", &[1200]);
+        fake(
+            &root,
+            700,
+            1,
+            1001,
+            "/usr/bin/python3",
+            "sshd: bob [priv]",
+            &[1300],
+        );
+        root
+    }
+
     fn audit(tmp: &std::path::Path, max: usize) -> LoginAudit {
         let config = LoginsConfig {
             spool_max_events: max,
@@ -459,7 +659,9 @@ mod tests {
         let (wake, _) = mpsc::channel(1);
         let dir = StateDir::new(tmp.join("state"));
         dir.create().unwrap();
-        LoginAudit::open(&config, dir, &wake).unwrap()
+        LoginAudit::open(&config, dir, &wake)
+            .unwrap()
+            .with_proc_root(fake_proc(tmp))
     }
 
     #[test]
@@ -502,15 +704,22 @@ mod tests {
         assert_eq!(a.spooled()[2].outcome, LoginOutcome::Failed as i32);
         assert_eq!(a.spooled()[2].source_ip, "::1");
         assert_eq!(a.open_sessions().len(), 2);
-        let attribution = a.attribution("bob", &[FP1.to_owned()]);
+        let verified: Vec<bool> = a.spooled().iter().map(|e| e.verified).collect();
+        assert_eq!(
+            verified,
+            vec![true, true, false],
+            "accepted logins of live connections are verified, other file lines are not"
+        );
+        let attribution = a.attribution("bob");
         assert_eq!(
             attribution
                 .sessions
                 .iter()
-                .map(|s| s.denied)
+                .map(|s| s.fingerprint.as_str())
                 .collect::<Vec<_>>(),
-            vec![true, false]
+            vec![FP1, FP2]
         );
+        assert!(!attribution.incomplete);
 
         append(&log, "Disconnected from user bob 127.0.0.1 port 100\n");
         let batch = a.batch(2).unwrap();
@@ -612,10 +821,124 @@ mod tests {
         let mut a = audit(tmp.path(), 100);
         a.read_available(1000).unwrap();
         assert_eq!(a.open_sessions().len(), 1);
-        let attribution = a.attribution("bob", &[FP1.to_owned()]);
-        let denied: Vec<bool> = attribution.sessions.iter().map(|s| s.denied).collect();
-        assert_eq!(denied, vec![true, false], "the closed record still speaks");
-        assert!(a.attribution("bob", &[]).sessions.len() == 1);
+        let attribution = a.attribution("bob");
+        let closed: Vec<(bool, &str)> = attribution
+            .sessions
+            .iter()
+            .map(|s| (s.closed, s.fingerprint.as_str()))
+            .collect();
+        assert_eq!(
+            closed,
+            vec![(true, FP1), (false, FP2)],
+            "the closed record still speaks"
+        );
+    }
+
+    #[test]
+    fn forged_and_unverifiable_logins_never_enter_the_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        append(
+            &log,
+            &format!(
+                // No connection from port 9: a line injected into the log.
+                "Accepted publickey for bob from 127.0.0.1 port 9 ssh2: ED25519 {FP1}\n\
+                 Accepted publickey for bob from 127.0.0.1 port 300 ssh2: ED25519 {FP1}\n\
+                 Accepted publickey for alice from 127.0.0.1 port 100 ssh2: ED25519 {FP1}\n\
+                 Jan  1 00:00:00 vps sshd[1]: Accepted publickey for bob from 127.0.0.1 port 100 ssh2: ED25519 {FP1}\n\
+                 Jan  1 00:00:00 vps sshd[500]: Accepted publickey for bob from 127.0.0.1 port 100 ssh2: ED25519 {FP2}\n"
+            ),
+        );
+        let mut a = audit(tmp.path(), 100);
+        assert_eq!(a.read_available(1000).unwrap().added, 5);
+        let verified: Vec<bool> = a.spooled().iter().map(|e| e.verified).collect();
+        // Not live; held by a python; another user's title; another pid than the monitor's;
+        // the monitor's own pid.
+        assert_eq!(verified, vec![false, false, false, false, true]);
+        assert_eq!(a.records().len(), 1);
+        assert_eq!(a.records()[0].fingerprint, FP2);
+        assert!(a.attribution("alice").sessions.is_empty());
+    }
+
+    #[test]
+    fn one_snapshot_per_batch_and_none_without_accepted_logins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        let mut a = audit(tmp.path(), 100_000);
+        // The counter is the process's: other tests take snapshots meanwhile, so count what
+        // this audit's reads add by reading a batch whose snapshot fails (a missing root).
+        a = a.with_proc_root(tmp.path().join("no-proc"));
+        append(&log, "Invalid user u from 10.0.0.1 port 1\n");
+        let before = crate::procs::snapshots_taken();
+        a.read_available(1000).unwrap();
+        let after_no_accepted = crate::procs::snapshots_taken();
+        let lines: String = (0..500)
+            .map(|p| {
+                format!(
+                    "Accepted publickey for bob from 127.0.0.1 port {} ssh2: ED25519 {FP1}\n",
+                    p + 1000
+                )
+            })
+            .collect();
+        append(&log, &lines);
+        a.read_available(1000).unwrap();
+        let after = crate::procs::snapshots_taken();
+        // Other tests may take snapshots in between; a snapshot per line would be 500 more.
+        assert!(
+            after_no_accepted - before < 50,
+            "{before} {after_no_accepted}"
+        );
+        assert!(
+            after - after_no_accepted < 50,
+            "{after_no_accepted} {after}"
+        );
+        assert!(a.spooled().iter().all(|e| !e.verified));
+    }
+
+    #[test]
+    fn an_overflowing_table_makes_its_users_attribution_incomplete() {
+        let mut sessions: Vec<OpenSession> = (0..MAX_OPEN_SESSIONS as u64 + 1)
+            .map(|i| OpenSession {
+                ip: "127.0.0.1".into(),
+                port: 1000 + i as u32,
+                user: if i == 0 { "bob".into() } else { "carol".into() },
+                cursor: i,
+                verified: true,
+                ..OpenSession::default()
+            })
+            .collect();
+        // Without a snapshot (all live, as far as is known) the oldest goes.
+        let dropped = prune(&mut sessions, None);
+        assert_eq!(dropped, vec!["bob".to_owned()]);
+        assert_eq!(sessions.len(), MAX_OPEN_SESSIONS);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = audit(tmp.path(), 10);
+        a.saved.overflowed.push("bob".into());
+        let seen = a.overflows();
+        assert!(a.attribution("bob").incomplete);
+        assert!(!a.attribution("carol").incomplete);
+        a.overflows += 1; // another overflow came meanwhile
+        a.overflow_handled("bob", seen);
+        assert!(a.attribution("bob").incomplete);
+        a.overflow_handled("bob", a.overflows());
+        assert!(!a.attribution("bob").incomplete);
+    }
+
+    #[test]
+    fn a_connection_holds_a_bounded_number_of_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        let line =
+            format!("Accepted publickey for bob from 127.0.0.1 port 100 ssh2: ED25519 {FP2}\n");
+        append(&log, &line.repeat(100));
+        let mut a = audit(tmp.path(), 1000);
+        a.read_available(1000).unwrap();
+        assert_eq!(a.records().len(), MAX_PER_CONNECTION);
+        assert!(
+            a.records().iter().all(|r| r.closed),
+            "none keeps the session"
+        );
     }
 
     #[test]
@@ -634,14 +957,17 @@ mod tests {
             port,
             user: "bob".into(),
             cursor,
+            verified: true,
             ..OpenSession::default()
         };
         let mut sessions: Vec<OpenSession> = (0..MAX_OPEN_SESSIONS as u64 + 1)
             .map(|i| record(1000 + i as u32, i + 1))
             .collect();
         sessions.insert(0, record(49832, 0));
-        prune(&mut sessions, proc_root.path());
+        let snapshot = ProcSnapshot::take(proc_root.path(), &SshdTrust::default(), &[0]).unwrap();
+        let dropped = prune(&mut sessions, Some(&snapshot));
         assert_eq!(sessions, vec![record(49832, 0)]);
+        assert!(dropped.is_empty(), "only records of gone connections went");
     }
 
     #[test]

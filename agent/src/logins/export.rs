@@ -5,10 +5,13 @@
 //! for every record it reads from libsystemd; the export reader lets the mapping be tested (and
 //! records be replayed) in every build, including those without libsystemd.
 //!
-//! Trust: `SYSLOG_IDENTIFIER` and `SYSLOG_PID` are whatever the sender says (`logger -t sshd`),
-//! while `_COMM`, `_PID` and `_UID` are set by journald from the sender's credentials. A record
-//! is sshd's when its `_COMM` is; an accepted login (what revocation relies on) is taken only
-//! from a root process, sshd's privileged monitor.
+//! Trust: `SYSLOG_IDENTIFIER`, `SYSLOG_PID` and `MESSAGE` are whatever the sender says
+//! (`logger -t sshd`), while the fields starting with `_` are set by journald itself from the
+//! sender's credentials and cannot be forged by a client. A record is sshd's only when its
+//! trusted fields say so ([`is_sshd`]): `_UID=0` (sshd logs as root; its unprivileged
+//! pre-authentication process logs through its root monitor), `_COMM` `sshd` or `sshd-session`,
+//! `_EXE` one of the sshd executables, and `_SYSTEMD_UNIT`, when the record has one, one of the
+//! units sshd runs in ([`SshdTrust`]). Every other record is ignored, whatever its message.
 //!
 //! Export format (systemd's "Journal Export Format"): records separated by an empty line; a field
 //! is `NAME=value\n`, or, when the value is binary or holds a newline, `NAME\n`, a little-endian
@@ -18,7 +21,13 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use keyward_common::sshd_log::{LogLine, SSHD_PROGRAMS, SshdEvent, parse_message};
+use keyward_common::sshd_log::{LogLine, parse_message};
+
+use crate::config::SshdTrust;
+
+/// The process names (`_COMM`) sshd logs under: the listener and monitor, and OpenSSH 9.8's
+/// per-connection `sshd-session` (its `sshd-auth` logs through the monitor).
+pub const SSHD_COMMS: [&str; 2] = ["sshd", "sshd-session"];
 
 /// One journal record: field name to value.
 pub type JournalRecord = BTreeMap<String, Vec<u8>>;
@@ -92,9 +101,16 @@ fn text_field<'a>(record: &'a JournalRecord, name: &str) -> Option<&'a str> {
     record.get(name).and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// Whether the record was written by sshd: its process name as journald saw it.
-pub fn is_sshd(record: &JournalRecord) -> bool {
-    text_field(record, "_COMM").is_some_and(|name| SSHD_PROGRAMS.contains(&name))
+/// Whether the record was written by sshd, by its trusted fields (module docs).
+pub fn is_sshd(record: &JournalRecord, trust: &SshdTrust) -> bool {
+    text_field(record, "_UID") == Some("0")
+        && text_field(record, "_COMM").is_some_and(|name| SSHD_COMMS.contains(&name))
+        && record
+            .get("_EXE")
+            .is_some_and(|exe| trust.is_executable(exe, false))
+        && record
+            .get("_SYSTEMD_UNIT")
+            .is_none_or(|unit| std::str::from_utf8(unit).is_ok_and(|u| trust.unit_allowed(u)))
 }
 
 /// The record's `__CURSOR`.
@@ -103,18 +119,21 @@ pub fn cursor(record: &JournalRecord) -> Option<&str> {
 }
 
 /// The sshd event in a record: `MESSAGE` parsed, the pid from `_PID`, the time from
-/// `__REALTIME_TIMESTAMP`. `None` for another program's record, another message, or an accepted
-/// login not logged by root.
-pub fn sshd_line(record: &JournalRecord) -> Option<LogLine> {
-    if !is_sshd(record) {
+/// `__REALTIME_TIMESTAMP`. `None` for a record that is not sshd's by its trusted fields, or
+/// another message.
+pub fn sshd_line(record: &JournalRecord, trust: &SshdTrust) -> Option<LogLine> {
+    if !is_sshd(record, trust) {
+        if text_field(record, "SYSLOG_IDENTIFIER").is_some_and(|id| id.starts_with("sshd")) {
+            tracing::debug!(
+                uid = ?text_field(record, "_UID"),
+                comm = ?text_field(record, "_COMM"),
+                "ignored a journal record that names sshd but was not written by it"
+            );
+        }
         return None;
     }
     let message = String::from_utf8_lossy(record.get("MESSAGE")?);
     let event = parse_message(&message)?;
-    if matches!(event, SshdEvent::Accepted(_)) && text_field(record, "_UID") != Some("0") {
-        tracing::warn!(uid = ?text_field(record, "_UID"), "ignored an accepted login logged by a non-root process named sshd");
-        return None;
-    }
     let pid = text_field(record, "_PID").and_then(|p| p.parse().ok());
     let at = text_field(record, "__REALTIME_TIMESTAMP")
         .and_then(|t| t.parse::<i64>().ok())
@@ -126,7 +145,11 @@ pub fn sshd_line(record: &JournalRecord) -> Option<LogLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_common::sshd_log::{Auth, AuthMethod, KeyId};
+    use keyward_common::sshd_log::{Auth, AuthMethod, KeyId, SshdEvent};
+
+    fn sshd_line_(record: &JournalRecord) -> Option<LogLine> {
+        sshd_line(record, &SshdTrust::default())
+    }
 
     const FP: &str = "SHA256:CQckUcS0Dj4bssx6LruYf8RqXCmfpKWq3eceXa5XfxM";
 
@@ -188,7 +211,7 @@ mod tests {
         assert_eq!(records.len(), 4);
         assert_eq!(cursor(&records[0]), Some("s=a;i=1"));
 
-        let first = sshd_line(&records[0]).unwrap();
+        let first = sshd_line_(&records[0]).unwrap();
         assert_eq!(first.pid, Some(1234));
         assert_eq!(
             first.at.unwrap().to_rfc3339(),
@@ -208,11 +231,11 @@ mod tests {
             })
         );
         assert_eq!(
-            sshd_line(&records[1]).unwrap().event,
+            sshd_line_(&records[1]).unwrap().event,
             SshdEvent::UserChild { pid: 1236 }
         );
-        assert_eq!(sshd_line(&records[2]), None, "another program's record");
-        let last = sshd_line(&records[3]).unwrap();
+        assert_eq!(sshd_line_(&records[2]), None, "another program's record");
+        let last = sshd_line_(&records[3]).unwrap();
         assert_eq!(last.pid, Some(88));
         assert!(matches!(last.event, SshdEvent::Disconnected { .. }));
     }
@@ -220,7 +243,8 @@ mod tests {
     #[test]
     fn binary_fields() {
         let mut text =
-            b"__CURSOR=c1\n__REALTIME_TIMESTAMP=1000000\n_COMM=sshd\n_UID=101\n".to_vec();
+            b"__CURSOR=c1\n__REALTIME_TIMESTAMP=1000000\n_COMM=sshd\n_UID=0\n_EXE=/usr/sbin/sshd\n"
+                .to_vec();
         text.extend(binary(
             "MESSAGE",
             b"Invalid user a\nb from 127.0.0.1 port 2",
@@ -228,7 +252,7 @@ mod tests {
         text.extend(b"_PID=9\n\n__CURSOR=c2\nMESSAGE=no sshd fields here\n");
         let records = read_export(&text).unwrap();
         assert_eq!(records.len(), 2);
-        let line = sshd_line(&records[0]).unwrap();
+        let line = sshd_line_(&records[0]).unwrap();
         assert_eq!(line.pid, Some(9));
         assert_eq!(line.at.unwrap().to_rfc3339(), "1970-01-01T00:00:01+00:00");
         assert_eq!(
@@ -238,34 +262,63 @@ mod tests {
                 source: "127.0.0.1:2".parse().unwrap(),
             }
         );
-        assert_eq!(sshd_line(&records[1]), None);
+        assert_eq!(sshd_line_(&records[1]), None);
     }
 
     #[test]
     fn what_any_process_can_claim_is_not_trusted() {
         let accepted =
             format!("Accepted publickey for bob from 127.0.0.1 port 5 ssh2: ED25519 {FP}");
-        // `logger -t 'sshd[1]'`: the identifier says sshd, the process is logger.
-        let forged = record("c1", 1, 1, "sshd", &accepted).replace("_COMM=sshd", "_COMM=logger");
-        // A user's own program called sshd: the right name, not root.
-        let users = record("c2", 1, 1, "sshd", &accepted).replace("_UID=0", "_UID=1000");
-        let preauth = record(
-            "c3",
-            1,
-            1,
-            "sshd",
-            "Connection closed by authenticating user bob 127.0.0.1 port 5 [preauth]",
-        )
-        .replace("_UID=0", "_UID=101");
-        let text = [forged, users, preauth].join("\n");
+        let genuine = record("c0", 1, 1, "sshd", &accepted);
+        let forged = [
+            // `logger -t 'sshd[1]'`: the identifier says sshd, the process is logger.
+            genuine.replace("_COMM=sshd", "_COMM=logger"),
+            // A user's own program called sshd: the right name, not root.
+            genuine.replace("_UID=0", "_UID=1000"),
+            // Root's, named sshd, another executable (a copy, a script).
+            genuine.replace("_EXE=/usr/sbin/sshd", "_EXE=/tmp/sshd"),
+            genuine.replace("_EXE=/usr/sbin/sshd", "_EXE=/usr/sbin/sshd (deleted)"),
+            genuine.replace("_EXE=/usr/sbin/sshd\n", ""),
+            // The real binary, run by root from another unit (a user's session scope).
+            genuine.replace("_SYSTEMD_UNIT=ssh.service", "_SYSTEMD_UNIT=session-4.scope"),
+            // No trusted fields at all: what a client may put in a journal upload.
+            format!("__CURSOR=c9\nSYSLOG_IDENTIFIER=sshd\nMESSAGE={accepted}\n"),
+            // sshd's unprivileged pre-authentication process, not root.
+            record(
+                "c3",
+                1,
+                1,
+                "sshd",
+                "Connection closed by authenticating user bob 127.0.0.1 port 5 [preauth]",
+            )
+            .replace("_UID=0", "_UID=101"),
+        ];
+        let text = forged.join("\n");
         let records = read_export(text.as_bytes()).unwrap();
-        assert_eq!(sshd_line(&records[0]), None);
-        assert_eq!(sshd_line(&records[1]), None);
-        // sshd's unprivileged pre-authentication process logs the attempts' ends.
-        assert!(matches!(
-            sshd_line(&records[2]).unwrap().event,
-            SshdEvent::ClosedPreauth { .. }
-        ));
+        assert_eq!(records.len(), forged.len());
+        for (i, record) in records.iter().enumerate() {
+            assert_eq!(sshd_line_(record), None, "{}", forged[i]);
+        }
+        // The genuine record, also without a unit (sshd started outside systemd) and from
+        // another configured executable.
+        let no_unit = genuine.replace("_SYSTEMD_UNIT=ssh.service\n", "");
+        let session = genuine
+            .replace("_EXE=/usr/sbin/sshd", "_EXE=/usr/lib/openssh/sshd-session")
+            .replace("_COMM=sshd", "_COMM=sshd-session")
+            .replace(
+                "_SYSTEMD_UNIT=ssh.service",
+                "_SYSTEMD_UNIT=ssh@3-10.0.0.1:22-10.0.0.2:5.service",
+            );
+        for text in [genuine, no_unit, session] {
+            let records = read_export(text.as_bytes()).unwrap();
+            assert!(
+                matches!(
+                    sshd_line_(&records[0]).unwrap().event,
+                    SshdEvent::Accepted(_)
+                ),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -1,20 +1,24 @@
 //! The journald login source (cargo feature `journald`): sshd's records read with libsystemd.
 //!
 //! A libsystemd journal handle must stay on the thread that opened it, so one thread owns it:
-//! it seeks to the persisted cursor (or the head of the journal), reads every record matching
-//! sshd's process name or syslog identifier, and hands each over a bounded channel to the
-//! reader ([`JournalSource::read`]), waking the runtime. It blocks in `sd_journal_wait`, which
+//! it seeks to the persisted cursor (or the head of the journal), reads the records whose
+//! trusted fields journald matches for root's sshd (`_UID=0` and `_COMM` `sshd` or
+//! `sshd-session`; the syslog identifier, which any `logger -t sshd` sets, is not asked for), and
+//! hands each over a bounded channel to the reader ([`JournalSource::read`]), waking the runtime.
+//! The reader keeps only records whose trusted fields are sshd's in full ([`sshd_line`]: the
+//! executable and the unit too). It blocks in `sd_journal_wait`, which
 //! returns when journald appends (no polling). The position persisted is the `__CURSOR` of the
 //! last record the reader took, so records in the channel at a crash are read again, not lost.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 
-use keyward_common::sshd_log::{LogLine, SSHD_PROGRAMS};
+use keyward_common::sshd_log::LogLine;
 use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
 use tokio::sync::mpsc;
 
-use super::export::{JournalRecord, cursor, sshd_line};
+use super::export::{JournalRecord, SSHD_COMMS, cursor, sshd_line};
+use crate::config::SshdTrust;
 
 /// Records waiting for the reader before the journal thread waits.
 const QUEUE: usize = 4096;
@@ -34,13 +38,18 @@ pub struct JournalSource {
     records: Receiver<JournalRecord>,
     /// The cursor of the last record taken.
     position: String,
+    trust: SshdTrust,
 }
 
 impl JournalSource {
     /// Starts the reader thread on the system journal after `cursor` (empty: from the start of
     /// the journal).
-    pub fn start(cursor: String, wake: mpsc::Sender<()>) -> Result<JournalSource, JournalError> {
-        Self::start_at(None, cursor, wake)
+    pub fn start(
+        cursor: String,
+        wake: mpsc::Sender<()>,
+        trust: SshdTrust,
+    ) -> Result<JournalSource, JournalError> {
+        Self::start_at(None, cursor, wake, trust)
     }
 
     /// The same on the journal files in `directory` (tests write them with
@@ -49,14 +58,16 @@ impl JournalSource {
         directory: PathBuf,
         cursor: String,
         wake: mpsc::Sender<()>,
+        trust: SshdTrust,
     ) -> Result<JournalSource, JournalError> {
-        Self::start_at(Some(directory), cursor, wake)
+        Self::start_at(Some(directory), cursor, wake, trust)
     }
 
     fn start_at(
         directory: Option<PathBuf>,
         cursor: String,
         wake: mpsc::Sender<()>,
+        trust: SshdTrust,
     ) -> Result<JournalSource, JournalError> {
         let (tx, records) = sync_channel(QUEUE);
         let (opened_tx, opened) = sync_channel(1);
@@ -77,6 +88,7 @@ impl JournalSource {
             Ok(Ok(())) => Ok(JournalSource {
                 records,
                 position: cursor,
+                trust,
             }),
             Ok(Err(e)) => Err(JournalError::Open(e)),
             Err(_) => Err(JournalError::Open(std::io::Error::other(
@@ -85,8 +97,8 @@ impl JournalSource {
         }
     }
 
-    /// Takes up to `max` records; returns the sshd lines among them and how many records were
-    /// taken.
+    /// Takes up to `max` records; returns the sshd lines among them (records whose trusted
+    /// fields are sshd's) and how many records were taken.
     pub fn read(&mut self, max: usize) -> (Vec<LogLine>, usize) {
         let mut lines = Vec::new();
         let mut taken = 0;
@@ -97,7 +109,7 @@ impl JournalSource {
                     if let Some(c) = cursor(&record) {
                         self.position = c.to_owned();
                     }
-                    lines.extend(sshd_line(&record));
+                    lines.extend(sshd_line(&record, &self.trust));
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
@@ -120,14 +132,12 @@ fn open(directory: Option<PathBuf>, after: &str) -> std::io::Result<Journal> {
             OpenDirectoryOptions::default().open_directory(dir.as_os_str().as_encoded_bytes())?
         }
     };
-    // Same field: OR; the two fields ORed with match_or.
-    for program in SSHD_PROGRAMS {
+    // Same field: OR; different fields: AND. Trusted fields only: `_UID=0` AND `_COMM` one of
+    // sshd's names (the rest is checked on each record).
+    for program in SSHD_COMMS {
         journal.match_add("_COMM", program)?;
     }
-    journal.match_or()?;
-    for program in SSHD_PROGRAMS {
-        journal.match_add("SYSLOG_IDENTIFIER", program)?;
-    }
+    journal.match_add("_UID", "0")?;
     if after.is_empty() {
         journal.seek_head()?;
     } else {

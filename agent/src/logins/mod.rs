@@ -1,5 +1,13 @@
 //! SSH login audit: every login and attempt in sshd's log goes to the control plane, and a
-//! revocation ends exactly the sessions opened with the revoked key.
+//! revocation ends every session that verified evidence does not tie to a key valid now.
+//!
+//! Which source to trust: journald's records carry fields journald sets itself from the sender's
+//! credentials (`_UID`, `_COMM`, `_EXE`, `_SYSTEMD_UNIT`), so the agent takes only root sshd's
+//! records and they are *verified*. A log file has no such fields: `sshd -E` writes what an
+//! unauthenticated client sends (newlines in a key-exchange offer become lines of their own),
+//! and `/var/log/auth.log` takes any local user's `logger -t sshd`. From a file only accepted
+//! logins that a live connection of the real sshd corroborates when read are verified
+//! ([`audit`]); the rest is sent marked unverified and never keeps a session.
 //!
 //! - [`file`] follows a log file across rotation; [`journald`] (cargo feature `journald`) reads
 //!   the systemd journal; [`export`] maps journal records (and reads `journalctl -o export`).
@@ -7,7 +15,8 @@
 //! - [`audit`] turns lines into `LoginEvent`s with the agent's sequence numbers, spools them on
 //!   disk ([`spool`], bounded: the oldest are dropped and counted) and tracks which sessions are
 //!   open with which key.
-//! - [`revoke`] and [`proc_net`] end the sessions a revocation must end, and only those.
+//! - [`revoke`] ends the sessions a revocation must end, from one read of `/proc`
+//!   ([`crate::procs`], [`proc_net`]).
 //!
 //! Delivery ([`Logins`], driven by the runtime's event loop): on (re)connect and whenever events
 //! arrive, the oldest spooled events (up to [`BATCH_MAX`]) go up the stream as one `LoginBatch`
@@ -43,7 +52,7 @@ pub use revoke::SessionAttribution;
 
 use crate::apply::Applier;
 use crate::cache::{CacheError, StateDir};
-use crate::config::{LoginSource, LoginsConfig};
+use crate::config::{LoginSource, LoginsConfig, SshdTrust};
 use crate::link::Link;
 
 /// Events per `LoginBatch`.
@@ -95,6 +104,8 @@ pub struct Logins {
     in_flight: Option<InFlight>,
     /// The highest cursor sent: an acknowledgement beyond it is not believed.
     sent_upto: u64,
+    /// What counts as sshd (also when the audit is off).
+    trust: SshdTrust,
 }
 
 impl Logins {
@@ -109,6 +120,7 @@ impl Logins {
             _watch: None,
             in_flight: None,
             sent_upto: 0,
+            trust: config.trust(),
         };
         if config.source == LoginSource::Off {
             tracing::info!("login audit off");
@@ -254,6 +266,7 @@ impl Logins {
     pub(crate) fn session_ender(&self) -> SessionEnder {
         SessionEnder {
             audit: self.audit.clone(),
+            trust: self.trust.clone(),
         }
     }
 }
@@ -262,32 +275,48 @@ impl Logins {
 #[derive(Debug, Clone)]
 pub struct SessionEnder {
     audit: Option<Arc<Mutex<LoginAudit>>>,
+    trust: SshdTrust,
 }
 
 impl SessionEnder {
-    /// Ends `user`'s sessions that were not opened with a key in `valid` (the keys valid for the
-    /// user now), and those the log does not attribute (see [`revoke`]); returns how many.
+    /// A raised session epoch: ends `user`'s sessions except those verified evidence ties to a
+    /// key in `valid` (the fingerprints valid for the user now) or to a login without a key (see
+    /// [`revoke`]); returns how many.
     pub(crate) async fn end(
         &self,
         applier: Arc<dyn Applier>,
         user: &UnixUser,
         valid: &[String],
     ) -> Result<u32, String> {
-        let attribution = self.attribution(user.as_str(), valid).await;
-        let (user, valid) = (user.clone(), valid.to_vec());
+        let (attribution, overflows) = self.attribution(user.as_str()).await;
+        let incomplete = attribution.incomplete;
+        let (u, valid) = (user.clone(), valid.to_vec());
         let ended = tokio::task::spawn_blocking(move || {
-            applier.end_revoked_sessions(&user, &attribution, &valid)
+            applier.end_revoked_sessions(&u, &attribution, &valid)
         });
-        match ended.await {
+        let result = match ended.await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(e) => Err(format!("the session task failed: {e}")),
+        };
+        if incomplete && result.is_ok() {
+            // Every session the lost records could have spoken for is ended.
+            let user = user.to_string();
+            with_audit(self.audit.as_ref(), move |a| {
+                a.overflow_handled(&user, overflows)
+            })
+            .await;
         }
+        result
     }
 
-    /// What the log says about `user`'s open sessions, after reading it up to now (a login a
-    /// moment ago is then known).
-    pub(crate) async fn attribution(&self, user: &str, valid: &[String]) -> SessionAttribution {
-        let (user, valid) = (user.to_owned(), valid.to_vec());
+    /// What the verified login records say about `user`'s open sessions, after reading the log
+    /// up to now (a login a moment ago is then known), and the audit's overflow count then.
+    pub(crate) async fn attribution(&self, user: &str) -> (SessionAttribution, u64) {
+        let user = user.to_owned();
+        let unknown = SessionAttribution {
+            trust: self.trust.clone(),
+            ..SessionAttribution::unknown()
+        };
         with_audit(self.audit.as_ref(), move |a| {
             for _ in 0..CATCH_UP_STEPS {
                 match a.read_available(READ_LINES) {
@@ -299,16 +328,10 @@ impl SessionEnder {
                     }
                 }
             }
-            let mut attribution = a.attribution(&user, &[]);
-            // A session opened with a key that is not valid now counts as a denied key's.
-            for session in &mut attribution.sessions {
-                session.denied =
-                    !session.fingerprint.is_empty() && !valid.contains(&session.fingerprint);
-            }
-            attribution
+            (a.attribution(&user), a.overflows())
         })
         .await
-        .unwrap_or_else(SessionAttribution::unknown)
+        .unwrap_or((unknown, 0))
     }
 }
 

@@ -1,18 +1,18 @@
-//! Which processes hold an SSH connection, from `/proc`.
+//! The kernel's TCP tables, `/proc/net/tcp` and `/proc/net/tcp6`.
 //!
 //! sshd's log names a session by its client's address and port (an `sshd -E` file has no pid).
-//! The kernel lists every TCP socket in `/proc/net/tcp` and `/proc/net/tcp6` with its local and
-//! remote endpoint and its inode, and each process's open sockets are `socket:[INODE]` links in
-//! `/proc/PID/fd`. So the session of client `(ip, port)` is: the socket whose remote endpoint is
-//! that and whose local port is one sshd listens on, and the sshd processes holding it (the
-//! session's `[priv]` monitor and its `USER@…` process).
+//! The kernel lists every TCP socket here with its local and remote endpoint and its inode; a
+//! process's open sockets are `socket:[INODE]` links in `/proc/PID/fd`. So the session of client
+//! `(ip, port)` is the socket whose remote endpoint is that and whose local port is one sshd
+//! listens on, and the sshd processes holding it: [`crate::procs::ProcSnapshot::holders`], from
+//! one read of `/proc`.
 //!
 //! Addresses are printed in hex in the kernel's memory order (for IPv4 the 32-bit word as the
 //! machine reads it, for IPv6 four such words); ports in hex, host order. An IPv4 client of an
 //! sshd listening on `::` shows up in `tcp6` as `::ffff:a.b.c.d`, which sshd logs as `a.b.c.d`:
 //! both sides are compared with mapped addresses unwrapped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -112,100 +112,6 @@ pub fn live_remotes(proc_root: &Path) -> io::Result<BTreeSet<SocketAddr>> {
         .collect())
 }
 
-/// `socket:[12345]` → 12345.
-fn socket_inode(link: &Path) -> Option<u64> {
-    link.to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// Whether a process's `cmdline` is an sshd's (listener, monitor or session process).
-fn is_sshd(cmdline: &[u8]) -> bool {
-    let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-    let title = String::from_utf8_lossy(argv0);
-    let program = title.split([' ', ':']).next().unwrap_or_default();
-    let name = program.rsplit('/').next().unwrap_or_default();
-    name == "sshd" || name == "sshd-session" || name == "sshd-auth"
-}
-
-/// The socket inodes each sshd process holds.
-fn sshd_sockets(proc_root: &Path) -> io::Result<HashMap<i32, BTreeSet<u64>>> {
-    let mut out = HashMap::new();
-    for entry in fs::read_dir(proc_root)?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let dir = entry.path();
-        // A process may exit mid-scan: whatever cannot be read is skipped.
-        let Ok(cmdline) = fs::read(dir.join("cmdline")) else {
-            continue;
-        };
-        if !is_sshd(&cmdline) {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
-            continue;
-        };
-        let inodes: BTreeSet<u64> = fds
-            .flatten()
-            .filter_map(|fd| fs::read_link(fd.path()).ok())
-            .filter_map(|link| socket_inode(&link))
-            .collect();
-        if !inodes.is_empty() {
-            out.insert(pid, inodes);
-        }
-    }
-    Ok(out)
-}
-
-/// The sshd processes holding the connection from `remote` to a port sshd listens on, under
-/// `proc_root` (`/proc`; a parameter for tests). Empty when the connection is gone.
-pub fn connection_processes(proc_root: &Path, remote: SocketAddr) -> io::Result<Vec<i32>> {
-    let remote = unmapped(remote);
-    let sockets = read_tcp_sockets(proc_root)?;
-    if !sockets
-        .iter()
-        .any(|s| s.state != TCP_LISTEN && unmapped(s.remote) == remote)
-    {
-        return Ok(Vec::new());
-    }
-    let held = sshd_sockets(proc_root)?;
-    Ok(holders(&sockets, &held, remote))
-}
-
-/// The selection of [`connection_processes`] on already-read tables.
-fn holders(
-    sockets: &[TcpSocket],
-    held: &HashMap<i32, BTreeSet<u64>>,
-    remote: SocketAddr,
-) -> Vec<i32> {
-    let sshd_inodes: BTreeSet<u64> = held.values().flatten().copied().collect();
-    let sshd_ports: BTreeSet<u16> = sockets
-        .iter()
-        .filter(|s| s.state == TCP_LISTEN && sshd_inodes.contains(&s.inode))
-        .map(|s| s.local.port())
-        .collect();
-    let wanted: BTreeSet<u64> = sockets
-        .iter()
-        .filter(|s| s.state != TCP_LISTEN && s.inode != 0)
-        .filter(|s| unmapped(s.remote) == remote && sshd_ports.contains(&s.local.port()))
-        .map(|s| s.inode)
-        .collect();
-    let mut pids: Vec<i32> = held
-        .iter()
-        .filter(|(_, inodes)| !inodes.is_disjoint(&wanted))
-        .map(|(pid, _)| *pid)
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,59 +177,10 @@ mod tests {
     }
 
     #[test]
-    fn the_holders_of_a_session_are_the_sshd_processes_with_its_socket() {
-        let mut sockets = parse_tcp_table(TCP, false);
-        sockets.extend(parse_tcp_table(TCP6, true));
-        let held = HashMap::from([
-            (100, BTreeSet::from([41001, 41002, 42001])), // the listener
-            (200, BTreeSet::from([41100, 41101])),        // monitor of 127.0.0.1:49832
-            (201, BTreeSet::from([41100])),               // its USER@notty process
-            (300, BTreeSet::from([42100])),               // the IPv6 session
-            (400, BTreeSet::from([42200])),               // the IPv4-over-IPv6 session
-        ]);
-        let session = "127.0.0.1:49832".parse().unwrap();
-        assert_eq!(holders(&sockets, &held, session), vec![200, 201]);
-        assert_eq!(
-            holders(&sockets, &held, "[2001:db8::7]:40000".parse().unwrap()),
-            vec![300]
-        );
-        assert_eq!(
-            holders(&sockets, &held, "10.0.0.9:50000".parse().unwrap()),
-            vec![400]
-        );
-        // The web server's client is not an sshd connection; an unknown client has none.
-        assert!(holders(&sockets, &held, "127.0.0.1:49833".parse().unwrap()).is_empty());
-        assert!(holders(&sockets, &held, "192.0.2.1:1".parse().unwrap()).is_empty());
-        // Without the listener among sshd's sockets, no port is sshd's.
-        let mut no_listener = held.clone();
-        no_listener.remove(&100);
-        assert!(holders(&sockets, &no_listener, session).is_empty());
-    }
-
-    #[test]
-    fn sshd_titles_and_socket_links() {
-        for title in [
-            &b"sshd: bob [priv]"[..],
-            b"sshd: bob@notty",
-            b"/usr/sbin/sshd\0-D\0-f\0/etc/ssh/sshd_config",
-            b"sshd-session: bob [priv]",
-            b"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups",
-        ] {
-            assert!(is_sshd(title), "{}", String::from_utf8_lossy(title));
-        }
-        for title in [&b"bash\0-c\0sshd"[..], b"xsshd: bob", b"", b"ssh\0host"] {
-            assert!(!is_sshd(title), "{}", String::from_utf8_lossy(title));
-        }
-        assert_eq!(socket_inode(Path::new("socket:[41100]")), Some(41100));
-        assert_eq!(socket_inode(Path::new("pipe:[41100]")), None);
-        assert_eq!(socket_inode(Path::new("/dev/null")), None);
-    }
-
-    #[test]
     fn this_machine_can_be_read() {
-        // Whatever runs here, reading the real tables works and a made-up client has no holders.
+        // Whatever runs here, reading the real tables works and a made-up client is not live.
         assert!(read_tcp_sockets(Path::new("/proc")).is_ok());
-        let none = connection_processes(Path::new("/proc"), "192.0.2.123:1".parse().unwrap());
-        assert_eq!(none.unwrap(), Vec::<i32>::new());
+        let live = live_remotes(Path::new("/proc")).unwrap();
+        assert!(!live.contains(&"192.0.2.123:1".parse().unwrap()));
     }
 }

@@ -52,6 +52,10 @@ pub struct Saved {
     /// `/proc/sys/kernel/random/boot_id` when saved: after a reboot no session is open any more.
     #[prost(string, tag = "9")]
     pub boot_id: String,
+    /// Users some of whose login records were dropped when `sessions` overflowed: their
+    /// attribution is incomplete, so a revocation ends all their sessions (and then clears this).
+    #[prost(string, repeated, tag = "10")]
+    pub overflowed: Vec<String>,
 }
 
 /// Where reading stopped in one file.
@@ -96,6 +100,11 @@ pub struct OpenSession {
     /// sshd logged its end (or another login from the same address and port came after it).
     #[prost(bool, tag = "9")]
     pub closed: bool,
+    /// The login was verified when read (journald's trusted fields, or a live connection of the
+    /// real sshd's monitor for the user). Records of older agents, which did not verify, are
+    /// `false` and count for nothing.
+    #[prost(bool, tag = "10")]
+    pub verified: bool,
 }
 
 impl Saved {

@@ -231,3 +231,180 @@ pub fn summary(events: &[LoginEvent]) -> Vec<(String, String, String)> {
         })
         .collect()
 }
+
+/// Sends sshd on 127.0.0.1:`port` what an unauthenticated client may send: an SSH banner and a
+/// KEXINIT whose key-exchange name-list is `x`, newline, `line`, newline, `y`. sshd finds no
+/// common method and logs "Unable to negotiate … Their offer: " with the list as it came; into an
+/// `-E` file the newlines go unescaped, so `line` becomes a line of the log of its own.
+pub fn kex_inject(port: u16, line: &str) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(b"SSH-2.0-kwforge\r\n").unwrap();
+    // The server's banner.
+    let mut byte = [0u8; 1];
+    loop {
+        stream.read_exact(&mut byte).unwrap();
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    let name_list = |text: &[u8]| {
+        let mut out = u32::try_from(text.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(text);
+        out
+    };
+    let mut payload = vec![20u8]; // SSH_MSG_KEXINIT
+    payload.extend_from_slice(&[7u8; 16]); // cookie
+    payload.extend(name_list(format!("x\n{line}\ny").as_bytes()));
+    for list in [
+        &b"ssh-ed25519"[..],
+        b"aes128-ctr",
+        b"aes128-ctr",
+        b"hmac-sha2-256",
+        b"hmac-sha2-256",
+        b"none",
+        b"none",
+        b"",
+        b"",
+    ] {
+        payload.extend(name_list(list));
+    }
+    payload.push(0); // first_kex_packet_follows
+    payload.extend_from_slice(&[0u8; 4]); // reserved
+    let mut padding = 8 - (payload.len() + 5) % 8;
+    if padding < 4 {
+        padding += 8;
+    }
+    let mut packet = u32::try_from(payload.len() + padding + 1)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    packet.push(u8::try_from(padding).unwrap());
+    packet.extend(payload);
+    packet.extend(std::iter::repeat_n(0u8, padding));
+    stream.write_all(&packet).unwrap();
+    // sshd answers with its own KEXINIT and hangs up.
+    let mut sink = Vec::new();
+    let _ = stream.read_to_end(&mut sink);
+}
+
+/// A process of `user` that looks like sshd by everything a tenant controls: its argv0 is
+/// `sshd: USER [priv]`, and it listens on a loopback port and holds `connections` connections
+/// to it (python3 run with `runuser`). Returns it and the connections' client ports.
+pub fn tenant_sshd(user: &TestUser, connections: usize) -> (Proc, Vec<u16>) {
+    const PYTHON: &str = "/usr/bin/python3";
+    require(PYTHON, "python3");
+    require("/usr/sbin/runuser", "util-linux");
+    let script = format!(
+        "import socket, sys, time\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(4096)\n\
+         clients = [socket.create_connection(l.getsockname()) for _ in range({connections})]\n\
+         servers = [l.accept()[0] for _ in clients]\n\
+         print(' '.join(str(c.getsockname()[1]) for c in clients), flush=True)\n\
+         time.sleep(600)\n"
+    );
+    let name = user.name.to_string();
+    let child = Command::new("/usr/sbin/runuser")
+        .args(["-u", &name, "--", "/bin/bash", "-c"])
+        .arg(format!(
+            "ulimit -n {}; exec -a 'sshd: {name} [priv]' {PYTHON} -c \"$0\"",
+            connections * 2 + 64
+        ))
+        .arg(script)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    let stdout = proc.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the tenant's sshd did not report its connections");
+    let ports: Vec<u16> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ports.len(), connections, "{line}");
+    (proc, ports)
+}
+
+/// Debian's rsyslogd run on its own: a private socket (not `/dev/log`) that every local user may
+/// write to, every message written to `dir/syslog` in the traditional format auth.log has.
+pub struct Rsyslog {
+    _proc: Proc,
+    pub socket: PathBuf,
+    pub file: PathBuf,
+}
+
+impl Rsyslog {
+    pub fn start(dir: &Path) -> Rsyslog {
+        require("/usr/sbin/rsyslogd", "rsyslog");
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.join("log.sock");
+        let file = dir.join("syslog");
+        let work = dir.join("rsyslog-work");
+        fs::create_dir_all(&work).unwrap();
+        let config = dir.join("rsyslog.conf");
+        fs::write(
+            &config,
+            format!(
+                "global(workDirectory=\"{}\")\n\
+                 module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
+                 input(type=\"imuxsock\" Socket=\"{}\")\n\
+                 *.* action(type=\"omfile\" file=\"{}\" template=\"RSYSLOG_TraditionalFileFormat\")\n",
+                work.display(),
+                socket.display(),
+                file.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&config)
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut proc = Proc(child);
+        wait_for(Duration::from_secs(10), "rsyslogd's socket", || {
+            assert!(
+                proc.running(),
+                "rsyslogd exited; see its config {}",
+                config.display()
+            );
+            socket.exists().then_some(())
+        });
+        // Any local user may log, as through /dev/log.
+        fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+        Rsyslog {
+            _proc: proc,
+            socket,
+            file,
+        }
+    }
+
+    /// `logger` run as `user` with tag `tag` (`sshd`, `sshd[1]`), facility auth.
+    pub fn logger(&self, user: &TestUser, tag: &str, message: &str) {
+        require("/usr/bin/logger", "bsdutils");
+        let status = Command::new("/usr/sbin/runuser")
+            .args(["-u", user.name.as_str(), "--", "/usr/bin/logger", "-u"])
+            .arg(&self.socket)
+            .args(["-p", "auth.info", "-t", tag, "--", message])
+            .current_dir("/")
+            .status()
+            .unwrap();
+        assert!(status.success(), "logger as {} failed", user.name);
+    }
+}

@@ -67,6 +67,9 @@ fn to_new(event: &LoginEvent, received_at: &str) -> Option<NewLogin> {
         key_type: (!event.key_type.is_empty()).then(|| bounded(&event.key_type, 32)),
         fingerprint,
         sshd_pid: (event.sshd_pid != 0).then_some(i64::from(event.sshd_pid)),
+        // The agent's word (a rooted host can lie, as with everything it reports): shown as
+        // such, and only verified accepted logins become a host's last login.
+        verified: event.verified,
     })
 }
 
@@ -83,7 +86,8 @@ fn digest(events: &[NewLogin]) -> String {
             e.source_port,
             e.key_type,
             e.fingerprint,
-            e.sshd_pid
+            e.sshd_pid,
+            e.verified
         ]);
         hash.update(line.to_string().as_bytes());
         hash.update(b"\n");
@@ -116,6 +120,10 @@ pub async fn ingest(
         "sha256": digest(&events),
     });
     let accepted = events.iter().filter(|e| e.outcome == "accepted").count();
+    let unverified = events
+        .iter()
+        .filter(|e| e.outcome == "accepted" && !e.verified)
+        .count();
     let stored = lifecycle
         .audited(&Caller::system(), "host.logins", Some(tenant), move |tx| {
             Box::pin(async move {
@@ -133,7 +141,7 @@ pub async fn ingest(
         .await?;
     metrics::counter!("keyward_login_events_total").increment(stored);
     if accepted > 0 {
-        tracing::info!(host = %host, accepted, stored, "login events stored");
+        tracing::info!(host = %host, accepted, unverified, stored, "login events stored");
     }
     Ok(())
 }

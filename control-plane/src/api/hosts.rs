@@ -94,7 +94,8 @@ pub struct HostView {
     pub last_error: Option<String>,
     /// Login events the agent dropped because its spool was full.
     pub logins_dropped: i64,
-    /// The last accepted login on the host (its clock), and the Unix user.
+    /// The last verified accepted login on the host (its clock), and the Unix user: a login
+    /// the agent tied to sshd itself, never a log line anyone could have written.
     pub last_login: Option<String>,
     pub last_login_user: Option<String>,
     /// When the agent last reported a drift it repaired.

@@ -1,5 +1,5 @@
-//! What the live hosts view shows of each host besides its own row: the last accepted login and
-//! the last drift the agent repaired.
+//! What the live hosts view shows of each host besides its own row: the last verified accepted
+//! login and the last drift the agent repaired.
 
 use std::collections::HashMap;
 
@@ -8,21 +8,23 @@ use super::{Store, StoreError, get, query_error};
 /// The latest activity of one host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostActivity {
-    /// When the last accepted login happened (the host's clock), and as whom.
+    /// When the last verified accepted login happened (the host's clock), and as whom. An
+    /// unverified one (a log line anyone could have written) is not shown as the last login.
     pub last_login: Option<(String, String)>,
     /// When the control plane last heard of a drift the agent repaired.
     pub last_drift: Option<String>,
 }
 
 impl Store {
-    /// The latest accepted login and repaired drift of every host that has either.
+    /// The latest verified accepted login and repaired drift of every host that has either.
     pub async fn host_activity(&self) -> Result<HashMap<String, HostActivity>, StoreError> {
-        // The newest accepted login per host: the (host_id, outcome, at) index answers both
-        // the grouping and the maximum.
+        // The newest verified accepted login per host: the (host_id, outcome, verified, at)
+        // index answers both the grouping and the maximum.
         let logins = sqlx::query(
             "SELECT l.host_id, l.at, l.unix_user FROM login_events l \
-             JOIN (SELECT host_id, MAX(at) AS at FROM login_events WHERE outcome = 'accepted' GROUP BY host_id) m \
-             ON l.host_id = m.host_id AND l.at = m.at AND l.outcome = 'accepted'",
+             JOIN (SELECT host_id, MAX(at) AS at FROM login_events \
+                   WHERE outcome = 'accepted' AND verified = 1 GROUP BY host_id) m \
+             ON l.host_id = m.host_id AND l.at = m.at AND l.outcome = 'accepted' AND l.verified = 1",
         )
         .fetch_all(&self.pool)
         .await

@@ -31,6 +31,11 @@ pub struct LoginRecord {
     pub key_kind: Option<String>,
     pub key_generation: Option<i64>,
     pub sshd_pid: Option<i64>,
+    /// The agent verified the event: a journald record whose trusted fields are sshd's, or an
+    /// accepted login from a log file corroborated by a live connection of the real sshd. An
+    /// unverified event (any other line of a log file, which local users and unauthenticated
+    /// clients can forge) is the log's claim only.
+    pub verified: bool,
 }
 
 /// An event to store (ids and attribution are filled in by the store).
@@ -46,6 +51,7 @@ pub struct NewLogin {
     pub key_type: Option<String>,
     pub fingerprint: Option<String>,
     pub sshd_pid: Option<i64>,
+    pub verified: bool,
 }
 
 /// Which login events to list, newest first.
@@ -114,6 +120,7 @@ fn login_from_row(row: &AnyRow) -> Result<LoginRecord, StoreError> {
         key_kind: get(row, "key_kind")?,
         key_generation: get(row, "key_generation")?,
         sshd_pid: get(row, "sshd_pid")?,
+        verified: get::<i64>(row, "verified")? != 0,
     })
 }
 
@@ -197,8 +204,9 @@ impl WriteTx {
             };
             let done = sqlx::query(
                 "INSERT INTO login_events (host_id, tenant_id, cursor, at, received_at, outcome, method, \
-                 unix_user, source_ip, source_port, key_type, fingerprint, key_kind, key_generation, sshd_pid) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 unix_user, source_ip, source_port, key_type, fingerprint, key_kind, key_generation, sshd_pid, \
+                 verified) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                  ON CONFLICT (host_id, cursor) DO NOTHING",
             )
             .bind(host.as_str())
@@ -216,6 +224,7 @@ impl WriteTx {
             .bind(kind)
             .bind(generation)
             .bind(e.sshd_pid)
+            .bind(i64::from(e.verified))
             .execute(&mut *self.tx)
             .await
             .map_err(query_error("storing a login event"))?;

@@ -286,3 +286,103 @@ async fn every_login_reaches_the_control_plane_attributed_to_its_key() {
             .any(|e| e["fingerprint"] == fingerprint.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_login_line_forged_through_key_exchange_is_stored_unverified() {
+    let d = Deployment::start(true).await;
+    let key = d.download().await;
+    let fingerprint =
+        d.cp.tenant_call(&d.tenant_token, Method::GET, "")
+            .await
+            .json()["keyFingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let logins = format!("/api/v1/admin/audit/logins?tenantId={}", d.tenant);
+
+    // A genuine session that stays open: its login is verified, and is the host's last login.
+    let mut session = d.sshd.open_session(&d.user.name, &key.path).await;
+    let genuine = eventually(
+        "the genuine login at the control plane",
+        Duration::from_secs(10),
+        || async {
+            let page = d.cp.admin_get(&logins).await.json();
+            page["events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["outcome"] == "accepted" && e["fingerprint"] == fingerprint.as_str())
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(genuine["verified"], true, "{genuine}");
+    assert_eq!(genuine["user"], d.user.name.as_str());
+    // The forged line is read at a later second than the genuine one.
+    let genuine_at = chrono::DateTime::parse_from_rfc3339(genuine["at"].as_str().unwrap()).unwrap();
+    eventually("the next second", Duration::from_secs(3), || async {
+        (chrono::Utc::now() > genuine_at + chrono::Duration::seconds(1)).then_some(())
+    })
+    .await;
+
+    // The attack: a client that never authenticates makes sshd log a login of the admin user.
+    let forged = format!(
+        "Accepted publickey for {} from 203.0.113.7 port 4242 ssh2: ED25519 {fingerprint}",
+        d.admin.name
+    );
+    d.sshd.inject_kex_line(&forged).await;
+    assert!(
+        d.sshd.log_text().lines().any(|l| l.trim_end() == forged),
+        "sshd did not write the forged line:\n{}",
+        d.sshd.log_text()
+    );
+    let stored = eventually(
+        "the forged login at the control plane",
+        Duration::from_secs(10),
+        || async {
+            let page = d.cp.admin_get(&logins).await.json();
+            page["events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["sourceIp"] == "203.0.113.7")
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(stored["outcome"], "accepted");
+    assert_eq!(stored["user"], d.admin.name.as_str());
+    assert_eq!(
+        stored["verified"], false,
+        "stored as a verified login: {stored}"
+    );
+    // The tenant sees it as unverified too.
+    let own =
+        d.cp.request(
+            Method::GET,
+            "/api/v1/tenant/infrastructure/ssh-logins",
+            Some(&d.tenant_token),
+            None,
+        )
+        .await
+        .json();
+    assert!(
+        own["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["sourceIp"] == "203.0.113.7")
+            .all(|e| e["verified"] == false),
+        "{own}"
+    );
+    // The host's last login is still the genuine one.
+    let hosts = d.cp.admin_get("/api/v1/admin/hosts").await.json();
+    let host = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hostId"] == d.agent.host_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(host["lastLoginUser"], d.user.name.as_str(), "{host}");
+    assert_eq!(host["lastLogin"], genuine["at"], "{host}");
+    let _ = session.start_kill();
+}

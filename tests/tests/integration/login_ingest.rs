@@ -19,6 +19,7 @@ fn login(cursor: u64, outcome: LoginOutcome, user: &str, fingerprint: &str) -> L
         key_type: "ED25519".into(),
         fingerprint: fingerprint.into(),
         sshd_pid: 4242,
+        verified: true,
     }
 }
 
@@ -57,6 +58,7 @@ async fn logins_are_stored_once_and_attributed(database: Database) {
                 method: LoginMethod::Password.into(),
                 key_type: String::new(),
                 fingerprint: String::new(),
+                verified: false,
                 ..login(5, LoginOutcome::InvalidUser, "root", "")
             },
         ],
@@ -90,6 +92,8 @@ async fn logins_are_stored_once_and_attributed(database: Database) {
     assert_eq!(by_cursor(4)["keyKind"], "unmanaged");
     assert!(by_cursor(5)["keyKind"].is_null());
     assert_eq!(by_cursor(5)["method"], "password");
+    assert_eq!(by_cursor(1)["verified"], true);
+    assert_eq!(by_cursor(5)["verified"], false);
 
     // Filters.
     let only = |query: &str| {
@@ -184,13 +188,59 @@ async fn logins_are_stored_once_and_attributed(database: Database) {
         .json();
     assert_eq!(view["loginsDropped"], 3, "{view}");
 
+    // A later accepted login the agent could not verify (a forged line) is stored and shown as
+    // unverified, and is not the host's last login: that stays the last verified one.
+    let forged = LoginEvent {
+        at: "2026-11-28T11:00:00Z".into(),
+        source_ip: "203.0.113.9".into(),
+        verified: false,
+        ..login(6, LoginOutcome::Accepted, "kwadmin", &admin_fp)
+    };
+    stream
+        .send(agent_message::Msg::Logins(LoginBatch {
+            events: vec![forged],
+            dropped: 0,
+        }))
+        .await;
+    let acked = stream
+        .next_matching(|m| match m.msg {
+            Some(control_message::Msg::LoginAck(ack)) => Some(ack.cursor),
+            _ => None,
+        })
+        .await;
+    assert_eq!(acked, 6);
+    let page = cp
+        .admin_get(&format!(
+            "/api/v1/admin/audit/logins?tenantId={tenant}&user=kwadmin"
+        ))
+        .await
+        .json();
+    let stored = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cursor"] == 6)
+        .unwrap()
+        .clone();
+    assert_eq!(stored["verified"], false, "{stored}");
+    assert_eq!(stored["sourceIp"], "203.0.113.9");
+    let hosts = cp.admin_get("/api/v1/admin/hosts").await.json();
+    let listed = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hostId"] == host.host_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(listed["lastLogin"], "2026-11-28T10:00:00Z", "{listed}");
+
     // Each stored batch is one link of the audit chain, which still verifies.
     let batches = cp
         .admin_get("/api/v1/admin/audit?action=host.logins")
         .await
         .json();
     let batches = batches["events"].as_array().unwrap();
-    assert_eq!(batches.len(), 2);
+    assert_eq!(batches.len(), 3);
     assert!(batches.iter().any(|b| b["detail"]["new"] == 5));
     assert!(batches.iter().any(|b| b["detail"]["new"] == 0));
     assert_eq!(

@@ -252,12 +252,13 @@ async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
         .await;
     assert_eq!(browser.script("return window.keywardMark").await, json!(42));
 
-    // A real ssh login with the new key shows up as the host's last login, live.
+    // A real ssh login with the new key shows up as the host's last login, live. The session
+    // stays open until then: the agent reads sshd's -E file, and a login from a file is verified
+    // (and only a verified one is a host's last login) when its connection is live as it is read.
     let download = cp.tenant_call(&token, Method::POST, "/download").await;
     assert_eq!(download.status, 200, "{}", download.text());
     let key = KeyFile::write(&download.text());
-    let (ok, out) = sshd.login(&user.name, &key.path, "true").await;
-    assert!(ok, "ssh login with the rotated key: {out}");
+    let mut session = sshd.open_session(&user.name, &key.path).await;
     browser
         .wait_text(
             &format!("{row} td[data-label=\"Last login\"]"),
@@ -265,6 +266,7 @@ async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
             |t| t.contains(&user.name),
         )
         .await;
+    let _ = session.start_kill();
     assert_eq!(browser.script("return window.keywardMark").await, json!(42));
 
     // Every other admin page renders, and gets its screenshot.
