@@ -62,8 +62,15 @@ pub struct ProcEntry {
 /// `/proc` at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcSnapshot {
+    /// By pid.
     pub processes: Vec<ProcEntry>,
     pub tcp: Vec<TcpSocket>,
+    /// Indexes built once: the connections (not listening) by unmapped remote endpoint, with
+    /// their local port and inode; socket inode to the sshd processes holding it; the ports an
+    /// sshd process listens on.
+    by_remote: HashMap<SocketAddr, Vec<(u16, u64)>>,
+    held: HashMap<u64, Vec<i32>>,
+    sshd_ports: BTreeSet<u16>,
 }
 
 impl ProcSnapshot {
@@ -89,9 +96,38 @@ impl ProcSnapshot {
                 processes.push(found);
             }
         }
-        processes.sort_by_key(|p| p.pid);
         let tcp = proc_net::read_tcp_sockets(proc_root)?;
-        Ok(ProcSnapshot { processes, tcp })
+        Ok(Self::of(processes, tcp))
+    }
+
+    /// A snapshot of what was read (indexes built).
+    pub fn of(mut processes: Vec<ProcEntry>, tcp: Vec<TcpSocket>) -> ProcSnapshot {
+        processes.sort_by_key(|p| p.pid);
+        let mut held: HashMap<u64, Vec<i32>> = HashMap::new();
+        for p in processes.iter().filter(|p| p.sshd) {
+            for inode in &p.sockets {
+                held.entry(*inode).or_default().push(p.pid);
+            }
+        }
+        let sshd_ports = tcp
+            .iter()
+            .filter(|s| s.state == TCP_LISTEN && held.contains_key(&s.inode))
+            .map(|s| s.local.port())
+            .collect();
+        let mut by_remote: HashMap<SocketAddr, Vec<(u16, u64)>> = HashMap::new();
+        for s in tcp.iter().filter(|s| s.state != TCP_LISTEN) {
+            by_remote
+                .entry(proc_net::unmapped(s.remote))
+                .or_default()
+                .push((s.local.port(), s.inode));
+        }
+        ProcSnapshot {
+            processes,
+            tcp,
+            by_remote,
+            held,
+            sshd_ports,
+        }
     }
 
     /// The process `pid`, if it was there.
@@ -104,48 +140,25 @@ impl ProcSnapshot {
 
     /// Whether a connection from `remote` (listening sockets aside) was open.
     pub fn is_live(&self, remote: SocketAddr) -> bool {
-        let remote = proc_net::unmapped(remote);
-        self.tcp
-            .iter()
-            .any(|s| s.state != TCP_LISTEN && proc_net::unmapped(s.remote) == remote)
+        self.by_remote.contains_key(&proc_net::unmapped(remote))
     }
 
     /// The sshd processes holding the connection from `remote` to a port an sshd process
     /// listens on, by pid.
     pub fn holders(&self, remote: SocketAddr) -> Vec<i32> {
-        let remote = proc_net::unmapped(remote);
-        let held: HashMap<u64, Vec<i32>> = self.socket_holders();
-        let sshd_ports: BTreeSet<u16> = self
-            .tcp
+        let Some(connections) = self.by_remote.get(&proc_net::unmapped(remote)) else {
+            return Vec::new();
+        };
+        let mut pids: Vec<i32> = connections
             .iter()
-            .filter(|s| s.state == TCP_LISTEN && held.contains_key(&s.inode))
-            .map(|s| s.local.port())
-            .collect();
-        let mut pids: Vec<i32> = self
-            .tcp
-            .iter()
-            .filter(|s| s.state != TCP_LISTEN && s.inode != 0)
-            .filter(|s| {
-                proc_net::unmapped(s.remote) == remote && sshd_ports.contains(&s.local.port())
-            })
-            .filter_map(|s| held.get(&s.inode))
+            .filter(|(port, inode)| *inode != 0 && self.sshd_ports.contains(port))
+            .filter_map(|(_, inode)| self.held.get(inode))
             .flatten()
             .copied()
             .collect();
         pids.sort_unstable();
         pids.dedup();
         pids
-    }
-
-    /// Socket inode to the sshd processes holding it.
-    fn socket_holders(&self) -> HashMap<u64, Vec<i32>> {
-        let mut held: HashMap<u64, Vec<i32>> = HashMap::new();
-        for p in self.processes.iter().filter(|p| p.sshd) {
-            for inode in &p.sockets {
-                held.entry(*inode).or_default().push(p.pid);
-            }
-        }
-        held
     }
 }
 

@@ -352,6 +352,17 @@ impl LoginAudit {
                     verified: true,
                 });
                 if sessions.len() > MAX_OPEN_SESSIONS {
+                    // A journal batch has no snapshot: read /proc now (once per overflow).
+                    let taken;
+                    let snapshot = match snapshot {
+                        Some(snapshot) => Some(snapshot),
+                        None => {
+                            taken = ProcSnapshot::take(&self.proc_root, &self.trust, &[0])
+                                .inspect_err(|error| tracing::warn!(%error, "cannot read /proc to forget ended sessions"))
+                                .ok();
+                            taken.as_ref()
+                        }
+                    };
                     let dropped = prune(sessions, snapshot);
                     if !dropped.is_empty() {
                         self.overflows += 1;
@@ -923,6 +934,31 @@ mod tests {
         assert!(a.attribution("bob").incomplete);
         a.overflow_handled("bob", a.overflows());
         assert!(!a.attribution("bob").incomplete);
+    }
+
+    #[test]
+    fn a_full_table_forgets_gone_connections_also_without_a_batch_snapshot() {
+        // As a journald batch does: verified lines, no snapshot of their own.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = audit(tmp.path(), 10);
+        a.saved.sessions = (0..MAX_OPEN_SESSIONS as u32)
+            .map(|i| OpenSession {
+                ip: "10.9.0.1".into(),
+                port: 1000 + i,
+                user: "carol".into(),
+                verified: true,
+                ..OpenSession::default()
+            })
+            .collect();
+        let line = sshd_log::parse_line(&format!(
+            "Accepted publickey for bob from 127.0.0.1 port 100 ssh2: ED25519 {FP1}"
+        ))
+        .unwrap();
+        assert!(a.track_session(&line, 1, true, None));
+        // Only the live connection's record is left; nobody's attribution is incomplete.
+        assert_eq!(a.records().len(), 1);
+        assert_eq!(a.records()[0].port, 100);
+        assert!(a.saved.overflowed.is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -291,10 +292,32 @@ pub fn kex_inject(port: u16, line: &str) {
     let _ = stream.read_to_end(&mut sink);
 }
 
+/// A process group killed whole on drop (`runuser` forks the command it runs).
+pub struct Group(pub Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl Group {
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
 /// A process of `user` that looks like sshd by everything a tenant controls: its argv0 is
 /// `sshd: USER [priv]`, and it listens on a loopback port and holds `connections` connections
-/// to it (python3 run with `runuser`). Returns it and the connections' client ports.
-pub fn tenant_sshd(user: &TestUser, connections: usize) -> (Proc, Vec<u16>) {
+/// to it (python3 run with `runuser`). Returns it (in a process group of its own, killed on
+/// drop) and the connections' client ports.
+pub fn tenant_sshd(user: &TestUser, connections: usize) -> (Group, Vec<u16>) {
     const PYTHON: &str = "/usr/bin/python3";
     require(PYTHON, "python3");
     require("/usr/sbin/runuser", "util-linux");
@@ -317,9 +340,10 @@ pub fn tenant_sshd(user: &TestUser, connections: usize) -> (Proc, Vec<u16>) {
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
-    let mut proc = Proc(child);
+    let mut proc = Group(child);
     let stdout = proc.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
