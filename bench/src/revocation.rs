@@ -5,23 +5,23 @@
 //! Everything runs on one real deployment (`keyward_tests::Deployment`): OpenBao (dev), the
 //! control plane (SQLite, Ed25519 keys) in this process, Debian's sshd on a loopback port, two
 //! real Unix users (admin: exclusive, tenant: preserve) and the real `keyward-agent` binary
-//! (`KEYWARD_AGENT_BIN`; by default the one next to this binary, so a release bench measures a
-//! release agent). Root is needed, as for the agent itself.
+//! (`--agent-bin` or `KEYWARD_AGENT_BIN`; by default the `release-agent` build that agent-idle
+//! measures, with `--smoke` the test build). Root is needed, as for the agent itself.
 //!
 //! 1. **Plain**: N rounds of regenerate (not timed), download the new key, `ssh -i KEY … sleep
 //!    600` until it prints `ready`, then `POST …/ssh-credentials/revoke` with the tenant's token.
 //!    t0 is when that call has been answered; t1 the first time the tenant's `authorized_keys`
 //!    no longer holds the key (polled every millisecond); t2 when the `ssh` client exits. The
 //!    sample is max(t1, t2) − t0.
-//! 2. **Stall**: the same rounds while, as the tenant (`runuser`), a process whose argv0 is `sshd`
-//!    holds `connections` loopback TCP connections to a listener it also runs, and for each of
-//!    them a copy of the round's real `Accepted publickey` line (same key, the fake connection's
-//!    port) is appended to the log the agent follows: every fake connection is then a session
-//!    opened with the key being revoked, for the agent to look up in `/proc`.
-//! 3. **chmod loop**: the tenant's file grown to 4 MB of their own comment and key lines, then 20
+//! 2. **chmod loop**: the tenant's file grown to 4 MB of their own comment and key lines, then 20
 //!    `chmod` a second for the loop's seconds (a `python3` process of the tenant's); the agent's
 //!    CPU seconds (`utime`+`stime`) over the loop, and the time until a denied key's line
-//!    appended halfway through is gone again.
+//!    appended halfway through is gone again. It starts once the agent is idle.
+//! 3. **Stall** (run last): the same rounds while, as the tenant (`runuser`), a process whose
+//!    argv0 is `sshd` holds `connections` loopback TCP connections to a listener it also runs,
+//!    and for each of them a copy of the round's real `Accepted publickey` line (same key, the
+//!    fake connection's port) is appended to the log the agent follows: every fake connection is
+//!    then a session opened with the key being revoked, for the agent to look up in `/proc`.
 //!
 //! Every loop is bounded in count and time, and every address is on loopback.
 
@@ -175,6 +175,9 @@ pub struct ChmodLoop {
     /// Milliseconds from the stray line's append to its line gone; `None`: not within 10 s
     /// after the loop.
     pub repair_ms: Option<f64>,
+    /// Seconds until the agent was idle before the loop (under 5% of a core over 0.5 s);
+    /// `None`: not within 30 s.
+    pub idle_after: Option<f64>,
 }
 
 impl ChmodLoop {
@@ -606,8 +609,24 @@ async fn append_as(user: &str, path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits (at most 30 s) until the agent used under 5% of a core over half a second; the seconds
+/// waited, `None` if it never did.
+async fn wait_idle(pid: u32) -> Option<f64> {
+    let started = Instant::now();
+    let cpu = || crate::sys::cpu_seconds_of(&pid.to_string());
+    while started.elapsed() < Duration::from_secs(30) {
+        let before = cpu()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if cpu()? - before < 0.025 {
+            return Some(started.elapsed().as_secs_f64());
+        }
+    }
+    None
+}
+
 async fn chmod_loop(d: &Deployment, options: &Options, stray: &str) -> anyhow::Result<ChmodLoop> {
     let pid = d.agent.pid().context("the agent is not running")?;
+    let idle_after = wait_idle(pid).await;
     let path = d.user.authorized_keys();
     append_as(&d.user.name, &path, &own_lines(options.grow_bytes)?).await?;
     let grown_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -665,22 +684,11 @@ async fn chmod_loop(d: &Deployment, options: &Options, stray: &str) -> anyhow::R
         seconds,
         agent_cpu_seconds: cpu_after - cpu_before,
         repair_ms: repaired.map(|t| ms_since(appended, t)),
+        idle_after,
     })
 }
 
-/// The agent binary measured: `KEYWARD_AGENT_BIN`, else the one beside this binary.
-pub fn agent_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("KEYWARD_AGENT_BIN") {
-        return PathBuf::from(bin);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join("keyward-agent")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(keyward_tests::agent::agent_binary)
-}
-
-/// Runs the benchmark. The agent is `keyward_tests::agent::agent_binary()` (`KEYWARD_AGENT_BIN`).
+/// Runs the benchmark on the agent `keyward_tests::agent::agent_binary()` (`KEYWARD_AGENT_BIN`).
 pub async fn run(options: &Options) -> anyhow::Result<RevocationReport> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!(
@@ -710,8 +718,11 @@ pub async fn run(options: &Options) -> anyhow::Result<RevocationReport> {
         public_line(&tenant_post(&d, "/download").await?.text())?
     };
 
-    // 2. Stall.
-    let life = Duration::from_secs(60 * 60);
+    // 2. chmod loop (before the stall, so that nothing of the stall is still running).
+    let chmod = chmod_loop(&d, options, &denied_public).await?;
+
+    // 3. Stall.
+    let life = Duration::from_secs(120 + 60 * options.rounds as u64);
     let mut staller = Staller::start(&d.user.name, options.connections, life).await?;
     let mut attack = Attack {
         connections: staller.ports.len(),
@@ -728,10 +739,6 @@ pub async fn run(options: &Options) -> anyhow::Result<RevocationReport> {
     .await;
     staller.stop().await;
     let stall = stall?;
-
-    // 3. chmod loop, on a tenant whose key works again.
-    fresh_key(&d).await?;
-    let chmod = chmod_loop(&d, options, &denied_public).await?;
     let load_after = Load::now();
     let agent_warnings = warnings(&d.agent.log_text());
     drop(d);
@@ -815,8 +822,8 @@ pub fn markdown(report: &RevocationReport, command: &str) -> String {
     let a = &report.attack;
     let _ = writeln!(
         out,
-        "Stall: during the second case's rounds a process of the tenant's (`runuser -u USER`, \
-         `exec -a sshd python3`: argv0 `sshd`) held {} loopback TCP connections to a listener of \
+        "Stall: during the stall case's rounds (run last) a process of the tenant's (`runuser -u \
+         USER`, `exec -a sshd python3`: argv0 `sshd`) held {} loopback TCP connections to a listener of \
          its own (both ends in that process), alive at {} of {} revocations. Each round, once \
          the real session was up, the round's real `Accepted publickey` line was copied once per \
          fake connection with that connection's port ({} lines in all) and appended to `{}`, \
@@ -875,7 +882,8 @@ pub fn markdown(report: &RevocationReport, command: &str) -> String {
          `python3` process of the tenant's) over {:.1} s. Agent CPU is `utime`+`stime` of \
          `/proc/PID/stat` from the loop's start to its end. Halfway through, the public line of \
          a key revoked earlier in the run (denied) was appended to the file; the repair time is \
-         until the first poll (1 ms) without it. At the end the file was {}{}.\n",
+         until the first poll (1 ms) without it. At the end the file was {}{}. The loop ran \
+         before the stall case, once the agent was idle ({}).\n",
         size(c.grown_bytes),
         c.chmods,
         o.chmods_per_second,
@@ -889,6 +897,10 @@ pub fn markdown(report: &RevocationReport, command: &str) -> String {
         } else {
             String::new()
         },
+        c.idle_after.map_or_else(
+            || "**it was not: over 5% of a core for 30 s**".to_owned(),
+            |s| format!("under 5% of a core over 0.5 s, after {s:.1} s")
+        ),
     );
     out.push_str("| measure | keyward now | before (the issue) |\n|---|---|---|\n");
     let _ = writeln!(
@@ -935,17 +947,28 @@ pub struct Args {
     /// Record the results in this Markdown file (its `revocation` section is replaced).
     #[arg(long, value_name = "FILE")]
     pub write: Option<PathBuf>,
+    /// The agent binary (default: target/release-agent/keyward-agent, as agent-idle measures it;
+    /// with --smoke the test build's target/debug/keyward-agent; KEYWARD_AGENT_BIN overrides
+    /// either).
+    #[arg(long, value_name = "FILE")]
+    pub agent_bin: Option<PathBuf>,
 }
 
-/// Runs `keyward-bench revocation`: prints the Markdown, and writes it with `--write`. Without
-/// `KEYWARD_AGENT_BIN` it runs itself again with it set to the agent beside this binary (the
-/// harness takes the agent from that variable), so a release bench measures a release agent.
+/// Runs `keyward-bench revocation`: prints the Markdown, and writes it with `--write`. The harness
+/// takes the agent from `KEYWARD_AGENT_BIN`: when that is not the agent chosen, this binary runs
+/// itself again with it set.
 pub async fn command(args: Args) -> anyhow::Result<()> {
-    if std::env::var_os("KEYWARD_AGENT_BIN").is_none() {
+    let default_bin: fn() -> PathBuf = if args.smoke {
+        keyward_tests::agent::agent_binary
+    } else {
+        crate::agent_idle::release_agent
+    };
+    let bin = args.agent_bin.clone().unwrap_or_else(default_bin);
+    if std::env::var_os("KEYWARD_AGENT_BIN").as_deref() != Some(bin.as_os_str()) {
         let exe = std::env::current_exe().context("finding this binary")?;
         let status = tokio::process::Command::new(exe)
             .args(std::env::args_os().skip(1))
-            .env("KEYWARD_AGENT_BIN", agent_bin())
+            .env("KEYWARD_AGENT_BIN", &bin)
             .status()
             .await
             .context("running the benchmark with KEYWARD_AGENT_BIN")?;
@@ -958,7 +981,11 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
         Options::new(args.rounds.max(1))
     };
     let report = run(&options).await?;
-    let text = markdown(&report, &options.command(args.write.as_deref()));
+    let mut command = options.command(args.write.as_deref());
+    if let Some(bin) = &args.agent_bin {
+        command = format!("KEYWARD_AGENT_BIN={} {command}", bin.display());
+    }
+    let text = markdown(&report, &command);
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     if let Some(path) = &args.write {
