@@ -9,6 +9,8 @@
 //! - [`streams`]: the control plane (in a child process) holding N agent streams: memory per
 //!   agent and idle CPU.
 //! - [`fanout`]: rotate-all of N Ed25519 tenants, from the call to every host's acknowledgement.
+//! - [`revocation`]: revoke → key gone from the file and its session ended, plain and with a
+//!   tenant stalling the agent; the agent's CPU under a tenant's chmod loop.
 //! - [`fleet`]: simulated hosts, each a tenant with an enrolled agent running in this process.
 //! - [`stats`], [`report`]: summaries, Markdown tables and the sections of `BENCHMARKS.md`.
 //! - [`machine`], [`sys`]: what the numbers were measured on, and the process's limits.
@@ -23,6 +25,7 @@ pub mod machine;
 pub mod propagation;
 pub mod report;
 pub mod rest;
+pub mod revocation;
 pub mod rotate_all;
 pub mod stats;
 pub mod streams;

@@ -43,6 +43,9 @@ enum Command {
     Keygen(keyward_bench::keygen::Args),
     /// rotate-all of N RSA-4096 tenants against pure key generation on all cores.
     RotateAll(keyward_bench::rotate_all::Args),
+    /// Revoke → key gone from the file and its session ended, plain and under a stall attack;
+    /// agent CPU under a chmod loop.
+    Revocation(keyward_bench::revocation::Args),
     /// A control plane in this process until stdin closes (used by `streams`).
     #[command(hide = true)]
     ControlPlaneChild,
@@ -128,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Fanout(args) => keyward_bench::fanout::command(args).await,
         Command::Keygen(args) => keyward_bench::keygen::command(args).await,
         Command::RotateAll(args) => keyward_bench::rotate_all::command(args).await,
+        Command::Revocation(args) => keyward_bench::revocation::command(args).await,
         Command::ControlPlaneChild => keyward_bench::cluster::serve_child().await,
         Command::All(args) => {
             let tmpfs = args

@@ -77,6 +77,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 &["rest", "--smoke"],
             ),
             step(
+                "revocation",
+                "revoke → file and session, stall, chmod loop",
+                &["revocation", "--smoke"],
+            ),
+            step(
                 "ingest",
                 "login events stored per second",
                 &["ingest", "--events", "200", "--batch", "50"],
@@ -102,6 +107,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
             ),
             step("agent-idle", "agent RSS, wakeups, size", &["agent-idle"]),
             step("rest", "GET ssh-credentials vs OpenBao KV", &["rest"]),
+            step(
+                "revocation",
+                "revoke → file and session, stall, chmod loop",
+                &["revocation"],
+            ),
             step(
                 "ingest",
                 "login events stored per second",

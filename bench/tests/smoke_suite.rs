@@ -22,6 +22,7 @@ fn the_whole_suite_runs_in_smoke_mode() {
         "streams",
         "agent-idle",
         "rest",
+        "revocation",
         "ingest",
     ] {
         assert!(

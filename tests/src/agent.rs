@@ -133,6 +133,11 @@ impl Agent {
         self.child = Some(child);
     }
 
+    /// The running agent's process id (`None` when it is not running).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref()?.id()
+    }
+
     /// SIGKILL, as a crash or an OOM kill would.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
