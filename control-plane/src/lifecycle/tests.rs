@@ -433,3 +433,72 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
 }
 
 mod rotation;
+
+#[tokio::test]
+async fn regenerate_denies_the_replaced_keys_and_revoke_denies_every_issued_key() {
+    let f = fixture().await;
+    let caller = Caller::system();
+    f.lifecycle
+        .create_tenant(&caller, new_tenant())
+        .await
+        .unwrap();
+    let first = f
+        .lifecycle
+        .store()
+        .key_set(&t1(), KeyKind::Tenant)
+        .await
+        .unwrap()
+        .unwrap();
+    // Rotate keeps the old key valid for its grace period: nothing denied, no session ends.
+    let rotated = f
+        .lifecycle
+        .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
+        .await
+        .unwrap();
+    assert!(rotated.denied_fingerprints.is_empty());
+    assert_eq!(rotated.session_epoch, first.session_epoch);
+
+    // Regenerate replaces at once: the current key and the one in its grace period are denied,
+    // and the sessions they opened end (a higher epoch).
+    let regenerated = f
+        .lifecycle
+        .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Regenerate)
+        .await
+        .unwrap();
+    assert_eq!(
+        regenerated.denied_fingerprints,
+        vec![rotated.fingerprint.clone(), first.fingerprint.clone()]
+    );
+    assert_eq!(regenerated.session_epoch, first.session_epoch + 1);
+    assert!(regenerated.previous_fingerprint.is_none());
+
+    // Rotate again (its old key in grace), then revoke: every key ever issued is denied.
+    let again = f
+        .lifecycle
+        .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
+        .await
+        .unwrap();
+    let revoked = f
+        .lifecycle
+        .revoke(&caller, &t1(), KeyKind::Tenant)
+        .await
+        .unwrap();
+    for fp in [
+        &first.fingerprint,
+        &rotated.fingerprint,
+        &regenerated.fingerprint,
+        &again.fingerprint,
+    ] {
+        assert!(revoked.denied_fingerprints.contains(fp), "{fp} not denied");
+    }
+    assert_eq!(revoked.session_epoch, regenerated.session_epoch + 1);
+    // The admin key set is untouched.
+    let admin = f
+        .lifecycle
+        .store()
+        .key_set(&t1(), KeyKind::Admin)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(admin.denied_fingerprints.is_empty());
+}
