@@ -414,3 +414,73 @@ async fn the_certificate_is_renewed_with_the_same_key_and_used_next_time() {
 }
 
 use rustls::pki_types::pem::PemObject;
+
+#[tokio::test]
+async fn a_stalled_session_step_blocks_neither_the_watchdog_nor_repairs_nor_the_answer() {
+    use std::sync::atomic::Ordering;
+    let pki = Pki::new();
+    let mut hub = TestHub::start(&pki).await;
+    let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    // WATCHDOG_USEC 200 ms: a ping every 100 ms.
+    let notifier =
+        Notifier::from_vars(Some(sock_path), Some("200000"), None, std::process::id()).unwrap();
+    let agent = Agent::start(enrolled.config(), Some(notifier));
+    let mut s = hub.session().await;
+    assert!(matches!(s.recv().await, Msg::Hello(_)));
+    s.send_state(enrolled.sign(&state(1, &[("kwadmin", 0), ("tenant", 0)])));
+    assert!(matches!(s.recv().await, Msg::Applied(_)));
+
+    // Ending sessions now takes 3 s (a tenant's 1,000 fake sshd connections once took 32-75 s).
+    *agent.fake.stall.lock().unwrap() = Some(Duration::from_secs(3));
+    s.send_state(enrolled.sign(&state(2, &[("kwadmin", 0), ("tenant", 1)])));
+    // The state's answer does not wait for the stalled step.
+    let Msg::Applied(a) = s.recv().await else {
+        panic!("expected Applied")
+    };
+    assert_eq!(a.generation, 2);
+    assert_eq!(
+        agent.fake.ended.load(Ordering::SeqCst),
+        0,
+        "answered only after the step"
+    );
+
+    // Meanwhile an outside edit is repaired and the watchdog keeps being fed.
+    let applies_before = applies(&agent.fake.calls());
+    agent
+        .watch_tx
+        .send("kwadmin".parse().unwrap())
+        .await
+        .unwrap();
+    let fake = agent.fake.clone();
+    eventually("the repair during the stall", || {
+        applies(&fake.calls()) > applies_before
+    })
+    .await;
+    let mut buf = [0u8; 64];
+    let mut pings = 0;
+    while pings < 5 {
+        let n = within("a watchdog ping", sock.recv(&mut buf))
+            .await
+            .unwrap();
+        if &buf[..n] == b"WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    assert_eq!(
+        agent.fake.ended.load(Ordering::SeqCst),
+        0,
+        "the repair and the pings came while the step was still running"
+    );
+
+    // When the step finishes, its result follows as another Applied of the same generation.
+    let Msg::Applied(later) = s.recv().await else {
+        panic!("expected the session result")
+    };
+    assert_eq!(later.generation, 2);
+    let tenant = later.users.iter().find(|u| u.user == "tenant").unwrap();
+    assert_eq!(tenant.sessions_ended, 2);
+    agent.stop().await;
+}

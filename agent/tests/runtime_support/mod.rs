@@ -218,6 +218,9 @@ pub enum Call {
 pub struct FakeApplier {
     pub calls: Mutex<Vec<Call>>,
     pub drift: Mutex<Option<(Vec<String>, Vec<String>)>>,
+    /// How long ending sessions takes (a tenant stalling `/proc`), and how many finished.
+    pub stall: Mutex<Option<std::time::Duration>>,
+    pub ended: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeApplier {
@@ -251,6 +254,11 @@ impl Applier for FakeApplier {
         self.calls.lock().unwrap().push(Call::EndSessions {
             user: user.to_string(),
         });
+        let stall = *self.stall.lock().unwrap();
+        if let Some(stall) = stall {
+            std::thread::sleep(stall);
+        }
+        self.ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(2)
     }
 }
