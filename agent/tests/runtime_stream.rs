@@ -484,3 +484,37 @@ async fn a_stalled_session_step_blocks_neither_the_watchdog_nor_repairs_nor_the_
     assert_eq!(tenant.sessions_ended, 2);
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn when_a_grace_period_ends_the_sessions_of_that_key_are_checked() {
+    let pki = Pki::new();
+    let mut hub = TestHub::start(&pki).await;
+    let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
+    let agent = Agent::start(enrolled.config(), None);
+    let mut s = hub.session().await;
+    assert!(matches!(s.recv().await, Msg::Hello(_)));
+    // A rotated key in its grace period, ending in a moment; no session epoch change.
+    let mut desired = state(1, &[("tenant", 0)]);
+    let mut grace = desired.users[0].keys[0].clone();
+    grace.fingerprint = "SHA256:rotated-key-in-its-grace-period".into();
+    grace.expires_at = (chrono::Utc::now() + chrono::Duration::milliseconds(1500))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    desired.users[0].keys.push(grace);
+    s.send_state(enrolled.sign(&desired));
+    assert!(matches!(s.recv().await, Msg::Applied(_)));
+    assert!(
+        !agent.fake.calls().contains(&Call::EndSessions {
+            user: "tenant".into()
+        }),
+        "no session check before the grace period ends"
+    );
+    // sshd refuses the key from its expiry-time on; the agent ends what it opened.
+    let fake = agent.fake.clone();
+    eventually("the session check at the end of the grace period", || {
+        fake.calls().contains(&Call::EndSessions {
+            user: "tenant".into(),
+        })
+    })
+    .await;
+    agent.stop().await;
+}
