@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every benchmark of the suite, one after another (about 15 minutes; --smoke: under a minute).
+    /// Every benchmark of the suite, one after another (about 40 minutes; --smoke: a few minutes).
     All(AllArgs),
     /// Time from the REST rotate call returning to the key's file renamed on the host.
     Propagation(PropagationArgs),
