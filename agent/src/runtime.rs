@@ -58,7 +58,8 @@ use crate::tls::{self, TlsError};
 /// How long a state's `Applied` answer waits for its session checks; a later result follows in
 /// another `Applied`.
 pub const SESSION_REPLY_WAIT: Duration = Duration::from_secs(1);
-/// A session check that takes longer is reported as failed (and retried with the next trigger).
+/// A session check that takes longer is reported as late (a warning), and its result follows
+/// when it finishes; no second check runs beside it.
 pub const SESSION_DEADLINE: Duration = Duration::from_secs(10);
 /// Prefix of the warning a failed session check leaves on its user.
 const SESSIONS_WARNING: &str = "ending sessions: ";
@@ -273,8 +274,8 @@ struct SessionDone {
     result: Result<u32, String>,
 }
 
-/// Runs session checks off the event loop, one at a time, newest request per user first
-/// (requests for a user that queue up collapse into the newest, with the highest epoch).
+/// Runs session checks off the event loop, strictly one at a time (requests for a user that
+/// queue up meanwhile collapse into the newest, with the highest epoch).
 struct SessionWorker {
     requests: mpsc::UnboundedSender<SessionCheck>,
     done: mpsc::UnboundedReceiver<SessionDone>,
@@ -299,13 +300,31 @@ impl SessionWorker {
                     add(more);
                 }
                 for (user, check) in queued {
-                    let ending = ender.end(Arc::clone(&applier), &user, &check.valid);
-                    let result = match tokio::time::timeout(SESSION_DEADLINE, ending).await {
-                        Ok(result) => result,
-                        Err(_) => Err(format!(
-                            "ending sessions did not finish within {} s",
-                            SESSION_DEADLINE.as_secs()
-                        )),
+                    let ending = {
+                        let (ender, applier, user) =
+                            (ender.clone(), Arc::clone(&applier), user.clone());
+                        async move { ender.end(applier, &user, &check.valid).await }
+                    };
+                    tokio::pin!(ending);
+                    // Past the deadline the check is reported as late, and then still awaited:
+                    // a blocking step cannot be cancelled, and starting the next check beside it
+                    // would pile them up (each reading /proc) and starve the writes.
+                    let result = tokio::select! {
+                        result = &mut ending => result,
+                        () = tokio::time::sleep(SESSION_DEADLINE) => {
+                            let late = SessionDone {
+                                user: user.clone(),
+                                epoch: None,
+                                result: Err(format!(
+                                    "ending sessions did not finish within {} s; still running",
+                                    SESSION_DEADLINE.as_secs()
+                                )),
+                            };
+                            if done_tx.send(late).is_err() {
+                                return;
+                            }
+                            ending.await
+                        }
                     };
                     let finished = SessionDone {
                         user,
