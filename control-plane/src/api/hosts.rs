@@ -278,7 +278,10 @@ pub async fn enroll(
             }
             return Err(ApiError::EnrollmentTokenInvalid);
         }
-        other => other?,
+        other => {
+            throttle.refund(peer.ip());
+            other?
+        }
     };
     let (host, tenant, issued) = enrolled;
     lifecycle.agents().hosts_changed();

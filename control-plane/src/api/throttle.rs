@@ -93,10 +93,13 @@ impl EnrollThrottle {
         f(source)
     }
 
-    /// Whether `ip` may try to enroll now. A refusal is counted for the audit log.
+    /// Whether `ip` may try to enroll now; an attempt takes a token (given back by
+    /// [`EnrollThrottle::refund`] unless the token was wrong), so concurrent attempts cannot
+    /// all pass on one. A refusal is counted for the audit log.
     pub fn allow(&self, ip: IpAddr) -> bool {
         self.with_source(ip, |s| {
             if s.tokens >= 1.0 {
+                s.tokens -= 1.0;
                 true
             } else {
                 count(s);
@@ -105,14 +108,19 @@ impl EnrollThrottle {
         })
     }
 
-    /// Records a failed enrollment from `ip`; returns the number of attempts to audit now if
+    /// Records a failed enrollment from `ip` (its token already taken); returns the number of attempts to audit now if
     /// this source has had no audit event in the last minute.
     pub fn failed(&self, ip: IpAddr) -> Option<(u64, chrono::DateTime<chrono::Utc>)> {
         self.with_source(ip, |s| {
-            s.tokens = (s.tokens - 1.0).max(0.0);
             count(s);
             take_due(s, Instant::now())
         })
+    }
+
+    /// Gives back the token of an attempt that did not fail on its enrollment token.
+    pub fn refund(&self, ip: IpAddr) {
+        let full = self.per_minute;
+        self.with_source(ip, |s| s.tokens = (s.tokens + 1.0).min(full));
     }
 
     /// Takes every source's attempts whose audit event is due.
