@@ -203,3 +203,50 @@ pub async fn audit(
         .audit_enroll_refusals(&caller, attempts, &crate::clock::iso8601(since))
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_source_gets_its_burst_then_is_refused_and_audited_once() {
+        let throttle = EnrollThrottle::new(3);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut audits = Vec::new();
+        for _ in 0..3 {
+            assert!(throttle.allow(ip));
+            audits.extend(throttle.failed(ip));
+        }
+        assert!(!throttle.allow(ip), "past the burst");
+        assert_eq!(audits.len(), 1, "one audit event at once: {audits:?}");
+        assert_eq!(audits[0].0, 1);
+        // The rest wait for the next minute, counted.
+        assert!(throttle.due().is_empty());
+        let sources = throttle.sources.lock().unwrap();
+        assert_eq!(sources[&ip].unaudited, 3, "two failures and one refusal");
+    }
+
+    #[tokio::test]
+    async fn a_refund_gives_the_token_back() {
+        let throttle = EnrollThrottle::new(1);
+        let ip: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(throttle.allow(ip));
+        throttle.refund(ip);
+        assert!(throttle.allow(ip));
+        assert!(!throttle.allow(ip));
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_64_is_one_source_and_the_map_stays_bounded() {
+        let throttle = EnrollThrottle::new(1);
+        assert!(throttle.allow("2001:db8:1:2::1".parse().unwrap()));
+        assert!(!throttle.allow("2001:db8:1:2:ffff::9".parse().unwrap()));
+        assert!(throttle.allow("2001:db8:1:3::1".parse().unwrap()));
+        for i in 0..(MAX_SOURCES as u32 + 500) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            throttle.allow(ip);
+            throttle.failed(ip);
+        }
+        assert!(throttle.sources.lock().unwrap().len() <= MAX_SOURCES + 1);
+    }
+}
