@@ -230,6 +230,8 @@ async fn out_of_descriptors_the_agent_accept_loop_backs_off_instead_of_spinning(
         },
     )
     .await;
+    // A REST client waits in the backlog too: both accept loops meet EMFILE meanwhile.
+    let _waiting = TcpStream::connect(("127.0.0.1", rest_port)).await.unwrap();
     let before = cpu_seconds(pid);
     let started = Instant::now();
     // Three seconds of wall time while out of descriptors, asserted on CPU time.
