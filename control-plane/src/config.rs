@@ -92,6 +92,12 @@ pub struct AgentApiConfig {
     /// How long an enrollment token stays usable.
     #[serde(with = "humantime_serde")]
     pub enrollment_ttl: Duration,
+    /// Most agent connections open at once (TLS handshakes included); more wait in the
+    /// listen backlog until one closes. Size `LimitNOFILE` of the unit above it.
+    pub max_connections: usize,
+    /// A TLS handshake not finished within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for AgentApiConfig {
@@ -102,6 +108,8 @@ impl Default for AgentApiConfig {
             server_names: Vec::new(),
             certificate_lifetime: Duration::from_secs(30 * 86_400),
             enrollment_ttl: Duration::from_secs(3600),
+            max_connections: 10_240,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -123,6 +131,21 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// An HTTP/1 request's headers must arrive within this (slowloris), also the wait for the
+    /// next request on a kept-alive connection.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A TLS handshake not finished within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Most REST connections open at once; a connection over the cap is closed at once.
+    pub max_connections: usize,
+    /// Failed enrollments allowed per source address (an IPv6 /64) and minute, with a burst
+    /// of as many; more are answered 429 without a look at the token.
+    pub enroll_failures_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +158,11 @@ impl Default for ServerConfig {
             state_dir: PathBuf::from("/var/lib/keyward"),
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            enroll_failures_per_minute: 10,
         }
     }
 }

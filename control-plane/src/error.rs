@@ -23,6 +23,9 @@ pub struct Problem {
     pub detail: String,
     /// Stable identifier of the problem, e.g. `key_already_downloaded`.
     pub code: &'static str,
+    /// `urn:keyward:request:{id}`: the request, under which the server log has the cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// With `rotation_in_progress`: the running job, to follow instead.
     #[serde(rename = "jobId", skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
@@ -90,6 +93,10 @@ pub enum ApiError {
     KeyGeneration,
     #[error("the request timed out")]
     Timeout,
+    #[error("too many failed enrollments from this address; retry in a minute")]
+    EnrollmentThrottled,
+    #[error("the control plane is not ready")]
+    NotReady,
     #[error("internal error")]
     Internal,
 }
@@ -156,6 +163,16 @@ impl ApiError {
                 "key_generation_failed",
                 "Internal Server Error",
             ),
+            EnrollmentThrottled => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "enrollment_throttled",
+                "Too Many Requests",
+            ),
+            NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "Service Unavailable",
+            ),
             Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
@@ -176,14 +193,39 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.classify().1
     }
+
+    /// What the client is told: what failed, never where. Vault's and the database's errors
+    /// name addresses, mounts, paths and OS errors; those go to the server log only.
+    fn public_detail(&self) -> String {
+        match self {
+            ApiError::Vault(VaultError::Sealed) => "Vault is sealed".to_owned(),
+            ApiError::Vault(VaultError::Denied { .. }) => {
+                "Vault denied the operation (check the control plane's Vault policy)".to_owned()
+            }
+            ApiError::Vault(VaultError::CasMismatch { .. }) => {
+                "the key set changed concurrently in Vault; retry the request".to_owned()
+            }
+            ApiError::Vault(_) => {
+                "Vault cannot be reached or failed the operation; the server log has the cause"
+                    .to_owned()
+            }
+            ApiError::Store(_) => {
+                "the database cannot be reached or failed the operation; the server log has the cause"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title) = self.classify();
+        let request_id = crate::api::request_id();
         if status.is_server_error() {
-            // Server-side failures are logged with their cause; the client gets the summary.
-            tracing::warn!(code, error = %self, cause = ?std::error::Error::source(&self), "request failed");
+            // Server-side failures are logged with their cause under the request's id; the
+            // client gets what failed and the id.
+            tracing::warn!(code, request_id = request_id.as_deref().unwrap_or("-"), error = %self, cause = ?std::error::Error::source(&self), "request failed");
         }
         let job_id = match &self {
             ApiError::RotationInProgress { job_id } => Some(job_id.clone()),
@@ -193,8 +235,9 @@ impl IntoResponse for ApiError {
             problem_type: format!("urn:keyward:problem:{code}"),
             title,
             status: status.as_u16(),
-            detail: self.to_string(),
+            detail: self.public_detail(),
             code,
+            instance: request_id.map(|id| format!("urn:keyward:request:{id}")),
             job_id: job_id.clone(),
         };
         let mut response = (status, axum::Json(problem)).into_response();

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod backup;
 pub mod clock;
 pub mod config;
+pub mod conns;
 pub mod error;
 pub mod lifecycle;
 pub mod rotation;

@@ -6,7 +6,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use hyper_util::rt::TokioTimer;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -14,11 +15,13 @@ use tokio::task::JoinHandle;
 
 use crate::agents::{AgentTrust, grpc};
 use crate::api::hosts::AgentSettings;
+use crate::api::throttle::EnrollThrottle;
 use crate::api::{AppState, router};
 use crate::auth::{Caller, new_token};
 use crate::backup::VaultBackups;
 use crate::clock::{Clock, SystemClock, iso8601};
 use crate::config::Config;
+use crate::conns::RestAcceptor;
 use crate::lifecycle::KeyLifecycle;
 use crate::rotation::{BulkRotations, RotationScheduler};
 use crate::store::{Role, Store, StoreError, TokenRecord, hash_token};
@@ -182,6 +185,10 @@ pub async fn start_with(
         agent_config.listen,
         &server_names,
         agent_config.certificate_lifetime,
+        grpc::Limits {
+            max_connections: agent_config.max_connections,
+            tls_handshake_timeout: agent_config.tls_handshake_timeout,
+        },
     )
     .await?;
     let agent_url = agent_config
@@ -189,6 +196,14 @@ pub async fn start_with(
         .clone()
         .unwrap_or_else(|| format!("https://{}", agent_api.addr));
 
+    let enroll_throttle = Arc::new(EnrollThrottle::new(
+        config.server.enroll_failures_per_minute,
+    ));
+    background.push(tokio::spawn(
+        enroll_throttle
+            .clone()
+            .audit_every_minute(lifecycle.clone()),
+    ));
     let state = AppState {
         lifecycle: lifecycle.clone(),
         rotations: rotations.clone(),
@@ -196,6 +211,8 @@ pub async fn start_with(
         metrics: metrics_handle(),
         request_timeout: config.server.request_timeout,
         vault_mount: config.vault.mount.clone(),
+        tls: config.server.tls_cert.is_some() && config.server.tls_key.is_some(),
+        enroll_throttle: enroll_throttle.clone(),
         agents: Arc::new(AgentSettings {
             trust,
             url: agent_url.clone(),
@@ -221,19 +238,26 @@ pub async fn start_with(
         source,
     })?;
     let handle = axum_server::Handle::new();
+    let limits = &config.server;
+    let acceptor = RestAcceptor::new(limits.max_connections, limits.idle_timeout);
     let (server, tls) = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = RustlsConfig::from_config(Arc::new(tls_config(cert, key)?));
-            let server = axum_server::from_tcp_rustls(listener, tls)
-                .handle(handle.clone())
-                .serve(app);
-            (tokio::spawn(server), true)
+            let acceptor = RustlsAcceptor::new(tls)
+                .handshake_timeout(limits.tls_handshake_timeout)
+                .acceptor(acceptor);
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(acceptor)
+                .handle(handle.clone());
+            http_limits(server.http_builder(), limits);
+            (tokio::spawn(server.serve(app)), true)
         }
         _ => {
-            let server = axum_server::from_tcp(listener)
-                .handle(handle.clone())
-                .serve(app);
-            (tokio::spawn(server), false)
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(acceptor)
+                .handle(handle.clone());
+            http_limits(server.http_builder(), limits);
+            (tokio::spawn(server.serve(app)), false)
         }
     };
     tracing::info!(%addr, tls, "keyward-server listening");
@@ -252,6 +276,24 @@ pub async fn start_with(
             background
         },
     })
+}
+
+/// HTTP/1 headers (and the next request on a kept-alive connection) within
+/// `header_read_timeout`; HTTP/2 peers that stop answering pings are dropped.
+fn http_limits(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    limits: &crate::config::ServerConfig,
+) {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.idle_timeout)
+        .keep_alive_timeout(limits.header_read_timeout)
+        .max_concurrent_streams(100);
 }
 
 /// TLS 1.3 only, with the configured certificate chain and key.

@@ -92,6 +92,8 @@ pub struct Options {
     pub vault_token: Option<String>,
     /// Vault snapshots (`[backup]`); not configured when `None`.
     pub backup: Option<BackupConfig>,
+    /// Changes the configuration last (limits and timeouts a test needs low).
+    pub configure: Option<fn(&mut Config)>,
 }
 
 /// A server certificate for 127.0.0.1 and localhost, signed by a CA made for the test.
@@ -138,6 +140,7 @@ impl Default for Options {
             tls: None,
             vault_token: None,
             backup: None,
+            configure: None,
         }
     }
 }
@@ -199,6 +202,9 @@ impl ControlPlane {
         if let Some(tls) = &options.tls {
             config.server.tls_cert = Some(tls.cert_file.clone());
             config.server.tls_key = Some(tls.key_file.clone());
+        }
+        if let Some(configure) = options.configure {
+            configure(&mut config);
         }
         let database_url = config.database_url();
         let token_path = config.bootstrap_token_path();

@@ -24,11 +24,15 @@ pub struct RawIdentity {
 impl RawIdentity {
     /// Registers a host for `tenant` and enrolls it with a fresh key.
     pub async fn enroll(cp: &ControlPlane, tenant: &str) -> Self {
+        Self::enroll_with(cp, tenant, KeyPair::generate().unwrap()).await
+    }
+
+    /// Registers a host for `tenant` and enrolls it with `key` (any algorithm rcgen signs with).
+    pub async fn enroll_with(cp: &ControlPlane, tenant: &str, key: KeyPair) -> Self {
         let registered = cp
             .admin_post("/api/v1/admin/hosts", json!({ "tenantId": tenant }))
             .await
             .json();
-        let key = KeyPair::generate().unwrap();
         let csr = CertificateParams::default()
             .serialize_request(&key)
             .unwrap()

@@ -51,6 +51,57 @@ pub enum IssueError {
     BadCsr(rcgen::Error),
     #[error("signing failed: {0}")]
     Sign(rcgen::Error),
+    #[error(
+        "the certificate signing request's key is {0}; use Ed25519, ECDSA P-256 or P-384, or RSA of at least 3072 bits"
+    )]
+    WeakKey(String),
+}
+
+/// The smallest RSA modulus accepted in a host's CSR.
+pub const MIN_RSA_BITS: usize = 3072;
+
+/// Refuses a CSR whose key is not Ed25519, ECDSA P-256/P-384 or RSA of 3072 bits or more.
+fn check_csr_key(csr_pem: &str) -> Result<(), IssueError> {
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+        OID_SIG_ED25519,
+    };
+    use x509_parser::prelude::FromDer;
+    let bad = || IssueError::BadCsr(rcgen::Error::CouldNotParseCertificationRequest);
+    let pem = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes())
+        .map_err(|_| bad())?
+        .1;
+    let csr = x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+        .map_err(|_| bad())?
+        .1;
+    let spki = &csr.certification_request_info.subject_pki;
+    let algorithm = &spki.algorithm.algorithm;
+    if *algorithm == OID_SIG_ED25519 {
+        return Ok(());
+    }
+    if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        return match curve {
+            Some(c) if c == OID_EC_P256 || c == OID_NIST_EC_P384 => Ok(()),
+            _ => Err(IssueError::WeakKey("ECDSA on another curve".into())),
+        };
+    }
+    if *algorithm == OID_PKCS1_RSAENCRYPTION {
+        let bits = match spki.parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => rsa.key_size(),
+            _ => return Err(bad()),
+        };
+        return if bits >= MIN_RSA_BITS {
+            Ok(())
+        } else {
+            Err(IssueError::WeakKey(format!("RSA of {bits} bits")))
+        };
+    }
+    Err(IssueError::WeakKey(format!("of type {algorithm}")))
 }
 
 fn random_serial() -> (SerialNumber, String) {
@@ -122,6 +173,7 @@ impl AgentCa {
         csr_pem: &str,
         lifetime: Duration,
     ) -> Result<Issued, IssueError> {
+        check_csr_key(csr_pem)?;
         // from_pem verifies the CSR's self-signature: the requester holds the key.
         let mut csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(IssueError::BadCsr)?;
@@ -171,5 +223,66 @@ impl AgentCa {
             .signed_by(&key, &self.issuer)
             .map_err(IssueError::Sign)?;
         Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rsa::pkcs8::EncodePrivateKey;
+
+    /// An RSA key pair of `bits` as rcgen can sign with.
+    fn rsa_key(bits: usize) -> KeyPair {
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), bits).unwrap();
+        let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap()
+    }
+
+    fn csr(key: &KeyPair) -> String {
+        CertificateParams::default()
+            .serialize_request(key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    fn ca() -> AgentCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let cert = params.self_signed(&key).unwrap();
+        AgentCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    #[test]
+    fn rsa_3072_ecdsa_and_ed25519_csrs_are_issued_a_certificate() {
+        let ca = ca();
+        let host: HostId = "web-1".parse().unwrap();
+        let lifetime = Duration::from_secs(3600);
+        for key in [
+            rsa_key(3072),
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap(),
+            KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+        ] {
+            let issued = ca.issue_host(&host, &csr(&key), lifetime);
+            assert!(issued.is_ok(), "{:?}: {issued:?}", key.algorithm());
+        }
+    }
+
+    #[test]
+    fn rsa_under_3072_bits_is_refused_by_name() {
+        let err = ca()
+            .issue_host(
+                &"web-1".parse().unwrap(),
+                &csr(&rsa_key(2048)),
+                Duration::from_secs(3600),
+            )
+            .unwrap_err();
+        assert!(matches!(err, IssueError::WeakKey(_)), "{err:?}");
+        assert!(err.to_string().contains("RSA of 2048 bits"), "{err}");
     }
 }

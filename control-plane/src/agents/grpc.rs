@@ -30,6 +30,7 @@ use super::ca::HOST_URI_PREFIX;
 use super::state::desired_state;
 use crate::auth::Caller;
 use crate::clock::iso8601;
+use crate::conns::{AcceptBackoff, Guarded};
 use crate::lifecycle::KeyLifecycle;
 use crate::store::{DriftRecord, HostReport};
 
@@ -461,6 +462,15 @@ pub struct AgentApi {
     pub task: JoinHandle<()>,
 }
 
+/// The endpoint's connection limits (`[agent_api]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once, handshakes included; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A TLS handshake not finished by then is closed.
+    pub tls_handshake_timeout: Duration,
+}
+
 /// Starts the agent endpoint on `listen` with a server certificate for `server_names`.
 pub async fn start(
     lifecycle: Arc<KeyLifecycle>,
@@ -468,6 +478,7 @@ pub async fn start(
     listen: SocketAddr,
     server_names: &[String],
     certificate_lifetime: Duration,
+    limits: Limits,
 ) -> Result<AgentApi, AgentApiError> {
     let tls_err = |e: &dyn std::fmt::Display| AgentApiError::Tls(e.to_string());
     let (cert_pem, key_pem) = trust
@@ -507,20 +518,38 @@ pub async fn start(
             source,
         })?;
     let (conn_tx, conn_rx) = mpsc::channel(64);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let accept = async move {
+        let mut backoff = AcceptBackoff::new("agent_api");
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
+            // A permit first: at the cap, new connections wait in the kernel's backlog instead
+            // of taking descriptors.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => {
+                    backoff.succeeded();
+                    accepted
+                }
+                // Out of descriptors (EMFILE, ENFILE) or buffers: pause instead of spinning.
+                Err(e) => {
+                    drop(permit);
+                    backoff.failed(&e).await;
+                    continue;
+                }
             };
             let acceptor = acceptor.clone();
             let conn_tx = conn_tx.clone();
             // Handshakes run concurrently, with a deadline, so a slow client cannot stall others.
             tokio::spawn(async move {
                 let handshake =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await;
                 match handshake {
                     Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        let _ = conn_tx
+                            .send(Ok::<_, std::io::Error>(Guarded::new(tls, permit)))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "agent TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "agent TLS handshake timed out"),

@@ -238,13 +238,21 @@ pub async fn register_host(
 
 /// Enrolls an agent: a one-time token and a CSR in, a client certificate naming the host out.
 #[utoipa::path(post, path = "/api/v1/agent/enroll", tag = "hosts", request_body = EnrollRequest, security(()),
-    responses((status = 200, body = EnrollResponse), (status = 400, body = Problem), (status = 401, body = Problem)))]
+    responses((status = 200, body = EnrollResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 429, body = Problem, content_type = "application/problem+json",
+            description = "`enrollment_throttled`: too many failed enrollments from this address")))]
 pub async fn enroll(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     ApiJson(body): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let lifecycle = &state.lifecycle;
+    let throttle = &state.enroll_throttle;
+    if !throttle.allow(peer.ip()) {
+        return Err(ApiError::EnrollmentThrottled);
+    }
     let now = iso8601(lifecycle.now());
     let hash = hash_token(body.token.trim());
     let caller = Caller {
@@ -262,7 +270,19 @@ pub async fn enroll(
                 .issue_host(host, &csr, agents.certificate_lifetime)
                 .map_err(|e| ApiError::InvalidBody(e.to_string()))
         })
-        .await?;
+        .await;
+    let enrolled = match enrolled {
+        Err(ApiError::EnrollmentTokenInvalid) => {
+            if let Some((attempts, since)) = throttle.failed(peer.ip()) {
+                super::throttle::audit(lifecycle, peer.ip(), attempts, since).await;
+            }
+            return Err(ApiError::EnrollmentTokenInvalid);
+        }
+        other => {
+            throttle.refund(peer.ip());
+            other?
+        }
+    };
     let (host, tenant, issued) = enrolled;
     lifecycle.agents().hosts_changed();
     Ok(Json(EnrollResponse {

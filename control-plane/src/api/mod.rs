@@ -23,6 +23,7 @@ pub mod logins;
 pub mod ops;
 pub mod rotation;
 pub mod tenant;
+pub mod throttle;
 pub mod ui;
 pub mod views;
 
@@ -33,6 +34,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     pub request_timeout: Duration,
     pub vault_mount: String,
+    /// REST is served over TLS: answers carry `Strict-Transport-Security`.
+    pub tls: bool,
+    /// Failed enrollments per source address.
+    pub enroll_throttle: Arc<throttle::EnrollThrottle>,
     pub agents: Arc<hosts::AgentSettings>,
     pub rotations: Arc<crate::rotation::BulkRotations>,
     pub backups: Arc<crate::backup::VaultBackups>,
@@ -205,8 +210,29 @@ async fn method_not_allowed() -> ApiError {
 
 const BULK_ROTATION_ROUTE: &str = "/api/v1/admin/secrets/rotate-all";
 
-/// Timeout, metrics and the headers every answer carries.
+tokio::task_local! {
+    /// The id of the request being answered: a problem document names it as its `instance`
+    /// and the server log has the failure's cause under it.
+    static REQUEST_ID: String;
+}
+
+/// The id of the request this task answers, if any.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Timeout, metrics, the request id and the headers every answer carries.
 async fn request_pipeline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let request_id = hex::encode(rand::random::<[u8; 8]>());
+    REQUEST_ID
+        .scope(
+            request_id.clone(),
+            pipeline(state, request, next, request_id),
+        )
+        .await
+}
+
+async fn pipeline(state: AppState, request: Request, next: Next, request_id: String) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request
@@ -228,6 +254,15 @@ async fn request_pipeline(State(state): State<AppState>, request: Request, next:
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if state.tls {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000"),
+        );
+    }
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", id);
+    }
     if route.starts_with("/api/") && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

@@ -22,14 +22,30 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// The database answers and Vault is reachable and unsealed.
+/// The database answers and Vault is reachable and unsealed. The answer says only ready or
+/// not (`not_ready`); why not goes to the server log.
 #[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
-    responses((status = 200, body = Health), (status = 503, body = Problem)))]
+    responses((status = 200, body = Health),
+        (status = 503, body = Problem, content_type = "application/problem+json",
+            description = "`not_ready`: the database or Vault cannot be used (the cause is in the server log)")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    state.lifecycle.store().ping().await?;
-    let health = state.lifecycle.vault().health().await?;
-    if health.sealed || !health.initialized {
-        return Err(VaultError::Sealed.into());
+    let check = async {
+        state.lifecycle.store().ping().await?;
+        let health = state.lifecycle.vault().health().await?;
+        if health.sealed || !health.initialized {
+            return Err(ApiError::from(VaultError::Sealed));
+        }
+        Ok::<_, ApiError>(())
+    };
+    if let Err(e) = check.await {
+        tracing::warn!(
+            request_id = super::request_id().as_deref().unwrap_or("-"),
+            code = e.code(),
+            error = %e,
+            cause = ?std::error::Error::source(&e),
+            "not ready"
+        );
+        return Err(ApiError::NotReady);
     }
     Ok(Json(Health { status: "ready" }))
 }

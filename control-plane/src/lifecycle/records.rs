@@ -23,15 +23,10 @@ impl KeyLifecycle {
     where
         F: FnOnce(&keyward_common::HostId) -> Result<crate::agents::ca::Issued, ApiError>,
     {
+        // A refusal is not audited here: an anonymous caller could multiply the rows. The
+        // handler counts refusals per source and audits them in aggregate
+        // (`audit_enroll_refusals`).
         let Some(host) = self.store.pending_host_by_token(token_hash, now).await? else {
-            self.audit_outside(self.event(
-                caller,
-                "host.enroll",
-                None,
-                "refused",
-                json!({ "code": "enrollment_token_invalid" }),
-            ))
-            .await;
             return Err(ApiError::EnrollmentTokenInvalid);
         };
         let issued = issue(&host.host_id)?;
@@ -56,6 +51,19 @@ impl KeyLifecycle {
         tx.commit().await?;
         tracing::info!(host = %host.host_id, tenant = %host.tenant_id, "host enrolled");
         Ok((host.host_id, host.tenant_id, issued))
+    }
+
+    /// One audit event for `attempts` refused enrollments from the caller's address since
+    /// `since` (at most one per source and minute, see `api::throttle`).
+    pub async fn audit_enroll_refusals(&self, caller: &Caller, attempts: u64, since: &str) {
+        self.audit_outside(self.event(
+            caller,
+            "host.enroll",
+            None,
+            "refused",
+            json!({ "code": "enrollment_token_invalid", "attempts": attempts, "since": since }),
+        ))
+        .await;
     }
 
     /// Records an audited read (an admin looking at a tenant's secrets' metadata).

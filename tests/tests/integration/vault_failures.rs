@@ -60,7 +60,7 @@ async fn a_sealed_vault_fails_key_operations_cleanly() {
     assert_eq!(health.json()["storageStatus"], "sealed");
     cp.request(Method::GET, "/readyz", None, None)
         .await
-        .assert_problem(503, "vault_sealed");
+        .assert_problem(503, "not_ready");
     assert_eq!(
         cp.tenant_call(&token, Method::POST, "/revoke").await.status,
         200
