@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod lifecycle;
+pub mod retention;
 pub mod rotation;
 pub mod server;
 pub mod store;

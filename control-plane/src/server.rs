@@ -163,6 +163,10 @@ pub async fn start_with(
     if backups.configured() {
         background.push(tokio::spawn(backups.clone().run()));
     }
+    background.push(tokio::spawn(crate::retention::run(
+        lifecycle.clone(),
+        config.retention.clone(),
+    )));
 
     let agent_config = &config.agent_api;
     let server_names = if agent_config.server_names.is_empty() {
@@ -182,6 +186,7 @@ pub async fn start_with(
         agent_config.listen,
         &server_names,
         agent_config.certificate_lifetime,
+        agent_config.limits(),
     )
     .await?;
     let agent_url = agent_config
