@@ -23,6 +23,11 @@
 //! | `LoginEvent` | `user` / `source_ip` / `key_type` / `fingerprint` | 64 / 64 / 32 bytes / a fingerprint that parses | truncated / dropped |
 //! | `RenewCertificate` | `csr_pem` | 16 KiB | **refused**: not signed, the stream ends |
 //!
+//! With these bounds the admin view of one host (`GET /api/v1/admin/hosts/{id}`) is at most about
+//! 170 KiB whatever its agent sends (4 users of 100 set-aside keys and 8 warnings each, 8 host
+//! keys of 4 KiB, and the 50 newest drift events of 32 fingerprints each); the integration test
+//! `agent_bounds` floods it and asserts under 64 KiB.
+//!
 //! A login batch over 1,000 events is refused rather than cut because cutting it would
 //! acknowledge events that were never stored; a real agent sends at most 500. Every refusal and
 //! truncation is counted in `keyward_agent_messages_refused_total{reason}` (`reason`: one of

@@ -241,6 +241,18 @@ async fn a_rogue_agent_is_refused_cut_and_rate_limited() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("1000"), "{status:?}");
 
+    let openapi = cp
+        .request(Method::GET, "/api/v1/openapi.json", None, None)
+        .await
+        .json();
+    let field = &openapi["components"]["schemas"]["HostView"]["properties"]["reportsDropped"];
+    assert!(
+        field["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("rate")),
+        "{field}"
+    );
+
     let list = cp.admin_get("/api/v1/admin/hosts").await;
     assert!(list.body.len() < VIEW_BOUND, "{} bytes", list.body.len());
     let metrics = cp.request(Method::GET, "/metrics", None, None).await.text();
