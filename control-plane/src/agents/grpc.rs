@@ -472,6 +472,12 @@ impl Session {
                         "csr_pem is over {MAX_CSR_BYTES} bytes"
                     )));
                 }
+                if !self.with_limits(|l| l.renewals.take_one(std::time::Instant::now())) {
+                    // Not answered: the agent asks again on its next connection.
+                    Refusal::RenewalRate.count();
+                    tracing::warn!(host = %self.host, "certificate renewal over the rate ignored");
+                    return Ok(None);
+                }
                 self.renew(&renew.csr_pem).await;
                 Ok(None)
             }

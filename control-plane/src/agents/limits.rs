@@ -22,6 +22,7 @@
 //! | `LoginBatch` | `events` | 1,000 | **refused**: the stream ends (`invalid_argument`) |
 //! | `LoginEvent` | `user` / `source_ip` / `key_type` / `fingerprint` | 64 / 64 / 32 bytes / a fingerprint that parses | truncated / dropped |
 //! | `RenewCertificate` | `csr_pem` | 16 KiB | **refused**: not signed, the stream ends |
+//! | `RenewCertificate` | per stream | 2, then 1 a minute | not answered (each renewal is an audit event, kept for ever) |
 //!
 //! With these bounds the admin view of one host (`GET /api/v1/admin/hosts/{id}`) is at most about
 //! 170 KiB whatever its agent sends (4 users of 100 set-aside keys and 8 warnings each, 8 host
@@ -100,6 +101,8 @@ pub enum Refusal {
     TooManyLoginEvents,
     /// A certificate request over [`MAX_CSR_BYTES`].
     CsrTooLarge,
+    /// A certificate request over [`RENEWALS`] on one stream.
+    RenewalRate,
 }
 
 impl Refusal {
@@ -109,6 +112,7 @@ impl Refusal {
             Refusal::Truncated => "truncated",
             Refusal::TooManyLoginEvents => "too_many_login_events",
             Refusal::CsrTooLarge => "csr_too_large",
+            Refusal::RenewalRate => "renewal_rate",
         }
     }
 
@@ -195,11 +199,19 @@ impl TokenBucket {
     }
 }
 
+/// Certificate renewals one stream may ask for: each is signed and is an audit event, which is
+/// never deleted. The agent asks once per connection.
+pub const RENEWALS: Rate = Rate {
+    per_minute: 1,
+    burst: 2,
+};
+
 /// One stream's buckets and the drops not yet recorded on the host's row.
 #[derive(Debug)]
 pub struct StreamLimits {
     pub drift: TokenBucket,
     pub logins: TokenBucket,
+    pub renewals: TokenBucket,
     /// Dropped since the last time they were added to the host's row.
     pub unrecorded: u64,
     pub recorded_at: Instant,
@@ -213,6 +225,7 @@ impl StreamLimits {
         Self {
             drift: TokenBucket::new(limits.drift_reports, now),
             logins: TokenBucket::new(limits.login_events, now),
+            renewals: TokenBucket::new(RENEWALS, now),
             unrecorded: 0,
             recorded_at: now,
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use keyward_common::proto::{
-    Applied, DriftReport, Hello, LoginBatch, LoginEvent, LoginMethod, LoginOutcome, UserResult,
-    agent_message, control_message,
+    Applied, DriftReport, Hello, LoginBatch, LoginEvent, LoginMethod, LoginOutcome,
+    RenewCertificate, UserResult, agent_message, control_message,
 };
 use keyward_server::clock::{iso8601, parse_iso8601};
 use keyward_server::config::RetentionConfig;
@@ -229,6 +229,45 @@ async fn a_rogue_agent_is_refused_cut_and_rate_limited() {
         view["reportsDropped"]
     );
 
+    // Certificate renewals, each signed and audited for ever: two on one stream, then one a
+    // minute; the rest are not answered.
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&host.key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    for _ in 0..6 {
+        stream
+            .send(agent_message::Msg::Renew(RenewCertificate {
+                csr_pem: csr.clone(),
+            }))
+            .await;
+    }
+    // The acknowledgement of this batch comes after every renewal was handled.
+    stream
+        .send(agent_message::Msg::Logins(LoginBatch {
+            events: vec![login(50_000)],
+            dropped: 0,
+        }))
+        .await;
+    let mut certificates = 0;
+    while stream
+        .next_matching(|m| match m.msg {
+            Some(control_message::Msg::Certificate(_)) => Some(true),
+            Some(control_message::Msg::LoginAck(_)) => Some(false),
+            _ => None,
+        })
+        .await
+    {
+        certificates += 1;
+    }
+    assert_eq!(certificates, 2);
+    let renewals = cp
+        .admin_get("/api/v1/admin/audit?action=host.certificate_renew")
+        .await
+        .json();
+    assert_eq!(renewals["events"].as_array().unwrap().len(), 2);
+
     // A batch over 1,000 events is refused, not cut: cutting it would acknowledge events never
     // stored.
     stream
@@ -260,6 +299,7 @@ async fn a_rogue_agent_is_refused_cut_and_rate_limited() {
         "keyward_agent_messages_refused_total{reason=\"message_too_large\"}",
         "keyward_agent_messages_refused_total{reason=\"too_many_login_events\"}",
         "keyward_agent_messages_refused_total{reason=\"truncated\"}",
+        "keyward_agent_messages_refused_total{reason=\"renewal_rate\"}",
         "keyward_agent_reports_dropped_total{kind=\"drift\"}",
         "keyward_agent_reports_dropped_total{kind=\"login\"}",
     ] {
