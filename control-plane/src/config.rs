@@ -24,6 +24,29 @@ pub struct Config {
     pub agent_api: AgentApiConfig,
     pub rotation: RotationConfig,
     pub backup: BackupConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long what agents report is kept (by the control plane's time of receipt). The audit log
+/// is never deleted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Login events (`/api/v1/admin/audit/logins`, key usage).
+    #[serde(with = "humantime_serde")]
+    pub login_events: Duration,
+    /// Drift events (what agents repaired).
+    #[serde(with = "humantime_serde")]
+    pub drift_events: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            login_events: Duration::from_secs(400 * 86_400),
+            drift_events: Duration::from_secs(90 * 86_400),
+        }
+    }
 }
 
 /// The rotation scheduler and bulk rotations.
@@ -98,6 +121,29 @@ pub struct AgentApiConfig {
     /// A TLS handshake not finished within this is closed.
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
+    /// Drift reports one host may send a minute, and at once; more are dropped and counted.
+    pub drift_reports_per_minute: u32,
+    pub drift_reports_burst: u32,
+    /// Login events one host may send a minute, and at once; more are dropped and counted.
+    pub login_events_per_minute: u32,
+    pub login_events_burst: u32,
+}
+
+impl AgentApiConfig {
+    /// The per-host rates of the agents' endpoint.
+    pub fn limits(&self) -> crate::agents::limits::AgentLimits {
+        use crate::agents::limits::{AgentLimits, Rate};
+        AgentLimits {
+            drift_reports: Rate {
+                per_minute: self.drift_reports_per_minute,
+                burst: self.drift_reports_burst,
+            },
+            login_events: Rate {
+                per_minute: self.login_events_per_minute,
+                burst: self.login_events_burst,
+            },
+        }
+    }
 }
 
 impl Default for AgentApiConfig {
@@ -110,6 +156,10 @@ impl Default for AgentApiConfig {
             enrollment_ttl: Duration::from_secs(3600),
             max_connections: 10_240,
             tls_handshake_timeout: Duration::from_secs(10),
+            drift_reports_per_minute: 10,
+            drift_reports_burst: 20,
+            login_events_per_minute: 1000,
+            login_events_burst: 5000,
         }
     }
 }
@@ -352,6 +402,23 @@ impl Config {
         if self.rotation.bulk_concurrency == Some(0) {
             return rule("rotation.bulk_concurrency must be at least 1");
         }
+        if self.agent_api.drift_reports_per_minute == 0 || self.agent_api.drift_reports_burst == 0 {
+            return rule(
+                "agent_api.drift_reports_per_minute and drift_reports_burst must be at least 1",
+            );
+        }
+        if self.agent_api.login_events_per_minute == 0 {
+            return rule("agent_api.login_events_per_minute must be at least 1");
+        }
+        // An agent sends up to 500 events at once: a smaller burst would cut every full batch.
+        if self.agent_api.login_events_burst < 500 {
+            return rule("agent_api.login_events_burst must be at least 500 (an agent's batch)");
+        }
+        if self.retention.login_events < Duration::from_secs(86_400)
+            || self.retention.drift_events < Duration::from_secs(86_400)
+        {
+            return rule("retention.login_events and retention.drift_events must be at least 1d");
+        }
         if self.backup.retention == 0 {
             return rule("backup.retention must be at least 1");
         }
@@ -388,6 +455,12 @@ mod tests {
         assert_eq!(c.keys.rotation_policy_name(), "90_days");
         assert_eq!(c.keys.grace_period, Duration::from_secs(86_400));
         assert!(c.server.listen.ip().is_loopback());
+        assert_eq!(c.retention.login_events, Duration::from_secs(400 * 86_400));
+        assert_eq!(c.retention.drift_events, Duration::from_secs(90 * 86_400));
+        assert_eq!(
+            c.agent_api.limits(),
+            crate::agents::limits::AgentLimits::default()
+        );
         c.validate().unwrap();
     }
 
@@ -406,6 +479,17 @@ mod tests {
         std::fs::write(&path, "[keys]\ngrace_period = \"100d\"\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
 
+        std::fs::write(&path, "[retention]\nlogin_events = \"1h\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("retention"), "{err}");
+
+        std::fs::write(&path, "[agent_api]\nlogin_events_burst = 100\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("login_events_burst"), "{err}");
+
+        std::fs::write(&path, "[agent_api]\ndrift_reports_per_minute = 0\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+
         let missing = dir.path().join("nope.toml");
         assert!(matches!(
             Config::load(Some(&missing)),
@@ -419,12 +503,15 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "[keys]\nalgorithm = \"ed25519\"\ngrace_period = \"2h\"\n[vault]\nmount = \"kv\"\n",
+            "[keys]\nalgorithm = \"ed25519\"\ngrace_period = \"2h\"\n[vault]\nmount = \"kv\"\n\
+             [retention]\nlogin_events = \"30d\"\n[agent_api]\ndrift_reports_burst = 3\n",
         )
         .unwrap();
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.keys.algorithm, KeyAlgorithm::Ed25519);
         assert_eq!(c.keys.grace_period, Duration::from_secs(7200));
         assert_eq!(c.vault.mount, "kv");
+        assert_eq!(c.retention.login_events, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.agent_api.limits().drift_reports.burst, 3);
     }
 }

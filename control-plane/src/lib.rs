@@ -18,6 +18,7 @@ pub mod config;
 pub mod conns;
 pub mod error;
 pub mod lifecycle;
+pub mod retention;
 pub mod rotation;
 pub mod server;
 pub mod store;

@@ -166,6 +166,10 @@ pub async fn start_with(
     if backups.configured() {
         background.push(tokio::spawn(backups.clone().run()));
     }
+    background.push(tokio::spawn(crate::retention::run(
+        lifecycle.clone(),
+        config.retention.clone(),
+    )));
 
     let agent_config = &config.agent_api;
     let server_names = if agent_config.server_names.is_empty() {
@@ -189,6 +193,7 @@ pub async fn start_with(
             max_connections: agent_config.max_connections,
             tls_handshake_timeout: agent_config.tls_handshake_timeout,
         },
+        agent_config.limits(),
     )
     .await?;
     let agent_url = agent_config

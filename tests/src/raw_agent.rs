@@ -102,6 +102,22 @@ impl RawStream {
         self.tx.send(AgentMessage { msg: Some(msg) }).await.unwrap();
     }
 
+    /// How the stream ends, within 10 s (other control messages are skipped): the status the
+    /// control plane ended it with, or `None` when it just closed.
+    pub async fn ended(&mut self) -> Option<tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match self.inbound.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return None,
+                    Err(status) => return Some(status),
+                }
+            }
+        })
+        .await
+        .expect("the stream to end within 10 s")
+    }
+
     /// The next control message that `pick` accepts, within 10 s.
     pub async fn next_matching<T>(
         &mut self,

@@ -27,6 +27,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::AgentTrust;
 use super::ca::HOST_URI_PREFIX;
+use super::limits::{
+    AgentLimits, MAX_CSR_BYTES, MAX_DRIFT_KEYS, MAX_FINGERPRINTS, MAX_HOST_KEY_BYTES,
+    MAX_HOST_KEYS, MAX_LAST_ERROR, MAX_LOGIN_EVENTS, MAX_MESSAGE_BYTES, MAX_REASON, MAX_SET_ASIDE,
+    MAX_TEXT, MAX_TIME, MAX_USER, MAX_USERS, MAX_VERSION, MAX_WARNINGS, RECORD_DROPS_EVERY,
+    Refusal, StreamLimits, bounded,
+};
 use super::state::desired_state;
 use crate::auth::Caller;
 use crate::clock::iso8601;
@@ -44,38 +50,38 @@ const REPORT_QUEUE: usize = 4096;
 /// The most reports recorded in one transaction.
 const REPORT_BATCH: usize = 512;
 
-/// Users per `Applied` kept (an agent manages two).
-const MAX_USERS: usize = 16;
-/// Warnings per user kept.
-const MAX_WARNINGS: usize = 8;
-/// Set-aside keys per user kept (the agent lists at most 100).
-const MAX_SET_ASIDE: usize = 100;
-/// Characters kept of an error or warning.
-const MAX_TEXT: usize = 500;
-
-/// At most `max` characters of `text`.
-fn bounded(text: &str, max: usize) -> String {
-    text.chars().take(max).collect()
-}
-
 /// One user's result as the host view shows it: bounded, fingerprints checked.
 fn user_view(u: &keyward_common::proto::UserResult) -> serde_json::Value {
-    let fingerprints = |list: &[String]| -> Vec<String> {
+    let fingerprints = |list: &[String], max: usize| -> Vec<String> {
         list.iter()
             .filter(|f| f.parse::<keyward_common::Fingerprint>().is_ok())
-            .take(MAX_SET_ASIDE)
+            .take(max)
             .cloned()
             .collect()
     };
     json!({
-        "user": bounded(&u.user, 64),
+        "user": bounded(&u.user, MAX_USER),
         "error": (!u.error.is_empty()).then(|| bounded(&u.error, MAX_TEXT)),
-        "fingerprints": fingerprints(&u.fingerprints),
+        "fingerprints": fingerprints(&u.fingerprints, MAX_FINGERPRINTS),
         "changed": u.changed,
         "sessionsEnded": u.sessions_ended,
         "warnings": u.warnings.iter().take(MAX_WARNINGS).map(|w| bounded(w, MAX_TEXT)).collect::<Vec<_>>(),
-        "setAside": fingerprints(&u.set_aside),
+        "setAside": fingerprints(&u.set_aside, MAX_SET_ASIDE),
     })
+}
+
+/// Fingerprints of a drift report's list that parse, at most [`MAX_DRIFT_KEYS`]; the bool says
+/// whether any were left out.
+fn drift_keys(list: &[String]) -> (Vec<String>, bool) {
+    let kept: Vec<String> = list
+        .iter()
+        .filter(|f| f.len() <= 128)
+        .filter_map(|f| f.parse::<keyward_common::Fingerprint>().ok())
+        .take(MAX_DRIFT_KEYS)
+        .map(|f| f.to_string())
+        .collect();
+    let cut = kept.len() < list.len();
+    (kept, cut)
 }
 
 /// Why the agent endpoint could not start.
@@ -127,6 +133,8 @@ pub struct AgentService {
     lifecycle: Arc<KeyLifecycle>,
     trust: AgentTrust,
     certificate_lifetime: Duration,
+    /// The per-host rates (`[agent_api]`).
+    limits: AgentLimits,
     /// To the task that records agents' reports ([`spawn_report_writer`]).
     reports: mpsc::Sender<HostReport>,
 }
@@ -198,6 +206,10 @@ impl AgentHub for AgentService {
             host: host_id,
             tenant: host.tenant_id,
             tx,
+            limits: std::sync::Mutex::new(StreamLimits::new(
+                &self.limits,
+                std::time::Instant::now(),
+            )),
         };
         tokio::spawn(session.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -209,9 +221,28 @@ struct Session {
     host: HostId,
     tenant: keyward_common::TenantId,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
+    /// This stream's rate limits (never held across an await).
+    limits: std::sync::Mutex<StreamLimits>,
 }
 
 impl Session {
+    fn with_limits<T>(&self, f: impl FnOnce(&mut StreamLimits) -> T) -> T {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut limits)
+    }
+
+    /// Adds the reports dropped so far to the host's row, when due (or all of them on `flush`).
+    async fn record_drops(&self, flush: bool) {
+        let due = self.with_limits(|l| l.due(std::time::Instant::now(), flush));
+        if let Some(count) = due {
+            self.report(HostReport::Dropped {
+                host: self.host.clone(),
+                count: i64::try_from(count).unwrap_or(i64::MAX),
+            })
+            .await;
+        }
+    }
+
     fn now(&self) -> String {
         iso8601(self.service.lifecycle.now())
     }
@@ -251,21 +282,42 @@ impl Session {
         let mut acked: Option<u64> = None;
         let resend = tokio::time::sleep(RESEND_AFTER);
         tokio::pin!(resend);
+        let drops = tokio::time::sleep(RECORD_DROPS_EVERY);
+        tokio::pin!(drops);
         loop {
             let awaiting = sent.is_some() && acked < sent;
+            let dropping = self.with_limits(|l| l.unrecorded > 0);
             tokio::select! {
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => {
-                        if let Some(generation) = self.handle(message).await {
-                            acked = acked.max(Some(generation));
+                    Ok(Some(message)) => match self.handle(message).await {
+                        Ok(Some(generation)) => acked = acked.max(Some(generation)),
+                        Ok(None) => {}
+                        Err(status) => {
+                            tracing::warn!(host = %self.host, %status, "agent message refused");
+                            let _ = self.tx.send(Err(status)).await;
+                            break;
                         }
-                    }
+                    },
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::info!(host = %self.host, %status, "agent stream ended");
+                        // tonic's decoder refuses a message over the limit as `out_of_range`.
+                        if matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) {
+                            Refusal::MessageTooLarge.count();
+                            tracing::warn!(host = %self.host, %status, "agent message refused");
+                            // The agent is told why its stream ends.
+                            let _ = self.tx.send(Err(Status::resource_exhausted(format!(
+                                "an agent message is at most {MAX_MESSAGE_BYTES} bytes"
+                            )))).await;
+                        } else {
+                            tracing::info!(host = %self.host, %status, "agent stream ended");
+                        }
                         break;
                     }
                 },
+                () = &mut drops, if dropping => {
+                    self.record_drops(false).await;
+                    drops.as_mut().reset(tokio::time::Instant::now() + RECORD_DROPS_EVERY);
+                }
                 changed = registration.wake.changed() => {
                     if changed.is_err() { break; }
                     sent = self.send_state().await.or(sent);
@@ -282,6 +334,7 @@ impl Session {
             }
         }
         hub.unregister(&self.host, registration.id);
+        self.record_drops(true).await;
         self.report(HostReport::Seen {
             host: self.host.clone(),
             at: self.now(),
@@ -290,26 +343,36 @@ impl Session {
         tracing::info!(host = %self.host, "agent disconnected");
     }
 
-    /// Handles one message; returns the generation it acknowledges, if it does.
-    async fn handle(&self, message: AgentMessage) -> Option<u64> {
+    /// Handles one message; returns the generation it acknowledges, if it does, or the
+    /// refusal that ends the stream.
+    async fn handle(&self, message: AgentMessage) -> Result<Option<u64>, Status> {
         let handled = self.handle_message(message).await;
         self.service.lifecycle.agents().hosts_changed();
         handled
     }
 
-    async fn handle_message(&self, message: AgentMessage) -> Option<u64> {
+    async fn handle_message(&self, message: AgentMessage) -> Result<Option<u64>, Status> {
         let store = self.service.lifecycle.store();
         let now = self.now();
-        match message.msg? {
+        let Some(msg) = message.msg else {
+            return Ok(None);
+        };
+        match msg {
             agent_message::Msg::Hello(hello) => {
                 let host_keys: Vec<String> = hello
                     .host_keys
                     .iter()
+                    .filter(|k| k.len() <= MAX_HOST_KEY_BYTES)
                     .filter(|k| keyward_common::keys::public_key_fingerprint(k).is_ok())
-                    .take(16)
+                    .take(MAX_HOST_KEYS)
                     .cloned()
                     .collect();
-                let version: String = hello.agent_version.chars().take(64).collect();
+                if host_keys.len() < hello.host_keys.len()
+                    || hello.agent_version.len() > MAX_VERSION
+                {
+                    Refusal::Truncated.count();
+                }
+                let version = bounded(&hello.agent_version, MAX_VERSION);
                 self.report(HostReport::Hello {
                     host: self.host.clone(),
                     agent_version: version,
@@ -317,9 +380,12 @@ impl Session {
                     at: now,
                 })
                 .await;
-                None
+                Ok(None)
             }
             agent_message::Msg::Applied(applied) => {
+                if applied.users.len() > MAX_USERS {
+                    Refusal::Truncated.count();
+                }
                 let users: Vec<serde_json::Value> = applied
                     .users
                     .iter()
@@ -332,7 +398,7 @@ impl Session {
                     .iter()
                     .take(MAX_USERS)
                     .flat_map(|u| {
-                        let user = bounded(&u.user, 64);
+                        let user = bounded(&u.user, MAX_USER);
                         let error = (!u.error.is_empty()).then(|| bounded(&u.error, MAX_TEXT));
                         error
                             .into_iter()
@@ -345,8 +411,11 @@ impl Session {
                             .map(move |why| format!("{user}: {why}"))
                     })
                     .collect();
-                let error = (!reasons.is_empty()).then(|| reasons.join("; "));
-                let generation = i64::try_from(applied.generation).ok()?;
+                let error =
+                    (!reasons.is_empty()).then(|| bounded(&reasons.join("; "), MAX_LAST_ERROR));
+                let Ok(generation) = i64::try_from(applied.generation) else {
+                    return Ok(None);
+                };
                 self.report(HostReport::Applied {
                     host: self.host.clone(),
                     generation,
@@ -356,60 +425,113 @@ impl Session {
                 })
                 .await;
                 metrics::counter!("keyward_agent_states_applied_total").increment(1);
-                Some(applied.generation)
+                Ok(Some(applied.generation))
             }
             agent_message::Msg::Drift(drift) => {
+                let allowed = self.with_limits(|l| l.drift.take_one(std::time::Instant::now()));
+                if !allowed {
+                    self.with_limits(|l| l.dropped("drift", 1));
+                    return Ok(None);
+                }
+                let (added, cut_added) = drift_keys(&drift.added);
+                let (removed, cut_removed) = drift_keys(&drift.removed);
+                if cut_added
+                    || cut_removed
+                    || drift.user.len() > MAX_USER
+                    || drift.detected_at.len() > MAX_TIME
+                {
+                    Refusal::Truncated.count();
+                }
                 let record = DriftRecord {
-                    user: drift.user.chars().take(64).collect(),
-                    added: drift.added.into_iter().take(64).collect(),
-                    removed: drift.removed.into_iter().take(64).collect(),
-                    detected_at: drift.detected_at.chars().take(40).collect(),
+                    user: bounded(&drift.user, MAX_USER),
+                    added,
+                    removed,
+                    detected_at: bounded(&drift.detected_at, MAX_TIME),
                     received_at: now,
                 };
                 tracing::warn!(host = %self.host, user = %record.user, "agent repaired drift");
                 if let Err(e) = store.insert_drift(&self.host, &record).await {
                     tracing::warn!(host = %self.host, error = %e, "cannot record drift");
                 }
-                None
+                Ok(None)
             }
             agent_message::Msg::Rejected(rejected) => {
-                let reason: String = rejected.reason.chars().take(200).collect();
+                if rejected.reason.len() > MAX_REASON {
+                    Refusal::Truncated.count();
+                }
+                let reason = bounded(&rejected.reason, MAX_REASON);
                 tracing::error!(host = %self.host, generation = rejected.generation, %reason, "agent rejected a state");
                 let _ = store
                     .record_host_error(&self.host, &format!("state rejected: {reason}"), &now)
                     .await;
-                None
+                Ok(None)
             }
             agent_message::Msg::Renew(renew) => {
+                if renew.csr_pem.len() > MAX_CSR_BYTES {
+                    Refusal::CsrTooLarge.count();
+                    return Err(Status::invalid_argument(format!(
+                        "csr_pem is over {MAX_CSR_BYTES} bytes"
+                    )));
+                }
+                if !self.with_limits(|l| l.renewals.take_one(std::time::Instant::now())) {
+                    // Not answered: the agent asks again on its next connection.
+                    Refusal::RenewalRate.count();
+                    tracing::warn!(host = %self.host, "certificate renewal over the rate ignored");
+                    return Ok(None);
+                }
                 self.renew(&renew.csr_pem).await;
-                None
+                Ok(None)
             }
             agent_message::Msg::Logins(batch) => {
+                if batch.events.len() > MAX_LOGIN_EVENTS {
+                    Refusal::TooManyLoginEvents.count();
+                    return Err(Status::invalid_argument(format!(
+                        "a login batch holds at most {MAX_LOGIN_EVENTS} events, not {}",
+                        batch.events.len()
+                    )));
+                }
                 self.ingest_logins(batch).await;
-                None
+                Ok(None)
             }
         }
     }
 
     /// Stores a batch of login events and acknowledges it. A batch that cannot be stored is not
-    /// acknowledged: the agent keeps it spooled and sends it again.
-    async fn ingest_logins(&self, batch: keyward_common::proto::LoginBatch) {
+    /// acknowledged: the agent keeps it spooled and sends it again. Events over the host's rate
+    /// are dropped and counted, and the batch is still acknowledged up to its last cursor: the
+    /// agent would otherwise send it again for ever (see [`super::limits`]).
+    async fn ingest_logins(&self, mut batch: keyward_common::proto::LoginBatch) {
         let Some(last) = batch.events.iter().map(|e| e.cursor).max() else {
             return;
         };
+        let wanted = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
+        let granted = self.with_limits(|l| {
+            let granted = l.logins.take(wanted, std::time::Instant::now());
+            l.dropped("login", wanted - granted);
+            granted
+        });
+        batch
+            .events
+            .truncate(usize::try_from(granted).unwrap_or(usize::MAX));
+        if batch.events.is_empty() {
+            self.acknowledge_logins(last).await;
+            return;
+        }
         let lifecycle = &self.service.lifecycle;
         let stored = super::logins::ingest(lifecycle, &self.host, &self.tenant, &batch).await;
         match stored {
-            Ok(()) => {
-                let ack = ControlMessage {
-                    msg: Some(control_message::Msg::LoginAck(
-                        keyward_common::proto::LoginAck { cursor: last },
-                    )),
-                };
-                let _ = self.tx.send(Ok(ack)).await;
-            }
+            Ok(()) => self.acknowledge_logins(last).await,
             Err(e) => tracing::warn!(host = %self.host, error = %e, "cannot store login events"),
         }
+    }
+
+    async fn acknowledge_logins(&self, cursor: u64) {
+        let ack = ControlMessage {
+            msg: Some(control_message::Msg::LoginAck(
+                keyward_common::proto::LoginAck { cursor },
+            )),
+        };
+        let _ = self.tx.send(Ok(ack)).await;
     }
 
     async fn renew(&self, csr_pem: &str) {
@@ -478,7 +600,8 @@ pub async fn start(
     listen: SocketAddr,
     server_names: &[String],
     certificate_lifetime: Duration,
-    limits: Limits,
+    connections: Limits,
+    limits: AgentLimits,
 ) -> Result<AgentApi, AgentApiError> {
     let tls_err = |e: &dyn std::fmt::Display| AgentApiError::Tls(e.to_string());
     let (cert_pem, key_pem) = trust
@@ -518,7 +641,9 @@ pub async fn start(
             source,
         })?;
     let (conn_tx, conn_rx) = mpsc::channel(64);
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        connections.max_connections.max(1),
+    ));
     let accept = async move {
         let mut backoff = AcceptBackoff::new("agent_api");
         loop {
@@ -544,7 +669,8 @@ pub async fn start(
             // Handshakes run concurrently, with a deadline, so a slow client cannot stall others.
             tokio::spawn(async move {
                 let handshake =
-                    tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await;
+                    tokio::time::timeout(connections.tls_handshake_timeout, acceptor.accept(tcp))
+                        .await;
                 match handshake {
                     Ok(Ok(tls)) => {
                         let _ = conn_tx
@@ -562,6 +688,7 @@ pub async fn start(
         lifecycle,
         trust,
         certificate_lifetime,
+        limits,
     };
     // The agents ping every 20 s and redial when the path is dead; the control plane's own ping
     // only has to find streams whose agent vanished silently (power loss, a dropped route), so
@@ -570,7 +697,7 @@ pub async fn start(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(AgentHubServer::new(service))
+        .add_service(AgentHubServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .serve_with_incoming(ReceiverStream::new(conn_rx));
     let task = tokio::spawn(async move {
         tokio::select! {

@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod grpc;
 pub mod hub;
+pub mod limits;
 pub mod logins;
 pub mod signer;
 pub mod state;

@@ -94,6 +94,11 @@ pub struct HostView {
     pub last_error: Option<String>,
     /// Login events the agent dropped because its spool was full.
     pub logins_dropped: i64,
+    /// Drift reports and login events of this host that the control plane dropped because the
+    /// agent sent them faster than its rate (`agent_api.drift_reports_per_minute`,
+    /// `agent_api.login_events_per_minute` and their bursts); dropped login events were still
+    /// acknowledged, so the agent does not have them either.
+    pub reports_dropped: i64,
     /// The last verified accepted login on the host (its clock), and the Unix user: a login
     /// the agent tied to sshd itself, never a log line anyone could have written.
     pub last_login: Option<String>,
@@ -133,6 +138,7 @@ impl HostView {
             host_keys: host_key_views(&host.host_keys),
             last_error: host.last_error.clone(),
             logins_dropped: host.logins_dropped,
+            reports_dropped: host.reports_dropped,
             last_login: None,
             last_login_user: None,
             last_drift_at: None,

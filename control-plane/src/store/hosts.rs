@@ -25,6 +25,8 @@ pub enum HostReport {
     },
     /// The host's stream ended.
     Seen { host: HostId, at: String },
+    /// The control plane dropped `count` of the host's reports (over its rate).
+    Dropped { host: HostId, count: i64 },
 }
 
 impl HostReport {
@@ -32,7 +34,8 @@ impl HostReport {
         match self {
             HostReport::Hello { host, .. }
             | HostReport::Applied { host, .. }
-            | HostReport::Seen { host, .. } => host,
+            | HostReport::Seen { host, .. }
+            | HostReport::Dropped { host, .. } => host,
         }
     }
 
@@ -41,6 +44,7 @@ impl HostReport {
             HostReport::Hello { .. } => "recording an agent's hello",
             HostReport::Applied { .. } => "recording an applied state",
             HostReport::Seen { .. } => "recording a host's last contact",
+            HostReport::Dropped { .. } => "counting a host's dropped reports",
         }
     }
 
@@ -78,6 +82,11 @@ impl HostReport {
                     .bind(at.as_str())
                     .bind(host.as_str())
             }
+            HostReport::Dropped { host, count } => sqlx::query(
+                "UPDATE hosts SET reports_dropped = reports_dropped + $1 WHERE host_id = $2",
+            )
+            .bind(*count)
+            .bind(host.as_str()),
         }
     }
 }
@@ -103,6 +112,9 @@ pub struct HostRecord {
     pub last_error: Option<String>,
     /// Login events the agent had to drop from its full spool.
     pub logins_dropped: i64,
+    /// Drift reports and login events of the host that the control plane dropped because they
+    /// were over the host's rate.
+    pub reports_dropped: i64,
 }
 
 /// An outside edit of a managed file that an agent found and repaired.
@@ -134,6 +146,7 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
         host_keys: json_column(row, "host_keys")?,
         last_error: get(row, "last_error")?,
         logins_dropped: get(row, "logins_dropped")?,
+        reports_dropped: get(row, "reports_dropped")?,
     })
 }
 

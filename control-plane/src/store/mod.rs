@@ -24,11 +24,13 @@ mod activity;
 mod audit;
 mod hosts;
 mod logins;
+mod retention;
 mod rotation;
 pub use activity::HostActivity;
 pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
 pub use hosts::{DriftRecord, HostRecord, HostReport};
 pub use logins::{DayCount, KeyUsage, LoginFilter, LoginRecord, NewLogin, UnmanagedUse};
+pub use retention::Expiring;
 pub use rotation::{
     JobFailure, JobRecord, RotationPolicyRecord, SchedulerLease, TenantSecretRecord,
 };

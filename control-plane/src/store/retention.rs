@@ -1,0 +1,53 @@
+//! Deleting what agents reported once it is older than the retention (see `crate::retention`).
+//! Never the audit log: its rows are hash-chained and are kept whole.
+
+use super::{Store, StoreError, query_error};
+
+/// What the retention sweep deletes, by the control plane's time of receipt (`received_at`):
+/// the agent's own times (`at`, `detected_at`) are whatever a rooted host says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiring {
+    DriftEvents,
+    LoginEvents,
+}
+
+impl Expiring {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expiring::DriftEvents => "drift_events",
+            Expiring::LoginEvents => "login_events",
+        }
+    }
+
+    fn delete_sql(self) -> &'static str {
+        match self {
+            Expiring::DriftEvents => {
+                "DELETE FROM drift_events WHERE id IN (SELECT id FROM drift_events \
+                 WHERE received_at < $1 ORDER BY received_at, id LIMIT $2)"
+            }
+            Expiring::LoginEvents => {
+                "DELETE FROM login_events WHERE id IN (SELECT id FROM login_events \
+                 WHERE received_at < $1 ORDER BY received_at, id LIMIT $2)"
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Deletes at most `limit` rows of `what` received before `before` (ISO 8601), oldest
+    /// first, in one short transaction of its own; returns how many.
+    pub async fn delete_expired(
+        &self,
+        what: Expiring,
+        before: &str,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(what.delete_sql())
+            .bind(before)
+            .bind(limit)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("deleting expired rows"))?;
+        Ok(done.rows_affected())
+    }
+}
