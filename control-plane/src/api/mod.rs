@@ -19,6 +19,7 @@ use crate::lifecycle::KeyLifecycle;
 
 pub mod admin;
 pub mod hosts;
+pub mod live;
 pub mod logins;
 pub mod ops;
 pub mod rotation;
