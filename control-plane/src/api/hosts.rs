@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use futures::Stream;
 use keyward_common::HostId;
 use serde::{Deserialize, Serialize};
@@ -284,7 +284,7 @@ pub async fn list_hosts(
     Ok(Json(host_views(&state).await?))
 }
 
-async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
+pub(super) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
     let hub = state.lifecycle.agents();
     let store = state.lifecycle.store();
     let (hosts, activity) = tokio::try_join!(store.hosts(None), store.host_activity())?;
@@ -297,48 +297,45 @@ async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
         .collect())
 }
 
-/// Changes closer together than this are sent as one event.
-const LIVE_COALESCE: Duration = Duration::from_millis(150);
-/// Without changes, the table is sent again this often (last seen, certificate expiry).
-const LIVE_REFRESH: Duration = Duration::from_secs(15);
-
-/// The hosts table, live: a `hosts` event with every host at once, then after every change (an
-/// agent connected or left, acknowledged a state, repaired drift, reported logins; a key
-/// changed) and every 15 s.
+/// The hosts table, live: a `snapshot` event (`{"hosts": [HostView], "total": n, "truncated":
+/// bool}`, the first 500 hosts by id), then `delta` events with only the hosts whose view changed
+/// (`{"hosts": [HostView], "removed": [host id], "total": n}`), at most four a second. A change of
+/// `lastSeen` alone is sent at most once a minute per host. The stream ends when its token is
+/// revoked, or when its reader falls behind (reconnect for a fresh snapshot).
 #[utoipa::path(get, path = "/api/v1/admin/events/hosts", tag = "hosts",
     responses((status = 200, content_type = "text/event-stream",
-        description = "`hosts` events, each a JSON array of HostView; `error` events when the database cannot be read")))]
+        description = "a `snapshot` event, then `delta` events (see above)"),
+        (status = 503, body = Problem)))]
 pub async fn host_events(
     State(state): State<AppState>,
-    _admin: AdminCaller,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let changes = state.lifecycle.agents().subscribe_changes();
-    let stream = futures::stream::unfold(
-        (state, changes, true),
-        |(state, mut changes, first)| async move {
-            if !first {
-                if let Ok(Err(_)) = tokio::time::timeout(LIVE_REFRESH, changes.changed()).await {
-                    return None; // the hub is gone: the server is stopping
-                }
-                tokio::time::sleep(LIVE_COALESCE).await;
+    AdminCaller(caller): AdminCaller,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let subscription = state.hosts_feed.subscribe(&state).await?;
+    Ok(super::live::stream(
+        &state.lifecycle,
+        super::live::Scope::of(&caller),
+        move |sink| async move {
+            let super::hosts_live::Subscription {
+                snapshot,
+                mut deltas,
+            } = subscription;
+            if sink
+                .send(Event::default().event("snapshot").data(snapshot))
+                .is_err()
+            {
+                return;
             }
-            changes.borrow_and_update();
-            let event = match host_views(&state).await {
-                Ok(views) => Event::default()
-                    .event("hosts")
-                    .json_data(&views)
-                    .unwrap_or_else(|_| Event::default().event("error").data("serialization")),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the hosts for the live view");
-                    Event::default()
-                        .event("error")
-                        .data("the database cannot be read")
+            // A stream that lags behind the feed ends: its client reconnects for a snapshot.
+            while let Ok(delta) = deltas.recv().await {
+                if sink
+                    .send(Event::default().event("delta").data(&*delta))
+                    .is_err()
+                {
+                    return;
                 }
-            };
-            Some((Ok(event), (state, changes, false)))
+            }
         },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    ))
 }
 
 /// One host, with its recent drift events.
