@@ -9,6 +9,7 @@ mod api_surface;
 mod authorized_keys_logins;
 mod backends;
 mod bad_input;
+mod live_streams;
 mod login_ingest;
 mod revocation_attacks;
 mod rotate_all;
