@@ -415,3 +415,78 @@ async fn a_stream_whose_reader_does_not_read_is_dropped_and_the_server_answers()
     assert_eq!(name, "snapshot");
     assert_eq!(host_ids(&snapshot), [agent.host_id.as_str()]);
 }
+
+#[tokio::test]
+async fn the_hosts_list_pages_filters_and_refuses_bad_parameters() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    cp.create_tenant("acme").await;
+    cp.create_tenant("other").await;
+    for i in 0..7 {
+        register(&cp, "acme", &format!("a-{i}")).await;
+    }
+    for i in 0..3 {
+        register(&cp, "other", &format!("o-{i}")).await;
+    }
+    let ids = |reply: &keyward_tests::control_plane::Reply| -> Vec<String> {
+        reply
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["hostId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The former call: every host.
+    assert_eq!(ids(&cp.admin_get("/api/v1/admin/hosts").await).len(), 10);
+
+    // Pages by cursor, sorted by host id, filtered by tenant.
+    let first = cp
+        .admin_get("/api/v1/admin/hosts?tenant=acme&limit=3")
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(ids(&first), ["a-0", "a-1", "a-2"]);
+    assert_eq!(first.header("x-total-count"), Some("7"));
+    assert_eq!(first.header("x-next-cursor"), Some("a-2"));
+    let mut all = ids(&first);
+    let mut cursor = first.header("x-next-cursor").map(str::to_owned);
+    while let Some(c) = cursor {
+        let page = cp
+            .admin_get(&format!(
+                "/api/v1/admin/hosts?tenant=acme&limit=3&cursor={c}"
+            ))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        all.extend(ids(&page));
+        cursor = page.header("x-next-cursor").map(str::to_owned);
+    }
+    assert_eq!(all, (0..7).map(|i| format!("a-{i}")).collect::<Vec<_>>());
+
+    let page = cp.admin_get("/api/v1/admin/hosts?offset=8").await;
+    assert_eq!(ids(&page), ["o-1", "o-2"]);
+    assert_eq!(page.header("x-next-cursor"), None);
+    let searched = cp
+        .admin_get("/api/v1/admin/hosts?q=o-&status=pending")
+        .await;
+    assert_eq!(ids(&searched), ["o-0", "o-1", "o-2"]);
+    let connected = cp.admin_get("/api/v1/admin/hosts?connected=true").await;
+    assert!(ids(&connected).is_empty());
+
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "offset=1000001",
+        "offset=1&cursor=a-1",
+        "cursor=..",
+        "tenant=Not%20a%20tenant",
+        "status=asleep",
+        "connected=maybe",
+        &format!("q={}", "x".repeat(65)),
+        "sort=desc",
+    ] {
+        cp.admin_get(&format!("/api/v1/admin/hosts?{bad}"))
+            .await
+            .assert_problem(400, "invalid_query");
+    }
+}
