@@ -120,7 +120,11 @@ impl HostsFeed {
             };
             let mut state = self.state.lock().await;
             if self.deltas.receiver_count() == 0 {
-                break;
+                // Stopped under the lock that subscribing takes: a stream that subscribes after
+                // this starts the feed again, none is left on a stopped one.
+                state.running = false;
+                state.hosts.clear();
+                return;
             }
             let views = views
                 .iter()
@@ -129,6 +133,7 @@ impl HostsFeed {
                 let _ = self.deltas.send(Arc::from(delta));
             }
         }
+        // The hub is gone (the server is stopping).
         let mut state = self.state.lock().await;
         state.running = false;
         state.hosts.clear();
