@@ -422,8 +422,9 @@ pub(super) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiErr
 /// The hosts table, live: a `snapshot` event (`{"hosts": [HostView], "total": n, "truncated":
 /// bool}`, the first 500 hosts by id), then `delta` events with only the hosts whose view changed
 /// (`{"hosts": [HostView], "removed": [host id], "total": n}`), at most four a second. A change of
-/// `lastSeen` alone is sent at most once a minute per host. The stream ends when its token is
-/// revoked, or when its reader falls behind (reconnect for a fresh snapshot).
+/// `lastSeen` alone is sent at most once a minute per host. The snapshot holds at most 4 MiB of
+/// hosts. The stream ends when its token is revoked, when its reader falls behind, or past
+/// 32 MiB of deltas in a minute (reconnect for a fresh snapshot).
 #[utoipa::path(get, path = "/api/v1/admin/events/hosts", tag = "hosts",
     responses((status = 200, content_type = "text/event-stream",
         description = "a `snapshot` event, then `delta` events (see above)"),
@@ -447,8 +448,15 @@ pub async fn host_events(
             {
                 return;
             }
-            // A stream that lags behind the feed ends: its client reconnects for a snapshot.
+            // A stream that lags behind the feed, or is over its budget, ends: its client
+            // reconnects for a snapshot.
+            let mut budget = super::hosts_live::Budget::default();
             while let Ok(delta) = deltas.recv().await {
+                if !budget.spend(delta.len()) {
+                    metrics::counter!("keyward_live_streams_over_budget_total").increment(1);
+                    tracing::info!("a hosts stream went over its send budget: stream ended");
+                    return;
+                }
                 if sink
                     .send(Event::default().event("delta").data(&*delta))
                     .is_err()

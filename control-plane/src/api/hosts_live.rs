@@ -21,6 +21,12 @@ use crate::error::ApiError;
 
 /// Hosts in a stream's first event, at most.
 pub const SNAPSHOT_LIMIT: usize = 500;
+/// Bytes of host views in a snapshot, at most.
+pub const SNAPSHOT_BYTES: usize = 4 << 20;
+/// Bytes one stream may be sent per [`BUDGET_WINDOW`] after its snapshot; a stream over it ends
+/// (its client reconnects, with backoff, to a snapshot).
+pub const STREAM_BUDGET: usize = 32 << 20;
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(60);
 /// Changes closer together than this are read and sent as one delta.
 pub const COALESCE: Duration = Duration::from_millis(250);
 /// Without a change signal, the hosts are read again this often (certificate expiry and the
@@ -84,18 +90,27 @@ impl HostsFeed {
             tokio::spawn(self.clone().run(app.clone()));
         }
         let deltas = self.deltas.subscribe();
-        let first: Vec<&Value> = state
-            .hosts
-            .values()
-            .take(SNAPSHOT_LIMIT)
-            .map(|s| &s.view)
-            .collect();
-        let snapshot = json!({
-            "hosts": first,
-            "total": state.hosts.len(),
-            "truncated": state.hosts.len() > SNAPSHOT_LIMIT,
-        })
-        .to_string();
+        // The first hosts, as many as fit in SNAPSHOT_LIMIT hosts and SNAPSHOT_BYTES (an agent
+        // chooses how big its view is, up to the bounds of its reports).
+        let mut hosts = String::from("[");
+        let mut shown = 0;
+        for sent in state.hosts.values().take(SNAPSHOT_LIMIT) {
+            let view = sent.view.to_string();
+            if hosts.len() + view.len() > SNAPSHOT_BYTES {
+                break;
+            }
+            if shown > 0 {
+                hosts.push(',');
+            }
+            hosts.push_str(&view);
+            shown += 1;
+        }
+        hosts.push(']');
+        let snapshot = format!(
+            r#"{{"hosts":{hosts},"total":{},"truncated":{}}}"#,
+            state.hosts.len(),
+            shown < state.hosts.len()
+        );
         Ok(Subscription { snapshot, deltas })
     }
 
@@ -137,6 +152,33 @@ impl HostsFeed {
         let mut state = self.state.lock().await;
         state.running = false;
         state.hosts.clear();
+    }
+}
+
+/// A stream's send budget: [`STREAM_BUDGET`] bytes per [`BUDGET_WINDOW`].
+#[derive(Debug)]
+pub struct Budget {
+    since: Instant,
+    spent: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            spent: 0,
+        }
+    }
+}
+
+impl Budget {
+    /// Whether `bytes` more may be sent now.
+    pub fn spend(&mut self, bytes: usize) -> bool {
+        if self.since.elapsed() >= BUDGET_WINDOW {
+            *self = Self::default();
+        }
+        self.spent = self.spent.saturating_add(bytes);
+        self.spent <= STREAM_BUDGET
     }
 }
 
@@ -240,5 +282,15 @@ mod tests {
         assert_eq!(status["hosts"][0]["status"], "applying");
         assert_eq!(status["removed"], json!(["b"]));
         assert_eq!(status["total"], 1);
+    }
+
+    #[test]
+    fn a_stream_over_its_budget_is_refused_until_the_window_ends() {
+        let mut budget = Budget::default();
+        assert!(budget.spend(STREAM_BUDGET - 1));
+        assert!(budget.spend(1));
+        assert!(!budget.spend(1));
+        budget.since -= BUDGET_WINDOW;
+        assert!(budget.spend(STREAM_BUDGET));
     }
 }
