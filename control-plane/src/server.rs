@@ -213,6 +213,7 @@ pub async fn start_with(
         lifecycle: lifecycle.clone(),
         rotations: rotations.clone(),
         backups: backups.clone(),
+        hosts_feed: Arc::default(),
         metrics: metrics_handle(),
         request_timeout: config.server.request_timeout,
         vault_mount: config.vault.mount.clone(),

@@ -70,6 +70,9 @@ async function hostsPage({ main, signal }) {
       h('thead', {}, h('tr', {}, HOST_COLUMNS.map((t) => h('th', { scope: 'col' }, t)))),
       body));
   fill(main, h('h1', {}, 'Hosts'), h('p', {}, live), summary, wrap);
+  const hosts = new Map();
+  const rows = new Map();
+  let total = 0;
   await follow(`${ADMIN}/events/hosts`, {
     signal,
     onState(state, problem) {
@@ -77,15 +80,35 @@ async function hostsPage({ main, signal }) {
       live.textContent = state === 'live' ? 'Live' : state === 'failed' ? `Stopped: ${problemText(problem)}` : 'Reconnecting…';
     },
     onEvent(name, data) {
-      if (name !== 'hosts') return undefined;
-      const hosts = JSON.parse(data);
+      // A snapshot (the first page of hosts and the total), then deltas: only the hosts whose
+      // view changed, and the ids of hosts gone. Rows are replaced one by one.
+      if (name !== 'snapshot' && name !== 'delta') return undefined;
+      const event = JSON.parse(data);
+      if (name === 'snapshot') { hosts.clear(); rows.clear(); body.replaceChildren(); }
+      for (const id of event.removed || []) { rows.get(id)?.remove(); rows.delete(id); hosts.delete(id); }
+      for (const host of event.hosts || []) {
+        const row = hostRow(host);
+        const old = rows.get(host.hostId);
+        if (old) old.replaceWith(row);
+        else {
+          const next = [...rows.keys()].filter((id) => id > host.hostId).sort()[0];
+          body.insertBefore(row, next === undefined ? null : rows.get(next));
+        }
+        rows.set(host.hostId, row);
+        hosts.set(host.hostId, host);
+      }
+      if (typeof event.total === 'number') total = event.total;
       const counts = {};
-      for (const host of hosts) { const s = hostStatus(host)[0]; counts[s] = (counts[s] || 0) + 1; }
-      const connected = hosts.filter((x) => x.connected).length;
-      summary.textContent = hosts.length
-        ? `${hosts.length} hosts, ${connected} connected: ${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(', ')}.`
+      let connected = 0;
+      for (const host of hosts.values()) {
+        const s = hostStatus(host)[0];
+        counts[s] = (counts[s] || 0) + 1;
+        if (host.connected) connected += 1;
+      }
+      const shown = hosts.size < total ? ` Showing ${hosts.size} of ${total}.` : '';
+      summary.textContent = total
+        ? `${total} hosts, ${connected} connected: ${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(', ')}.${shown}`
         : 'No hosts registered yet (POST /api/v1/admin/hosts registers one).';
-      body.replaceChildren(...hosts.map(hostRow));
       return undefined;
     },
   });

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyward_common::{HostId, TenantId};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 #[derive(Debug)]
 struct Connection {
@@ -54,9 +54,42 @@ impl Connections {
     }
 }
 
+/// A credential that stopped being valid: every live view opened with it (or for it) ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// An API token (by id).
+    Token(String),
+    /// Every credential of a tenant.
+    Tenant(TenantId),
+    /// A host's certificate.
+    Host(HostId),
+}
+
+/// How revocations reach the live streams. The hub is the in-process version (one replica); a
+/// scale-out version publishes through PostgreSQL `LISTEN`/`NOTIFY` behind the same two calls.
+/// A receiver that lags behind must treat every credential as possibly revoked and check again.
+pub trait RevocationFeed: Send + Sync {
+    fn publish_revoked(&self, revoked: Revoked);
+    fn subscribe_revoked(&self) -> broadcast::Receiver<Revoked>;
+}
+
+/// Revocations waiting for the streams to look: few and small, so a short buffer is enough (a
+/// stream that lags re-checks its credential).
+const REVOCATION_BUFFER: usize = 256;
+
+#[derive(Debug)]
+struct Revocations(broadcast::Sender<Revoked>);
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Self(broadcast::channel(REVOCATION_BUFFER).0)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Hub {
     connections: Mutex<Connections>,
+    revocations: Revocations,
     next_id: AtomicU64,
     /// Bumped whenever something an admin sees of a host may have changed (a stream came or
     /// went, an acknowledgement, a hello, drift, an error, a login): the live hosts view follows it.
@@ -134,11 +167,12 @@ impl Hub {
         self.hosts_changed();
     }
 
-    /// Ends the host's stream at once (revocation).
+    /// Ends the host's stream at once (revocation), and every live view opened for the host.
     pub fn cut(&self, host: &HostId) {
         if let Some(connection) = self.lock().remove(host) {
             let _ = connection.cut.send(true);
         }
+        self.publish_revoked(Revoked::Host(host.clone()));
         self.hosts_changed();
     }
 
@@ -159,6 +193,17 @@ impl Hub {
 
     pub fn connected(&self) -> usize {
         self.lock().by_host.len()
+    }
+}
+
+impl RevocationFeed for Hub {
+    fn publish_revoked(&self, revoked: Revoked) {
+        // No receiver means no live stream: nothing to end.
+        let _ = self.revocations.0.send(revoked);
+    }
+
+    fn subscribe_revoked(&self) -> broadcast::Receiver<Revoked> {
+        self.revocations.0.subscribe()
     }
 }
 

@@ -12,6 +12,7 @@ use utoipa::IntoParams;
 
 use super::views::*;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
+use crate::agents::hub::{RevocationFeed, Revoked};
 use crate::auth::{AdminCaller, Caller, new_token};
 use crate::clock::{iso8601, parse_iso8601};
 use crate::error::{ApiError, Problem};
@@ -333,6 +334,11 @@ pub async fn revoke_token(
     if !revoked {
         return Err(ApiError::TokenNotFound(record.token_id));
     }
+    // The token's open live streams end now, not at their next look at the token.
+    state
+        .lifecycle
+        .agents()
+        .publish_revoked(Revoked::Token(record.token_id));
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,14 +7,14 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use futures::Stream;
 use keyward_common::HostId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, AppState, tenant_from_path};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::auth::{AdminCaller, Caller};
 use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
@@ -301,16 +301,138 @@ pub async fn enroll(
     }))
 }
 
-/// Every host, with its live status.
-#[utoipa::path(get, path = "/api/v1/admin/hosts", tag = "hosts", responses((status = 200, body = Vec<HostView>)))]
+/// `GET /api/v1/admin/hosts` query: a page of hosts, by host id, filtered.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HostsQuery {
+    /// 1 to 500; 100 when any parameter is given. Without any parameter the answer is every host
+    /// (the former call, kept for older clients).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// The `X-Next-Cursor` of the previous page: the hosts after this host id.
+    pub cursor: Option<String>,
+    /// Hosts skipped (0 to 1,000,000); not with `cursor`.
+    #[param(minimum = 0, maximum = 1_000_000)]
+    pub offset: Option<u32>,
+    /// Only this tenant's hosts.
+    pub tenant: Option<String>,
+    /// Only hosts in this status: `pending`, `in_sync`, `applying`, `degraded` or `revoked`.
+    pub status: Option<String>,
+    /// Only hosts with (true) or without (false) a live agent stream.
+    pub connected: Option<bool>,
+    /// Host ids or tenant ids containing this text (1 to 64 characters).
+    #[param(min_length = 1, max_length = 64)]
+    pub q: Option<String>,
+}
+
+const HOST_STATUSES: [&str; 5] = ["pending", "in_sync", "applying", "degraded", "revoked"];
+const DEFAULT_HOSTS_PAGE: u32 = 100;
+const MAX_HOSTS_PAGE: u32 = 500;
+const MAX_HOSTS_OFFSET: u32 = 1_000_000;
+
+impl HostsQuery {
+    fn is_empty(&self) -> bool {
+        self.limit.is_none()
+            && self.cursor.is_none()
+            && self.offset.is_none()
+            && self.tenant.is_none()
+            && self.status.is_none()
+            && self.connected.is_none()
+            && self.q.is_none()
+    }
+
+    fn check(&self) -> Result<(), ApiError> {
+        let bad = |what: &str| Err(ApiError::InvalidQuery(what.to_owned()));
+        if self
+            .limit
+            .is_some_and(|l| !(1..=MAX_HOSTS_PAGE).contains(&l))
+        {
+            return bad("limit must be 1 to 500");
+        }
+        if self.offset.is_some_and(|o| o > MAX_HOSTS_OFFSET) {
+            return bad("offset must be 0 to 1000000");
+        }
+        if self.offset.is_some() && self.cursor.is_some() {
+            return bad("give cursor or offset, not both");
+        }
+        if let Some(cursor) = &self.cursor
+            && cursor.parse::<HostId>().is_err()
+        {
+            return bad("cursor is not a host id");
+        }
+        if let Some(tenant) = &self.tenant
+            && tenant.parse::<keyward_common::TenantId>().is_err()
+        {
+            return bad("tenant is not a tenant id");
+        }
+        if let Some(status) = &self.status
+            && !HOST_STATUSES.contains(&status.as_str())
+        {
+            return bad("status must be pending, in_sync, applying, degraded or revoked");
+        }
+        if let Some(q) = &self.q
+            && (q.is_empty() || q.chars().count() > 64)
+        {
+            return bad("q must be 1 to 64 characters");
+        }
+        Ok(())
+    }
+
+    fn keeps(&self, view: &HostView) -> bool {
+        self.tenant.as_ref().is_none_or(|t| &view.tenant_id == t)
+            && self.status.as_ref().is_none_or(|s| view.status == s)
+            && self.connected.is_none_or(|c| view.connected == c)
+            && self.q.as_ref().is_none_or(|q| {
+                view.host_id.contains(q.as_str()) || view.tenant_id.contains(q.as_str())
+            })
+            && self
+                .cursor
+                .as_ref()
+                .is_none_or(|c| view.host_id.as_str() > c.as_str())
+    }
+}
+
+/// Hosts with their live status, sorted by host id, a page at a time: `X-Total-Count` is the
+/// number of hosts that match the filters, `X-Next-Cursor` (when there are more) the `cursor` of
+/// the next page. Bad parameters are 400 `invalid_query`.
+#[utoipa::path(get, path = "/api/v1/admin/hosts", tag = "hosts", params(HostsQuery),
+    responses((status = 200, body = Vec<HostView>, headers(
+        ("X-Total-Count" = u64, description = "hosts matching the filters"),
+        ("X-Next-Cursor" = String, description = "the cursor of the next page, when there is one"))),
+        (status = 400, body = Problem)))]
 pub async fn list_hosts(
     State(state): State<AppState>,
     _admin: AdminCaller,
-) -> Result<Json<Vec<HostView>>, ApiError> {
-    Ok(Json(host_views(&state).await?))
+    ApiQuery(query): ApiQuery<HostsQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    query.check()?;
+    let mut views = host_views(&state).await?;
+    if query.is_empty() {
+        return Ok(Json(views).into_response());
+    }
+    views.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+    views.retain(|v| query.keeps(v));
+    let total = views.len();
+    let limit = query.limit.unwrap_or(DEFAULT_HOSTS_PAGE) as usize;
+    let offset = query.offset.unwrap_or(0) as usize;
+    let page: Vec<HostView> = views.into_iter().skip(offset).take(limit + 1).collect();
+    let more = page.len() > limit;
+    let page: Vec<HostView> = page.into_iter().take(limit).collect();
+    let mut response = Json(&page).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-total-count", axum::http::HeaderValue::from(total));
+    if more
+        && let Some(last) = page.last()
+        && let Ok(cursor) = axum::http::HeaderValue::from_str(&last.host_id)
+    {
+        headers.insert("x-next-cursor", cursor);
+    }
+    Ok(response)
 }
 
-async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
+pub(super) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
     let hub = state.lifecycle.agents();
     let store = state.lifecycle.store();
     let (hosts, activity) = tokio::try_join!(store.hosts(None), store.host_activity())?;
@@ -323,48 +445,53 @@ async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
         .collect())
 }
 
-/// Changes closer together than this are sent as one event.
-const LIVE_COALESCE: Duration = Duration::from_millis(150);
-/// Without changes, the table is sent again this often (last seen, certificate expiry).
-const LIVE_REFRESH: Duration = Duration::from_secs(15);
-
-/// The hosts table, live: a `hosts` event with every host at once, then after every change (an
-/// agent connected or left, acknowledged a state, repaired drift, reported logins; a key
-/// changed) and every 15 s.
+/// The hosts table, live: a `snapshot` event (`{"hosts": [HostView], "total": n, "truncated":
+/// bool}`, the first 500 hosts by id), then `delta` events with only the hosts whose view changed
+/// (`{"hosts": [HostView], "removed": [host id], "total": n}`), at most four a second. A change of
+/// `lastSeen` alone is sent at most once a minute per host. The snapshot holds at most 4 MiB of
+/// hosts. The stream ends when its token is revoked, when its reader falls behind, or past
+/// 32 MiB of deltas in a minute (reconnect for a fresh snapshot).
 #[utoipa::path(get, path = "/api/v1/admin/events/hosts", tag = "hosts",
     responses((status = 200, content_type = "text/event-stream",
-        description = "`hosts` events, each a JSON array of HostView; `error` events when the database cannot be read")))]
+        description = "a `snapshot` event, then `delta` events (see above)"),
+        (status = 503, body = Problem)))]
 pub async fn host_events(
     State(state): State<AppState>,
-    _admin: AdminCaller,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let changes = state.lifecycle.agents().subscribe_changes();
-    let stream = futures::stream::unfold(
-        (state, changes, true),
-        |(state, mut changes, first)| async move {
-            if !first {
-                if let Ok(Err(_)) = tokio::time::timeout(LIVE_REFRESH, changes.changed()).await {
-                    return None; // the hub is gone: the server is stopping
-                }
-                tokio::time::sleep(LIVE_COALESCE).await;
+    AdminCaller(caller): AdminCaller,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let subscription = state.hosts_feed.subscribe(&state).await?;
+    Ok(super::live::stream(
+        &state.lifecycle,
+        super::live::Scope::of(&caller),
+        move |sink| async move {
+            let super::hosts_live::Subscription {
+                snapshot,
+                mut deltas,
+            } = subscription;
+            if sink
+                .send(Event::default().event("snapshot").data(snapshot))
+                .is_err()
+            {
+                return;
             }
-            changes.borrow_and_update();
-            let event = match host_views(&state).await {
-                Ok(views) => Event::default()
-                    .event("hosts")
-                    .json_data(&views)
-                    .unwrap_or_else(|_| Event::default().event("error").data("serialization")),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the hosts for the live view");
-                    Event::default()
-                        .event("error")
-                        .data("the database cannot be read")
+            // A stream that lags behind the feed, or is over its budget, ends: its client
+            // reconnects for a snapshot.
+            let mut budget = super::hosts_live::Budget::default();
+            while let Ok(delta) = deltas.recv().await {
+                if !budget.spend(delta.len()) {
+                    metrics::counter!("keyward_live_streams_over_budget_total").increment(1);
+                    tracing::info!("a hosts stream went over its send budget: stream ended");
+                    return;
                 }
-            };
-            Some((Ok(event), (state, changes, false)))
+                if sink
+                    .send(Event::default().event("delta").data(&*delta))
+                    .is_err()
+                {
+                    return;
+                }
+            }
         },
-    );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    ))
 }
 
 /// One host, with its recent drift events.

@@ -19,6 +19,8 @@ use crate::lifecycle::KeyLifecycle;
 
 pub mod admin;
 pub mod hosts;
+pub mod hosts_live;
+pub mod live;
 pub mod logins;
 pub mod ops;
 pub mod rotation;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub agents: Arc<hosts::AgentSettings>,
     pub rotations: Arc<crate::rotation::BulkRotations>,
     pub backups: Arc<crate::backup::VaultBackups>,
+    /// The live hosts view every admin stream follows.
+    pub hosts_feed: Arc<hosts_live::HostsFeed>,
 }
 
 /// `Json<T>` whose failures are problem documents (malformed JSON, unknown fields, wrong types,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use keyward_common::KeyAlgorithm;
@@ -276,7 +276,7 @@ async fn next_event(follow: Follow) -> Option<(Result<Event, Infallible>, Follow
               (status = 404, body = Problem)))]
 pub async fn job_events(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    AdminCaller(caller): AdminCaller,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let follow = match state.rotations.watch(&job_id) {
@@ -294,7 +294,19 @@ pub async fn job_events(
             }
         }
     };
-    Ok(Sse::new(futures::stream::unfold(follow, next_event)).keep_alive(KeepAlive::default()))
+    Ok(super::live::stream(
+        &state.lifecycle,
+        super::live::Scope::of(&caller),
+        move |sink| async move {
+            let mut follow = follow;
+            while let Some((Ok(event), next)) = next_event(follow).await {
+                if sink.send(event).is_err() {
+                    return;
+                }
+                follow = next;
+            }
+        },
+    ))
 }
 
 /// `PUT /api/v1/admin/tenants/{tenant_id}/rotation-policy`.

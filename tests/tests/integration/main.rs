@@ -11,6 +11,7 @@ mod authorized_keys_logins;
 mod backends;
 mod bad_input;
 mod hostile_load;
+mod live_streams;
 mod login_ingest;
 mod revocation_attacks;
 mod rotate_all;
