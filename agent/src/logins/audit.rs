@@ -552,8 +552,26 @@ fn method(method: &AuthMethod) -> LoginMethod {
     }
 }
 
+/// Longest user name an event carries (the control plane keeps as much; sshd's own is shorter).
+pub const MAX_EVENT_USER: usize = 64;
+/// Longest key type an event carries.
+pub const MAX_EVENT_KEY_TYPE: usize = 32;
+/// Longest fingerprint an event carries (`SHA256:` and 43 characters); a longer one is dropped.
+pub const MAX_EVENT_FINGERPRINT: usize = 64;
+
+/// At most `max` bytes of `text`, cut on a character boundary. A line anyone can write (a
+/// `logger` line read from auth.log) must not make a batch the control plane refuses (1 MiB),
+/// which would stop this host's login uploads for good.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
 /// The wire event for a log line (unverified: the caller says otherwise); `None` for lines that
-/// are no login event (`User child`).
+/// are no login event (`User child`). Fields are cut to the control plane's limits.
 pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent> {
     let at = line.at.map_or_else(
         || read_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
@@ -564,7 +582,7 @@ pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent>
         at: at.clone(),
         outcome: outcome as i32,
         method: LoginMethod::Unspecified as i32,
-        user: user.to_owned(),
+        user: cut(user, MAX_EVENT_USER),
         source_ip: source.ip().to_string(),
         source_port: u32::from(source.port()),
         key_type: String::new(),
@@ -582,8 +600,13 @@ pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent>
             let key = auth.key.as_ref();
             Some(LoginEvent {
                 method: method(&auth.method) as i32,
-                key_type: key.map(|k| k.key_type.clone()).unwrap_or_default(),
-                fingerprint: key.map(|k| k.fingerprint.clone()).unwrap_or_default(),
+                key_type: key
+                    .map(|k| cut(&k.key_type, MAX_EVENT_KEY_TYPE))
+                    .unwrap_or_default(),
+                fingerprint: key
+                    .map(|k| k.fingerprint.clone())
+                    .filter(|f| f.len() <= MAX_EVENT_FINGERPRINT)
+                    .unwrap_or_default(),
                 ..base(outcome, &auth.user, auth.source)
             })
         }
@@ -608,6 +631,26 @@ mod tests {
     use std::io::Write;
 
     const FP1: &str = "SHA256:CQckUcS0Dj4bssx6LruYf8RqXCmfpKWq3eceXa5XfxM";
+
+    #[test]
+    fn oversized_fields_are_cut_to_the_control_planes_limits() {
+        // A forged line anyone can get into auth.log: a huge user name and key type. Unbounded,
+        // 500 of them made a batch over the control plane's 1 MiB message limit.
+        let user = "é".repeat(3000);
+        let key_type = "X".repeat(5000);
+        let text = format!(
+            "Dec  6 04:00:00 host sshd[42]: Accepted publickey for {user} from 192.0.2.1 port 22 ssh2: {key_type} {FP1}"
+        );
+        let line = keyward_common::sshd_log::parse_line(&text).expect("a line of sshd's shape");
+        let event = login_event(&line, Utc::now()).unwrap();
+        assert!(event.user.len() <= MAX_EVENT_USER && !event.user.is_empty());
+        assert!(user.starts_with(&event.user));
+        assert!(event.key_type.len() <= MAX_EVENT_KEY_TYPE);
+        assert_eq!(event.fingerprint, FP1);
+        let batch: Vec<_> = (0..500).map(|_| event.clone()).collect();
+        let size: usize = batch.iter().map(prost::Message::encoded_len).sum();
+        assert!(size < 256 * 1024, "a batch of 500 is {size} bytes");
+    }
     const FP2: &str = "SHA256:YYEcYYEcYYEcYYEcYYEcYYEcYYEcYYEcYYEcYYEcYYE";
 
     fn append(path: &std::path::Path, text: &str) {
