@@ -47,6 +47,26 @@ pub enum BackupError {
     },
 }
 
+impl BackupError {
+    /// What failed, for the health answer: never a path, an address or an OS error (those go to
+    /// the server log and the audit event, which only the operator reads).
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            Self::NotConfigured => "backups are not configured",
+            Self::Vault(VaultError::SnapshotUnsupported) => {
+                "Vault does not use integrated (raft) storage: it has no snapshots to back up"
+            }
+            Self::Vault(VaultError::Denied { .. }) => {
+                "Vault denied the snapshot (check the control plane's Vault policy; see the server log)"
+            }
+            Self::Vault(_) => "Vault could not take the snapshot (see the server log)",
+            Self::Io { .. } => {
+                "the snapshot could not be written to the backup directory (see the server log)"
+            }
+        }
+    }
+}
+
 impl From<BackupError> for ApiError {
     fn from(e: BackupError) -> Self {
         match e {
@@ -198,7 +218,7 @@ impl VaultBackups {
         *self.last() = match &result {
             Ok(_) => LastAttempt::default(),
             Err(e) => LastAttempt {
-                error: Some(e.to_string()),
+                error: Some(e.public_reason().to_owned()),
                 unsupported: matches!(e, BackupError::Vault(VaultError::SnapshotUnsupported)),
             },
         };
@@ -289,6 +309,46 @@ impl VaultBackups {
                 }
                 Err(_) => tokio::time::sleep(RETRY.min(self.config.interval)).await,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_reason_names_no_path_address_or_os_error() {
+        let failures = [
+            BackupError::Io {
+                path: "/var/lib/keyward/backups/vault-raft-1.snap.partial".into(),
+                source: std::io::Error::from_raw_os_error(28),
+            },
+            BackupError::Vault(VaultError::Failed {
+                operation: "GET https://10.0.0.7:8200/v1/sys/storage/raft/snapshot".into(),
+                status: 500,
+                message: "dial tcp 10.0.0.7:8201: connection refused".into(),
+            }),
+            BackupError::Vault(VaultError::Denied {
+                operation: "sys/storage/raft/snapshot".into(),
+            }),
+        ];
+        for failure in failures {
+            let reason = failure.public_reason();
+            for leak in [
+                "/var",
+                "10.0.0.7",
+                "8200",
+                "os error",
+                "sys/storage",
+                "refused",
+            ] {
+                assert!(!reason.contains(leak), "{reason:?} carries {leak:?}");
+            }
+            assert!(
+                !failure.to_string().is_empty() && reason != failure.to_string(),
+                "the log keeps the full cause"
+            );
         }
     }
 }

@@ -350,7 +350,8 @@ pub struct VaultHealthResponse {
     /// `ok`, `pending` (none taken yet), `failing` (the last attempt failed), `not_configured`
     /// (no `[backup] dir`) or `unsupported_storage` (Vault does not use integrated raft storage).
     pub backup_status: &'static str,
-    /// Why the last snapshot failed.
+    /// Why the last snapshot failed, in one sentence without paths, addresses or OS errors (the
+    /// full cause is in the server log and in the `vault.backup` audit event).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup_error: Option<String>,
     pub initialized: bool,
