@@ -33,6 +33,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use keyward_common::KeyAlgorithm;
 use keyward_tests::{Deployment, KeyFile};
 use reqwest::Method;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -716,7 +717,7 @@ pub async fn run(options: &Options) -> anyhow::Result<RevocationReport> {
         .unwrap_or_default();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let load_before = Load::now();
-    let d = Deployment::start(true).await;
+    let d = Deployment::start(KeyAlgorithm::Ed25519).await;
 
     // 1. Plain.
     let plain = rounds(&d, options.rounds, "plain", None).await?;

@@ -1,6 +1,7 @@
 //! A whole deployment for end-to-end tests: OpenBao, the control plane, Debian's sshd, two real
 //! Unix users (admin and tenant) and the real agent managing them.
 
+use keyward_common::KeyAlgorithm;
 use reqwest::Method;
 use serde_json::json;
 
@@ -20,14 +21,14 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// OpenBao, a control plane (Ed25519 keys when `fast`, else the RSA-4096 default), sshd,
-    /// two real Unix users, a tenant on them and its agent, started and in sync.
-    pub async fn start(fast: bool) -> Self {
+    /// OpenBao, a control plane on SQLite issuing `keys` (Ed25519 is quick to generate; RSA-4096
+    /// is the product's default), sshd, two real Unix users, a tenant on them and its agent,
+    /// started and in sync.
+    pub async fn start(keys: KeyAlgorithm) -> Self {
         let bao = OpenBao::start().await;
-        let cp = if fast {
-            ControlPlane::start_fast(&bao, crate::Database::Sqlite).await
-        } else {
-            ControlPlane::start(&bao).await
+        let cp = match keys {
+            KeyAlgorithm::Ed25519 => ControlPlane::start_fast(&bao, crate::Database::Sqlite).await,
+            KeyAlgorithm::Rsa4096 => ControlPlane::start(&bao).await,
         };
         let sshd = Sshd::start().await;
         let admin = TestUser::create("kwa");

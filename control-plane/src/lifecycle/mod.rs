@@ -472,7 +472,7 @@ impl KeyLifecycle {
     ) -> Result<KeySetRecord, ApiError> {
         let action = how.action();
         let result = self
-            .replace_key_locked(caller, tenant, kind, how, trigger)
+            .lock_and_replace_key(caller, tenant, kind, how, trigger)
             .await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => action, "outcome" => outcome).increment(1);
@@ -484,7 +484,7 @@ impl KeyLifecycle {
         result
     }
 
-    async fn replace_key_locked(
+    async fn lock_and_replace_key(
         &self,
         caller: &Caller,
         tenant: &TenantId,

@@ -99,7 +99,7 @@ impl KeyLifecycle {
         trigger: &Trigger,
     ) -> Result<TenantSecretRecord, ApiError> {
         let result = self
-            .rotate_secret_locked(caller, tenant, kind, trigger)
+            .lock_and_rotate_secret(caller, tenant, kind, trigger)
             .await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => kind.action(), "outcome" => outcome).increment(1);
@@ -111,7 +111,7 @@ impl KeyLifecycle {
         result
     }
 
-    async fn rotate_secret_locked(
+    async fn lock_and_rotate_secret(
         &self,
         caller: &Caller,
         tenant: &TenantId,

@@ -4,13 +4,14 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
+use keyward_common::KeyAlgorithm;
 use keyward_tests::{Deployment, KeyFile, Sshd, eventually};
 use reqwest::Method;
 use serde_json::json;
 
 #[tokio::test]
 async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
-    let d = Deployment::start(false).await;
+    let d = Deployment::start(KeyAlgorithm::Rsa4096).await;
 
     // Both files written, owned by their users, 0600 in a 0700 .ssh.
     for user in [&d.admin, &d.user] {
@@ -105,7 +106,7 @@ async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
 
 #[tokio::test]
 async fn outside_edits_are_repaired_and_reported() {
-    let d = Deployment::start(true).await;
+    let d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let path = d.admin.authorized_keys();
     let desired = std::fs::read_to_string(&path).unwrap();
     let intruder =
@@ -163,7 +164,7 @@ async fn outside_edits_are_repaired_and_reported() {
 
 #[tokio::test]
 async fn the_agent_enforces_its_cache_without_the_control_plane_and_converges_after() {
-    let mut d = Deployment::start(true).await;
+    let mut d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let path = d.user.authorized_keys();
     let desired = std::fs::read_to_string(&path).unwrap();
 
@@ -192,7 +193,7 @@ async fn the_agent_enforces_its_cache_without_the_control_plane_and_converges_af
 
 #[tokio::test]
 async fn a_revoked_host_is_cut_off_and_its_keys_stay_in_place() {
-    let d = Deployment::start(true).await;
+    let d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let path = d.user.authorized_keys();
     let desired = std::fs::read_to_string(&path).unwrap();
     let revoked =
@@ -222,7 +223,7 @@ async fn a_revoked_host_is_cut_off_and_its_keys_stay_in_place() {
 
 #[tokio::test]
 async fn every_login_reaches_the_control_plane_attributed_to_its_key() {
-    let d = Deployment::start(true).await;
+    let d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let key = d.download().await;
     let fingerprint =
         d.cp.tenant_call(&d.tenant_token, Method::GET, "")
@@ -289,7 +290,7 @@ async fn every_login_reaches_the_control_plane_attributed_to_its_key() {
 
 #[tokio::test]
 async fn a_login_line_forged_through_key_exchange_is_stored_unverified() {
-    let d = Deployment::start(true).await;
+    let d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let key = d.download().await;
     let fingerprint =
         d.cp.tenant_call(&d.tenant_token, Method::GET, "")

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use keyward_common::KeyAlgorithm;
 use keyward_tests::{Deployment, KeyFile, Sshd, TestUser, eventually};
 use reqwest::Method;
 
@@ -69,7 +70,7 @@ async fn wait_file(path: &Path, what: &str, check: impl Fn(&str) -> bool) {
 
 #[tokio::test]
 async fn a_replaced_key_is_dead_its_session_ends_and_a_copy_written_back_is_removed() {
-    let d = Deployment::start(true).await;
+    let d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let old = d.download().await;
     let old_line = public_line(&old.path);
     let mut session = d.sshd.open_session(&d.user.name, &old.path).await;
@@ -120,7 +121,7 @@ async fn a_replaced_key_is_dead_its_session_ends_and_a_copy_written_back_is_remo
 
 #[tokio::test]
 async fn revoke_empties_the_account_and_sets_the_tenants_own_lines_aside() {
-    let d = Deployment::start(true).await;
+    let d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let keys = tempfile::tempdir().unwrap();
     let managed = d.download().await;
     // A key the tenant added itself (as whoever held a leaked key could have done).
@@ -205,7 +206,7 @@ async fn revoke_empties_the_account_and_sets_the_tenants_own_lines_aside() {
 
 #[tokio::test]
 async fn a_hard_link_pin_does_not_stop_revocation_and_the_host_says_so() {
-    let d = Deployment::start(true).await;
+    let d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let old = d.download().await;
     let before = std::fs::read_to_string(d.user.authorized_keys()).unwrap();
     // Once, this made every later write refused while sshd kept reading the stale file.
@@ -252,7 +253,7 @@ async fn a_hard_link_pin_does_not_stop_revocation_and_the_host_says_so() {
 
 #[tokio::test]
 async fn an_agent_killed_right_after_a_revocation_never_brings_the_old_key_back() {
-    let mut d = Deployment::start(true).await;
+    let mut d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let old = d.download().await;
     let body = public_line(&old.path)
         .split_whitespace()

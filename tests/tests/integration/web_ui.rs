@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use fantoccini::key::Key;
+use keyward_common::KeyAlgorithm;
 use keyward_tests::{
     Browser, ControlPlane, Database, Deployment, KeyFile, OpenBao, eventually, unique_tenant,
 };
@@ -196,7 +197,7 @@ async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
         tenant,
         tenant_token: token,
         mut agent,
-    } = Deployment::start(true).await;
+    } = Deployment::start(KeyAlgorithm::Ed25519).await;
     let row = format!("#hosts tr[data-host-id=\"{}\"]", agent.host_id);
 
     let browser = Browser::start().await;
