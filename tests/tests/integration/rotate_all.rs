@@ -429,11 +429,13 @@ async fn postgres_a_job_of_another_replica_blocks_and_streams_until_its_heartbea
     refused.assert_problem(409, "rotation_in_progress");
     assert_eq!(refused.json()["jobId"], other);
 
-    // Its events come from SQL, until the other replica finishes it.
+    // Its events come from SQL, until the other replica finishes it: the stream has shown the
+    // job running before the other replica completes it.
+    let (progress_tx, progress_rx) = tokio::sync::oneshot::channel();
     let stream = {
         let (url, token) = (cp.url.clone(), cp.admin_token.clone());
         tokio::spawn(async move {
-            let reply = reqwest::Client::new()
+            let mut reply = reqwest::Client::new()
                 .get(format!(
                     "{url}/api/v1/admin/secrets/rotate-all/{other}/events"
                 ))
@@ -441,10 +443,23 @@ async fn postgres_a_job_of_another_replica_blocks_and_streams_until_its_heartbea
                 .send()
                 .await
                 .unwrap();
-            reply.text().await.unwrap()
+            let mut text = String::new();
+            let mut progress_tx = Some(progress_tx);
+            while let Some(chunk) = reply.chunk().await.unwrap() {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                if text.contains("event: progress\n")
+                    && let Some(tx) = progress_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+            text
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::timeout(Duration::from_secs(30), progress_rx)
+        .await
+        .expect("the job's first progress event within 30 s")
+        .expect("the stream ended before any progress event");
     sql(
         &cp.database_url,
         &format!(
