@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use keyward_common::{GeneratedKey, KeyAlgorithm, KeyKind, TenantId};
-use keyward_server::auth::Caller;
+use keyward_server::caller::Caller;
 use keyward_server::clock::SystemClock;
 use keyward_server::config::{KeysConfig, RotationConfig, VaultConfig};
 use keyward_server::lifecycle::{KeyLifecycle, NewTenant, Replace};

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::config::BackupConfig;
 use crate::error::ApiError;

@@ -11,8 +11,8 @@
 
 pub mod agents;
 pub mod api;
-pub mod auth;
 pub mod backup;
+pub mod caller;
 pub mod clock;
 pub mod config;
 pub mod conns;
@@ -23,4 +23,5 @@ pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 pub mod vault;

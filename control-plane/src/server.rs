@@ -17,14 +17,15 @@ use crate::agents::{AgentTrust, grpc};
 use crate::api::hosts::AgentSettings;
 use crate::api::throttle::EnrollThrottle;
 use crate::api::{AppState, router};
-use crate::auth::{Caller, new_token};
 use crate::backup::VaultBackups;
+use crate::caller::Caller;
 use crate::clock::{Clock, SystemClock, iso8601};
 use crate::config::Config;
 use crate::conns::RestAcceptor;
 use crate::lifecycle::KeyLifecycle;
 use crate::rotation::{BulkRotations, RotationScheduler};
 use crate::store::{Role, Store, StoreError, TokenRecord, hash_token};
+use crate::tokens::new_token;
 use crate::vault::{SecretStore, VaultError, VaultStore};
 
 /// Why the control plane could not start.

@@ -34,7 +34,7 @@ use super::limits::{
     Refusal, StreamLimits, bounded,
 };
 use super::state::desired_state;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::conns::{AcceptBackoff, Guarded};
 use crate::lifecycle::KeyLifecycle;

@@ -9,7 +9,7 @@ use keyward_common::{HostId, TenantId};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
 use crate::error::ApiError;
 use crate::lifecycle::KeyLifecycle;

@@ -10,10 +10,11 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
 
+use super::auth::AdminCaller;
 use super::views::*;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::agents::hub::{RevocationFeed, Revoked};
-use crate::auth::{AdminCaller, Caller, new_token};
+use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{NewTenant, Replace, TenantSecretKind};
@@ -21,6 +22,7 @@ use crate::store::{
     AuditFilter, ChainVerdict, KeySetRecord, Role, StoreError, TenantRecord, TokenRecord,
     hash_token,
 };
+use crate::tokens::new_token;
 
 /// Admin-only routes that name a tenant: a tenant's token gets 404 for another tenant (it learns
 /// nothing about who exists) and 403 for its own.

@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::AdminCaller;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
-use crate::auth::{AdminCaller, Caller};
+use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
 use crate::store::{DriftRecord, HostActivity, HostRecord, hash_token};
@@ -179,7 +180,7 @@ fn host_from_path(raw: &str) -> Result<HostId, ApiError> {
 }
 
 fn new_enrollment_token() -> zeroize::Zeroizing<String> {
-    let (_, token) = crate::auth::new_token();
+    let (_, token) = crate::tokens::new_token();
     zeroize::Zeroizing::new(token.replacen("kw_", "kwe_", 1))
 }
 

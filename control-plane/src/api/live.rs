@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agents::hub::{RevocationFeed, Revoked};
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::lifecycle::KeyLifecycle;
 use crate::store::Role;
 

@@ -6,8 +6,8 @@ use keyward_common::HostId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::{AdminCaller, TenantCaller};
 use super::{ApiQuery, AppState, tenant_from_path};
-use crate::auth::{AdminCaller, TenantCaller};
 use crate::clock::{iso8601, parse_iso8601};
 use crate::error::{ApiError, Problem};
 use crate::store::{KeyUsage, LoginFilter, LoginRecord, UnmanagedUse};

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::lifecycle::KeyLifecycle;
 
 pub mod admin;
+pub mod auth;
 pub mod hosts;
 pub mod hosts_live;
 pub mod live;

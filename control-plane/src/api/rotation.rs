@@ -22,8 +22,9 @@ use tokio::sync::watch;
 use utoipa::{IntoParams, ToSchema};
 
 use super::admin::admin_for;
+use super::auth::AdminCaller;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
-use crate::auth::{AdminCaller, Caller};
+use crate::caller::Caller;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{PolicySource, RotationPolicy};
 use crate::rotation::bulk::valid_job_id;

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use keyward_common::KeyKind;
 
 use super::AppState;
+use super::auth::TenantCaller;
 use super::views::{NewKeyResponse, SetAsideKeys, SetAsideOnHost, SshCredentials, StatusResponse};
-use crate::auth::TenantCaller;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::Replace;
 use crate::store::TenantCredentials;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::lifecycle::KeyLifecycle;
 
 /// Sources tracked at once; past this, the rest share one bucket.

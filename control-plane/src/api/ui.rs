@@ -16,7 +16,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiPath, AppState};
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::{ApiError, Problem};
 use crate::store::Role;
 

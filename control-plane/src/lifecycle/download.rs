@@ -7,7 +7,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::KeyLifecycle;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::error::ApiError;
 use crate::store::{KeySetRecord, KeyState};

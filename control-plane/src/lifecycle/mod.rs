@@ -20,7 +20,7 @@ use keyward_common::{GeneratedKey, KeyAlgorithm, KeyKind, TenantId, UnixUser};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::{Clock, iso8601};
 use crate::config::KeysConfig;
 use crate::error::ApiError;

@@ -13,7 +13,7 @@ use keyward_common::{KeyAlgorithm, TenantId};
 use serde_json::json;
 
 use super::KeyLifecycle;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
 use crate::config::{KeysConfig, rotation_policy_name};
 use crate::error::ApiError;

@@ -5,7 +5,7 @@ use keyward_common::TenantId;
 use serde_json::json;
 
 use super::KeyLifecycle;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::error::ApiError;
 use crate::store::WriteTx;

@@ -17,7 +17,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::{KeyLifecycle, Trigger};
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::error::ApiError;
 use crate::store::TenantSecretRecord;

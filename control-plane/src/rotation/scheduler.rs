@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
 use crate::config::RotationConfig;
 use crate::error::ApiError;

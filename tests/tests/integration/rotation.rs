@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 use keyward_common::{KeyAlgorithm, KeyKind, TenantId};
-use keyward_server::auth::Caller;
+use keyward_server::caller::Caller;
 use keyward_server::clock::{Clock, ManualClock, iso8601};
 use keyward_server::config::{KeysConfig, RotationConfig, VaultConfig};
 use keyward_server::lifecycle::{KeyLifecycle, NewTenant};
