@@ -166,11 +166,18 @@ impl Store {
             Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
             Backend::Postgres => None,
         };
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(query_error("starting a transaction"))?;
+        // On SQLite the write lock is taken at BEGIN (IMMEDIATE), where a busy writer is waited
+        // for (busy_timeout). A deferred BEGIN would read first and then ask for the write lock,
+        // and SQLite answers that upgrade with "database is locked" at once, without waiting,
+        // while another connection holds the lock: as the transaction that failed just before
+        // this one does until its rollback has run (sqlx rolls a dropped transaction back
+        // asynchronously, after its guard is released). The audit event of that failure was
+        // then lost.
+        let begin = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        };
+        let mut tx = begin.map_err(query_error("starting a transaction"))?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
                 .bind(AUDIT_APPEND_LOCK)
