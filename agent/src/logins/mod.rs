@@ -16,7 +16,7 @@
 //!   disk ([`spool`], bounded: the oldest are dropped and counted) and tracks which sessions are
 //!   open with which key.
 //! - [`revoke`] ends the sessions a revocation must end, from one read of `/proc`
-//!   ([`crate::procs`], [`proc_net`]).
+//!   ([`crate::procs`]).
 //!
 //! Delivery ([`Logins`], driven by the runtime's event loop): on (re)connect and whenever events
 //! arrive, the oldest spooled events (up to [`BATCH_MAX`]) go up the stream as one `LoginBatch`
@@ -34,7 +34,6 @@ pub mod export;
 pub mod file;
 #[cfg(feature = "journald")]
 pub mod journald;
-pub mod proc_net;
 pub mod revoke;
 pub mod spool;
 

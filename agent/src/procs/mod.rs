@@ -6,7 +6,8 @@
 //! from a file ([`crate::logins::audit`]), and a revocation when it decides which sessions end
 //! ([`crate::logins::revoke`], [`crate::sessions`]). Before, each login record re-read the TCP
 //! tables and every fd of every process whose argv0 said `sshd`: a tenant's own `sshd` with a
-//! thousand sockets and a forged line per socket stalled a revocation for a minute.
+//! thousand sockets and a forged line per socket stalled a revocation for a minute. The TCP
+//! tables are parsed in [`tcp_table`].
 //!
 //! **sshd is its executable.** A process counts as sshd only when `/proc/PID/exe` is one of the
 //! configured executables ([`SshdTrust`]); its name, argv and title are the tenant's to choose.
@@ -23,6 +24,8 @@
 //! size (its idle RSS budget is 8 MiB, BENCHMARKS.md), and it reads `cmdline` whole, while a
 //! tenant's argv can be megabytes: here it is cut at [`TITLE_MAX`] bytes.
 
+pub mod tcp_table;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read};
@@ -30,8 +33,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use self::tcp_table::{TCP_LISTEN, TcpSocket};
 use crate::config::SshdTrust;
-use crate::logins::proc_net::{self, TCP_LISTEN, TcpSocket};
 
 /// The bytes of `/proc/PID/cmdline` read: sshd's titles are short; a tenant's argv may not be.
 pub const TITLE_MAX: u64 = 4096;
@@ -96,7 +99,7 @@ impl ProcSnapshot {
                 processes.push(found);
             }
         }
-        let tcp = proc_net::read_tcp_sockets(proc_root)?;
+        let tcp = tcp_table::read_tcp_sockets(proc_root)?;
         Ok(Self::of(processes, tcp))
     }
 
@@ -117,7 +120,7 @@ impl ProcSnapshot {
         let mut by_remote: HashMap<SocketAddr, Vec<(u16, u64)>> = HashMap::new();
         for s in tcp.iter().filter(|s| s.state != TCP_LISTEN) {
             by_remote
-                .entry(proc_net::unmapped(s.remote))
+                .entry(tcp_table::unmapped(s.remote))
                 .or_default()
                 .push((s.local.port(), s.inode));
         }
@@ -140,13 +143,13 @@ impl ProcSnapshot {
 
     /// Whether a connection from `remote` (listening sockets aside) was open.
     pub fn is_live(&self, remote: SocketAddr) -> bool {
-        self.by_remote.contains_key(&proc_net::unmapped(remote))
+        self.by_remote.contains_key(&tcp_table::unmapped(remote))
     }
 
     /// The sshd processes holding the connection from `remote` to a port an sshd process
     /// listens on, by pid.
     pub fn holders(&self, remote: SocketAddr) -> Vec<i32> {
-        let Some(connections) = self.by_remote.get(&proc_net::unmapped(remote)) else {
+        let Some(connections) = self.by_remote.get(&tcp_table::unmapped(remote)) else {
             return Vec::new();
         };
         let mut pids: Vec<i32> = connections
