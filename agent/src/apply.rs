@@ -20,7 +20,7 @@ use keyward_common::{Fingerprint, KeyKind, UnixUser};
 use tokio::sync::mpsc;
 
 use crate::config::{AgentConfig, UserMode};
-use crate::logins::SessionAttribution;
+use crate::sessions::{self, revoke::SessionAttribution};
 use crate::watch::{Changed, WatchTarget, Watcher};
 use crate::writer::{self, ApplyOutcome, PreserveLimits, WriteError};
 
@@ -77,7 +77,7 @@ pub trait Applier: Send + Sync + 'static {
 
     /// Ends the sessions of `user` a revocation must end: every session except those that
     /// `attribution`'s verified records tie to a key in `valid` (the fingerprints valid for the
-    /// user now) or to a login without a key (the rule is in [`crate::logins::revoke`]); returns
+    /// user now) or to a login without a key (the rule is in [`sessions::revoke`]); returns
     /// how many. The default ends them all, like [`Applier::end_sessions`].
     fn end_revoked_sessions(
         &self,
@@ -235,7 +235,7 @@ impl Applier for SystemApplier {
     }
 
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
-        crate::sessions::end_sessions(user, &crate::config::SshdTrust::default())
+        sessions::end_sessions(user, &crate::config::SshdTrust::default())
             .map(|pids| u32::try_from(pids.len()).unwrap_or(u32::MAX))
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
@@ -246,7 +246,7 @@ impl Applier for SystemApplier {
         attribution: &SessionAttribution,
         valid: &[String],
     ) -> Result<u32, ApplyError> {
-        crate::logins::revoke::end_revoked_sessions(user, attribution, valid)
+        sessions::revoke::end_revoked_sessions(user, attribution, valid)
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
 }

@@ -349,7 +349,7 @@ impl SessionWorker {
 
 /// A session check: ends `user`'s sessions except those verified evidence ties to a key in
 /// `valid` (the fingerprints valid for the user now) or to a login without a key (the rule is in
-/// [`crate::logins::revoke`]); returns how many. The login audit says which key opened which
+/// [`crate::sessions::revoke`]); returns how many. The login audit says which key opened which
 /// session, the applier ends them (on a blocking thread: it reads `/proc` and signals).
 async fn end_revoked(
     records: &SessionRecords,

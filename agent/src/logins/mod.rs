@@ -15,8 +15,8 @@
 //! - [`audit`] turns lines into `LoginEvent`s with the agent's sequence numbers, spools them on
 //!   disk ([`spool`], bounded: the oldest are dropped and counted) and tracks which sessions are
 //!   open with which key.
-//! - [`revoke`] ends the sessions a revocation must end, from one read of `/proc`
-//!   ([`crate::procs`]).
+//! - [`attribution`] turns the verified records of a user's logins into what a revocation
+//!   decides on ([`crate::sessions::revoke`]: which sessions end, from one read of `/proc`).
 //!
 //! Delivery ([`Logins`], driven by the runtime's event loop): on (re)connect and whenever events
 //! arrive, the oldest spooled events (up to [`BATCH_MAX`]) go up the stream as one `LoginBatch`
@@ -29,12 +29,12 @@
 //! Attribution (which managed key, or unmanaged) is the control plane's: the agent sends
 //! fingerprints.
 
+pub mod attribution;
 pub mod audit;
 pub mod export;
 pub mod file;
 #[cfg(feature = "journald")]
 pub mod journald;
-pub mod revoke;
 pub mod spool;
 
 use std::path::PathBuf;
@@ -47,11 +47,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use audit::{LoginAudit, ReadOutcome};
-pub use revoke::SessionAttribution;
 
 use crate::cache::{CacheError, StateDir};
 use crate::config::{LoginSource, LoginsConfig, SshdTrust};
 use crate::link::Link;
+use crate::sessions::revoke::SessionAttribution;
 
 /// Events per `LoginBatch`.
 pub const BATCH_MAX: usize = 500;
@@ -270,7 +270,7 @@ impl Logins {
 }
 
 /// What the login audit knows about a user's sessions, for a revocation
-/// ([`revoke`]); cheap to clone into another task. The runtime asks for the
+/// ([`crate::sessions::revoke`]); cheap to clone into another task. The runtime asks for the
 /// attribution, has its applier end the sessions, and reports an incomplete attribution handled.
 #[derive(Debug, Clone)]
 pub struct SessionRecords {

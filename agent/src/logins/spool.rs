@@ -46,7 +46,7 @@ pub struct Saved {
     #[prost(string, tag = "7")]
     pub journal_cursor: String,
     /// Accepted logins: open sessions, and closed ones whose connection may still be live (see
-    /// [`super::revoke`] for why closed ones are kept).
+    /// [`crate::sessions::revoke`] for why closed ones are kept).
     #[prost(message, repeated, tag = "8")]
     pub sessions: Vec<OpenSession>,
     /// `/proc/sys/kernel/random/boot_id` when saved: after a reboot no session is open any more.

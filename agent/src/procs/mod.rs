@@ -4,10 +4,10 @@
 //! Everything that asks "which process is sshd, and which connection does it hold" decides from
 //! one [`ProcSnapshot`]: the login audit when it corroborates a batch of accepted logins read
 //! from a file ([`crate::logins::audit`]), and a revocation when it decides which sessions end
-//! ([`crate::logins::revoke`], [`crate::sessions`]). Before, each login record re-read the TCP
-//! tables and every fd of every process whose argv0 said `sshd`: a tenant's own `sshd` with a
-//! thousand sockets and a forged line per socket stalled a revocation for a minute. The TCP
-//! tables are parsed in [`tcp_table`].
+//! ([`crate::sessions::revoke`]). Before, each login record re-read the TCP tables and every fd
+//! of every process whose argv0 said `sshd`: a tenant's own `sshd` with a thousand sockets and a
+//! forged line per socket stalled a revocation for a minute. The TCP tables are parsed in
+//! [`tcp_table`].
 //!
 //! **sshd is its executable.** A process counts as sshd only when `/proc/PID/exe` is one of the
 //! configured executables ([`SshdTrust`]); its name, argv and title are the tenant's to choose.
