@@ -1,11 +1,11 @@
 //! Applying one user's desired keys on the host: the seam between the stream logic and the
-//! file writer, session killer and watcher.
+//! file writer and session killer.
 //!
 //! The runtime talks only to the [`Applier`] trait, so the stream logic can be tested with a
 //! fake that records calls. [`SystemApplier`] is the real thing ([`crate::writer`] and
 //! [`crate::sessions`]); [`DirApplier`] writes into `{root}/{user}` as the current user, for
-//! in-process tests and the many-agents benchmark. All uses of the writer, sessions and watcher
-//! modules are in this file.
+//! in-process tests and the many-agents benchmark. The runtime sets up the file watcher itself
+//! ([`crate::watch::watch_users`]).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::DirBuilderExt;
@@ -17,11 +17,8 @@ use keyward_common::keys::public_key_fingerprint;
 use keyward_common::proto::{self, ManagedUser};
 use keyward_common::{Fingerprint, KeyKind, UnixUser};
 
-use tokio::sync::mpsc;
-
-use crate::config::{AgentConfig, UserMode};
+use crate::config::UserMode;
 use crate::sessions::{self, revoke::SessionAttribution};
-use crate::watch::{Changed, WatchTarget, Watcher};
 use crate::writer::{self, ApplyOutcome, PreserveLimits, WriteError};
 
 /// Why a user's desired state could not be applied.
@@ -392,64 +389,4 @@ mod tests {
             "in exclusive mode the user's own line is drift too"
         );
     }
-}
-
-/// Keeps the file watchers running while held.
-#[derive(Debug)]
-pub struct WatchGuard {
-    _watchers: Vec<Watcher>,
-}
-
-/// How many change notices may wait for the runtime (one burst per user is coalesced anyway).
-const WATCH_QUEUE: usize = 64;
-
-/// Starts watching `targets` (user and home directory); the receiver names the user whose file
-/// changed. One watcher per user, so a missing home (a user not created yet) is logged and skipped
-/// without leaving the others unwatched.
-pub fn watch_homes(targets: Vec<(UnixUser, PathBuf)>) -> (WatchGuard, mpsc::Receiver<UnixUser>) {
-    let (changed_tx, mut changed_rx) = mpsc::channel::<Changed>(WATCH_QUEUE);
-    let (user_tx, user_rx) = mpsc::channel(WATCH_QUEUE);
-    let mut watchers = Vec::new();
-    for (user, home) in targets {
-        let target = WatchTarget {
-            user: user.clone(),
-            home: home.clone(),
-        };
-        match Watcher::start(vec![target], changed_tx.clone()) {
-            Ok(w) => watchers.push(w),
-            Err(e) => tracing::warn!(user = %user, home = %home.display(), error = %e,
-                "outside edits of this user's file will not be noticed"),
-        }
-    }
-    drop(changed_tx);
-    // The runtime only needs the user; this ends when every watcher has stopped.
-    tokio::spawn(async move {
-        while let Some(changed) = changed_rx.recv().await {
-            if user_tx.send(changed.user).await.is_err() {
-                break;
-            }
-        }
-    });
-    (
-        WatchGuard {
-            _watchers: watchers,
-        },
-        user_rx,
-    )
-}
-
-/// [`watch_homes`] for the configured users, with their homes from the user database.
-pub fn watch_users(config: &AgentConfig) -> (WatchGuard, mpsc::Receiver<UnixUser>) {
-    let targets = config
-        .users
-        .iter()
-        .filter_map(|u| match writer::resolve(&u.name) {
-            Ok(account) => Some((u.name.clone(), account.home)),
-            Err(e) => {
-                tracing::warn!(user = %u.name, error = %e, "not watched");
-                None
-            }
-        })
-        .collect();
-    watch_homes(targets)
 }

@@ -114,7 +114,7 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
-    let (watcher, events) = crate::apply::watch_users(&config);
+    let (watcher, events) = crate::watch::watch_users(&config);
     let deps = RuntimeDeps {
         applier: Arc::new(SystemApplier {
             limits: config.preserve,
