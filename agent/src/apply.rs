@@ -4,8 +4,11 @@
 //! The runtime talks only to the [`Applier`] trait, so the stream logic can be tested with a
 //! fake that records calls. [`SystemApplier`] is the real thing ([`crate::writer`] and
 //! [`crate::sessions`]); [`DirApplier`] writes into `{root}/{user}` as the current user, for
-//! in-process tests and the many-agents benchmark. The runtime sets up the file watcher itself
-//! ([`crate::watch::watch_users`]).
+//! in-process tests and the many-agents benchmark. Both turn the protocol's entry into what the
+//! writer makes and its outcome into a [`UserApplied`] the same way ([`apply_with`]); they differ
+//! only in which home they write. The runtime sets up the file watcher itself
+//! ([`crate::watch::watch_users`]) and asks the login audit which key opened which session
+//! before it has an applier end sessions ([`Applier::end_revoked_sessions`]).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::DirBuilderExt;
@@ -17,7 +20,7 @@ use keyward_common::keys::public_key_fingerprint;
 use keyward_common::proto::{self, ManagedUser};
 use keyward_common::{Fingerprint, KeyKind, UnixUser};
 
-use crate::config::UserMode;
+use crate::config::{SshdTrust, UserMode};
 use crate::sessions::{self, revoke::SessionAttribution};
 use crate::writer::{self, ApplyOutcome, PreserveLimits, WriteError};
 
@@ -192,21 +195,27 @@ fn applied(outcome: ApplyOutcome, mode: Mode, denied: &[Fingerprint]) -> UserApp
     }
 }
 
-/// What the writer must make of `desired` for a user in `mode`.
-fn desired_file<'a>(
-    mode: Mode,
+/// Applies `desired` (the control plane's entry for a user) in `mode`: its keys and denied
+/// fingerprints are converted (a bad one fails the whole user before anything is written),
+/// `write` makes the file of the [`writer::Desired`] it is given, and what it did becomes a
+/// [`UserApplied`]. Every [`Applier`] of this module is this with its own `write`.
+pub fn apply_with(
+    mode: UserMode,
     desired: &ManagedUser,
-    keys: &'a [ManagedKey],
-    denied: &'a [Fingerprint],
     limits: PreserveLimits,
-) -> writer::Desired<'a> {
-    writer::Desired {
+    write: impl FnOnce(&writer::Desired<'_>) -> Result<ApplyOutcome, ApplyError>,
+) -> Result<UserApplied, ApplyError> {
+    let keys = managed_keys(&desired.keys)?;
+    let denied = denied(&desired.denied_fingerprints)?;
+    let file = writer::Desired {
         mode,
-        keys,
-        denied,
+        keys: &keys,
+        denied: &denied,
         revoked: desired.revoked,
         limits,
-    }
+    };
+    let outcome = write(&file)?;
+    Ok(applied(outcome, mode, &denied))
 }
 
 /// The real host: writes the user's own `~/.ssh/authorized_keys` and signals their sessions.
@@ -223,16 +232,13 @@ impl Applier for SystemApplier {
         user_mode: UserMode,
         desired: &ManagedUser,
     ) -> Result<UserApplied, ApplyError> {
-        let keys = managed_keys(&desired.keys)?;
-        let denied = denied(&desired.denied_fingerprints)?;
-        let mode = user_mode;
-        let file = desired_file(mode, desired, &keys, &denied, self.limits);
-        let outcome = writer::apply_desired(user, &file)?;
-        Ok(applied(outcome, mode, &denied))
+        apply_with(user_mode, desired, self.limits, |file| {
+            Ok(writer::apply_desired(user, file)?)
+        })
     }
 
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
-        sessions::end_sessions(user, &crate::config::SshdTrust::default())
+        sessions::end_sessions(user, &SshdTrust::default())
             .map(|pids| u32::try_from(pids.len()).unwrap_or(u32::MAX))
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
@@ -274,24 +280,21 @@ impl Applier for DirApplier {
         user_mode: UserMode,
         desired: &ManagedUser,
     ) -> Result<UserApplied, ApplyError> {
-        let keys = managed_keys(&desired.keys)?;
-        let denied = denied(&desired.denied_fingerprints)?;
-        let mode = user_mode;
-        let home = self.home(user);
-        // 0700 like a real home: the writer refuses a home writable by group or other.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&home)
-            .map_err(|e| ApplyError::Other(format!("{}: {e}", home.display())))?;
-        let file = desired_file(mode, desired, &keys, &denied, PreserveLimits::default());
-        let outcome = writer::apply_desired_in_home(
-            &home,
-            nix::unistd::geteuid(),
-            nix::unistd::getegid(),
-            &file,
-        )?;
-        Ok(applied(outcome, mode, &denied))
+        apply_with(user_mode, desired, PreserveLimits::default(), |file| {
+            let home = self.home(user);
+            // 0700 like a real home: the writer refuses a home writable by group or other.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&home)
+                .map_err(|e| ApplyError::Other(format!("{}: {e}", home.display())))?;
+            Ok(writer::apply_desired_in_home(
+                &home,
+                nix::unistd::geteuid(),
+                nix::unistd::getegid(),
+                file,
+            )?)
+        })
     }
 
     fn end_sessions(&self, _: &UnixUser) -> Result<u32, ApplyError> {
