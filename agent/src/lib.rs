@@ -5,7 +5,7 @@
 //! - [`sessions`]: ends a user's live SSH sessions.
 //! - [`procs`]: one read of `/proc` (processes, the real sshd's sockets, the TCP tables).
 //! - [`watch`]: notices outside edits of managed files.
-//! - [`config`], [`cache`]: the configuration file and the state directory.
+//! - [`config`], [`state_dir`]: the configuration file and the state directory.
 //! - [`enroll`]: `keyward-agent enroll` (one-time token and CSR for a client certificate).
 //! - [`runtime`]: `keyward-agent run` (cached state at start, then the control plane's stream);
 //!   [`runtime::run_with`] runs an agent in-process with a chosen [`apply::Applier`].
@@ -20,7 +20,6 @@ pub mod watch;
 pub mod writer;
 
 pub mod apply;
-pub mod cache;
 pub mod client;
 pub mod config;
 pub mod enroll;
@@ -30,6 +29,7 @@ pub mod logins;
 pub mod runtime;
 /// Moved to `keyward_common::sd_notify` (the control plane uses it too); re-exported here.
 pub use keyward_common::sd_notify;
+pub mod state_dir;
 pub mod tls;
 
 pub use config::{AgentConfig, UserConfig, UserMode};

@@ -46,13 +46,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::apply::{Applier, SystemApplier, UserApplied};
-use crate::cache::{CERT_FILE, CacheError, CachedState, Epochs, Identity, StateDir};
 use crate::client::Backoff;
 use crate::config::AgentConfig;
 use crate::host_keys::read_host_keys;
 use crate::link::{Link, LinkEvent};
 use crate::logins::{self, Logins, SessionRecords};
 use crate::sd_notify::Notifier;
+use crate::state_dir::{CERT_FILE, CachedState, Epochs, Identity, StateDir, StateDirError};
 use crate::tls::{self, TlsError};
 
 /// How long a state's `Applied` answer waits for its session checks; a later result follows in
@@ -74,7 +74,7 @@ pub const RETRY_MAX: Duration = Duration::from_secs(300);
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
-    State(#[from] CacheError),
+    State(#[from] StateDirError),
     #[error(transparent)]
     Tls(#[from] TlsError),
 }

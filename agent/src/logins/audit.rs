@@ -32,11 +32,11 @@ use tokio::sync::mpsc;
 use super::LoginError;
 use super::file::FileFollower;
 use super::spool::{OpenSession, Saved};
-use crate::cache::StateDir;
 use crate::config::{LoginSource, LoginsConfig, SshdTrust};
 use crate::procs::ProcSnapshot;
 use crate::sessions::revoke::SessionAttribution;
 use crate::sessions::{Role, classify};
+use crate::state_dir::StateDir;
 
 /// While a long backlog is read (a first start on a big auth.log), the state is stored at most
 /// this often: events not stored yet are not sent, and a crash reads them again.

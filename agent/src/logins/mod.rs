@@ -48,10 +48,10 @@ use tokio::time::Instant;
 
 pub use audit::{LoginAudit, ReadOutcome};
 
-use crate::cache::{CacheError, StateDir};
 use crate::config::{LoginSource, LoginsConfig, SshdTrust};
 use crate::link::Link;
 use crate::sessions::revoke::SessionAttribution;
+use crate::state_dir::{StateDir, StateDirError};
 
 /// Events per `LoginBatch`.
 pub const BATCH_MAX: usize = 500;
@@ -74,7 +74,7 @@ pub enum LoginError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    State(#[from] CacheError),
+    State(#[from] StateDirError),
     #[cfg(feature = "journald")]
     #[error(transparent)]
     Journal(#[from] journald::JournalError),
