@@ -31,6 +31,7 @@ test: test-deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	scripts/check-layers --self-test agent/src
 
 ci: lint test
 

@@ -1,11 +1,14 @@
 //! Applying one user's desired keys on the host: the seam between the stream logic and the
-//! file writer, session killer and watcher.
+//! file writer and session killer.
 //!
 //! The runtime talks only to the [`Applier`] trait, so the stream logic can be tested with a
 //! fake that records calls. [`SystemApplier`] is the real thing ([`crate::writer`] and
 //! [`crate::sessions`]); [`DirApplier`] writes into `{root}/{user}` as the current user, for
-//! in-process tests and the many-agents benchmark. All uses of the writer, sessions and watcher
-//! modules are in this file.
+//! in-process tests and the many-agents benchmark. Both turn the protocol's entry into what the
+//! writer makes and its outcome into a [`UserApplied`] the same way ([`apply_with`]); they differ
+//! only in which home they write. The runtime sets up the file watcher itself
+//! ([`crate::watch::watch_users`]) and asks the login audit which key opened which session
+//! before it has an applier end sessions ([`Applier::end_revoked_sessions`]).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::DirBuilderExt;
@@ -17,11 +20,8 @@ use keyward_common::keys::public_key_fingerprint;
 use keyward_common::proto::{self, ManagedUser};
 use keyward_common::{Fingerprint, KeyKind, UnixUser};
 
-use tokio::sync::mpsc;
-
-use crate::config::{AgentConfig, UserMode};
-use crate::logins::SessionAttribution;
-use crate::watch::{Changed, WatchTarget, Watcher};
+use crate::config::{SshdTrust, UserMode};
+use crate::sessions::{self, revoke::SessionAttribution};
 use crate::writer::{self, ApplyOutcome, PreserveLimits, WriteError};
 
 /// Why a user's desired state could not be applied.
@@ -77,7 +77,7 @@ pub trait Applier: Send + Sync + 'static {
 
     /// Ends the sessions of `user` a revocation must end: every session except those that
     /// `attribution`'s verified records tie to a key in `valid` (the fingerprints valid for the
-    /// user now) or to a login without a key (the rule is in [`crate::logins::revoke`]); returns
+    /// user now) or to a login without a key (the rule is in [`sessions::revoke`]); returns
     /// how many. The default ends them all, like [`Applier::end_sessions`].
     fn end_revoked_sessions(
         &self,
@@ -195,21 +195,27 @@ fn applied(outcome: ApplyOutcome, mode: Mode, denied: &[Fingerprint]) -> UserApp
     }
 }
 
-/// What the writer must make of `desired` for a user in `mode`.
-fn desired_file<'a>(
-    mode: Mode,
+/// Applies `desired` (the control plane's entry for a user) in `mode`: its keys and denied
+/// fingerprints are converted (a bad one fails the whole user before anything is written),
+/// `write` makes the file of the [`writer::Desired`] it is given, and what it did becomes a
+/// [`UserApplied`]. Every [`Applier`] of this module is this with its own `write`.
+pub fn apply_with(
+    mode: UserMode,
     desired: &ManagedUser,
-    keys: &'a [ManagedKey],
-    denied: &'a [Fingerprint],
     limits: PreserveLimits,
-) -> writer::Desired<'a> {
-    writer::Desired {
+    write: impl FnOnce(&writer::Desired<'_>) -> Result<ApplyOutcome, ApplyError>,
+) -> Result<UserApplied, ApplyError> {
+    let keys = managed_keys(&desired.keys)?;
+    let denied = denied(&desired.denied_fingerprints)?;
+    let file = writer::Desired {
         mode,
-        keys,
-        denied,
+        keys: &keys,
+        denied: &denied,
         revoked: desired.revoked,
         limits,
-    }
+    };
+    let outcome = write(&file)?;
+    Ok(applied(outcome, mode, &denied))
 }
 
 /// The real host: writes the user's own `~/.ssh/authorized_keys` and signals their sessions.
@@ -226,16 +232,13 @@ impl Applier for SystemApplier {
         user_mode: UserMode,
         desired: &ManagedUser,
     ) -> Result<UserApplied, ApplyError> {
-        let keys = managed_keys(&desired.keys)?;
-        let denied = denied(&desired.denied_fingerprints)?;
-        let mode = user_mode;
-        let file = desired_file(mode, desired, &keys, &denied, self.limits);
-        let outcome = writer::apply_desired(user, &file)?;
-        Ok(applied(outcome, mode, &denied))
+        apply_with(user_mode, desired, self.limits, |file| {
+            Ok(writer::apply_desired(user, file)?)
+        })
     }
 
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
-        crate::sessions::end_sessions(user, &crate::config::SshdTrust::default())
+        sessions::end_sessions(user, &SshdTrust::default())
             .map(|pids| u32::try_from(pids.len()).unwrap_or(u32::MAX))
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
@@ -246,7 +249,7 @@ impl Applier for SystemApplier {
         attribution: &SessionAttribution,
         valid: &[String],
     ) -> Result<u32, ApplyError> {
-        crate::logins::revoke::end_revoked_sessions(user, attribution, valid)
+        sessions::revoke::end_revoked_sessions(user, attribution, valid)
             .map_err(|e| ApplyError::Sessions(e.to_string()))
     }
 }
@@ -277,24 +280,21 @@ impl Applier for DirApplier {
         user_mode: UserMode,
         desired: &ManagedUser,
     ) -> Result<UserApplied, ApplyError> {
-        let keys = managed_keys(&desired.keys)?;
-        let denied = denied(&desired.denied_fingerprints)?;
-        let mode = user_mode;
-        let home = self.home(user);
-        // 0700 like a real home: the writer refuses a home writable by group or other.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&home)
-            .map_err(|e| ApplyError::Other(format!("{}: {e}", home.display())))?;
-        let file = desired_file(mode, desired, &keys, &denied, PreserveLimits::default());
-        let outcome = writer::apply_desired_in_home(
-            &home,
-            nix::unistd::geteuid(),
-            nix::unistd::getegid(),
-            &file,
-        )?;
-        Ok(applied(outcome, mode, &denied))
+        apply_with(user_mode, desired, PreserveLimits::default(), |file| {
+            let home = self.home(user);
+            // 0700 like a real home: the writer refuses a home writable by group or other.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&home)
+                .map_err(|e| ApplyError::Other(format!("{}: {e}", home.display())))?;
+            Ok(writer::apply_desired_in_home(
+                &home,
+                nix::unistd::geteuid(),
+                nix::unistd::getegid(),
+                file,
+            )?)
+        })
     }
 
     fn end_sessions(&self, _: &UnixUser) -> Result<u32, ApplyError> {
@@ -392,64 +392,4 @@ mod tests {
             "in exclusive mode the user's own line is drift too"
         );
     }
-}
-
-/// Keeps the file watchers running while held.
-#[derive(Debug)]
-pub struct WatchGuard {
-    _watchers: Vec<Watcher>,
-}
-
-/// How many change notices may wait for the runtime (one burst per user is coalesced anyway).
-const WATCH_QUEUE: usize = 64;
-
-/// Starts watching `targets` (user and home directory); the receiver names the user whose file
-/// changed. One watcher per user, so a missing home (a user not created yet) is logged and skipped
-/// without leaving the others unwatched.
-pub fn watch_homes(targets: Vec<(UnixUser, PathBuf)>) -> (WatchGuard, mpsc::Receiver<UnixUser>) {
-    let (changed_tx, mut changed_rx) = mpsc::channel::<Changed>(WATCH_QUEUE);
-    let (user_tx, user_rx) = mpsc::channel(WATCH_QUEUE);
-    let mut watchers = Vec::new();
-    for (user, home) in targets {
-        let target = WatchTarget {
-            user: user.clone(),
-            home: home.clone(),
-        };
-        match Watcher::start(vec![target], changed_tx.clone()) {
-            Ok(w) => watchers.push(w),
-            Err(e) => tracing::warn!(user = %user, home = %home.display(), error = %e,
-                "outside edits of this user's file will not be noticed"),
-        }
-    }
-    drop(changed_tx);
-    // The runtime only needs the user; this ends when every watcher has stopped.
-    tokio::spawn(async move {
-        while let Some(changed) = changed_rx.recv().await {
-            if user_tx.send(changed.user).await.is_err() {
-                break;
-            }
-        }
-    });
-    (
-        WatchGuard {
-            _watchers: watchers,
-        },
-        user_rx,
-    )
-}
-
-/// [`watch_homes`] for the configured users, with their homes from the user database.
-pub fn watch_users(config: &AgentConfig) -> (WatchGuard, mpsc::Receiver<UnixUser>) {
-    let targets = config
-        .users
-        .iter()
-        .filter_map(|u| match writer::resolve(&u.name) {
-            Ok(account) => Some((u.name.clone(), account.home)),
-            Err(e) => {
-                tracing::warn!(user = %u.name, error = %e, "not watched");
-                None
-            }
-        })
-        .collect();
-    watch_homes(targets)
 }

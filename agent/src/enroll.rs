@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::cache::{CacheError, EnrollmentInfo, Identity, StateDir, parse_signing_key};
+use crate::state_dir::{EnrollmentInfo, Identity, StateDir, StateDirError, parse_signing_key};
 use crate::tls::{self, TlsError};
 
 /// Why enrollment failed.
@@ -42,7 +42,7 @@ pub enum EnrollError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
-    State(#[from] CacheError),
+    State(#[from] StateDirError),
     #[error("key generation task failed: {0}")]
     Task(String),
 }

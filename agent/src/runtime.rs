@@ -46,13 +46,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::apply::{Applier, SystemApplier, UserApplied};
-use crate::cache::{CERT_FILE, CacheError, CachedState, Epochs, Identity, StateDir};
 use crate::client::Backoff;
 use crate::config::AgentConfig;
 use crate::host_keys::read_host_keys;
 use crate::link::{Link, LinkEvent};
-use crate::logins::{self, Logins, SessionEnder};
+use crate::logins::{self, Logins, SessionRecords};
 use crate::sd_notify::Notifier;
+use crate::state_dir::{CERT_FILE, CachedState, Epochs, Identity, StateDir, StateDirError};
 use crate::tls::{self, TlsError};
 
 /// How long a state's `Applied` answer waits for its session checks; a later result follows in
@@ -74,7 +74,7 @@ pub const RETRY_MAX: Duration = Duration::from_secs(300);
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
-    State(#[from] CacheError),
+    State(#[from] StateDirError),
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
@@ -114,7 +114,7 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
-    let (watcher, events) = crate::apply::watch_users(&config);
+    let (watcher, events) = crate::watch::watch_users(&config);
     let deps = RuntimeDeps {
         applier: Arc::new(SystemApplier {
             limits: config.preserve,
@@ -147,7 +147,7 @@ pub async fn run_with(
         .clone()
         .unwrap_or_else(|| identity.info.grpc_url.clone());
     let logins = Logins::start(&config.logins, &dir);
-    let sessions = SessionWorker::start(logins.session_ender(), Arc::clone(&deps.applier));
+    let sessions = SessionWorker::start(logins.session_records(), Arc::clone(&deps.applier));
     if let Some(period) = deps.notifier.as_ref().and_then(Notifier::watchdog_interval) {
         spawn_watchdog(deps.notifier.clone(), period);
     }
@@ -282,7 +282,7 @@ struct SessionWorker {
 }
 
 impl SessionWorker {
-    fn start(ender: SessionEnder, applier: Arc<dyn Applier>) -> Self {
+    fn start(records: SessionRecords, applier: Arc<dyn Applier>) -> Self {
         let (requests, mut inbox) = mpsc::unbounded_channel::<SessionCheck>();
         let (done_tx, done) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -301,9 +301,9 @@ impl SessionWorker {
                 }
                 for (user, check) in queued {
                     let ending = {
-                        let (ender, applier, user) =
-                            (ender.clone(), Arc::clone(&applier), user.clone());
-                        async move { ender.end(applier, &user, &check.valid).await }
+                        let (records, applier, user) =
+                            (records.clone(), Arc::clone(&applier), user.clone());
+                        async move { end_revoked(&records, applier, &user, &check.valid).await }
                     };
                     tokio::pin!(ending);
                     // Past the deadline the check is reported as late, and then still awaited:
@@ -345,6 +345,32 @@ impl SessionWorker {
         // The worker lives as long as the agent: a failed send means it is shutting down.
         let _ = self.requests.send(check);
     }
+}
+
+/// A session check: ends `user`'s sessions except those verified evidence ties to a key in
+/// `valid` (the fingerprints valid for the user now) or to a login without a key (the rule is in
+/// [`crate::sessions::revoke`]); returns how many. The login audit says which key opened which
+/// session, the applier ends them (on a blocking thread: it reads `/proc` and signals).
+async fn end_revoked(
+    records: &SessionRecords,
+    applier: Arc<dyn Applier>,
+    user: &UnixUser,
+    valid: &[String],
+) -> Result<u32, String> {
+    let (attribution, overflows) = records.attribution(user.as_str()).await;
+    let incomplete = attribution.incomplete;
+    let (u, valid) = (user.clone(), valid.to_vec());
+    let ended =
+        tokio::task::spawn_blocking(move || applier.end_revoked_sessions(&u, &attribution, &valid));
+    let result = match ended.await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the session task failed: {e}")),
+    };
+    if incomplete && result.is_ok() {
+        // Every session the lost records could have spoken for is ended.
+        records.overflow_handled(user, overflows).await;
+    }
+    result
 }
 
 /// Feeds systemd's watchdog from a task of its own, so that no step of the event loop (which a

@@ -13,6 +13,9 @@
 //! the drift report. The writer's own temp files are ignored; its rename does produce one
 //! event, whose re-apply finds nothing to change. Reads (sshd checking a login) are ignored too,
 //! so an idle host wakes for nothing.
+//!
+//! [`watch_users`] (and [`watch_homes`], for homes that are not the users' own) sets up one
+//! watcher per configured user for the runtime, which only needs to know whose file changed.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -23,7 +26,8 @@ use keyward_common::UnixUser;
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::writer::{AUTHORIZED_KEYS, TEMP_PREFIX};
+use crate::config::AgentConfig;
+use crate::writer::{self, AUTHORIZED_KEYS, TEMP_PREFIX};
 
 /// A burst of changes within this window becomes one event.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -111,6 +115,66 @@ impl Drop for Watcher {
         // Not joined here: the thread may be waiting on a full channel; it exits on its next wake.
         let _ = self.control.send(Msg::Stop);
     }
+}
+
+/// Keeps the file watchers running while held.
+#[derive(Debug)]
+pub struct WatchGuard {
+    _watchers: Vec<Watcher>,
+}
+
+/// How many change notices may wait for the runtime (one burst per user is coalesced anyway).
+const WATCH_QUEUE: usize = 64;
+
+/// Starts watching `targets` (user and home directory); the receiver names the user whose file
+/// changed. One watcher per user, so a missing home (a user not created yet) is logged and skipped
+/// without leaving the others unwatched.
+pub fn watch_homes(targets: Vec<(UnixUser, PathBuf)>) -> (WatchGuard, mpsc::Receiver<UnixUser>) {
+    let (changed_tx, mut changed_rx) = mpsc::channel::<Changed>(WATCH_QUEUE);
+    let (user_tx, user_rx) = mpsc::channel(WATCH_QUEUE);
+    let mut watchers = Vec::new();
+    for (user, home) in targets {
+        let target = WatchTarget {
+            user: user.clone(),
+            home: home.clone(),
+        };
+        match Watcher::start(vec![target], changed_tx.clone()) {
+            Ok(w) => watchers.push(w),
+            Err(e) => tracing::warn!(user = %user, home = %home.display(), error = %e,
+                "outside edits of this user's file will not be noticed"),
+        }
+    }
+    drop(changed_tx);
+    // The runtime only needs the user; this ends when every watcher has stopped.
+    tokio::spawn(async move {
+        while let Some(changed) = changed_rx.recv().await {
+            if user_tx.send(changed.user).await.is_err() {
+                break;
+            }
+        }
+    });
+    (
+        WatchGuard {
+            _watchers: watchers,
+        },
+        user_rx,
+    )
+}
+
+/// [`watch_homes`] for the configured users, with their homes from the user database.
+pub fn watch_users(config: &AgentConfig) -> (WatchGuard, mpsc::Receiver<UnixUser>) {
+    let targets = config
+        .users
+        .iter()
+        .filter_map(|u| match writer::resolve(&u.name) {
+            Ok(account) => Some((u.name.clone(), account.home)),
+            Err(e) => {
+                tracing::warn!(user = %u.name, error = %e, "not watched");
+                None
+            }
+        })
+        .collect();
+    watch_homes(targets)
 }
 
 /// The inotify watches of one target.

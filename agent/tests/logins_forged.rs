@@ -21,7 +21,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use keyward_agent::logins::audit::MAX_PER_CONNECTION;
-use keyward_agent::logins::revoke;
+use keyward_agent::sessions::revoke;
 use keyward_common::proto::{LoginEvent, LoginOutcome};
 use logins_support::{Rsyslog, Sshd, audit, authorize, client_key, kex_inject, read_all};
 use support::{TestUser, homes_dir, wait_for};

@@ -15,8 +15,8 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
-use keyward_agent::logins::revoke;
 use keyward_agent::procs;
+use keyward_agent::sessions::revoke;
 use keyward_common::proto::LoginOutcome;
 use logins_support::{Sshd, audit, authorize, client_key, read_all, tenant_sshd};
 use support::{TestUser, homes_dir, wait_for};

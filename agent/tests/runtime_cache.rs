@@ -7,7 +7,7 @@
 mod runtime_support;
 
 use ed25519_dalek::SigningKey;
-use keyward_agent::cache::{CacheError, Epochs};
+use keyward_agent::state_dir::{Epochs, StateDirError};
 use keyward_common::signing::{StateError, sign_state};
 use runtime_support::*;
 
@@ -60,7 +60,7 @@ fn a_cache_signed_by_another_key_or_for_another_host_is_refused() {
         .unwrap();
     assert!(matches!(
         dir.load_state(&pinned, HOST_ID),
-        Err(CacheError::StateRefused {
+        Err(StateDirError::StateRefused {
             source: StateError::BadSignature,
             ..
         })
@@ -74,7 +74,7 @@ fn a_cache_signed_by_another_key_or_for_another_host_is_refused() {
     assert!(
         matches!(
             err,
-            CacheError::StateRefused {
+            StateDirError::StateRefused {
                 source: StateError::WrongHost { .. },
                 ..
             }

@@ -10,7 +10,8 @@ mod runtime_support;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 
-use keyward_agent::apply::{DirApplier, watch_homes};
+use keyward_agent::apply::DirApplier;
+use keyward_agent::watch::watch_homes;
 use keyward_agent::{AgentStatus, RuntimeDeps};
 use keyward_common::UnixUser;
 use keyward_common::keys::{GeneratedKey, KeyAlgorithm};

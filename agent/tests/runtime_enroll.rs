@@ -9,8 +9,8 @@ mod runtime_support;
 use std::os::unix::fs::PermissionsExt;
 
 use base64::Engine;
-use keyward_agent::cache::StateDir;
 use keyward_agent::enroll::{EnrollError, EnrollOptions, enroll};
+use keyward_agent::state_dir::StateDir;
 use runtime_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

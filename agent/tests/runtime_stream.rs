@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use keyward_agent::UserMode;
-use keyward_agent::cache::Epochs;
 use keyward_agent::sd_notify::Notifier;
+use keyward_agent::state_dir::Epochs;
 use keyward_common::proto::agent_message::Msg;
 use keyward_common::signing::sign_state;
 use runtime_support::*;

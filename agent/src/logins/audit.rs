@@ -16,7 +16,8 @@
 //!
 //! Unverified events are spooled and sent like the others (the control plane shows them as
 //! claims), but never enter the table of login records that a revocation consults
-//! ([`super::revoke`]): a forged flood can neither keep a session nor push a genuine record out.
+//! ([`crate::sessions::revoke`]): a forged flood can neither keep a session nor push a genuine
+//! record out.
 //! Verified records are bounded ([`MAX_OPEN_SESSIONS`], [`MAX_PER_CONNECTION`]); when the table
 //! overflows anyway, the users whose records were dropped are marked *incomplete* and a
 //! revocation ends all their sessions.
@@ -30,12 +31,12 @@ use tokio::sync::mpsc;
 
 use super::LoginError;
 use super::file::FileFollower;
-use super::revoke::SessionAttribution;
 use super::spool::{OpenSession, Saved};
-use crate::cache::StateDir;
 use crate::config::{LoginSource, LoginsConfig, SshdTrust};
 use crate::procs::ProcSnapshot;
+use crate::sessions::revoke::SessionAttribution;
 use crate::sessions::{Role, classify};
+use crate::state_dir::StateDir;
 
 /// While a long backlog is read (a first start on a big auth.log), the state is stored at most
 /// this often: events not stored yet are not sent, and a crash reads them again.
@@ -454,7 +455,7 @@ impl LoginAudit {
 
     /// What the verified login records say about `user`'s open sessions.
     pub fn attribution(&self, user: &str) -> SessionAttribution {
-        SessionAttribution::of_user(
+        super::attribution::of_user(
             &self.saved.sessions,
             user,
             self.saved.overflowed.iter().any(|u| u == user),

@@ -15,8 +15,8 @@
 //! - [`audit`] turns lines into `LoginEvent`s with the agent's sequence numbers, spools them on
 //!   disk ([`spool`], bounded: the oldest are dropped and counted) and tracks which sessions are
 //!   open with which key.
-//! - [`revoke`] ends the sessions a revocation must end, from one read of `/proc`
-//!   ([`crate::procs`], [`proc_net`]).
+//! - [`attribution`] turns the verified records of a user's logins into what a revocation
+//!   decides on ([`crate::sessions::revoke`]: which sessions end, from one read of `/proc`).
 //!
 //! Delivery ([`Logins`], driven by the runtime's event loop): on (re)connect and whenever events
 //! arrive, the oldest spooled events (up to [`BATCH_MAX`]) go up the stream as one `LoginBatch`
@@ -29,13 +29,12 @@
 //! Attribution (which managed key, or unmanaged) is the control plane's: the agent sends
 //! fingerprints.
 
+pub mod attribution;
 pub mod audit;
 pub mod export;
 pub mod file;
 #[cfg(feature = "journald")]
 pub mod journald;
-pub mod proc_net;
-pub mod revoke;
 pub mod spool;
 
 use std::path::PathBuf;
@@ -48,12 +47,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use audit::{LoginAudit, ReadOutcome};
-pub use revoke::SessionAttribution;
 
-use crate::apply::Applier;
-use crate::cache::{CacheError, StateDir};
 use crate::config::{LoginSource, LoginsConfig, SshdTrust};
 use crate::link::Link;
+use crate::sessions::revoke::SessionAttribution;
+use crate::state_dir::{StateDir, StateDirError};
 
 /// Events per `LoginBatch`.
 pub const BATCH_MAX: usize = 500;
@@ -76,7 +74,7 @@ pub enum LoginError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    State(#[from] CacheError),
+    State(#[from] StateDirError),
     #[cfg(feature = "journald")]
     #[error(transparent)]
     Journal(#[from] journald::JournalError),
@@ -262,51 +260,34 @@ impl Logins {
         }
     }
 
-    /// What ends sessions, for a task of its own (the runtime's session worker).
-    pub(crate) fn session_ender(&self) -> SessionEnder {
-        SessionEnder {
+    /// The audit's session records, for a task of its own (the runtime's session worker).
+    pub(crate) fn session_records(&self) -> SessionRecords {
+        SessionRecords {
             audit: self.audit.clone(),
             trust: self.trust.clone(),
         }
     }
 }
 
-/// Ends the sessions a check must end ([`revoke`]); cheap to clone into another task.
+/// What the login audit knows about a user's sessions, for a revocation
+/// ([`crate::sessions::revoke`]); cheap to clone into another task. The runtime asks for the
+/// attribution, has its applier end the sessions, and reports an incomplete attribution handled.
 #[derive(Debug, Clone)]
-pub struct SessionEnder {
+pub struct SessionRecords {
     audit: Option<Arc<Mutex<LoginAudit>>>,
     trust: SshdTrust,
 }
 
-impl SessionEnder {
-    /// A raised session epoch: ends `user`'s sessions except those verified evidence ties to a
-    /// key in `valid` (the fingerprints valid for the user now) or to a login without a key (see
-    /// [`revoke`]); returns how many.
-    pub(crate) async fn end(
-        &self,
-        applier: Arc<dyn Applier>,
-        user: &UnixUser,
-        valid: &[String],
-    ) -> Result<u32, String> {
-        let (attribution, overflows) = self.attribution(user.as_str()).await;
-        let incomplete = attribution.incomplete;
-        let (u, valid) = (user.clone(), valid.to_vec());
-        let ended = tokio::task::spawn_blocking(move || {
-            applier.end_revoked_sessions(&u, &attribution, &valid)
-        });
-        let result = match ended.await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("the session task failed: {e}")),
-        };
-        if incomplete && result.is_ok() {
-            // Every session the lost records could have spoken for is ended.
-            let user = user.to_string();
-            with_audit(self.audit.as_ref(), move |a| {
-                a.overflow_handled(&user, overflows)
-            })
-            .await;
-        }
-        result
+impl SessionRecords {
+    /// A revocation ended every session of `user` after an incomplete attribution taken when
+    /// the audit had counted `overflows` overflows: every session the lost records could have
+    /// spoken for is ended ([`LoginAudit::overflow_handled`]).
+    pub(crate) async fn overflow_handled(&self, user: &UnixUser, overflows: u64) {
+        let user = user.to_string();
+        with_audit(self.audit.as_ref(), move |a| {
+            a.overflow_handled(&user, overflows)
+        })
+        .await;
     }
 
     /// What the verified login records say about `user`'s open sessions, after reading the log

@@ -14,7 +14,7 @@
 use keyward_common::proto::LoginEvent;
 use prost::Message;
 
-use crate::cache::{CacheError, StateDir};
+use crate::state_dir::{StateDir, StateDirError};
 
 /// The file in the state directory.
 pub const LOGINS_FILE: &str = "logins.bin";
@@ -46,7 +46,7 @@ pub struct Saved {
     #[prost(string, tag = "7")]
     pub journal_cursor: String,
     /// Accepted logins: open sessions, and closed ones whose connection may still be live (see
-    /// [`super::revoke`] for why closed ones are kept).
+    /// [`crate::sessions::revoke`] for why closed ones are kept).
     #[prost(message, repeated, tag = "8")]
     pub sessions: Vec<OpenSession>,
     /// `/proc/sys/kernel/random/boot_id` when saved: after a reboot no session is open any more.
@@ -120,19 +120,19 @@ impl Saved {
 
     /// Loads the saved state. A missing file is a fresh start; an unreadable one is an error the
     /// caller logs before starting afresh (the spool is then lost, and says so).
-    pub fn load(dir: &StateDir) -> Result<Option<Saved>, CacheError> {
+    pub fn load(dir: &StateDir) -> Result<Option<Saved>, StateDirError> {
         let path = dir.file(LOGINS_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(CacheError::Io { path, source }),
+            Err(source) => return Err(StateDirError::Io { path, source }),
         };
-        let saved = Saved::decode(bytes.as_slice()).map_err(|e| CacheError::Invalid {
+        let saved = Saved::decode(bytes.as_slice()).map_err(|e| StateDirError::Invalid {
             path: path.clone(),
             message: e.to_string(),
         })?;
         if saved.version != VERSION || saved.next_cursor == 0 {
-            return Err(CacheError::Invalid {
+            return Err(StateDirError::Invalid {
                 path,
                 message: format!("unknown format version {}", saved.version),
             });
@@ -141,7 +141,7 @@ impl Saved {
     }
 
     /// Writes the whole state through a temporary file and a rename.
-    pub fn store(&self, dir: &StateDir) -> Result<(), CacheError> {
+    pub fn store(&self, dir: &StateDir) -> Result<(), StateDirError> {
         dir.write_file(LOGINS_FILE, &self.encode_to_vec())
     }
 

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use keyward_agent::cache::StateDir;
 use keyward_agent::config::LoginsConfig;
 use keyward_agent::logins::LoginAudit;
+use keyward_agent::state_dir::StateDir;
 use keyward_common::keys::{GeneratedKey, KeyAlgorithm};
 use keyward_common::proto::LoginEvent;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::Datelike;
 use ed25519_dalek::SigningKey;
 use keyward_agent::apply::{Applier, ApplyError, UserApplied};
-use keyward_agent::cache::{EnrollmentInfo, Identity, StateDir};
+use keyward_agent::state_dir::{EnrollmentInfo, Identity, StateDir};
 use keyward_agent::{AgentConfig, AgentStatus, RuntimeDeps, UserConfig, UserMode};
 use keyward_common::UnixUser;
 use keyward_common::proto::agent_hub_server::{AgentHub, AgentHubServer};

@@ -21,7 +21,9 @@
 //!
 //! [`session_trees`] and [`end_session_trees`] do the same per session (one tree per monitor, or
 //! per connection process without one), from one [`ProcSnapshot`], so that a revocation can end
-//! some of a user's sessions and leave the others: [`crate::logins::revoke`] decides which.
+//! some of a user's sessions and leave the others: [`revoke`] decides which.
+
+pub mod revoke;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;

@@ -39,7 +39,7 @@ pub const EPOCHS_FILE: &str = "epochs.json";
 
 /// Why the state directory could not be read or written.
 #[derive(Debug, thiserror::Error)]
-pub enum CacheError {
+pub enum StateDirError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -55,8 +55,8 @@ pub enum CacheError {
     StateRefused { path: PathBuf, source: StateError },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateDirError + '_ {
+    move |source| StateDirError::Io {
         path: path.to_owned(),
         source,
     }
@@ -120,7 +120,7 @@ impl StateDir {
 
     /// Creates the directory 0700 if needed; an existing one must belong to this process's user
     /// (root in production) and is tightened to 0700.
-    pub fn create(&self) -> Result<(), CacheError> {
+    pub fn create(&self) -> Result<(), StateDirError> {
         let path = &self.path;
         DirBuilder::new()
             .recursive(true)
@@ -129,14 +129,14 @@ impl StateDir {
             .map_err(io_err(path))?;
         let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
         if !meta.is_dir() {
-            return Err(CacheError::Invalid {
+            return Err(StateDirError::Invalid {
                 path: path.clone(),
                 message: "not a directory".into(),
             });
         }
         let me = nix::unistd::geteuid().as_raw();
         if meta.uid() != me {
-            return Err(CacheError::Owner {
+            return Err(StateDirError::Owner {
                 path: path.clone(),
                 owner: meta.uid(),
                 me,
@@ -150,7 +150,7 @@ impl StateDir {
 
     /// Writes `name` as 0600 through a temporary file, fsync and rename, then fsyncs the
     /// directory so the rename itself survives a power loss.
-    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), StateDirError> {
         let target = self.file(name);
         let tmp = self.file(&format!(
             ".{name}.tmp.{}.{:08x}",
@@ -178,13 +178,13 @@ impl StateDir {
         result
     }
 
-    fn read_string(&self, name: &str) -> Result<String, CacheError> {
+    fn read_string(&self, name: &str) -> Result<String, StateDirError> {
         let path = self.file(name);
         fs::read_to_string(&path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                CacheError::NotEnrolled(path.clone())
+                StateDirError::NotEnrolled(path.clone())
             } else {
-                CacheError::Io {
+                StateDirError::Io {
                     path: path.clone(),
                     source,
                 }
@@ -200,22 +200,23 @@ impl StateDir {
 
     /// Stores a new identity. `enrollment.json` is written last: it is what marks the
     /// directory as enrolled, so a crash half-way leaves an unenrolled directory.
-    pub fn store_identity(&self, identity: &Identity) -> Result<(), CacheError> {
+    pub fn store_identity(&self, identity: &Identity) -> Result<(), StateDirError> {
         self.create()?;
         self.write_file(KEY_FILE, identity.key_pem.as_bytes())?;
         self.write_file(CERT_FILE, identity.cert_pem.as_bytes())?;
         self.write_file(CA_FILE, identity.ca_pem.as_bytes())?;
         let signing = BASE64.encode(identity.signing_key.as_bytes());
         self.write_file(SIGNING_KEY_FILE, format!("{signing}\n").as_bytes())?;
-        let info = serde_json::to_vec_pretty(&identity.info).map_err(|e| CacheError::Invalid {
-            path: self.file(ENROLLMENT_FILE),
-            message: e.to_string(),
-        })?;
+        let info =
+            serde_json::to_vec_pretty(&identity.info).map_err(|e| StateDirError::Invalid {
+                path: self.file(ENROLLMENT_FILE),
+                message: e.to_string(),
+            })?;
         // A state cached under an earlier enrollment is signed for another host id: drop it.
         for stale in [STATE_FILE, EPOCHS_FILE] {
             match fs::remove_file(self.file(stale)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(CacheError::Io {
+                    return Err(StateDirError::Io {
                         path: self.file(stale),
                         source: e,
                     });
@@ -227,16 +228,16 @@ impl StateDir {
     }
 
     /// Loads the identity enrollment stored.
-    pub fn load_identity(&self) -> Result<Identity, CacheError> {
+    pub fn load_identity(&self) -> Result<Identity, StateDirError> {
         let info_text = self.read_string(ENROLLMENT_FILE)?;
         let info: EnrollmentInfo =
-            serde_json::from_str(&info_text).map_err(|e| CacheError::Invalid {
+            serde_json::from_str(&info_text).map_err(|e| StateDirError::Invalid {
                 path: self.file(ENROLLMENT_FILE),
                 message: e.to_string(),
             })?;
         let signing_text = self.read_string(SIGNING_KEY_FILE)?;
         let signing_key =
-            parse_signing_key(signing_text.trim()).map_err(|message| CacheError::Invalid {
+            parse_signing_key(signing_text.trim()).map_err(|message| StateDirError::Invalid {
                 path: self.file(SIGNING_KEY_FILE),
                 message,
             })?;
@@ -250,7 +251,7 @@ impl StateDir {
     }
 
     /// Re-reads the current client certificate (it changes on renewal).
-    pub fn load_certificate(&self) -> Result<String, CacheError> {
+    pub fn load_certificate(&self) -> Result<String, StateDirError> {
         self.read_string(CERT_FILE)
     }
 
@@ -260,42 +261,42 @@ impl StateDir {
         &self,
         key: &VerifyingKey,
         host_id: &str,
-    ) -> Result<Option<CachedState>, CacheError> {
+    ) -> Result<Option<CachedState>, StateDirError> {
         let path = self.file(STATE_FILE);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(CacheError::Io { path, source }),
+            Err(source) => return Err(StateDirError::Io { path, source }),
         };
-        let signed = SignedState::decode(bytes.as_slice()).map_err(|e| CacheError::Invalid {
+        let signed = SignedState::decode(bytes.as_slice()).map_err(|e| StateDirError::Invalid {
             path: path.clone(),
             message: e.to_string(),
         })?;
         let state = verify_state(key, &signed, host_id, 0)
-            .map_err(|source| CacheError::StateRefused { path, source })?;
+            .map_err(|source| StateDirError::StateRefused { path, source })?;
         Ok(Some(CachedState { signed, state }))
     }
 
     /// Persists the epochs, then the signed state: a crash between the two leaves the older
     /// state with the newer epochs, which at worst skips ending sessions already ended.
-    pub fn store_state(&self, signed: &SignedState, epochs: &Epochs) -> Result<(), CacheError> {
+    pub fn store_state(&self, signed: &SignedState, epochs: &Epochs) -> Result<(), StateDirError> {
         self.store_epochs(epochs)?;
         self.write_file(STATE_FILE, &signed.encode_to_vec())
     }
 
     /// Removes the cached state, so a stale one cannot re-add keys at the next start.
-    pub fn remove_state(&self) -> Result<(), CacheError> {
+    pub fn remove_state(&self) -> Result<(), StateDirError> {
         let path = self.file(STATE_FILE);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(CacheError::Io { path, source: e })
+                Err(StateDirError::Io { path, source: e })
             }
             _ => Ok(()),
         }
     }
 
-    pub fn store_epochs(&self, epochs: &Epochs) -> Result<(), CacheError> {
-        let bytes = serde_json::to_vec(epochs).map_err(|e| CacheError::Invalid {
+    pub fn store_epochs(&self, epochs: &Epochs) -> Result<(), StateDirError> {
+        let bytes = serde_json::to_vec(epochs).map_err(|e| StateDirError::Invalid {
             path: self.file(EPOCHS_FILE),
             message: e.to_string(),
         })?;
@@ -303,15 +304,15 @@ impl StateDir {
     }
 
     /// The per-user epochs; empty when none were stored yet.
-    pub fn load_epochs(&self) -> Result<Epochs, CacheError> {
+    pub fn load_epochs(&self) -> Result<Epochs, StateDirError> {
         let path = self.file(EPOCHS_FILE);
         match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| CacheError::Invalid {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StateDirError::Invalid {
                 path,
                 message: e.to_string(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Epochs::new()),
-            Err(source) => Err(CacheError::Io { path, source }),
+            Err(source) => Err(StateDirError::Io { path, source }),
         }
     }
 }

@@ -1,0 +1,297 @@
+//! From the login audit's records to what a revocation decides on: [`of_user`] turns the
+//! verified records ([`OpenSession`]) of one user into a [`SessionAttribution`], which
+//! [`crate::sessions::revoke`] judges each live session by.
+//!
+//! Kept apart from the rule itself so that the sessions module knows nothing of how the audit
+//! stores its records: the audit depends on sessions, never the other way round. The tests here
+//! feed the rule with records as the audit keeps them (unverified, closed, another user's).
+
+use std::net::SocketAddr;
+
+use keyward_common::proto::LoginMethod;
+
+use super::spool::OpenSession;
+use crate::config::SshdTrust;
+use crate::sessions::revoke::{AttributedSession, SessionAttribution};
+
+/// What the verified records of `user` among `open` (the audit's login records) say about the
+/// user's sessions, for one revocation ([`crate::sessions::revoke`] decides from it).
+pub fn of_user<'a>(
+    open: impl IntoIterator<Item = &'a OpenSession>,
+    user: &str,
+    incomplete: bool,
+    trust: SshdTrust,
+) -> SessionAttribution {
+    let sessions = open
+        .into_iter()
+        .filter(|s| s.user == user && s.verified)
+        .filter_map(|s| {
+            let source = SocketAddr::new(s.ip.parse().ok()?, u16::try_from(s.port).ok()?);
+            Some(AttributedSession {
+                source,
+                pid: (s.pid != 0).then(|| i32::try_from(s.pid).ok()).flatten(),
+                method: LoginMethod::try_from(s.method).unwrap_or(LoginMethod::Other),
+                fingerprint: s.fingerprint.clone(),
+                closed: s.closed,
+            })
+        })
+        .collect();
+    SessionAttribution {
+        sessions,
+        incomplete,
+        trust,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procs::ProcSnapshot;
+    use crate::sessions::revoke::{Verdict, decide};
+    use crate::sessions::{self, Role, SessionProcess, SessionTree};
+
+    fn tree(root: i32, below: &[i32]) -> SessionTree {
+        let p = |pid, ppid, role| SessionProcess {
+            pid,
+            ppid,
+            uid: 1000,
+            role,
+        };
+        SessionTree {
+            root: SessionProcess {
+                uid: 0,
+                ..p(root, 1, Some(Role::Monitor))
+            },
+            below: below.iter().map(|&pid| p(pid, root, None)).collect(),
+        }
+    }
+
+    fn session(port: u32, user: &str, fingerprint: &str, pid: u32) -> OpenSession {
+        OpenSession {
+            ip: "127.0.0.1".into(),
+            port,
+            user: user.into(),
+            method: LoginMethod::Publickey as i32,
+            key_type: "ED25519".into(),
+            fingerprint: fingerprint.into(),
+            pid,
+            cursor: 1,
+            closed: false,
+            verified: true,
+        }
+    }
+
+    fn of_bob(open: &[OpenSession]) -> SessionAttribution {
+        of_user(open, "bob", false, SshdTrust::default())
+    }
+
+    const NEW: &str = "SHA256:new";
+
+    #[test]
+    fn only_sessions_of_valid_keys_stay() {
+        let trees = [tree(100, &[101, 102]), tree(200, &[201]), tree(300, &[301])];
+        let open = [
+            session(1000, "bob", "SHA256:old", 0),
+            session(2000, "bob", NEW, 0),
+            session(3000, "alice", NEW, 0),
+        ];
+        let attribution = of_bob(&open);
+        assert_eq!(attribution.sessions.len(), 2);
+        // Client port 1000 is held by the first tree's processes, 2000 by the second's; the
+        // third tree is a session the log never mentioned.
+        let verdicts = decide(&trees, &attribution, &[NEW.into()], |s| {
+            match s.source.port() {
+                1000 => vec![100, 101],
+                2000 => vec![200, 201],
+                _ => vec![],
+            }
+        });
+        assert_eq!(
+            verdicts,
+            vec![
+                Verdict::NotValid {
+                    source: "127.0.0.1:1000".parse().unwrap(),
+                    fingerprint: "SHA256:old".into()
+                },
+                Verdict::Keep {
+                    source: "127.0.0.1:2000".parse().unwrap()
+                },
+                Verdict::Unknown,
+            ]
+        );
+        assert_eq!(
+            verdicts.iter().map(Verdict::ends).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
+        // With no key valid any more, nothing stays.
+        let none = decide(&trees, &attribution, &[], |s| match s.source.port() {
+            1000 => vec![100],
+            2000 => vec![200],
+            _ => vec![],
+        });
+        assert!(none.iter().all(Verdict::ends), "{none:?}");
+    }
+
+    #[test]
+    fn unverified_records_and_lost_connections_keep_nothing() {
+        let trees = [tree(100, &[101])];
+        let mut forged = session(1000, "bob", NEW, 0);
+        forged.verified = false;
+        let attribution = of_bob(&[forged]);
+        assert!(attribution.sessions.is_empty());
+        assert_eq!(
+            decide(&trees, &attribution, &[NEW.into()], |_| vec![100]),
+            vec![Verdict::Unknown]
+        );
+        // A verified record whose connection is not found in /proc.
+        let attribution = of_bob(&[session(1000, "bob", NEW, 0)]);
+        assert_eq!(
+            decide(&trees, &attribution, &[NEW.into()], |_| vec![]),
+            vec![Verdict::Unknown]
+        );
+        // The table overflowed for bob: even a session of a valid key ends.
+        let mut incomplete = of_bob(&[session(1000, "bob", NEW, 0)]);
+        incomplete.incomplete = true;
+        assert_eq!(
+            decide(&trees, &incomplete, &[NEW.into()], |_| vec![100]),
+            vec![Verdict::Incomplete]
+        );
+    }
+
+    #[test]
+    fn a_logged_pid_must_be_the_sessions_monitor() {
+        let trees = [tree(100, &[101]), tree(200, &[201])];
+        let open = [
+            session(1000, "bob", NEW, 100),
+            session(2000, "bob", NEW, 999),
+        ];
+        let verdicts = decide(&trees, &of_bob(&open), &[NEW.into()], |s| {
+            match s.source.port() {
+                1000 => vec![100, 101],
+                _ => vec![200, 201],
+            }
+        });
+        assert!(!verdicts[0].ends());
+        assert_eq!(
+            verdicts[1],
+            Verdict::Contested {
+                source: "127.0.0.1:2000".parse().unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn keyless_logins_stay_and_an_ending_claim_wins_a_conflict() {
+        let trees = [tree(100, &[]), tree(200, &[]), tree(300, &[])];
+        let mut password = session(1000, "bob", "", 0);
+        password.method = LoginMethod::Password as i32;
+        let mut other = session(3000, "bob", "", 0);
+        other.method = LoginMethod::Other as i32;
+        let open = [
+            password,
+            session(2000, "bob", NEW, 0),
+            session(2000, "bob", "SHA256:old", 0),
+            other,
+        ];
+        let verdicts = decide(&trees, &of_bob(&open), &[NEW.into()], |s| {
+            match s.source.port() {
+                1000 => vec![100],
+                2000 => vec![200],
+                _ => vec![300],
+            }
+        });
+        assert!(
+            !verdicts[0].ends(),
+            "a password session is not a revoked key's"
+        );
+        assert!(verdicts[1].ends(), "claimed by a key that is not valid too");
+        assert!(verdicts[2].ends(), "a keyless login of another kind");
+        // Nothing known: everything ends (the behaviour without the audit).
+        let none = decide(
+            &trees,
+            &SessionAttribution::unknown(),
+            &[NEW.into()],
+            |_| vec![100, 200, 300],
+        );
+        assert!(none.iter().all(|v| *v == Verdict::Unknown));
+    }
+
+    #[test]
+    fn forged_lines_cannot_save_a_revoked_session() {
+        // The genuine login with the revoked key, then forged "Disconnected" (closing it) and
+        // "Accepted with a good key" lines for the same connection.
+        let trees = [tree(100, &[101])];
+        let mut genuine = session(1000, "bob", "SHA256:old", 0);
+        genuine.closed = true;
+        let forged = session(1000, "bob", NEW, 0);
+        let verdicts = decide(&trees, &of_bob(&[genuine, forged]), &[NEW.into()], |_| {
+            vec![100]
+        });
+        assert!(verdicts[0].ends(), "{verdicts:?}");
+        // A closed record of a valid key is no reason to keep anything.
+        let mut old = session(1000, "bob", NEW, 0);
+        old.closed = true;
+        let verdicts = decide(&trees, &of_bob(&[old]), &[NEW.into()], |_| vec![100]);
+        assert!(verdicts[0].ends());
+    }
+
+    #[test]
+    fn a_snapshot_decides_every_session() {
+        use crate::procs::tests::{SSHD, fake};
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir(r.join("net")).unwrap();
+        // sshd on :2299 (0x08FB); bob's sessions from ports 0xC2A8 and 0xC2A9; bob's python
+        // titled as a monitor, holding a connection from 0xC2AA to sshd's port.
+        std::fs::write(
+            r.join("net/tcp"),
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:08FB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 41001 1 0
+   1: 0100007F:08FB 0100007F:C2A8 01 00000000:00000000 00:00000000 00000000     0        0 41100 1 0
+   2: 0100007F:08FB 0100007F:C2A9 01 00000000:00000000 00:00000000 00000000     0        0 41200 1 0
+   3: 0100007F:08FB 0100007F:C2AA 01 00000000:00000000 00:00000000 00000000     0        0 41300 1 0
+",
+        )
+        .unwrap();
+        fake(
+            r,
+            100,
+            1,
+            0,
+            SSHD,
+            "sshd: /usr/sbin/sshd -D [listener]",
+            &[41001],
+        );
+        fake(r, 200, 100, 0, SSHD, "sshd: bob [priv]", &[41100]);
+        fake(r, 201, 200, 1001, SSHD, "sshd: bob@notty", &[41100]);
+        fake(r, 300, 100, 0, SSHD, "sshd: bob [priv]", &[41200]);
+        fake(
+            r,
+            400,
+            1,
+            1001,
+            "/usr/bin/python3",
+            "sshd: bob [priv]",
+            &[41300],
+        );
+        let snapshot = ProcSnapshot::take(r, &SshdTrust::default(), &[0, 1001]).unwrap();
+        let trees = sessions::session_trees(&snapshot, "bob", 1001);
+        assert_eq!(
+            trees.iter().map(|t| t.root.pid).collect::<Vec<_>>(),
+            vec![200, 300]
+        );
+        let open = [
+            session(0xC2A8, "bob", NEW, 0),
+            session(0xC2A9, "bob", "SHA256:old", 0),
+            // A record for the python's connection ties nothing to any session.
+            session(0xC2AA, "bob", NEW, 0),
+        ];
+        let verdicts = decide(&trees, &of_bob(&open), &[NEW.into()], |s| {
+            snapshot.holders(s.source)
+        });
+        assert_eq!(
+            verdicts.iter().map(Verdict::ends).collect::<Vec<_>>(),
+            vec![false, true]
+        );
+    }
+}

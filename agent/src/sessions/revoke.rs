@@ -1,0 +1,212 @@
+//! Revocation, exactly: which of a user's live SSH sessions a raised session epoch ends.
+//!
+//! The control plane raises a user's `session_epoch` on revoke and regenerate. The caller names
+//! the keys that are **valid** for the user right now (what the apply just left in its
+//! `authorized_keys`). The login audit tells which key opened which session
+//! ([`SessionAttribution`], from the verified login records it keeps), and one read of `/proc`
+//! ([`ProcSnapshot`]) tells which processes are which session and which connection each holds.
+//!
+//! The rule, per session (one `[priv]` monitor and the user's processes below it): it is
+//! **kept** only when verified evidence ties it to a key that is valid for the user now, or to a
+//! login without a key (password, keyboard-interactive). Everything else is **ended**:
+//!
+//! - a record ties it to a key that is not valid (revoked, replaced, never the user's);
+//! - no verified record ties it to anything (opened before the agent read the log, a line lost,
+//!   the audit off, the login only claimed by an unverified line, the connection not found in
+//!   `/proc`);
+//! - the user's records overflowed the audit's table ([`SessionAttribution::incomplete`]): what
+//!   the table no longer holds might have spoken against any session;
+//! - two records claim it and one of them is not for keeping (a closed record, a record whose
+//!   logged pid is not the session's monitor, a record of another key).
+//!
+//! Ending a session that could have stayed costs a reconnect; keeping one opened with a revoked
+//! key would defeat the revocation.
+//!
+//! Why two records can claim one connection: a log file takes lines from others than sshd
+//! (`logger -t 'sshd[1]'` into `/var/log/auth.log`, a key-exchange offer with newlines into an
+//! `sshd -E` file). A line naming the user and a live connection of theirs is corroborated by
+//! `/proc` like a genuine one (the audit cannot tell which key sshd really checked), so a user
+//! logged in with a key about to be revoked could log an `Accepted … with a good key` for their
+//! own connection. Therefore a login's record is never deleted by a `Disconnected` line or a later
+//! login, only marked closed; a closed record still claims its connection (never for keeping);
+//! and any claim that does not keep a session ends it. Records are forgotten only once their
+//! connection is gone.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use keyward_common::UnixUser;
+use keyward_common::proto::LoginMethod;
+
+use crate::config::SshdTrust;
+use crate::procs::ProcSnapshot;
+use crate::sessions::{self, SessionError, SessionTree};
+
+/// What the login audit says about a user's open sessions, for one revocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionAttribution {
+    /// The user's verified login records.
+    pub sessions: Vec<AttributedSession>,
+    /// Records of the user were lost when the audit's table overflowed: every session ends.
+    pub incomplete: bool,
+    /// What counts as sshd when `/proc` is read.
+    pub trust: SshdTrust,
+}
+
+/// A session the login audit has a verified record of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributedSession {
+    pub source: SocketAddr,
+    /// The monitor's pid, when the log names it.
+    pub pid: Option<i32>,
+    pub method: LoginMethod,
+    /// Empty for a login without a key.
+    pub fingerprint: String,
+    /// sshd logged its end, or another login came from the same address and port.
+    pub closed: bool,
+}
+
+impl SessionAttribution {
+    /// Nothing known: every session is ended.
+    pub fn unknown() -> Self {
+        Self::default()
+    }
+}
+
+/// What happens to one session tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Verified evidence ties it to a valid key, or to a login without a key.
+    Keep { source: SocketAddr },
+    /// A record ties it to a key that is not valid for the user now (empty: a login of another
+    /// kind without a key).
+    NotValid {
+        source: SocketAddr,
+        fingerprint: String,
+    },
+    /// A record claims it that cannot keep it: closed, or naming another monitor's pid.
+    Contested { source: SocketAddr },
+    /// No verified record ties it to a login.
+    Unknown,
+    /// The user's records overflowed the audit's table.
+    Incomplete,
+}
+
+impl Verdict {
+    pub fn ends(&self) -> bool {
+        !matches!(self, Verdict::Keep { .. })
+    }
+}
+
+/// What one record says about a tree it claims.
+fn claim(session: &AttributedSession, tree: &SessionTree, valid: &[String]) -> Verdict {
+    let source = session.source;
+    if session.closed || session.pid.is_some_and(|pid| pid != tree.root.pid) {
+        return Verdict::Contested { source };
+    }
+    let keyless = matches!(
+        session.method,
+        LoginMethod::Password | LoginMethod::KeyboardInteractive
+    );
+    if session.fingerprint.is_empty() && keyless
+        || !session.fingerprint.is_empty() && valid.contains(&session.fingerprint)
+    {
+        Verdict::Keep { source }
+    } else {
+        Verdict::NotValid {
+            source,
+            fingerprint: session.fingerprint.clone(),
+        }
+    }
+}
+
+/// Judges each tree against `valid`, the fingerprints valid for the user now: `holders` names
+/// the sshd processes holding a record's connection (from the revocation's one snapshot).
+pub fn decide(
+    trees: &[SessionTree],
+    attribution: &SessionAttribution,
+    valid: &[String],
+    mut holders: impl FnMut(&AttributedSession) -> Vec<i32>,
+) -> Vec<Verdict> {
+    if attribution.incomplete {
+        return vec![Verdict::Incomplete; trees.len()];
+    }
+    let mut verdicts: BTreeMap<usize, Verdict> = BTreeMap::new();
+    for session in &attribution.sessions {
+        let pids = holders(session);
+        for (index, tree) in trees.iter().enumerate() {
+            if !pids.iter().any(|&pid| tree.contains(pid)) {
+                continue;
+            }
+            let verdict = claim(session, tree, valid);
+            // A claim that ends a session is never overridden.
+            let entry = verdicts.entry(index).or_insert_with(|| verdict.clone());
+            if verdict.ends() && !entry.ends() {
+                *entry = verdict;
+            }
+        }
+    }
+    (0..trees.len())
+        .map(|i| verdicts.remove(&i).unwrap_or(Verdict::Unknown))
+        .collect()
+}
+
+/// Ends `user`'s sessions that the rule (module docs) ends, with `valid` the fingerprints valid
+/// for the user now; returns how many sessions. Reads `/proc` once ([`ProcSnapshot`]), plus one
+/// re-read of each process right before it is signalled.
+pub fn end_revoked_sessions(
+    user: &UnixUser,
+    attribution: &SessionAttribution,
+    valid: &[String],
+) -> Result<u32, SessionError> {
+    let uid = sessions::user_uid(user)?;
+    let snapshot = sessions::snapshot(Path::new("/proc"), &attribution.trust, uid)?;
+    end_in_snapshot(&snapshot, user, uid, attribution, valid)
+}
+
+/// [`end_revoked_sessions`] on a snapshot already taken.
+pub fn end_in_snapshot(
+    snapshot: &ProcSnapshot,
+    user: &UnixUser,
+    uid: u32,
+    attribution: &SessionAttribution,
+    valid: &[String],
+) -> Result<u32, SessionError> {
+    let trees = sessions::session_trees(snapshot, user.as_str(), uid);
+    if trees.is_empty() {
+        return Ok(0);
+    }
+    let verdicts = decide(&trees, attribution, valid, |session| {
+        snapshot.holders(session.source)
+    });
+    let mut ending = Vec::new();
+    for (tree, verdict) in trees.into_iter().zip(verdicts) {
+        let pid = tree.root.pid;
+        match &verdict {
+            Verdict::Keep { source } => {
+                tracing::info!(%user, pid, %source, "leaving a session opened with a key that is valid")
+            }
+            Verdict::NotValid {
+                source,
+                fingerprint,
+            } => {
+                tracing::info!(%user, pid, %source, %fingerprint, "ending a session opened with a key that is not valid")
+            }
+            Verdict::Contested { source } => {
+                tracing::info!(%user, pid, %source, "ending a session more than one login claims")
+            }
+            Verdict::Unknown => {
+                tracing::info!(%user, pid, "ending a session no verified login accounts for")
+            }
+            Verdict::Incomplete => {
+                tracing::info!(%user, pid, "ending a session: the user's login records overflowed")
+            }
+        }
+        if verdict.ends() {
+            ending.push(tree);
+        }
+    }
+    sessions::end_session_trees(user, &attribution.trust, &ending)?;
+    Ok(u32::try_from(ending.len()).unwrap_or(u32::MAX))
+}
