@@ -20,6 +20,7 @@ use crate::lifecycle::KeyLifecycle;
 pub mod admin;
 pub mod hosts;
 pub mod hosts_live;
+pub mod hosts_query;
 pub mod live;
 pub mod logins;
 pub mod ops;
