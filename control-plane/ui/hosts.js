@@ -325,7 +325,7 @@ export async function hostsPage({ main, signal }) {
       if (typeof event.total === 'number') {
         registered = event.total;
         summary.dataset.total = String(registered);
-        summary.textContent = `${count.format(registered)} hosts registered.`;
+        summary.textContent = `${count.format(registered)} ${registered === 1 ? 'host' : 'hosts'} registered.`;
       }
       if (moved) refreshSoon();
       return undefined;
