@@ -1,9 +1,10 @@
-// The admin pages: live hosts, tenants and their secrets' metadata, the audit log, logins,
+// The admin pages: live hosts (hosts.js), tenants and their secrets' metadata, the audit log, logins,
 // Vault health and bulk rotation.
 
 import {
   api, badge, busy, confirmAction, facts, fill, follow, h, Problem, say, scrollBox, statusLine, table, when,
 } from './core.js';
+import { hostsPage } from './hosts.js';
 import { evidence, outcome } from './tenant.js';
 
 const ADMIN = '/api/v1/admin';
@@ -17,101 +18,6 @@ async function load(container, path, signal) {
     if (e.name !== 'AbortError') container.append(h('p', { class: 'notice error', role: 'alert' }, problemText(e)));
     return null;
   }
-}
-
-// ---- Hosts, live -------------------------------------------------------------------------
-
-/** What the table says of a host's state: [text, badge kind, data-status]. */
-export function hostStatus(host) {
-  if (host.status === 'revoked') return ['revoked', 'bad', 'revoked'];
-  if (host.status === 'pending') return ['not enrolled', 'off', 'not_enrolled'];
-  if (host.status === 'degraded') return ['degraded', 'bad', 'degraded'];
-  if (host.status === 'applying') return ['pending', 'warn', 'pending'];
-  return ['in sync', 'ok', 'in_sync'];
-}
-
-function appliedKeys(users) {
-  if (!Array.isArray(users) || users.length === 0) return '—';
-  return users.map((u) => h('div', {},
-    h('strong', {}, `${u.user}: `),
-    u.error ? h('span', { class: 'badge bad' }, u.error)
-      : (u.fingerprints || []).length ? u.fingerprints.join(', ') : 'no keys',
-    (u.setAside || []).length
-      ? h('div', { class: 'hint' }, `set aside (${u.setAside.length}): ${u.setAside.join(', ')}`) : null));
-}
-
-const HOST_COLUMNS = ['Host', 'Tenant', 'Agent', 'Keys', 'Applied fingerprints', 'Drift', 'Last login', 'Agent version', 'Last seen', 'Host keys'];
-
-function hostRow(host) {
-  const [text, kind, status] = hostStatus(host);
-  const cell = (i, attrs, ...content) => h('td', { 'data-label': HOST_COLUMNS[i], ...attrs }, ...content);
-  return h('tr', { dataset: { hostId: host.hostId, status, connected: String(host.connected) } },
-    h('th', { scope: 'row' }, host.hostId),
-    cell(1, {}, host.tenantId),
-    cell(2, { 'data-col': 'connection' }, host.connected ? badge('connected', 'ok') : badge('offline', 'off')),
-    cell(3, { 'data-col': 'status' }, badge(text, kind),
-      host.status === 'applying' ? h('div', { class: 'hint' }, `generation ${host.appliedGeneration} of ${host.desiredGeneration}`) : null,
-      host.lastError ? h('div', { class: 'hint' }, host.lastError) : null),
-    cell(4, { class: 'fp' }, appliedKeys(host.users)),
-    cell(5, {}, host.lastDriftAt ? [badge('repaired', 'warn'), ' ', when(host.lastDriftAt)] : 'none'),
-    cell(6, {}, host.lastLogin ? [when(host.lastLogin), h('div', { class: 'hint' }, host.lastLoginUser)] : '—'),
-    cell(7, {}, host.agentVersion ?? '—'),
-    cell(8, {}, when(host.lastSeen)),
-    cell(9, { class: 'fp' }, (host.hostKeys || []).map((k) => h('div', {}, k.fingerprint))));
-}
-
-async function hostsPage({ main, signal }) {
-  const live = h('span', { id: 'live', class: 'live', 'data-state': 'connecting', role: 'status' }, 'Connecting…');
-  const summary = h('p', { id: 'hosts-summary' });
-  const body = h('tbody', {});
-  const wrap = scrollBox('Hosts',
-    h('table', { id: 'hosts', class: 'cards' },
-      h('caption', {}, 'Every registered host. The table follows the agents live: no need to reload.'),
-      h('thead', {}, h('tr', {}, HOST_COLUMNS.map((t) => h('th', { scope: 'col' }, t)))),
-      body));
-  fill(main, h('h1', {}, 'Hosts'), h('p', {}, live), summary, wrap);
-  const hosts = new Map();
-  const rows = new Map();
-  let total = 0;
-  await follow(`${ADMIN}/events/hosts`, {
-    signal,
-    onState(state, problem) {
-      live.dataset.state = state;
-      live.textContent = state === 'live' ? 'Live' : state === 'failed' ? `Stopped: ${problemText(problem)}` : 'Reconnecting…';
-    },
-    onEvent(name, data) {
-      // A snapshot (the first page of hosts and the total), then deltas: only the hosts whose
-      // view changed, and the ids of hosts gone. Rows are replaced one by one.
-      if (name !== 'snapshot' && name !== 'delta') return undefined;
-      const event = JSON.parse(data);
-      if (name === 'snapshot') { hosts.clear(); rows.clear(); body.replaceChildren(); }
-      for (const id of event.removed || []) { rows.get(id)?.remove(); rows.delete(id); hosts.delete(id); }
-      for (const host of event.hosts || []) {
-        const row = hostRow(host);
-        const old = rows.get(host.hostId);
-        if (old) old.replaceWith(row);
-        else {
-          const next = [...rows.keys()].filter((id) => id > host.hostId).sort()[0];
-          body.insertBefore(row, next === undefined ? null : rows.get(next));
-        }
-        rows.set(host.hostId, row);
-        hosts.set(host.hostId, host);
-      }
-      if (typeof event.total === 'number') total = event.total;
-      const counts = {};
-      let connected = 0;
-      for (const host of hosts.values()) {
-        const s = hostStatus(host)[0];
-        counts[s] = (counts[s] || 0) + 1;
-        if (host.connected) connected += 1;
-      }
-      const shown = hosts.size < total ? ` Showing ${hosts.size} of ${total}.` : '';
-      summary.textContent = total
-        ? `${total} hosts, ${connected} connected: ${Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(', ')}.${shown}`
-        : 'No hosts registered yet (POST /api/v1/admin/hosts registers one).';
-      return undefined;
-    },
-  });
 }
 
 // ---- Tenants -----------------------------------------------------------------------------

@@ -12,9 +12,10 @@ use futures::Stream;
 use keyward_common::HostId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::auth::AdminCaller;
+use super::hosts_query::HostsQuery;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::caller::Caller;
 use crate::clock::iso8601;
@@ -302,106 +303,16 @@ pub async fn enroll(
     }))
 }
 
-/// `GET /api/v1/admin/hosts` query: a page of hosts, by host id, filtered.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct HostsQuery {
-    /// 1 to 500; 100 when any parameter is given. Without any parameter the answer is every host
-    /// (the former call, kept for older clients).
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    /// The `X-Next-Cursor` of the previous page: the hosts after this host id.
-    pub cursor: Option<String>,
-    /// Hosts skipped (0 to 1,000,000); not with `cursor`.
-    #[param(minimum = 0, maximum = 1_000_000)]
-    pub offset: Option<u32>,
-    /// Only this tenant's hosts.
-    pub tenant: Option<String>,
-    /// Only hosts in this status: `pending`, `in_sync`, `applying`, `degraded` or `revoked`.
-    pub status: Option<String>,
-    /// Only hosts with (true) or without (false) a live agent stream.
-    pub connected: Option<bool>,
-    /// Host ids or tenant ids containing this text (1 to 64 characters).
-    #[param(min_length = 1, max_length = 64)]
-    pub q: Option<String>,
-}
-
-const HOST_STATUSES: [&str; 5] = ["pending", "in_sync", "applying", "degraded", "revoked"];
-const DEFAULT_HOSTS_PAGE: u32 = 100;
-const MAX_HOSTS_PAGE: u32 = 500;
-const MAX_HOSTS_OFFSET: u32 = 1_000_000;
-
-impl HostsQuery {
-    fn is_empty(&self) -> bool {
-        self.limit.is_none()
-            && self.cursor.is_none()
-            && self.offset.is_none()
-            && self.tenant.is_none()
-            && self.status.is_none()
-            && self.connected.is_none()
-            && self.q.is_none()
-    }
-
-    fn check(&self) -> Result<(), ApiError> {
-        let bad = |what: &str| Err(ApiError::InvalidQuery(what.to_owned()));
-        if self
-            .limit
-            .is_some_and(|l| !(1..=MAX_HOSTS_PAGE).contains(&l))
-        {
-            return bad("limit must be 1 to 500");
-        }
-        if self.offset.is_some_and(|o| o > MAX_HOSTS_OFFSET) {
-            return bad("offset must be 0 to 1000000");
-        }
-        if self.offset.is_some() && self.cursor.is_some() {
-            return bad("give cursor or offset, not both");
-        }
-        if let Some(cursor) = &self.cursor
-            && cursor.parse::<HostId>().is_err()
-        {
-            return bad("cursor is not a host id");
-        }
-        if let Some(tenant) = &self.tenant
-            && tenant.parse::<keyward_common::TenantId>().is_err()
-        {
-            return bad("tenant is not a tenant id");
-        }
-        if let Some(status) = &self.status
-            && !HOST_STATUSES.contains(&status.as_str())
-        {
-            return bad("status must be pending, in_sync, applying, degraded or revoked");
-        }
-        if let Some(q) = &self.q
-            && (q.is_empty() || q.chars().count() > 64)
-        {
-            return bad("q must be 1 to 64 characters");
-        }
-        Ok(())
-    }
-
-    fn keeps(&self, view: &HostView) -> bool {
-        self.tenant.as_ref().is_none_or(|t| &view.tenant_id == t)
-            && self.status.as_ref().is_none_or(|s| view.status == s)
-            && self.connected.is_none_or(|c| view.connected == c)
-            && self.q.as_ref().is_none_or(|q| {
-                view.host_id.contains(q.as_str()) || view.tenant_id.contains(q.as_str())
-            })
-            && self
-                .cursor
-                .as_ref()
-                .is_none_or(|c| view.host_id.as_str() > c.as_str())
-    }
-}
-
-/// Hosts with their live status, sorted by host id, a page at a time: `X-Total-Count` is the
-/// number of hosts that match the filters, `X-Next-Cursor` (when there are more) the `cursor` of
-/// the next page. Bad parameters are 400 `invalid_query`.
+/// Hosts with their live status, a page at a time, filtered and sorted (by host id unless
+/// `sort` says otherwise): `X-Total-Count` is the number of hosts that match the filters,
+/// `X-Next-Cursor` (when there are more, in the default order) the `cursor` of the next page.
+/// Bad parameters are 400 `invalid_query`.
 #[utoipa::path(get, path = "/api/v1/admin/hosts", tag = "hosts", params(HostsQuery),
     responses((status = 200, body = Vec<HostView>, headers(
         ("X-Total-Count" = u64, description = "hosts matching the filters"),
-        ("X-Next-Cursor" = String, description = "the cursor of the next page, when there is one"))),
-        (status = 400, body = Problem)))]
+        ("X-Next-Cursor" = String, description = "the cursor of the next page, when there is one and the order is the default"))),
+        (status = 400, body = Problem, content_type = "application/problem+json",
+            description = "`invalid_query`: a parameter out of range or malformed, or `cursor` with a `sort` other than `hostId`")))]
 pub async fn list_hosts(
     State(state): State<AppState>,
     _admin: AdminCaller,
@@ -409,24 +320,16 @@ pub async fn list_hosts(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     query.check()?;
-    let mut views = host_views(&state).await?;
+    let views = host_views(&state).await?;
     if query.is_empty() {
         return Ok(Json(views).into_response());
     }
-    views.sort_by(|a, b| a.host_id.cmp(&b.host_id));
-    views.retain(|v| query.keeps(v));
-    let total = views.len();
-    let limit = query.limit.unwrap_or(DEFAULT_HOSTS_PAGE) as usize;
-    let offset = query.offset.unwrap_or(0) as usize;
-    let page: Vec<HostView> = views.into_iter().skip(offset).take(limit + 1).collect();
-    let more = page.len() > limit;
-    let page: Vec<HostView> = page.into_iter().take(limit).collect();
-    let mut response = Json(&page).into_response();
+    let page = query.page(views);
+    let mut response = Json(&page.hosts).into_response();
     let headers = response.headers_mut();
-    headers.insert("x-total-count", axum::http::HeaderValue::from(total));
-    if more
-        && let Some(last) = page.last()
-        && let Ok(cursor) = axum::http::HeaderValue::from_str(&last.host_id)
+    headers.insert("x-total-count", axum::http::HeaderValue::from(page.total));
+    if let Some(cursor) = page.next_cursor
+        && let Ok(cursor) = axum::http::HeaderValue::from_str(&cursor)
     {
         headers.insert("x-next-cursor", cursor);
     }

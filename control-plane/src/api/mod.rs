@@ -21,6 +21,7 @@ pub mod admin;
 pub mod auth;
 pub mod hosts;
 pub mod hosts_live;
+pub mod hosts_query;
 pub mod live;
 pub mod logins;
 pub mod ops;

@@ -472,6 +472,15 @@ async fn the_hosts_list_pages_filters_and_refuses_bad_parameters() {
     let connected = cp.admin_get("/api/v1/admin/hosts?connected=true").await;
     assert!(ids(&connected).is_empty());
 
+    // Other orders page by offset; they have no cursor.
+    let sorted = cp
+        .admin_get("/api/v1/admin/hosts?sort=-tenantId&limit=4&offset=1")
+        .await;
+    assert_eq!(sorted.status, 200, "{}", sorted.text());
+    assert_eq!(ids(&sorted), ["o-1", "o-2", "a-0", "a-1"]);
+    assert_eq!(sorted.header("x-total-count"), Some("10"));
+    assert_eq!(sorted.header("x-next-cursor"), None);
+
     for bad in [
         "limit=0",
         "limit=501",
@@ -484,6 +493,7 @@ async fn the_hosts_list_pages_filters_and_refuses_bad_parameters() {
         "connected=maybe",
         &format!("q={}", "x".repeat(65)),
         "sort=desc",
+        "sort=-tenantId&cursor=a-1",
     ] {
         cp.admin_get(&format!("/api/v1/admin/hosts?{bad}"))
             .await

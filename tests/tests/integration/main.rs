@@ -24,3 +24,4 @@ mod vault_policies;
 mod vault_store;
 mod vault_tls;
 mod web_ui;
+mod web_ui_fleet;

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::json;
 
 /// Signs in on the page with `token` and waits for the start page of its role.
-async fn sign_in(browser: &Browser, cp: &ControlPlane, token: &str, start: &str) {
+pub(crate) async fn sign_in(browser: &Browser, cp: &ControlPlane, token: &str, start: &str) {
     browser.goto(&format!("{}/", cp.url)).await;
     browser.wait_for("#signin #token", "the sign-in form").await;
     browser.type_into("#token", token).await;
