@@ -136,8 +136,8 @@ impl utoipa::Modify for BearerAuth {
 ///   when it needs a role, 403 (`forbidden`);
 /// - one with a JSON body answers 400 (`invalid_body`), 413 (`body_too_large`) and 415
 ///   (`unsupported_media_type`); one with parameters 400 (`invalid_id`, `invalid_query`);
-/// - every one can answer 503: the request timed out (`timeout`), or the database or Vault
-///   cannot be used;
+/// - every one that reads a token or a body can answer 503: the request timed out (`timeout`),
+///   or the database or Vault cannot be used (`readyz` says so itself; `healthz` reaches neither);
 /// - parameters named after an id carry its pattern ([`PARAMETER_GRAMMAR`]).
 struct ProblemResponses;
 
@@ -282,11 +282,14 @@ impl utoipa::Modify for ProblemResponses {
                         "`invalid_id`, `invalid_query`: a parameter is not what the schema says",
                     );
                 }
-                add(
-                    op,
-                    "503",
-                    "`timeout`, `database_unavailable`, `vault_unavailable` or `vault_sealed`",
-                );
+                // What reads a token or a body reaches the database; `healthz` reaches nothing.
+                if secured || op.request_body.is_some() {
+                    add(
+                        op,
+                        "503",
+                        "`timeout`, `database_unavailable`, `vault_unavailable` or `vault_sealed`",
+                    );
+                }
                 // Every error answer, whatever its handler said, is a problem document.
                 for (status, response) in op.responses.responses.iter_mut() {
                     let is_error = status.starts_with('4') || status.starts_with('5');
