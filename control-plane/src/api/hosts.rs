@@ -26,8 +26,10 @@ use crate::store::{DriftRecord, HostActivity, HostRecord, hash_token};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterHostRequest {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", min_length = 1, max_length = 63)]
     pub tenant_id: String,
-    /// Optional; a random id is made when absent. `^[a-z0-9][a-z0-9-]{0,62}$`.
+    /// Optional; a random id is made when absent.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", min_length = 1, max_length = 63)]
     pub host_id: Option<String>,
 }
 

@@ -30,14 +30,19 @@ pub struct LoginQuery {
     pub host_id: Option<String>,
     pub user: Option<String>,
     /// `admin`, `tenant` or `unmanaged`.
+    #[param(pattern = "^(admin|tenant|unmanaged)$")]
     pub key_kind: Option<String>,
     /// `accepted`, `failed`, `invalid_user`, `closed_preauth` or `disconnected`.
+    #[param(pattern = "^(accepted|failed|invalid_user|closed_preauth|disconnected)$")]
     pub outcome: Option<String>,
     /// RFC 3339; inclusive.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339; exclusive.
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<i64>,
@@ -48,6 +53,8 @@ pub struct LoginQuery {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     pub cursor: Option<i64>,
 }

@@ -9,7 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use keyward_common::TenantId;
+use keyward_common::{TenantId, UnixUser};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
@@ -112,7 +112,7 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         rotation::put_policy,
         rotation::delete_policy,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -127,6 +127,190 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The answers every operation can give besides its own, as problem documents, and the grammar
+/// of the parameters the server checks, so that the document tells what the server does:
+///
+/// - every `4xx`/`5xx` answer is `application/problem+json` ([`Problem`](crate::error::Problem));
+/// - an operation that takes a token can answer 401 (`unauthenticated`, `invalid_token`) and,
+///   when it needs a role, 403 (`forbidden`);
+/// - one with a JSON body answers 400 (`invalid_body`), 413 (`body_too_large`) and 415
+///   (`unsupported_media_type`); one with parameters 400 (`invalid_id`, `invalid_query`);
+/// - every one that reads a token or a body can answer 503: the request timed out (`timeout`),
+///   or the database or Vault cannot be used (`readyz` says so itself; `healthz` reaches neither);
+/// - parameters named after an id carry its pattern ([`PARAMETER_GRAMMAR`]).
+struct ProblemResponses;
+
+/// Operations that take a token but no particular role.
+const ANY_ROLE: [&str; 1] = ["whoami"];
+
+/// `rotate-all` job ids: `job_` and 16 lower-case hex digits.
+pub const JOB_ID_PATTERN: &str = "^job_[0-9a-f]{16}$";
+/// API token ids: `tok_` and 16 hex digits.
+pub const TOKEN_ID_PATTERN: &str = "^tok_[0-9a-fA-F]{16}$";
+
+/// Tenant and host ids: one grammar.
+const ID: Grammar = Grammar::Pattern(TenantId::PATTERN, TenantId::MAX_LEN);
+
+/// Path and query parameters by name, and the grammar the server holds them to.
+pub const PARAMETER_GRAMMAR: [(&str, Grammar); 9] = [
+    ("tenant_id", ID),
+    ("tenantId", ID),
+    ("host_id", ID),
+    ("hostId", ID),
+    (
+        "user",
+        Grammar::Pattern(UnixUser::PATTERN, UnixUser::MAX_LEN),
+    ),
+    ("job_id", Grammar::Pattern(JOB_ID_PATTERN, 20)),
+    ("token_id", Grammar::Pattern(TOKEN_ID_PATTERN, 20)),
+    ("kind", Grammar::OneOf(&["admin", "tenant"])),
+    (
+        "operation",
+        Grammar::OneOf(&["rotate", "regenerate", "revoke"]),
+    ),
+];
+
+/// What a parameter's value may be.
+#[derive(Debug, Clone, Copy)]
+pub enum Grammar {
+    /// A regular expression and the longest value.
+    Pattern(&'static str, usize),
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+}
+
+impl Grammar {
+    fn schema(self) -> utoipa::openapi::Schema {
+        use utoipa::openapi::{ObjectBuilder, Type};
+        let string = ObjectBuilder::new().schema_type(Type::String);
+        match self {
+            Grammar::Pattern(pattern, max) => string
+                .pattern(Some(pattern))
+                .min_length(Some(1))
+                .max_length(Some(max)),
+            Grammar::OneOf(words) => string.enum_values(Some(words.iter().copied())),
+        }
+        .into()
+    }
+}
+
+fn problem(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
+/// The content type of every error answer.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::path::Operation;
+        let add = |op: &mut Operation, status: &str, description: &str| {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| RefOr::T(problem(description)));
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                // `security(())`: an operation open to all (enrollment, health).
+                let secured = op.security.as_ref().is_none_or(|requirements| {
+                    requirements
+                        .iter()
+                        .any(|r| serde_json::to_value(r).is_ok_and(|v| v != serde_json::json!({})))
+                });
+                if secured {
+                    add(
+                        op,
+                        "401",
+                        "`unauthenticated` (no bearer token) or `invalid_token`",
+                    );
+                    if !op
+                        .operation_id
+                        .as_deref()
+                        .is_some_and(|id| ANY_ROLE.contains(&id))
+                    {
+                        add(op, "403", "`forbidden`: the token's role may not do this");
+                    }
+                }
+                if op.request_body.is_some() {
+                    add(
+                        op,
+                        "400",
+                        "`invalid_body`, `invalid_id`: the body is not what the schema says",
+                    );
+                    add(
+                        op,
+                        "413",
+                        "`body_too_large`: over the server's `max_body_bytes`",
+                    );
+                    add(
+                        op,
+                        "415",
+                        "`unsupported_media_type`: the body is not `application/json`",
+                    );
+                }
+                for param in op.parameters.iter_mut().flatten() {
+                    if let Some((_, grammar)) = PARAMETER_GRAMMAR
+                        .iter()
+                        .find(|(name, _)| *name == param.name)
+                    {
+                        param.schema = Some(RefOr::T(grammar.schema()));
+                    }
+                }
+                if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    add(
+                        op,
+                        "400",
+                        "`invalid_id`, `invalid_query`: a parameter is not what the schema says",
+                    );
+                }
+                // What reads a token or a body reaches the database; `healthz` reaches nothing.
+                if secured || op.request_body.is_some() {
+                    add(
+                        op,
+                        "503",
+                        "`timeout`, `database_unavailable`, `vault_unavailable` or `vault_sealed`",
+                    );
+                }
+                // Every error answer, whatever its handler said, is a problem document.
+                for (status, response) in op.responses.responses.iter_mut() {
+                    let is_error = status.starts_with('4') || status.starts_with('5');
+                    if let (true, RefOr::T(response)) = (is_error, response) {
+                        let mut description = std::mem::take(&mut response.description);
+                        if description.is_empty() {
+                            description = status
+                                .parse::<u16>()
+                                .ok()
+                                .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                                .and_then(|s| s.canonical_reason())
+                                .unwrap_or("error")
+                                .to_owned();
+                        }
+                        *response = problem(&description);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -294,16 +294,35 @@ impl From<&TokenRecord> for TokenSummary {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateTenantRequest {
-    /// `^[a-z0-9][a-z0-9-]{0,62}$`
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", min_length = 1, max_length = 63)]
     pub tenant_id: String,
     /// The VPS's address as tenants connect to it (IP address or DNS name).
+    #[schema(schema_with = vps_address_schema)]
     pub vps_ip: String,
     #[serde(default = "default_ssh_port")]
+    #[schema(minimum = 1, maximum = 65535, default = 22)]
     pub ssh_port: u16,
     /// The tenant's Unix user on the VPS.
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$", min_length = 1, max_length = 32)]
     pub ssh_username: String,
-    /// The platform's admin Unix user on the VPS.
+    /// The platform's admin Unix user on the VPS; not `sshUsername`.
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$", min_length = 1, max_length = 32)]
     pub admin_username: String,
+}
+
+/// An IP address (v4 or v6) or a DNS name.
+fn vps_address_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    let formatted = |format| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(format)))
+    };
+    OneOfBuilder::new()
+        .item(formatted(KnownFormat::Ipv4))
+        .item(formatted(KnownFormat::Ipv6))
+        .item(formatted(KnownFormat::Hostname).max_length(Some(253)))
+        .into()
 }
 
 fn default_ssh_port() -> u16 {
@@ -323,8 +342,11 @@ pub enum TokenRole {
 pub struct IssueTokenRequest {
     pub role: TokenRole,
     /// Required for the tenant role, refused for the admin role.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", min_length = 1, max_length = 63)]
     pub tenant_id: Option<String>,
+    /// At most 200 characters, none of them a control character.
     #[serde(default)]
+    #[schema(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$", max_length = 200)]
     pub label: String,
 }
 

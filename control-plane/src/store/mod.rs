@@ -166,18 +166,18 @@ impl Store {
             Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
             Backend::Postgres => None,
         };
-        // On SQLite the write lock is taken at BEGIN (IMMEDIATE), where a busy writer is waited
-        // for (busy_timeout). A deferred BEGIN would read first and then ask for the write lock,
-        // and SQLite answers that upgrade with "database is locked" at once, without waiting,
-        // while another connection holds the lock: as the transaction that failed just before
-        // this one does until its rollback has run (sqlx rolls a dropped transaction back
-        // asynchronously, after its guard is released). The audit event of that failure was
-        // then lost.
-        let begin = match self.backend {
+        // On SQLite a change takes the write lock as it begins (IMMEDIATE), where SQLite waits
+        // for another writer (busy_timeout). A deferred transaction reads first and asks for the
+        // write lock at its first write, and SQLite answers that upgrade with SQLITE_BUSY at once,
+        // without waiting, while another connection holds the lock: a write outside the writer
+        // lock (retention, the stale-job sweep, the agents' reports), or the transaction that
+        // failed just before this one until its rollback has run (sqlx rolls a dropped
+        // transaction back asynchronously, after its guard is released).
+        let mut tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
-        };
-        let mut tx = begin.map_err(query_error("starting a transaction"))?;
+        }
+        .map_err(query_error("starting a transaction"))?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
                 .bind(AUDIT_APPEND_LOCK)
@@ -250,5 +250,58 @@ pub fn redact_url(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+#[cfg(test)]
+mod sqlite_writer_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Found by the OpenAPI fuzz run: a key revocation answered 503 `database_unavailable`
+    /// while a refused `rotate-all` swept stale jobs. Some writes go to the pool directly, outside
+    /// the writer lock (that sweep, retention, the agents' reports); a change that had read
+    /// first then met SQLite's write lock held by one of them and failed at once with
+    /// SQLITE_BUSY (SQLite does not wait for a transaction that already reads). A change takes
+    /// the write lock when it begins, and waits for it there.
+    #[tokio::test]
+    async fn a_change_waits_for_a_write_outside_it_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&url, None).await.unwrap();
+        // Another connection holds the write lock for a moment, as a direct write does.
+        let mut other = store.pool.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE rotation_jobs SET status = status")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sqlx::query("COMMIT").execute(&mut *other).await.unwrap();
+        });
+        let event = NewAuditEvent {
+            at: "2026-01-01T00:00:00Z".into(),
+            actor_token_id: None,
+            actor_role: "system".into(),
+            action: "test.write",
+            tenant_id: None,
+            outcome: "success",
+            source_addr: None,
+            detail: serde_json::json!({}),
+        };
+        // Reads the chain head, then inserts: a read, then a write, in one transaction.
+        let change = async {
+            let mut tx = store.begin().await?;
+            tx.append_audit(&event).await?;
+            tx.commit().await
+        };
+        let result = change.await;
+        release.await.unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(store.verify_audit_chain().await.unwrap().checked, 1);
     }
 }

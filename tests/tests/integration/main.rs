@@ -13,6 +13,7 @@ mod bad_input;
 mod hostile_load;
 mod live_streams;
 mod login_ingest;
+mod openapi_fuzz;
 mod revocation_attacks;
 mod rotate_all;
 mod rotation;
