@@ -219,7 +219,7 @@ impl Sshd {
 
     /// Runs `command` over ssh as `user` (async); whether the login worked and the command's
     /// output.
-    pub async fn run_async(
+    pub async fn login_async(
         &self,
         key: &Path,
         user: &(impl AsRef<str> + ?Sized),
