@@ -15,7 +15,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod logins_support;
-mod support;
 
 use std::io::Write;
 use std::time::Duration;
@@ -23,8 +22,8 @@ use std::time::Duration;
 use keyward_agent::logins::audit::MAX_PER_CONNECTION;
 use keyward_agent::sessions::revoke;
 use keyward_common::proto::{LoginEvent, LoginOutcome};
-use logins_support::{Rsyslog, Sshd, audit, authorize, client_key, kex_inject, read_all};
-use support::{TestUser, homes_dir, wait_for};
+use keyward_test_support::{Sshd, TestUser, homes_dir, inject_kex_line, wait_for};
+use logins_support::{Rsyslog, audit, authorize, client_key, read_all};
 
 fn accepted<'a>(events: &'a [LoginEvent], ip: &str, port: u32) -> Vec<&'a LoginEvent> {
     events
@@ -50,7 +49,7 @@ fn port_of(events: &[LoginEvent], fingerprint: &str) -> u32 {
 fn a_kex_injected_accepted_line_is_read_as_unverified() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("fk", homes.path());
+    let user = TestUser::create_in("fk", homes.path());
     let name = user.name.to_string();
     let sshd = Sshd::start(work.path());
     let (key, key_path) = client_key(work.path(), "key");
@@ -62,7 +61,7 @@ fn a_kex_injected_accepted_line_is_read_as_unverified() {
     let forged = format!(
         "Accepted publickey for {name} from 203.0.113.7 port 4242 ssh2: ED25519 {fingerprint}"
     );
-    kex_inject(sshd.port, &forged);
+    inject_kex_line(sshd.port, &forged);
     wait_for(
         Duration::from_secs(10),
         "sshd to write the forged line",
@@ -101,7 +100,7 @@ fn logger_lines_through_rsyslog_are_read_as_unverified() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
     let syslog_dir = tempfile::tempdir().unwrap();
-    let user = TestUser::create("fl", homes.path());
+    let user = TestUser::create_in("fl", homes.path());
     let name = user.name.to_string();
     let sshd = Sshd::start(work.path());
     let (key, key_path) = client_key(work.path(), "key");
@@ -148,7 +147,7 @@ fn logger_lines_through_rsyslog_are_read_as_unverified() {
 fn a_flood_of_forged_accepted_lines_does_not_save_a_revoked_session() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("ff", homes.path());
+    let user = TestUser::create_in("ff", homes.path());
     let name = user.name.to_string();
     let sshd = Sshd::start(work.path());
     let (revoked, revoked_path) = client_key(work.path(), "revoked");

@@ -8,7 +8,6 @@
 
 mod logins_support;
 mod runtime_support;
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +25,9 @@ use keyward_common::proto::{
     ControlMessage, DesiredState, Key, KeyKind, LoginAck, LoginEvent, LoginOutcome, ManagedUser,
     Mode, control_message,
 };
-use logins_support::{Proc, Sshd, audit, authorize, client_key, read_all};
+use keyward_test_support::{Proc, Sshd, TestUser, homes_dir, wait_for};
+use logins_support::{audit, authorize, client_key, read_all};
 use runtime_support::{Enrolled, Lifetime, Pki, Session, TestHub, WAIT, within};
-use support::{TestUser, homes_dir, wait_for};
 
 /// The bound on a revoked session's end.
 const ENDS_WITHIN: Duration = Duration::from_secs(2);
@@ -109,7 +108,7 @@ fn tree_of(trees: &[SessionTree], port: u32) -> SessionTree {
 async fn revoking_a_key_ends_only_the_session_it_opened() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("lv", homes.path());
+    let user = TestUser::create_in("lv", homes.path());
     let name = user.name.to_string();
     let sshd = Sshd::start(work.path());
     let (revoked, revoked_path) = client_key(work.path(), "revoked");
@@ -232,7 +231,7 @@ async fn revoking_a_key_ends_only_the_session_it_opened() {
 fn a_session_the_log_does_not_attribute_is_ended() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("lu", homes.path());
+    let user = TestUser::create_in("lu", homes.path());
     let name = user.name.to_string();
     let sshd = Sshd::start(work.path());
     let (first, first_path) = client_key(work.path(), "first");

@@ -7,13 +7,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod logins_support;
-mod support;
 
 use std::fs;
 
 use keyward_common::proto::{LoginMethod, LoginOutcome};
-use logins_support::{Sshd, audit, authorize, client_key, read_all, summary};
-use support::{TestUser, homes_dir};
+use keyward_test_support::{Sshd, TestUser, homes_dir};
+use logins_support::{audit, authorize, client_key, read_all, summary};
 
 fn s(outcome: LoginOutcome, user: &str, fingerprint: &str) -> (String, String, String) {
     (
@@ -27,7 +26,7 @@ fn s(outcome: LoginOutcome, user: &str, fingerprint: &str) -> (String, String, S
 fn key_logins_refused_keys_and_unknown_users_are_events() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("la", homes.path());
+    let user = TestUser::create_in("la", homes.path());
     let sshd = Sshd::start(work.path());
     let (good, good_path) = client_key(work.path(), "good");
     let (bad, bad_path) = client_key(work.path(), "bad");
@@ -90,7 +89,7 @@ fn key_logins_refused_keys_and_unknown_users_are_events() {
 fn a_restarted_reader_neither_loses_nor_repeats() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("lr", homes.path());
+    let user = TestUser::create_in("lr", homes.path());
     let sshd = Sshd::start(work.path());
     let (key, key_path) = client_key(work.path(), "k");
     authorize(&user, &[&key]);
@@ -125,7 +124,7 @@ fn a_restarted_reader_neither_loses_nor_repeats() {
 fn a_log_rotated_by_rename_loses_nothing() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("lm", homes.path());
+    let user = TestUser::create_in("lm", homes.path());
     let sshd = Sshd::start(work.path());
     let (key, key_path) = client_key(work.path(), "k");
     authorize(&user, &[&key]);
@@ -167,7 +166,7 @@ fn a_log_rotated_by_rename_loses_nothing() {
 fn a_copy_truncated_log_loses_nothing() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("lc", homes.path());
+    let user = TestUser::create_in("lc", homes.path());
     let sshd = Sshd::start(work.path());
     let (key, key_path) = client_key(work.path(), "k");
     authorize(&user, &[&key]);

@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod logins_support;
-mod support;
 
 use std::io::Write;
 use std::time::Duration;
@@ -18,14 +17,14 @@ use std::time::Duration;
 use keyward_agent::procs;
 use keyward_agent::sessions::revoke;
 use keyward_common::proto::LoginOutcome;
-use logins_support::{Sshd, audit, authorize, client_key, read_all, tenant_sshd};
-use support::{TestUser, homes_dir, wait_for};
+use keyward_test_support::{Sshd, TestUser, homes_dir, wait_for};
+use logins_support::{audit, authorize, client_key, read_all, tenant_sshd};
 
 #[test]
 fn a_tenant_sshd_with_a_thousand_connections_does_not_stall_a_revocation() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("fs", homes.path());
+    let user = TestUser::create_in("fs", homes.path());
     let name = user.name.to_string();
     let sshd = Sshd::start(work.path());
     let (key, key_path) = client_key(work.path(), "key");

@@ -8,10 +8,8 @@
 mod support;
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -19,134 +17,26 @@ use keyward_agent::config::SshdTrust;
 use keyward_agent::sessions::{self, Role};
 use keyward_agent::writer;
 use keyward_common::authorized_keys::Mode;
-use keyward_common::keys::{GeneratedKey, KeyAlgorithm, KeyKind};
-use support::{TestUser, homes_dir, managed_key, require, wait_for};
-
-const SSHD: &str = "/usr/sbin/sshd";
-const SSH: &str = "/usr/bin/ssh";
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-}
-
-/// A private sshd on 127.0.0.1 with `StrictModes yes` and no PAM.
-struct Sshd {
-    proc: Proc,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Sshd {
-    fn start(dir: &Path) -> Sshd {
-        require(SSHD, "openssh-server");
-        require(SSH, "openssh-client");
-        // sshd insists on its privilege separation directory (the package makes it at boot).
-        fs::create_dir_all("/run/sshd").unwrap();
-        let host_key = GeneratedKey::generate(KeyAlgorithm::Ed25519, "host").unwrap();
-        let host_key_path = write_private_key(dir, "host_key", &host_key);
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "ListenAddress 127.0.0.1\n\
-                 HostKey {}\n\
-                 PidFile none\n\
-                 UsePAM no\n\
-                 StrictModes yes\n\
-                 PubkeyAuthentication yes\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 AuthorizedKeysFile .ssh/authorized_keys\n\
-                 LogLevel DEBUG1\n",
-                host_key_path.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("sshd.log");
-        let child = Command::new(SSHD)
-            .args(["-D", "-f"])
-            .arg(&config)
-            .args(["-p", &port.to_string(), "-E"])
-            .arg(&log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut sshd = Sshd {
-            proc: Proc(child),
-            port,
-            log,
-        };
-        wait_for(Duration::from_secs(10), "sshd to listen", || {
-            assert!(sshd.proc.running(), "sshd exited: {}", sshd.log_text());
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        sshd
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `ssh -i key user@127.0.0.1 command...` with no interaction and no known_hosts.
-    fn ssh(&self, key: &Path, user: &TestUser, command: &[&str]) -> Command {
-        let mut cmd = Command::new(SSH);
-        cmd.args(["-F", "/dev/null", "-i"])
-            .arg(key)
-            .args(["-p", &self.port.to_string()])
-            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
-            .arg(format!("{}@127.0.0.1", user.name))
-            .args(command)
-            .stdin(Stdio::null());
-        cmd
-    }
-}
-
-fn write_private_key(dir: &Path, name: &str, key: &GeneratedKey) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, key.private_openssh().as_bytes()).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
+use keyward_common::keys::KeyKind;
+use keyward_test_support::sshd::write_private_key;
+use keyward_test_support::{Proc, Sshd, TestUser, homes_dir, wait_for};
+use support::managed_key;
 
 #[test]
 fn end_sessions_ends_the_users_session_within_a_second_and_nothing_else() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let victim = TestUser::create("sv", homes.path());
-    let bystander = TestUser::create("sb", homes.path());
-    let sshd = Sshd::start(work.path());
+    let victim = TestUser::create_in("sv", homes.path());
+    let bystander = TestUser::create_in("sb", homes.path());
+    let sshd = Sshd::start_with_log_level(work.path(), "DEBUG1");
 
     let mut clients = Vec::new();
     for user in [&victim, &bystander] {
         let (key, managed) = managed_key(KeyKind::Tenant, 1);
         writer::apply(&user.name, Mode::Exclusive, &[managed], &[]).unwrap();
-        let key_path = write_private_key(work.path(), user.name.as_str(), &key);
+        let key_path = write_private_key(work.path(), user.name.as_str(), key.private_openssh());
         let client = sshd
-            .ssh(&key_path, user, &["sleep", "600"])
+            .ssh(&key_path, &user.name, &["sleep", "600"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -209,7 +99,7 @@ fn end_sessions_ends_the_users_session_within_a_second_and_nothing_else() {
             .is_empty()
     );
     let mut sshd = sshd;
-    assert!(sshd.proc.running(), "the listening sshd was killed");
+    assert!(sshd.running(), "the listening sshd was killed");
     assert!(TcpStream::connect(("127.0.0.1", sshd.port)).is_ok());
 
     // Leave nothing of the bystander running before userdel.
@@ -223,8 +113,8 @@ fn end_sessions_ends_the_users_session_within_a_second_and_nothing_else() {
 fn sshd_accepts_a_grace_key_and_refuses_an_expired_one() {
     let homes = homes_dir();
     let work = tempfile::tempdir().unwrap();
-    let user = TestUser::create("se", homes.path());
-    let sshd = Sshd::start(work.path());
+    let user = TestUser::create_in("se", homes.path());
+    let sshd = Sshd::start_with_log_level(work.path(), "DEBUG1");
 
     let (grace, mut grace_managed) = managed_key(KeyKind::Tenant, 2);
     grace_managed.expires_at = Some(Utc::now() + chrono::Duration::hours(1));
@@ -240,10 +130,10 @@ fn sshd_accepts_a_grace_key_and_refuses_an_expired_one() {
     let written = fs::read_to_string(user.authorized_keys()).unwrap();
     assert_eq!(written.matches("expiry-time=\"").count(), 2, "{written}");
 
-    let grace_path = write_private_key(work.path(), "grace", &grace);
-    let expired_path = write_private_key(work.path(), "expired", &expired);
+    let grace_path = write_private_key(work.path(), "grace", grace.private_openssh());
+    let expired_path = write_private_key(work.path(), "expired", expired.private_openssh());
     let out = sshd
-        .ssh(&grace_path, &user, &["echo", "in"])
+        .ssh(&grace_path, &user.name, &["echo", "in"])
         .output()
         .unwrap();
     assert!(
@@ -253,7 +143,7 @@ fn sshd_accepts_a_grace_key_and_refuses_an_expired_one() {
         sshd.log_text()
     );
     let out = sshd
-        .ssh(&expired_path, &user, &["echo", "in"])
+        .ssh(&expired_path, &user.name, &["echo", "in"])
         .output()
         .unwrap();
     assert!(!out.status.success(), "the expired key was accepted");

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use keyward_agent::writer;
 use keyward_common::authorized_keys::{self, ManagedKey, Mode};
 use keyward_common::keys::KeyKind;
+use keyward_test_support::{TestUser, homes_dir, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Gid, Pid, Uid};
 use rand::Rng;
-use support::{TestUser, homes_dir, managed_key, wait_for};
+use support::managed_key;
 
 const KILLS: usize = 50;
 /// Keys per content: enough that a write is more than one page.
@@ -112,7 +113,7 @@ impl Drop for KillOnDrop {
 #[test]
 fn a_writer_killed_at_random_moments_leaves_the_old_or_the_new_file_whole() {
     let homes = homes_dir();
-    let user = TestUser::create("crash", homes.path());
+    let user = TestUser::create_in("crash", homes.path());
     let work = tempfile::tempdir().unwrap();
     let target = format!("{}:{}:{}", user.uid, user.gid, user.home.display());
     fs::write(work.path().join("target"), target).unwrap();

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 use keyward_agent::writer::{self, Refusal, WriteError};
 use keyward_common::authorized_keys::{self, ManagedKey, Mode};
 use keyward_common::keys::KeyKind;
-use support::{TestUser, homes_dir, managed_key};
+use keyward_test_support::{TestUser, homes_dir};
+use support::managed_key;
 
 fn mode_of(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().mode() & 0o7777
@@ -121,8 +122,8 @@ fn assert_untouched(secret: &Secret) {
 #[test]
 fn both_modes_write_the_right_content_owner_and_mode_and_then_leave_the_file_alone() {
     let homes = homes_dir();
-    let admin = TestUser::create("adm", homes.path());
-    let tenant = TestUser::create("ten", homes.path());
+    let admin = TestUser::create_in("adm", homes.path());
+    let tenant = TestUser::create_in("ten", homes.path());
     let (_, admin_key) = managed_key(KeyKind::Admin, 1);
     let (_, tenant_key) = managed_key(KeyKind::Tenant, 4);
     let (own, _) = managed_key(KeyKind::Tenant, 0);
@@ -208,7 +209,7 @@ fn a_missing_user_is_reported() {
 fn authorized_keys_symlinked_to_a_root_file_is_replaced_and_the_file_is_not_read() {
     // sshd follows the link: leaving it (refusing to write) would pin whatever it points at.
     let homes = homes_dir();
-    let user = TestUser::create("sym", homes.path());
+    let user = TestUser::create_in("sym", homes.path());
     let secret = secret_file(homes.path());
     fs::create_dir(user.ssh_dir()).unwrap();
     user.own(&user.ssh_dir());
@@ -231,7 +232,7 @@ fn authorized_keys_symlinked_to_a_root_file_is_replaced_and_the_file_is_not_read
 fn authorized_keys_hard_linked_to_another_file_is_replaced_and_that_file_untouched() {
     // A hard link once made every write refused while sshd kept reading the stale file.
     let homes = homes_dir();
-    let user = TestUser::create("hln", homes.path());
+    let user = TestUser::create_in("hln", homes.path());
     let victim = secret_file(homes.path());
     fs::create_dir(user.ssh_dir()).unwrap();
     user.own(&user.ssh_dir());
@@ -251,8 +252,8 @@ fn authorized_keys_hard_linked_to_another_file_is_replaced_and_that_file_untouch
 #[test]
 fn ssh_dir_symlinked_to_another_users_ssh_is_moved_aside_and_theirs_untouched() {
     let homes = homes_dir();
-    let victim = TestUser::create("vic", homes.path());
-    let attacker = TestUser::create("att", homes.path());
+    let victim = TestUser::create_in("vic", homes.path());
+    let attacker = TestUser::create_in("att", homes.path());
     let (_, victim_key) = managed_key(KeyKind::Tenant, 1);
     let (_, attacker_key) = managed_key(KeyKind::Tenant, 2);
     writer::apply(
@@ -296,8 +297,8 @@ fn ssh_dir_symlinked_to_another_users_ssh_is_moved_aside_and_theirs_untouched() 
 #[test]
 fn unsafe_homes_and_ssh_dirs_are_refused() {
     let homes = homes_dir();
-    let user = TestUser::create("prm", homes.path());
-    let other = TestUser::create("oth", homes.path());
+    let user = TestUser::create_in("prm", homes.path());
+    let other = TestUser::create_in("oth", homes.path());
     let (_, key) = managed_key(KeyKind::Tenant, 1);
     let keys = std::slice::from_ref(&key);
     let apply = || writer::apply(&user.name, Mode::Preserve, keys, &[]);
@@ -370,7 +371,7 @@ fn unsafe_homes_and_ssh_dirs_are_refused() {
 #[test]
 fn stale_temp_files_are_removed_without_following_them() {
     let homes = homes_dir();
-    let user = TestUser::create("tmp", homes.path());
+    let user = TestUser::create_in("tmp", homes.path());
     let victim = secret_file(homes.path());
     let (_, key) = managed_key(KeyKind::Admin, 1);
     writer::apply(&user.name, Mode::Exclusive, std::slice::from_ref(&key), &[]).unwrap();
@@ -394,7 +395,7 @@ fn stale_temp_files_are_removed_without_following_them() {
 #[test]
 fn an_oversized_file_is_moved_aside_in_preserve_mode_and_replaced_in_exclusive_mode() {
     let homes = homes_dir();
-    let user = TestUser::create("big", homes.path());
+    let user = TestUser::create_in("big", homes.path());
     fs::create_dir(user.ssh_dir()).unwrap();
     user.own(&user.ssh_dir());
     let limits = writer::PreserveLimits::default();
@@ -437,7 +438,7 @@ fn an_oversized_file_is_moved_aside_in_preserve_mode_and_replaced_in_exclusive_m
 #[test]
 fn revoke_empties_the_file_and_sets_the_users_own_lines_aside() {
     let homes = homes_dir();
-    let user = TestUser::create("rvk", homes.path());
+    let user = TestUser::create_in("rvk", homes.path());
     let (_, managed) = managed_key(KeyKind::Tenant, 1);
     let (own_key, _) = managed_key(KeyKind::Tenant, 2);
     let (denied_key, _) = managed_key(KeyKind::Tenant, 3);
@@ -510,7 +511,7 @@ fn revoke_empties_the_file_and_sets_the_users_own_lines_aside() {
 #[test]
 fn preserve_keeps_user_bytes_and_drops_a_disguised_revoked_key() {
     let homes = homes_dir();
-    let tenant = TestUser::create("byt", homes.path());
+    let tenant = TestUser::create_in("byt", homes.path());
     let (_, tenant_key) = managed_key(KeyKind::Tenant, 2);
     let (own, _) = managed_key(KeyKind::Tenant, 0);
     let (revoked, _) = managed_key(KeyKind::Tenant, 1);

@@ -335,8 +335,8 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleReport> {
 
     let mut bao = OpenBao::start().await;
     let mut cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
-    let admin_user = TestUser::create("kwia");
-    let tenant_user = TestUser::create("kwit");
+    let admin_user = TestUser::create("ia");
+    let tenant_user = TestUser::create("it");
     admin(
         &cp,
         Method::POST,

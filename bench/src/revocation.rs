@@ -493,7 +493,7 @@ async fn round(
 ) -> anyhow::Result<(Round, String)> {
     let (key, public) = fresh_key(d).await?;
     let blob = blob_of(&public)?;
-    let mut session = d.sshd.open_session(&d.user.name, &key.path).await;
+    let mut session = d.sshd.open_session_async(&key.path, &d.user.name).await;
     if let Some((staller, attack)) = attack {
         let fingerprint = keyward_common::keys::public_key_fingerprint(&public)
             .context("fingerprinting the round's key")?
@@ -503,7 +503,7 @@ async fn round(
         let lines = loop {
             if let Some(lines) = fake_lines(
                 &d.sshd.log_text(),
-                &d.user.name,
+                d.user.name.as_str(),
                 &fingerprint,
                 &staller.ports,
             ) {
@@ -638,14 +638,14 @@ async fn chmod_loop(d: &Deployment, options: &Options, stray: &str) -> anyhow::R
     let pid = d.agent.pid().context("the agent is not running")?;
     let idle_after = wait_idle(pid).await;
     let path = d.user.authorized_keys();
-    append_as(&d.user.name, &path, &own_lines(options.grow_bytes)?).await?;
+    append_as(d.user.name.as_str(), &path, &own_lines(options.grow_bytes)?).await?;
     let grown_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let count = options.chmod_seconds * u64::from(options.chmods_per_second);
     let cpu_before =
         crate::sys::cpu_seconds_of(&pid.to_string()).context("reading the agent's CPU time")?;
     let started = Instant::now();
     let chmods = python_as(
-        &d.user.name,
+        d.user.name.as_str(),
         "python3",
         CHMOD_LOOP,
         &[
@@ -735,11 +735,11 @@ pub async fn run(options: &Options) -> anyhow::Result<RevocationReport> {
 
     // 3. Stall.
     let life = Duration::from_secs(120 + 60 * options.rounds as u64);
-    let mut staller = Staller::start(&d.user.name, options.connections, life).await?;
+    let mut staller = Staller::start(d.user.name.as_str(), options.connections, life).await?;
     let mut attack = Attack {
         connections: staller.ports.len(),
         log: d.sshd.log.clone(),
-        log_writable_by_tenant: writable_by(&d.user.name, &d.sshd.log).await,
+        log_writable_by_tenant: writable_by(d.user.name.as_str(), &d.sshd.log).await,
         ..Attack::default()
     };
     let stall = rounds(

@@ -8,8 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::process::Child;
 
-use crate::sshd::TestUser;
-use crate::{ControlPlane, eventually, workspace_root};
+use crate::{ControlPlane, TestUser, eventually, workspace_root};
 
 /// The agent binary built by `cargo build` (`make test` builds it before the tests run).
 pub fn agent_binary() -> PathBuf {

@@ -30,9 +30,9 @@ impl Deployment {
             KeyAlgorithm::Ed25519 => ControlPlane::start_fast(&bao, crate::Database::Sqlite).await,
             KeyAlgorithm::Rsa4096 => ControlPlane::start(&bao).await,
         };
-        let sshd = Sshd::start().await;
-        let admin = TestUser::create("kwa");
-        let user = TestUser::create("kwt");
+        let sshd = Sshd::start_async().await;
+        let admin = TestUser::create("a");
+        let user = TestUser::create("t");
         let tenant = unique_tenant("e2e");
         let created = cp
             .admin_post(
@@ -85,6 +85,9 @@ impl Deployment {
 
     /// Whether the tenant's user can log in with `key`.
     pub async fn tenant_login(&self, key: &KeyFile) -> bool {
-        self.sshd.login(&self.user.name, &key.path, "true").await.0
+        self.sshd
+            .login_async(&key.path, &self.user.name, "true")
+            .await
+            .0
     }
 }

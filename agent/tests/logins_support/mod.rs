@@ -1,16 +1,15 @@
-//! Debian's sshd on a loopback port writing its log to a file (`-E`, LogLevel VERBOSE, as the
-//! login audit reads it), ssh clients for one-shot logins and for sessions that stay open, and a
-//! login audit over the log. Needs `mod support;` beside it (users, keys, waits).
+//! The login audit's test parts: a login audit over sshd's file log (sshd itself, its ssh
+//! clients, users and waits are `keyward-test-support`'s), client keys, a tenant's process that
+//! looks like sshd, and Debian's rsyslogd run on its own.
 
 #![allow(dead_code, clippy::unwrap_used)] // each test file uses a different subset
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keyward_agent::config::LoginsConfig;
@@ -19,171 +18,13 @@ use keyward_agent::state_dir::StateDir;
 use keyward_common::keys::{GeneratedKey, KeyAlgorithm};
 use keyward_common::proto::LoginEvent;
 
-use crate::support::{TestUser, require, wait_for};
-
-pub const SSHD: &str = "/usr/sbin/sshd";
-pub const SSH: &str = "/usr/bin/ssh";
-
-/// A child process killed on drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    pub fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-}
-
-/// A private sshd on 127.0.0.1: public keys only, no PAM, `StrictModes yes`, VERBOSE log to
-/// `dir/sshd.log`.
-pub struct Sshd {
-    proc: Proc,
-    pub port: u16,
-    pub log: PathBuf,
-}
-
-impl Sshd {
-    pub fn start(dir: &Path) -> Sshd {
-        require(SSHD, "openssh-server");
-        require(SSH, "openssh-client");
-        // sshd insists on its privilege separation directory (the package makes it at boot).
-        fs::create_dir_all("/run/sshd").unwrap();
-        let host_key = GeneratedKey::generate(KeyAlgorithm::Ed25519, "host").unwrap();
-        let host_key_path = write_private_key(dir, "host_key", &host_key);
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "ListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes yes\n\
-                 PubkeyAuthentication yes\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\n\
-                 LogLevel VERBOSE\nMaxStartups 100\n",
-                host_key_path.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("sshd.log");
-        let child = Command::new(SSHD)
-            .args(["-D", "-f"])
-            .arg(&config)
-            .args(["-p", &port.to_string(), "-E"])
-            .arg(&log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut sshd = Sshd {
-            proc: Proc(child),
-            port,
-            log,
-        };
-        // Not probed with a connection: that would be a login event (closed before
-        // authentication) in the log under test.
-        wait_for(Duration::from_secs(10), "sshd to listen", || {
-            assert!(sshd.proc.running(), "sshd exited: {}", sshd.log_text());
-            sshd.log_text()
-                .contains("Server listening on ")
-                .then_some(())
-        });
-        sshd
-    }
-
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `ssh -i key user@127.0.0.1 command...`, no interaction, no known_hosts.
-    pub fn ssh(&self, key: &Path, user: &str, command: &[&str]) -> Command {
-        let mut cmd = Command::new(SSH);
-        cmd.args(["-F", "/dev/null", "-i"])
-            .arg(key)
-            .args(["-p", &self.port.to_string()])
-            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
-            .arg(format!("{user}@127.0.0.1"))
-            .args(command)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// A login that runs `true`; whether it worked. Returns once sshd logged the session's end
-    /// (or, for a refused login, the connection's close), so the log is complete.
-    pub fn login(&self, key: &Path, user: &str) -> bool {
-        let before = self.log_text().lines().count();
-        let out = self.ssh(key, user, &["true"]).output().unwrap();
-        wait_for(
-            Duration::from_secs(10),
-            "sshd to log the connection's end",
-            || {
-                let text = self.log_text();
-                let new: Vec<&str> = text.lines().skip(before).collect();
-                new.iter()
-                    .any(|l| {
-                        l.starts_with("Disconnected from user ")
-                            || l.starts_with("Connection closed by ")
-                            || l.starts_with("Disconnected from ")
-                    })
-                    .then_some(())
-            },
-        );
-        out.status.success()
-    }
-
-    /// A session that stays open (`sleep 600`) until ended from outside; returns once the
-    /// remote command runs.
-    pub fn open_session(&self, key: &Path, user: &str) -> Proc {
-        let mut child = self
-            .ssh(key, user, &["echo ready; exec sleep 600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let first = rx.recv_timeout(Duration::from_secs(15));
-        assert_eq!(
-            first.as_deref().map(str::trim),
-            Ok("ready"),
-            "the session did not open; sshd log:\n{}",
-            self.log_text()
-        );
-        Proc(child)
-    }
-}
-
-/// Writes a private key 0600 for `ssh -i`.
-pub fn write_private_key(dir: &Path, name: &str, key: &GeneratedKey) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, key.private_openssh().as_bytes()).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
+use keyward_test_support::sshd::write_private_key;
+use keyward_test_support::{Group, Proc, TestUser, require, wait_for};
 
 /// An Ed25519 key written for `ssh -i`.
 pub fn client_key(dir: &Path, name: &str) -> (GeneratedKey, PathBuf) {
     let key = GeneratedKey::generate(KeyAlgorithm::Ed25519, name).unwrap();
-    let path = write_private_key(dir, name, &key);
+    let path = write_private_key(dir, name, key.private_openssh());
     (key, path)
 }
 
@@ -231,86 +72,6 @@ pub fn summary(events: &[LoginEvent]) -> Vec<(String, String, String)> {
             (outcome, e.user.clone(), e.fingerprint.clone())
         })
         .collect()
-}
-
-/// Sends sshd on 127.0.0.1:`port` what an unauthenticated client may send: an SSH banner and a
-/// KEXINIT whose key-exchange name-list is `x`, newline, `line`, newline, `y`. sshd finds no
-/// common method and logs "Unable to negotiate … Their offer: " with the list as it came; into an
-/// `-E` file the newlines go unescaped, so `line` becomes a line of the log of its own.
-pub fn kex_inject(port: u16, line: &str) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(b"SSH-2.0-kwforge\r\n").unwrap();
-    // The server's banner.
-    let mut byte = [0u8; 1];
-    loop {
-        stream.read_exact(&mut byte).unwrap();
-        if byte[0] == b'\n' {
-            break;
-        }
-    }
-    let name_list = |text: &[u8]| {
-        let mut out = u32::try_from(text.len()).unwrap().to_be_bytes().to_vec();
-        out.extend_from_slice(text);
-        out
-    };
-    let mut payload = vec![20u8]; // SSH_MSG_KEXINIT
-    payload.extend_from_slice(&[7u8; 16]); // cookie
-    payload.extend(name_list(format!("x\n{line}\ny").as_bytes()));
-    for list in [
-        &b"ssh-ed25519"[..],
-        b"aes128-ctr",
-        b"aes128-ctr",
-        b"hmac-sha2-256",
-        b"hmac-sha2-256",
-        b"none",
-        b"none",
-        b"",
-        b"",
-    ] {
-        payload.extend(name_list(list));
-    }
-    payload.push(0); // first_kex_packet_follows
-    payload.extend_from_slice(&[0u8; 4]); // reserved
-    let mut padding = 8 - (payload.len() + 5) % 8;
-    if padding < 4 {
-        padding += 8;
-    }
-    let mut packet = u32::try_from(payload.len() + padding + 1)
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    packet.push(u8::try_from(padding).unwrap());
-    packet.extend(payload);
-    packet.extend(std::iter::repeat_n(0u8, padding));
-    stream.write_all(&packet).unwrap();
-    // sshd answers with its own KEXINIT and hangs up.
-    let mut sink = Vec::new();
-    let _ = stream.read_to_end(&mut sink);
-}
-
-/// A process group killed whole on drop (`runuser` forks the command it runs).
-pub struct Group(pub Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.0.wait();
-    }
-}
-
-impl Group {
-    pub fn running(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
 }
 
 /// A process of `user` that looks like sshd by everything a tenant controls: its argv0 is

@@ -26,24 +26,37 @@ async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
 
     // The tenant's downloaded key logs in as the tenant user; the admin key from Vault as admin.
     let tenant_key = d.download().await;
-    let (ok, who) = d.sshd.login(&d.user.name, &tenant_key.path, "id -un").await;
+    let (ok, who) = d
+        .sshd
+        .login_async(&tenant_key.path, &d.user.name, "id -un")
+        .await;
     assert!(ok, "tenant login failed; sshd log:\n{}", d.sshd.log_text());
-    assert_eq!(who, d.user.name);
+    assert_eq!(who, d.user.name.as_str());
     let (admin_secret, _) = d
         .bao
         .read_kv(&format!("{}/admin_ssh", d.tenant))
         .await
         .unwrap();
     let admin_key = KeyFile::write(admin_secret["private_key"].as_str().unwrap());
-    assert!(d.sshd.login(&d.admin.name, &admin_key.path, "true").await.0);
-    // Keys are not interchangeable between the users.
     assert!(
-        !d.sshd
-            .login(&d.admin.name, &tenant_key.path, "true")
+        d.sshd
+            .login_async(&admin_key.path, &d.admin.name, "true")
             .await
             .0
     );
-    assert!(!d.sshd.login(&d.user.name, &admin_key.path, "true").await.0);
+    // Keys are not interchangeable between the users.
+    assert!(
+        !d.sshd
+            .login_async(&tenant_key.path, &d.admin.name, "true")
+            .await
+            .0
+    );
+    assert!(
+        !d.sshd
+            .login_async(&admin_key.path, &d.user.name, "true")
+            .await
+            .0
+    );
 
     // The host reported its host keys; the tenant sees them to verify the first connection.
     let creds =
@@ -86,7 +99,7 @@ async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
     // Revoke: an open session ends, and no login works.
     let mut session = d
         .sshd
-        .open_session(&d.user.name, &regenerated_key.path)
+        .open_session_async(&regenerated_key.path, &d.user.name)
         .await;
     d.tenant_op("/revoke").await;
     Sshd::wait_session_end(&mut session, Duration::from_secs(10)).await;
@@ -96,7 +109,12 @@ async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
         "a revoked key logged in"
     );
     // The admin key is untouched by the tenant's revoke.
-    assert!(d.sshd.login(&d.admin.name, &admin_key.path, "true").await.0);
+    assert!(
+        d.sshd
+            .login_async(&admin_key.path, &d.admin.name, "true")
+            .await
+            .0
+    );
 
     let view = d.agent.view(&d.cp).await;
     assert_eq!(view["connected"], true);
@@ -302,7 +320,7 @@ async fn a_login_line_forged_through_key_exchange_is_stored_unverified() {
     let logins = format!("/api/v1/admin/audit/logins?tenantId={}", d.tenant);
 
     // A genuine session that stays open: its login is verified, and is the host's last login.
-    let mut session = d.sshd.open_session(&d.user.name, &key.path).await;
+    let mut session = d.sshd.open_session_async(&key.path, &d.user.name).await;
     let genuine = eventually(
         "the genuine login at the control plane",
         Duration::from_secs(10),
@@ -330,7 +348,7 @@ async fn a_login_line_forged_through_key_exchange_is_stored_unverified() {
         "Accepted publickey for {} from 203.0.113.7 port 4242 ssh2: ED25519 {fingerprint}",
         d.admin.name
     );
-    d.sshd.inject_kex_line(&forged).await;
+    d.sshd.inject_kex_line_async(&forged).await;
     assert!(
         d.sshd.log_text().lines().any(|l| l.trim_end() == forged),
         "sshd did not write the forged line:\n{}",

@@ -72,8 +72,8 @@ enum Which {
 
 #[tokio::test]
 async fn sshd_logs_in_exactly_when_keyward_reads_the_key() {
-    let sshd = Sshd::start().await;
-    let user = TestUser::create("kwp");
+    let sshd = Sshd::start_async().await;
+    let user = TestUser::create("p");
     let ed = GeneratedKey::generate(KeyAlgorithm::Ed25519, "e").unwrap();
     let rsa = GeneratedKey::generate(KeyAlgorithm::Rsa4096, "r").unwrap();
     let other = GeneratedKey::generate(KeyAlgorithm::Ed25519, "o").unwrap();
@@ -228,7 +228,7 @@ async fn sshd_logs_in_exactly_when_keyward_reads_the_key() {
         let says = parse_line(line).map(|k| k.fingerprint);
         let is_key = says.as_ref() == Some(key.fingerprint());
         install(&user, line);
-        let (ok, _) = sshd.login(&user.name, &file.path, "true").await;
+        let (ok, _) = sshd.login_async(&file.path, &user.name, "true").await;
         assert_eq!(
             ok,
             is_key && *options_ok,

@@ -18,7 +18,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 /// Runs a shell command as `user` (the tenant attacking from its own shell).
 fn as_user(user: &TestUser, script: &str) {
     let out = Command::new("runuser")
-        .args(["-u", &user.name, "--", "sh", "-c", script])
+        .args(["-u", user.name.as_str(), "--", "sh", "-c", script])
         .current_dir(&user.home)
         .env("HOME", &user.home)
         .output()
@@ -73,7 +73,7 @@ async fn a_replaced_key_is_dead_its_session_ends_and_a_copy_written_back_is_remo
     let d = Deployment::start(KeyAlgorithm::Ed25519).await;
     let old = d.download().await;
     let old_line = public_line(&old.path);
-    let mut session = d.sshd.open_session(&d.user.name, &old.path).await;
+    let mut session = d.sshd.open_session_async(&old.path, &d.user.name).await;
 
     // Regenerate: the old key's session ends (it once survived regenerate and even revoke).
     d.tenant_op("/regenerate").await;
@@ -135,8 +135,8 @@ async fn revoke_empties_the_account_and_sets_the_tenants_own_lines_aside() {
         d.tenant_login(&own).await.then_some(())
     })
     .await;
-    let mut own_session = d.sshd.open_session(&d.user.name, &own.path).await;
-    let mut managed_session = d.sshd.open_session(&d.user.name, &managed.path).await;
+    let mut own_session = d.sshd.open_session_async(&own.path, &d.user.name).await;
+    let mut managed_session = d.sshd.open_session_async(&managed.path, &d.user.name).await;
 
     d.tenant_op("/revoke").await;
     // Every session ends, the file holds no line at all, and no key logs in.

@@ -259,12 +259,12 @@ async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
     let download = cp.tenant_call(&token, Method::POST, "/download").await;
     assert_eq!(download.status, 200, "{}", download.text());
     let key = KeyFile::write(&download.text());
-    let mut session = sshd.open_session(&user.name, &key.path).await;
+    let mut session = sshd.open_session_async(&key.path, &user.name).await;
     browser
         .wait_text(
             &format!("{row} td[data-label=\"Last login\"]"),
             "the login on the live table",
-            |t| t.contains(&user.name),
+            |t| t.contains(user.name.as_str()),
         )
         .await;
     let _ = session.start_kill();
@@ -389,7 +389,7 @@ async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
     );
     browser
         .wait_text("#logins tbody", "the tenant's login history", |t| {
-            t.contains(&user.name) && t.contains("accepted")
+            t.contains(user.name.as_str()) && t.contains("accepted")
         })
         .await;
     browser.screenshot("tenant-with-host").await;

@@ -1,0 +1,315 @@
+//! Debian's sshd on a free loopback port, writing a file log (`-E`), and `ssh` clients for it:
+//! one-shot logins and sessions that stay open, both as blocking calls (the agent's tests) and
+//! as async ones (the integration tests, whose control plane runs on the same runtime).
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::poll::wait_for;
+use crate::proc::Proc;
+use crate::require::require;
+
+pub const SSHD: &str = "/usr/sbin/sshd";
+pub const SSH: &str = "/usr/bin/ssh";
+const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+
+/// A private sshd on 127.0.0.1: public keys only, no PAM, `StrictModes yes`, its log in
+/// [`Sshd::log`] (LogLevel VERBOSE unless started with another). Killed on drop.
+#[derive(Debug)]
+pub struct Sshd {
+    pub port: u16,
+    pub log: PathBuf,
+    /// Holds `ssh_host_ed25519_key` and `.pub`, the host key sshd offers.
+    pub host_key_dir: PathBuf,
+    proc: Proc,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Sshd {
+    /// sshd with its config, host key and log (`sshd.log`) in `dir`, LogLevel VERBOSE (what
+    /// the login audit reads).
+    pub fn start(dir: &Path) -> Sshd {
+        Self::start_with_log_level(dir, "VERBOSE")
+    }
+
+    /// sshd with its files in a temporary directory of its own.
+    pub fn start_temp() -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sshd = Self::start(dir.path());
+        sshd._dir = Some(dir);
+        sshd
+    }
+
+    /// [`Sshd::start_temp`] for async tests, off the runtime's threads.
+    pub async fn start_async() -> Sshd {
+        tokio::task::spawn_blocking(Self::start_temp).await.unwrap()
+    }
+
+    /// sshd with `LogLevel level` (e.g. `DEBUG1`, which says why a key was refused). Returns
+    /// once its log says it listens (bounded), trying another free port if one was taken in
+    /// between. It is not probed with a connection: that would be a login event (closed before
+    /// authentication) in the log under test.
+    pub fn start_with_log_level(dir: &Path, level: &str) -> Sshd {
+        require(SSHD, "openssh-server");
+        require(SSH, "openssh-client");
+        require(SSH_KEYGEN, "openssh-client");
+        // sshd insists on its privilege separation directory (the package makes it at boot).
+        fs::create_dir_all("/run/sshd").unwrap();
+        let host_key = dir.join("ssh_host_ed25519_key");
+        let out = Command::new(SSH_KEYGEN)
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes yes\n\
+                 PubkeyAuthentication yes\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\n\
+                 LogLevel {level}\nMaxStartups 100\n",
+                host_key.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("sshd.log");
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let _ = fs::remove_file(&log);
+            let child = Command::new(SSHD)
+                .args(["-D", "-f"])
+                .arg(&config)
+                .args(["-p", &port.to_string(), "-E"])
+                .arg(&log)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {SSHD}: {e}"));
+            let mut sshd = Sshd {
+                port,
+                log: log.clone(),
+                host_key_dir: dir.to_path_buf(),
+                proc: Proc(child),
+                _dir: None,
+            };
+            let listening = wait_for(Duration::from_secs(10), "sshd to listen", || {
+                if !sshd.running() {
+                    return Some(false);
+                }
+                sshd.log_text()
+                    .contains("Server listening on ")
+                    .then_some(true)
+            });
+            if listening {
+                return sshd;
+            }
+        }
+        panic!(
+            "sshd did not start; its last log:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Whether the listening sshd still runs.
+    pub fn running(&mut self) -> bool {
+        self.proc.running()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `ssh -i key user@127.0.0.1 command...`, no interaction, no known_hosts.
+    pub fn ssh(&self, key: &Path, user: &(impl AsRef<str> + ?Sized), command: &[&str]) -> Command {
+        let mut cmd = Command::new(SSH);
+        cmd.args(self.ssh_args(key, user.as_ref()))
+            .args(command)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn ssh_args(&self, key: &Path, user: &str) -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-i",
+            key.to_str().expect("a utf-8 key path"),
+            "-p",
+            &self.port.to_string(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+            &format!("{user}@127.0.0.1"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// A login that runs `true`; whether it worked. Returns once sshd logged the session's end
+    /// (or, for a refused login, the connection's close), so the log is complete.
+    pub fn login(&self, key: &Path, user: &(impl AsRef<str> + ?Sized)) -> bool {
+        let before = self.log_text().lines().count();
+        let out = self.ssh(key, user, &["true"]).output().unwrap();
+        wait_for(
+            Duration::from_secs(10),
+            "sshd to log the connection's end",
+            || {
+                let text = self.log_text();
+                let new: Vec<&str> = text.lines().skip(before).collect();
+                new.iter()
+                    .any(|l| {
+                        l.starts_with("Disconnected from user ")
+                            || l.starts_with("Connection closed by ")
+                            || l.starts_with("Disconnected from ")
+                    })
+                    .then_some(())
+            },
+        );
+        out.status.success()
+    }
+
+    /// A session that stays open (`sleep 600`) until ended from outside; returns once the
+    /// remote command runs.
+    pub fn open_session(&self, key: &Path, user: &(impl AsRef<str> + ?Sized)) -> Proc {
+        let mut child = self
+            .ssh(key, user, &["echo ready; exec sleep 600"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let first = rx.recv_timeout(Duration::from_secs(15));
+        assert_eq!(
+            first.as_deref().map(str::trim),
+            Ok("ready"),
+            "the session did not open; sshd log:\n{}",
+            self.log_text()
+        );
+        Proc(child)
+    }
+
+    /// Runs `command` over ssh as `user` (async); whether the login worked and the command's
+    /// output.
+    pub async fn login_async(
+        &self,
+        key: &Path,
+        user: &(impl AsRef<str> + ?Sized),
+        command: &str,
+    ) -> (bool, String) {
+        let out = tokio::process::Command::new(SSH)
+            .args(self.ssh_args(key, user.as_ref()))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    }
+
+    /// [`Sshd::open_session`] for async tests: the ssh client (killed on drop) once the remote
+    /// command runs.
+    pub async fn open_session_async(
+        &self,
+        key: &Path,
+        user: &(impl AsRef<str> + ?Sized),
+    ) -> tokio::process::Child {
+        let mut child = tokio::process::Command::new(SSH)
+            .args(self.ssh_args(key, user.as_ref()))
+            .arg("echo ready; exec sleep 600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("the session to open")
+            .unwrap();
+        assert_eq!(
+            first.as_deref(),
+            Some("ready"),
+            "the session did not open; sshd log:\n{}",
+            self.log_text()
+        );
+        child
+    }
+
+    /// Waits until an async ssh client exits (its session was ended), at most `within`.
+    pub async fn wait_session_end(session: &mut tokio::process::Child, within: Duration) {
+        let ended = tokio::time::timeout(within, session.wait()).await;
+        assert!(
+            ended.is_ok(),
+            "the SSH session did not end within {within:?}"
+        );
+    }
+
+    /// Forges `line` into this sshd's log ([`crate::kex::inject_kex_line`]).
+    pub fn inject_kex_line(&self, line: &str) {
+        crate::kex::inject_kex_line(self.port, line);
+    }
+
+    /// [`Sshd::inject_kex_line`] for async tests, off the runtime's threads.
+    pub async fn inject_kex_line_async(&self, line: &str) {
+        let (port, line) = (self.port, line.to_owned());
+        tokio::task::spawn_blocking(move || crate::kex::inject_kex_line(port, &line))
+            .await
+            .unwrap();
+    }
+}
+
+/// A private key on disk, 0600, for `ssh -i`, in a temporary directory of its own.
+#[derive(Debug)]
+pub struct KeyFile {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl KeyFile {
+    pub fn write(private_key: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_private_key(dir.path(), "id", private_key);
+        Self { path, _dir: dir }
+    }
+}
+
+/// Writes a private key (OpenSSH format) 0600 as `dir/name`, for `ssh -i`.
+pub fn write_private_key(dir: &Path, name: &str, private_key: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, private_key).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
