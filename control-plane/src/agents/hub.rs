@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn changed_hosts_are_named_until_there_are_too_many() {
         let hub = Hub::default();
-        let mut changes = hub.subscribe_changes();
+        let changes = hub.subscribe_changes();
         let (h1, t1) = ids("vps-1", "acme");
         let (h2, _) = ids("vps-2", "acme");
         hub.host_changed(&h1);
