@@ -73,6 +73,9 @@ pub struct Options {
     pub before_exe: Option<PathBuf>,
     /// What the other binary is (for the report).
     pub before_label: String,
+    /// The `keyward-bench` binary whose control plane is "this build"; this process's own
+    /// binary when `None` (a test binary names it: it is not `keyward-bench` itself).
+    pub control_plane_exe: Option<PathBuf>,
     pub smoke: bool,
 }
 
@@ -91,6 +94,7 @@ impl Options {
             tenant_every: Duration::from_millis(50),
             before_exe: None,
             before_label: "before".into(),
+            control_plane_exe: None,
             smoke: false,
         }
     }
@@ -970,7 +974,15 @@ pub async fn run(options: &Options, progress: bool) -> anyhow::Result<LiveReport
     if let Some(before) = &options.before_exe {
         runs.push(run_one(options, &options.before_label, Some(before), progress).await?);
     }
-    runs.push(run_one(options, "this build", None, progress).await?);
+    runs.push(
+        run_one(
+            options,
+            "this build",
+            options.control_plane_exe.as_deref(),
+            progress,
+        )
+        .await?,
+    );
     Ok(LiveReport {
         options: options.clone(),
         started_at,
