@@ -11,6 +11,8 @@
 //! - [`fanout`]: rotate-all of N Ed25519 tenants, from the call to every host's acknowledgement.
 //! - [`revocation`]: revoke → key gone from the file and its session ended, plain and with a
 //!   tenant stalling the agent; the agent's CPU under a tenant's chmod loop.
+//! - [`live_hosts`]: the live hosts view with 10,000 hosts reporting and 500 admins watching:
+//!   control plane CPU and memory, bytes per stream per host change, a tenant's request latency.
 //! - [`fleet`]: simulated hosts, each a tenant with an enrolled agent running in this process.
 //! - [`stats`], [`report`]: summaries, Markdown tables and the sections of `BENCHMARKS.md`.
 //! - [`machine`], [`sys`]: what the numbers were measured on, and the process's limits.
@@ -21,6 +23,7 @@ pub mod fanout;
 pub mod fleet;
 pub mod ingest;
 pub mod keygen;
+pub mod live_hosts;
 pub mod machine;
 pub mod propagation;
 pub mod report;

@@ -46,6 +46,8 @@ enum Command {
     /// Revoke → key gone from the file and its session ended, plain and under a stall attack;
     /// agent CPU under a chmod loop.
     Revocation(keyward_bench::revocation::Args),
+    /// The live hosts view: N hosts reporting, M admin streams, hosts changing at a fixed rate.
+    LiveHosts(keyward_bench::live_hosts::Args),
     /// A control plane in this process until stdin closes (used by `streams`).
     #[command(hide = true)]
     ControlPlaneChild,
@@ -132,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Keygen(args) => keyward_bench::keygen::command(args).await,
         Command::RotateAll(args) => keyward_bench::rotate_all::command(args).await,
         Command::Revocation(args) => keyward_bench::revocation::command(args).await,
+        Command::LiveHosts(args) => keyward_bench::live_hosts::command(args).await,
         Command::ControlPlaneChild => keyward_bench::cluster::serve_child().await,
         Command::All(args) => {
             let tmpfs = args

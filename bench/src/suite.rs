@@ -86,6 +86,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "login events stored per second",
                 &["ingest", "--events", "200", "--batch", "50"],
             ),
+            step(
+                "live-hosts",
+                "hosts stream: CPU, bytes per host change, tenant latency",
+                &["live-hosts", "--smoke"],
+            ),
         ]
     } else {
         vec![
@@ -139,6 +144,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "fanout 10,000",
                 "Ed25519 rotate-all → every ack",
                 &["fanout", "--agents", "10000", "--dir", &tmpfs],
+            ),
+            step(
+                "live-hosts 10,000",
+                "hosts stream: 500 admins, 10,000 hosts, CPU, bytes per host change",
+                &["live-hosts"],
             ),
         ]
     };

@@ -1,11 +1,12 @@
 //! The scale benchmarks' smoke modes still run end to end (real OpenBao, the control plane,
 //! agents): `streams` (the control plane in a child process holding 3 streams), `fanout`
 //! (rotate-all of 3 Ed25519 tenants to their connected hosts) and `propagation` with the control
-//! plane in a child process (as 10,000 agents run it). Timings are not checked.
+//! plane in a child process (as 10,000 agents run it), and `live-hosts` (3 then 6 hosts, 3 admin
+//! streams). Timings are not checked.
 
 #![allow(clippy::unwrap_used)]
 
-use keyward_bench::{fanout, streams};
+use keyward_bench::{fanout, live_hosts, streams};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_smoke_measures_the_control_plane_apart_from_the_agents() {
@@ -58,4 +59,31 @@ async fn propagation_smoke_with_the_control_plane_in_its_own_process() {
     assert!(report.separate_control_plane);
     assert_eq!(report.agents_connected, 2, "{:?}", report.stopped_by);
     assert_eq!((report.propagation_ms.len(), report.lost), (5, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_hosts_smoke_grows_the_fleet_and_sends_only_changed_hosts() {
+    let options = live_hosts::Options {
+        control_plane_exe: Some(env!("CARGO_BIN_EXE_keyward-bench").into()),
+        ..live_hosts::Options::smoke()
+    };
+    let report = live_hosts::run(&options, false).await.unwrap();
+    let [run] = &report.runs[..] else {
+        panic!("one control plane without --before-exe")
+    };
+    assert_eq!(run.stopped_by, None);
+    let sizes: Vec<(usize, usize)> = run.fleets.iter().map(|f| (f.hosts, f.connected)).collect();
+    assert_eq!(sizes, [(3, 3), (6, 6)]);
+    for fleet in &run.fleets {
+        assert_eq!(fleet.streams_open, 3);
+        assert!(fleet.snapshot_bytes > 0);
+        let changes: u64 = fleet.samples.iter().map(|s| s.changes).sum();
+        let views: u64 = fleet.samples.iter().map(|s| s.views_received).sum();
+        assert!(changes > 0);
+        // Never the table again: at most one host view per change (a late delta may fall
+        // after its case).
+        assert!(views <= changes, "{views} host views for {changes} changes");
+    }
+    let section = live_hosts::markdown(&report, "keyward-bench live-hosts --smoke");
+    assert!(section.contains("| 6 (6) | 2 changes/s |"), "{section}");
 }

@@ -24,6 +24,7 @@ fn the_whole_suite_runs_in_smoke_mode() {
         "rest",
         "revocation",
         "ingest",
+        "live-hosts",
     ] {
         assert!(
             summary

@@ -164,8 +164,10 @@ fn spawn_report_writer(lifecycle: Arc<KeyLifecycle>) -> mpsc::Sender<HostReport>
                     }
                 }
             }
+            lifecycle
+                .agents()
+                .these_hosts_changed(batch.iter().map(HostReport::host));
             batch.clear();
-            lifecycle.agents().hosts_changed();
         }
     });
     tx
@@ -347,7 +349,7 @@ impl Session {
     /// refusal that ends the stream.
     async fn handle(&self, message: AgentMessage) -> Result<Option<u64>, Status> {
         let handled = self.handle_message(message).await;
-        self.service.lifecycle.agents().hosts_changed();
+        self.service.lifecycle.agents().host_changed(&self.host);
         handled
     }
 

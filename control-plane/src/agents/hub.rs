@@ -3,7 +3,7 @@
 //! Streams are level-triggered: waking one makes it rebuild the host's whole state from SQL, so
 //! any number of changes in between collapse into one message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -86,6 +86,26 @@ impl Default for Revocations {
     }
 }
 
+/// Host ids named as changed before [`Hub::take_changed`] takes them, at most: past this the
+/// hosts view reads every host instead (as after a change that names no host).
+pub const CHANGED_HOSTS_LIMIT: usize = 1024;
+
+/// What changed since the hosts view last looked ([`Hub::take_changed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Only these hosts (possibly none).
+    Hosts(HashSet<HostId>),
+    /// Any host: a change that names no host (a tenant's hosts' desired state), or more than
+    /// [`CHANGED_HOSTS_LIMIT`] hosts.
+    All,
+}
+
+impl Default for Changed {
+    fn default() -> Self {
+        Self::Hosts(HashSet::new())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Hub {
     connections: Mutex<Connections>,
@@ -94,6 +114,8 @@ pub struct Hub {
     /// Bumped whenever something an admin sees of a host may have changed (a stream came or
     /// went, an acknowledgement, a hello, drift, an error, a login): the live hosts view follows it.
     changes: watch::Sender<u64>,
+    /// Which hosts changed since the hosts view last took them, so that it reads those alone.
+    changed: Mutex<Changed>,
 }
 
 /// What a stream holds while it lives.
@@ -133,7 +155,7 @@ impl Hub {
             let _ = old.cut.send(true);
         }
         metrics::gauge!("keyward_agents_connected").set(connected as f64);
-        self.hosts_changed();
+        self.host_changed(host);
         Registration {
             id,
             wake: wake_rx,
@@ -149,7 +171,7 @@ impl Hub {
         }
         metrics::gauge!("keyward_agents_connected").set(connections.by_host.len() as f64);
         drop(connections);
-        self.hosts_changed();
+        self.host_changed(host);
     }
 
     /// The tenant's keys changed: wake every connected host of the tenant.
@@ -173,12 +195,46 @@ impl Hub {
             let _ = connection.cut.send(true);
         }
         self.publish_revoked(Revoked::Host(host.clone()));
-        self.hosts_changed();
+        self.host_changed(host);
     }
 
-    /// Something an admin sees of some host changed (see [`Hub::subscribe_changes`]).
+    fn changed_lock(&self) -> std::sync::MutexGuard<'_, Changed> {
+        self.changed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Something an admin sees of some host changed, and which host is not known: the hosts
+    /// view reads every host (see [`Hub::subscribe_changes`]).
     pub fn hosts_changed(&self) {
+        *self.changed_lock() = Changed::All;
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Something an admin sees of `host` changed: the hosts view reads that host.
+    pub fn host_changed(&self, host: &HostId) {
+        self.these_hosts_changed(std::iter::once(host));
+    }
+
+    /// Something an admin sees of each of `hosts` changed (one signal for all of them).
+    pub fn these_hosts_changed<'a>(&self, hosts: impl IntoIterator<Item = &'a HostId>) {
+        {
+            let mut changed = self.changed_lock();
+            if let Changed::Hosts(set) = &mut *changed {
+                for host in hosts {
+                    if set.len() >= CHANGED_HOSTS_LIMIT && !set.contains(host) {
+                        *changed = Changed::All;
+                        break;
+                    }
+                    set.insert(host.clone());
+                }
+            }
+        }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The hosts changed since the last call (what [`Hub::subscribe_changes`] signalled), and
+    /// forgets them. There is one taker: the replica's hosts view.
+    pub fn take_changed(&self) -> Changed {
+        std::mem::take(&mut *self.changed_lock())
     }
 
     /// Follows [`Hub::hosts_changed`]: the receiver sees a new value after each change (several
@@ -251,5 +307,47 @@ mod tests {
         assert!(!hub.lock().by_tenant.contains_key(&t1));
         hub.tenant_changed(&t2);
         assert!(r3.wake.has_changed().unwrap_or(false));
+    }
+
+    #[test]
+    fn changed_hosts_are_named_until_there_are_too_many() {
+        let hub = Hub::default();
+        let changes = hub.subscribe_changes();
+        let (h1, t1) = ids("vps-1", "acme");
+        let (h2, _) = ids("vps-2", "acme");
+        hub.host_changed(&h1);
+        hub.these_hosts_changed([&h1, &h2]);
+        assert!(changes.has_changed().unwrap_or(false));
+        assert_eq!(
+            hub.take_changed(),
+            Changed::Hosts([h1.clone(), h2.clone()].into_iter().collect())
+        );
+        // Taken: nothing until the next change.
+        assert_eq!(hub.take_changed(), Changed::default());
+        // A stream that comes and goes names its host.
+        let r1 = hub.register(&h1, &t1);
+        hub.unregister(&h1, r1.id);
+        assert_eq!(
+            hub.take_changed(),
+            Changed::Hosts(std::iter::once(h1.clone()).collect())
+        );
+        // A tenant's desired state, or a change naming no host: every host.
+        hub.tenant_changed(&t1);
+        hub.host_changed(&h2);
+        assert_eq!(hub.take_changed(), Changed::All);
+        hub.hosts_changed();
+        assert_eq!(hub.take_changed(), Changed::All);
+        // Past the limit: every host.
+        let many: Vec<HostId> = (0..=CHANGED_HOSTS_LIMIT)
+            .map(|i| {
+                format!("vps-{i}")
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!())
+            })
+            .collect();
+        hub.these_hosts_changed(&many[..CHANGED_HOSTS_LIMIT]);
+        assert!(matches!(hub.take_changed(), Changed::Hosts(s) if s.len() == CHANGED_HOSTS_LIMIT));
+        hub.these_hosts_changed(&many);
+        assert_eq!(hub.take_changed(), Changed::All);
     }
 }

@@ -234,7 +234,7 @@ pub async fn register_host(
             })
         })
         .await?;
-    lifecycle.agents().hosts_changed();
+    lifecycle.agents().host_changed(&host);
     Ok((
         StatusCode::CREATED,
         Json(HostRegistration {
@@ -294,7 +294,7 @@ pub async fn enroll(
         }
     };
     let (host, tenant, issued) = enrolled;
-    lifecycle.agents().hosts_changed();
+    lifecycle.agents().host_changed(&host);
     Ok(Json(EnrollResponse {
         host_id: host.to_string(),
         tenant_id: tenant.to_string(),
@@ -342,6 +342,23 @@ pub(super) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiErr
     let hub = state.lifecycle.agents();
     let store = state.lifecycle.store();
     let (hosts, activity) = tokio::try_join!(store.hosts(None), store.host_activity())?;
+    Ok(hosts
+        .iter()
+        .map(|h| {
+            HostView::new(h, hub.is_connected(&h.host_id))
+                .with_activity(activity.get(h.host_id.as_str()))
+        })
+        .collect())
+}
+
+/// [`host_views`] of the hosts of `ids` alone (those that exist), sorted by host id.
+pub(super) async fn host_views_of(
+    state: &AppState,
+    ids: &[HostId],
+) -> Result<Vec<HostView>, ApiError> {
+    let hub = state.lifecycle.agents();
+    let store = state.lifecycle.store();
+    let (hosts, activity) = tokio::try_join!(store.hosts_by_ids(ids), store.host_activity_of(ids))?;
     Ok(hosts
         .iter()
         .map(|h| {

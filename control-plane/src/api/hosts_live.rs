@@ -1,11 +1,17 @@
 //! The live hosts view, shared by every admin's stream: one task per replica follows the hub's
-//! change signal, reads the hosts at most every [`COALESCE`], and publishes only the hosts whose
-//! view changed. A stream gets a bounded snapshot (the first [`SNAPSHOT_LIMIT`] hosts by id and
-//! the total), then those deltas.
+//! change signal, reads the hosts that changed at most every [`COALESCE`], and publishes only the
+//! hosts whose view changed. A stream gets a bounded snapshot (the first [`SNAPSHOT_LIMIT`] hosts
+//! by id and the total), then those deltas.
 //!
 //! So an agent's message that changes nothing an admin sees (a hello, a keepalive) sends
 //! nothing, a change sends one host, and the cost of a change does not grow with the number of
-//! admins watching: the table is read once for all of them, never once per stream.
+//! admins watching: the hosts are read once for all of them, never once per stream. Nor does it
+//! grow with the fleet: the hub names the hosts that changed ([`Hub::take_changed`]) and only
+//! those are read; every host is read again every [`REFRESH`], and after a change that names no
+//! host (a tenant's desired state) or names more than [`CHANGED_HOSTS_LIMIT`].
+//!
+//! [`Hub::take_changed`]: crate::agents::hub::Hub::take_changed
+//! [`CHANGED_HOSTS_LIMIT`]: crate::agents::hub::CHANGED_HOSTS_LIMIT
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -15,8 +21,11 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 
+use keyward_common::HostId;
+
 use super::AppState;
-use super::hosts::host_views;
+use super::hosts::{HostView, host_views, host_views_of};
+use crate::agents::hub::Changed;
 use crate::error::ApiError;
 
 /// Hosts in a stream's first event, at most.
@@ -29,8 +38,8 @@ pub const STREAM_BUDGET: usize = 32 << 20;
 pub const BUDGET_WINDOW: Duration = Duration::from_secs(60);
 /// Changes closer together than this are read and sent as one delta.
 pub const COALESCE: Duration = Duration::from_millis(250);
-/// Without a change signal, the hosts are read again this often (certificate expiry and the
-/// like change with time alone).
+/// Every host is read again this often, changes or not (certificate expiry and the like change
+/// with time alone; a host whose `lastSeen` alone moved is sent by then).
 const REFRESH: Duration = Duration::from_secs(15);
 /// A host whose only change is `lastSeen` is sent at most this often.
 pub const LAST_SEEN_EVERY: Duration = Duration::from_secs(60);
@@ -80,14 +89,18 @@ impl HostsFeed {
         let mut state = self.state.lock().await;
         if !state.running {
             let now = Instant::now();
+            // Followed from before the read: a change after it is signalled and named again.
+            let hub = app.lifecycle.agents();
+            let changes = hub.subscribe_changes();
+            hub.take_changed();
             state.hosts = host_views(app)
                 .await?
                 .iter()
-                .filter_map(|v| Some((v.host_id.clone(), serde_json::to_value(v).ok()?)))
+                .filter_map(as_json)
                 .map(|(id, view)| (id, Sent { view, at: now }))
                 .collect();
             state.running = true;
-            tokio::spawn(self.clone().run(app.clone()));
+            tokio::spawn(self.clone().run(app.clone(), changes));
         }
         let deltas = self.deltas.subscribe();
         // The first hosts, as many as fit in SNAPSHOT_LIMIT hosts and SNAPSHOT_BYTES (an agent
@@ -114,21 +127,42 @@ impl HostsFeed {
         Ok(Subscription { snapshot, deltas })
     }
 
-    async fn run(self: Arc<Self>, app: AppState) {
-        let mut changes = app.lifecycle.agents().subscribe_changes();
-        changes.borrow_and_update();
+    async fn run(self: Arc<Self>, app: AppState, mut changes: tokio::sync::watch::Receiver<u64>) {
+        let hub = app.lifecycle.agents().clone();
+        let mut last_full = Instant::now();
+        // A read that failed is made again in full (what it was to read has been taken).
+        let mut failed = false;
         loop {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() {
                     break; // the hub is gone: the server is stopping
                 },
-                () = tokio::time::sleep(REFRESH) => {}
+                () = tokio::time::sleep_until(last_full + REFRESH) => {}
             }
             tokio::time::sleep(COALESCE).await;
             changes.borrow_and_update();
-            let views = match host_views(&app).await {
-                Ok(views) => views,
+            let read = match hub.take_changed() {
+                Changed::Hosts(ids) if !failed && last_full.elapsed() < REFRESH => {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let ids: Vec<HostId> = ids.into_iter().collect();
+                    host_views_of(&app, &ids)
+                        .await
+                        .map(|views| Read::These { ids, views })
+                }
+                _ => {
+                    last_full = Instant::now();
+                    host_views(&app).await.map(Read::All)
+                }
+            };
+            let read = match read {
+                Ok(read) => {
+                    failed = false;
+                    read
+                }
                 Err(e) => {
+                    failed = true;
                     tracing::warn!(error = %e, "cannot read the hosts for the live view");
                     continue;
                 }
@@ -141,10 +175,17 @@ impl HostsFeed {
                 state.hosts.clear();
                 return;
             }
-            let views = views
-                .iter()
-                .filter_map(|v| Some((v.host_id.clone(), serde_json::to_value(v).ok()?)));
-            if let Some(delta) = diff(&mut state.hosts, views, Instant::now()) {
+            let now = Instant::now();
+            let delta = match read {
+                Read::All(views) => diff(&mut state.hosts, views.iter().filter_map(as_json), now),
+                Read::These { ids, views } => diff_some(
+                    &mut state.hosts,
+                    ids.iter().map(HostId::as_str),
+                    views.iter().filter_map(as_json),
+                    now,
+                ),
+            };
+            if let Some(delta) = delta {
                 let _ = self.deltas.send(Arc::from(delta));
             }
         }
@@ -153,6 +194,21 @@ impl HostsFeed {
         state.running = false;
         state.hosts.clear();
     }
+}
+
+/// What one look at the hosts read.
+enum Read {
+    /// Every host.
+    All(Vec<HostView>),
+    /// The hosts of `ids` that exist.
+    These {
+        ids: Vec<HostId>,
+        views: Vec<HostView>,
+    },
+}
+
+fn as_json(view: &HostView) -> Option<(String, Value)> {
+    Some((view.host_id.clone(), serde_json::to_value(view).ok()?))
 }
 
 /// A stream's send budget: [`STREAM_BUDGET`] bytes per [`BUDGET_WINDOW`].
@@ -194,13 +250,45 @@ fn same_but_last_seen(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Brings `sent` up to `now_views` and returns the delta to send, if anything an admin sees
-/// changed: `{"hosts": [changed views], "removed": [host ids], "total": n}`.
+/// Brings `sent` up to `views`, every host there is, and returns the delta to send, if anything
+/// an admin sees changed: `{"hosts": [changed views], "removed": [host ids], "total": n}`.
 fn diff(
     sent: &mut BTreeMap<String, Sent>,
     views: impl Iterator<Item = (String, Value)>,
     now: Instant,
 ) -> Option<String> {
+    let (changed, present) = update(sent, views, now);
+    let removed: Vec<String> = sent
+        .keys()
+        .filter(|id| !present.contains(*id))
+        .cloned()
+        .collect();
+    delta(sent, changed, removed)
+}
+
+/// [`diff`] for the hosts of `ids` alone: `views` are those of them that exist (one of `ids`
+/// without a view was removed); every other host is left as it was sent.
+fn diff_some<'a>(
+    sent: &mut BTreeMap<String, Sent>,
+    ids: impl Iterator<Item = &'a str>,
+    views: impl Iterator<Item = (String, Value)>,
+    now: Instant,
+) -> Option<String> {
+    let (changed, present) = update(sent, views, now);
+    let removed: Vec<String> = ids
+        .filter(|id| !present.contains(*id) && sent.contains_key(*id))
+        .map(str::to_owned)
+        .collect();
+    delta(sent, changed, removed)
+}
+
+/// Records the views that changed in more than a recent `lastSeen`: (those views, every id of
+/// `views`).
+fn update(
+    sent: &mut BTreeMap<String, Sent>,
+    views: impl Iterator<Item = (String, Value)>,
+    now: Instant,
+) -> (Vec<Value>, HashSet<String>) {
     let mut changed = Vec::new();
     let mut present = HashSet::new();
     for (id, view) in views {
@@ -218,11 +306,15 @@ fn diff(
         changed.push(view.clone());
         sent.insert(id, Sent { view, at: now });
     }
-    let removed: Vec<String> = sent
-        .keys()
-        .filter(|id| !present.contains(*id))
-        .cloned()
-        .collect();
+    (changed, present)
+}
+
+/// Forgets the `removed` hosts; the delta, unless nothing changed.
+fn delta(
+    sent: &mut BTreeMap<String, Sent>,
+    changed: Vec<Value>,
+    removed: Vec<String>,
+) -> Option<String> {
     for id in &removed {
         sent.remove(id);
     }
@@ -282,6 +374,78 @@ mod tests {
         assert_eq!(status["hosts"][0]["status"], "applying");
         assert_eq!(status["removed"], json!(["b"]));
         assert_eq!(status["total"], 1);
+    }
+
+    #[test]
+    fn a_read_of_some_hosts_changes_only_those() {
+        let t0 = Instant::now();
+        let mut sent = BTreeMap::new();
+        let all = [
+            host("a", "in_sync", "1"),
+            host("b", "in_sync", "1"),
+            host("c", "in_sync", "1"),
+        ];
+        assert!(diff(&mut sent, all.into_iter(), t0).is_some());
+        // Nothing of the hosts read changed: nothing to send, and the others are not removed.
+        let none = diff_some(
+            &mut sent,
+            ["a"].into_iter(),
+            [host("a", "in_sync", "1")].into_iter(),
+            t0,
+        );
+        assert_eq!(none, None);
+        assert_eq!(sent.len(), 3);
+        // b changed, c is gone (named, without a view), d is new; a is not named.
+        let some = diff_some(
+            &mut sent,
+            ["b", "c", "d"].into_iter(),
+            [host("b", "degraded", "1"), host("d", "pending", "1")].into_iter(),
+            t0,
+        )
+        .unwrap();
+        let some: Value = serde_json::from_str(&some).unwrap();
+        assert_eq!(some["hosts"].as_array().unwrap().len(), 2);
+        assert_eq!(some["hosts"][0]["hostId"], "b");
+        assert_eq!(some["hosts"][1]["hostId"], "d");
+        assert_eq!(some["removed"], json!(["c"]));
+        assert_eq!(some["total"], 3);
+        // The same as a full read of the same hosts would have sent.
+        let mut full = BTreeMap::new();
+        diff(
+            &mut full,
+            [
+                host("a", "in_sync", "1"),
+                host("b", "in_sync", "1"),
+                host("c", "in_sync", "1"),
+            ]
+            .into_iter(),
+            t0,
+        );
+        let whole = diff(
+            &mut full,
+            [
+                host("a", "in_sync", "1"),
+                host("b", "degraded", "1"),
+                host("d", "pending", "1"),
+            ]
+            .into_iter(),
+            t0,
+        )
+        .unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&whole).unwrap(), some);
+        // lastSeen alone, soon after: nothing, as in a full read.
+        let seen = diff_some(
+            &mut sent,
+            ["a"].into_iter(),
+            [host("a", "in_sync", "2")].into_iter(),
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(seen, None);
+        // A host named but never sent, and not there: nothing.
+        assert_eq!(
+            diff_some(&mut sent, ["zz"].into_iter(), std::iter::empty(), t0),
+            None
+        );
     }
 
     #[test]

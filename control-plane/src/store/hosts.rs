@@ -128,6 +128,17 @@ pub struct DriftRecord {
     pub received_at: String,
 }
 
+/// Host ids in one `IN (…)` list, at most (SQLite allows 32,766 parameters, PostgreSQL 65,535).
+pub(super) const IDS_PER_QUERY: usize = 500;
+
+/// `$1, $2, …, $n` (both backends number their parameters so through `sqlx::Any`).
+pub(super) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
     Ok(HostRecord {
         host_id: parse(row, "host_id")?,
@@ -295,6 +306,30 @@ impl Store {
         rows.iter().map(host_from_row).collect()
     }
 
+    /// The hosts of `ids` that exist, sorted by host id: one query per [`IDS_PER_QUERY`] ids.
+    pub async fn hosts_by_ids(&self, ids: &[HostId]) -> Result<Vec<HostRecord>, StoreError> {
+        let mut hosts = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT * FROM hosts WHERE host_id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("reading hosts by id"))?;
+            for row in &rows {
+                hosts.push(host_from_row(row)?);
+            }
+        }
+        hosts.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        Ok(hosts)
+    }
+
     /// What an agent says when it connects.
     pub async fn record_hello(
         &self,
@@ -437,5 +472,86 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TenantRecord;
+
+    #[tokio::test]
+    async fn hosts_by_ids_read_what_the_whole_table_holds_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&url, None).await.unwrap();
+        let tenant: TenantId = "t1".parse().unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_tenant(&TenantRecord {
+            tenant_id: tenant.clone(),
+            vps_ip: "192.0.2.1".into(),
+            ssh_port: 22,
+            tenant_user: "tenant".parse().unwrap(),
+            admin_user: "kwadmin".parse().unwrap(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+        })
+        .await
+        .unwrap();
+        // More hosts than one query takes, to cross a chunk.
+        let ids: Vec<HostId> = (0..IDS_PER_QUERY + 20)
+            .map(|i| format!("h{i:04}").parse().unwrap())
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            tx.insert_host(
+                id,
+                &tenant,
+                "2026-01-01T00:00:00Z",
+                &format!("hash{i}"),
+                "2026-01-02T00:00:00Z",
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let drift = DriftRecord {
+            user: "tenant".into(),
+            added: vec![],
+            removed: vec![],
+            detected_at: "2026-01-01T00:00:03Z".into(),
+            received_at: "2026-01-01T00:00:04Z".into(),
+        };
+        store.insert_drift(&ids[7], &drift).await.unwrap();
+        store
+            .insert_drift(&ids[IDS_PER_QUERY + 3], &drift)
+            .await
+            .unwrap();
+
+        let all = store.hosts(None).await.unwrap();
+        let activity = store.host_activity().await.unwrap();
+        // Some ids in both chunks, one twice, one that is no host, out of order.
+        let mut wanted: Vec<HostId> = vec![
+            ids[IDS_PER_QUERY + 3].clone(),
+            ids[7].clone(),
+            ids[8].clone(),
+            "nope".parse().unwrap(),
+        ];
+        wanted.extend(ids[..IDS_PER_QUERY].iter().step_by(50).cloned());
+        let got = store.hosts_by_ids(&wanted).await.unwrap();
+        let mut expected: Vec<HostRecord> = all
+            .iter()
+            .filter(|h| wanted.contains(&h.host_id))
+            .cloned()
+            .collect();
+        expected.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        let mut got_unique = got.clone();
+        got_unique.dedup_by(|a, b| a.host_id == b.host_id);
+        assert_eq!(got_unique, expected);
+        let got_activity = store.host_activity_of(&wanted).await.unwrap();
+        assert_eq!(got_activity.len(), 2);
+        for (id, a) in &got_activity {
+            assert_eq!(Some(a), activity.get(id));
+        }
+        assert!(store.hosts_by_ids(&[]).await.unwrap().is_empty());
+        assert!(store.host_activity_of(&[]).await.unwrap().is_empty());
     }
 }

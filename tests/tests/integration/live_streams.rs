@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use keyward_common::proto::{Applied, Hello, UserResult, agent_message};
+use keyward_common::proto::{Applied, DriftReport, Hello, UserResult, agent_message};
 use keyward_tests::raw_agent::RawIdentity;
 use keyward_tests::{ControlPlane, Database, OpenBao};
 use reqwest::Method;
@@ -243,8 +243,19 @@ async fn a_revoked_tokens_rotation_job_stream_ends_within_a_second() {
 
 #[tokio::test]
 async fn an_agent_hello_resends_nothing_and_a_change_sends_that_host_alone() {
+    hello_resends_nothing_and_a_change_sends_that_host_alone(Database::Sqlite).await;
+}
+
+/// The hosts view reads the hosts that changed by id (`hosts_by_ids`, `host_activity_of`): the
+/// same on PostgreSQL.
+#[tokio::test]
+async fn an_agent_hello_resends_nothing_and_a_change_sends_that_host_alone_on_postgresql() {
+    hello_resends_nothing_and_a_change_sends_that_host_alone(Database::Postgres).await;
+}
+
+async fn hello_resends_nothing_and_a_change_sends_that_host_alone(database: Database) {
     let bao = OpenBao::start().await;
-    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let cp = ControlPlane::start_fast(&bao, database).await;
     cp.create_tenant("acme").await;
     for i in 0..30 {
         register(&cp, "acme", &format!("idle-{i:02}")).await;
@@ -288,6 +299,19 @@ async fn an_agent_hello_resends_nothing_and_a_change_sends_that_host_alone() {
         "{} bytes after hellos (the snapshot was {snapshot_bytes})",
         stream.bytes - before
     );
+
+    // A repaired drift (the host's activity): that host alone, with when it was heard of.
+    raw.send(agent_message::Msg::Drift(DriftReport {
+        user: "tenant".into(),
+        added: vec![],
+        removed: vec![],
+        detected_at: "2026-01-01T00:00:00Z".into(),
+    }))
+    .await;
+    let (name, delta) = stream.expect(Duration::from_secs(5)).await;
+    assert_eq!(name, "delta");
+    assert_eq!(host_ids(&delta), [agent.host_id.as_str()]);
+    assert!(delta["hosts"][0]["lastDriftAt"].is_string(), "{delta}");
 
     // The agent goes away: one delta per change, with that host alone.
     drop(raw);
