@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use keyward_common::{GeneratedKey, KeyAlgorithm, KeyKind, TenantId};
+use keyward_server::agents::hub::Hub;
 use keyward_server::caller::Caller;
 use keyward_server::clock::SystemClock;
 use keyward_server::config::{KeysConfig, RotationConfig, VaultConfig};
@@ -281,6 +282,7 @@ pub async fn run(options: &Options) -> anyhow::Result<RotateAllResult> {
             algorithm: KeyAlgorithm::Ed25519,
             ..KeysConfig::default()
         },
+        Arc::new(Hub::default()),
     ));
     let started = Instant::now();
     let ids: Vec<TenantId> = (0..tenants)
@@ -319,6 +321,7 @@ pub async fn run(options: &Options) -> anyhow::Result<RotateAllResult> {
         store,
         Arc::new(SystemClock),
         KeysConfig::default(),
+        Arc::new(Hub::default()),
     ));
     let rotations = Arc::new(BulkRotations::new(rsa.clone(), &RotationConfig::default()));
 

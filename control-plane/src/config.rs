@@ -129,23 +129,6 @@ pub struct AgentApiConfig {
     pub login_events_burst: u32,
 }
 
-impl AgentApiConfig {
-    /// The per-host rates of the agents' endpoint.
-    pub fn limits(&self) -> crate::agents::limits::AgentLimits {
-        use crate::agents::limits::{AgentLimits, Rate};
-        AgentLimits {
-            drift_reports: Rate {
-                per_minute: self.drift_reports_per_minute,
-                burst: self.drift_reports_burst,
-            },
-            login_events: Rate {
-                per_minute: self.login_events_per_minute,
-                burst: self.login_events_burst,
-            },
-        }
-    }
-}
-
 impl Default for AgentApiConfig {
     fn default() -> Self {
         Self {
@@ -457,10 +440,8 @@ mod tests {
         assert!(c.server.listen.ip().is_loopback());
         assert_eq!(c.retention.login_events, Duration::from_secs(400 * 86_400));
         assert_eq!(c.retention.drift_events, Duration::from_secs(90 * 86_400));
-        assert_eq!(
-            c.agent_api.limits(),
-            crate::agents::limits::AgentLimits::default()
-        );
+        assert_eq!(c.agent_api.drift_reports_per_minute, 10);
+        assert_eq!(c.agent_api.login_events_per_minute, 1000);
         c.validate().unwrap();
     }
 
@@ -512,6 +493,6 @@ mod tests {
         assert_eq!(c.keys.grace_period, Duration::from_secs(7200));
         assert_eq!(c.vault.mount, "kv");
         assert_eq!(c.retention.login_events, Duration::from_secs(30 * 86_400));
-        assert_eq!(c.agent_api.limits().drift_reports.burst, 3);
+        assert_eq!(c.agent_api.drift_reports_burst, 3);
     }
 }

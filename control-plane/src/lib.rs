@@ -13,6 +13,7 @@ pub mod agents;
 pub mod api;
 pub mod backup;
 pub mod caller;
+pub mod changes;
 pub mod clock;
 pub mod config;
 pub mod conns;

@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
 
+use crate::agents::hub::Hub;
 use crate::agents::{AgentTrust, grpc};
 use crate::api::hosts::AgentSettings;
 use crate::api::throttle::EnrollThrottle;
@@ -154,7 +155,16 @@ pub async fn start_with(
         })?;
     let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
     let trust = AgentTrust::load_or_create(vault.as_ref()).await?;
-    let lifecycle = Arc::new(KeyLifecycle::new(vault, store, clock, config.keys.clone()));
+    // The hub is this replica's: the domain announces its changes to it through the
+    // change-notification seam, the transport registers agents' streams and live views with it.
+    let hub = Arc::new(Hub::default());
+    let lifecycle = Arc::new(KeyLifecycle::new(
+        vault,
+        store,
+        clock,
+        config.keys.clone(),
+        hub.clone(),
+    ));
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
     let rotations = Arc::new(BulkRotations::new(lifecycle.clone(), &config.rotation));
     rotations.recover().await?;
@@ -186,15 +196,18 @@ pub async fn start_with(
     };
     let agent_api = grpc::start(
         lifecycle.clone(),
+        hub.clone(),
         trust.clone(),
-        agent_config.listen,
-        &server_names,
+        grpc::Endpoint {
+            listen: agent_config.listen,
+            server_names: &server_names,
+        },
         agent_config.certificate_lifetime,
         grpc::Limits {
             max_connections: agent_config.max_connections,
             tls_handshake_timeout: agent_config.tls_handshake_timeout,
         },
-        agent_config.limits(),
+        crate::agents::limits::AgentLimits::from_config(agent_config),
     )
     .await?;
     let agent_url = agent_config
@@ -212,6 +225,7 @@ pub async fn start_with(
     ));
     let state = AppState {
         lifecycle: lifecycle.clone(),
+        hub: hub.clone(),
         rotations: rotations.clone(),
         backups: backups.clone(),
         hosts_feed: Arc::default(),

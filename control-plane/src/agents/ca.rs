@@ -44,6 +44,16 @@ pub struct Issued {
     pub not_after: chrono::DateTime<chrono::Utc>,
 }
 
+impl crate::lifecycle::IssuedCertificate for Issued {
+    fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    fn not_after(&self) -> chrono::DateTime<chrono::Utc> {
+        self.not_after
+    }
+}
+
 /// Why a certificate could not be issued.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::AgentTrust;
 use super::ca::HOST_URI_PREFIX;
+use super::hub::Hub;
 use super::limits::{
     AgentLimits, MAX_CSR_BYTES, MAX_DRIFT_KEYS, MAX_FINGERPRINTS, MAX_HOST_KEY_BYTES,
     MAX_HOST_KEYS, MAX_LAST_ERROR, MAX_LOGIN_EVENTS, MAX_MESSAGE_BYTES, MAX_REASON, MAX_SET_ASIDE,
@@ -131,6 +132,8 @@ fn peer_identity<T>(request: &Request<T>) -> Result<(HostId, String), Status> {
 #[derive(Debug, Clone)]
 pub struct AgentService {
     lifecycle: Arc<KeyLifecycle>,
+    /// The agents' streams and the live views of this replica.
+    hub: Arc<Hub>,
     trust: AgentTrust,
     certificate_lifetime: Duration,
     /// The per-host rates (`[agent_api]`).
@@ -143,7 +146,7 @@ pub struct AgentService {
 /// as many as are waiting in one transaction: a stream's loop does not wait for SQL, and a
 /// bulk rotation's 10,000 acknowledgements cost a few commits instead of 10,000. The hosts
 /// view is told after each batch is recorded. The task ends when every sender is gone.
-fn spawn_report_writer(lifecycle: Arc<KeyLifecycle>) -> mpsc::Sender<HostReport> {
+fn spawn_report_writer(lifecycle: Arc<KeyLifecycle>, hub: Arc<Hub>) -> mpsc::Sender<HostReport> {
     let (tx, mut rx) = mpsc::channel::<HostReport>(REPORT_QUEUE);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(REPORT_BATCH);
@@ -164,9 +167,7 @@ fn spawn_report_writer(lifecycle: Arc<KeyLifecycle>) -> mpsc::Sender<HostReport>
                     }
                 }
             }
-            lifecycle
-                .agents()
-                .these_hosts_changed(batch.iter().map(HostReport::host));
+            hub.these_hosts_changed(batch.iter().map(HostReport::host));
             batch.clear();
         }
     });
@@ -277,7 +278,7 @@ impl Session {
     }
 
     async fn run(self, mut inbound: Streaming<AgentMessage>) {
-        let hub = self.service.lifecycle.agents().clone();
+        let hub = self.service.hub.clone();
         let mut registration = hub.register(&self.host, &self.tenant);
         tracing::info!(host = %self.host, "agent connected");
         let mut sent = self.send_state().await;
@@ -349,7 +350,7 @@ impl Session {
     /// refusal that ends the stream.
     async fn handle(&self, message: AgentMessage) -> Result<Option<u64>, Status> {
         let handled = self.handle_message(message).await;
-        self.service.lifecycle.agents().host_changed(&self.host);
+        self.service.hub.host_changed(&self.host);
         handled
     }
 
@@ -595,12 +596,19 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
 }
 
-/// Starts the agent endpoint on `listen` with a server certificate for `server_names`.
+/// Where the agent endpoint listens, and the names its server certificate carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    pub listen: SocketAddr,
+    pub server_names: &'a [String],
+}
+
+/// Starts the agent endpoint on `endpoint.listen` with a server certificate for its names.
 pub async fn start(
     lifecycle: Arc<KeyLifecycle>,
+    hub: Arc<Hub>,
     trust: AgentTrust,
-    listen: SocketAddr,
-    server_names: &[String],
+    endpoint: Endpoint<'_>,
     certificate_lifetime: Duration,
     connections: Limits,
     limits: AgentLimits,
@@ -608,7 +616,7 @@ pub async fn start(
     let tls_err = |e: &dyn std::fmt::Display| AgentApiError::Tls(e.to_string());
     let (cert_pem, key_pem) = trust
         .ca
-        .issue_server(server_names, Duration::from_secs(365 * 86_400))
+        .issue_server(endpoint.server_names, Duration::from_secs(365 * 86_400))
         .map_err(|e| tls_err(&e))?;
     let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| tls_err(&e))?];
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls_err(&e))?;
@@ -630,6 +638,7 @@ pub async fn start(
     config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
+    let listen = endpoint.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| AgentApiError::Bind {
@@ -686,8 +695,9 @@ pub async fn start(
         }
     };
     let service = AgentService {
-        reports: spawn_report_writer(lifecycle.clone()),
+        reports: spawn_report_writer(lifecycle.clone(), hub.clone()),
         lifecycle,
+        hub,
         trust,
         certificate_lifetime,
         limits,

@@ -263,6 +263,15 @@ impl RevocationFeed for Hub {
     }
 }
 
+impl crate::changes::ChangeNotifier for Hub {
+    fn changed(&self, change: crate::changes::Change) {
+        match change {
+            crate::changes::Change::Tenant(tenant) => self.tenant_changed(&tenant),
+            crate::changes::Change::Host(host) => self.host_changed(&host),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

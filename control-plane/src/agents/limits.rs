@@ -77,6 +77,22 @@ pub const MAX_LOGIN_EVENTS: usize = 1000;
 /// The longest certificate request signed.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
 
+impl AgentLimits {
+    /// The per-host rates `[agent_api]` sets.
+    pub fn from_config(config: &crate::config::AgentApiConfig) -> Self {
+        Self {
+            drift_reports: Rate {
+                per_minute: config.drift_reports_per_minute,
+                burst: config.drift_reports_burst,
+            },
+            login_events: Rate {
+                per_minute: config.login_events_per_minute,
+                burst: config.login_events_burst,
+            },
+        }
+    }
+}
+
 /// At most `max` bytes of `text`, cut at a character boundary.
 pub fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -256,6 +272,14 @@ impl StreamLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configuration_defaults_are_the_limits_defaults() {
+        assert_eq!(
+            AgentLimits::from_config(&crate::config::AgentApiConfig::default()),
+            AgentLimits::default()
+        );
+    }
 
     fn rate(per_minute: u32, burst: u32) -> Rate {
         Rate { per_minute, burst }

@@ -337,10 +337,7 @@ pub async fn revoke_token(
         return Err(ApiError::TokenNotFound(record.token_id));
     }
     // The token's open live streams end now, not at their next look at the token.
-    state
-        .lifecycle
-        .agents()
-        .publish_revoked(Revoked::Token(record.token_id));
+    state.hub.publish_revoked(Revoked::Token(record.token_id));
     Ok(StatusCode::NO_CONTENT)
 }
 

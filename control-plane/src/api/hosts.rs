@@ -234,7 +234,7 @@ pub async fn register_host(
             })
         })
         .await?;
-    lifecycle.agents().host_changed(&host);
+    state.hub.host_changed(&host);
     Ok((
         StatusCode::CREATED,
         Json(HostRegistration {
@@ -294,7 +294,7 @@ pub async fn enroll(
         }
     };
     let (host, tenant, issued) = enrolled;
-    lifecycle.agents().host_changed(&host);
+    state.hub.host_changed(&host);
     Ok(Json(EnrollResponse {
         host_id: host.to_string(),
         tenant_id: tenant.to_string(),
@@ -339,7 +339,7 @@ pub async fn list_hosts(
 }
 
 pub(super) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
-    let hub = state.lifecycle.agents();
+    let hub = &state.hub;
     let store = state.lifecycle.store();
     let (hosts, activity) = tokio::try_join!(store.hosts(None), store.host_activity())?;
     Ok(hosts
@@ -356,7 +356,7 @@ pub(super) async fn host_views_of(
     state: &AppState,
     ids: &[HostId],
 ) -> Result<Vec<HostView>, ApiError> {
-    let hub = state.lifecycle.agents();
+    let hub = &state.hub;
     let store = state.lifecycle.store();
     let (hosts, activity) = tokio::try_join!(store.hosts_by_ids(ids), store.host_activity_of(ids))?;
     Ok(hosts
@@ -384,7 +384,7 @@ pub async fn host_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let subscription = state.hosts_feed.subscribe(&state).await?;
     Ok(super::live::stream(
-        &state.lifecycle,
+        &state,
         super::live::Scope::of(&caller),
         move |sink| async move {
             let super::hosts_live::Subscription {
@@ -431,7 +431,7 @@ pub async fn host_details(
         .host(&host)
         .await?
         .ok_or_else(|| ApiError::HostNotFound(host.to_string()))?;
-    let mut view = HostView::new(&record, state.lifecycle.agents().is_connected(&host));
+    let mut view = HostView::new(&record, state.hub.is_connected(&host));
     view.drift = Some(store.drift_events(&host, 50).await?);
     Ok(Json(view))
 }
@@ -461,7 +461,7 @@ pub async fn revoke_host(
             })
         })
         .await?;
-    lifecycle.agents().cut(&host);
+    state.hub.cut(&host);
     let record = lifecycle
         .store()
         .host(&host)

@@ -90,7 +90,7 @@ impl HostsFeed {
         if !state.running {
             let now = Instant::now();
             // Followed from before the read: a change after it is signalled and named again.
-            let hub = app.lifecycle.agents();
+            let hub = &app.hub;
             let changes = hub.subscribe_changes();
             hub.take_changed();
             state.hosts = host_views(app)
@@ -128,7 +128,7 @@ impl HostsFeed {
     }
 
     async fn run(self: Arc<Self>, app: AppState, mut changes: tokio::sync::watch::Receiver<u64>) {
-        let hub = app.lifecycle.agents().clone();
+        let hub = app.hub.clone();
         let mut last_full = Instant::now();
         // A read that failed is made again in full (what it was to read has been taken).
         let mut failed = false;

@@ -131,7 +131,7 @@ async fn until_revoked(
 /// [`STREAM_BUFFER`]-event channel until it returns, the reader goes away or falls behind, or
 /// the scope's credential is revoked.
 pub fn stream<F, Fut>(
-    lifecycle: &Arc<KeyLifecycle>,
+    state: &super::AppState,
     scope: Scope,
     produce: F,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<F, Fut>>
@@ -141,8 +141,8 @@ where
 {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     // Subscribed before the task starts, so that no revocation falls in between.
-    let feed = lifecycle.agents().subscribe_revoked();
-    let revoked = until_revoked(lifecycle.clone(), scope, feed);
+    let feed = state.hub.subscribe_revoked();
+    let revoked = until_revoked(state.lifecycle.clone(), scope, feed);
     let closed = tx.clone();
     tokio::spawn(async move {
         tokio::select! {

@@ -35,6 +35,8 @@ pub mod views;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub lifecycle: Arc<KeyLifecycle>,
+    /// The agents' streams of this replica, and the changes and revocations live views follow.
+    pub hub: Arc<crate::agents::hub::Hub>,
     pub metrics: Option<PrometheusHandle>,
     pub request_timeout: Duration,
     pub vault_mount: String,

@@ -296,7 +296,7 @@ pub async fn job_events(
         }
     };
     Ok(super::live::stream(
-        &state.lifecycle,
+        &state,
         super::live::Scope::of(&caller),
         move |sink| async move {
             let mut follow = follow;

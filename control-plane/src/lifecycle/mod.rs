@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
 
 use crate::caller::Caller;
+use crate::changes::{Change, ChangeNotifier};
 use crate::clock::{Clock, iso8601};
 use crate::config::KeysConfig;
 use crate::error::ApiError;
@@ -32,6 +33,7 @@ mod policy;
 mod records;
 mod secrets;
 pub use policy::{PolicySource, RotationPolicy};
+pub use records::IssuedCertificate;
 pub use secrets::{TenantSecretKind, dkim_selector};
 
 /// What an admin gives to onboard a tenant.
@@ -110,7 +112,8 @@ pub struct KeyLifecycle {
     clock: Arc<dyn Clock>,
     keys: KeysConfig,
     locks: TenantLocks,
-    agents: Arc<crate::agents::hub::Hub>,
+    /// Where committed changes are announced (the hub; across replicas, PostgreSQL).
+    changes: Arc<dyn ChangeNotifier>,
     /// One permit per core: key generation never takes more CPUs than there are.
     cpu_slots: Semaphore,
     /// Woken when a rotation time may have moved earlier (a policy changed, a tenant was added).
@@ -147,6 +150,7 @@ impl KeyLifecycle {
         store: Store,
         clock: Arc<dyn Clock>,
         keys: KeysConfig,
+        changes: Arc<dyn ChangeNotifier>,
     ) -> Self {
         Self {
             vault,
@@ -154,7 +158,7 @@ impl KeyLifecycle {
             clock,
             keys,
             locks: TenantLocks::new(256),
-            agents: Arc::new(crate::agents::hub::Hub::default()),
+            changes,
             cpu_slots: Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             ),
@@ -181,11 +185,6 @@ impl KeyLifecycle {
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|_| ApiError::KeyGeneration)
-    }
-
-    /// The hub through which changes reach connected agents.
-    pub fn agents(&self) -> &Arc<crate::agents::hub::Hub> {
-        &self.agents
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -564,7 +563,7 @@ impl KeyLifecycle {
         tx.append_audit(&self.event(caller, how.action(), Some(tenant), "success", detail))
             .await?;
         tx.commit().await?;
-        self.agents.tenant_changed(tenant);
+        self.changes.changed(Change::Tenant(tenant.clone()));
         tracing::info!(tenant = %tenant, %kind, generation, action = how.action(), "key replaced");
         Ok(new)
     }
@@ -607,7 +606,7 @@ impl KeyLifecycle {
         tx.append_audit(&self.event(caller, "key.revoke", Some(tenant), "success", detail))
             .await?;
         tx.commit().await?;
-        self.agents.tenant_changed(tenant);
+        self.changes.changed(Change::Tenant(tenant.clone()));
         metrics::counter!("keyward_key_operations_total", "operation" => "key.revoke", "outcome" => "success").increment(1);
         tracing::info!(tenant = %tenant, %kind, "key revoked");
         Ok(new)

@@ -10,18 +10,27 @@ use crate::clock::iso8601;
 use crate::error::ApiError;
 use crate::store::WriteTx;
 
+/// What enrollment records of the certificate issued to a host: the agent CA's certificate
+/// (`agents::ca::Issued`), named here by what the domain needs of it.
+pub trait IssuedCertificate {
+    /// Hex, lower case.
+    fn serial(&self) -> &str;
+    fn not_after(&self) -> chrono::DateTime<chrono::Utc>;
+}
+
 impl KeyLifecycle {
     /// Enrolls the host whose one-time token hashes to `token_hash`, with a certificate from
     /// `issue`. Refusals are audited with the caller's address.
-    pub async fn enroll_host<F>(
+    pub async fn enroll_host<I, F>(
         &self,
         caller: &Caller,
         token_hash: &str,
         now: &str,
         issue: F,
-    ) -> Result<(keyward_common::HostId, TenantId, crate::agents::ca::Issued), ApiError>
+    ) -> Result<(keyward_common::HostId, TenantId, I), ApiError>
     where
-        F: FnOnce(&keyward_common::HostId) -> Result<crate::agents::ca::Issued, ApiError>,
+        I: IssuedCertificate,
+        F: FnOnce(&keyward_common::HostId) -> Result<I, ApiError>,
     {
         // A refusal is not audited here: an anonymous caller could multiply the rows. The
         // handler counts refusals per source and audits them in aggregate
@@ -30,16 +39,15 @@ impl KeyLifecycle {
             return Err(ApiError::EnrollmentTokenInvalid);
         };
         let issued = issue(&host.host_id)?;
-        let not_after = iso8601(issued.not_after);
+        let (serial, not_after) = (issued.serial().to_owned(), iso8601(issued.not_after()));
         let mut tx = self.store.begin().await?;
         if !tx
-            .enroll_host(&host.host_id, token_hash, now, &issued.serial, &not_after)
+            .enroll_host(&host.host_id, token_hash, now, &serial, &not_after)
             .await?
         {
             return Err(ApiError::EnrollmentTokenInvalid);
         }
-        let detail =
-            json!({ "hostId": host.host_id, "serial": issued.serial, "notAfter": not_after });
+        let detail = json!({ "hostId": host.host_id, "serial": serial, "notAfter": not_after });
         tx.append_audit(&self.event(
             caller,
             "host.enroll",

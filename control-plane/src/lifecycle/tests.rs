@@ -169,9 +169,27 @@ impl SecretStore for FakeVault {
 
 struct Fixture {
     lifecycle: KeyLifecycle,
+    /// What the lifecycle announced through the change-notification seam.
+    changes: Arc<RecordedChanges>,
     vault: Arc<FakeVault>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
+}
+
+/// The change-notification seam, recorded.
+#[derive(Debug, Default)]
+struct RecordedChanges(Mutex<Vec<crate::changes::Change>>);
+
+impl crate::changes::ChangeNotifier for RecordedChanges {
+    fn changed(&self, change: crate::changes::Change) {
+        self.0.lock().unwrap().push(change);
+    }
+}
+
+impl RecordedChanges {
+    fn take(&self) -> Vec<crate::changes::Change> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
 }
 
 const T1: &str = "t1";
@@ -188,8 +206,10 @@ async fn fixture() -> Fixture {
         algorithm: KeyAlgorithm::Ed25519,
         ..KeysConfig::default()
     };
+    let changes = Arc::new(RecordedChanges::default());
     Fixture {
-        lifecycle: KeyLifecycle::new(vault.clone(), store, clock.clone(), keys),
+        lifecycle: KeyLifecycle::new(vault.clone(), store, clock.clone(), keys, changes.clone()),
+        changes,
         vault,
         clock,
         _dir: dir,
@@ -416,6 +436,7 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
         f.lifecycle.store().clone(),
         f.clock.clone(),
         f.lifecycle.keys.clone(),
+        f.changes.clone(),
     );
     let err = stale
         .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
@@ -501,4 +522,35 @@ async fn regenerate_denies_the_replaced_keys_and_revoke_denies_every_issued_key(
         .unwrap()
         .unwrap();
     assert!(admin.denied_fingerprints.is_empty());
+}
+
+#[tokio::test]
+async fn each_committed_key_change_is_announced_for_its_tenant_and_a_failed_one_is_not() {
+    let f = fixture().await;
+    let caller = Caller::system();
+    f.lifecycle
+        .create_tenant(&caller, new_tenant())
+        .await
+        .unwrap();
+    f.changes.take();
+    let tenant_changed = vec![crate::changes::Change::Tenant(t1())];
+    for how in [Replace::Rotate, Replace::Regenerate] {
+        f.lifecycle
+            .replace_key(&caller, &t1(), KeyKind::Tenant, how)
+            .await
+            .unwrap();
+        assert_eq!(f.changes.take(), tenant_changed, "{how:?}");
+    }
+    f.lifecycle
+        .revoke(&caller, &t1(), KeyKind::Admin)
+        .await
+        .unwrap();
+    assert_eq!(f.changes.take(), tenant_changed);
+    // Vault fails the write: nothing committed, nothing announced.
+    f.vault.fail_after(0);
+    f.lifecycle
+        .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
+        .await
+        .unwrap_err();
+    assert_eq!(f.changes.take(), Vec::new());
 }

@@ -46,7 +46,13 @@ async fn lifecycle_on_manual_clock(
         algorithm: KeyAlgorithm::Ed25519,
         ..KeysConfig::default()
     };
-    let lifecycle = KeyLifecycle::new(vault, store, clock.clone(), keys);
+    let lifecycle = KeyLifecycle::new(
+        vault,
+        store,
+        clock.clone(),
+        keys,
+        Arc::new(keyward_server::agents::hub::Hub::default()),
+    );
     (Arc::new(lifecycle), clock)
 }
 

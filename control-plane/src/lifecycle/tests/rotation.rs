@@ -29,6 +29,7 @@ fn scheduler(f: &Fixture) -> crate::rotation::RotationScheduler {
         f.lifecycle.store().clone(),
         f.clock.clone(),
         f.lifecycle.keys.clone(),
+        f.changes.clone(),
     );
     crate::rotation::RotationScheduler::new(Arc::new(lifecycle), Default::default())
 }
