@@ -31,7 +31,7 @@ test: test-deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	scripts/check-layers --self-test agent/src
+	scripts/check-layers --self-test agent/src control-plane/src
 
 ci: lint test
 

@@ -221,7 +221,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, title) = self.classify();
-        let request_id = crate::api::request_id();
+        let request_id = crate::request_id::current();
         if status.is_server_error() {
             // Server-side failures are logged with their cause under the request's id; the
             // client gets what failed and the id.

@@ -402,26 +402,14 @@ async fn method_not_allowed() -> ApiError {
 
 const BULK_ROTATION_ROUTE: &str = "/api/v1/admin/secrets/rotate-all";
 
-tokio::task_local! {
-    /// The id of the request being answered: a problem document names it as its `instance`
-    /// and the server log has the failure's cause under it.
-    static REQUEST_ID: String;
-}
-
-/// The id of the request this task answers, if any.
-pub fn request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
-
 /// Timeout, metrics, the request id and the headers every answer carries.
 async fn request_pipeline(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let request_id = hex::encode(rand::random::<[u8; 8]>());
-    REQUEST_ID
-        .scope(
-            request_id.clone(),
-            pipeline(state, request, next, request_id),
-        )
-        .await
+    crate::request_id::scope(
+        request_id.clone(),
+        pipeline(state, request, next, request_id),
+    )
+    .await
 }
 
 async fn pipeline(state: AppState, request: Request, next: Next, request_id: String) -> Response {

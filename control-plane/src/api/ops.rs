@@ -39,7 +39,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     };
     if let Err(e) = check.await {
         tracing::warn!(
-            request_id = super::request_id().as_deref().unwrap_or("-"),
+            request_id = crate::request_id::current().as_deref().unwrap_or("-"),
             code = e.code(),
             error = %e,
             cause = ?std::error::Error::source(&e),

@@ -614,4 +614,4 @@ impl KeyLifecycle {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

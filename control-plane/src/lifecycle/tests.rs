@@ -13,8 +13,8 @@ use crate::vault::{KeySetVersions, SecretFields, VaultHealth, VersionedKeySet};
 
 /// An in-memory KV v2 with check-and-set, which can be told to fail.
 #[derive(Debug, Default)]
-struct FakeVault {
-    versions: Mutex<HashMap<(String, KeyKind), Vec<KeySetSecret>>>,
+pub(crate) struct FakeVault {
+    pub(crate) versions: Mutex<HashMap<(String, KeyKind), Vec<KeySetSecret>>>,
     /// The other secrets (`smtp`, `dkim`) by (tenant, name).
     secrets: Mutex<HashMap<(String, String), Vec<SecretFields>>>,
     /// Writes that succeed before every further write fails as if Vault were sealed.
@@ -23,12 +23,12 @@ struct FakeVault {
 }
 
 impl FakeVault {
-    fn fail_after(&self, writes: usize) {
+    pub(crate) fn fail_after(&self, writes: usize) {
         self.writes_left.store(writes, Ordering::SeqCst);
         self.limit_writes.store(true, Ordering::SeqCst);
     }
 
-    fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.limit_writes.store(false, Ordering::SeqCst);
     }
 
@@ -53,7 +53,7 @@ impl FakeVault {
             .unwrap_or_default()
     }
 
-    fn current(&self, tenant: &str, kind: KeyKind) -> usize {
+    pub(crate) fn current(&self, tenant: &str, kind: KeyKind) -> usize {
         self.versions
             .lock()
             .unwrap()
@@ -167,18 +167,18 @@ impl SecretStore for FakeVault {
     }
 }
 
-struct Fixture {
-    lifecycle: KeyLifecycle,
+pub(crate) struct Fixture {
+    pub(crate) lifecycle: KeyLifecycle,
     /// What the lifecycle announced through the change-notification seam.
-    changes: Arc<RecordedChanges>,
-    vault: Arc<FakeVault>,
-    clock: Arc<ManualClock>,
+    pub(crate) changes: Arc<RecordedChanges>,
+    pub(crate) vault: Arc<FakeVault>,
+    pub(crate) clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
 /// The change-notification seam, recorded.
 #[derive(Debug, Default)]
-struct RecordedChanges(Mutex<Vec<crate::changes::Change>>);
+pub(crate) struct RecordedChanges(Mutex<Vec<crate::changes::Change>>);
 
 impl crate::changes::ChangeNotifier for RecordedChanges {
     fn changed(&self, change: crate::changes::Change) {
@@ -194,7 +194,7 @@ impl RecordedChanges {
 
 const T1: &str = "t1";
 
-async fn fixture() -> Fixture {
+pub(crate) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
     let store = Store::connect(&url, None).await.unwrap();
@@ -216,7 +216,7 @@ async fn fixture() -> Fixture {
     }
 }
 
-fn new_tenant() -> NewTenant {
+pub(crate) fn new_tenant() -> NewTenant {
     NewTenant {
         tenant_id: T1.parse().unwrap(),
         vps_ip: "192.0.2.10".into(),
@@ -230,7 +230,7 @@ fn t1() -> TenantId {
     T1.parse().unwrap()
 }
 
-async fn audit_actions(f: &Fixture) -> Vec<(String, String)> {
+pub(crate) async fn audit_actions(f: &Fixture) -> Vec<(String, String)> {
     let page = f
         .lifecycle
         .store()

@@ -13,3 +13,6 @@ pub mod scheduler;
 
 pub use bulk::{BulkRotations, JobSnapshot, SecretType, TenantResult};
 pub use scheduler::{DueReport, RotationScheduler, next_wake};
+
+#[cfg(test)]
+mod scheduler_tests;
