@@ -19,6 +19,10 @@ pub enum Change {
     Tenant(TenantId),
     /// A host's own record changed (registered, enrolled, reported): live views show it again.
     Host(HostId),
+    /// A host was revoked: its agent's stream is cut and live views show it revoked.
+    HostRevoked(HostId),
+    /// An API token was revoked: every live view opened with it ends.
+    TokenRevoked(String),
 }
 
 /// Where the domain announces its changes.

@@ -268,6 +268,10 @@ impl crate::changes::ChangeNotifier for Hub {
         match change {
             crate::changes::Change::Tenant(tenant) => self.tenant_changed(&tenant),
             crate::changes::Change::Host(host) => self.host_changed(&host),
+            crate::changes::Change::HostRevoked(host) => self.cut(&host),
+            crate::changes::Change::TokenRevoked(token_id) => {
+                self.publish_revoked(Revoked::Token(token_id));
+            }
         }
     }
 }

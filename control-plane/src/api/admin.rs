@@ -7,22 +7,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use keyward_common::{KeyKind, TenantId, UnixUser};
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::IntoParams;
 
 use super::auth::AdminCaller;
 use super::views::*;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
-use crate::agents::hub::{RevocationFeed, Revoked};
 use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{NewTenant, Replace, TenantSecretKind};
-use crate::store::{
-    AuditFilter, ChainVerdict, KeySetRecord, Role, StoreError, TenantRecord, TokenRecord,
-    hash_token,
-};
-use crate::tokens::new_token;
+use crate::store::{AuditFilter, ChainVerdict, KeySetRecord, Role, StoreError, TenantRecord};
 
 /// Admin-only routes that name a tenant: a tenant's token gets 404 for another tenant (it learns
 /// nothing about who exists) and 403 for its own.
@@ -255,39 +249,16 @@ pub async fn issue_token(
                 "an admin token takes no tenantId".into(),
             ));
         }
-        (TokenRole::Tenant, Some(raw)) => {
-            let tenant = tenant_from_path(&raw)?;
-            if state.lifecycle.store().tenant(&tenant).await?.is_none() {
-                return Err(ApiError::TenantNotFound(tenant.to_string()));
-            }
-            Role::Tenant(tenant)
-        }
+        (TokenRole::Tenant, Some(raw)) => Role::Tenant(tenant_from_path(&raw)?),
         (TokenRole::Tenant, None) => {
             return Err(ApiError::InvalidBody(
                 "a tenant token needs a tenantId".into(),
             ));
         }
     };
-    let (token_id, token) = new_token();
-    let record = TokenRecord {
-        token_id,
-        role,
-        label: body.label,
-        created_at: iso8601(state.lifecycle.now()),
-        revoked_at: None,
-    };
-    let hash = hash_token(&token);
-    let tenant = record.role.tenant().cloned();
-    let stored = record.clone();
-    state
+    let (record, token) = state
         .lifecycle
-        .audited(&caller, "token.issue", tenant.as_ref(), move |tx| {
-            Box::pin(async move {
-                tx.insert_token(&stored, &hash).await?;
-                let detail = json!({ "tokenId": stored.token_id, "role": stored.role.name(), "label": stored.label });
-                Ok(((), detail))
-            })
-        })
+        .issue_token(&caller, role, body.label)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -307,37 +278,7 @@ pub async fn revoke_token(
     AdminCaller(caller): AdminCaller,
     ApiPath(token_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let valid = token_id.len() == 20
-        && token_id.starts_with("tok_")
-        && token_id[4..].chars().all(|c| c.is_ascii_hexdigit());
-    if !valid {
-        return Err(ApiError::TokenNotFound(token_id.chars().take(40).collect()));
-    }
-    let record = state
-        .lifecycle
-        .store()
-        .token(&token_id)
-        .await?
-        .ok_or_else(|| ApiError::TokenNotFound(token_id.clone()))?;
-    let at = iso8601(state.lifecycle.now());
-    let tenant = record.role.tenant().cloned();
-    let revoked = state
-        .lifecycle
-        .audited(&caller, "token.revoke", tenant.as_ref(), move |tx| {
-            Box::pin(async move {
-                let revoked = tx.revoke_token(&token_id, &at).await?;
-                Ok((
-                    revoked,
-                    json!({ "tokenId": token_id, "wasActive": revoked }),
-                ))
-            })
-        })
-        .await?;
-    if !revoked {
-        return Err(ApiError::TokenNotFound(record.token_id));
-    }
-    // The token's open live streams end now, not at their next look at the token.
-    state.hub.publish_revoked(Revoked::Token(record.token_id));
+    state.lifecycle.revoke_token(&caller, &token_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

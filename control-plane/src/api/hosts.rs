@@ -11,7 +11,6 @@ use axum::response::sse::{Event, Sse};
 use futures::Stream;
 use keyward_common::HostId;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::auth::AdminCaller;
@@ -182,11 +181,6 @@ fn host_from_path(raw: &str) -> Result<HostId, ApiError> {
     })
 }
 
-fn new_enrollment_token() -> zeroize::Zeroizing<String> {
-    let (_, token) = crate::tokens::new_token();
-    zeroize::Zeroizing::new(token.replacen("kw_", "kwe_", 1))
-}
-
 /// Registers a host for a tenant and returns its one-time enrollment token.
 #[utoipa::path(post, path = "/api/v1/admin/hosts", tag = "hosts", request_body = RegisterHostRequest,
     responses((status = 201, body = HostRegistration), (status = 400, body = Problem),
@@ -203,45 +197,17 @@ pub async fn register_host(
             .parse()
             .map_err(|_| ApiError::Internal)?,
     };
-    let lifecycle = &state.lifecycle;
-    if lifecycle.store().tenant(&tenant).await?.is_none() {
-        return Err(ApiError::TenantNotFound(tenant.to_string()));
-    }
-    let token = new_enrollment_token();
-    let now = lifecycle.now();
-    let ttl =
-        chrono::Duration::from_std(state.agents.enrollment_ttl).map_err(|_| ApiError::Internal)?;
-    let expires_at = iso8601(now + ttl);
-    let (h, t, hash, created, expires) = (
-        host.clone(),
-        tenant.clone(),
-        hash_token(&token),
-        iso8601(now),
-        expires_at.clone(),
-    );
-    lifecycle
-        .audited(&caller, "host.register", Some(&tenant), move |tx| {
-            Box::pin(async move {
-                tx.insert_host(&h, &t, &created, &hash, &expires)
-                    .await
-                    .map_err(|e| match e {
-                        crate::store::StoreError::Duplicate { .. } => {
-                            ApiError::HostExists(h.to_string())
-                        }
-                        other => other.into(),
-                    })?;
-                Ok(((), json!({ "hostId": h, "enrollmentExpiresAt": expires })))
-            })
-        })
+    let registered = state
+        .lifecycle
+        .register_host(&caller, &tenant, host, state.agents.enrollment_ttl)
         .await?;
-    state.hub.host_changed(&host);
     Ok((
         StatusCode::CREATED,
         Json(HostRegistration {
-            host_id: host.to_string(),
+            host_id: registered.host.to_string(),
             tenant_id: tenant.to_string(),
-            enrollment_token: token.to_string(),
-            expires_at,
+            enrollment_token: registered.enrollment_token.to_string(),
+            expires_at: registered.expires_at,
         }),
     ))
 }
@@ -294,7 +260,6 @@ pub async fn enroll(
         }
     };
     let (host, tenant, issued) = enrolled;
-    state.hub.host_changed(&host);
     Ok(Json(EnrollResponse {
         host_id: host.to_string(),
         tenant_id: tenant.to_string(),
@@ -445,28 +410,7 @@ pub async fn revoke_host(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<HostView>, ApiError> {
     let host = host_from_path(&raw)?;
-    let lifecycle = &state.lifecycle;
-    let record = lifecycle
-        .store()
-        .host(&host)
-        .await?
-        .ok_or_else(|| ApiError::HostNotFound(host.to_string()))?;
-    let at = iso8601(lifecycle.now());
-    let h = host.clone();
-    lifecycle
-        .audited(&caller, "host.revoke", Some(&record.tenant_id), move |tx| {
-            Box::pin(async move {
-                let revoked = tx.revoke_host(&h, &at).await?;
-                Ok(((), json!({ "hostId": h, "wasActive": revoked })))
-            })
-        })
-        .await?;
-    state.hub.cut(&host);
-    let record = lifecycle
-        .store()
-        .host(&host)
-        .await?
-        .ok_or_else(|| ApiError::HostNotFound(host.to_string()))?;
+    let record = state.lifecycle.revoke_host(&caller, &host).await?;
     Ok(Json(HostView::new(&record, false)))
 }
 

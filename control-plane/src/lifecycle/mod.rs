@@ -28,10 +28,12 @@ use crate::error::ApiError;
 use crate::store::{KeySetRecord, KeyState, NewAuditEvent, Store, TenantRecord};
 use crate::vault::{KeySetSecret, SecretStore, VaultError};
 
+mod access;
 mod download;
 mod policy;
 mod records;
 mod secrets;
+pub use access::Registered;
 pub use policy::{PolicySource, RotationPolicy};
 pub use records::IssuedCertificate;
 pub use secrets::{TenantSecretKind, dkim_selector};

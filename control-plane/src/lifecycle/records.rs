@@ -58,6 +58,8 @@ impl KeyLifecycle {
         .await?;
         tx.commit().await?;
         tracing::info!(host = %host.host_id, tenant = %host.tenant_id, "host enrolled");
+        self.changes
+            .changed(crate::changes::Change::Host(host.host_id.clone()));
         Ok((host.host_id, host.tenant_id, issued))
     }
 
