@@ -226,6 +226,7 @@ pub async fn start_with(
     let state = AppState {
         lifecycle: lifecycle.clone(),
         hub: hub.clone(),
+        store: lifecycle.store().clone(),
         rotations: rotations.clone(),
         backups: backups.clone(),
         hosts_feed: Arc::default(),

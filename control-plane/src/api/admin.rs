@@ -115,7 +115,7 @@ pub async fn list_tenant_secrets(
     State(state): State<AppState>,
     _admin: AdminCaller,
 ) -> Result<Json<Vec<TenantSecretsSummary>>, ApiError> {
-    let store = state.lifecycle.store();
+    let store = &state.store;
     let (tenants, key_sets) = tokio::try_join!(store.tenants(), store.key_sets())?;
     let summaries = tenants
         .iter()
@@ -142,7 +142,7 @@ pub async fn tenant_secret_details(
 ) -> Result<Json<TenantSecretDetails>, ApiError> {
     let tenant = tenant_from_path(&raw)?;
     let caller = admin_for(caller, &tenant)?;
-    let store = state.lifecycle.store();
+    let store = &state.store;
     let mut key_sets = Vec::new();
     for kind in KeyKind::ALL {
         key_sets.push(
@@ -373,7 +373,7 @@ pub async fn audit_events(
         before_seq: q.cursor,
         limit,
     };
-    let page = state.lifecycle.store().audit_events(&filter).await?;
+    let page = state.store.audit_events(&filter).await?;
     Ok(Json(AuditPageResponse {
         events: page.events,
         next_cursor: page.next_cursor,
@@ -387,5 +387,5 @@ pub async fn verify_audit(
     State(state): State<AppState>,
     _admin: AdminCaller,
 ) -> Result<Json<ChainVerdict>, ApiError> {
-    Ok(Json(state.lifecycle.store().verify_audit_chain().await?))
+    Ok(Json(state.store.verify_audit_chain().await?))
 }

@@ -44,8 +44,7 @@ where
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthenticated)?;
         let record = state
-            .lifecycle
-            .store()
+            .store
             .token_by_hash(&hash_token(token))
             .await?
             .ok_or(ApiError::BadToken)?;

@@ -305,7 +305,7 @@ pub async fn list_hosts(
 
 pub(super) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
     let hub = &state.hub;
-    let store = state.lifecycle.store();
+    let store = &state.store;
     let (hosts, activity) = tokio::try_join!(store.hosts(None), store.host_activity())?;
     Ok(hosts
         .iter()
@@ -322,7 +322,7 @@ pub(super) async fn host_views_of(
     ids: &[HostId],
 ) -> Result<Vec<HostView>, ApiError> {
     let hub = &state.hub;
-    let store = state.lifecycle.store();
+    let store = &state.store;
     let (hosts, activity) = tokio::try_join!(store.hosts_by_ids(ids), store.host_activity_of(ids))?;
     Ok(hosts
         .iter()
@@ -391,7 +391,7 @@ pub async fn host_details(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<HostView>, ApiError> {
     let host = host_from_path(&raw)?;
-    let store = state.lifecycle.store();
+    let store = &state.store;
     let record = store
         .host(&host)
         .await?
@@ -420,7 +420,7 @@ pub async fn tenant_host_keys(
     state: &AppState,
     tenant: &keyward_common::TenantId,
 ) -> Result<Vec<String>, ApiError> {
-    let hosts = state.lifecycle.store().hosts(Some(tenant)).await?;
+    let hosts = state.store.hosts(Some(tenant)).await?;
     Ok(hosts
         .into_iter()
         .filter(|h| h.revoked_at.is_none() && !h.host_keys.is_empty())

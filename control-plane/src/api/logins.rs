@@ -144,7 +144,7 @@ pub async fn admin_logins(
         before_id: q.cursor,
         limit: limit(q.limit)?,
     };
-    let (events, next_cursor) = state.lifecycle.store().logins(&filter).await?;
+    let (events, next_cursor) = state.store.logins(&filter).await?;
     Ok(Json(LoginPage {
         events,
         next_cursor,
@@ -165,7 +165,7 @@ pub async fn tenant_logins(
         limit: limit(q.limit)?,
         ..LoginFilter::default()
     };
-    let (events, next_cursor) = state.lifecycle.store().logins(&filter).await?;
+    let (events, next_cursor) = state.store.logins(&filter).await?;
     Ok(Json(LoginPage {
         events,
         next_cursor,
@@ -180,7 +180,7 @@ pub async fn key_usage(
     _admin: AdminCaller,
 ) -> Result<Json<KeyUsageReport>, ApiError> {
     let since = iso8601(state.lifecycle.now() - chrono::Duration::days(30));
-    let store = state.lifecycle.store();
+    let store = &state.store;
     let (keys, unmanaged) = tokio::try_join!(store.key_usage(&since), store.unmanaged_logins())?;
     Ok(Json(KeyUsageReport { keys, unmanaged }))
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub lifecycle: Arc<KeyLifecycle>,
     /// The agents' streams of this replica, and the changes and revocations live views follow.
     pub hub: Arc<crate::agents::hub::Hub>,
+    /// The SQL store, for the reads handlers answer from (changes go through the lifecycle).
+    pub store: crate::store::Store,
     pub metrics: Option<PrometheusHandle>,
     pub request_timeout: Duration,
     pub vault_mount: String,

@@ -30,7 +30,7 @@ pub async fn healthz() -> Json<Health> {
             description = "`not_ready`: the database or Vault cannot be used (the cause is in the server log)")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let check = async {
-        state.lifecycle.store().ping().await?;
+        state.store.ping().await?;
         let health = state.lifecycle.vault().health().await?;
         if health.sealed || !health.initialized {
             return Err(ApiError::from(VaultError::Sealed));
@@ -53,7 +53,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 /// Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // Counted at scrape time from SQL, so every replica tells the same.
-    match state.lifecycle.store().degraded_host_count().await {
+    match state.store.degraded_host_count().await {
         Ok(n) => metrics::gauge!("keyward_hosts_degraded").set(n as f64),
         Err(e) => tracing::warn!(error = %e, "cannot count degraded hosts"),
     }

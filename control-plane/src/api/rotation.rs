@@ -154,7 +154,7 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     _admin: AdminCaller,
 ) -> Result<Json<Vec<RotationJobView>>, ApiError> {
-    let jobs = state.lifecycle.store().rotation_jobs(50).await?;
+    let jobs = state.store.rotation_jobs(50).await?;
     Ok(Json(
         jobs.iter().map(|j| RotationJobView::new(j, None)).collect(),
     ))
@@ -183,7 +183,7 @@ pub async fn job(
         let snapshot = progress.borrow();
         return Ok(Json(RotationJobView::new(&snapshot.job, None)));
     }
-    let job = job_or_404(state.lifecycle.store(), &job_id).await?;
+    let job = job_or_404(&state.store, &job_id).await?;
     Ok(Json(RotationJobView::new(&job, None)))
 }
 
@@ -286,7 +286,7 @@ pub async fn job_events(
             first: true,
         },
         None => {
-            let store = state.lifecycle.store().clone();
+            let store = state.store.clone();
             job_or_404(&store, &job_id).await?;
             Follow::Stored {
                 store,
@@ -373,7 +373,7 @@ async fn policy_view(
 ) -> Result<RotationPolicyView, ApiError> {
     let mut next_rotation = std::collections::BTreeMap::new();
     for kind in keyward_common::KeyKind::ALL {
-        if let Some(ks) = state.lifecycle.store().key_set(tenant, kind).await? {
+        if let Some(ks) = state.store.key_set(tenant, kind).await? {
             next_rotation.insert(kind.as_str().to_owned(), ks.next_rotation);
         }
     }
@@ -403,7 +403,7 @@ pub async fn get_policy(
 ) -> Result<Json<RotationPolicyView>, ApiError> {
     let tenant = tenant_from_path(&raw)?;
     admin_for(caller, &tenant)?;
-    if state.lifecycle.store().tenant(&tenant).await?.is_none() {
+    if state.store.tenant(&tenant).await?.is_none() {
         return Err(ApiError::TenantNotFound(tenant.to_string()));
     }
     let policy = state.lifecycle.rotation_policy(&tenant).await?;

@@ -27,8 +27,7 @@ pub async fn ssh_credentials(
     // One query (tenant, key set and host keys), after the token's: this path makes no Vault
     // call, and each SQL round trip it saves is a large part of its cost.
     let credentials = state
-        .lifecycle
-        .store()
+        .store
         .tenant_credentials(&who.tenant, KeyKind::Tenant)
         .await?;
     match credentials {
@@ -51,10 +50,9 @@ pub async fn set_aside_keys(
     State(state): State<AppState>,
     who: TenantCaller,
 ) -> Result<Json<SetAsideKeys>, ApiError> {
-    let hosts = state.lifecycle.store().hosts(Some(&who.tenant)).await?;
+    let hosts = state.store.hosts(Some(&who.tenant)).await?;
     let tenant_user = state
-        .lifecycle
-        .store()
+        .store
         .tenant(&who.tenant)
         .await?
         .map(|t| t.tenant_user.to_string());
