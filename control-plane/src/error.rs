@@ -45,11 +45,11 @@ pub enum ApiError {
     #[error("method not allowed here")]
     MethodNotAllowed,
     #[error("tenant {0} not found")]
-    TenantNotFound(String),
+    TenantNotFound(TenantId),
     #[error("host {0} not found")]
-    HostNotFound(String),
+    HostNotFound(keyward_common::HostId),
     #[error("host {0} already exists")]
-    HostExists(String),
+    HostExists(keyward_common::HostId),
     #[error(
         "the enrollment token is unknown, used, expired or revoked; ask an admin for a new one"
     )]

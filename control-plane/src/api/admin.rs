@@ -24,7 +24,7 @@ pub(super) fn admin_for(caller: Caller, tenant: &TenantId) -> Result<Caller, Api
     match &caller.role {
         Some(Role::Admin) => Ok(caller),
         Some(Role::Tenant(own)) if own == tenant => Err(ApiError::Forbidden { needed: "admin" }),
-        _ => Err(ApiError::TenantNotFound(tenant.to_string())),
+        _ => Err(ApiError::TenantNotFound(tenant.clone())),
     }
 }
 
@@ -149,7 +149,7 @@ pub async fn tenant_secret_details(
             store
                 .key_set(&tenant, kind)
                 .await?
-                .ok_or_else(|| ApiError::TenantNotFound(tenant.to_string()))?,
+                .ok_or_else(|| ApiError::TenantNotFound(tenant.clone()))?,
         );
     }
     let mut keys = ssh_keys(&key_sets, mount(&state))?;

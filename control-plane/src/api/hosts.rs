@@ -395,7 +395,7 @@ pub async fn host_details(
     let record = store
         .host(&host)
         .await?
-        .ok_or_else(|| ApiError::HostNotFound(host.to_string()))?;
+        .ok_or_else(|| ApiError::HostNotFound(host.clone()))?;
     let mut view = HostView::new(&record, state.hub.is_connected(&host));
     view.drift = Some(store.drift_events(&host, 50).await?);
     Ok(Json(view))

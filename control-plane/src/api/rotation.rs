@@ -404,7 +404,7 @@ pub async fn get_policy(
     let tenant = tenant_from_path(&raw)?;
     admin_for(caller, &tenant)?;
     if state.store.tenant(&tenant).await?.is_none() {
-        return Err(ApiError::TenantNotFound(tenant.to_string()));
+        return Err(ApiError::TenantNotFound(tenant.clone()));
     }
     let policy = state.lifecycle.rotation_policy(&tenant).await?;
     Ok(Json(policy_view(&state, &tenant, policy).await?))

@@ -36,7 +36,7 @@ pub async fn ssh_credentials(
             key_set: Some(ks),
             host_keys,
         }) => Ok(Json(SshCredentials::new(&tenant, &ks, &host_keys))),
-        _ => Err(ApiError::TenantNotFound(who.tenant.to_string())),
+        _ => Err(ApiError::TenantNotFound(who.tenant.clone())),
     }
 }
 

@@ -26,7 +26,7 @@ impl KeyLifecycle {
     async fn tenant_exists(&self, tenant: &TenantId) -> Result<(), ApiError> {
         match self.store.tenant(tenant).await? {
             Some(_) => Ok(()),
-            None => Err(ApiError::TenantNotFound(tenant.to_string())),
+            None => Err(ApiError::TenantNotFound(tenant.clone())),
         }
     }
 
@@ -120,7 +120,7 @@ impl KeyLifecycle {
                 tx.insert_host(&h, &t, &created, &hash, &expires)
                     .await
                     .map_err(|e| match e {
-                        StoreError::Duplicate { .. } => ApiError::HostExists(h.to_string()),
+                        StoreError::Duplicate { .. } => ApiError::HostExists(h.clone()),
                         other => other.into(),
                     })?;
                 Ok(((), json!({ "hostId": h, "enrollmentExpiresAt": expires })))
@@ -142,7 +142,7 @@ impl KeyLifecycle {
         caller: &Caller,
         host: &HostId,
     ) -> Result<HostRecord, ApiError> {
-        let not_found = || ApiError::HostNotFound(host.to_string());
+        let not_found = || ApiError::HostNotFound(host.clone());
         let record = self.store.host(host).await?.ok_or_else(not_found)?;
         let at = iso8601(self.now());
         let h = host.clone();

@@ -445,7 +445,7 @@ impl KeyLifecycle {
         self.store
             .key_set(tenant, kind)
             .await?
-            .ok_or_else(|| ApiError::TenantNotFound(tenant.to_string()))
+            .ok_or_else(|| ApiError::TenantNotFound(tenant.clone()))
     }
 
     /// Replaces the key of (tenant, kind) with a new generation, made as the tenant's rotation

@@ -142,7 +142,7 @@ impl KeyLifecycle {
     ) -> Result<RotationPolicy, ApiError> {
         let _guard = self.locks.lock(tenant).await;
         if self.store.tenant(tenant).await?.is_none() {
-            return Err(ApiError::TenantNotFound(tenant.to_string()));
+            return Err(ApiError::TenantNotFound(tenant.clone()));
         }
         let at = iso8601(self.clock.now());
         let secs = |d: Duration| i64::try_from(d.as_secs()).map_err(|_| ApiError::Internal);

@@ -120,7 +120,7 @@ impl KeyLifecycle {
     ) -> Result<TenantSecretRecord, ApiError> {
         let _guard = self.locks.lock(tenant).await;
         if self.store.tenant(tenant).await?.is_none() {
-            return Err(ApiError::TenantNotFound(tenant.to_string()));
+            return Err(ApiError::TenantNotFound(tenant.clone()));
         }
         let old = self.store.tenant_secret(tenant, kind.name()).await?;
         let generation = old.as_ref().map_or(1, |o| o.generation + 1);
