@@ -672,11 +672,5 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
     };
     let report = run(&options).await?;
     let text = markdown(&report, &options.command(args.write.as_deref()));
-    let mut stdout = std::io::stdout().lock();
-    std::io::Write::write_all(&mut stdout, text.as_bytes())?;
-    if let Some(path) = &args.write {
-        crate::report::write_sections(path, &[(SECTION.to_owned(), text)])?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    crate::report::publish(SECTION, text, args.write.as_deref())
 }

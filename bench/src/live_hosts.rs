@@ -1304,17 +1304,7 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
     options.before_label.clone_from(&args.before_label);
     let report = run(&options, true).await?;
     let text = markdown(&report, &options.command(args.write.as_deref()));
-    {
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(text.as_bytes())?;
-        stdout.flush()?;
-    }
-    if let Some(path) = &args.write {
-        crate::report::write_sections(path, &[(SECTION.to_owned(), text)])?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    crate::report::publish(SECTION, text, args.write.as_deref())
 }
 
 #[cfg(test)]

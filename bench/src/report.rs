@@ -327,6 +327,20 @@ pub fn replace_sections(text: &str, sections: &[(String, String)]) -> String {
     text
 }
 
+/// What every benchmark does with its result: prints the Markdown `text` on stdout and, with
+/// `--write PATH`, records it as the section `section` of that file.
+pub fn publish(section: &str, text: String, write: Option<&Path>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    if let Some(path) = write {
+        write_sections(path, &[(section.to_owned(), text)])?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Writes `sections` into the file at `path` (created when missing).
 pub fn write_sections(path: &Path, sections: &[(String, String)]) -> anyhow::Result<()> {
     let text = match std::fs::read_to_string(path) {

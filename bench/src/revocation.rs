@@ -1009,11 +1009,5 @@ pub async fn command(args: Args) -> anyhow::Result<()> {
         command = format!("KEYWARD_AGENT_BIN={} {command}", bin.display());
     }
     let text = markdown(&report, &command);
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    if let Some(path) = &args.write {
-        crate::report::write_sections(path, &[(SECTION.to_owned(), text)])?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    crate::report::publish(SECTION, text, args.write.as_deref())
 }

@@ -556,11 +556,5 @@ impl Args {
 pub async fn command(args: Args) -> anyhow::Result<()> {
     let result = run(&args.options()).await?;
     let text = markdown(&result);
-    let mut stdout = std::io::stdout().lock();
-    std::io::Write::write_all(&mut stdout, text.as_bytes())?;
-    if let Some(path) = &args.write {
-        crate::report::write_sections(path, &[(SECTION.to_owned(), text)])?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    crate::report::publish(SECTION, text, args.write.as_deref())
 }
