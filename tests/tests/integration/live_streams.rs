@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::rotation::put_policy;
+use crate::rotation::tenants_with_rsa_keys_next;
 
 /// An open Server-Sent Events response, read event by event.
 struct Events {
@@ -202,16 +202,7 @@ async fn a_revoked_tokens_rotation_job_stream_ends_within_a_second() {
     let bao = OpenBao::start().await;
     let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
     // RSA-4096 keys: the job runs for seconds, past the revocation.
-    for id in ["rsa-a", "rsa-b", "rsa-c", "rsa-d"] {
-        cp.create_tenant(id).await;
-        let set = put_policy(
-            &cp,
-            id,
-            json!({ "interval": "90days", "gracePeriod": "1day", "algorithm": "rsa-4096" }),
-        )
-        .await;
-        assert_eq!(set.status, 200, "{}", set.text());
-    }
+    tenants_with_rsa_keys_next(&cp, &["rsa-a", "rsa-b", "rsa-c", "rsa-d"]).await;
     let (token, token_id) = admin_token(&cp).await;
     let started = cp
         .admin_post(

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::rotation::{generations, put_policy, vault_versions};
+use crate::rotation::{generations, tenants_with_rsa_keys_next, vault_versions};
 
 /// A control plane on a token with only the shipped control-plane policy and a test policy
 /// `keyward-test-deny`, which [`refuse`] points at one tenant's secret.
@@ -290,16 +290,7 @@ async fn a_running_rotate_all_refuses_a_second_and_streams_its_progress() {
     let bao = OpenBao::start().await;
     let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
     // RSA-4096 keys on the next rotation: the job takes seconds, long enough to overlap.
-    for id in ["rsa-a", "rsa-b", "rsa-c", "rsa-d"] {
-        cp.create_tenant(id).await;
-        let set = put_policy(
-            &cp,
-            id,
-            json!({ "interval": "90days", "gracePeriod": "1day", "algorithm": "rsa-4096" }),
-        )
-        .await;
-        assert_eq!(set.status, 200, "{}", set.text());
-    }
+    tenants_with_rsa_keys_next(&cp, &["rsa-a", "rsa-b", "rsa-c", "rsa-d"]).await;
     let started = cp
         .admin_post(
             "/api/v1/admin/secrets/rotate-all?async=true",

@@ -273,6 +273,21 @@ pub(crate) async fn put_policy(cp: &ControlPlane, tenant: &str, body: Value) -> 
     .await
 }
 
+/// Tenants whose next keys are RSA-4096: a bulk job over them runs for seconds, long enough for
+/// a test to act while it runs.
+pub(crate) async fn tenants_with_rsa_keys_next(cp: &ControlPlane, ids: &[&str]) {
+    for id in ids {
+        cp.create_tenant(id).await;
+        let set = put_policy(
+            cp,
+            id,
+            json!({ "interval": "90days", "gracePeriod": "1day", "algorithm": "rsa-4096" }),
+        )
+        .await;
+        assert_eq!(set.status, 200, "{}", set.text());
+    }
+}
+
 #[tokio::test]
 async fn an_ed25519_policy_tenant_gets_ed25519_keys_on_its_next_rotation() {
     let bao = OpenBao::start().await;
