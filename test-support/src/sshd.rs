@@ -4,19 +4,43 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::poll::wait_for;
+use crate::port::{free_port, preferred_or_free};
 use crate::proc::Proc;
 use crate::require::require;
 
 pub const SSHD: &str = "/usr/sbin/sshd";
 pub const SSH: &str = "/usr/bin/ssh";
 const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+
+/// How [`Sshd::start_with`] runs sshd. The default is the tests': LogLevel VERBOSE (what the
+/// login audit reads), any free port, the log in sshd's directory, nothing more in its config.
+#[derive(Debug, Clone)]
+pub struct SshdOptions {
+    pub log_level: String,
+    /// Listen here while it is free (else on a free port); any free port when `None`.
+    pub preferred_port: Option<u16>,
+    /// The log (`-E`); `sshd.log` in sshd's directory when `None`.
+    pub log: Option<PathBuf>,
+    /// More `sshd_config` lines (the quickstart's `AllowUsers`, `PermitRootLogin no`).
+    pub extra_config: Vec<String>,
+}
+
+impl Default for SshdOptions {
+    fn default() -> Self {
+        Self {
+            log_level: "VERBOSE".to_owned(),
+            preferred_port: None,
+            log: None,
+            extra_config: Vec::new(),
+        }
+    }
+}
 
 /// A private sshd on 127.0.0.1: public keys only, no PAM, `StrictModes yes`, its log in
 /// [`Sshd::log`] (LogLevel VERBOSE unless started with another). Killed on drop.
@@ -50,27 +74,41 @@ impl Sshd {
         tokio::task::spawn_blocking(Self::start_temp).await.unwrap()
     }
 
-    /// sshd with `LogLevel level` (e.g. `DEBUG1`, which says why a key was refused). Returns
-    /// once its log says it listens (bounded), trying another free port if one was taken in
-    /// between. It is not probed with a connection: that would be a login event (closed before
-    /// authentication) in the log under test.
+    /// sshd with `LogLevel level` (e.g. `DEBUG1`, which says why a key was refused).
     pub fn start_with_log_level(dir: &Path, level: &str) -> Sshd {
+        Self::start_with(
+            dir,
+            &SshdOptions {
+                log_level: level.to_owned(),
+                ..SshdOptions::default()
+            },
+        )
+    }
+
+    /// sshd as `options` say, its config and host key in `dir` (a host key already there is
+    /// kept: the quickstart's, across runs). Returns once its log says it listens (bounded),
+    /// trying another free port if one was taken in between. It is not probed with a
+    /// connection: that would be a login event (closed before authentication) in the log under
+    /// test.
+    pub fn start_with(dir: &Path, options: &SshdOptions) -> Sshd {
         require(SSHD, "openssh-server");
         require(SSH, "openssh-client");
         require(SSH_KEYGEN, "openssh-client");
         // sshd insists on its privilege separation directory (the package makes it at boot).
         fs::create_dir_all("/run/sshd").unwrap();
         let host_key = dir.join("ssh_host_ed25519_key");
-        let out = Command::new(SSH_KEYGEN)
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ssh-keygen failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !host_key.is_file() {
+            let out = Command::new(SSH_KEYGEN)
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&host_key)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ssh-keygen failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let config = dir.join("sshd_config");
         fs::write(
             &config,
@@ -78,18 +116,23 @@ impl Sshd {
                 "ListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes yes\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\n\
-                 LogLevel {level}\nMaxStartups 100\n",
-                host_key.display()
+                 LogLevel {}\nMaxStartups 100\n{}",
+                host_key.display(),
+                options.log_level,
+                options
+                    .extra_config
+                    .iter()
+                    .map(|line| format!("{line}\n"))
+                    .collect::<String>()
             ),
         )
         .unwrap();
-        let log = dir.join("sshd.log");
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+        let log = options.log.clone().unwrap_or_else(|| dir.join("sshd.log"));
+        for attempt in 0..5 {
+            let port = match options.preferred_port {
+                Some(preferred) if attempt == 0 => preferred_or_free(preferred),
+                _ => free_port(),
+            };
             let _ = fs::remove_file(&log);
             let child = Command::new(SSHD)
                 .args(["-D", "-f"])
@@ -122,6 +165,11 @@ impl Sshd {
             "sshd did not start; its last log:\n{}",
             fs::read_to_string(&log).unwrap_or_default()
         );
+    }
+
+    /// The listening sshd's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
     }
 
     /// Whether the listening sshd still runs.

@@ -35,26 +35,11 @@ impl TestUser {
 
     /// Creates a user named `kw{tag}{pid}n{counter}` with home `{parent}/{name}`.
     pub fn create_in(tag: &str, parent: &Path) -> TestUser {
-        require_root();
-        require("/usr/sbin/useradd", "passwd");
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("kw{tag}{}n{n}", std::process::id());
         let home = parent.join(&name);
-        // `-p '*'`: no password, but not "locked" (`!`), which sshd refuses without PAM.
-        run_with_retry(
-            "useradd",
-            &[
-                "-m",
-                "-d",
-                home.to_str().expect("utf-8 temp path"),
-                "-s",
-                "/bin/sh",
-                "-p",
-                "*",
-                &name,
-            ],
-        );
+        useradd(&name, &home);
         let meta = std::fs::metadata(&home).expect("useradd made the home");
         TestUser {
             name: name.parse().expect("a valid user name"),
@@ -116,6 +101,26 @@ fn userdel(name: &str) -> bool {
         }
     }
     false
+}
+
+/// `useradd` of `name` with home `home` (made), shell `/bin/sh` and no password: key logins
+/// only. `-p '*'`: no password, but not "locked" (`!`), which sshd refuses without PAM.
+pub fn useradd(name: &str, home: &Path) {
+    require_root();
+    require("/usr/sbin/useradd", "passwd");
+    run_with_retry(
+        "useradd",
+        &[
+            "-m",
+            "-d",
+            home.to_str().expect("a utf-8 home path"),
+            "-s",
+            "/bin/sh",
+            "-p",
+            "*",
+            name,
+        ],
+    );
 }
 
 /// Runs a shadow-utils command, retrying while another test holds the passwd lock.

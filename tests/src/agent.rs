@@ -1,9 +1,10 @@
 //! A real `keyward-agent` process: enrolled against a control plane, run, killed, restarted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use keyward_common::UnixUser;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::process::Child;
@@ -27,6 +28,25 @@ pub fn agent_binary() -> PathBuf {
     path
 }
 
+/// Where an agent keeps its configuration, its state and its log.
+#[derive(Debug, Clone)]
+pub struct AgentFiles {
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl AgentFiles {
+    /// `agent.toml`, `state/` and `agent.log` in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            config: dir.join("agent.toml"),
+            state_dir: dir.join("state"),
+            log: dir.join("agent.log"),
+        }
+    }
+}
+
 /// An enrolled agent and its files.
 #[derive(Debug)]
 pub struct Agent {
@@ -35,12 +55,14 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
-    _dir: tempfile::TempDir,
+    /// The directory of its files, when a temporary one of its own.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
     /// Registers a host for `tenant`, writes an agent configuration managing `admin`
-    /// (exclusive) and `tenant_user` (preserve), and enrolls with the one-time token.
+    /// (exclusive) and `tenant_user` (preserve) into a temporary directory, enrolls with the
+    /// one-time token and checks that the token does not work twice.
     pub async fn enroll(
         cp: &ControlPlane,
         tenant: &str,
@@ -48,45 +70,10 @@ impl Agent {
         tenant_user: &TestUser,
         sshd: &crate::Sshd,
     ) -> Self {
-        let registered = cp
-            .admin_post("/api/v1/admin/hosts", json!({ "tenantId": tenant }))
-            .await;
-        assert_eq!(registered.status, 201, "{}", registered.text());
-        let registered = registered.json();
-        let token = registered["enrollmentToken"].as_str().unwrap().to_owned();
-        let host_id = registered["hostId"].as_str().unwrap().to_owned();
         let dir = tempfile::tempdir().unwrap();
-        let state_dir = dir.path().join("state");
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n",
-                state_dir.display(),
-                sshd.host_key_dir.display(),
-                admin.name,
-                tenant_user.name,
-                sshd.log.display()
-            ),
-        )
-        .unwrap();
-        let out = tokio::process::Command::new(agent_binary())
-            .args([
-                "enroll",
-                "--server",
-                &cp.url,
-                "--config",
-                config.to_str().unwrap(),
-            ])
-            .env("KEYWARD_ENROLL_TOKEN", &token)
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "enrollment failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let files = AgentFiles::in_dir(dir.path());
+        let (mut agent, token) =
+            Self::enroll_with(cp, tenant, &admin.name, &tenant_user.name, sshd, files).await;
         // The token works once.
         let again = tokio::process::Command::new(agent_binary())
             .args(["enroll", "--force", "--server", &cp.url, "--state-dir"])
@@ -104,14 +91,66 @@ impl Agent {
             "{}",
             String::from_utf8_lossy(&again.stderr)
         );
-        Self {
+        agent._dir = Some(dir);
+        agent
+    }
+
+    /// Registers a host for `tenant`, writes the agent configuration managing `admin`
+    /// (exclusive) and `tenant_user` (preserve) to `files.config`, and enrolls with the
+    /// one-time token; returns the agent (not running yet) and the token, now spent.
+    pub async fn enroll_with(
+        cp: &ControlPlane,
+        tenant: &str,
+        admin: &UnixUser,
+        tenant_user: &UnixUser,
+        sshd: &crate::Sshd,
+        files: AgentFiles,
+    ) -> (Self, String) {
+        let registered = cp
+            .admin_post("/api/v1/admin/hosts", json!({ "tenantId": tenant }))
+            .await;
+        assert_eq!(registered.status, 201, "{}", registered.text());
+        let registered = registered.json();
+        let token = registered["enrollmentToken"].as_str().unwrap().to_owned();
+        let host_id = registered["hostId"].as_str().unwrap().to_owned();
+        std::fs::write(
+            &files.config,
+            format!(
+                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n",
+                files.state_dir.display(),
+                sshd.host_key_dir.display(),
+                admin,
+                tenant_user,
+                sshd.log.display()
+            ),
+        )
+        .unwrap();
+        let out = tokio::process::Command::new(agent_binary())
+            .args([
+                "enroll",
+                "--server",
+                &cp.url,
+                "--config",
+                files.config.to_str().unwrap(),
+            ])
+            .env("KEYWARD_ENROLL_TOKEN", &token)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "enrollment failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let agent = Self {
             host_id,
-            config,
-            state_dir,
-            log: dir.path().join("agent.log"),
+            config: files.config,
+            state_dir: files.state_dir,
+            log: files.log,
             child: None,
-            _dir: dir,
-        }
+            _dir: None,
+        };
+        (agent, token)
     }
 
     pub fn start(&mut self) {

@@ -1,5 +1,7 @@
 //! A real control plane on 127.0.0.1:0, over a real OpenBao and a real database.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keyward_common::KeyAlgorithm;
@@ -9,7 +11,7 @@ use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use crate::openbao::{OpenBao, ROOT_TOKEN};
+use crate::openbao::OpenBao;
 use crate::postgres::PgSchema;
 
 /// Which SQL backend the control plane uses.
@@ -72,12 +74,29 @@ impl Reply {
 pub struct ControlPlane {
     pub url: String,
     pub admin_token: String,
-    pub state_dir: tempfile::TempDir,
+    pub state_dir: StateDir,
     pub database_url: String,
     config: Config,
     server: Option<RunningServer>,
     http: reqwest::Client,
     _schema: Option<PgSchema>,
+}
+
+/// Where the control plane keeps its state: a temporary directory of its own (the tests'), removed
+/// on drop, or a given one that stays (the quickstart's `.run/state`).
+#[derive(Debug)]
+pub enum StateDir {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl StateDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Temporary(dir) => dir.path(),
+            Self::Kept(dir) => dir,
+        }
+    }
 }
 
 /// Settings for [`ControlPlane::start_with`].
@@ -94,6 +113,11 @@ pub struct Options {
     pub backup: Option<BackupConfig>,
     /// Changes the configuration last (limits and timeouts a test needs low).
     pub configure: Option<fn(&mut Config)>,
+    /// The REST and the agents' listeners; 127.0.0.1:0 each by default.
+    pub listen: SocketAddr,
+    pub agent_listen: SocketAddr,
+    /// The state directory, kept; a temporary one when `None`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A server certificate for 127.0.0.1 and localhost, signed by a CA made for the test.
@@ -131,6 +155,9 @@ impl TestTls {
     }
 }
 
+const ANY_LOOPBACK_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -141,6 +168,9 @@ impl Default for Options {
             vault_token: None,
             backup: None,
             configure: None,
+            listen: ANY_LOOPBACK_PORT,
+            agent_listen: ANY_LOOPBACK_PORT,
+            state_dir: None,
         }
     }
 }
@@ -173,15 +203,18 @@ impl ControlPlane {
     /// As [`ControlPlane::start_with`], but a control plane that refuses to start is an `Err`
     /// with its message.
     pub async fn try_start_with(bao: &OpenBao, options: Options) -> Result<Self, String> {
-        let state_dir = tempfile::tempdir().unwrap();
+        let state_dir = match &options.state_dir {
+            Some(dir) => StateDir::Kept(dir.clone()),
+            None => StateDir::Temporary(tempfile::tempdir().unwrap()),
+        };
         let schema = match options.database {
             Database::Sqlite => None,
             Database::Postgres => Some(PgSchema::create().await),
         };
         let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.listen = options.listen;
         config.server.state_dir = state_dir.path().to_path_buf();
-        config.agent_api.listen = "127.0.0.1:0".parse().unwrap();
+        config.agent_api.listen = options.agent_listen;
         config.database.url = schema.as_ref().map(PgSchema::url);
         config.vault.address = bao.addr.clone();
         config.vault.ca_file.clone_from(&bao.ca_file);
@@ -189,7 +222,7 @@ impl ControlPlane {
             options
                 .vault_token
                 .clone()
-                .unwrap_or_else(|| ROOT_TOKEN.into()),
+                .unwrap_or_else(|| bao.root_token.clone()),
         );
         if let Some(backup) = &options.backup {
             config.backup = backup.clone();
@@ -291,17 +324,28 @@ impl ControlPlane {
             .await
     }
 
-    /// Onboards a tenant whose VPS is 127.0.0.1:`port`, with users `t_<id>` and `kwadmin`.
+    /// Onboards a tenant whose VPS is 127.0.0.1:2222, with users `tenant` and `kwadmin`.
     pub async fn create_tenant(&self, tenant: &str) -> Value {
+        self.onboard_tenant(tenant, 2222, "tenant", "kwadmin").await
+    }
+
+    /// Onboards a tenant whose VPS is 127.0.0.1:`ssh_port`, with these tenant and admin users.
+    pub async fn onboard_tenant(
+        &self,
+        tenant: &str,
+        ssh_port: u16,
+        ssh_username: &str,
+        admin_username: &str,
+    ) -> Value {
         let reply = self
             .admin_post(
                 "/api/v1/admin/tenants",
                 json!({
                     "tenantId": tenant,
                     "vpsIp": "127.0.0.1",
-                    "sshPort": 2222,
-                    "sshUsername": "tenant",
-                    "adminUsername": "kwadmin",
+                    "sshPort": ssh_port,
+                    "sshUsername": ssh_username,
+                    "adminUsername": admin_username,
                 }),
             )
             .await;
@@ -311,10 +355,15 @@ impl ControlPlane {
 
     /// Issues a tenant API token and returns it.
     pub async fn tenant_token(&self, tenant: &str) -> String {
+        self.labelled_tenant_token(tenant, "test").await
+    }
+
+    /// Issues a tenant API token with this label and returns it.
+    pub async fn labelled_tenant_token(&self, tenant: &str, label: &str) -> String {
         let reply = self
             .admin_post(
                 "/api/v1/admin/tokens",
-                json!({ "role": "tenant", "tenantId": tenant, "label": "test" }),
+                json!({ "role": "tenant", "tenantId": tenant, "label": label }),
             )
             .await;
         assert_eq!(reply.status, 201, "{}", reply.text());

