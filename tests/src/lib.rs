@@ -3,12 +3,14 @@
 //! Tests read as the story they check:
 //! `let bao = OpenBao::start().await; let cp = ControlPlane::start(&bao).await;`
 //! Every part that is missing makes the test fail with the command that installs it.
+//! [`demo`] builds the quickstart's deployment (`make quickstart`) from the same parts.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::missing_panics_doc)]
 
 pub mod agent;
 pub mod browser;
 pub mod control_plane;
+pub mod demo;
 pub mod deployment;
 pub mod openbao;
 pub mod postgres;
