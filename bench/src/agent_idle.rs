@@ -33,7 +33,10 @@ use keyward_tests::{ControlPlane, Database, OpenBao, TestUser};
 use reqwest::Method;
 use serde_json::json;
 
+use crate::benchmark::Benchmark;
+use crate::flags::AgentBinary;
 use crate::machine::{Load, Machine};
+use crate::report::Publication;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -639,38 +642,29 @@ pub struct Args {
     /// Seconds left alone after the first apply before the window.
     #[arg(long, default_value_t = 10)]
     pub settle: u64,
-    /// The agent binary (default: target/release-agent/keyward-agent, with --smoke the test
-    /// build's target/debug/keyward-agent; KEYWARD_AGENT_BIN overrides either).
-    #[arg(long, value_name = "FILE")]
-    pub agent_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub agent: AgentBinary,
     /// The test suite's version: no settling, a 2 s window.
     #[arg(long)]
     pub smoke: bool,
-    /// Record the results in this Markdown file (its `agent-idle` section is replaced).
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<PathBuf>,
 }
 
-/// Runs `keyward-bench agent-idle`: prints the Markdown, and writes it with `--write`.
-pub async fn command(args: Args) -> anyhow::Result<()> {
-    // The smoke run checks that the benchmark works, not the shipped build: it takes the agent
-    // the test suite builds (`cargo build --workspace --bins`, or KEYWARD_AGENT_BIN).
-    let default_bin: fn() -> PathBuf = if args.smoke {
-        keyward_tests::agent::agent_binary
-    } else {
-        release_agent
-    };
-    let bin = args.agent_bin.clone().unwrap_or_else(default_bin);
-    let options = if args.smoke {
-        Options::smoke(bin)
-    } else {
-        Options {
-            settle_seconds: args.settle,
-            window_seconds: args.window,
-            ..Options::new(bin)
-        }
-    };
-    let report = run(&options).await?;
-    let text = markdown(&report, &options.command(args.write.as_deref()));
-    crate::report::publish(SECTION, text, args.write.as_deref())
+impl Benchmark for Args {
+    const WRITES: &'static str = "its `agent-idle` section is replaced";
+
+    async fn run(self, write: Option<&Path>) -> anyhow::Result<Publication> {
+        let bin = self.agent.resolve(self.smoke);
+        let options = if self.smoke {
+            Options::smoke(bin)
+        } else {
+            Options {
+                settle_seconds: self.settle,
+                window_seconds: self.window,
+                ..Options::new(bin)
+            }
+        };
+        let report = run(&options).await?;
+        let text = markdown(&report, &options.command(write));
+        Ok(Publication::section(SECTION, text))
+    }
 }

@@ -18,9 +18,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::benchmark::Benchmark;
 use crate::cluster::Cluster;
+use crate::flags::HostsDir;
 use crate::fleet::{FileRenamed, Fleet};
 use crate::machine::{Load, Machine, filesystem_of};
+use crate::report::Publication;
 use crate::sys::{self, FdLimit};
 
 /// What to run.
@@ -484,42 +487,31 @@ pub struct Args {
     /// The test suite's tiny version: 3 tenants.
     #[arg(long)]
     pub smoke: bool,
-    /// Where the simulated hosts' files are written (default: the temporary directory).
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Record the results in this Markdown file (its own section is replaced).
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<PathBuf>,
+    #[command(flatten)]
+    pub hosts: HostsDir,
 }
 
-/// Runs `keyward-bench fanout`: prints the section, and writes it with `--write`.
-pub async fn command(args: Args) -> anyhow::Result<()> {
-    let mut options = if args.smoke {
-        Options {
-            progress: true,
-            ..Options::smoke()
-        }
-    } else {
-        Options::new(args.agents)
-    };
-    options.dir.clone_from(&args.dir);
-    options.without_agents = !args.no_alone;
-    let report = run(&options).await?;
-    let line = if args.smoke {
-        "cargo run --release -p keyward-bench -- fanout --smoke".to_owned()
-    } else {
-        command_line(&options, args.write.as_deref())
-    };
-    let section = markdown(&report, &line);
-    {
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(section.as_bytes())?;
-        stdout.flush()?;
+impl Benchmark for Args {
+    const WRITES: &'static str = "its own section is replaced";
+
+    async fn run(self, write: Option<&std::path::Path>) -> anyhow::Result<Publication> {
+        let mut options = if self.smoke {
+            Options {
+                progress: true,
+                ..Options::smoke()
+            }
+        } else {
+            Options::new(self.agents)
+        };
+        options.dir = self.hosts.dir;
+        options.without_agents = !self.no_alone;
+        let report = run(&options).await?;
+        let line = if self.smoke {
+            "cargo run --release -p keyward-bench -- fanout --smoke".to_owned()
+        } else {
+            command_line(&options, write)
+        };
+        let section = markdown(&report, &line);
+        Ok(Publication::section(section_id(&report), section))
     }
-    if let Some(path) = &args.write {
-        crate::report::write_sections(path, &[(section_id(&report), section)])?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
 }

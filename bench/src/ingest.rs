@@ -5,11 +5,15 @@
 //! the gRPC stream calls for each `LoginBatch`): attribution against the key history, the
 //! insert with de-duplication by (host, cursor), and one hash-chained audit event per batch.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keyward_common::HostId;
 use keyward_common::proto::{LoginBatch, LoginEvent, LoginMethod, LoginOutcome};
 use keyward_tests::{ControlPlane, Database, OpenBao, RawIdentity};
+
+use crate::benchmark::Benchmark;
+use crate::report::Publication;
 
 /// One backend's figures.
 #[derive(Debug, Clone)]
@@ -130,4 +134,41 @@ pub fn markdown(results: &[IngestResult]) -> String {
         ));
     }
     out
+}
+
+/// The `BENCHMARKS.md` section id.
+pub const SECTION: &str = "login-ingest";
+
+/// `keyward-bench ingest`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Events to store per backend.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Events per batch (the agent sends up to 500).
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
+impl Benchmark for Args {
+    const WRITES: &'static str = "its `login-ingest` section is replaced";
+
+    /// Prints the table; the section adds the command and what was measured.
+    async fn run(self, _write: Option<&Path>) -> anyhow::Result<Publication> {
+        let mut results = Vec::new();
+        for database in [Database::Sqlite, Database::Postgres] {
+            results.push(run(database, self.events, self.batch).await?);
+        }
+        let table = markdown(&results);
+        let section = format!(
+            "### Login-event ingest\n\nCommand: `cargo run --release -p keyward-bench -- ingest --events {} --batch {}`. \
+             Batches as an agent sends them, through the control plane's ingest path (attribution, \
+             de-duplication, one audit event per batch), into each backend.\n\n{table}",
+            self.events, self.batch
+        );
+        Ok(Publication {
+            stdout: table,
+            sections: vec![(SECTION.to_owned(), section)],
+        })
+    }
 }

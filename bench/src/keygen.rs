@@ -23,7 +23,9 @@ use keyward_common::{GeneratedKey, KeyAlgorithm};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::benchmark::Benchmark;
 use crate::machine::{Load, Machine};
+use crate::report::Publication;
 use crate::stats::percentile;
 
 /// What to run.
@@ -433,9 +435,6 @@ pub struct Args {
     /// The test suite's version: one key per generator (overrides --keys and --previous-keys).
     #[arg(long)]
     pub smoke: bool,
-    /// Record the results in this Markdown file (its `keygen` section is replaced).
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -451,9 +450,12 @@ impl Args {
     }
 }
 
-/// Runs `keyward-bench keygen`: the table on stdout, and the section into `--write`'s file.
-pub async fn command(args: Args) -> anyhow::Result<()> {
-    let result = run(&args.options()).await?;
-    let text = markdown(&result);
-    crate::report::publish(SECTION, text, args.write.as_deref())
+impl Benchmark for Args {
+    const WRITES: &'static str = "its `keygen` section is replaced";
+
+    // The section's command line always ends `--write BENCHMARKS.md` (see `markdown`).
+    async fn run(self, _write: Option<&Path>) -> anyhow::Result<Publication> {
+        let result = run(&self.options()).await?;
+        Ok(Publication::section(SECTION, markdown(&result)))
+    }
 }

@@ -14,12 +14,16 @@
 //! - [`live_hosts`]: the live hosts view with 10,000 hosts reporting and 500 admins watching:
 //!   control plane CPU and memory, bytes per stream per host change, a tenant's request latency.
 //! - [`fleet`]: simulated hosts, each a tenant with an enrolled agent running in this process.
+//! - [`benchmark`], [`flags`]: the interface every benchmark subcommand implements, and the
+//!   flags several share.
 //! - [`stats`], [`report`]: summaries, Markdown tables and the sections of `BENCHMARKS.md`.
 //! - [`machine`], [`sys`]: what the numbers were measured on, and the process's limits.
 
 pub mod agent_idle;
+pub mod benchmark;
 pub mod cluster;
 pub mod fanout;
+pub mod flags;
 pub mod fleet;
 pub mod ingest;
 pub mod keygen;

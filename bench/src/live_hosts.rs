@@ -45,8 +45,10 @@ use prost::Message as _;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::benchmark::Benchmark;
 use crate::cluster::{Cluster, string_field};
 use crate::machine::{Load, Machine};
+use crate::report::Publication;
 use crate::report::bytes;
 use crate::stats::Summary;
 use crate::sys;
@@ -1278,33 +1280,33 @@ pub struct Args {
     /// The test suite's version: 3 and 6 hosts, 3 streams, 0.5 s cases, 1 round.
     #[arg(long)]
     pub smoke: bool,
-    /// Record the results in this Markdown file (its `live-hosts` section is replaced).
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<PathBuf>,
 }
 
-/// Runs `keyward-bench live-hosts`: prints the section, and writes it with `--write`.
-pub async fn command(args: Args) -> anyhow::Result<()> {
-    let mut options = if args.smoke {
-        Options::smoke()
-    } else {
-        let mut fleets = args.fleets.clone();
-        fleets.sort_unstable();
-        fleets.dedup();
-        anyhow::ensure!(!fleets.is_empty(), "--fleets names no size");
-        Options {
-            rounds: args.rounds.max(1),
-            window: Duration::from_secs(args.window_secs.max(1)),
-            fleets,
-            admin_streams: args.admin_streams.max(1),
-            ..Options::new()
-        }
-    };
-    options.before_exe.clone_from(&args.before_exe);
-    options.before_label.clone_from(&args.before_label);
-    let report = run(&options, true).await?;
-    let text = markdown(&report, &options.command(args.write.as_deref()));
-    crate::report::publish(SECTION, text, args.write.as_deref())
+impl Benchmark for Args {
+    const WRITES: &'static str = "its `live-hosts` section is replaced";
+
+    async fn run(self, write: Option<&Path>) -> anyhow::Result<Publication> {
+        let mut options = if self.smoke {
+            Options::smoke()
+        } else {
+            let mut fleets = self.fleets;
+            fleets.sort_unstable();
+            fleets.dedup();
+            anyhow::ensure!(!fleets.is_empty(), "--fleets names no size");
+            Options {
+                rounds: self.rounds.max(1),
+                window: Duration::from_secs(self.window_secs.max(1)),
+                fleets,
+                admin_streams: self.admin_streams.max(1),
+                ..Options::new()
+            }
+        };
+        options.before_exe = self.before_exe;
+        options.before_label = self.before_label;
+        let report = run(&options, true).await?;
+        let text = markdown(&report, &options.command(write));
+        Ok(Publication::section(SECTION, text))
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! answer.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,9 +21,12 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::benchmark::Benchmark;
 use crate::cluster::{Cluster, ClusterOptions, string_field};
+use crate::flags::HostsDir;
 use crate::fleet::{FileRenamed, Fleet, TENANT_USER};
 use crate::machine::{Load, Machine, filesystem_of};
+use crate::report::{self, Publication};
 use crate::stats::Summary;
 use crate::sys::{self, FdLimit};
 
@@ -432,4 +435,107 @@ impl Rotations<'_> {
                 .or_insert((event.started, event.at));
         }
     }
+}
+
+/// `keyward-bench propagation`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Connected agents (tenants with one host each).
+    #[arg(long, default_value_t = 1)]
+    pub agents: usize,
+    /// Sequential rotations to time.
+    #[arg(long, default_value_t = 200)]
+    pub rotations: usize,
+    /// The test suite's tiny version: 2 agents, 5 rotations (overrides --agents and --rotations).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Rotate back to back, without waiting for the previous rotation's acknowledgement.
+    #[arg(long)]
+    pub back_to_back: bool,
+    /// Runs, each in a fresh process with a fresh OpenBao and database.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    #[command(flatten)]
+    pub hosts: HostsDir,
+    /// Print the report as JSON instead of Markdown (used by --runs).
+    #[arg(long, hide = true)]
+    pub json: bool,
+}
+
+impl Benchmark for Args {
+    const WRITES: &'static str = "its propagation sections are replaced";
+
+    /// With `--runs N` (N > 1), each run is a child process printing `--json`; the sections
+    /// are the method and the scenario's results.
+    async fn run(self, write: Option<&Path>) -> anyhow::Result<Publication> {
+        let mut options = if self.smoke {
+            Options {
+                progress: true,
+                ..Options::smoke()
+            }
+        } else {
+            Options::new(self.agents, self.rotations)
+        };
+        options.dir = self.hosts.dir;
+        options.settle = !self.back_to_back;
+        let runs = self.runs.max(1);
+        let reports = if runs == 1 {
+            vec![run(&options).await?]
+        } else {
+            let mut reports = Vec::with_capacity(runs);
+            for run in 1..=runs {
+                eprintln!("run {run} of {runs}");
+                reports.push(run_in_child(&options).await?);
+            }
+            reports
+        };
+        if self.json {
+            return Ok(Publication {
+                stdout: serde_json::to_string(&reports[0])? + "\n",
+                sections: Vec::new(),
+            });
+        }
+        let command = report::propagation_command(&options, runs, write);
+        Ok(Publication {
+            stdout: report::propagation_stdout(&reports),
+            sections: vec![
+                ("propagation-method".into(), report::propagation_method()),
+                (
+                    report::propagation_section_id(&reports[0]),
+                    report::propagation_section(&reports, &command),
+                ),
+            ],
+        })
+    }
+}
+
+/// One run in a fresh process of this binary: a fresh heap for the memory figures.
+async fn run_in_child(options: &Options) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let mut child = tokio::process::Command::new(exe);
+    child.args([
+        "propagation",
+        "--json",
+        "--agents",
+        &options.agents.to_string(),
+        "--rotations",
+        &options.rotations.to_string(),
+    ]);
+    if let Some(dir) = &options.dir {
+        child.arg("--dir").arg(dir);
+    }
+    if !options.settle {
+        child.arg("--back-to-back");
+    }
+    let out = child
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("running a benchmark process")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the benchmark process failed: {}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).context("reading the benchmark process's report")
 }

@@ -327,18 +327,37 @@ pub fn replace_sections(text: &str, sections: &[(String, String)]) -> String {
     text
 }
 
-/// What every benchmark does with its result: prints the Markdown `text` on stdout and, with
-/// `--write PATH`, records it as the section `section` of that file.
-pub fn publish(section: &str, text: String, write: Option<&Path>) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()?;
-    if let Some(path) = write {
-        write_sections(path, &[(section.to_owned(), text)])?;
-        eprintln!("wrote {}", path.display());
+/// What a benchmark run gives: the Markdown it prints on stdout, and the sections of the
+/// `--write` file it replaces, `(id, Markdown)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Publication {
+    pub stdout: String,
+    pub sections: Vec<(String, String)>,
+}
+
+impl Publication {
+    /// The usual case: one section, printed as it is recorded.
+    pub fn section(id: impl Into<String>, markdown: String) -> Self {
+        Self {
+            sections: vec![(id.into(), markdown.clone())],
+            stdout: markdown,
+        }
     }
-    Ok(())
+
+    /// Prints the Markdown and, with `--write PATH`, records the sections in that file.
+    pub fn publish(self, write: Option<&Path>) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(self.stdout.as_bytes())?;
+        stdout.flush()?;
+        if let Some(path) = write
+            && !self.sections.is_empty()
+        {
+            write_sections(path, &self.sections)?;
+            eprintln!("wrote {}", path.display());
+        }
+        Ok(())
+    }
 }
 
 /// Writes `sections` into the file at `path` (created when missing).

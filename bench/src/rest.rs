@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::benchmark::Benchmark;
 use crate::machine::{Load, Machine};
+use crate::report::Publication;
 
 /// The path measured.
 pub const PATH: &str = "/api/v1/tenant/infrastructure/ssh-credentials";
@@ -1005,9 +1006,6 @@ pub struct Args {
     /// The test suite's version: 1 s per target, built-in client, 4 connections.
     #[arg(long)]
     pub smoke: bool,
-    /// Record the results in this Markdown file (its `rest-ssh-credentials` section is replaced).
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<PathBuf>,
 }
 
 impl Args {
@@ -1036,12 +1034,15 @@ impl Args {
     }
 }
 
-/// Runs `keyward-bench rest`: prints the Markdown, and writes it with `--write`.
-pub async fn command(args: Args) -> anyhow::Result<()> {
-    let options = args.options();
-    let report = run(&options).await?;
-    let text = markdown(&report, &options.command(args.write.as_deref()));
-    crate::report::publish(SECTION, text, args.write.as_deref())
+impl Benchmark for Args {
+    const WRITES: &'static str = "its `rest-ssh-credentials` section is replaced";
+
+    async fn run(self, write: Option<&std::path::Path>) -> anyhow::Result<Publication> {
+        let options = self.options();
+        let report = run(&options).await?;
+        let text = markdown(&report, &options.command(write));
+        Ok(Publication::section(SECTION, text))
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,10 @@ use keyward_tests::{Deployment, KeyFile};
 use reqwest::Method;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::benchmark::Benchmark;
+use crate::flags::AgentBinary;
 use crate::machine::{Load, Machine};
+use crate::report::Publication;
 use crate::stats::Summary;
 
 /// What to run.
@@ -967,47 +970,39 @@ pub struct Args {
     /// The test suite's version: 3 rounds a case, a 3 s chmod loop.
     #[arg(long)]
     pub smoke: bool,
-    /// Record the results in this Markdown file (its `revocation` section is replaced).
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<PathBuf>,
-    /// The agent binary (default: target/release-agent/keyward-agent, as agent-idle measures it;
-    /// with --smoke the test build's target/debug/keyward-agent; KEYWARD_AGENT_BIN overrides
-    /// either).
-    #[arg(long, value_name = "FILE")]
-    pub agent_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub agent: AgentBinary,
 }
 
-/// Runs `keyward-bench revocation`: prints the Markdown, and writes it with `--write`. The harness
-/// takes the agent from `KEYWARD_AGENT_BIN`: when that is not the agent chosen, this binary runs
-/// itself again with it set.
-pub async fn command(args: Args) -> anyhow::Result<()> {
-    let default_bin: fn() -> PathBuf = if args.smoke {
-        keyward_tests::agent::agent_binary
-    } else {
-        crate::agent_idle::release_agent
-    };
-    let bin = args.agent_bin.clone().unwrap_or_else(default_bin);
-    if std::env::var_os("KEYWARD_AGENT_BIN").as_deref() != Some(bin.as_os_str()) {
-        let exe = std::env::current_exe().context("finding this binary")?;
-        let status = tokio::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env("KEYWARD_AGENT_BIN", &bin)
-            .status()
-            .await
-            .context("running the benchmark with KEYWARD_AGENT_BIN")?;
-        anyhow::ensure!(status.success(), "the benchmark failed: {status}");
-        return Ok(());
+impl Benchmark for Args {
+    const WRITES: &'static str = "its `revocation` section is replaced";
+
+    /// The harness takes the agent from `KEYWARD_AGENT_BIN`: when that is not the agent chosen,
+    /// this binary runs itself again with it set, and that child prints and records the results.
+    async fn run(self, write: Option<&Path>) -> anyhow::Result<Publication> {
+        let bin = self.agent.resolve(self.smoke);
+        if std::env::var_os("KEYWARD_AGENT_BIN").as_deref() != Some(bin.as_os_str()) {
+            let exe = std::env::current_exe().context("finding this binary")?;
+            let status = tokio::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env("KEYWARD_AGENT_BIN", &bin)
+                .status()
+                .await
+                .context("running the benchmark with KEYWARD_AGENT_BIN")?;
+            anyhow::ensure!(status.success(), "the benchmark failed: {status}");
+            return Ok(Publication::default());
+        }
+        let options = if self.smoke {
+            Options::smoke()
+        } else {
+            Options::new(self.rounds.max(1))
+        };
+        let report = run(&options).await?;
+        let mut command = options.command(write);
+        if let Some(bin) = &self.agent.agent_bin {
+            command = format!("KEYWARD_AGENT_BIN={} {command}", bin.display());
+        }
+        let text = markdown(&report, &command);
+        Ok(Publication::section(SECTION, text))
     }
-    let options = if args.smoke {
-        Options::smoke()
-    } else {
-        Options::new(args.rounds.max(1))
-    };
-    let report = run(&options).await?;
-    let mut command = options.command(args.write.as_deref());
-    if let Some(bin) = &args.agent_bin {
-        command = format!("KEYWARD_AGENT_BIN={} {command}", bin.display());
-    }
-    let text = markdown(&report, &command);
-    crate::report::publish(SECTION, text, args.write.as_deref())
 }

@@ -35,8 +35,10 @@ use keyward_server::vault::VaultStore;
 use keyward_tests::OpenBao;
 use serde::{Deserialize, Serialize};
 
+use crate::benchmark::Benchmark;
 use crate::keygen::Spread;
 use crate::machine::{Load, Machine};
+use crate::report::Publication;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -534,9 +536,6 @@ pub struct Args {
     /// The test suite's version: 2 tenants, 1 single rotation of each kind.
     #[arg(long)]
     pub smoke: bool,
-    /// Record the results in this Markdown file (its `rotate-all` section is replaced).
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -552,9 +551,12 @@ impl Args {
     }
 }
 
-/// Runs `keyward-bench rotate-all`: the table on stdout, and the section into `--write`'s file.
-pub async fn command(args: Args) -> anyhow::Result<()> {
-    let result = run(&args.options()).await?;
-    let text = markdown(&result);
-    crate::report::publish(SECTION, text, args.write.as_deref())
+impl Benchmark for Args {
+    const WRITES: &'static str = "its `rotate-all` section is replaced";
+
+    // The section's command line always ends `--write BENCHMARKS.md` (see `markdown`).
+    async fn run(self, _write: Option<&Path>) -> anyhow::Result<Publication> {
+        let result = run(&self.options()).await?;
+        Ok(Publication::section(SECTION, markdown(&result)))
+    }
 }

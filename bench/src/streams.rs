@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::benchmark::Benchmark;
 use crate::cluster::Cluster;
+use crate::flags::HostsDir;
 use crate::fleet::Fleet;
 use crate::machine::{Load, Machine};
+use crate::report::Publication;
 use crate::report::bytes;
 use crate::sys::{self, FdLimit};
 
@@ -439,44 +442,33 @@ pub struct Args {
     /// The test suite's tiny version: 3 agents, 2 s idle.
     #[arg(long)]
     pub smoke: bool,
-    /// Where the simulated hosts' files are written (default: the temporary directory).
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Record the results in this Markdown file (its own section is replaced).
-    #[arg(long, value_name = "FILE")]
-    pub write: Option<PathBuf>,
+    #[command(flatten)]
+    pub hosts: HostsDir,
 }
 
-/// Runs `keyward-bench streams`: prints the section, and writes it with `--write`.
-pub async fn command(args: Args) -> anyhow::Result<()> {
-    let mut options = if args.smoke {
-        Options {
-            progress: true,
-            ..Options::smoke()
-        }
-    } else {
-        Options {
-            idle: Duration::from_secs(args.idle_secs),
-            ..Options::new(args.agents)
-        }
-    };
-    options.dir.clone_from(&args.dir);
-    let report = run(&options).await?;
-    let line = if args.smoke {
-        "cargo run --release -p keyward-bench -- streams --smoke".to_owned()
-    } else {
-        command_line(&options, args.write.as_deref())
-    };
-    let section = markdown(&report, &line);
-    {
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(section.as_bytes())?;
-        stdout.flush()?;
+impl Benchmark for Args {
+    const WRITES: &'static str = "its own section is replaced";
+
+    async fn run(self, write: Option<&std::path::Path>) -> anyhow::Result<Publication> {
+        let mut options = if self.smoke {
+            Options {
+                progress: true,
+                ..Options::smoke()
+            }
+        } else {
+            Options {
+                idle: Duration::from_secs(self.idle_secs),
+                ..Options::new(self.agents)
+            }
+        };
+        options.dir = self.hosts.dir;
+        let report = run(&options).await?;
+        let line = if self.smoke {
+            "cargo run --release -p keyward-bench -- streams --smoke".to_owned()
+        } else {
+            command_line(&options, write)
+        };
+        let section = markdown(&report, &line);
+        Ok(Publication::section(section_id(&report), section))
     }
-    if let Some(path) = &args.write {
-        crate::report::write_sections(path, &[(section_id(&report), section)])?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
 }

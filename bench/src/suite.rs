@@ -217,6 +217,33 @@ pub fn default_tmpfs() -> PathBuf {
     }
 }
 
+/// `keyward-bench all`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Each benchmark's tiny version (the test suite's).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Record the results in this Markdown file (each benchmark replaces its own sections).
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Where the 10,000-agent runs keep the simulated hosts' files (default: /dev/shm).
+    #[arg(long, value_name = "DIR")]
+    pub tmpfs: Option<PathBuf>,
+}
+
+/// Runs `keyward-bench all`: every step, then the summary; fails when a step failed.
+pub async fn command(args: Args) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tmpfs = args.tmpfs.unwrap_or_else(default_tmpfs);
+    let outcomes = run(steps(args.smoke, &tmpfs, args.write.as_deref())).await?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "\n## The suite\n")?;
+    stdout.write_all(summary(&outcomes).as_bytes())?;
+    let failed = outcomes.iter().filter(|o| !o.ok).count();
+    anyhow::ensure!(failed == 0, "{failed} benchmark(s) failed");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
