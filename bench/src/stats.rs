@@ -1,4 +1,5 @@
-//! Summaries of samples: min, p50, p99, max and mean, in milliseconds.
+//! Summaries of samples: min, p50, p99, max and mean, in milliseconds; and the median of a few
+//! repeated measurements.
 //!
 //! Percentiles are nearest-rank: p is the smallest sample with at least p% of the samples at or
 //! below it (for 200 samples, p50 is the 100th smallest and p99 the 198th). No interpolation, so
@@ -51,6 +52,22 @@ impl Summary {
     }
 }
 
+/// The median of a few figures (a measurement's rounds): the mean of the two middle values for
+/// an even count, unlike the nearest-rank p50 of a summary. NaN for none.
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +84,12 @@ mod tests {
         assert_eq!((one.p50, one.p99), (7.0, 7.0));
         assert_eq!(Summary::of(&[]), None);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 99.0), 5.0);
+    }
+
+    #[test]
+    fn medians() {
+        assert!((median(&[3.0, 1.0, 2.0]) - 2.0).abs() < 1e-12);
+        assert!((median(&[4.0, 1.0, 2.0, 3.0]) - 2.5).abs() < 1e-12);
+        assert!(median(&[]).is_nan());
     }
 }
