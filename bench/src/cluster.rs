@@ -55,6 +55,40 @@ pub struct ChildHello {
     pub fd_limit: crate::sys::FdLimit,
 }
 
+/// A control plane's configuration as the benchmarks run it: REST and the agents' endpoint on
+/// 127.0.0.1:0, its state in `state_dir` (SQLite unless a database URL is set), OpenBao at
+/// `vault` with the dev server's root token, keys of `algorithm`.
+pub fn loopback_config(
+    state_dir: &std::path::Path,
+    vault: &str,
+    algorithm: KeyAlgorithm,
+) -> anyhow::Result<Config> {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.server.state_dir = state_dir.to_path_buf();
+    config.agent_api.listen = "127.0.0.1:0".parse()?;
+    config.vault.address = vault.to_owned();
+    config.vault.token = Some(keyward_tests::openbao::ROOT_TOKEN.into());
+    config.keys = KeysConfig {
+        algorithm,
+        ..KeysConfig::default()
+    };
+    Ok(config)
+}
+
+/// Starts a control plane in this process, and reads the admin token it bootstraps.
+pub async fn start_server(config: Config) -> anyhow::Result<(RunningServer, String)> {
+    let token_path = config.bootstrap_token_path();
+    let server = server::start(config)
+        .await
+        .context("starting the control plane")?;
+    let admin_token = std::fs::read_to_string(&token_path)
+        .with_context(|| format!("reading {}", token_path.display()))?
+        .trim()
+        .to_owned();
+    Ok((server, admin_token))
+}
+
 /// The hidden subcommand that runs a control plane for [`Cluster::spawn`].
 pub const CHILD_COMMAND: &str = "control-plane-child";
 
@@ -64,34 +98,13 @@ impl Cluster {
     /// SQLite in a temporary state directory.
     pub async fn start(options: &ClusterOptions) -> anyhow::Result<Self> {
         let bao = OpenBao::start().await;
-        let bao_version = tokio::process::Command::new(keyward_tests::openbao::bao_binary())
-            .arg("version")
-            .output()
-            .await
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-            .unwrap_or_default();
+        let bao_version = crate::machine::bao_version().await;
         let state_dir = tempfile::Builder::new()
             .prefix("keyward-bench-cp-")
             .tempdir()
             .context("creating the control plane's state directory")?;
-        let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse()?;
-        config.server.state_dir = state_dir.path().to_path_buf();
-        config.agent_api.listen = "127.0.0.1:0".parse()?;
-        config.vault.address = bao.addr.clone();
-        config.vault.token = Some(keyward_tests::openbao::ROOT_TOKEN.into());
-        config.keys = KeysConfig {
-            algorithm: options.algorithm,
-            ..KeysConfig::default()
-        };
-        let token_path = config.bootstrap_token_path();
-        let server = server::start(config)
-            .await
-            .context("starting the control plane")?;
-        let admin_token = std::fs::read_to_string(&token_path)
-            .with_context(|| format!("reading {}", token_path.display()))?
-            .trim()
-            .to_owned();
+        let config = loopback_config(state_dir.path(), &bao.addr, options.algorithm)?;
+        let (server, admin_token) = start_server(config).await?;
         Ok(Self {
             url: server.url(),
             admin_token,

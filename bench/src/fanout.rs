@@ -332,12 +332,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         options: options.clone(),
         started_at,
         machine: Machine::detect(),
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-        .into(),
+        build: crate::machine::BUILD.into(),
         hosts_filesystem,
         load_before,
         load_after,

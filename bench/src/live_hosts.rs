@@ -989,12 +989,7 @@ pub async fn run(options: &Options, progress: bool) -> anyhow::Result<LiveReport
         options: options.clone(),
         started_at,
         machine: Machine::detect(),
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-        .into(),
+        build: crate::machine::BUILD.into(),
         load_before,
         load_after: Load::now(),
         fd_limit,

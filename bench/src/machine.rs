@@ -1,4 +1,5 @@
-//! What the numbers were measured on: CPUs, memory, kernel, and how busy the machine already was.
+//! What the numbers were measured on: CPUs, memory, kernel, how busy the machine already was,
+//! and which builds ran (this binary's profile, OpenBao's version).
 
 use std::path::Path;
 
@@ -56,6 +57,23 @@ impl Machine {
             self.kernel
         )
     }
+}
+
+/// `debug` or `release`: the profile this binary (and so the control plane in it) was built with.
+pub const BUILD: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
+
+/// What `bao version` says of the OpenBao the benchmarks start; empty when it cannot be run.
+pub async fn bao_version() -> String {
+    tokio::process::Command::new(keyward_tests::openbao::bao_binary())
+        .arg("version")
+        .output()
+        .await
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The 1, 5 and 15 minute load averages.

@@ -286,12 +286,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         options: options.clone(),
         started_at,
         machine: Machine::detect(),
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-        .into(),
+        build: crate::machine::BUILD.into(),
         bao_version,
         hosts_filesystem,
         load_before,

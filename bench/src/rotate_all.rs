@@ -253,12 +253,7 @@ pub async fn run(options: &Options) -> anyhow::Result<RotateAllResult> {
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let load_before = Load::now();
     let bao = OpenBao::start().await;
-    let bao_version = tokio::process::Command::new(keyward_tests::openbao::bao_binary())
-        .arg("version")
-        .output()
-        .await
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let bao_version = crate::machine::bao_version().await;
     let dir = tempfile::Builder::new()
         .prefix("keyward-bench-rotate-all-")
         .tempdir()

@@ -4,12 +4,12 @@
 
 use anyhow::{Context, bail};
 use keyward_common::KeyAlgorithm;
-use keyward_server::config::{Config, KeysConfig};
-use keyward_server::server::{self, RunningServer};
+use keyward_server::server::RunningServer;
 use keyward_tests::PgSchema;
 use serde_json::{Value, json};
 
 use super::{Backend, PATH};
+use crate::cluster::{loopback_config, start_server};
 
 /// A running control plane with its tenants, and the answer its first tenant gets.
 pub(super) struct SeededControlPlane {
@@ -34,6 +34,8 @@ impl std::fmt::Debug for SeededControlPlane {
 }
 
 impl SeededControlPlane {
+    /// Starts the control plane on `backend` with `vault` as its Vault, creates `tenants` tenants
+    /// (at least one) with a host and a token each, and reads the first tenant's answer.
     pub(super) async fn start(
         backend: Backend,
         vault: &str,
@@ -46,25 +48,9 @@ impl SeededControlPlane {
             Backend::Sqlite => None,
             Backend::Postgres => Some(PgSchema::create().await),
         };
-        let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse()?;
-        config.server.state_dir = state_dir.path().to_path_buf();
-        config.agent_api.listen = "127.0.0.1:0".parse()?;
+        let mut config = loopback_config(state_dir.path(), vault, KeyAlgorithm::Ed25519)?;
         config.database.url = schema.as_ref().map(PgSchema::url);
-        config.vault.address = vault.to_owned();
-        config.vault.token = Some(keyward_tests::openbao::ROOT_TOKEN.into());
-        config.keys = KeysConfig {
-            algorithm: KeyAlgorithm::Ed25519,
-            ..KeysConfig::default()
-        };
-        let token_path = config.bootstrap_token_path();
-        let server = server::start(config)
-            .await
-            .context("starting the control plane")?;
-        let admin_token = std::fs::read_to_string(&token_path)
-            .with_context(|| format!("reading {}", token_path.display()))?
-            .trim()
-            .to_owned();
+        let (server, admin_token) = start_server(config).await?;
         let mut kw = Self {
             backend,
             url: server.url(),

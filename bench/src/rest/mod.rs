@@ -65,12 +65,7 @@ pub async fn run(options: &Options) -> anyhow::Result<RestReport> {
     }
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut bao = OpenBao::start().await;
-    let bao_version = tokio::process::Command::new(keyward_tests::openbao::bao_binary())
-        .arg("version")
-        .output()
-        .await
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let bao_version = crate::machine::bao_version().await;
     let proxy = VaultProxy::start(&bao.addr).await?;
     let mut keywards = Vec::new();
     for database in &options.backends {
@@ -155,11 +150,7 @@ pub async fn run(options: &Options) -> anyhow::Result<RestReport> {
         options: options.clone(),
         started_at,
         machine: Machine::detect(),
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        build: crate::machine::BUILD,
         bao_version,
         wrk_version,
         load_before,
