@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use keyward_common::backoff::Backoff;
 use keyward_common::proto::agent_hub_client::AgentHubClient;
-use rand::Rng;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -123,38 +123,16 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// A stream that lived this long was healthy: the next failure starts the schedule afresh.
 pub const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 
-/// The upper bound of the wait before retry number `attempt` (0-based): 200 ms doubling up to
-/// 30 s.
-pub fn backoff_ceiling(attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX);
-    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_CAP)
+/// The agent's reconnection schedule: up to 200 ms first, doubling up to 30 s, full jitter.
+pub fn backoff() -> Backoff {
+    Backoff::new(BACKOFF_BASE, BACKOFF_CAP)
 }
 
-/// Exponential backoff with full jitter: each wait is uniform in `[0, ceiling]`, so a thousand
-/// agents cut off by one control plane restart do not all come back in the same instant.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The wait before the next attempt.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let ceiling = backoff_ceiling(self.attempt);
-        self.attempt = self.attempt.saturating_add(1);
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rng.gen_range(0..=millis))
-    }
-
-    /// Called when a stream ends: a long-lived one resets the schedule.
-    pub fn stream_ended(&mut self, lived: Duration) {
-        if lived > HEALTHY_STREAM {
-            self.attempt = 0;
-        }
+/// A stream ended after living `lived`: a long-lived one was healthy, so the next failure starts
+/// the schedule afresh.
+pub fn stream_ended(backoff: &mut Backoff, lived: Duration) {
+    if lived > HEALTHY_STREAM {
+        backoff.reset();
     }
 }
 
@@ -163,27 +141,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ceiling_doubles_from_200_ms_to_30_s() {
-        let ms = |a| backoff_ceiling(a).as_millis();
-        assert_eq!(
-            (0..10).map(ms).collect::<Vec<_>>(),
-            [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
-        );
-        assert_eq!(backoff_ceiling(u32::MAX), BACKOFF_CAP);
-    }
-
-    #[test]
-    fn delays_are_jittered_below_the_ceiling_and_reset_after_a_healthy_stream() {
+    fn the_agent_backs_off_from_200_ms_to_30_s_and_starts_afresh_after_a_healthy_stream() {
         let mut rng = rand::thread_rng();
-        let mut b = Backoff::new();
-        for attempt in 0..40 {
-            let d = b.next_delay(&mut rng);
-            assert!(d <= backoff_ceiling(attempt), "{attempt}: {d:?}");
+        let mut b = backoff();
+        assert_eq!(b.ceiling(0), BACKOFF_BASE);
+        assert_eq!(b.ceiling(u32::MAX), BACKOFF_CAP);
+        for _ in 0..5 {
+            b.next_delay(&mut rng);
         }
-        b.stream_ended(Duration::from_secs(5));
-        assert!(b.attempt > 0);
-        b.stream_ended(Duration::from_secs(31));
-        assert_eq!(b.attempt, 0);
+        stream_ended(&mut b, Duration::from_secs(5));
+        assert_eq!(b.attempts(), 5);
+        stream_ended(&mut b, Duration::from_secs(31));
+        assert_eq!(b.attempts(), 0);
         assert!(b.next_delay(&mut rng) <= BACKOFF_BASE);
     }
 

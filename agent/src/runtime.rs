@@ -46,7 +46,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::apply::{Applier, SystemApplier, UserApplied};
-use crate::client::Backoff;
 use crate::config::AgentConfig;
 use crate::host_keys::read_host_keys;
 use crate::link::{Link, LinkEvent};
@@ -54,6 +53,7 @@ use crate::logins::{self, Logins, SessionRecords};
 use crate::sd_notify::Notifier;
 use crate::state_dir::{CERT_FILE, CachedState, Epochs, Identity, StateDir, StateDirError};
 use crate::tls::{self, TlsError};
+use keyward_common::backoff::Backoff;
 
 /// How long a state's `Applied` answer waits for its session checks; a later result follows in
 /// another `Applied`.
@@ -469,7 +469,7 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut backoff = Backoff::new();
+        let mut backoff = crate::client::backoff();
         let mut link = self.open();
         let mut login_wakes = self.logins.take_wakes();
         loop {
@@ -591,7 +591,7 @@ impl Agent {
 
     fn stream_ended(&self, link: &Link, backoff: &mut Backoff) {
         if let Link::Up(stream) = link {
-            backoff.stream_ended(stream.since.elapsed());
+            crate::client::stream_ended(backoff, stream.since.elapsed());
         }
     }
 

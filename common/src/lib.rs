@@ -5,6 +5,7 @@
 //! by [`keys`].
 
 pub mod authorized_keys;
+pub mod backoff;
 pub mod ids;
 pub mod keys;
 pub mod proto;

@@ -20,6 +20,8 @@ use crate::api::throttle::EnrollThrottle;
 use crate::api::{AppState, router};
 use crate::backup::VaultBackups;
 use crate::caller::Caller;
+use crate::changes::ChangeNotifier;
+use crate::changes::postgres::ReplicaChanges;
 use crate::clock::{Clock, SystemClock, iso8601};
 use crate::config::Config;
 use crate::conns::RestAcceptor;
@@ -157,19 +159,27 @@ pub async fn start_with(
     let trust = AgentTrust::load_or_create(vault.as_ref()).await?;
     // The hub is this replica's: the domain announces its changes to it through the
     // change-notification seam, the transport registers agents' streams and live views with it.
+    // Replicas on one PostgreSQL database also tell each other (`changes::postgres`).
     let hub = Arc::new(Hub::default());
+    let mut background = Vec::new();
+    let changes: Arc<dyn ChangeNotifier> = match ReplicaChanges::start(&store, hub.clone()) {
+        Some((changes, tasks)) => {
+            background.extend(tasks);
+            changes
+        }
+        None => hub.clone(),
+    };
     let lifecycle = Arc::new(KeyLifecycle::new(
         vault,
         store,
         clock,
         config.keys.clone(),
-        hub.clone(),
+        changes.clone(),
     ));
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
     let rotations = Arc::new(BulkRotations::new(lifecycle.clone(), &config.rotation));
     rotations.recover().await?;
     let backups = Arc::new(VaultBackups::new(lifecycle.clone(), config.backup.clone()));
-    let mut background = Vec::new();
     if config.rotation.scheduler {
         let scheduler = RotationScheduler::new(lifecycle.clone(), config.rotation.clone());
         background.push(tokio::spawn(Arc::new(scheduler).run()));
@@ -196,7 +206,10 @@ pub async fn start_with(
     };
     let agent_api = grpc::start(
         lifecycle.clone(),
-        hub.clone(),
+        grpc::Streams {
+            hub: hub.clone(),
+            changes,
+        },
         trust.clone(),
         grpc::Endpoint {
             listen: agent_config.listen,

@@ -79,7 +79,8 @@ pub struct ControlPlane {
     config: Config,
     server: Option<RunningServer>,
     http: reqwest::Client,
-    _schema: Option<PgSchema>,
+    /// Shared by the replicas of one deployment ([`ControlPlane::replica`]); dropped with the last.
+    _schema: Option<std::sync::Arc<PgSchema>>,
 }
 
 /// Where the control plane keeps its state: a temporary directory of its own (the tests'), removed
@@ -267,8 +268,33 @@ impl ControlPlane {
                     .unwrap(),
                 None => reqwest::Client::new(),
             },
-            _schema: schema,
+            _schema: schema.map(std::sync::Arc::new),
         })
+    }
+
+    /// Another replica of this deployment: the same database (PostgreSQL) and Vault, with ports
+    /// and a state directory of its own; the admin token is the deployment's.
+    pub async fn replica(&self) -> Self {
+        let state_dir = StateDir::Temporary(tempfile::tempdir().unwrap());
+        let mut config = self.config.clone();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.agent_api.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.state_dir = state_dir.path().to_path_buf();
+        let server = server::start(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("replica starts: {e}"));
+        config.server.listen = server.addr;
+        config.agent_api.listen = server.agent_addr;
+        Self {
+            url: server.url(),
+            admin_token: self.admin_token.clone(),
+            state_dir,
+            database_url: self.database_url.clone(),
+            config,
+            server: Some(server),
+            http: self.http.clone(),
+            _schema: self._schema.clone(),
+        }
     }
 
     pub fn server(&self) -> &RunningServer {

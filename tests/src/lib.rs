@@ -15,6 +15,7 @@ pub mod deployment;
 pub mod openbao;
 pub mod postgres;
 pub mod raw_agent;
+pub mod sse;
 
 pub use agent::Agent;
 pub use browser::Browser;

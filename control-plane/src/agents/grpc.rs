@@ -5,6 +5,7 @@
 //! refuses a revoked host or a certificate that is not the host's current one. A host only ever
 //! receives the state built for its own id.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use super::limits::{
 };
 use super::state::desired_state;
 use crate::caller::Caller;
+use crate::changes::{Change, ChangeNotifier};
 use crate::clock::iso8601;
 use crate::conns::{AcceptBackoff, Guarded};
 use crate::lifecycle::KeyLifecycle;
@@ -145,8 +147,12 @@ pub struct AgentService {
 /// Starts the task that records agents' hellos, acknowledgements and disconnections, in order,
 /// as many as are waiting in one transaction: a stream's loop does not wait for SQL, and a
 /// bulk rotation's 10,000 acknowledgements cost a few commits instead of 10,000. The hosts
-/// view is told after each batch is recorded. The task ends when every sender is gone.
-fn spawn_report_writer(lifecycle: Arc<KeyLifecycle>, hub: Arc<Hub>) -> mpsc::Sender<HostReport> {
+/// view of every replica is told after each batch is recorded. The task ends when every sender
+/// is gone.
+fn spawn_report_writer(
+    lifecycle: Arc<KeyLifecycle>,
+    changes: Arc<dyn ChangeNotifier>,
+) -> mpsc::Sender<HostReport> {
     let (tx, mut rx) = mpsc::channel::<HostReport>(REPORT_QUEUE);
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(REPORT_BATCH);
@@ -167,11 +173,17 @@ fn spawn_report_writer(lifecycle: Arc<KeyLifecycle>, hub: Arc<Hub>) -> mpsc::Sen
                     }
                 }
             }
-            hub.these_hosts_changed(batch.iter().map(HostReport::host));
+            let hosts: BTreeSet<&HostId> = batch.iter().map(HostReport::host).collect();
+            changes.changed(Change::Reported(hosts.into_iter().cloned().collect()));
             batch.clear();
         }
     });
     tx
+}
+
+/// Why a stream the hub cut ends: the host was revoked, or a newer stream of it replaced this one.
+fn stream_cut() -> Status {
+    Status::permission_denied("the host was revoked or reconnected")
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
@@ -322,12 +334,19 @@ impl Session {
                     drops.as_mut().reset(tokio::time::Instant::now() + RECORD_DROPS_EVERY);
                 }
                 changed = registration.wake.changed() => {
-                    if changed.is_err() { break; }
+                    if changed.is_err() {
+                        // The hub let go of this stream: it was cut, and the agent is told so
+                        // whichever of the two signals this loop sees first.
+                        if *registration.cut.borrow() {
+                            let _ = self.tx.send(Err(stream_cut())).await;
+                        }
+                        break;
+                    }
                     sent = self.send_state().await.or(sent);
                     resend.as_mut().reset(tokio::time::Instant::now() + RESEND_AFTER);
                 }
                 _ = registration.cut.changed() => {
-                    let _ = self.tx.send(Err(Status::permission_denied("the host was revoked or reconnected"))).await;
+                    let _ = self.tx.send(Err(stream_cut())).await;
                     break;
                 }
                 () = &mut resend, if awaiting => {
@@ -603,10 +622,19 @@ pub struct Endpoint<'a> {
     pub server_names: &'a [String],
 }
 
+/// Where the endpoint's streams live and where what agents report is announced.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    /// This replica's streams: registered, woken and cut here.
+    pub hub: Arc<Hub>,
+    /// Hears the agents' recorded reports, so that every replica's hosts view shows them.
+    pub changes: Arc<dyn ChangeNotifier>,
+}
+
 /// Starts the agent endpoint on `endpoint.listen` with a server certificate for its names.
 pub async fn start(
     lifecycle: Arc<KeyLifecycle>,
-    hub: Arc<Hub>,
+    streams: Streams,
     trust: AgentTrust,
     endpoint: Endpoint<'_>,
     certificate_lifetime: Duration,
@@ -695,9 +723,9 @@ pub async fn start(
         }
     };
     let service = AgentService {
-        reports: spawn_report_writer(lifecycle.clone(), hub.clone()),
+        reports: spawn_report_writer(lifecycle.clone(), streams.changes),
         lifecycle,
-        hub,
+        hub: streams.hub,
         trust,
         certificate_lifetime,
         limits,

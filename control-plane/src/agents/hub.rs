@@ -1,4 +1,5 @@
-//! The hub: which hosts have a live stream on this replica, and how to wake or cut them.
+//! The hub: which hosts have a live stream on this replica, and how to wake or cut them. It hears
+//! every change, this replica's and (on PostgreSQL) the others', through `changes::ChangeNotifier`.
 //!
 //! Streams are level-triggered: waking one makes it rebuild the host's whole state from SQL, so
 //! any number of changes in between collapse into one message.
@@ -63,11 +64,14 @@ pub enum Revoked {
     Tenant(TenantId),
     /// A host's certificate.
     Host(HostId),
+    /// Revocations may have been missed: every live view checks its credential again.
+    Unknown,
 }
 
-/// How revocations reach the live streams. The hub is the in-process version (one replica); a
-/// scale-out version publishes through PostgreSQL `LISTEN`/`NOTIFY` behind the same two calls.
-/// A receiver that lags behind must treat every credential as possibly revoked and check again.
+/// How revocations reach this replica's live streams. Other replicas' revocations arrive through
+/// the change seam (`changes::postgres`) as `Change::TokenRevoked`/`Change::HostRevoked`, which
+/// the hub publishes here. A receiver that lags behind, or that gets [`Revoked::Unknown`], must
+/// treat every credential as possibly revoked and check again.
 pub trait RevocationFeed: Send + Sync {
     fn publish_revoked(&self, revoked: Revoked);
     fn subscribe_revoked(&self) -> broadcast::Receiver<Revoked>;
@@ -189,6 +193,20 @@ impl Hub {
         self.hosts_changed();
     }
 
+    /// Changes may have been missed: every stream reads its host's state again (a revoked host's
+    /// stream ends there), the hosts view reads every host, and every live view checks its
+    /// credential.
+    pub fn resync(&self) {
+        {
+            let connections = self.lock();
+            for connection in connections.by_host.values() {
+                connection.wake.send_modify(|n| *n += 1);
+            }
+        }
+        self.publish_revoked(Revoked::Unknown);
+        self.hosts_changed();
+    }
+
     /// Ends the host's stream at once (revocation), and every live view opened for the host.
     pub fn cut(&self, host: &HostId) {
         if let Some(connection) = self.lock().remove(host) {
@@ -265,13 +283,16 @@ impl RevocationFeed for Hub {
 
 impl crate::changes::ChangeNotifier for Hub {
     fn changed(&self, change: crate::changes::Change) {
+        use crate::changes::Change;
         match change {
-            crate::changes::Change::Tenant(tenant) => self.tenant_changed(&tenant),
-            crate::changes::Change::Host(host) => self.host_changed(&host),
-            crate::changes::Change::HostRevoked(host) => self.cut(&host),
-            crate::changes::Change::TokenRevoked(token_id) => {
+            Change::Tenant(tenant) => self.tenant_changed(&tenant),
+            Change::Host(host) => self.host_changed(&host),
+            Change::Reported(hosts) => self.these_hosts_changed(&hosts),
+            Change::HostRevoked(host) => self.cut(&host),
+            Change::TokenRevoked(token_id) => {
                 self.publish_revoked(Revoked::Token(token_id));
             }
+            Change::Resync => self.resync(),
         }
     }
 }

@@ -76,6 +76,7 @@ impl Scope {
             Revoked::Token(id) => self.token_id.as_ref() == Some(id),
             Revoked::Tenant(t) => self.tenant.as_ref() == Some(t),
             Revoked::Host(h) => self.host.as_ref() == Some(h),
+            Revoked::Unknown => false,
         }
     }
 }
@@ -110,12 +111,12 @@ async fn until_revoked(
         tokio::select! {
             revoked = feed.recv() => match revoked {
                 Ok(revoked) if scope.ended_by(&revoked) => return,
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => {
+                Ok(Revoked::Unknown) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     if !still_valid(&lifecycle, &scope).await {
                         return;
                     }
                 }
+                Ok(_) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = recheck.tick() => {

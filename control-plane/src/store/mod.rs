@@ -22,6 +22,7 @@ mod audit;
 mod hosts;
 mod key_sets;
 mod logins;
+mod notifications;
 mod retention;
 mod rotation;
 mod tenants;
@@ -31,6 +32,7 @@ pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent
 pub use hosts::{DriftRecord, HostRecord, HostReport};
 pub use key_sets::{KeySetRecord, KeyState, TenantCredentials};
 pub use logins::{DayCount, KeyUsage, LoginFilter, LoginRecord, NewLogin, UnmanagedUse};
+pub use notifications::{MAX_PAYLOAD_BYTES, Notifications};
 pub use retention::Expiring;
 pub use rotation::{
     JobFailure, JobRecord, RotationPolicyRecord, SchedulerLease, TenantSecretRecord,
@@ -89,6 +91,15 @@ pub struct Store {
     backend: Backend,
     /// Orders audit appends on SQLite (one process owns a SQLite file).
     sqlite_writer: Arc<Mutex<()>>,
+    /// On PostgreSQL: where replicas tell each other of changes ([`Store::notify`]).
+    postgres: Option<Arc<Shared>>,
+}
+
+/// What a store on PostgreSQL needs to listen: the URL (a listening session is a connection
+/// of its own, outside the pool) and the deployment's channel.
+struct Shared {
+    url: String,
+    channel: String,
 }
 
 impl fmt::Debug for Store {
@@ -136,10 +147,18 @@ impl Store {
             }
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Arc::new(Shared {
+                url: url.to_owned(),
+                channel: notifications::channel_name(&pool).await?,
+            })),
+        };
         Ok(Self {
             pool,
             backend,
             sqlite_writer: Arc::new(Mutex::new(())),
+            postgres,
         })
     }
 

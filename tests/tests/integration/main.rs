@@ -14,6 +14,7 @@ mod hostile_load;
 mod live_streams;
 mod login_ingest;
 mod openapi_fuzz;
+mod replicas;
 mod revocation_attacks;
 mod rotate_all;
 mod rotation;

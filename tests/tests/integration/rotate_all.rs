@@ -2,12 +2,13 @@
 //! its failure and reason reported, the others rotated; one job at a time across replicas, and
 //! jobs followed live over Server-Sent Events.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use keyward_common::KeyAlgorithm;
 use keyward_server::clock::iso8601;
 use keyward_tests::control_plane::Options;
+use keyward_tests::sse::Events;
 use keyward_tests::{ControlPlane, Database, OpenBao, workspace_root};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -241,48 +242,13 @@ async fn postgres_rotate_all_dkim_reports_the_failing_tenant_and_publishes_dns_r
     assert_eq!(dkim["previousSelector"], selector);
 }
 
-/// Reads a job's Server-Sent Events until the stream ends: `(event, data)` pairs.
+/// Reads a job's Server-Sent Events until the stream ends (within 120 s): `(event, data)` pairs.
 async fn follow(cp: &ControlPlane, job_id: &str) -> Vec<(String, Value)> {
-    let mut response = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/admin/secrets/rotate-all/{job_id}/events",
-            cp.url
-        ))
-        .bearer_auth(&cp.admin_token)
-        .send()
+    let path = format!("/api/v1/admin/secrets/rotate-all/{job_id}/events");
+    Events::open(cp, &path, &cp.admin_token)
         .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "text/event-stream"
-    );
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(120), response.chunk())
+        .until_end(Instant::now() + Duration::from_secs(120))
         .await
-        .expect("the event stream stalled")
-        .unwrap()
-    {
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let mut name = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(value) = line.strip_prefix("event: ") {
-                    name = Some(value.to_owned());
-                } else if let Some(value) = line.strip_prefix("data: ") {
-                    data.push_str(value);
-                }
-            }
-            // Keep-alive comments carry no event.
-            if let Some(name) = name {
-                events.push((name, serde_json::from_str(&data).unwrap()));
-            }
-        }
-    }
-    events
 }
 
 #[tokio::test]

@@ -1,0 +1,147 @@
+//! Replicas on one PostgreSQL database (issue #15): a change made through one replica reaches
+//! the agents and live views connected to another, through PostgreSQL `LISTEN`/`NOTIFY`, and a
+//! replica whose listening connection is cut resynchronises from SQL instead of missing it.
+
+use std::time::{Duration, Instant};
+
+use keyward_common::proto::{DesiredState, control_message};
+use keyward_tests::raw_agent::{RawIdentity, RawStream};
+use keyward_tests::sse::Events;
+use keyward_tests::{ControlPlane, Database, OpenBao, eventually, unique_tenant};
+use prost::Message as _;
+use reqwest::Method;
+use serde_json::json;
+use sqlx::Connection as _;
+
+/// The next desired state on the stream newer than generation `after` (a stream may be sent
+/// the same state again): its generation and the managed keys' fingerprints.
+async fn state_after(stream: &mut RawStream, after: u64) -> (u64, Vec<String>) {
+    stream
+        .next_matching(|m| match m.msg {
+            Some(control_message::Msg::State(signed)) => {
+                let state = DesiredState::decode(&signed.state[..]).unwrap();
+                let keys = state
+                    .users
+                    .iter()
+                    .flat_map(|u| u.keys.iter().map(|k| k.fingerprint.clone()))
+                    .collect();
+                (state.generation > after).then_some((state.generation, keys))
+            }
+            _ => None,
+        })
+        .await
+}
+
+/// Rotates the tenant's key through `cp` and waits for a newer state on `stream` (within 10 s):
+/// it must carry other keys than `before`.
+async fn rotate_and_see(
+    cp: &ControlPlane,
+    token: &str,
+    stream: &mut RawStream,
+    before: &(u64, Vec<String>),
+) -> (u64, Vec<String>) {
+    let rotated = cp.tenant_call(token, Method::POST, "/rotate").await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let after = state_after(stream, before.0).await;
+    assert_ne!(after.1, before.1, "the rotated key reached the stream");
+    after
+}
+
+/// Cuts every session listening on the deployment's channel, as a network fault or a database
+/// failover would; returns how many were cut.
+async fn cut_listeners(cp: &ControlPlane) -> u64 {
+    let mut conn = sqlx::PgConnection::connect(&cp.database_url).await.unwrap();
+    let cut: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query = 'LISTEN \"keyward_' || md5(current_database() || '.' || current_schema()) || '\"' \
+         AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    cut.len() as u64
+}
+
+/// `keyward_replica_change_listener_reconnects_total` (the process's: both replicas run in it).
+async fn listener_reconnects(cp: &ControlPlane) -> f64 {
+    let metrics = cp.request(Method::GET, "/metrics", None, None).await.text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keyward_replica_change_listener_reconnects_total "))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_change_through_one_replica_reaches_agents_and_live_views_on_another() {
+    let bao = OpenBao::start().await;
+    let a = ControlPlane::start_fast(&bao, Database::Postgres).await;
+    let b = a.replica().await;
+    let tenant = unique_tenant("replicas");
+    a.create_tenant(&tenant).await;
+    let token = a.tenant_token(&tenant).await;
+
+    // Enrolled through A, streaming to B: the state is the same whichever replica it reaches.
+    let host = RawIdentity::enroll(&a, &tenant).await;
+    let mut on_b = host.open(&b).await;
+    let first = state_after(&mut on_b, 0).await;
+    assert!(!first.1.is_empty(), "the tenant's keys are in the state");
+
+    // A rotation through A wakes the stream on B.
+    let second = rotate_and_see(&a, &token, &mut on_b, &first).await;
+
+    // Both replicas' listening sessions are cut; a rotation made at once, while they reconnect,
+    // still reaches B: a replica that lost its connection reads the state again from SQL.
+    let reconnects_before = listener_reconnects(&b).await;
+    assert_eq!(
+        cut_listeners(&a).await,
+        2,
+        "one listening session per replica"
+    );
+    let third = rotate_and_see(&a, &token, &mut on_b, &second).await;
+    eventually(
+        "the replicas to notice their listening sessions were cut",
+        Duration::from_secs(10),
+        || async { (listener_reconnects(&b).await >= reconnects_before + 2.0).then_some(()) },
+    )
+    .await;
+    // And once back, they hear each other as before.
+    rotate_and_see(&a, &token, &mut on_b, &third).await;
+
+    // A token revoked on A ends its live view on B within a second.
+    let issued = a
+        .admin_post(
+            "/api/v1/admin/tokens",
+            json!({ "role": "admin", "label": "watcher" }),
+        )
+        .await
+        .json();
+    let watcher = issued["token"].as_str().unwrap();
+    let mut view = Events::open(&b, "/api/v1/admin/events/hosts", watcher).await;
+    let (name, _) = view.expect(Duration::from_secs(5)).await;
+    assert_eq!(name, "snapshot");
+    let revoked = a
+        .request(
+            Method::DELETE,
+            &format!(
+                "/api/v1/admin/tokens/{}",
+                issued["tokenId"].as_str().unwrap()
+            ),
+            Some(&a.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 204, "{}", revoked.text());
+    view.until_end(Instant::now() + Duration::from_secs(1))
+        .await;
+
+    // A host revoked on A has its stream on B cut.
+    let revoked = a
+        .admin_post(
+            &format!("/api/v1/admin/hosts/{}/revoke", host.host_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let status = on_b.ended().await.expect("the stream ends with a status");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
