@@ -23,7 +23,6 @@ use serde_json::json;
 use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::config::BackupConfig;
-use crate::error::ApiError;
 use crate::lifecycle::KeyLifecycle;
 use crate::vault::VaultError;
 
@@ -63,15 +62,6 @@ impl BackupError {
             Self::Io { .. } => {
                 "the snapshot could not be written to the backup directory (see the server log)"
             }
-        }
-    }
-}
-
-impl From<BackupError> for ApiError {
-    fn from(e: BackupError) -> Self {
-        match e {
-            BackupError::Vault(v) => ApiError::Vault(v),
-            BackupError::NotConfigured | BackupError::Io { .. } => ApiError::Internal,
         }
     }
 }

@@ -5,10 +5,11 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keyward_common::{IdError, TenantId};
+use keyward_common::IdError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::lifecycle::DomainError;
 use crate::store::StoreError;
 use crate::vault::VaultError;
 
@@ -31,7 +32,7 @@ pub struct Problem {
     pub job_id: Option<String>,
 }
 
-/// Everything a request can fail with.
+/// Everything a request can fail with: the transport's own refusals, and the domain's failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("a bearer token is required (Authorization: Bearer <token>)")]
@@ -44,18 +45,6 @@ pub enum ApiError {
     NoRoute { path: String },
     #[error("method not allowed here")]
     MethodNotAllowed,
-    #[error("tenant {0} not found")]
-    TenantNotFound(TenantId),
-    #[error("host {0} not found")]
-    HostNotFound(keyward_common::HostId),
-    #[error("host {0} already exists")]
-    HostExists(keyward_common::HostId),
-    #[error(
-        "the enrollment token is unknown, used, expired or revoked; ask an admin for a new one"
-    )]
-    EnrollmentTokenInvalid,
-    #[error("API token {0} not found")]
-    TokenNotFound(String),
     #[error("invalid {what}: {source}")]
     InvalidId {
         what: &'static str,
@@ -70,27 +59,9 @@ pub enum ApiError {
     BodyTooLarge,
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
-    #[error("tenant {0} already exists")]
-    TenantExists(TenantId),
-    #[error("the tenant key is revoked; regenerate it to restore access")]
-    KeyRevoked,
-    #[error(
-        "the private key of generation {generation} was already downloaded; \
-         regenerate the key to get a new one"
-    )]
-    AlreadyDownloaded { generation: i64 },
-    #[error("the key set changed concurrently; retry the request")]
-    Conflict,
-    #[error("bulk rotation job {job_id} is running; follow it or wait until it ends")]
-    RotationInProgress { job_id: String },
-    #[error("rotation job {0} not found")]
-    JobNotFound(String),
+    /// A domain operation failed or was refused.
     #[error(transparent)]
-    Vault(#[from] VaultError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("key generation failed")]
-    KeyGeneration,
+    Domain(#[from] DomainError),
     #[error("the request timed out")]
     Timeout,
     #[error("too many failed enrollments from this address; retry in a minute")]
@@ -115,15 +86,6 @@ impl ApiError {
                 "method_not_allowed",
                 "Method Not Allowed",
             ),
-            TenantNotFound(_) => (StatusCode::NOT_FOUND, "tenant_not_found", "Not Found"),
-            TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found", "Not Found"),
-            HostNotFound(_) => (StatusCode::NOT_FOUND, "host_not_found", "Not Found"),
-            HostExists(_) => (StatusCode::CONFLICT, "host_exists", "Conflict"),
-            EnrollmentTokenInvalid => (
-                StatusCode::UNAUTHORIZED,
-                "enrollment_token_invalid",
-                "Unauthorized",
-            ),
             InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id", "Bad Request"),
             InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body", "Bad Request"),
             InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", "Bad Request"),
@@ -137,32 +99,35 @@ impl ApiError {
                 "unsupported_media_type",
                 "Unsupported Media Type",
             ),
-            TenantExists(_) => (StatusCode::CONFLICT, "tenant_exists", "Conflict"),
-            KeyRevoked => (StatusCode::CONFLICT, "key_revoked", "Conflict"),
-            AlreadyDownloaded { .. } => (StatusCode::GONE, "key_already_downloaded", "Gone"),
-            Conflict => (StatusCode::CONFLICT, "concurrent_modification", "Conflict"),
-            RotationInProgress { .. } => (StatusCode::CONFLICT, "rotation_in_progress", "Conflict"),
-            JobNotFound(_) => (StatusCode::NOT_FOUND, "rotation_job_not_found", "Not Found"),
-            Vault(VaultError::Sealed) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "vault_sealed",
-                "Vault Unavailable",
-            ),
-            Vault(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "vault_unavailable",
-                "Vault Unavailable",
-            ),
-            Store(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "Database Unavailable",
-            ),
-            KeyGeneration => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "key_generation_failed",
-                "Internal Server Error",
-            ),
+            // The domain names its failures (`DomainError::code`); here they get their status.
+            Domain(failure) => {
+                let (status, title) = match failure {
+                    DomainError::TenantNotFound(_)
+                    | DomainError::HostNotFound(_)
+                    | DomainError::TokenNotFound(_)
+                    | DomainError::JobNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
+                    DomainError::TenantExists(_)
+                    | DomainError::HostExists(_)
+                    | DomainError::KeyRevoked
+                    | DomainError::ConcurrentModification
+                    | DomainError::RotationInProgress { .. } => (StatusCode::CONFLICT, "Conflict"),
+                    DomainError::EnrollmentTokenInvalid => {
+                        (StatusCode::UNAUTHORIZED, "Unauthorized")
+                    }
+                    DomainError::CertificateRequestInvalid(_) | DomainError::PolicyInvalid(_) => {
+                        (StatusCode::BAD_REQUEST, "Bad Request")
+                    }
+                    DomainError::AlreadyDownloaded { .. } => (StatusCode::GONE, "Gone"),
+                    DomainError::Vault(_) => (StatusCode::SERVICE_UNAVAILABLE, "Vault Unavailable"),
+                    DomainError::Store(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "Database Unavailable")
+                    }
+                    DomainError::KeyGeneration | DomainError::Internal => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+                    }
+                };
+                (status, failure.code(), title)
+            }
             EnrollmentThrottled => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "enrollment_throttled",
@@ -198,18 +163,18 @@ impl ApiError {
     /// name addresses, mounts, paths and OS errors; those go to the server log only.
     fn public_detail(&self) -> String {
         match self {
-            ApiError::Vault(VaultError::Sealed) => "Vault is sealed".to_owned(),
-            ApiError::Vault(VaultError::Denied { .. }) => {
+            ApiError::Domain(DomainError::Vault(VaultError::Sealed)) => "Vault is sealed".to_owned(),
+            ApiError::Domain(DomainError::Vault(VaultError::Denied { .. })) => {
                 "Vault denied the operation (check the control plane's Vault policy)".to_owned()
             }
-            ApiError::Vault(VaultError::CasMismatch { .. }) => {
+            ApiError::Domain(DomainError::Vault(VaultError::CasMismatch { .. })) => {
                 "the key set changed concurrently in Vault; retry the request".to_owned()
             }
-            ApiError::Vault(_) => {
+            ApiError::Domain(DomainError::Vault(_)) => {
                 "Vault cannot be reached or failed the operation; the server log has the cause"
                     .to_owned()
             }
-            ApiError::Store(_) => {
+            ApiError::Domain(DomainError::Store(_)) => {
                 "the database cannot be reached or failed the operation; the server log has the cause"
                     .to_owned()
             }
@@ -228,7 +193,7 @@ impl IntoResponse for ApiError {
             tracing::warn!(code, request_id = request_id.as_deref().unwrap_or("-"), error = %self, cause = ?std::error::Error::source(&self), "request failed");
         }
         let job_id = match &self {
-            ApiError::RotationInProgress { job_id } => Some(job_id.clone()),
+            ApiError::Domain(DomainError::RotationInProgress { job_id }) => Some(job_id.clone()),
             _ => None,
         };
         let problem = Problem {
@@ -282,5 +247,99 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
 impl From<axum::extract::rejection::PathRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
         ApiError::InvalidQuery(rejection.body_text())
+    }
+}
+
+/// Handlers that read the store or ask Vault directly fail as the domain does: one
+/// classification of database and Vault failures.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Domain(e.into())
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        ApiError::Domain(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The domain's failures answer with the status and code they always had, and what the
+    /// audit log calls a refusal is exactly what HTTP answers with a 4xx.
+    #[test]
+    fn domain_failures_keep_their_status_and_code() {
+        let tenant = || "t1".parse().expect("tenant id");
+        let host = || "h1".parse().expect("host id");
+        let store = StoreError::Corrupt {
+            what: "key set",
+            detail: "missing".into(),
+        };
+        let cases = [
+            (
+                DomainError::TenantNotFound(tenant()),
+                404,
+                "tenant_not_found",
+            ),
+            (DomainError::TenantExists(tenant()), 409, "tenant_exists"),
+            (DomainError::HostNotFound(host()), 404, "host_not_found"),
+            (DomainError::HostExists(host()), 409, "host_exists"),
+            (
+                DomainError::TokenNotFound("tok_1".into()),
+                404,
+                "token_not_found",
+            ),
+            (
+                DomainError::EnrollmentTokenInvalid,
+                401,
+                "enrollment_token_invalid",
+            ),
+            (
+                DomainError::CertificateRequestInvalid("bad CSR".into()),
+                400,
+                "invalid_body",
+            ),
+            (
+                DomainError::PolicyInvalid("too short".into()),
+                400,
+                "invalid_body",
+            ),
+            (DomainError::KeyRevoked, 409, "key_revoked"),
+            (
+                DomainError::AlreadyDownloaded { generation: 2 },
+                410,
+                "key_already_downloaded",
+            ),
+            (
+                DomainError::ConcurrentModification,
+                409,
+                "concurrent_modification",
+            ),
+            (
+                DomainError::RotationInProgress {
+                    job_id: "job_1".into(),
+                },
+                409,
+                "rotation_in_progress",
+            ),
+            (
+                DomainError::JobNotFound("job_1".into()),
+                404,
+                "rotation_job_not_found",
+            ),
+            (DomainError::Vault(VaultError::Sealed), 503, "vault_sealed"),
+            (DomainError::Store(store), 503, "database_unavailable"),
+            (DomainError::KeyGeneration, 500, "key_generation_failed"),
+            (DomainError::Internal, 500, "internal"),
+        ];
+        for (failure, status, code) in cases {
+            let refusal = failure.is_refusal();
+            let api = ApiError::from(failure);
+            assert_eq!((api.status().as_u16(), api.code()), (status, code), "{api}");
+            assert_eq!(api.status().is_server_error(), !refusal, "{api}");
+        }
     }
 }

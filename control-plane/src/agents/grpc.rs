@@ -40,8 +40,11 @@ use crate::caller::Caller;
 use crate::changes::{Change, ChangeNotifier};
 use crate::clock::iso8601;
 use crate::conns::{AcceptBackoff, Guarded};
-use crate::lifecycle::KeyLifecycle;
+use crate::lifecycle::{DomainError, KeyLifecycle};
 use crate::store::{DriftRecord, HostReport};
+use refused::Refused;
+
+mod refused;
 
 /// How long the control plane waits for `Applied` before sending the state again.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
@@ -101,21 +104,17 @@ pub enum AgentApiError {
 }
 
 /// The identity a client certificate proves: its host and serial.
-fn peer_identity<T>(request: &Request<T>) -> Result<(HostId, String), Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+fn peer_identity<T>(request: &Request<T>) -> Result<(HostId, String), Refused> {
+    let certs = request.peer_certs().ok_or(Refused::NoCertificate)?;
+    let leaf = certs.first().ok_or(Refused::NoCertificate)?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+        .map_err(|_| Refused::UnreadableCertificate)?;
     let serial = hex::encode(cert.raw_serial());
     let san = cert
         .subject_alternative_name()
         .ok()
         .flatten()
-        .ok_or_else(|| Status::permission_denied("the certificate names no host"))?;
+        .ok_or(Refused::NoHostNamed)?;
     let host = san
         .value
         .general_names
@@ -124,10 +123,10 @@ fn peer_identity<T>(request: &Request<T>) -> Result<(HostId, String), Status> {
             x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(HOST_URI_PREFIX),
             _ => None,
         })
-        .ok_or_else(|| Status::permission_denied("the certificate names no host"))?;
+        .ok_or(Refused::NoHostNamed)?;
     let host = host
         .parse::<HostId>()
-        .map_err(|_| Status::permission_denied("the certificate names an invalid host"))?;
+        .map_err(|_| Refused::InvalidHostNamed)?;
     Ok((host, serial.trim_start_matches("00").to_owned()))
 }
 
@@ -181,11 +180,6 @@ fn spawn_report_writer(
     tx
 }
 
-/// Why a stream the hub cut ends: the host was revoked, or a newer stream of it replaced this one.
-fn stream_cut() -> Status {
-    Status::permission_denied("the host was revoked or reconnected")
-}
-
 type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -201,19 +195,17 @@ impl AgentHub for AgentService {
         let host = store
             .host(&host_id)
             .await
-            .map_err(|_| Status::unavailable("database unavailable"))?
-            .ok_or_else(|| Status::permission_denied("unknown host"))?;
+            .map_err(|e| Refused::Domain(e.into()))?
+            .ok_or_else(|| Refused::Domain(DomainError::HostNotFound(host_id.clone())))?;
         if host.revoked_at.is_some() {
-            return Err(Status::permission_denied("the host is revoked"));
+            return Err(Refused::HostRevoked.into());
         }
         let current = host
             .cert_serial
             .as_deref()
             .map(|s| s.trim_start_matches("00"));
         if current != Some(serial.as_str()) {
-            return Err(Status::permission_denied(
-                "the certificate is not the host's current certificate",
-            ));
+            return Err(Refused::NotCurrentCertificate.into());
         }
         let (tx, rx) = mpsc::channel(8);
         let session = Session {
@@ -307,9 +299,9 @@ impl Session {
                     Ok(Some(message)) => match self.handle(message).await {
                         Ok(Some(generation)) => acked = acked.max(Some(generation)),
                         Ok(None) => {}
-                        Err(status) => {
-                            tracing::warn!(host = %self.host, %status, "agent message refused");
-                            let _ = self.tx.send(Err(status)).await;
+                        Err(refused) => {
+                            tracing::warn!(host = %self.host, %refused, "agent message refused");
+                            let _ = self.tx.send(Err(refused.into())).await;
                             break;
                         }
                     },
@@ -320,9 +312,7 @@ impl Session {
                             Refusal::MessageTooLarge.count();
                             tracing::warn!(host = %self.host, %status, "agent message refused");
                             // The agent is told why its stream ends.
-                            let _ = self.tx.send(Err(Status::resource_exhausted(format!(
-                                "an agent message is at most {MAX_MESSAGE_BYTES} bytes"
-                            )))).await;
+                            let _ = self.tx.send(Err(Refused::MessageTooLarge.into())).await;
                         } else {
                             tracing::info!(host = %self.host, %status, "agent stream ended");
                         }
@@ -338,7 +328,7 @@ impl Session {
                         // The hub let go of this stream: it was cut, and the agent is told so
                         // whichever of the two signals this loop sees first.
                         if *registration.cut.borrow() {
-                            let _ = self.tx.send(Err(stream_cut())).await;
+                            let _ = self.tx.send(Err(Refused::Cut.into())).await;
                         }
                         break;
                     }
@@ -346,7 +336,7 @@ impl Session {
                     resend.as_mut().reset(tokio::time::Instant::now() + RESEND_AFTER);
                 }
                 _ = registration.cut.changed() => {
-                    let _ = self.tx.send(Err(stream_cut())).await;
+                    let _ = self.tx.send(Err(Refused::Cut.into())).await;
                     break;
                 }
                 () = &mut resend, if awaiting => {
@@ -367,13 +357,13 @@ impl Session {
 
     /// Handles one message; returns the generation it acknowledges, if it does, or the
     /// refusal that ends the stream.
-    async fn handle(&self, message: AgentMessage) -> Result<Option<u64>, Status> {
+    async fn handle(&self, message: AgentMessage) -> Result<Option<u64>, Refused> {
         let handled = self.handle_message(message).await;
         self.service.hub.host_changed(&self.host);
         handled
     }
 
-    async fn handle_message(&self, message: AgentMessage) -> Result<Option<u64>, Status> {
+    async fn handle_message(&self, message: AgentMessage) -> Result<Option<u64>, Refused> {
         let store = self.service.lifecycle.store();
         let now = self.now();
         let Some(msg) = message.msg else {
@@ -491,9 +481,7 @@ impl Session {
             agent_message::Msg::Renew(renew) => {
                 if renew.csr_pem.len() > MAX_CSR_BYTES {
                     Refusal::CsrTooLarge.count();
-                    return Err(Status::invalid_argument(format!(
-                        "csr_pem is over {MAX_CSR_BYTES} bytes"
-                    )));
+                    return Err(Refused::CsrTooLarge);
                 }
                 if !self.with_limits(|l| l.renewals.take_one(std::time::Instant::now())) {
                     // Not answered: the agent asks again on its next connection.
@@ -507,10 +495,7 @@ impl Session {
             agent_message::Msg::Logins(batch) => {
                 if batch.events.len() > MAX_LOGIN_EVENTS {
                     Refusal::TooManyLoginEvents.count();
-                    return Err(Status::invalid_argument(format!(
-                        "a login batch holds at most {MAX_LOGIN_EVENTS} events, not {}",
-                        batch.events.len()
-                    )));
+                    return Err(Refused::TooManyLoginEvents(batch.events.len()));
                 }
                 self.ingest_logins(batch).await;
                 Ok(None)

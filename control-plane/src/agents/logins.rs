@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
-use crate::error::ApiError;
+use crate::lifecycle::DomainError;
 use crate::lifecycle::KeyLifecycle;
 use crate::store::NewLogin;
 
@@ -101,7 +101,7 @@ pub async fn ingest(
     host: &HostId,
     tenant: &TenantId,
     batch: &LoginBatch,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let received_at = iso8601(lifecycle.now());
     let events: Vec<NewLogin> = batch
         .events

@@ -15,7 +15,7 @@ use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
 use crate::error::{ApiError, Problem};
-use crate::lifecycle::{NewTenant, Replace, TenantSecretKind};
+use crate::lifecycle::{DomainError, NewTenant, Replace, TenantSecretKind};
 use crate::store::{AuditFilter, ChainVerdict, KeySetRecord, Role, StoreError, TenantRecord};
 
 /// Admin-only routes that name a tenant: a tenant's token gets 404 for another tenant (it learns
@@ -24,7 +24,7 @@ pub(super) fn admin_for(caller: Caller, tenant: &TenantId) -> Result<Caller, Api
     match &caller.role {
         Some(Role::Admin) => Ok(caller),
         Some(Role::Tenant(own)) if own == tenant => Err(ApiError::Forbidden { needed: "admin" }),
-        _ => Err(ApiError::TenantNotFound(tenant.clone())),
+        _ => Err(DomainError::TenantNotFound(tenant.clone()).into()),
     }
 }
 
@@ -62,7 +62,7 @@ fn ssh_keys(key_sets: &[KeySetRecord], mount: &str) -> Result<SshKeys, ApiError>
             .iter()
             .find(|k| k.kind == kind)
             .map(|k| KeySetSummary::new(k, mount))
-            .ok_or(ApiError::Store(StoreError::Corrupt {
+            .ok_or(ApiError::from(StoreError::Corrupt {
                 what: "key set",
                 detail: format!("{kind} key set missing"),
             }))
@@ -149,7 +149,7 @@ pub async fn tenant_secret_details(
             store
                 .key_set(&tenant, kind)
                 .await?
-                .ok_or_else(|| ApiError::TenantNotFound(tenant.clone()))?,
+                .ok_or_else(|| DomainError::TenantNotFound(tenant.clone()))?,
         );
     }
     let mut keys = ssh_keys(&key_sets, mount(&state))?;

@@ -19,6 +19,7 @@ use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
+use crate::lifecycle::DomainError;
 use crate::store::{DriftRecord, HostActivity, HostRecord, hash_token};
 
 /// `POST /api/v1/admin/hosts`.
@@ -244,15 +245,15 @@ pub async fn enroll(
                 .trust
                 .ca
                 .issue_host(host, &csr, agents.certificate_lifetime)
-                .map_err(|e| ApiError::InvalidBody(e.to_string()))
+                .map_err(|e| DomainError::CertificateRequestInvalid(e.to_string()))
         })
         .await;
     let enrolled = match enrolled {
-        Err(ApiError::EnrollmentTokenInvalid) => {
+        Err(DomainError::EnrollmentTokenInvalid) => {
             if let Some((attempts, since)) = throttle.failed(peer.ip()) {
                 super::throttle::audit(lifecycle, peer.ip(), attempts, since).await;
             }
-            return Err(ApiError::EnrollmentTokenInvalid);
+            return Err(DomainError::EnrollmentTokenInvalid.into());
         }
         other => {
             throttle.refund(peer.ip());
@@ -395,7 +396,7 @@ pub async fn host_details(
     let record = store
         .host(&host)
         .await?
-        .ok_or_else(|| ApiError::HostNotFound(host.clone()))?;
+        .ok_or_else(|| DomainError::HostNotFound(host.clone()))?;
     let mut view = HostView::new(&record, state.hub.is_connected(&host));
     view.drift = Some(store.drift_events(&host, 50).await?);
     Ok(Json(view))

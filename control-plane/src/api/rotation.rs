@@ -26,7 +26,7 @@ use super::auth::AdminCaller;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::caller::Caller;
 use crate::error::{ApiError, Problem};
-use crate::lifecycle::{PolicySource, RotationPolicy};
+use crate::lifecycle::{DomainError, PolicySource, RotationPolicy};
 use crate::rotation::bulk::valid_job_id;
 use crate::rotation::{JobSnapshot, SecretType, TenantResult};
 use crate::store::{JobFailure, JobRecord, Store};
@@ -162,12 +162,12 @@ pub async fn list_jobs(
 
 async fn job_or_404(store: &Store, job_id: &str) -> Result<JobRecord, ApiError> {
     if !valid_job_id(job_id) {
-        return Err(ApiError::JobNotFound(job_id.chars().take(40).collect()));
+        return Err(DomainError::JobNotFound(job_id.chars().take(40).collect()).into());
     }
     store
         .rotation_job(job_id)
         .await?
-        .ok_or_else(|| ApiError::JobNotFound(job_id.to_owned()))
+        .ok_or_else(|| DomainError::JobNotFound(job_id.to_owned()).into())
 }
 
 /// A bulk rotation job: progress and per-tenant failures.
@@ -404,7 +404,7 @@ pub async fn get_policy(
     let tenant = tenant_from_path(&raw)?;
     admin_for(caller, &tenant)?;
     if state.store.tenant(&tenant).await?.is_none() {
-        return Err(ApiError::TenantNotFound(tenant.clone()));
+        return Err(DomainError::TenantNotFound(tenant.clone()).into());
     }
     let policy = state.lifecycle.rotation_policy(&tenant).await?;
     Ok(Json(policy_view(&state, &tenant, policy).await?))

@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::TenantCaller;
 use super::views::{NewKeyResponse, SetAsideKeys, SetAsideOnHost, SshCredentials, StatusResponse};
 use crate::error::{ApiError, Problem};
-use crate::lifecycle::Replace;
+use crate::lifecycle::{DomainError, Replace};
 use crate::store::TenantCredentials;
 
 /// Public SSH connection information for the caller's VPS.
@@ -36,7 +36,7 @@ pub async fn ssh_credentials(
             key_set: Some(ks),
             host_keys,
         }) => Ok(Json(SshCredentials::new(&tenant, &ks, &host_keys))),
-        _ => Err(ApiError::TenantNotFound(who.tenant.clone())),
+        _ => Err(DomainError::TenantNotFound(who.tenant.clone()).into()),
     }
 }
 

@@ -6,11 +6,10 @@ use keyward_common::{HostId, TenantId};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::KeyLifecycle;
+use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
 use crate::changes::Change;
 use crate::clock::iso8601;
-use crate::error::ApiError;
 use crate::store::{HostRecord, Role, StoreError, TokenRecord, hash_token};
 use crate::tokens::new_token;
 
@@ -23,10 +22,10 @@ pub struct Registered {
 }
 
 impl KeyLifecycle {
-    async fn tenant_exists(&self, tenant: &TenantId) -> Result<(), ApiError> {
+    async fn tenant_exists(&self, tenant: &TenantId) -> Result<(), DomainError> {
         match self.store.tenant(tenant).await? {
             Some(_) => Ok(()),
-            None => Err(ApiError::TenantNotFound(tenant.clone())),
+            None => Err(DomainError::TenantNotFound(tenant.clone())),
         }
     }
 
@@ -37,7 +36,7 @@ impl KeyLifecycle {
         caller: &Caller,
         role: Role,
         label: String,
-    ) -> Result<(TokenRecord, Zeroizing<String>), ApiError> {
+    ) -> Result<(TokenRecord, Zeroizing<String>), DomainError> {
         if let Some(tenant) = role.tenant() {
             self.tenant_exists(tenant).await?;
         }
@@ -65,8 +64,8 @@ impl KeyLifecycle {
 
     /// Revokes an API token at once: its open live views end. `token_not_found` for an unknown
     /// or already revoked token. Audited as `token.revoke`.
-    pub async fn revoke_token(&self, caller: &Caller, token_id: &str) -> Result<(), ApiError> {
-        let not_found = || ApiError::TokenNotFound(token_id.chars().take(40).collect());
+    pub async fn revoke_token(&self, caller: &Caller, token_id: &str) -> Result<(), DomainError> {
+        let not_found = || DomainError::TokenNotFound(token_id.chars().take(40).collect());
         let valid = token_id.len() == 20
             && token_id.starts_with("tok_")
             && token_id[4..].chars().all(|c| c.is_ascii_hexdigit());
@@ -101,12 +100,12 @@ impl KeyLifecycle {
         tenant: &TenantId,
         host: HostId,
         ttl: std::time::Duration,
-    ) -> Result<Registered, ApiError> {
+    ) -> Result<Registered, DomainError> {
         self.tenant_exists(tenant).await?;
         let (_, token) = new_token();
         let enrollment_token = Zeroizing::new(token.replacen("kw_", "kwe_", 1));
         let now = self.now();
-        let ttl = chrono::Duration::from_std(ttl).map_err(|_| ApiError::Internal)?;
+        let ttl = chrono::Duration::from_std(ttl).map_err(|_| DomainError::Internal)?;
         let expires_at = iso8601(now + ttl);
         let (h, t, hash, created, expires) = (
             host.clone(),
@@ -120,7 +119,7 @@ impl KeyLifecycle {
                 tx.insert_host(&h, &t, &created, &hash, &expires)
                     .await
                     .map_err(|e| match e {
-                        StoreError::Duplicate { .. } => ApiError::HostExists(h.clone()),
+                        StoreError::Duplicate { .. } => DomainError::HostExists(h.clone()),
                         other => other.into(),
                     })?;
                 Ok(((), json!({ "hostId": h, "enrollmentExpiresAt": expires })))
@@ -141,8 +140,8 @@ impl KeyLifecycle {
         &self,
         caller: &Caller,
         host: &HostId,
-    ) -> Result<HostRecord, ApiError> {
-        let not_found = || ApiError::HostNotFound(host.clone());
+    ) -> Result<HostRecord, DomainError> {
+        let not_found = || DomainError::HostNotFound(host.clone());
         let record = self.store.host(host).await?.ok_or_else(not_found)?;
         let at = iso8601(self.now());
         let h = host.clone();

@@ -6,10 +6,9 @@ use keyward_common::{KeyKind, TenantId};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::KeyLifecycle;
+use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
 use crate::clock::iso8601;
-use crate::error::ApiError;
 use crate::store::{KeySetRecord, KeyState};
 use crate::vault::{KeySetSecret, VaultError};
 
@@ -20,17 +19,20 @@ impl KeyLifecycle {
         caller: &Caller,
         tenant: &TenantId,
         kind: KeyKind,
-    ) -> Result<(KeySetRecord, Zeroizing<String>), ApiError> {
+    ) -> Result<(KeySetRecord, Zeroizing<String>), DomainError> {
         let result = self.download_locked(caller, tenant, kind).await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => "key.download", "outcome" => outcome).increment(1);
         if let Err(e) = &result {
-            let action = if matches!(e, ApiError::AlreadyDownloaded { .. } | ApiError::KeyRevoked) {
+            let action = if matches!(
+                e,
+                DomainError::AlreadyDownloaded { .. } | DomainError::KeyRevoked
+            ) {
                 "key.download_refused"
             } else {
                 "key.download"
             };
-            if !matches!(e, ApiError::TenantNotFound(_)) {
+            if !matches!(e, DomainError::TenantNotFound(_)) {
                 self.audit_failure(caller, action, tenant, e).await;
             }
         }
@@ -42,24 +44,24 @@ impl KeyLifecycle {
         caller: &Caller,
         tenant: &TenantId,
         kind: KeyKind,
-    ) -> Result<(KeySetRecord, Zeroizing<String>), ApiError> {
+    ) -> Result<(KeySetRecord, Zeroizing<String>), DomainError> {
         let _guard = self.locks.lock(tenant).await;
         let ks = self.key_set_or_404(tenant, kind).await?;
         if ks.state == KeyState::Revoked {
-            return Err(ApiError::KeyRevoked);
+            return Err(DomainError::KeyRevoked);
         }
         if ks.downloaded_at.is_some() {
-            return Err(ApiError::AlreadyDownloaded {
+            return Err(DomainError::AlreadyDownloaded {
                 generation: ks.generation,
             });
         }
-        let version = u64::try_from(ks.vault_version).map_err(|_| ApiError::Internal)?;
+        let version = u64::try_from(ks.vault_version).map_err(|_| DomainError::Internal)?;
         let stored = self
             .vault
             .read_key_set(tenant, kind, version)
             .await?
             .ok_or_else(|| {
-                ApiError::Vault(VaultError::BadResponse {
+                DomainError::Vault(VaultError::BadResponse {
                     operation: format!("read {tenant}/{} version {version}", kind.secret_name()),
                     reason: "the version is missing or deleted".into(),
                 })
@@ -68,7 +70,7 @@ impl KeyLifecycle {
         let matches = public_key_fingerprint(&stored.secret.public_key)
             .is_ok_and(|f| f.as_str() == ks.fingerprint);
         if !matches {
-            return Err(ApiError::Vault(VaultError::BadResponse {
+            return Err(DomainError::Vault(VaultError::BadResponse {
                 operation: format!("read {tenant}/{}", kind.secret_name()),
                 reason: "the stored key does not match the recorded fingerprint".into(),
             }));
@@ -76,7 +78,7 @@ impl KeyLifecycle {
         let at = iso8601(self.clock.now());
         let mut tx = self.store.begin().await?;
         if !tx.claim_download(tenant, kind, ks.generation, &at).await? {
-            return Err(ApiError::AlreadyDownloaded {
+            return Err(DomainError::AlreadyDownloaded {
                 generation: ks.generation,
             });
         }

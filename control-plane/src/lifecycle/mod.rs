@@ -24,16 +24,17 @@ use crate::caller::Caller;
 use crate::changes::{Change, ChangeNotifier};
 use crate::clock::{Clock, iso8601};
 use crate::config::KeysConfig;
-use crate::error::ApiError;
 use crate::store::{KeySetRecord, KeyState, NewAuditEvent, Store, TenantRecord};
 use crate::vault::{KeySetSecret, SecretStore, VaultError};
 
 mod access;
 mod download;
+mod error;
 mod policy;
 mod records;
 mod secrets;
 pub use access::Registered;
+pub use error::DomainError;
 pub use policy::{PolicySource, RotationPolicy};
 pub use records::IssuedCertificate;
 pub use secrets::{TenantSecretKind, dkim_selector};
@@ -178,15 +179,15 @@ impl KeyLifecycle {
     pub(crate) async fn cpu<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, DomainError> {
         let _slot = self
             .cpu_slots
             .acquire()
             .await
-            .map_err(|_| ApiError::Internal)?;
+            .map_err(|_| DomainError::Internal)?;
         tokio::task::spawn_blocking(work)
             .await
-            .map_err(|_| ApiError::KeyGeneration)
+            .map_err(|_| DomainError::KeyGeneration)
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -258,12 +259,12 @@ impl KeyLifecycle {
         caller: &Caller,
         action: &'static str,
         tenant: &TenantId,
-        error: &ApiError,
+        error: &DomainError,
     ) {
-        let outcome = if error.status().is_server_error() {
-            "failure"
-        } else {
+        let outcome = if error.is_refusal() {
             "refused"
+        } else {
+            "failure"
         };
         let detail = json!({ "code": error.code(), "reason": error.to_string() });
         self.audit_outside(self.event(caller, action, Some(tenant), outcome, detail))
@@ -274,14 +275,14 @@ impl KeyLifecycle {
         &self,
         algorithm: KeyAlgorithm,
         comment: String,
-    ) -> Result<GeneratedKey, ApiError> {
+    ) -> Result<GeneratedKey, DomainError> {
         let started = std::time::Instant::now();
         let key = self
             .cpu(move || GeneratedKey::generate(algorithm, &comment))
             .await?
             .map_err(|e| {
                 tracing::error!(error = %e, "key generation failed");
-                ApiError::KeyGeneration
+                DomainError::KeyGeneration
             })?;
         metrics::histogram!("keyward_key_generation_seconds", "algorithm" => algorithm.as_str())
             .record(started.elapsed().as_secs_f64());
@@ -314,7 +315,7 @@ impl KeyLifecycle {
         created_at: &str,
         last_rotated: &str,
         rotation_policy: &str,
-    ) -> Result<i64, ApiError> {
+    ) -> Result<i64, DomainError> {
         let cas = self.current_vault_version(tenant, kind).await?;
         let secret = KeySetSecret {
             private_key: key.private_openssh().clone(),
@@ -324,8 +325,8 @@ impl KeyLifecycle {
             rotation_policy: rotation_policy.to_owned(),
         };
         match self.vault.write_key_set(tenant, kind, &secret, cas).await {
-            Ok(version) => i64::try_from(version).map_err(|_| ApiError::Internal),
-            Err(VaultError::CasMismatch { .. }) => Err(ApiError::Conflict),
+            Ok(version) => i64::try_from(version).map_err(|_| DomainError::Internal),
+            Err(VaultError::CasMismatch { .. }) => Err(DomainError::ConcurrentModification),
             Err(e) => Err(e.into()),
         }
     }
@@ -341,11 +342,11 @@ impl KeyLifecycle {
         &self,
         caller: &Caller,
         new: NewTenant,
-    ) -> Result<(TenantRecord, Vec<KeySetRecord>), ApiError> {
+    ) -> Result<(TenantRecord, Vec<KeySetRecord>), DomainError> {
         let tenant = new.tenant_id.clone();
         let _guard = self.locks.lock(&tenant).await;
         if self.store.tenant(&tenant).await?.is_some() {
-            return Err(ApiError::TenantExists(tenant));
+            return Err(DomainError::TenantExists(tenant));
         }
         let algorithm = self.keys.algorithm;
         let (admin_key, tenant_key) = tokio::try_join!(
@@ -366,7 +367,7 @@ impl KeyLifecycle {
             let mut tx = self.store.begin().await?;
             tx.insert_tenant(&record).await.map_err(|e| match e {
                 crate::store::StoreError::Duplicate { .. } => {
-                    ApiError::TenantExists(tenant.clone())
+                    DomainError::TenantExists(tenant.clone())
                 }
                 other => other.into(),
             })?;
@@ -416,7 +417,7 @@ impl KeyLifecycle {
             tx.append_audit(&self.event(caller, "tenant.create", Some(&tenant), "success", detail))
                 .await?;
             tx.commit().await?;
-            Ok::<_, ApiError>(key_sets)
+            Ok::<_, DomainError>(key_sets)
         }
         .await;
         match result {
@@ -428,7 +429,7 @@ impl KeyLifecycle {
             }
             Err(e) => {
                 metrics::counter!("keyward_key_operations_total", "operation" => "create", "outcome" => "failure").increment(1);
-                if !matches!(e, ApiError::TenantExists(_)) {
+                if !matches!(e, DomainError::TenantExists(_)) {
                     self.audit_failure(caller, "tenant.create", &tenant, &e)
                         .await;
                 }
@@ -441,11 +442,11 @@ impl KeyLifecycle {
         &self,
         tenant: &TenantId,
         kind: KeyKind,
-    ) -> Result<KeySetRecord, ApiError> {
+    ) -> Result<KeySetRecord, DomainError> {
         self.store
             .key_set(tenant, kind)
             .await?
-            .ok_or_else(|| ApiError::TenantNotFound(tenant.clone()))
+            .ok_or_else(|| DomainError::TenantNotFound(tenant.clone()))
     }
 
     /// Replaces the key of (tenant, kind) with a new generation, made as the tenant's rotation
@@ -456,7 +457,7 @@ impl KeyLifecycle {
         tenant: &TenantId,
         kind: KeyKind,
         how: Replace,
-    ) -> Result<KeySetRecord, ApiError> {
+    ) -> Result<KeySetRecord, DomainError> {
         self.replace_key_as(caller, tenant, kind, how, &Trigger::Request)
             .await
     }
@@ -470,7 +471,7 @@ impl KeyLifecycle {
         kind: KeyKind,
         how: Replace,
         trigger: &Trigger,
-    ) -> Result<KeySetRecord, ApiError> {
+    ) -> Result<KeySetRecord, DomainError> {
         let action = how.action();
         let result = self
             .lock_and_replace_key(caller, tenant, kind, how, trigger)
@@ -478,7 +479,7 @@ impl KeyLifecycle {
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => action, "outcome" => outcome).increment(1);
         if let Err(e) = &result
-            && !matches!(e, ApiError::TenantNotFound(_))
+            && !matches!(e, DomainError::TenantNotFound(_))
         {
             self.audit_failure(caller, action, tenant, e).await;
         }
@@ -492,11 +493,11 @@ impl KeyLifecycle {
         kind: KeyKind,
         how: Replace,
         trigger: &Trigger,
-    ) -> Result<KeySetRecord, ApiError> {
+    ) -> Result<KeySetRecord, DomainError> {
         let _guard = self.locks.lock(tenant).await;
         let old = self.key_set_or_404(tenant, kind).await?;
         if how == Replace::Rotate && old.state == KeyState::Revoked {
-            return Err(ApiError::KeyRevoked);
+            return Err(DomainError::KeyRevoked);
         }
         if *trigger == Trigger::Schedule && old.next_rotation > iso8601(self.clock.now()) {
             return Ok(old);
@@ -577,7 +578,7 @@ impl KeyLifecycle {
         caller: &Caller,
         tenant: &TenantId,
         kind: KeyKind,
-    ) -> Result<KeySetRecord, ApiError> {
+    ) -> Result<KeySetRecord, DomainError> {
         let _guard = self.locks.lock(tenant).await;
         let old = self.key_set_or_404(tenant, kind).await?;
         let mut tx = self.store.begin().await?;

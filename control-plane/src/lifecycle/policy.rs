@@ -12,11 +12,10 @@ use chrono::{DateTime, Utc};
 use keyward_common::{KeyAlgorithm, TenantId};
 use serde_json::json;
 
-use super::KeyLifecycle;
+use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
 use crate::config::{KeysConfig, rotation_policy_name};
-use crate::error::ApiError;
 use crate::store::{RotationPolicyRecord, StoreError};
 
 /// Shortest interval a policy may have (as `keys.rotation_interval`).
@@ -99,7 +98,7 @@ impl RotationPolicy {
 
 impl KeyLifecycle {
     /// The policy that applies to `tenant` (its own, or the default).
-    pub async fn rotation_policy(&self, tenant: &TenantId) -> Result<RotationPolicy, ApiError> {
+    pub async fn rotation_policy(&self, tenant: &TenantId) -> Result<RotationPolicy, DomainError> {
         Ok(match self.store.rotation_policy(tenant).await? {
             Some(record) => RotationPolicy::from_record(&record),
             None => RotationPolicy::default_of(&self.keys),
@@ -113,9 +112,9 @@ impl KeyLifecycle {
         caller: &Caller,
         tenant: &TenantId,
         policy: Option<(Duration, Duration, KeyAlgorithm)>,
-    ) -> Result<RotationPolicy, ApiError> {
+    ) -> Result<RotationPolicy, DomainError> {
         if let Some((interval, grace, _)) = policy {
-            RotationPolicy::validate(interval, grace).map_err(ApiError::InvalidBody)?;
+            RotationPolicy::validate(interval, grace).map_err(DomainError::PolicyInvalid)?;
         }
         let action = if policy.is_some() {
             "policy.set"
@@ -127,7 +126,7 @@ impl KeyLifecycle {
             .await;
         match &result {
             Ok(_) => self.schedule_changed.notify_one(),
-            Err(ApiError::TenantNotFound(_)) => {}
+            Err(DomainError::TenantNotFound(_)) => {}
             Err(e) => self.audit_failure(caller, action, tenant, e).await,
         }
         result
@@ -139,13 +138,13 @@ impl KeyLifecycle {
         tenant: &TenantId,
         policy: Option<(Duration, Duration, KeyAlgorithm)>,
         action: &'static str,
-    ) -> Result<RotationPolicy, ApiError> {
+    ) -> Result<RotationPolicy, DomainError> {
         let _guard = self.locks.lock(tenant).await;
         if self.store.tenant(tenant).await?.is_none() {
-            return Err(ApiError::TenantNotFound(tenant.clone()));
+            return Err(DomainError::TenantNotFound(tenant.clone()));
         }
         let at = iso8601(self.clock.now());
-        let secs = |d: Duration| i64::try_from(d.as_secs()).map_err(|_| ApiError::Internal);
+        let secs = |d: Duration| i64::try_from(d.as_secs()).map_err(|_| DomainError::Internal);
         let mut tx = self.store.begin().await?;
         let applied = match policy {
             Some((interval, grace_period, algorithm)) => {

@@ -4,10 +4,9 @@
 use keyward_common::TenantId;
 use serde_json::json;
 
-use super::KeyLifecycle;
+use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
 use crate::clock::iso8601;
-use crate::error::ApiError;
 use crate::store::WriteTx;
 
 /// What enrollment records of the certificate issued to a host: the agent CA's certificate
@@ -27,16 +26,16 @@ impl KeyLifecycle {
         token_hash: &str,
         now: &str,
         issue: F,
-    ) -> Result<(keyward_common::HostId, TenantId, I), ApiError>
+    ) -> Result<(keyward_common::HostId, TenantId, I), DomainError>
     where
         I: IssuedCertificate,
-        F: FnOnce(&keyward_common::HostId) -> Result<I, ApiError>,
+        F: FnOnce(&keyward_common::HostId) -> Result<I, DomainError>,
     {
         // A refusal is not audited here: an anonymous caller could multiply the rows. The
         // handler counts refusals per source and audits them in aggregate
         // (`audit_enroll_refusals`).
         let Some(host) = self.store.pending_host_by_token(token_hash, now).await? else {
-            return Err(ApiError::EnrollmentTokenInvalid);
+            return Err(DomainError::EnrollmentTokenInvalid);
         };
         let issued = issue(&host.host_id)?;
         let (serial, not_after) = (issued.serial().to_owned(), iso8601(issued.not_after()));
@@ -45,7 +44,7 @@ impl KeyLifecycle {
             .enroll_host(&host.host_id, token_hash, now, &serial, &not_after)
             .await?
         {
-            return Err(ApiError::EnrollmentTokenInvalid);
+            return Err(DomainError::EnrollmentTokenInvalid);
         }
         let detail = json!({ "hostId": host.host_id, "serial": serial, "notAfter": not_after });
         tx.append_audit(&self.event(
@@ -82,7 +81,7 @@ impl KeyLifecycle {
         caller: &Caller,
         action: &'static str,
         tenant: &TenantId,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), DomainError> {
         let mut tx = self.store.begin().await?;
         tx.append_audit(&self.event(caller, action, Some(tenant), "success", json!({})))
             .await?;
@@ -97,12 +96,12 @@ impl KeyLifecycle {
         action: &'static str,
         tenant: Option<&TenantId>,
         change: F,
-    ) -> Result<T, ApiError>
+    ) -> Result<T, DomainError>
     where
         F: for<'t> FnOnce(
             &'t mut WriteTx,
         ) -> std::pin::Pin<
-            Box<dyn Future<Output = Result<(T, serde_json::Value), ApiError>> + Send + 't>,
+            Box<dyn Future<Output = Result<(T, serde_json::Value), DomainError>> + Send + 't>,
         >,
     {
         let mut tx = self.store.begin().await?;

@@ -16,10 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{KeyLifecycle, Trigger};
+use super::{DomainError, KeyLifecycle, Trigger};
 use crate::caller::Caller;
 use crate::clock::iso8601;
-use crate::error::ApiError;
 use crate::store::TenantSecretRecord;
 use crate::vault::{SecretFields, VaultError};
 
@@ -97,14 +96,14 @@ impl KeyLifecycle {
         tenant: &TenantId,
         kind: TenantSecretKind,
         trigger: &Trigger,
-    ) -> Result<TenantSecretRecord, ApiError> {
+    ) -> Result<TenantSecretRecord, DomainError> {
         let result = self
             .lock_and_rotate_secret(caller, tenant, kind, trigger)
             .await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => kind.action(), "outcome" => outcome).increment(1);
         if let Err(e) = &result
-            && !matches!(e, ApiError::TenantNotFound(_))
+            && !matches!(e, DomainError::TenantNotFound(_))
         {
             self.audit_failure(caller, kind.action(), tenant, e).await;
         }
@@ -117,10 +116,10 @@ impl KeyLifecycle {
         tenant: &TenantId,
         kind: TenantSecretKind,
         trigger: &Trigger,
-    ) -> Result<TenantSecretRecord, ApiError> {
+    ) -> Result<TenantSecretRecord, DomainError> {
         let _guard = self.locks.lock(tenant).await;
         if self.store.tenant(tenant).await?.is_none() {
-            return Err(ApiError::TenantNotFound(tenant.clone()));
+            return Err(DomainError::TenantNotFound(tenant.clone()));
         }
         let old = self.store.tenant_secret(tenant, kind.name()).await?;
         let generation = old.as_ref().map_or(1, |o| o.generation + 1);
@@ -144,7 +143,7 @@ impl KeyLifecycle {
                 let selector = dkim_selector(now, previous.as_deref(), generation);
                 let (private_key, dns_record) = self.cpu(dkim_key).await?.map_err(|e| {
                     tracing::error!(error = %e, "DKIM key generation failed");
-                    ApiError::KeyGeneration
+                    DomainError::KeyGeneration
                 })?;
                 let fields = SecretFields::new()
                     .with("private_key", private_key.as_str())
@@ -173,8 +172,8 @@ impl KeyLifecycle {
             .write_secret(tenant, kind.name(), &fields, cas)
             .await
         {
-            Ok(version) => i64::try_from(version).map_err(|_| ApiError::Internal)?,
-            Err(VaultError::CasMismatch { .. }) => return Err(ApiError::Conflict),
+            Ok(version) => i64::try_from(version).map_err(|_| DomainError::Internal)?,
+            Err(VaultError::CasMismatch { .. }) => return Err(DomainError::ConcurrentModification),
             Err(e) => return Err(e.into()),
         };
         let record = TenantSecretRecord {

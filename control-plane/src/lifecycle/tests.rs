@@ -259,7 +259,7 @@ async fn a_create_that_fails_half_way_in_vault_leaves_no_sql_trace_and_can_be_re
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ApiError::Vault(VaultError::Sealed)),
+        matches!(err, DomainError::Vault(VaultError::Sealed)),
         "{err:?}"
     );
     assert!(f.lifecycle.store().tenant(&t1()).await.unwrap().is_none());
@@ -442,7 +442,10 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
         .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
         .await
         .unwrap_err();
-    assert!(matches!(err, ApiError::Conflict), "{err:?}");
+    assert!(
+        matches!(err, DomainError::ConcurrentModification),
+        "{err:?}"
+    );
     let ks = f
         .lifecycle
         .store()

@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::config::RotationConfig;
-use crate::error::ApiError;
+use crate::lifecycle::DomainError;
 use crate::lifecycle::{KeyLifecycle, Replace, TenantSecretKind, Trigger};
 use crate::store::{Backend, JobFailure, JobRecord, StoreError};
 
@@ -167,12 +167,12 @@ impl BulkRotations {
     }
 
     /// Starts a job over every tenant and returns its progress. Refused with
-    /// [`ApiError::RotationInProgress`] while another job runs anywhere in the deployment.
+    /// [`DomainError::RotationInProgress`] while another job runs anywhere in the deployment.
     pub async fn start(
         self: &Arc<Self>,
         caller: &Caller,
         secret_type: SecretType,
-    ) -> Result<watch::Receiver<JobSnapshot>, ApiError> {
+    ) -> Result<watch::Receiver<JobSnapshot>, DomainError> {
         let store = self.lifecycle.store();
         let tenants: Vec<TenantId> = store
             .tenants()
@@ -189,14 +189,14 @@ impl BulkRotations {
             started_at: at.clone(),
             heartbeat_at: at,
             finished_at: None,
-            total: i64::try_from(tenants.len()).map_err(|_| ApiError::Internal)?,
+            total: i64::try_from(tenants.len()).map_err(|_| DomainError::Internal)?,
             rotated: 0,
             failed: 0,
             skipped: 0,
             failures: Vec::new(),
         };
         if let Err(e) = self.insert(caller, &job).await {
-            let ApiError::Store(StoreError::Duplicate { .. }) = e else {
+            let DomainError::Store(StoreError::Duplicate { .. }) = e else {
                 return Err(e);
             };
             // Another job runs, or ran in a process that died: only the first stops us.
@@ -209,9 +209,9 @@ impl BulkRotations {
             } else {
                 Err(e)
             };
-            if let Err(ApiError::Store(StoreError::Duplicate { .. })) = retried {
+            if let Err(DomainError::Store(StoreError::Duplicate { .. })) = retried {
                 let running = store.running_rotation_job().await?;
-                return Err(ApiError::RotationInProgress {
+                return Err(DomainError::RotationInProgress {
                     job_id: running.map_or_else(|| "unknown".into(), |j| j.job_id),
                 });
             }
@@ -239,7 +239,7 @@ impl BulkRotations {
     }
 
     /// Records the new job and its audit event together.
-    async fn insert(&self, caller: &Caller, job: &JobRecord) -> Result<(), ApiError> {
+    async fn insert(&self, caller: &Caller, job: &JobRecord) -> Result<(), DomainError> {
         let stored = job.clone();
         self.lifecycle
             .audited(caller, "secrets.rotate_all", None, move |tx| {
@@ -375,10 +375,10 @@ async fn rotate_tenant(
     secret_type: SecretType,
     trigger: &Trigger,
 ) -> TenantResult {
-    let result = |outcome, error: Option<ApiError>| TenantResult {
+    let result = |outcome, error: Option<DomainError>| TenantResult {
         tenant_id: tenant.to_string(),
         outcome,
-        code: error.as_ref().map(ApiError::code),
+        code: error.as_ref().map(DomainError::code),
         reason: error.map(|e| e.to_string()),
     };
     match secret_type {
@@ -391,7 +391,7 @@ async fn rotate_tenant(
                     .await
                 {
                     Ok(_) => rotated += 1,
-                    Err(ApiError::KeyRevoked) => {}
+                    Err(DomainError::KeyRevoked) => {}
                     Err(e) => {
                         first_error.get_or_insert(e);
                     }

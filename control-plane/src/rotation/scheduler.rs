@@ -21,7 +21,7 @@ use futures::StreamExt;
 use crate::caller::Caller;
 use crate::clock::{iso8601, parse_iso8601};
 use crate::config::RotationConfig;
-use crate::error::ApiError;
+use crate::lifecycle::DomainError;
 use crate::lifecycle::{KeyLifecycle, Replace, Trigger};
 use crate::store::SchedulerLease;
 
@@ -79,13 +79,13 @@ impl RotationScheduler {
     /// Rotates every active key set due at `now` (the lifecycle's clock time), several tenants at
     /// once. Each rotation is audited on its own (`key.rotate`, trigger `schedule`) and pushed to
     /// the tenant's hosts; one failing does not stop the others.
-    pub async fn run_due(&self, now: DateTime<Utc>) -> Result<DueReport, ApiError> {
+    pub async fn run_due(&self, now: DateTime<Utc>) -> Result<DueReport, DomainError> {
         let due = self.lifecycle.store().due_key_sets(&iso8601(now)).await?;
         if !due.is_empty() {
             tracing::info!(count = due.len(), "key sets due for rotation");
         }
         let lifecycle = &self.lifecycle;
-        let outcomes: Vec<Result<bool, ApiError>> = futures::stream::iter(due)
+        let outcomes: Vec<Result<bool, DomainError>> = futures::stream::iter(due)
             .map(|(tenant, kind)| async move {
                 let before = lifecycle.store().key_set(&tenant, kind).await?;
                 let after = lifecycle

@@ -37,7 +37,7 @@ async fn a_policy_change_reschedules_at_once_and_resetting_restores_the_default(
         .set_rotation_policy(&caller, &t1(), Some((hour, hour, KeyAlgorithm::Ed25519)))
         .await
         .unwrap_err();
-    assert!(matches!(bad, ApiError::InvalidBody(_)), "{bad:?}");
+    assert!(matches!(bad, DomainError::PolicyInvalid(_)), "{bad:?}");
 
     let default = f
         .lifecycle
@@ -146,7 +146,7 @@ async fn smtp_and_dkim_rotations_keep_secrets_in_vault_and_metadata_in_sql() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ApiError::Vault(VaultError::Sealed)),
+        matches!(err, DomainError::Vault(VaultError::Sealed)),
         "{err:?}"
     );
     let kept = f

@@ -1,0 +1,104 @@
+//! What the domain (key operations, tokens, hosts, policies, secrets, bulk jobs, backups, login
+//! ingestion) can fail with, in the domain's own words.
+//!
+//! The domain knows neither HTTP nor gRPC: the transports map these once each, to problem
+//! documents (`error.rs`) and to `tonic::Status` (`agents/grpc/refused.rs`). What the domain does
+//! need of a failure is its stable `code` and whether it was a refusal or the server's failure:
+//! both are written into records that outlive the request (the audit event of a failed
+//! operation, a bulk job's failures) and are the same `code` the problem document carries.
+//!
+//! The texts (`Display`) are what clients read as a problem's `detail`; they are kept as they are.
+
+use keyward_common::{HostId, TenantId};
+
+use crate::store::StoreError;
+use crate::vault::VaultError;
+
+/// Everything a domain operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("tenant {0} not found")]
+    TenantNotFound(TenantId),
+    #[error("tenant {0} already exists")]
+    TenantExists(TenantId),
+    #[error("host {0} not found")]
+    HostNotFound(HostId),
+    #[error("host {0} already exists")]
+    HostExists(HostId),
+    /// The token id as given, cut to 40 characters.
+    #[error("API token {0} not found")]
+    TokenNotFound(String),
+    #[error(
+        "the enrollment token is unknown, used, expired or revoked; ask an admin for a new one"
+    )]
+    EnrollmentTokenInvalid,
+    /// The agent's certificate request, refused by the agent CA.
+    #[error("{0}")]
+    CertificateRequestInvalid(String),
+    /// A rotation policy outside the bounds (`RotationPolicy::validate`).
+    #[error("{0}")]
+    PolicyInvalid(String),
+    #[error("the tenant key is revoked; regenerate it to restore access")]
+    KeyRevoked,
+    #[error(
+        "the private key of generation {generation} was already downloaded; \
+         regenerate the key to get a new one"
+    )]
+    AlreadyDownloaded { generation: i64 },
+    #[error("the key set changed concurrently; retry the request")]
+    ConcurrentModification,
+    #[error("bulk rotation job {job_id} is running; follow it or wait until it ends")]
+    RotationInProgress { job_id: String },
+    /// The job id as given, cut to 40 characters.
+    #[error("rotation job {0} not found")]
+    JobNotFound(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("key generation failed")]
+    KeyGeneration,
+    /// A bound the code relies on did not hold (a number out of range, a closed semaphore).
+    #[error("internal error")]
+    Internal,
+}
+
+impl DomainError {
+    /// The stable, machine-readable name of the failure: the problem document's `code`, and
+    /// what the audit log and bulk jobs record.
+    pub fn code(&self) -> &'static str {
+        use DomainError::*;
+        match self {
+            TenantNotFound(_) => "tenant_not_found",
+            TenantExists(_) => "tenant_exists",
+            HostNotFound(_) => "host_not_found",
+            HostExists(_) => "host_exists",
+            TokenNotFound(_) => "token_not_found",
+            EnrollmentTokenInvalid => "enrollment_token_invalid",
+            CertificateRequestInvalid(_) | PolicyInvalid(_) => "invalid_body",
+            KeyRevoked => "key_revoked",
+            AlreadyDownloaded { .. } => "key_already_downloaded",
+            ConcurrentModification => "concurrent_modification",
+            RotationInProgress { .. } => "rotation_in_progress",
+            JobNotFound(_) => "rotation_job_not_found",
+            Vault(VaultError::Sealed) => "vault_sealed",
+            Vault(_) => "vault_unavailable",
+            Store(_) => "database_unavailable",
+            KeyGeneration => "key_generation_failed",
+            Internal => "internal",
+        }
+    }
+
+    /// Whether the operation was refused (the caller's request cannot be done as asked) rather
+    /// than failed (Vault, the database or the server let it down). The audit log says
+    /// `refused` or `failure`.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(
+            self,
+            DomainError::Vault(_)
+                | DomainError::Store(_)
+                | DomainError::KeyGeneration
+                | DomainError::Internal
+        )
+    }
+}
