@@ -22,7 +22,7 @@ use crate::backup::VaultBackups;
 use crate::caller::Caller;
 use crate::changes::ChangeNotifier;
 use crate::changes::postgres::ReplicaChanges;
-use crate::clock::{Clock, SystemClock, iso8601};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::conns::RestAcceptor;
 use crate::lifecycle::KeyLifecycle;
@@ -358,7 +358,7 @@ async fn bootstrap_admin_token(lifecycle: &KeyLifecycle, path: &Path) -> Result<
         token_id,
         role: Role::Admin,
         label: "bootstrap".into(),
-        created_at: iso8601(lifecycle.now()),
+        created_at: lifecycle.now(),
         revoked_at: None,
     };
     let write_err = |source| StartError::Bootstrap {

@@ -250,8 +250,8 @@ impl Session {
         }
     }
 
-    fn now(&self) -> String {
-        iso8601(self.service.lifecycle.now())
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.service.lifecycle.now()
     }
 
     /// Queues a report for the writer task.
@@ -459,7 +459,7 @@ impl Session {
                     added,
                     removed,
                     detected_at: bounded(&drift.detected_at, MAX_TIME),
-                    received_at: now,
+                    received_at: iso8601(now),
                 };
                 tracing::warn!(host = %self.host, user = %record.user, "agent repaired drift");
                 if let Err(e) = store.insert_drift(&self.host, &record).await {
@@ -474,7 +474,7 @@ impl Session {
                 let reason = bounded(&rejected.reason, MAX_REASON);
                 tracing::error!(host = %self.host, generation = rejected.generation, %reason, "agent rejected a state");
                 let _ = store
-                    .record_host_error(&self.host, &format!("state rejected: {reason}"), &now)
+                    .record_host_error(&self.host, &format!("state rejected: {reason}"), now)
                     .await;
                 Ok(None)
             }
@@ -556,7 +556,7 @@ impl Session {
         };
         let host = self.host.clone();
         let serial = issued.serial.clone();
-        let not_after = iso8601(issued.not_after);
+        let not_after = issued.not_after;
         let recorded = lifecycle
             .audited(
                 &Caller::system(),
@@ -564,10 +564,10 @@ impl Session {
                 Some(&self.tenant),
                 move |tx| {
                     Box::pin(async move {
-                        tx.set_host_certificate(&host, &serial, &not_after).await?;
+                        tx.set_host_certificate(&host, &serial, not_after).await?;
                         Ok((
                             (),
-                            json!({ "hostId": host, "serial": serial, "notAfter": not_after }),
+                            json!({ "hostId": host, "serial": serial, "notAfter": iso8601(not_after) }),
                         ))
                     })
                 },

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use keyward_common::proto::{DesiredState, Key, KeyKind as ProtoKind, ManagedUser, Mode};
 use keyward_common::{HostId, KeyKind};
 
-use crate::clock::{iso8601, parse_iso8601};
+use crate::clock::iso8601;
 use crate::store::{KeySetRecord, KeyState, Store, StoreError};
 
 /// Why a state could not be built.
@@ -28,14 +28,10 @@ fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
             kind: kind.into(),
             generation: ks.generation,
             public_key: ks.public_key.clone(),
-            fingerprint: ks.fingerprint.clone(),
+            fingerprint: ks.fingerprint.to_string(),
             expires_at: String::new(),
         });
-        let in_grace = ks
-            .grace_until
-            .as_deref()
-            .and_then(parse_iso8601)
-            .filter(|until| *until > now);
+        let in_grace = ks.grace_until.filter(|until| *until > now);
         if let (Some(until), Some(public_key), Some(fingerprint)) =
             (in_grace, &ks.previous_public_key, &ks.previous_fingerprint)
         {
@@ -43,7 +39,7 @@ fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
                 kind: kind.into(),
                 generation: ks.generation - 1,
                 public_key: public_key.clone(),
-                fingerprint: fingerprint.clone(),
+                fingerprint: fingerprint.to_string(),
                 expires_at: iso8601(until),
             });
         }
@@ -52,13 +48,19 @@ fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
 }
 
 fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -> ManagedUser {
-    let mut denied = ks.denied_fingerprints.clone();
+    let mut denied: Vec<String> = ks
+        .denied_fingerprints
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
     // A rotated key past its grace period is denied too.
     if let Some(previous) = &ks.previous_fingerprint
-        && !keys_of(ks, now).iter().any(|k| &k.fingerprint == previous)
-        && !denied.contains(previous)
+        && !keys_of(ks, now)
+            .iter()
+            .any(|k| k.fingerprint == previous.as_str())
+        && !ks.denied_fingerprints.contains(previous)
     {
-        denied.push(previous.clone());
+        denied.push(previous.to_string());
     }
     ManagedUser {
         user: user.to_owned(),

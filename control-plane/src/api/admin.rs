@@ -225,7 +225,7 @@ pub async fn replace_key(
     Ok(Json(NewKeyResponse {
         status: "success",
         message: message.to_owned(),
-        new_key_fingerprint: ks.fingerprint,
+        new_key_fingerprint: ks.fingerprint.to_string(),
     }))
 }
 

@@ -133,11 +133,11 @@ impl HostView {
             status,
             desired_generation: host.desired_generation,
             applied_generation: host.applied_generation,
-            last_seen: host.last_seen.clone(),
+            last_seen: host.last_seen.map(iso8601),
             agent_version: host.agent_version.clone(),
-            enrolled_at: host.enrolled_at.clone(),
-            certificate_not_after: host.cert_not_after.clone(),
-            revoked_at: host.revoked_at.clone(),
+            enrolled_at: host.enrolled_at.map(iso8601),
+            certificate_not_after: host.cert_not_after.map(iso8601),
+            revoked_at: host.revoked_at.map(iso8601),
             users: host.applied_users.clone(),
             host_keys: host_key_views(&host.host_keys),
             last_error: host.last_error.clone(),
@@ -208,7 +208,7 @@ pub async fn register_host(
             host_id: registered.host.to_string(),
             tenant_id: tenant.to_string(),
             enrollment_token: registered.enrollment_token.to_string(),
-            expires_at: registered.expires_at,
+            expires_at: iso8601(registered.expires_at),
         }),
     ))
 }
@@ -230,7 +230,7 @@ pub async fn enroll(
     if !throttle.allow(peer.ip()) {
         return Err(ApiError::EnrollmentThrottled);
     }
-    let now = iso8601(lifecycle.now());
+    let now = lifecycle.now();
     let hash = hash_token(body.token.trim());
     let caller = Caller {
         token_id: None,
@@ -240,7 +240,7 @@ pub async fn enroll(
     let agents = state.agents.clone();
     let csr = body.csr_pem;
     let enrolled = lifecycle
-        .enroll_host(&caller, &hash, &now, move |host| {
+        .enroll_host(&caller, &hash, now, move |host| {
             agents
                 .trust
                 .ca

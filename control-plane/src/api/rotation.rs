@@ -25,6 +25,7 @@ use super::admin::admin_for;
 use super::auth::AdminCaller;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::caller::Caller;
+use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{DomainError, PolicySource, RotationPolicy};
 use crate::rotation::bulk::valid_job_id;
@@ -92,8 +93,8 @@ impl RotationJobView {
             secret_type: job.secret_type.clone(),
             status: job.status.clone(),
             started_by: job.started_by.clone(),
-            started_at: job.started_at.clone(),
-            finished_at: job.finished_at.clone(),
+            started_at: iso8601(job.started_at),
+            finished_at: job.finished_at.map(iso8601),
             total: job.total,
             rotated_count: job.rotated,
             failed_count: job.failed,
@@ -374,7 +375,7 @@ async fn policy_view(
     let mut next_rotation = std::collections::BTreeMap::new();
     for kind in keyward_common::KeyKind::ALL {
         if let Some(ks) = state.store.key_set(tenant, kind).await? {
-            next_rotation.insert(kind.as_str().to_owned(), ks.next_rotation);
+            next_rotation.insert(kind.as_str().to_owned(), iso8601(ks.next_rotation));
         }
     }
     Ok(RotationPolicyView {
@@ -387,7 +388,7 @@ async fn policy_view(
             PolicySource::Default => "default",
             PolicySource::Tenant => "tenant",
         },
-        updated_at: policy.updated_at,
+        updated_at: policy.updated_at.map(iso8601),
         next_rotation,
     })
 }

@@ -13,6 +13,7 @@ use keyward_common::KeyKind;
 use super::AppState;
 use super::auth::TenantCaller;
 use super::views::{NewKeyResponse, SetAsideKeys, SetAsideOnHost, SshCredentials, StatusResponse};
+use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{DomainError, Replace};
 use crate::store::TenantCredentials;
@@ -131,14 +132,14 @@ async fn replace(
     let message = match how {
         Replace::Rotate => format!(
             "SSH key rotated. The previous key stays valid until {}.",
-            ks.grace_until.as_deref().unwrap_or("now")
+            ks.grace_until.map_or_else(|| "now".to_owned(), iso8601)
         ),
         Replace::Regenerate => "SSH key regenerated. The previous key no longer works.".to_owned(),
     };
     Ok(Json(NewKeyResponse {
         status: "success",
         message,
-        new_key_fingerprint: ks.fingerprint,
+        new_key_fingerprint: ks.fingerprint.to_string(),
     }))
 }
 

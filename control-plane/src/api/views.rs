@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::clock::iso8601;
 use crate::store::{KeySetRecord, KeyState, TenantRecord, TenantSecretRecord, TokenRecord};
 use crate::vault::KeySetVersions;
 
@@ -54,15 +55,15 @@ impl SshCredentials {
             vps_ip: tenant.vps_ip.clone(),
             ssh_username: tenant.tenant_user.to_string(),
             ssh_port: tenant.ssh_port,
-            key_fingerprint: active.then(|| ks.fingerprint.clone()),
-            last_rotated: ks.last_rotated.clone(),
-            next_rotation: ks.next_rotation.clone(),
+            key_fingerprint: active.then(|| ks.fingerprint.to_string()),
+            last_rotated: iso8601(ks.last_rotated),
+            next_rotation: iso8601(ks.next_rotation),
             key_status: ks.state,
             key_generation: ks.generation,
             key_algorithm: ks.algorithm.to_string(),
             downloaded: ks.downloaded_at.is_some(),
-            previous_key_fingerprint: ks.previous_fingerprint.clone(),
-            previous_key_valid_until: ks.grace_until.clone(),
+            previous_key_fingerprint: ks.previous_fingerprint.as_ref().map(ToString::to_string),
+            previous_key_valid_until: ks.grace_until.map(iso8601),
             host_key_fingerprints: parsed.iter().map(|(f, _)| f.clone()).collect(),
             known_hosts: parsed.into_iter().map(|(_, line)| line).collect(),
         }
@@ -135,15 +136,15 @@ impl KeySetSummary {
             algorithm: ks.algorithm.to_string(),
             status: ks.state,
             generation: ks.generation,
-            fingerprint: ks.fingerprint.clone(),
+            fingerprint: ks.fingerprint.to_string(),
             public_key: ks.public_key.clone(),
             rotation_policy: ks.rotation_policy.clone(),
-            created_at: ks.created_at.clone(),
-            last_rotated: ks.last_rotated.clone(),
-            next_rotation: ks.next_rotation.clone(),
-            downloaded_at: ks.downloaded_at.clone(),
-            previous_fingerprint: ks.previous_fingerprint.clone(),
-            grace_until: ks.grace_until.clone(),
+            created_at: iso8601(ks.created_at),
+            last_rotated: iso8601(ks.last_rotated),
+            next_rotation: iso8601(ks.next_rotation),
+            downloaded_at: ks.downloaded_at.map(iso8601),
+            previous_fingerprint: ks.previous_fingerprint.as_ref().map(ToString::to_string),
+            grace_until: ks.grace_until.map(iso8601),
             vault_path: format!("{mount}/{}/{}", ks.tenant_id, ks.kind.secret_name()),
             vault_versions: None,
         }
@@ -179,7 +180,7 @@ impl TenantSecretsSummary {
             ssh_port: tenant.ssh_port,
             ssh_username: tenant.tenant_user.to_string(),
             admin_username: tenant.admin_user.to_string(),
-            created_at: tenant.created_at.clone(),
+            created_at: iso8601(tenant.created_at),
             ssh_keys,
         }
     }
@@ -221,8 +222,8 @@ impl SmtpCredentialsSummary {
                 .unwrap_or_default()
                 .to_owned(),
             generation: s.generation,
-            created_at: s.created_at.clone(),
-            last_rotated: s.last_rotated.clone(),
+            created_at: iso8601(s.created_at),
+            last_rotated: iso8601(s.last_rotated),
             vault_version: s.vault_version,
             vault_path: format!("{mount}/{}/{}", s.tenant_id, s.name),
         }
@@ -257,8 +258,8 @@ impl DkimSummary {
             dns_record: text("dnsRecord").unwrap_or_default(),
             previous_selector: text("previousSelector"),
             generation: s.generation,
-            created_at: s.created_at.clone(),
-            last_rotated: s.last_rotated.clone(),
+            created_at: iso8601(s.created_at),
+            last_rotated: iso8601(s.last_rotated),
             vault_version: s.vault_version,
             vault_path: format!("{mount}/{}/{}", s.tenant_id, s.name),
         }
@@ -284,8 +285,8 @@ impl From<&TokenRecord> for TokenSummary {
             role: t.role.name().to_owned(),
             tenant_id: t.role.tenant().map(|t| t.to_string()),
             label: t.label.clone(),
-            created_at: t.created_at.clone(),
-            revoked_at: t.revoked_at.clone(),
+            created_at: iso8601(t.created_at),
+            revoked_at: t.revoked_at.map(iso8601),
         }
     }
 }
@@ -389,4 +390,53 @@ pub struct AuditPageResponse {
     pub events: Vec<crate::store::AuditRecord>,
     /// Pass as `cursor` for the next (older) page; `null` on the last page.
     pub next_cursor: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use keyward_common::{KeyAlgorithm, KeyKind};
+
+    use super::*;
+
+    /// Records hold times; the API still answers `YYYY-MM-DDTHH:MM:SSZ`, whole seconds and `Z`,
+    /// as when the records held the stored text (a fresh record's time has nanoseconds).
+    #[test]
+    fn times_in_answers_are_whole_second_utc_text() {
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .unwrap()
+            .checked_add_signed(chrono::Duration::nanoseconds(123_456_789))
+            .unwrap();
+        let fingerprint: keyward_common::Fingerprint =
+            format!("SHA256:{}", "A".repeat(43)).parse().unwrap();
+        let record = KeySetRecord {
+            tenant_id: "t1".parse().unwrap(),
+            kind: KeyKind::Tenant,
+            algorithm: KeyAlgorithm::Ed25519,
+            generation: 2,
+            state: KeyState::Active,
+            public_key: "ssh-ed25519 AAAA".into(),
+            fingerprint: fingerprint.clone(),
+            vault_version: 2,
+            rotation_policy: "90_days".into(),
+            created_at: at,
+            last_rotated: at,
+            next_rotation: at + chrono::Duration::days(90),
+            downloaded_at: None,
+            previous_public_key: None,
+            previous_fingerprint: Some(fingerprint),
+            grace_until: Some(at + chrono::Duration::days(1)),
+            session_epoch: 0,
+            denied_fingerprints: Vec::new(),
+        };
+        let json = serde_json::to_value(KeySetSummary::new(&record, "vps")).unwrap();
+        assert_eq!(json["createdAt"], "2026-01-02T03:04:05Z");
+        assert_eq!(json["lastRotated"], "2026-01-02T03:04:05Z");
+        assert_eq!(json["nextRotation"], "2026-04-02T03:04:05Z");
+        assert_eq!(json["graceUntil"], "2026-01-03T03:04:05Z");
+        assert_eq!(json["downloadedAt"], serde_json::Value::Null);
+        assert_eq!(json["fingerprint"], format!("SHA256:{}", "A".repeat(43)));
+        assert_eq!(json["previousFingerprint"], json["fingerprint"]);
+    }
 }

@@ -18,7 +18,7 @@ use crate::tokens::new_token;
 pub struct Registered {
     pub host: HostId,
     pub enrollment_token: Zeroizing<String>,
-    pub expires_at: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl KeyLifecycle {
@@ -45,7 +45,7 @@ impl KeyLifecycle {
             token_id,
             role,
             label,
-            created_at: iso8601(self.now()),
+            created_at: self.now(),
             revoked_at: None,
         };
         let hash = hash_token(&token);
@@ -73,13 +73,13 @@ impl KeyLifecycle {
             return Err(not_found());
         }
         let record = self.store.token(token_id).await?.ok_or_else(not_found)?;
-        let at = iso8601(self.now());
+        let at = self.now();
         let tenant = record.role.tenant().cloned();
         let id = token_id.to_owned();
         let revoked = self
             .audited(caller, "token.revoke", tenant.as_ref(), move |tx| {
                 Box::pin(async move {
-                    let revoked = tx.revoke_token(&id, &at).await?;
+                    let revoked = tx.revoke_token(&id, at).await?;
                     Ok((revoked, json!({ "tokenId": id, "wasActive": revoked })))
                 })
             })
@@ -106,23 +106,20 @@ impl KeyLifecycle {
         let enrollment_token = Zeroizing::new(token.replacen("kw_", "kwe_", 1));
         let now = self.now();
         let ttl = chrono::Duration::from_std(ttl).map_err(|_| DomainError::Internal)?;
-        let expires_at = iso8601(now + ttl);
-        let (h, t, hash, created, expires) = (
-            host.clone(),
-            tenant.clone(),
-            hash_token(&enrollment_token),
-            iso8601(now),
-            expires_at.clone(),
-        );
+        let expires_at = now + ttl;
+        let (h, t, hash) = (host.clone(), tenant.clone(), hash_token(&enrollment_token));
         self.audited(caller, "host.register", Some(tenant), move |tx| {
             Box::pin(async move {
-                tx.insert_host(&h, &t, &created, &hash, &expires)
+                tx.insert_host(&h, &t, now, &hash, expires_at)
                     .await
                     .map_err(|e| match e {
                         StoreError::Duplicate { .. } => DomainError::HostExists(h.clone()),
                         other => other.into(),
                     })?;
-                Ok(((), json!({ "hostId": h, "enrollmentExpiresAt": expires })))
+                Ok((
+                    (),
+                    json!({ "hostId": h, "enrollmentExpiresAt": iso8601(expires_at) }),
+                ))
             })
         })
         .await?;
@@ -143,11 +140,11 @@ impl KeyLifecycle {
     ) -> Result<HostRecord, DomainError> {
         let not_found = || DomainError::HostNotFound(host.clone());
         let record = self.store.host(host).await?.ok_or_else(not_found)?;
-        let at = iso8601(self.now());
+        let at = self.now();
         let h = host.clone();
         self.audited(caller, "host.revoke", Some(&record.tenant_id), move |tx| {
             Box::pin(async move {
-                let revoked = tx.revoke_host(&h, &at).await?;
+                let revoked = tx.revoke_host(&h, at).await?;
                 Ok(((), json!({ "hostId": h, "wasActive": revoked })))
             })
         })

@@ -8,7 +8,6 @@ use zeroize::Zeroizing;
 
 use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
-use crate::clock::iso8601;
 use crate::store::{KeySetRecord, KeyState};
 use crate::vault::{KeySetSecret, VaultError};
 
@@ -67,17 +66,17 @@ impl KeyLifecycle {
                 })
             })?;
         // The key handed out must be the one SQL (and so every host) knows.
-        let matches = public_key_fingerprint(&stored.secret.public_key)
-            .is_ok_and(|f| f.as_str() == ks.fingerprint);
+        let matches =
+            public_key_fingerprint(&stored.secret.public_key).is_ok_and(|f| f == ks.fingerprint);
         if !matches {
             return Err(DomainError::Vault(VaultError::BadResponse {
                 operation: format!("read {tenant}/{}", kind.secret_name()),
                 reason: "the stored key does not match the recorded fingerprint".into(),
             }));
         }
-        let at = iso8601(self.clock.now());
+        let at = self.clock.now();
         let mut tx = self.store.begin().await?;
-        if !tx.claim_download(tenant, kind, ks.generation, &at).await? {
+        if !tx.claim_download(tenant, kind, ks.generation, at).await? {
             return Err(DomainError::AlreadyDownloaded {
                 generation: ks.generation,
             });

@@ -16,7 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use keyward_common::{GeneratedKey, KeyAlgorithm, KeyKind, TenantId, UnixUser};
+use keyward_common::{Fingerprint, GeneratedKey, KeyAlgorithm, KeyKind, TenantId, UnixUser};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
 
@@ -128,8 +128,8 @@ pub struct KeyLifecycle {
 const DENIED_KEPT: usize = 100;
 
 /// `ending` first, then the older denials, without repeats, at most [`DENIED_KEPT`].
-fn deny(older: &[String], ending: Vec<String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+fn deny(older: &[Fingerprint], ending: Vec<Fingerprint>) -> Vec<Fingerprint> {
+    let mut out: Vec<Fingerprint> = Vec::new();
     for f in ending.into_iter().chain(older.iter().cloned()) {
         if !out.contains(&f) && out.len() < DENIED_KEPT {
             out.push(f);
@@ -312,16 +312,16 @@ impl KeyLifecycle {
         tenant: &TenantId,
         kind: KeyKind,
         key: &GeneratedKey,
-        created_at: &str,
-        last_rotated: &str,
+        created_at: DateTime<Utc>,
+        last_rotated: DateTime<Utc>,
         rotation_policy: &str,
     ) -> Result<i64, DomainError> {
         let cas = self.current_vault_version(tenant, kind).await?;
         let secret = KeySetSecret {
             private_key: key.private_openssh().clone(),
             public_key: key.public_openssh().to_owned(),
-            created_at: created_at.to_owned(),
-            last_rotated: last_rotated.to_owned(),
+            created_at: iso8601(created_at),
+            last_rotated: iso8601(last_rotated),
             rotation_policy: rotation_policy.to_owned(),
         };
         match self.vault.write_key_set(tenant, kind, &secret, cas).await {
@@ -331,10 +331,10 @@ impl KeyLifecycle {
         }
     }
 
-    fn next_rotation(&self, from: DateTime<Utc>) -> String {
+    fn next_rotation(&self, from: DateTime<Utc>) -> DateTime<Utc> {
         let interval = chrono::Duration::from_std(self.keys.rotation_interval)
             .unwrap_or(chrono::Duration::days(90));
-        iso8601(from + interval)
+        from + interval
     }
 
     /// Onboards a tenant: both key sets generated, stored in Vault and recorded.
@@ -354,14 +354,13 @@ impl KeyLifecycle {
             self.generate(algorithm, Self::comment(&tenant, KeyKind::Tenant, 1)),
         )?;
         let now = self.clock.now();
-        let at = iso8601(now);
         let record = TenantRecord {
             tenant_id: tenant.clone(),
             vps_ip: new.vps_ip,
             ssh_port: new.ssh_port,
             tenant_user: new.tenant_user,
             admin_user: new.admin_user,
-            created_at: at.clone(),
+            created_at: now,
         };
         let result = async {
             let mut tx = self.store.begin().await?;
@@ -378,8 +377,8 @@ impl KeyLifecycle {
                         &tenant,
                         kind,
                         key,
-                        &at,
-                        &at,
+                        now,
+                        now,
                         &self.keys.rotation_policy_name(),
                     )
                     .await?;
@@ -390,11 +389,11 @@ impl KeyLifecycle {
                     generation: 1,
                     state: KeyState::Active,
                     public_key: key.public_openssh().to_owned(),
-                    fingerprint: key.fingerprint().to_string(),
+                    fingerprint: key.fingerprint().clone(),
                     vault_version,
                     rotation_policy: self.keys.rotation_policy_name(),
-                    created_at: at.clone(),
-                    last_rotated: at.clone(),
+                    created_at: now,
+                    last_rotated: now,
                     next_rotation: self.next_rotation(now),
                     downloaded_at: None,
                     previous_public_key: None,
@@ -404,7 +403,7 @@ impl KeyLifecycle {
                     denied_fingerprints: Vec::new(),
                 };
                 tx.put_key_set(&ks).await?;
-                tx.record_key_history(&tenant, kind, 1, &ks.fingerprint, &at)
+                tx.record_key_history(&tenant, kind, 1, &ks.fingerprint, now)
                     .await?;
                 key_sets.push(ks);
             }
@@ -499,7 +498,7 @@ impl KeyLifecycle {
         if how == Replace::Rotate && old.state == KeyState::Revoked {
             return Err(DomainError::KeyRevoked);
         }
-        if *trigger == Trigger::Schedule && old.next_rotation > iso8601(self.clock.now()) {
+        if *trigger == Trigger::Schedule && old.next_rotation > self.clock.now() {
             return Ok(old);
         }
         let policy = self.rotation_policy(tenant).await?;
@@ -508,7 +507,6 @@ impl KeyLifecycle {
             .generate(policy.algorithm, Self::comment(tenant, kind, generation))
             .await?;
         let now = self.clock.now();
-        let at = iso8601(now);
         let keep_old = how == Replace::Rotate && old.state == KeyState::Active;
         // Regenerate replaces at once: the old key (and a rotated one still in its grace period)
         // is denied everywhere, and the sessions it opened end. Rotate keeps the old key valid
@@ -528,28 +526,28 @@ impl KeyLifecycle {
         };
         let mut tx = self.store.begin().await?;
         let vault_version = self
-            .write_vault(tenant, kind, &key, &old.created_at, &at, &policy.name)
+            .write_vault(tenant, kind, &key, old.created_at, now, &policy.name)
             .await?;
         let new = KeySetRecord {
             generation,
             state: KeyState::Active,
             public_key: key.public_openssh().to_owned(),
-            fingerprint: key.fingerprint().to_string(),
+            fingerprint: key.fingerprint().clone(),
             vault_version,
             algorithm: policy.algorithm,
-            last_rotated: at.clone(),
-            next_rotation: iso8601(policy.next_rotation(now)),
+            last_rotated: now,
+            next_rotation: policy.next_rotation(now),
             downloaded_at: None,
             previous_public_key: keep_old.then(|| old.public_key.clone()),
             previous_fingerprint: keep_old.then(|| old.fingerprint.clone()),
-            grace_until: keep_old.then(|| iso8601(policy.grace_until(now))),
+            grace_until: keep_old.then(|| policy.grace_until(now)),
             rotation_policy: policy.name.clone(),
             denied_fingerprints: denied,
             session_epoch,
             ..old.clone()
         };
         tx.put_key_set(&new).await?;
-        tx.record_key_history(tenant, kind, generation, &new.fingerprint, &at)
+        tx.record_key_history(tenant, kind, generation, &new.fingerprint, now)
             .await?;
         tx.bump_tenant_hosts(tenant).await?;
         let detail = json!({
@@ -557,7 +555,7 @@ impl KeyLifecycle {
             "generation": generation,
             "newFingerprint": new.fingerprint,
             "oldFingerprint": old.fingerprint,
-            "graceUntil": new.grace_until,
+            "graceUntil": new.grace_until.map(iso8601),
             "algorithm": new.algorithm,
             "rotationPolicy": new.rotation_policy,
             "trigger": trigger.detail().0,

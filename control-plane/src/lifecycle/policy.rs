@@ -14,9 +14,9 @@ use serde_json::json;
 
 use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
-use crate::clock::{iso8601, parse_iso8601};
+use crate::clock::iso8601;
 use crate::config::{KeysConfig, rotation_policy_name};
-use crate::store::{RotationPolicyRecord, StoreError};
+use crate::store::RotationPolicyRecord;
 
 /// Shortest interval a policy may have (as `keys.rotation_interval`).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(3600);
@@ -41,7 +41,7 @@ pub struct RotationPolicy {
     pub grace_period: Duration,
     pub algorithm: KeyAlgorithm,
     pub source: PolicySource,
-    pub updated_at: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl RotationPolicy {
@@ -64,7 +64,7 @@ impl RotationPolicy {
             grace_period: Duration::from_secs(record.grace_secs.unsigned_abs()),
             algorithm: record.algorithm,
             source: PolicySource::Tenant,
-            updated_at: Some(record.updated_at.clone()),
+            updated_at: Some(record.updated_at),
         }
     }
 
@@ -143,7 +143,7 @@ impl KeyLifecycle {
         if self.store.tenant(tenant).await?.is_none() {
             return Err(DomainError::TenantNotFound(tenant.clone()));
         }
-        let at = iso8601(self.clock.now());
+        let at = self.clock.now();
         let secs = |d: Duration| i64::try_from(d.as_secs()).map_err(|_| DomainError::Internal);
         let mut tx = self.store.begin().await?;
         let applied = match policy {
@@ -153,7 +153,7 @@ impl KeyLifecycle {
                     interval_secs: secs(interval)?,
                     grace_secs: secs(grace_period)?,
                     algorithm,
-                    updated_at: at.clone(),
+                    updated_at: at,
                 };
                 tx.put_rotation_policy(&record).await?;
                 RotationPolicy::from_record(&record)
@@ -165,14 +165,10 @@ impl KeyLifecycle {
         };
         let mut schedule = serde_json::Map::new();
         for (kind, last_rotated) in tx.key_set_rotations(tenant).await? {
-            let last = parse_iso8601(&last_rotated).ok_or_else(|| StoreError::Corrupt {
-                what: "last_rotated",
-                detail: last_rotated.clone(),
-            })?;
-            let next = iso8601(applied.next_rotation(last));
-            tx.reschedule_key_set(tenant, kind, &next, &applied.name)
+            let next = applied.next_rotation(last_rotated);
+            tx.reschedule_key_set(tenant, kind, next, &applied.name)
                 .await?;
-            schedule.insert(kind.as_str().to_owned(), next.into());
+            schedule.insert(kind.as_str().to_owned(), iso8601(next).into());
         }
         let detail = json!({
             "rotationPolicy": applied.name,
@@ -212,7 +208,7 @@ mod tests {
         let policy = RotationPolicy::default_of(&KeysConfig::default());
         assert_eq!(policy.name, "90_days");
         assert_eq!(policy.source, PolicySource::Default);
-        let from = parse_iso8601("2026-01-01T00:00:00Z").unwrap();
+        let from = crate::clock::parse_iso8601("2026-01-01T00:00:00Z").unwrap();
         assert_eq!(iso8601(policy.next_rotation(from)), "2026-04-01T00:00:00Z");
         assert_eq!(iso8601(policy.grace_until(from)), "2026-01-02T00:00:00Z");
     }

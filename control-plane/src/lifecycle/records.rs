@@ -24,7 +24,7 @@ impl KeyLifecycle {
         &self,
         caller: &Caller,
         token_hash: &str,
-        now: &str,
+        now: chrono::DateTime<chrono::Utc>,
         issue: F,
     ) -> Result<(keyward_common::HostId, TenantId, I), DomainError>
     where
@@ -38,15 +38,16 @@ impl KeyLifecycle {
             return Err(DomainError::EnrollmentTokenInvalid);
         };
         let issued = issue(&host.host_id)?;
-        let (serial, not_after) = (issued.serial().to_owned(), iso8601(issued.not_after()));
+        let (serial, not_after) = (issued.serial().to_owned(), issued.not_after());
         let mut tx = self.store.begin().await?;
         if !tx
-            .enroll_host(&host.host_id, token_hash, now, &serial, &not_after)
+            .enroll_host(&host.host_id, token_hash, now, &serial, not_after)
             .await?
         {
             return Err(DomainError::EnrollmentTokenInvalid);
         }
-        let detail = json!({ "hostId": host.host_id, "serial": serial, "notAfter": not_after });
+        let detail =
+            json!({ "hostId": host.host_id, "serial": serial, "notAfter": iso8601(not_after) });
         tx.append_audit(&self.event(
             caller,
             "host.enroll",

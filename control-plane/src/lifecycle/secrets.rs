@@ -124,10 +124,7 @@ impl KeyLifecycle {
         let old = self.store.tenant_secret(tenant, kind.name()).await?;
         let generation = old.as_ref().map_or(1, |o| o.generation + 1);
         let now = self.clock.now();
-        let at = iso8601(now);
-        let created_at = old
-            .as_ref()
-            .map_or_else(|| at.clone(), |o| o.created_at.clone());
+        let created_at = old.as_ref().map_or(now, |o| o.created_at);
         let (fields, public_info) = match kind {
             TenantSecretKind::Smtp => {
                 let username = format!("tenant-{tenant}");
@@ -159,8 +156,8 @@ impl KeyLifecycle {
             }
         };
         let fields = fields
-            .with("created_at", created_at.clone())
-            .with("last_rotated", at.clone());
+            .with("created_at", iso8601(created_at))
+            .with("last_rotated", iso8601(now));
         let mut tx = self.store.begin().await?;
         let cas = self
             .vault
@@ -182,7 +179,7 @@ impl KeyLifecycle {
             generation,
             vault_version,
             created_at,
-            last_rotated: at,
+            last_rotated: now,
             public_info,
         };
         tx.put_tenant_secret(&record).await?;

@@ -312,7 +312,7 @@ async fn the_download_hands_out_the_version_sql_knows_even_if_vault_has_a_newer_
         .await
         .unwrap();
     let fingerprint = keyward_common::keys::private_key_fingerprint(&private_key).unwrap();
-    assert_eq!(fingerprint.as_str(), known.fingerprint);
+    assert_eq!(fingerprint.as_str(), known.fingerprint.as_str());
 }
 
 #[tokio::test]
@@ -329,10 +329,13 @@ async fn rotation_times_come_from_the_clock_and_policy() {
         .replace_key(&caller, &t1(), KeyKind::Tenant, Replace::Rotate)
         .await
         .unwrap();
-    assert_eq!(rotated.last_rotated, "2026-01-11T12:00:00Z");
-    assert_eq!(rotated.grace_until.as_deref(), Some("2026-01-12T12:00:00Z"));
-    assert_eq!(rotated.next_rotation, "2026-04-11T12:00:00Z");
-    assert_eq!(rotated.created_at, "2026-01-01T12:00:00Z");
+    assert_eq!(iso8601(rotated.last_rotated), "2026-01-11T12:00:00Z");
+    assert_eq!(
+        rotated.grace_until.map(iso8601).as_deref(),
+        Some("2026-01-12T12:00:00Z")
+    );
+    assert_eq!(iso8601(rotated.next_rotation), "2026-04-11T12:00:00Z");
+    assert_eq!(iso8601(rotated.created_at), "2026-01-01T12:00:00Z");
     assert_eq!(rotated.generation, 2);
 
     // Rotating again within the grace period keeps only the key just replaced.
@@ -342,7 +345,7 @@ async fn rotation_times_come_from_the_clock_and_policy() {
         .await
         .unwrap();
     assert_eq!(
-        again.previous_fingerprint.as_deref(),
+        again.previous_fingerprint.as_ref().map(Fingerprint::as_str),
         Some(rotated.fingerprint.as_str())
     );
     // The admin key set is untouched.

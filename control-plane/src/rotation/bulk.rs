@@ -22,7 +22,6 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::caller::Caller;
-use crate::clock::iso8601;
 use crate::config::RotationConfig;
 use crate::lifecycle::DomainError;
 use crate::lifecycle::{KeyLifecycle, Replace, TenantSecretKind, Trigger};
@@ -137,11 +136,9 @@ impl BulkRotations {
         let now = self.lifecycle.now();
         let stale_before = match store.backend() {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(iso8601(now - STALE_AFTER)),
+            Backend::Postgres => Some(now - STALE_AFTER),
         };
-        let n = store
-            .interrupt_rotation_jobs(stale_before.as_deref(), &iso8601(now))
-            .await?;
+        let n = store.interrupt_rotation_jobs(stale_before, now).await?;
         if n > 0 {
             tracing::warn!(
                 jobs = n,
@@ -180,13 +177,13 @@ impl BulkRotations {
             .into_iter()
             .map(|t| t.tenant_id)
             .collect();
-        let at = iso8601(self.lifecycle.now());
+        let at = self.lifecycle.now();
         let job = JobRecord {
             job_id: new_job_id(),
             secret_type: secret_type.as_str().to_owned(),
             status: "running".into(),
             started_by: caller.token_id.clone(),
-            started_at: at.clone(),
+            started_at: at,
             heartbeat_at: at,
             finished_at: None,
             total: i64::try_from(tenants.len()).map_err(|_| DomainError::Internal)?,
@@ -200,9 +197,9 @@ impl BulkRotations {
                 return Err(e);
             };
             // Another job runs, or ran in a process that died: only the first stops us.
-            let stale_before = iso8601(self.lifecycle.now() - STALE_AFTER);
+            let stale_before = self.lifecycle.now() - STALE_AFTER;
             let interrupted = store
-                .interrupt_rotation_jobs(Some(&stale_before), &iso8601(self.lifecycle.now()))
+                .interrupt_rotation_jobs(Some(stale_before), self.lifecycle.now())
                 .await?;
             let retried = if interrupted > 0 {
                 self.insert(caller, &job).await
@@ -306,10 +303,10 @@ impl BulkRotations {
                     if let Some(failure) = failure_of(&result) {
                         job.failures.push(failure);
                     }
-                    job.heartbeat_at = iso8601(lifecycle.now());
+                    job.heartbeat_at = lifecycle.now();
                     progress.send_replace(JobSnapshot { job: job.clone(), last: Some(result) });
                 }
-                _ = heartbeat.tick() => job.heartbeat_at = iso8601(lifecycle.now()),
+                _ = heartbeat.tick() => job.heartbeat_at = lifecycle.now(),
             }
             // Progress readable from other replicas, at most every PROGRESS_EVERY: a commit per
             // tenant would hold the next tenant back (the loop waits for it) and cost a synced
@@ -328,8 +325,9 @@ impl BulkRotations {
             }
         }
         job.status = "completed".into();
-        job.finished_at = Some(iso8601(lifecycle.now()));
-        job.heartbeat_at = job.finished_at.clone().unwrap_or_default();
+        let finished_at = lifecycle.now();
+        job.finished_at = Some(finished_at);
+        job.heartbeat_at = finished_at;
         let finished = job.clone();
         let recorded = lifecycle
             .audited(&caller, "secrets.rotate_all_finished", None, move |tx| {

@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::caller::Caller;
-use crate::clock::{iso8601, parse_iso8601};
 use crate::config::RotationConfig;
 use crate::lifecycle::DomainError;
 use crate::lifecycle::{KeyLifecycle, Replace, Trigger};
@@ -80,7 +79,7 @@ impl RotationScheduler {
     /// once. Each rotation is audited on its own (`key.rotate`, trigger `schedule`) and pushed to
     /// the tenant's hosts; one failing does not stop the others.
     pub async fn run_due(&self, now: DateTime<Utc>) -> Result<DueReport, DomainError> {
-        let due = self.lifecycle.store().due_key_sets(&iso8601(now)).await?;
+        let due = self.lifecycle.store().due_key_sets(now).await?;
         if !due.is_empty() {
             tracing::info!(count = due.len(), "key sets due for rotation");
         }
@@ -163,7 +162,7 @@ impl RotationScheduler {
                     .saturating_mul(1 << (failing_rounds - 1).min(16))
             });
             let earliest = match self.lifecycle.store().earliest_next_rotation().await {
-                Ok(next) => next.as_deref().and_then(parse_iso8601),
+                Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the next rotation time");
                     None
@@ -184,7 +183,7 @@ mod tests {
     use super::*;
 
     fn t(s: &str) -> DateTime<Utc> {
-        parse_iso8601(s).unwrap()
+        crate::clock::parse_iso8601(s).unwrap()
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use keyward_common::{KeyAlgorithm, KeyKind, TenantId};
 
 use crate::caller::Caller;
-use crate::clock::Clock;
+use crate::clock::{Clock, iso8601};
 use crate::lifecycle::KeyLifecycle;
 use crate::lifecycle::tests::{Fixture, audit_actions, fixture, new_tenant};
 
@@ -80,9 +80,12 @@ async fn the_scheduler_rotates_the_due_key_sets_and_only_those() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(rotated.last_rotated, "2026-02-01T12:00:00Z");
-    assert_eq!(rotated.grace_until.as_deref(), Some("2026-02-03T12:00:00Z"));
-    assert_eq!(rotated.next_rotation, "2026-03-03T12:00:00Z");
+    assert_eq!(iso8601(rotated.last_rotated), "2026-02-01T12:00:00Z");
+    assert_eq!(
+        rotated.grace_until.map(iso8601).as_deref(),
+        Some("2026-02-03T12:00:00Z")
+    );
+    assert_eq!(iso8601(rotated.next_rotation), "2026-03-03T12:00:00Z");
     assert_eq!(rotated.rotation_policy, "30_days");
     let secret = f.vault.versions.lock().unwrap()[&("b".to_owned(), KeyKind::Admin)][1].clone();
     assert_eq!(secret.rotation_policy, "30_days");

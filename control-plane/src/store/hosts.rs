@@ -1,8 +1,10 @@
 //! Hosts: registration, one-time enrollment, certificates, and what agents report.
 
+use chrono::{DateTime, Utc};
 use keyward_common::{HostId, TenantId};
 use sqlx::any::AnyRow;
 
+use super::times::{optional_time, text, time};
 use super::{Store, StoreError, WriteTx, get, json_column, parse, query_error};
 
 /// What an agent reports that only updates its host's row ([`Store::record_host_reports`]).
@@ -13,7 +15,7 @@ pub enum HostReport {
         host: HostId,
         agent_version: String,
         host_keys: Vec<String>,
-        at: String,
+        at: DateTime<Utc>,
     },
     /// An agent applied a generation (never lowers the recorded one).
     Applied {
@@ -21,10 +23,10 @@ pub enum HostReport {
         generation: i64,
         users: serde_json::Value,
         error: Option<String>,
-        at: String,
+        at: DateTime<Utc>,
     },
     /// The host's stream ended.
-    Seen { host: HostId, at: String },
+    Seen { host: HostId, at: DateTime<Utc> },
     /// The control plane dropped `count` of the host's reports (over its rate).
     Dropped { host: HostId, count: i64 },
 }
@@ -60,7 +62,7 @@ impl HostReport {
             )
             .bind(agent_version.as_str())
             .bind(serde_json::to_string(host_keys).unwrap_or_else(|_| "[]".into()))
-            .bind(at.as_str())
+            .bind(text(*at))
             .bind(host.as_str()),
             HostReport::Applied {
                 host,
@@ -75,11 +77,11 @@ impl HostReport {
             .bind(*generation)
             .bind(users.to_string())
             .bind(error.clone())
-            .bind(at.as_str())
+            .bind(text(*at))
             .bind(host.as_str()),
             HostReport::Seen { host, at } => {
                 sqlx::query("UPDATE hosts SET last_seen = $1 WHERE host_id = $2")
-                    .bind(at.as_str())
+                    .bind(text(*at))
                     .bind(host.as_str())
             }
             HostReport::Dropped { host, count } => sqlx::query(
@@ -96,15 +98,15 @@ impl HostReport {
 pub struct HostRecord {
     pub host_id: HostId,
     pub tenant_id: TenantId,
-    pub created_at: String,
-    pub enroll_expires_at: Option<String>,
-    pub enrolled_at: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub enroll_expires_at: Option<DateTime<Utc>>,
+    pub enrolled_at: Option<DateTime<Utc>>,
     pub cert_serial: Option<String>,
-    pub cert_not_after: Option<String>,
-    pub revoked_at: Option<String>,
+    pub cert_not_after: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
     pub desired_generation: i64,
     pub applied_generation: i64,
-    pub last_seen: Option<String>,
+    pub last_seen: Option<DateTime<Utc>>,
     pub agent_version: Option<String>,
     /// The agent's last per-user results, as it reported them.
     pub applied_users: serde_json::Value,
@@ -143,15 +145,15 @@ fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
     Ok(HostRecord {
         host_id: parse(row, "host_id")?,
         tenant_id: parse(row, "tenant_id")?,
-        created_at: get(row, "created_at")?,
-        enroll_expires_at: get(row, "enroll_expires_at")?,
-        enrolled_at: get(row, "enrolled_at")?,
+        created_at: time(row, "created_at")?,
+        enroll_expires_at: optional_time(row, "enroll_expires_at")?,
+        enrolled_at: optional_time(row, "enrolled_at")?,
         cert_serial: get(row, "cert_serial")?,
-        cert_not_after: get(row, "cert_not_after")?,
-        revoked_at: get(row, "revoked_at")?,
+        cert_not_after: optional_time(row, "cert_not_after")?,
+        revoked_at: optional_time(row, "revoked_at")?,
         desired_generation: get(row, "desired_generation")?,
         applied_generation: get(row, "applied_generation")?,
-        last_seen: get(row, "last_seen")?,
+        last_seen: optional_time(row, "last_seen")?,
         agent_version: get(row, "agent_version")?,
         applied_users: json_column(row, "applied_users")?,
         host_keys: json_column(row, "host_keys")?,
@@ -167,9 +169,9 @@ impl WriteTx {
         &mut self,
         host: &HostId,
         tenant: &TenantId,
-        created_at: &str,
+        created_at: DateTime<Utc>,
         enroll_token_hash: &str,
-        enroll_expires_at: &str,
+        enroll_expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO hosts (host_id, tenant_id, created_at, enroll_token_hash, enroll_expires_at) \
@@ -177,9 +179,9 @@ impl WriteTx {
         )
         .bind(host.as_str())
         .bind(tenant.as_str())
-        .bind(created_at)
+        .bind(text(created_at))
         .bind(enroll_token_hash)
-        .bind(enroll_expires_at)
+        .bind(text(enroll_expires_at))
         .execute(&mut *self.tx)
         .await
         .map_err(query_error("host"))?;
@@ -192,18 +194,18 @@ impl WriteTx {
         &mut self,
         host: &HostId,
         token_hash: &str,
-        now: &str,
+        now: DateTime<Utc>,
         cert_serial: &str,
-        cert_not_after: &str,
+        cert_not_after: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE hosts SET enroll_token_hash = NULL, enrolled_at = $1, cert_serial = $2, \
              cert_not_after = $3 WHERE host_id = $4 AND enroll_token_hash = $5 \
              AND enrolled_at IS NULL AND revoked_at IS NULL AND enroll_expires_at > $1",
         )
-        .bind(now)
+        .bind(text(now))
         .bind(cert_serial)
-        .bind(cert_not_after)
+        .bind(text(cert_not_after))
         .bind(host.as_str())
         .bind(token_hash)
         .execute(&mut *self.tx)
@@ -217,13 +219,13 @@ impl WriteTx {
         &mut self,
         host: &HostId,
         cert_serial: &str,
-        cert_not_after: &str,
+        cert_not_after: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE hosts SET cert_serial = $1, cert_not_after = $2 WHERE host_id = $3 AND revoked_at IS NULL",
         )
         .bind(cert_serial)
-        .bind(cert_not_after)
+        .bind(text(cert_not_after))
         .bind(host.as_str())
         .execute(&mut *self.tx)
         .await
@@ -232,11 +234,15 @@ impl WriteTx {
     }
 
     /// Revokes a host; returns false when it was unknown or already revoked.
-    pub async fn revoke_host(&mut self, host: &HostId, at: &str) -> Result<bool, StoreError> {
+    pub async fn revoke_host(
+        &mut self,
+        host: &HostId,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE hosts SET revoked_at = $1, enroll_token_hash = NULL WHERE host_id = $2 AND revoked_at IS NULL",
         )
-        .bind(at)
+        .bind(text(at))
         .bind(host.as_str())
         .execute(&mut *self.tx)
         .await
@@ -273,14 +279,14 @@ impl Store {
     pub async fn pending_host_by_token(
         &self,
         token_hash: &str,
-        now: &str,
+        now: DateTime<Utc>,
     ) -> Result<Option<HostRecord>, StoreError> {
         sqlx::query(
             "SELECT * FROM hosts WHERE enroll_token_hash = $1 AND enrolled_at IS NULL \
              AND revoked_at IS NULL AND enroll_expires_at > $2",
         )
         .bind(token_hash)
-        .bind(now)
+        .bind(text(now))
         .fetch_optional(&self.pool)
         .await
         .map_err(query_error("finding an enrollment"))?
@@ -336,13 +342,13 @@ impl Store {
         host: &HostId,
         agent_version: &str,
         host_keys: &[String],
-        now: &str,
+        now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.record_host_reports(&[HostReport::Hello {
             host: host.clone(),
             agent_version: agent_version.to_owned(),
             host_keys: host_keys.to_vec(),
-            at: now.to_owned(),
+            at: now,
         }])
         .await
     }
@@ -354,14 +360,14 @@ impl Store {
         generation: i64,
         users: &serde_json::Value,
         error: Option<&str>,
-        now: &str,
+        now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.record_host_reports(&[HostReport::Applied {
             host: host.clone(),
             generation,
             users: users.clone(),
             error: error.map(str::to_owned),
-            at: now.to_owned(),
+            at: now,
         }])
         .await
     }
@@ -411,11 +417,11 @@ impl Store {
         &self,
         host: &HostId,
         error: &str,
-        now: &str,
+        now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE hosts SET last_error = $1, last_seen = $2 WHERE host_id = $3")
             .bind(error)
-            .bind(now)
+            .bind(text(now))
             .bind(host.as_str())
             .execute(&self.pool)
             .await
@@ -423,10 +429,10 @@ impl Store {
         Ok(())
     }
 
-    pub async fn record_seen(&self, host: &HostId, now: &str) -> Result<(), StoreError> {
+    pub async fn record_seen(&self, host: &HostId, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.record_host_reports(&[HostReport::Seen {
             host: host.clone(),
-            at: now.to_owned(),
+            at: now,
         }])
         .await
     }
@@ -487,13 +493,14 @@ mod tests {
         let store = Store::connect(&url, None).await.unwrap();
         let tenant: TenantId = "t1".parse().unwrap();
         let mut tx = store.begin().await.unwrap();
+        let at = |s: &str| crate::clock::parse_iso8601(s).unwrap();
         tx.insert_tenant(&TenantRecord {
             tenant_id: tenant.clone(),
             vps_ip: "192.0.2.1".into(),
             ssh_port: 22,
             tenant_user: "tenant".parse().unwrap(),
             admin_user: "kwadmin".parse().unwrap(),
-            created_at: "2026-01-01T00:00:00Z".into(),
+            created_at: at("2026-01-01T00:00:00Z"),
         })
         .await
         .unwrap();
@@ -505,9 +512,9 @@ mod tests {
             tx.insert_host(
                 id,
                 &tenant,
-                "2026-01-01T00:00:00Z",
+                at("2026-01-01T00:00:00Z"),
                 &format!("hash{i}"),
-                "2026-01-02T00:00:00Z",
+                at("2026-01-02T00:00:00Z"),
             )
             .await
             .unwrap();

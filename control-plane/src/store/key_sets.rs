@@ -2,11 +2,15 @@
 //! Vault KV version of its private key, rotation and grace times, the session epoch and the
 //! fingerprints denied since. Never private material.
 
-use keyward_common::{KeyAlgorithm, KeyKind, TenantId};
+use chrono::{DateTime, Utc};
+use keyward_common::{Fingerprint, KeyAlgorithm, KeyKind, TenantId};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, TenantRecord, WriteTx, get, json_column, parse, query_error};
+use super::times::{optional_text, optional_time, text, time};
+use super::{
+    Store, StoreError, TenantRecord, WriteTx, get, json_column, parse, parse_optional, query_error,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -33,22 +37,22 @@ pub struct KeySetRecord {
     pub generation: i64,
     pub state: KeyState,
     pub public_key: String,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     /// The Vault KV version that holds this generation's private key.
     pub vault_version: i64,
     pub rotation_policy: String,
-    pub created_at: String,
-    pub last_rotated: String,
-    pub next_rotation: String,
-    pub downloaded_at: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_rotated: DateTime<Utc>,
+    pub next_rotation: DateTime<Utc>,
+    pub downloaded_at: Option<DateTime<Utc>>,
     /// The key replaced by the last rotation, valid until `grace_until`.
     pub previous_public_key: Option<String>,
-    pub previous_fingerprint: Option<String>,
-    pub grace_until: Option<String>,
+    pub previous_fingerprint: Option<Fingerprint>,
+    pub grace_until: Option<DateTime<Utc>>,
     /// Raised on every regenerate and revoke; agents end the user's sessions when it rises.
     pub session_epoch: i64,
     /// Fingerprints keyward issued for this key set and then replaced or revoked, newest first.
-    pub denied_fingerprints: Vec<String>,
+    pub denied_fingerprints: Vec<Fingerprint>,
 }
 
 /// A tenant, one of its key sets and its current host keys: [`Store::tenant_credentials`].
@@ -113,7 +117,7 @@ impl Store {
             })?,
             tenant_user: parse(&row, "t_tenant_user")?,
             admin_user: parse(&row, "t_admin_user")?,
-            created_at: get(&row, "t_created_at")?,
+            created_at: time(&row, "t_created_at")?,
         };
         let has_key_set = get::<Option<String>>(&row, "kind")?.is_some();
         let key_set = if has_key_set {
@@ -169,16 +173,16 @@ impl WriteTx {
         .bind(k.generation)
         .bind(k.state.as_str())
         .bind(&k.public_key)
-        .bind(&k.fingerprint)
+        .bind(k.fingerprint.as_str())
         .bind(k.vault_version)
         .bind(&k.rotation_policy)
-        .bind(&k.created_at)
-        .bind(&k.last_rotated)
-        .bind(&k.next_rotation)
-        .bind(k.downloaded_at.clone())
+        .bind(text(k.created_at))
+        .bind(text(k.last_rotated))
+        .bind(text(k.next_rotation))
+        .bind(optional_text(k.downloaded_at))
         .bind(k.previous_public_key.clone())
-        .bind(k.previous_fingerprint.clone())
-        .bind(k.grace_until.clone())
+        .bind(k.previous_fingerprint.as_ref().map(|f| f.as_str().to_owned()))
+        .bind(optional_text(k.grace_until))
         .bind(k.session_epoch)
         .bind(serde_json::to_string(&k.denied_fingerprints).unwrap_or_else(|_| "[]".into()))
         .execute(&mut *self.tx)
@@ -194,13 +198,13 @@ impl WriteTx {
         tenant: &TenantId,
         kind: KeyKind,
         generation: i64,
-        at: &str,
+        at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE key_sets SET downloaded_at = $1 WHERE tenant_id = $2 AND kind = $3 \
              AND generation = $4 AND state = 'active' AND downloaded_at IS NULL",
         )
-        .bind(at)
+        .bind(text(at))
         .bind(tenant.as_str())
         .bind(kind.as_str())
         .bind(generation)
@@ -229,16 +233,16 @@ fn key_set_from_row(row: &AnyRow) -> Result<KeySetRecord, StoreError> {
             }
         },
         public_key: get(row, "public_key")?,
-        fingerprint: get(row, "fingerprint")?,
+        fingerprint: parse(row, "fingerprint")?,
         vault_version: get(row, "vault_version")?,
         rotation_policy: get(row, "rotation_policy")?,
-        created_at: get(row, "created_at")?,
-        last_rotated: get(row, "last_rotated")?,
-        next_rotation: get(row, "next_rotation")?,
-        downloaded_at: get(row, "downloaded_at")?,
+        created_at: time(row, "created_at")?,
+        last_rotated: time(row, "last_rotated")?,
+        next_rotation: time(row, "next_rotation")?,
+        downloaded_at: optional_time(row, "downloaded_at")?,
         previous_public_key: get(row, "previous_public_key")?,
-        previous_fingerprint: get(row, "previous_fingerprint")?,
-        grace_until: get(row, "grace_until")?,
+        previous_fingerprint: parse_optional(row, "previous_fingerprint")?,
+        grace_until: optional_time(row, "grace_until")?,
         session_epoch: get(row, "session_epoch")?,
         denied_fingerprints: json_column(row, "denied_fingerprints")?,
     })
@@ -263,13 +267,14 @@ mod tests {
                 .unwrap(),
             None
         );
+        let at = |s: &str| crate::clock::parse_iso8601(s).unwrap();
         let record = TenantRecord {
             tenant_id: tenant.clone(),
             vps_ip: "192.0.2.1".into(),
             ssh_port: 2222,
             tenant_user: "tenant".parse().unwrap(),
             admin_user: "kwadmin".parse().unwrap(),
-            created_at: "2026-01-01T00:00:00Z".into(),
+            created_at: at("2026-01-01T00:00:00Z"),
         };
         let mut tx = store.begin().await.unwrap();
         tx.insert_tenant(&record).await.unwrap();
@@ -301,16 +306,16 @@ mod tests {
             tx.insert_host(
                 &id,
                 &tenant,
-                "2026-01-01T00:00:00Z",
+                at("2026-01-01T00:00:00Z"),
                 &format!("hash{i}"),
-                "2026-01-02T00:00:00Z",
+                at("2026-01-02T00:00:00Z"),
             )
             .await
             .unwrap();
         }
         for (host, _, _, revoked) in &hosts {
             if *revoked {
-                tx.revoke_host(&host.parse().unwrap(), "2026-01-01T00:00:05Z")
+                tx.revoke_host(&host.parse().unwrap(), at("2026-01-01T00:00:05Z"))
                     .await
                     .unwrap();
             }
@@ -319,7 +324,12 @@ mod tests {
         for (host, keys, seen, _) in &hosts {
             let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
             store
-                .record_hello(&host.parse().unwrap(), "0.1.0", &keys, seen.unwrap_or(""))
+                .record_hello(
+                    &host.parse().unwrap(),
+                    "0.1.0",
+                    &keys,
+                    at(seen.unwrap_or("2026-01-01T00:00:00Z")),
+                )
                 .await
                 .unwrap();
             if seen.is_none() {

@@ -1,11 +1,12 @@
 //! SSH login events reported by agents, their attribution to keys, and usage analytics.
 
-use keyward_common::{HostId, KeyKind, TenantId};
+use chrono::{DateTime, Utc};
+use keyward_common::{Fingerprint, HostId, KeyKind, TenantId};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
-use super::{Store, StoreError, WriteTx, get, query_error};
+use super::{Store, StoreError, WriteTx, get, parse, query_error};
 
 /// One login event as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -131,8 +132,8 @@ impl WriteTx {
         tenant: &TenantId,
         kind: KeyKind,
         generation: i64,
-        fingerprint: &str,
-        at: &str,
+        fingerprint: &Fingerprint,
+        at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO key_history (tenant_id, kind, generation, fingerprint, created_at) \
@@ -141,8 +142,8 @@ impl WriteTx {
         .bind(tenant.as_str())
         .bind(kind.as_str())
         .bind(generation)
-        .bind(fingerprint)
-        .bind(at)
+        .bind(fingerprint.as_str())
+        .bind(super::times::text(at))
         .execute(&mut *self.tx)
         .await
         .map_err(query_error("recording key history"))?;
@@ -156,7 +157,7 @@ impl WriteTx {
         tenant: &TenantId,
         kind: KeyKind,
         limit: i64,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<Fingerprint>, StoreError> {
         let rows = sqlx::query(
             "SELECT fingerprint FROM key_history WHERE tenant_id = $1 AND kind = $2 \
              ORDER BY generation DESC LIMIT $3",
@@ -167,7 +168,7 @@ impl WriteTx {
         .fetch_all(&mut *self.tx)
         .await
         .map_err(query_error("reading key history"))?;
-        rows.iter().map(|row| get(row, "fingerprint")).collect()
+        rows.iter().map(|row| parse(row, "fingerprint")).collect()
     }
 
     /// Stores login events of one host, attributed to the tenant's keys; an event whose

@@ -26,6 +26,7 @@ mod notifications;
 mod retention;
 mod rotation;
 mod tenants;
+mod times;
 mod tokens;
 pub use activity::HostActivity;
 pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
@@ -248,6 +249,21 @@ where
         what: column,
         detail: e.to_string(),
     })
+}
+
+/// [`parse`] for a nullable column.
+fn parse_optional<T: FromStr>(row: &AnyRow, column: &'static str) -> Result<Option<T>, StoreError>
+where
+    T::Err: fmt::Display,
+{
+    get::<Option<String>>(row, column)?
+        .map(|raw| {
+            raw.parse().map_err(|e: T::Err| StoreError::Corrupt {
+                what: column,
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
 }
 
 fn json_column<T: serde::de::DeserializeOwned>(

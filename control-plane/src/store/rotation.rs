@@ -2,11 +2,13 @@
 //! falls due next) and its one-per-deployment lease, the SMTP and DKIM secrets' metadata, and bulk
 //! rotation jobs.
 
+use chrono::{DateTime, Utc};
 use keyward_common::{KeyAlgorithm, KeyKind, TenantId};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::times::{optional_text, optional_time, text, time};
 use super::{Backend, Store, StoreError, WriteTx, get, json_column, parse, query_error};
 
 /// A tenant's own rotation policy, as stored.
@@ -16,7 +18,7 @@ pub struct RotationPolicyRecord {
     pub interval_secs: i64,
     pub grace_secs: i64,
     pub algorithm: KeyAlgorithm,
-    pub updated_at: String,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Metadata of one of a tenant's other secrets (`smtp`, `dkim`). Never the secret.
@@ -26,8 +28,8 @@ pub struct TenantSecretRecord {
     pub name: String,
     pub generation: i64,
     pub vault_version: i64,
-    pub created_at: String,
-    pub last_rotated: String,
+    pub created_at: DateTime<Utc>,
+    pub last_rotated: DateTime<Utc>,
     /// The public part: the SMTP user name; the DKIM selector and DNS record.
     pub public_info: serde_json::Value,
 }
@@ -51,9 +53,9 @@ pub struct JobRecord {
     /// `running`, `completed` or `interrupted`.
     pub status: String,
     pub started_by: Option<String>,
-    pub started_at: String,
-    pub heartbeat_at: String,
-    pub finished_at: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
     pub total: i64,
     pub rotated: i64,
     pub failed: i64,
@@ -92,7 +94,7 @@ fn policy_from_row(row: &AnyRow) -> Result<RotationPolicyRecord, StoreError> {
         interval_secs: get(row, "interval_secs")?,
         grace_secs: get(row, "grace_secs")?,
         algorithm: parse(row, "algorithm")?,
-        updated_at: get(row, "updated_at")?,
+        updated_at: time(row, "updated_at")?,
     })
 }
 
@@ -102,8 +104,8 @@ fn secret_from_row(row: &AnyRow) -> Result<TenantSecretRecord, StoreError> {
         name: get(row, "name")?,
         generation: get(row, "generation")?,
         vault_version: get(row, "vault_version")?,
-        created_at: get(row, "created_at")?,
-        last_rotated: get(row, "last_rotated")?,
+        created_at: time(row, "created_at")?,
+        last_rotated: time(row, "last_rotated")?,
         public_info: json_column(row, "public_info")?,
     })
 }
@@ -114,9 +116,9 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
         secret_type: get(row, "secret_type")?,
         status: get(row, "status")?,
         started_by: get(row, "started_by")?,
-        started_at: get(row, "started_at")?,
-        heartbeat_at: get(row, "heartbeat_at")?,
-        finished_at: get(row, "finished_at")?,
+        started_at: time(row, "started_at")?,
+        heartbeat_at: time(row, "heartbeat_at")?,
+        finished_at: optional_time(row, "finished_at")?,
         total: get(row, "total")?,
         rotated: get(row, "rotated")?,
         failed: get(row, "failed")?,
@@ -144,12 +146,15 @@ impl Store {
     }
 
     /// Active key sets whose `next_rotation` is at or before `now`, the longest overdue first.
-    pub async fn due_key_sets(&self, now: &str) -> Result<Vec<(TenantId, KeyKind)>, StoreError> {
+    pub async fn due_key_sets(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(TenantId, KeyKind)>, StoreError> {
         let rows = sqlx::query(
             "SELECT tenant_id, kind FROM key_sets WHERE state = 'active' AND next_rotation <= $1 \
              ORDER BY next_rotation, tenant_id, kind",
         )
-        .bind(now)
+        .bind(text(now))
         .fetch_all(&self.pool)
         .await
         .map_err(query_error("listing due key sets"))?;
@@ -159,7 +164,7 @@ impl Store {
     }
 
     /// The earliest `next_rotation` of any active key set.
-    pub async fn earliest_next_rotation(&self) -> Result<Option<String>, StoreError> {
+    pub async fn earliest_next_rotation(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let row = sqlx::query(
             "SELECT next_rotation FROM key_sets WHERE state = 'active' \
              ORDER BY next_rotation LIMIT 1",
@@ -167,7 +172,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(query_error("finding the next rotation"))?;
-        row.map(|row| get(&row, "next_rotation")).transpose()
+        row.map(|row| time(&row, "next_rotation")).transpose()
     }
 
     pub async fn tenant_secret(
@@ -221,8 +226,8 @@ impl Store {
     /// `heartbeat_before` (their process is gone). Returns how many.
     pub async fn interrupt_rotation_jobs(
         &self,
-        heartbeat_before: Option<&str>,
-        at: &str,
+        heartbeat_before: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let done = match heartbeat_before {
             Some(before) => {
@@ -230,8 +235,8 @@ impl Store {
                     "UPDATE rotation_jobs SET status = 'interrupted', finished_at = $1 \
                      WHERE status = 'running' AND heartbeat_at < $2",
                 )
-                .bind(at)
-                .bind(before)
+                .bind(text(at))
+                .bind(text(before))
                 .execute(&self.pool)
                 .await
             }
@@ -240,7 +245,7 @@ impl Store {
                     "UPDATE rotation_jobs SET status = 'interrupted', finished_at = $1 \
                      WHERE status = 'running'",
                 )
-                .bind(at)
+                .bind(text(at))
                 .execute(&self.pool)
                 .await
             }
@@ -298,7 +303,7 @@ impl WriteTx {
         .bind(p.interval_secs)
         .bind(p.grace_secs)
         .bind(p.algorithm.as_str())
-        .bind(&p.updated_at)
+        .bind(text(p.updated_at))
         .execute(&mut *self.tx)
         .await
         .map_err(query_error("writing a rotation policy"))?;
@@ -319,7 +324,7 @@ impl WriteTx {
     pub async fn key_set_rotations(
         &mut self,
         tenant: &TenantId,
-    ) -> Result<Vec<(KeyKind, String)>, StoreError> {
+    ) -> Result<Vec<(KeyKind, DateTime<Utc>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT kind, last_rotated FROM key_sets WHERE tenant_id = $1 ORDER BY kind",
         )
@@ -328,7 +333,7 @@ impl WriteTx {
         .await
         .map_err(query_error("reading key set rotation times"))?;
         rows.iter()
-            .map(|row| Ok((parse(row, "kind")?, get(row, "last_rotated")?)))
+            .map(|row| Ok((parse(row, "kind")?, time(row, "last_rotated")?)))
             .collect()
     }
 
@@ -337,14 +342,14 @@ impl WriteTx {
         &mut self,
         tenant: &TenantId,
         kind: KeyKind,
-        next_rotation: &str,
+        next_rotation: DateTime<Utc>,
         rotation_policy: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE key_sets SET next_rotation = $1, rotation_policy = $2 \
              WHERE tenant_id = $3 AND kind = $4",
         )
-        .bind(next_rotation)
+        .bind(text(next_rotation))
         .bind(rotation_policy)
         .bind(tenant.as_str())
         .bind(kind.as_str())
@@ -370,8 +375,8 @@ impl WriteTx {
         .bind(&s.name)
         .bind(s.generation)
         .bind(s.vault_version)
-        .bind(&s.created_at)
-        .bind(&s.last_rotated)
+        .bind(text(s.created_at))
+        .bind(text(s.last_rotated))
         .bind(s.public_info.to_string())
         .execute(&mut *self.tx)
         .await
@@ -390,9 +395,9 @@ impl WriteTx {
         .bind(&job.secret_type)
         .bind(&job.status)
         .bind(job.started_by.clone())
-        .bind(&job.started_at)
-        .bind(&job.heartbeat_at)
-        .bind(job.finished_at.clone())
+        .bind(text(job.started_at))
+        .bind(text(job.heartbeat_at))
+        .bind(optional_text(job.finished_at))
         .bind(job.total)
         .bind(job.rotated)
         .bind(job.failed)
@@ -415,7 +420,7 @@ impl WriteTx {
         .bind(job.failed)
         .bind(job.skipped)
         .bind(failures_json(job))
-        .bind(&job.heartbeat_at)
+        .bind(text(job.heartbeat_at))
         .bind(&job.job_id)
         .execute(&mut *self.tx)
         .await
@@ -430,8 +435,8 @@ impl WriteTx {
              rotated = $4, failed = $5, skipped = $6, failures = $7 WHERE job_id = $8",
         )
         .bind(&job.status)
-        .bind(job.finished_at.clone())
-        .bind(&job.heartbeat_at)
+        .bind(optional_text(job.finished_at))
+        .bind(text(job.heartbeat_at))
         .bind(job.rotated)
         .bind(job.failed)
         .bind(job.skipped)

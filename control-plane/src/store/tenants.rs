@@ -1,8 +1,10 @@
 //! Tenants: the VPSs the platform registered, one row each.
 
+use chrono::{DateTime, Utc};
 use keyward_common::{TenantId, UnixUser};
 use sqlx::any::AnyRow;
 
+use super::times::{text, time};
 use super::{Store, StoreError, WriteTx, get, parse, query_error};
 
 /// A tenant's VPS as the platform registered it.
@@ -13,7 +15,7 @@ pub struct TenantRecord {
     pub ssh_port: u16,
     pub tenant_user: UnixUser,
     pub admin_user: UnixUser,
-    pub created_at: String,
+    pub created_at: DateTime<Utc>,
 }
 
 impl Store {
@@ -49,7 +51,7 @@ impl WriteTx {
         .bind(i64::from(t.ssh_port))
         .bind(t.tenant_user.as_str())
         .bind(t.admin_user.as_str())
-        .bind(&t.created_at)
+        .bind(text(t.created_at))
         .execute(&mut *self.tx)
         .await
         .map_err(query_error("tenant"))?;
@@ -68,6 +70,6 @@ pub(super) fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, StoreError> 
         })?,
         tenant_user: parse(row, "tenant_user")?,
         admin_user: parse(row, "admin_user")?,
-        created_at: get(row, "created_at")?,
+        created_at: time(row, "created_at")?,
     })
 }

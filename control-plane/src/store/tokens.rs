@@ -1,10 +1,12 @@
 //! API tokens: who may call what. A token's secret is only ever held as its SHA-256 hash.
 
+use chrono::{DateTime, Utc};
 use keyward_common::TenantId;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::times::{optional_time, text, time};
 use super::{Store, StoreError, WriteTx, get, query_error};
 
 /// Who may call what.
@@ -36,8 +38,8 @@ pub struct TokenRecord {
     pub token_id: String,
     pub role: Role,
     pub label: String,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -111,7 +113,7 @@ impl WriteTx {
         .bind(token.role.name())
         .bind(token.role.tenant().map(|t| t.as_str().to_owned()))
         .bind(&token.label)
-        .bind(&token.created_at)
+        .bind(text(token.created_at))
         .execute(&mut *self.tx)
         .await
         .map_err(query_error("token"))?;
@@ -119,11 +121,15 @@ impl WriteTx {
     }
 
     /// Revokes a token; returns false when it was unknown or already revoked.
-    pub async fn revoke_token(&mut self, token_id: &str, at: &str) -> Result<bool, StoreError> {
+    pub async fn revoke_token(
+        &mut self,
+        token_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE api_tokens SET revoked_at = $1 WHERE token_id = $2 AND revoked_at IS NULL",
         )
-        .bind(at)
+        .bind(text(at))
         .bind(token_id)
         .execute(&mut *self.tx)
         .await
@@ -157,8 +163,8 @@ fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
         token_id: get(row, "token_id")?,
         role,
         label: get(row, "label")?,
-        created_at: get(row, "created_at")?,
-        revoked_at: get(row, "revoked_at")?,
+        created_at: time(row, "created_at")?,
+        revoked_at: optional_time(row, "revoked_at")?,
     })
 }
 

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fantoccini::key::Key;
 use keyward_common::{HostId, TenantId};
-use keyward_server::clock::iso8601;
 use keyward_server::store::{HostReport, Store, hash_token};
 use keyward_tests::browser::PAGE_WAIT;
 use keyward_tests::{
@@ -29,7 +28,7 @@ const PAGE: usize = 50;
 async fn seed_hosts(cp: &ControlPlane, tenants: [&str; 2], count: usize) {
     let store = Store::connect(&cp.database_url, None).await.unwrap();
     let now = Utc::now();
-    let ago = |minutes: i64| iso8601(now - chrono::Duration::minutes(minutes));
+    let ago = |minutes: i64| now - chrono::Duration::minutes(minutes);
     let tenants: Vec<TenantId> = tenants.iter().map(|t| t.parse().unwrap()).collect();
     let host = |i: usize| -> HostId { format!("h-{i:05}").parse().unwrap() };
     let mut tx = store.begin().await.unwrap();
@@ -38,14 +37,14 @@ async fn seed_hosts(cp: &ControlPlane, tenants: [&str; 2], count: usize) {
         tx.insert_host(
             &host(i),
             tenant,
-            &ago(120),
+            ago(120),
             &hash_token(&format!("seed-{i}")),
-            &ago(60),
+            ago(60),
         )
         .await
         .unwrap();
         if i % 10 == 3 {
-            assert!(tx.revoke_host(&host(i), &ago(30)).await.unwrap());
+            assert!(tx.revoke_host(&host(i), ago(30)).await.unwrap());
         }
     }
     tx.commit().await.unwrap();

@@ -29,7 +29,7 @@ async fn a_policy_change_reschedules_at_once_and_resetting_restores_the_default(
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(ks.next_rotation, "2026-01-01T18:00:00Z");
+    assert_eq!(iso8601(ks.next_rotation), "2026-01-01T18:00:00Z");
     assert_eq!(ks.rotation_policy, "21600_seconds");
 
     let bad = f
@@ -53,7 +53,7 @@ async fn a_policy_change_reschedules_at_once_and_resetting_restores_the_default(
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(ks.next_rotation, "2026-04-01T12:00:00Z");
+    assert_eq!(iso8601(ks.next_rotation), "2026-04-01T12:00:00Z");
     let actions: Vec<String> = audit_actions(&f)
         .await
         .into_iter()
@@ -84,7 +84,7 @@ async fn smtp_and_dkim_rotations_keep_secrets_in_vault_and_metadata_in_sql() {
     assert_eq!((first.generation, second.generation), (1, 2));
     assert_eq!(second.vault_version, 2);
     assert_eq!(second.created_at, first.created_at);
-    assert_eq!(second.last_rotated, "2026-01-02T12:00:00Z");
+    assert_eq!(iso8601(second.last_rotated), "2026-01-02T12:00:00Z");
     assert_eq!(
         second.public_info,
         serde_json::json!({ "username": "tenant-t1" })
