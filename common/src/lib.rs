@@ -2,7 +2,8 @@
 //!
 //! Everything that crosses a trust boundary (a Vault path, an SQL row, a file name on a host) is
 //! built from the validated newtypes in [`ids`]; key material is produced and fingerprinted only
-//! by [`keys`].
+//! by [`keys`]. Producing it is the `keygen` feature's: the control plane turns it on, the agent
+//! does not (it never makes an SSH key).
 
 pub mod authorized_keys;
 pub mod backoff;
@@ -14,4 +15,6 @@ pub mod signing;
 pub mod sshd_log;
 
 pub use ids::{HostId, IdError, TenantId, UnixUser};
-pub use keys::{Fingerprint, GeneratedKey, KeyAlgorithm, KeyError, KeyKind};
+#[cfg(feature = "keygen")]
+pub use keys::GeneratedKey;
+pub use keys::{Fingerprint, KeyAlgorithm, KeyError, KeyKind};

@@ -51,7 +51,9 @@
 
 use std::ops::Range;
 
-use rsa::BigUint;
+// num-bigint, not a curve crate: x509-parser (the agent's certificates) already brings it, and
+// p256/p384/p521 would add elliptic-curve and crypto-bigint 0.5 to the agent for one check.
+use num_bigint::BigUint;
 use sha2::{Digest, Sha256};
 
 use crate::keys::Fingerprint;
