@@ -60,7 +60,8 @@ impl SecretType {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantResult {
-    pub tenant_id: String,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
     /// `rotated`, `skipped` (nothing to rotate: its SSH keys are revoked) or `failed`.
     pub outcome: &'static str,
     /// The problem code of the failure, e.g. `vault_unavailable`.
@@ -277,7 +278,7 @@ impl BulkRotations {
             {
                 let (lifecycle, caller, trigger) =
                     (lifecycle.clone(), caller.clone(), trigger.clone());
-                let name = tenant.to_string();
+                let name = tenant.clone();
                 let handle = tasks.spawn(async move {
                     rotate_tenant(&lifecycle, &caller, &tenant, secret_type, &trigger).await
                 });
@@ -288,12 +289,18 @@ impl BulkRotations {
                     let result = match joined {
                         None => break,
                         Some(Ok((_, result))) => result,
-                        Some(Err(e)) => TenantResult {
-                            tenant_id: names.get(&e.id()).cloned().unwrap_or_default(),
-                            outcome: "failed",
-                            code: Some("internal"),
-                            reason: Some("the rotation task failed".into()),
-                        },
+                        Some(Err(e)) => {
+                            // Every task's id went into `names` when it was spawned.
+                            let Some(tenant_id) = names.get(&e.id()).cloned() else {
+                                continue;
+                            };
+                            TenantResult {
+                                tenant_id,
+                                outcome: "failed",
+                                code: Some("internal"),
+                                reason: Some("the rotation task failed".into()),
+                            }
+                        }
                     };
                     match result.outcome {
                         "rotated" => job.rotated += 1,
@@ -374,7 +381,7 @@ async fn rotate_tenant(
     trigger: &Trigger,
 ) -> TenantResult {
     let result = |outcome, error: Option<DomainError>| TenantResult {
-        tenant_id: tenant.to_string(),
+        tenant_id: tenant.clone(),
         outcome,
         code: error.as_ref().map(DomainError::code),
         reason: error.map(|e| e.to_string()),
@@ -437,7 +444,7 @@ mod tests {
     #[test]
     fn failures_keep_code_and_reason() {
         let result = TenantResult {
-            tenant_id: "t1".into(),
+            tenant_id: "t1".parse().unwrap(),
             outcome: "failed",
             code: Some("vault_unavailable"),
             reason: Some("Vault denied write vps/t1/smtp".into()),

@@ -38,7 +38,8 @@ pub struct TenantSecretRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobFailure {
-    pub tenant_id: String,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
     /// The problem code the failure would have as an API answer, e.g. `vault_unavailable`.
     pub code: String,
     pub reason: String,
