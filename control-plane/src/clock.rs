@@ -54,6 +54,28 @@ pub fn parse_iso8601(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// `serialize_with` helpers: a time in a JSON answer is [`iso8601`] text, as the stored text
+/// was (chrono's own `Serialize` would write fractions of a second). With them, a field's schema
+/// says `#[schema(value_type = String, format = DateTime)]`.
+pub mod json {
+    use chrono::{DateTime, Utc};
+    use serde::Serializer;
+
+    pub fn time<S: Serializer>(at: &DateTime<Utc>, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(&super::iso8601(*at))
+    }
+
+    pub fn optional_time<S: Serializer>(
+        at: &Option<DateTime<Utc>>,
+        out: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => time(at, out),
+            None => out.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

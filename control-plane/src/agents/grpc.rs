@@ -459,7 +459,7 @@ impl Session {
                     added,
                     removed,
                     detected_at: bounded(&drift.detected_at, MAX_TIME),
-                    received_at: iso8601(now),
+                    received_at: now,
                 };
                 tracing::warn!(host = %self.host, user = %record.user, "agent repaired drift");
                 if let Err(e) = store.insert_drift(&self.host, &record).await {

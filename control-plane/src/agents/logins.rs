@@ -4,8 +4,9 @@
 //! log (`host.logins`) whose detail carries a SHA-256 digest of the batch, so the login table is
 //! covered by the chain without serialising every login through the audit lock.
 
+use chrono::{DateTime, Utc};
 use keyward_common::proto::{LoginBatch, LoginEvent, LoginMethod, LoginOutcome};
-use keyward_common::{HostId, TenantId};
+use keyward_common::{Fingerprint, HostId, TenantId};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -44,14 +45,10 @@ fn method(event: &LoginEvent) -> &'static str {
 }
 
 /// What an agent says becomes a row; nothing it says can be out of shape in SQL.
-fn to_new(event: &LoginEvent, received_at: &str) -> Option<NewLogin> {
+fn to_new(event: &LoginEvent, received_at: DateTime<Utc>) -> Option<NewLogin> {
     let cursor = i64::try_from(event.cursor).ok()?;
-    let at = parse_iso8601(&event.at).map_or_else(|| received_at.to_owned(), iso8601);
-    let fingerprint = event
-        .fingerprint
-        .parse::<keyward_common::Fingerprint>()
-        .ok()
-        .map(|f| f.to_string());
+    let at = parse_iso8601(&event.at).unwrap_or(received_at);
+    let fingerprint = event.fingerprint.parse::<Fingerprint>().ok();
     let source_ip = event
         .source_ip
         .parse::<std::net::IpAddr>()
@@ -78,7 +75,7 @@ fn digest(events: &[NewLogin]) -> String {
     for e in events {
         let line = json!([
             e.cursor,
-            e.at,
+            iso8601(e.at),
             e.outcome,
             e.method,
             e.user,
@@ -102,12 +99,12 @@ pub async fn ingest(
     tenant: &TenantId,
     batch: &LoginBatch,
 ) -> Result<(), DomainError> {
-    let received_at = iso8601(lifecycle.now());
+    let received_at = lifecycle.now();
     let events: Vec<NewLogin> = batch
         .events
         .iter()
         .take(MAX_BATCH)
-        .filter_map(|e| to_new(e, &received_at))
+        .filter_map(|e| to_new(e, received_at))
         .collect();
     let dropped = i64::try_from(batch.dropped).unwrap_or(i64::MAX);
     let (h, t) = (host.clone(), tenant.clone());
@@ -127,7 +124,7 @@ pub async fn ingest(
     let stored = lifecycle
         .audited(&Caller::system(), "host.logins", Some(tenant), move |tx| {
             Box::pin(async move {
-                let new = tx.insert_logins(&h, &t, &events, &received_at).await?;
+                let new = tx.insert_logins(&h, &t, &events, received_at).await?;
                 // A batch whose events were all stored before is a re-send after a lost
                 // acknowledgement: its `dropped` was counted the first time.
                 if dropped > 0 && new > 0 {

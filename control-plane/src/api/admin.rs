@@ -11,9 +11,8 @@ use utoipa::IntoParams;
 
 use super::auth::AdminCaller;
 use super::views::*;
-use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, query_time, tenant_from_path};
 use crate::caller::Caller;
-use crate::clock::{iso8601, parse_iso8601};
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{DomainError, NewTenant, Replace, TenantSecretKind};
 use crate::store::{AuditFilter, ChainVerdict, KeySetRecord, Role, StoreError, TenantRecord};
@@ -342,14 +341,6 @@ pub async fn audit_events(
     _admin: AdminCaller,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPageResponse>, ApiError> {
-    let time = |raw: Option<String>, name: &str| {
-        raw.map(|s| {
-            parse_iso8601(&s)
-                .map(iso8601)
-                .ok_or_else(|| ApiError::InvalidQuery(format!("{name} must be an RFC 3339 time")))
-        })
-        .transpose()
-    };
     let action = q.action;
     if action.as_ref().is_some_and(|a| {
         a.len() > 64
@@ -368,8 +359,8 @@ pub async fn audit_events(
     let filter = AuditFilter {
         tenant_id: q.tenant_id.as_deref().map(tenant_from_path).transpose()?,
         action,
-        since: time(q.since, "since")?,
-        until: time(q.until, "until")?,
+        since: query_time(q.since, "since")?,
+        until: query_time(q.until, "until")?,
         before_seq: q.cursor,
         limit,
     };

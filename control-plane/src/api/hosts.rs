@@ -156,7 +156,7 @@ impl HostView {
                 self.last_login = Some(at.clone());
                 self.last_login_user = Some(user.clone());
             }
-            self.last_drift_at.clone_from(&activity.last_drift);
+            self.last_drift_at = activity.last_drift.map(iso8601);
         }
         self
     }

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AdminCaller, TenantCaller};
-use super::{ApiQuery, AppState, tenant_from_path};
-use crate::clock::{iso8601, parse_iso8601};
+use super::{ApiQuery, AppState, query_time, tenant_from_path};
+use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
 use crate::store::{KeyUsage, LoginFilter, LoginRecord, UnmanagedUse};
 
@@ -84,16 +84,6 @@ fn one_of(value: Option<String>, allowed: &[&str], name: &str) -> Result<Option<
     }
 }
 
-fn time(value: Option<String>, name: &str) -> Result<Option<String>, ApiError> {
-    value
-        .map(|s| {
-            parse_iso8601(&s)
-                .map(iso8601)
-                .ok_or_else(|| ApiError::InvalidQuery(format!("{name} must be an RFC 3339 time")))
-        })
-        .transpose()
-}
-
 fn limit(value: Option<i64>) -> Result<i64, ApiError> {
     let limit = value.unwrap_or(100);
     if (1..=1000).contains(&limit) {
@@ -139,8 +129,8 @@ pub async fn admin_logins(
         user,
         key_kind: one_of(q.key_kind, &KEY_KINDS, "keyKind")?,
         outcome: one_of(q.outcome, &OUTCOMES, "outcome")?,
-        since: time(q.since, "since")?,
-        until: time(q.until, "until")?,
+        since: query_time(q.since, "since")?,
+        until: query_time(q.until, "until")?,
         before_id: q.cursor,
         limit: limit(q.limit)?,
     };

@@ -9,11 +9,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use keyward_common::{TenantId, UnixUser};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 
+use crate::clock::parse_iso8601;
 use crate::error::ApiError;
 use crate::lifecycle::KeyLifecycle;
 
@@ -68,6 +70,15 @@ pub struct ApiPath<T>(pub T);
 #[derive(Debug, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
+
+/// Parses the time a query parameter (`since`, `until`) gives, in any RFC 3339 form.
+pub fn query_time(raw: Option<String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    raw.map(|s| {
+        parse_iso8601(&s)
+            .ok_or_else(|| ApiError::InvalidQuery(format!("{name} must be an RFC 3339 time")))
+    })
+    .transpose()
+}
 
 /// Parses a tenant id taken from a URL path.
 pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {

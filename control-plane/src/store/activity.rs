@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use keyward_common::HostId;
 use sqlx::any::AnyRow;
 
 use super::hosts::{IDS_PER_QUERY, placeholders};
+use super::times::optional_time;
 use super::{Store, StoreError, get, query_error};
 
 /// The latest activity of one host.
@@ -16,7 +18,7 @@ pub struct HostActivity {
     /// unverified one (a log line anyone could have written) is not shown as the last login.
     pub last_login: Option<(String, String)>,
     /// When the control plane last heard of a drift the agent repaired.
-    pub last_drift: Option<String>,
+    pub last_drift: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -91,7 +93,7 @@ impl Store {
         }
         for row in drifts {
             let host: String = get(row, "host_id")?;
-            activity.entry(host).or_default().last_drift = get(row, "at")?;
+            activity.entry(host).or_default().last_drift = optional_time(row, "at")?;
         }
         Ok(activity)
     }

@@ -5,11 +5,13 @@
 //! events off the end leaves no trace in the chain itself: ship the latest hash elsewhere to
 //! detect that.)
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::times::text;
 use super::{Store, StoreError, WriteTx, get, query_error};
 use keyward_common::TenantId;
 
@@ -36,6 +38,8 @@ pub struct NewAuditEvent {
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     pub seq: i64,
+    /// Text, as stored, unlike every other record's times: the hash chain covers this text, so
+    /// verifying the chain must hash the bytes the row holds, not a time parsed and re-formatted.
     pub at: String,
     pub actor_token_id: Option<String>,
     pub actor_role: String,
@@ -53,10 +57,10 @@ pub struct AuditRecord {
 pub struct AuditFilter {
     pub tenant_id: Option<TenantId>,
     pub action: Option<String>,
-    /// Inclusive lower bound, ISO 8601 UTC.
-    pub since: Option<String>,
-    /// Exclusive upper bound, ISO 8601 UTC.
-    pub until: Option<String>,
+    /// Inclusive lower bound.
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive upper bound.
+    pub until: Option<DateTime<Utc>>,
     /// Only events with a smaller `seq` (the cursor of the previous page).
     pub before_seq: Option<i64>,
     pub limit: i64,
@@ -208,11 +212,11 @@ impl Store {
         if let Some(a) = &filter.action {
             push("action =", a.clone());
         }
-        if let Some(s) = &filter.since {
-            push("at >=", s.clone());
+        if let Some(s) = filter.since {
+            push("at >=", text(s));
         }
-        if let Some(u) = &filter.until {
-            push("at <", u.clone());
+        if let Some(u) = filter.until {
+            push("at <", text(u));
         }
         let limit = filter.limit.clamp(1, 1000);
         let mut query_text = sql;

@@ -126,8 +126,12 @@ pub struct DriftRecord {
     pub user: String,
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// The agent's word, bounded but not parsed: a rooted host can say anything here, and the
+    /// API shows it as it was said. Hence text, unlike `receivedAt`.
     pub detected_at: String,
-    pub received_at: String,
+    #[serde(serialize_with = "crate::clock::json::time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub received_at: DateTime<Utc>,
 }
 
 /// Host ids in one `IN (…)` list, at most (SQLite allows 32,766 parameters, PostgreSQL 65,535).
@@ -447,7 +451,7 @@ impl Store {
         .bind(serde_json::to_string(&drift.added).unwrap_or_else(|_| "[]".into()))
         .bind(serde_json::to_string(&drift.removed).unwrap_or_else(|_| "[]".into()))
         .bind(&drift.detected_at)
-        .bind(&drift.received_at)
+        .bind(text(drift.received_at))
         .execute(&self.pool)
         .await
         .map_err(query_error("recording drift"))?;
@@ -474,7 +478,7 @@ impl Store {
                     added: json_column(row, "added")?,
                     removed: json_column(row, "removed")?,
                     detected_at: get(row, "detected_at")?,
-                    received_at: get(row, "received_at")?,
+                    received_at: time(row, "received_at")?,
                 })
             })
             .collect()
@@ -525,7 +529,7 @@ mod tests {
             added: vec![],
             removed: vec![],
             detected_at: "2026-01-01T00:00:03Z".into(),
-            received_at: "2026-01-01T00:00:04Z".into(),
+            received_at: at("2026-01-01T00:00:04Z"),
         };
         store.insert_drift(&ids[7], &drift).await.unwrap();
         store

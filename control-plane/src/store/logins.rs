@@ -6,19 +6,28 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
 
-use super::{Store, StoreError, WriteTx, get, parse, query_error};
+use super::times::{optional_time, text, time};
+use super::{Store, StoreError, WriteTx, get, parse, parse_optional, query_error};
+use crate::clock::json;
 
 /// One login event as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoginRecord {
     pub id: i64,
-    pub host_id: String,
-    pub tenant_id: String,
+    #[schema(value_type = String)]
+    pub host_id: HostId,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
     /// The agent's sequence number of the event on its host.
     pub cursor: i64,
-    pub at: String,
-    pub received_at: String,
+    /// The host's time of the event (the agent's word; the time received when it sent none).
+    #[serde(serialize_with = "json::time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: DateTime<Utc>,
+    #[serde(serialize_with = "json::time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub received_at: DateTime<Utc>,
     /// `accepted`, `failed`, `invalid_user`, `closed_preauth` or `disconnected`.
     pub outcome: String,
     /// `publickey`, `password`, `keyboard_interactive`, `other` or `unknown`.
@@ -27,7 +36,9 @@ pub struct LoginRecord {
     pub source_ip: String,
     pub source_port: i64,
     pub key_type: Option<String>,
-    pub fingerprint: Option<String>,
+    /// Only a well-formed fingerprint is stored (ingest drops any other text the agent sends).
+    #[schema(value_type = Option<String>)]
+    pub fingerprint: Option<Fingerprint>,
     /// `admin`, `tenant`, `unmanaged` (a key keyward did not issue), or `null` without a key.
     pub key_kind: Option<String>,
     pub key_generation: Option<i64>,
@@ -43,14 +54,14 @@ pub struct LoginRecord {
 #[derive(Debug, Clone)]
 pub struct NewLogin {
     pub cursor: i64,
-    pub at: String,
+    pub at: DateTime<Utc>,
     pub outcome: &'static str,
     pub method: &'static str,
     pub user: String,
     pub source_ip: String,
     pub source_port: i64,
     pub key_type: Option<String>,
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Fingerprint>,
     pub sshd_pid: Option<i64>,
     pub verified: bool,
 }
@@ -63,8 +74,8 @@ pub struct LoginFilter {
     pub user: Option<String>,
     pub key_kind: Option<String>,
     pub outcome: Option<String>,
-    pub since: Option<String>,
-    pub until: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
     pub before_id: Option<i64>,
     pub limit: i64,
 }
@@ -73,11 +84,15 @@ pub struct LoginFilter {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyUsage {
-    pub tenant_id: String,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
     pub kind: String,
     pub generation: i64,
-    pub fingerprint: String,
-    pub last_used: Option<String>,
+    #[schema(value_type = String)]
+    pub fingerprint: Fingerprint,
+    #[serde(serialize_with = "json::optional_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used: Option<DateTime<Utc>>,
     pub logins: i64,
     pub failed_attempts: i64,
     /// Accepted logins per UTC day, oldest first.
@@ -95,29 +110,34 @@ pub struct DayCount {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UnmanagedUse {
-    pub tenant_id: String,
-    pub host_id: String,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
+    #[schema(value_type = String)]
+    pub host_id: HostId,
     pub user: String,
-    pub fingerprint: String,
+    #[schema(value_type = String)]
+    pub fingerprint: Fingerprint,
     pub logins: i64,
-    pub last_seen: String,
+    #[serde(serialize_with = "json::time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_seen: DateTime<Utc>,
 }
 
 fn login_from_row(row: &AnyRow) -> Result<LoginRecord, StoreError> {
     Ok(LoginRecord {
         id: get(row, "id")?,
-        host_id: get(row, "host_id")?,
-        tenant_id: get(row, "tenant_id")?,
+        host_id: parse(row, "host_id")?,
+        tenant_id: parse(row, "tenant_id")?,
         cursor: get(row, "cursor")?,
-        at: get(row, "at")?,
-        received_at: get(row, "received_at")?,
+        at: time(row, "at")?,
+        received_at: time(row, "received_at")?,
         outcome: get(row, "outcome")?,
         method: get(row, "method")?,
         user: get(row, "unix_user")?,
         source_ip: get(row, "source_ip")?,
         source_port: get(row, "source_port")?,
         key_type: get(row, "key_type")?,
-        fingerprint: get(row, "fingerprint")?,
+        fingerprint: parse_optional(row, "fingerprint")?,
         key_kind: get(row, "key_kind")?,
         key_generation: get(row, "key_generation")?,
         sshd_pid: get(row, "sshd_pid")?,
@@ -178,7 +198,7 @@ impl WriteTx {
         host: &HostId,
         tenant: &TenantId,
         events: &[NewLogin],
-        received_at: &str,
+        received_at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut inserted = 0;
         for e in events {
@@ -189,7 +209,7 @@ impl WriteTx {
                          ORDER BY generation DESC LIMIT 1",
                     )
                     .bind(tenant.as_str())
-                    .bind(fingerprint)
+                    .bind(fingerprint.as_str())
                     .fetch_optional(&mut *self.tx)
                     .await
                     .map_err(query_error("attributing a login"))?;
@@ -213,15 +233,15 @@ impl WriteTx {
             .bind(host.as_str())
             .bind(tenant.as_str())
             .bind(e.cursor)
-            .bind(&e.at)
-            .bind(received_at)
+            .bind(text(e.at))
+            .bind(text(received_at))
             .bind(e.outcome)
             .bind(e.method)
             .bind(&e.user)
             .bind(&e.source_ip)
             .bind(e.source_port)
             .bind(e.key_type.clone())
-            .bind(e.fingerprint.clone())
+            .bind(e.fingerprint.as_ref().map(|f| f.as_str().to_owned()))
             .bind(kind)
             .bind(generation)
             .bind(e.sshd_pid)
@@ -257,11 +277,11 @@ impl Store {
         filter: &LoginFilter,
     ) -> Result<(Vec<LoginRecord>, Option<i64>), StoreError> {
         let mut sql = String::from("SELECT * FROM login_events WHERE 1 = 1");
-        let mut text: Vec<String> = Vec::new();
+        let mut values: Vec<String> = Vec::new();
         let mut clause = |column: &str, op: &str, value: &Option<String>, sql: &mut String| {
             if let Some(v) = value {
-                text.push(v.clone());
-                sql.push_str(&format!(" AND {column} {op} ${}", text.len()));
+                values.push(v.clone());
+                sql.push_str(&format!(" AND {column} {op} ${}", values.len()));
             }
         };
         clause(
@@ -279,16 +299,16 @@ impl Store {
         clause("unix_user", "=", &filter.user, &mut sql);
         clause("key_kind", "=", &filter.key_kind, &mut sql);
         clause("outcome", "=", &filter.outcome, &mut sql);
-        clause("at", ">=", &filter.since, &mut sql);
-        clause("at", "<", &filter.until, &mut sql);
-        let mut n = text.len();
+        clause("at", ">=", &filter.since.map(text), &mut sql);
+        clause("at", "<", &filter.until.map(text), &mut sql);
+        let mut n = values.len();
         if filter.before_id.is_some() {
             n += 1;
             sql.push_str(&format!(" AND id < ${n}"));
         }
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
         let mut query = sqlx::query(&sql);
-        for v in &text {
+        for v in &values {
             query = query.bind(v.clone());
         }
         if let Some(before) = filter.before_id {
@@ -344,17 +364,17 @@ impl Store {
         }
         keys.iter()
             .map(|row| {
-                let tenant_id: String = get(row, "tenant_id")?;
-                let fingerprint: String = get(row, "fingerprint")?;
+                let tenant_id: TenantId = parse(row, "tenant_id")?;
+                let fingerprint: Fingerprint = parse(row, "fingerprint")?;
                 let logins_per_day = per_day
                     .iter()
-                    .filter(|(t, f, _)| *t == tenant_id && *f == fingerprint)
+                    .filter(|(t, f, _)| t == tenant_id.as_str() && f == fingerprint.as_str())
                     .map(|(_, _, d)| d.clone())
                     .collect();
                 Ok(KeyUsage {
                     kind: get(row, "kind")?,
                     generation: get(row, "generation")?,
-                    last_used: get(row, "last_used")?,
+                    last_used: optional_time(row, "last_used")?,
                     logins: get(row, "logins")?,
                     failed_attempts: get(row, "failed")?,
                     logins_per_day,
@@ -378,14 +398,52 @@ impl Store {
         rows.iter()
             .map(|row| {
                 Ok(UnmanagedUse {
-                    tenant_id: get(row, "tenant_id")?,
-                    host_id: get(row, "host_id")?,
+                    tenant_id: parse(row, "tenant_id")?,
+                    host_id: parse(row, "host_id")?,
                     user: get(row, "unix_user")?,
-                    fingerprint: get(row, "fingerprint")?,
+                    fingerprint: parse(row, "fingerprint")?,
                     logins: get(row, "n")?,
-                    last_seen: get(row, "last_seen")?,
+                    last_seen: time(row, "last_seen")?,
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_record_is_the_same_json_as_when_its_fields_were_text() {
+        let at = |s: &str| crate::clock::parse_iso8601(s).unwrap();
+        let record = LoginRecord {
+            id: 7,
+            host_id: "h1".parse().unwrap(),
+            tenant_id: "t1".parse().unwrap(),
+            cursor: 42,
+            // Fractions of a second are not shown, as they were never stored.
+            at: at("2026-11-28T10:00:01.123456789Z"),
+            received_at: at("2026-11-28T11:00:02+01:00"),
+            outcome: "accepted".into(),
+            method: "publickey".into(),
+            user: "tenant".into(),
+            source_ip: "192.0.2.7".into(),
+            source_port: 50022,
+            key_type: Some("ssh-ed25519".into()),
+            fingerprint: Some(
+                "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
+                    .parse()
+                    .unwrap(),
+            ),
+            key_kind: Some("tenant".into()),
+            key_generation: Some(3),
+            sshd_pid: None,
+            verified: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            r#"{"id":7,"hostId":"h1","tenantId":"t1","cursor":42,"at":"2026-11-28T10:00:01Z","receivedAt":"2026-11-28T10:00:02Z","outcome":"accepted","method":"publickey","user":"tenant","sourceIp":"192.0.2.7","sourcePort":50022,"keyType":"ssh-ed25519","fingerprint":"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU","keyKind":"tenant","keyGeneration":3,"sshdPid":null,"verified":true}"#
+        );
     }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use keyward_common::proto::{
     Applied, DriftReport, Hello, LoginBatch, LoginEvent, LoginMethod, LoginOutcome,
     RenewCertificate, UserResult, agent_message, control_message,
@@ -307,10 +308,10 @@ async fn a_rogue_agent_is_refused_cut_and_rate_limited() {
     }
 }
 
-fn new_login(cursor: i64, at: &str) -> NewLogin {
+fn new_login(cursor: i64, at: DateTime<Utc>) -> NewLogin {
     NewLogin {
         cursor,
-        at: at.into(),
+        at,
         outcome: "failed",
         method: "password",
         user: "root".into(),
@@ -338,17 +339,17 @@ async fn retention_deletes_old_rows_only(database: Database) {
     let host_id = host.host_id.parse().unwrap();
     let tenant_id = tenant.parse().unwrap();
     let now = parse_iso8601("2030-06-01T00:00:00Z").unwrap();
-    let days_ago = |days: i64| iso8601(now - chrono::Duration::days(days));
+    let days_ago = |days: i64| now - chrono::Duration::days(days);
     // 2,500 login rows received 401 days ago (more than two sweep batches), 10 at 399 days.
     let old = days_ago(401);
     let mut tx = store.begin().await.unwrap();
-    let events: Vec<NewLogin> = (0..2500).map(|c| new_login(1000 + c, &old)).collect();
-    tx.insert_logins(&host_id, &tenant_id, &events, &old)
+    let events: Vec<NewLogin> = (0..2500).map(|c| new_login(1000 + c, old)).collect();
+    tx.insert_logins(&host_id, &tenant_id, &events, old)
         .await
         .unwrap();
     let kept = days_ago(399);
-    let events: Vec<NewLogin> = (0..10).map(|c| new_login(5000 + c, &old)).collect();
-    tx.insert_logins(&host_id, &tenant_id, &events, &kept)
+    let events: Vec<NewLogin> = (0..10).map(|c| new_login(5000 + c, old)).collect();
+    tx.insert_logins(&host_id, &tenant_id, &events, kept)
         .await
         .unwrap();
     tx.commit().await.unwrap();
