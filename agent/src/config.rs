@@ -109,6 +109,10 @@ pub struct AgentConfig {
     /// Overrides the gRPC URL the control plane gave at enrollment (e.g. behind a new balancer).
     #[serde(default)]
     pub grpc_url: Option<String>,
+    /// Several endpoints of the control plane (one per replica): the agent starts at a random
+    /// one and fails over to the next (`endpoints`). Instead of `grpc_url`, not with it.
+    #[serde(default)]
+    pub grpc_urls: Vec<String>,
     /// Where `ssh_host_*_key.pub` are read from.
     #[serde(default = "default_host_key_dir")]
     pub host_key_dir: PathBuf,
@@ -322,6 +326,7 @@ impl AgentConfig {
             state_dir: state_dir.into(),
             users,
             grpc_url: None,
+            grpc_urls: Vec::new(),
             host_key_dir: default_host_key_dir(),
             logins: LoginsConfig::off(),
             preserve: PreserveLimits::default(),
@@ -366,10 +371,29 @@ impl AgentConfig {
         {
             return Err("grpc_url must be an https:// URL".into());
         }
+        if self.grpc_url.is_some() && !self.grpc_urls.is_empty() {
+            return Err("set grpc_url or grpc_urls, not both".into());
+        }
+        if self
+            .grpc_urls
+            .iter()
+            .any(|url| !url.starts_with("https://"))
+        {
+            return Err("every grpc_urls entry must be an https:// URL".into());
+        }
         if self.preserve.max_bytes == 0 || self.preserve.max_lines == 0 {
             return Err("[preserve] max_bytes and max_lines must be at least 1".into());
         }
         self.logins.validate()
+    }
+
+    /// The configured endpoints of the control plane (`grpc_urls`, or `grpc_url` alone); empty
+    /// when the URL given at enrollment serves.
+    pub fn endpoints(&self) -> Vec<String> {
+        match &self.grpc_url {
+            Some(url) => vec![url.clone()],
+            None => self.grpc_urls.clone(),
+        }
     }
 
     /// The configured mode of `user`, or `None` when this agent must not touch that user.
@@ -406,6 +430,15 @@ mod tests {
         assert_eq!(c.mode_of("tenant"), Some(UserMode::Preserve));
         assert_eq!(c.mode_of("root"), None);
         assert_eq!(c.grpc_url.as_deref(), Some("https://cp.example:8443"));
+        assert_eq!(c.endpoints(), ["https://cp.example:8443"]);
+        let several = AgentConfig::parse(
+            "grpc_urls = [\"https://cp-1.example:8444\", \"https://cp-2.example:8444\"]\n[[users]]\nname = \"a\"\nmode = \"preserve\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            several.endpoints(),
+            ["https://cp-1.example:8444", "https://cp-2.example:8444"]
+        );
     }
 
     #[test]
@@ -448,6 +481,14 @@ mod tests {
             (
                 "grpc_url = \"http://x\"\n[[users]]\nname = \"a\"\nmode = \"preserve\"\n",
                 "https",
+            ),
+            (
+                "grpc_urls = [\"https://a\", \"http://b\"]\n[[users]]\nname = \"a\"\nmode = \"preserve\"\n",
+                "every grpc_urls entry",
+            ),
+            (
+                "grpc_url = \"https://a\"\ngrpc_urls = [\"https://b\"]\n[[users]]\nname = \"a\"\nmode = \"preserve\"\n",
+                "not both",
             ),
         ] {
             let err = AgentConfig::parse(text).unwrap_err();

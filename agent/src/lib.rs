@@ -29,6 +29,7 @@ pub mod writer;
 pub mod apply;
 pub mod client;
 pub mod config;
+pub mod endpoints;
 pub mod enroll;
 pub mod host_keys;
 mod link;

@@ -47,6 +47,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::apply::{Applier, SystemApplier, UserApplied};
 use crate::config::AgentConfig;
+use crate::endpoints::Endpoints;
 use crate::host_keys::read_host_keys;
 use crate::link::{Link, LinkEvent};
 use crate::logins::{self, Logins, SessionRecords};
@@ -142,10 +143,7 @@ pub async fn run_with(
         tracing::warn!(error = %e, "session epochs unreadable; starting from none");
         Epochs::new()
     });
-    let grpc_url = config
-        .grpc_url
-        .clone()
-        .unwrap_or_else(|| identity.info.grpc_url.clone());
+    let endpoints = Endpoints::new(&config.endpoints(), &identity.info.grpc_url, rand::random());
     let logins = Logins::start(&config.logins, &dir);
     let sessions = SessionWorker::start(logins.session_records(), Arc::clone(&deps.applier));
     if let Some(period) = deps.notifier.as_ref().and_then(Notifier::watchdog_interval) {
@@ -159,7 +157,7 @@ pub async fn run_with(
         dir,
         identity,
         key,
-        grpc_url,
+        endpoints,
         applier: deps.applier,
         notifier: deps.notifier,
         status_tx: deps.status,
@@ -185,7 +183,8 @@ struct Agent {
     identity: Identity,
     key: rcgen::KeyPair,
     cert_pem: String,
-    grpc_url: String,
+    /// The control plane's endpoints, and which one is dialled next.
+    endpoints: Endpoints,
     applier: Arc<dyn Applier>,
     notifier: Option<Notifier>,
     status_tx: Option<watch::Sender<AgentStatus>>,
@@ -524,12 +523,13 @@ impl Agent {
         match event {
             LinkEvent::Retry => Some(self.open()),
             LinkEvent::Opened(Err(e)) => {
-                tracing::warn!(url = %self.grpc_url, error = %e, "cannot reach the control plane");
+                tracing::warn!(url = %self.endpoints.current(), error = %e, "cannot reach the control plane");
                 self.warn_if_expired();
+                self.endpoints.advance();
                 retry(backoff)
             }
             LinkEvent::Opened(Ok(stream)) => {
-                tracing::info!(url = %self.grpc_url, "connected to the control plane");
+                tracing::info!(url = %self.endpoints.current(), "connected to the control plane");
                 let mut up = Link::Up(stream);
                 for (_, report) in std::mem::take(&mut self.pending_drift) {
                     up.send(message(agent_message::Msg::Drift(report)));
@@ -589,7 +589,9 @@ impl Agent {
         }
     }
 
-    fn stream_ended(&self, link: &Link, backoff: &mut Backoff) {
+    /// A stream ended (or stalled): the next dial goes to the next endpoint.
+    fn stream_ended(&mut self, link: &Link, backoff: &mut Backoff) {
+        self.endpoints.advance();
         if let Link::Up(stream) = link {
             crate::client::stream_ended(backoff, stream.since.elapsed());
         }
@@ -609,7 +611,7 @@ impl Agent {
     /// Starts a connection attempt with the current certificate.
     fn open(&self) -> Link {
         Link::connecting(
-            self.grpc_url.clone(),
+            self.endpoints.current().to_owned(),
             tls::client_config(
                 &self.identity.ca_pem,
                 &self.cert_pem,

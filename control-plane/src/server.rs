@@ -79,6 +79,8 @@ pub struct RunningServer {
     pub rotations: Arc<BulkRotations>,
     /// Vault snapshots (`[backup]`).
     pub backups: Arc<VaultBackups>,
+    /// This replica's agent streams, ended at shutdown.
+    hub: Arc<Hub>,
     handle: axum_server::Handle,
     server: JoinHandle<Result<(), std::io::Error>>,
     background: Vec<JoinHandle<()>>,
@@ -97,6 +99,8 @@ impl RunningServer {
         for task in &self.background {
             task.abort();
         }
+        // Aborting the agent endpoint stops its accept loop; the streams it holds end here.
+        self.hub.disconnect_all();
         self.rotations.shutdown();
         let result = self.server.await;
         self.lifecycle.store().close().await;
@@ -306,6 +310,7 @@ pub async fn start_with(
         server,
         rotations,
         backups,
+        hub,
         background: {
             background.push(agent_api.task);
             background

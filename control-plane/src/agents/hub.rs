@@ -216,6 +216,15 @@ impl Hub {
         self.host_changed(host);
     }
 
+    /// The replica is stopping: every stream ends (not as a revocation), and its agent dials
+    /// again, another replica when it knows one.
+    pub fn disconnect_all(&self) {
+        let mut connections = self.lock();
+        connections.by_host.clear();
+        connections.by_tenant.clear();
+        metrics::gauge!("keyward_agents_connected").set(0.0);
+    }
+
     fn changed_lock(&self) -> std::sync::MutexGuard<'_, Changed> {
         self.changed.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1,13 +1,16 @@
 //! Replicas on one PostgreSQL database (issue #15): a change made through one replica reaches
 //! the agents and live views connected to another, through PostgreSQL `LISTEN`/`NOTIFY`, and a
-//! replica whose listening connection is cut resynchronises from SQL instead of missing it.
+//! replica whose listening connection is cut resynchronises from SQL instead of missing it; an
+//! agent given every replica's endpoint fails over when its replica goes away.
 
 use std::time::{Duration, Instant};
 
 use keyward_common::proto::{DesiredState, control_message};
 use keyward_tests::raw_agent::{RawIdentity, RawStream};
 use keyward_tests::sse::Events;
-use keyward_tests::{ControlPlane, Database, OpenBao, eventually, unique_tenant};
+use keyward_tests::{
+    Agent, ControlPlane, Database, KeyFile, OpenBao, Sshd, TestUser, eventually, unique_tenant,
+};
 use prost::Message as _;
 use reqwest::Method;
 use serde_json::json;
@@ -144,4 +147,67 @@ async fn a_change_through_one_replica_reaches_agents_and_live_views_on_another()
     assert_eq!(revoked.status, 200, "{}", revoked.text());
     let status = on_b.ended().await.expect("the stream ends with a status");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
+
+/// Whether `agent`'s stream is held by `cp` (each replica knows only its own streams).
+async fn holds_stream(cp: &ControlPlane, agent: &Agent) -> bool {
+    agent.view(cp).await["connected"] == true
+}
+
+#[tokio::test]
+async fn an_agent_fails_over_to_another_replica_and_converges() {
+    let bao = OpenBao::start().await;
+    let mut replicas = vec![ControlPlane::start_fast(&bao, Database::Postgres).await];
+    replicas.push(replicas[0].replica().await);
+    let sshd = Sshd::start_async().await;
+    let admin = TestUser::create("a");
+    let user = TestUser::create("t");
+    let tenant = unique_tenant("failover");
+    replicas[0]
+        .onboard_tenant(&tenant, sshd.port, user.name.as_str(), admin.name.as_str())
+        .await;
+    let token = replicas[0].tenant_token(&tenant).await;
+    let mut agent = Agent::enroll(&replicas[0], &tenant, &admin, &user, &sshd).await;
+    let endpoints: Vec<String> = replicas
+        .iter()
+        .map(|cp| format!("{:?}", cp.server().agent_url))
+        .collect();
+    let config = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        format!("grpc_urls = [{}]\n{config}", endpoints.join(", ")),
+    )
+    .unwrap();
+    agent.start();
+
+    // It reaches one of them (a random one) and gets in sync there.
+    let on = eventually(
+        "the agent to connect to a replica",
+        Duration::from_secs(20),
+        || async {
+            for (i, cp) in replicas.iter().enumerate() {
+                if holds_stream(cp, &agent).await {
+                    return Some(i);
+                }
+            }
+            None
+        },
+    )
+    .await;
+    agent.wait_in_sync(&replicas[on]).await;
+
+    // Its replica goes away; a rotation through the other reaches the agent, which fails over.
+    replicas[on].stop().await;
+    let other = &replicas[1 - on];
+    let rotated = other.tenant_call(&token, Method::POST, "/rotate").await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    agent.wait_in_sync(other).await;
+    let downloaded = other.tenant_call(&token, Method::POST, "/download").await;
+    assert_eq!(downloaded.status, 200, "{}", downloaded.text());
+    let key = KeyFile::write(&downloaded.text());
+    assert!(
+        sshd.login_async(&key.path, &user.name, "true").await.0,
+        "the rotated key logs in: the agent applied it through the replica it failed over to; agent log:\n{}",
+        agent.log_text()
+    );
 }
