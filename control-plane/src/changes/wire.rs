@@ -11,33 +11,43 @@ use serde::{Deserialize, Serialize};
 
 use super::Change;
 
-/// One notification: who sent it and what changed.
-#[derive(Debug, Serialize, Deserialize)]
+/// One notification as read: who sent it and what changed. Written by [`encode`] piece by piece,
+/// in the same shape.
+#[derive(Debug, Deserialize)]
 struct Batch<'a> {
     /// The sending replica ([`super::postgres::ReplicaChanges`] picks it at start).
     from: &'a str,
     changes: Vec<Change>,
 }
 
-/// Packs `changes` into payloads of at most `limit` bytes each, in order. A report naming more
-/// hosts than fit a payload is split; a change too large for a payload of its own (none is, at
+/// What closes a payload after its last change.
+const TAIL: &str = "]}";
+
+/// Packs `changes` into payloads of at most `limit` bytes each, in order. Each change is
+/// serialised once and payloads are joined from the pieces, so packing is linear in the number
+/// of changes (a rotation of every tenant sends tens of thousands). A report naming more hosts
+/// than fit a payload is split; a change too large for a payload of its own (none is, at
 /// PostgreSQL's 7,999 bytes: ids are short) becomes a resync.
 pub fn encode(from: &str, changes: Vec<Change>, limit: usize) -> Vec<String> {
+    let head = format!(r#"{{"from":{},"changes":["#, json(&from));
+    // The room a payload has for its changes and the commas between them.
+    let room = limit.saturating_sub(head.len() + TAIL.len());
     let mut payloads = Vec::new();
-    let mut batch: Vec<Change> = Vec::new();
+    let mut current = String::new();
     let mut pending: VecDeque<Change> = changes.into();
     while let Some(change) = pending.pop_front() {
-        batch.push(change);
-        if payload(from, &batch).len() <= limit {
+        let piece = json(&change);
+        let separator = usize::from(!current.is_empty());
+        if current.len() + separator + piece.len() <= room {
+            if separator == 1 {
+                current.push(',');
+            }
+            current.push_str(&piece);
             continue;
         }
-        let change = batch.pop().unwrap_or(Change::Resync);
-        if !batch.is_empty() {
-            payloads.push(payload(from, &batch));
-            batch.clear();
-        }
-        if payload(from, std::slice::from_ref(&change)).len() <= limit {
-            batch.push(change);
+        if piece.len() <= room {
+            payloads.push(close(&head, &current));
+            current = piece;
             continue;
         }
         match change {
@@ -46,21 +56,25 @@ pub fn encode(from: &str, changes: Vec<Change>, limit: usize) -> Vec<String> {
                 pending.push_front(Change::Reported(second));
                 pending.push_front(Change::Reported(hosts));
             }
-            _ => batch.push(Change::Resync),
+            // Only a limit smaller than any id could get here: nothing can be sent.
+            Change::Resync => {}
+            _ => pending.push_front(Change::Resync),
         }
     }
-    if !batch.is_empty() {
-        payloads.push(payload(from, &batch));
+    if !current.is_empty() {
+        payloads.push(close(&head, &current));
     }
     payloads
 }
 
-fn payload(from: &str, changes: &[Change]) -> String {
-    serde_json::to_string(&Batch {
-        from,
-        changes: changes.to_vec(),
-    })
-    .unwrap_or_else(|_| r#"{"from":"","changes":["resync"]}"#.to_owned())
+fn close(head: &str, changes: &str) -> String {
+    format!("{head}{changes}{TAIL}")
+}
+
+/// One value as JSON. Ids and change names always serialise; were one not to, the receiver
+/// reads the result as a resync.
+fn json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| r#""resync""#.to_owned())
 }
 
 /// The changes in a payload another replica sent; `None` for this replica's own. A payload that
