@@ -28,6 +28,15 @@ async fn healthz(url: &str) -> Option<u16> {
     }
 }
 
+/// The port of the address a `keyward-server` log line with `message` names (`addr=IP:PORT`).
+fn logged_port(log: &str, message: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))?;
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
 /// Reads until the server closes the connection (EOF or reset), or `deadline`.
 async fn closed_by(conn: &mut TcpStream, deadline: Instant) -> bool {
     let mut buf = [0u8; 1024];
@@ -144,14 +153,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn server_binary() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("KEYWARD_SERVER_BIN") {
         return std::path::PathBuf::from(path);
@@ -172,7 +173,6 @@ fn server_binary() -> std::path::PathBuf {
 async fn out_of_descriptors_the_agent_accept_loop_backs_off_instead_of_spinning() {
     let bao = OpenBao::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (rest_port, agent_port) = (free_port(), free_port());
     let config = dir.path().join("server.toml");
     let mut vault = format!("address = \"{}\"\ntoken = \"{ROOT_TOKEN}\"\n", bao.addr);
     if let Some(ca) = &bao.ca_file {
@@ -181,8 +181,8 @@ async fn out_of_descriptors_the_agent_accept_loop_backs_off_instead_of_spinning(
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{rest_port}\"\nstate_dir = \"{}\"\n\n\
-             [agent_api]\nlisten = \"127.0.0.1:{agent_port}\"\ntls_handshake_timeout = \"60s\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n\
+             [agent_api]\nlisten = \"127.0.0.1:0\"\ntls_handshake_timeout = \"60s\"\n\n\
              [vault]\n{vault}",
             dir.path().join("state").display()
         ),
@@ -204,6 +204,22 @@ async fn out_of_descriptors_the_agent_accept_loop_backs_off_instead_of_spinning(
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
+    // The server binds port 0 and logs what it got: no port can be taken between a pick and
+    // the bind (another test's listener did that once under full load).
+    let (rest_port, agent_port) = eventually("the server listens", Duration::from_secs(60), || {
+        let exited = child.try_wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            exited.is_none(),
+            "keyward-server exited ({exited:?}):\n{text}"
+        );
+        async move {
+            let rest = logged_port(&text, "keyward-server listening")?;
+            let agents = logged_port(&text, "agent endpoint listening")?;
+            Some((rest, agents))
+        }
+    })
+    .await;
     let url = format!("http://127.0.0.1:{rest_port}");
     eventually("the server answers", Duration::from_secs(30), || async {
         (healthz(&url).await == Some(200)).then_some(())
