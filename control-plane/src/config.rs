@@ -65,6 +65,11 @@ pub struct RotationConfig {
     pub retry_after: Duration,
     /// Tenants a bulk rotation works on at once; default: twice the number of cores.
     pub bulk_concurrency: Option<usize>,
+    /// How long a replica's claim on a bulk rotation's tenants holds without being renewed
+    /// (it renews at a third of this while it works): after a replica dies, its tenants wait
+    /// this long before another replica takes them over.
+    #[serde(with = "humantime_serde")]
+    pub bulk_lease: Duration,
 }
 
 impl Default for RotationConfig {
@@ -74,6 +79,7 @@ impl Default for RotationConfig {
             max_sleep: Duration::from_secs(3600),
             retry_after: Duration::from_secs(300),
             bulk_concurrency: None,
+            bulk_lease: Duration::from_secs(60),
         }
     }
 }
@@ -384,6 +390,9 @@ impl Config {
         }
         if self.rotation.bulk_concurrency == Some(0) {
             return rule("rotation.bulk_concurrency must be at least 1");
+        }
+        if self.rotation.bulk_lease < Duration::from_secs(3) {
+            return rule("rotation.bulk_lease must be at least 3s");
         }
         if self.agent_api.drift_reports_per_minute == 0 || self.agent_api.drift_reports_burst == 0 {
             return rule(

@@ -183,6 +183,7 @@ pub async fn start_with(
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
     let rotations = Arc::new(BulkRotations::new(lifecycle.clone(), &config.rotation));
     rotations.recover().await?;
+    background.push(tokio::spawn(rotations.clone().join_jobs()));
     let backups = Arc::new(VaultBackups::new(lifecycle.clone(), config.backup.clone()));
     if config.rotation.scheduler {
         let scheduler = RotationScheduler::new(lifecycle.clone(), config.rotation.clone());

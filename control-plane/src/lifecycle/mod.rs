@@ -24,7 +24,7 @@ use crate::caller::Caller;
 use crate::changes::{Change, ChangeNotifier};
 use crate::clock::{Clock, iso8601};
 use crate::config::KeysConfig;
-use crate::store::{KeySetRecord, KeyState, NewAuditEvent, Store, TenantRecord};
+use crate::store::{JobClaim, KeySetRecord, KeyState, NewAuditEvent, Store, TenantRecord, WriteTx};
 use crate::vault::{KeySetSecret, SecretStore, VaultError};
 
 mod access;
@@ -75,17 +75,34 @@ pub enum Trigger {
     /// The rotation scheduler: the key set fell due. A key set that is no longer due when its
     /// turn comes (rotated meanwhile, by hand or by another replica) is left alone.
     Schedule,
-    /// A bulk rotation job.
-    Job(String),
+    /// A bulk rotation job, by the worker that claimed the tenant: the rotation commits only
+    /// while the claim holds, and records itself in the job's queue.
+    Job(JobClaim),
 }
 
 impl Trigger {
+    /// In a rotation's transaction: a job's rotation records itself in the job's queue, and
+    /// is refused if the worker no longer holds the tenant (another replica took it over).
+    async fn record(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &TenantId,
+        secret: &str,
+    ) -> Result<(), DomainError> {
+        match self {
+            Trigger::Job(claim) if !tx.job_secret_done(claim, tenant, secret).await? => {
+                Err(DomainError::ConcurrentModification)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The audit event's `trigger` and `jobId`.
     fn detail(&self) -> (&'static str, Option<&str>) {
         match self {
             Trigger::Request => ("request", None),
             Trigger::Schedule => ("schedule", None),
-            Trigger::Job(id) => ("job", Some(id)),
+            Trigger::Job(claim) => ("job", Some(&claim.job_id)),
         }
     }
 }
@@ -547,6 +564,7 @@ impl KeyLifecycle {
             ..old.clone()
         };
         tx.put_key_set(&new).await?;
+        trigger.record(&mut tx, tenant, kind.secret_name()).await?;
         tx.record_key_history(tenant, kind, generation, &new.fingerprint, now)
             .await?;
         tx.bump_tenant_hosts(tenant).await?;

@@ -183,6 +183,7 @@ impl KeyLifecycle {
             public_info,
         };
         tx.put_tenant_secret(&record).await?;
+        trigger.record(&mut tx, tenant, kind.name()).await?;
         let (trigger_name, job_id) = trigger.detail();
         let mut detail = json!({
             "secret": kind.name(),

@@ -1,18 +1,23 @@
 //! Bulk rotation: one job rotates one secret type (`ssh`, `smtp`, `dkim`) for every tenant.
 //!
 //! - At most one job runs per deployment: SQL allows one `running` row (a partial unique index),
-//!   so a second start, on any replica, is refused with the running job's id. A running job whose
-//!   heartbeat stopped (its process died) no longer blocks: it is marked `interrupted`.
-//! - Tenants are processed concurrently (`rotation.bulk_concurrency`, default twice the cores);
-//!   key generation takes one core each through the lifecycle's CPU slots, so every core is busy
-//!   while Vault writes, SQL commits and pushes to hosts go on for other tenants.
+//!   so a second start, on any replica, is refused with the running job's id.
+//! - The job's tenants are a queue in SQL that every replica works on (`store::job_queue`): a
+//!   replica claims a few tenants for a lease, rotates them, and claims more. Replicas join a
+//!   job started elsewhere within [`JOIN_EVERY`]. A replica that dies mid-job loses nothing:
+//!   its claims run out and another replica takes its tenants over, and each secret's rotation
+//!   commits only while its claim holds, so no tenant is rotated twice. Whichever replica sees
+//!   the queue empty completes the job, once.
+//! - Each replica works on `rotation.bulk_concurrency` tenants at once (default twice the
+//!   cores); key generation takes one core each through the lifecycle's CPU slots.
 //! - Each tenant's rotation is the lifecycle's own operation, audited on its own with the job id.
 //!   A tenant that fails is recorded with its reason; the job goes on with the others.
-//! - Progress is kept in SQL (readable from any replica) and in a watch channel that the
-//!   Server-Sent Events stream follows.
+//! - Progress is kept in SQL (readable from any replica) and, on the replica that started the
+//!   job, in a watch channel that the Server-Sent Events stream follows.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyward_common::{KeyKind, TenantId};
 use rand::RngCore;
@@ -25,14 +30,20 @@ use crate::caller::Caller;
 use crate::config::RotationConfig;
 use crate::lifecycle::DomainError;
 use crate::lifecycle::{KeyLifecycle, Replace, TenantSecretKind, Trigger};
-use crate::store::{Backend, JobFailure, JobRecord, StoreError};
+use crate::store::{
+    Backend, ClaimedTenant, JobClaim, JobFailure, JobRecord, Role, StoreError, TenantOutcome,
+};
 
-/// How often a running job records that it is alive.
 /// How often a running job's progress is written to SQL (the local SSE stream sees every tenant).
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-const HEARTBEAT: Duration = Duration::from_secs(20);
-/// A running job without a heartbeat for this long was lost with its process.
+/// A running job without a queue and without a heartbeat for this long was lost with its
+/// process (jobs of versions before the shared queue).
 const STALE_AFTER: chrono::Duration = chrono::Duration::seconds(120);
+/// How often a replica looks for a running job to join.
+pub const JOIN_EVERY: Duration = Duration::from_secs(2);
+/// How long a worker with nothing to claim waits before it looks again: the tenants other
+/// replicas hold come back when their lease runs out.
+const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// What a bulk rotation rotates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -47,12 +58,19 @@ pub enum SecretType {
 }
 
 impl SecretType {
+    pub const ALL: [SecretType; 3] = [SecretType::Ssh, SecretType::Smtp, SecretType::Dkim];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SecretType::Ssh => "ssh",
             SecretType::Smtp => "smtp",
             SecretType::Dkim => "dkim",
         }
+    }
+
+    /// The type a stored job names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
     }
 }
 
@@ -69,6 +87,17 @@ pub struct TenantResult {
     pub reason: Option<String>,
 }
 
+impl TenantResult {
+    fn outcome(&self) -> TenantOutcome {
+        TenantOutcome {
+            tenant_id: self.tenant_id.clone(),
+            state: self.outcome,
+            code: self.code.map(str::to_owned),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
 /// A job as it stands, and the tenant that finished last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSnapshot {
@@ -80,28 +109,47 @@ impl JobSnapshot {
     pub fn running(&self) -> bool {
         self.job.status == "running"
     }
+
+    /// Counts one tenant this replica finished (SQL's counts replace these at each record).
+    fn count(&mut self, result: TenantResult) {
+        match result.outcome {
+            "rotated" => self.job.rotated += 1,
+            "skipped" => self.job.skipped += 1,
+            _ => self.job.failed += 1,
+        }
+        if let Some(failure) = failure_of(&result) {
+            self.job.failures.push(failure);
+        }
+        self.last = Some(result);
+    }
 }
 
-/// The job running on this replica.
+/// The job started on this replica, which its caller follows here.
 #[derive(Debug)]
 struct Running {
     job_id: String,
     progress: watch::Receiver<JobSnapshot>,
-    task: AbortHandle,
 }
 
-/// Starts and tracks bulk rotation jobs.
+/// Starts bulk rotation jobs, and works on the running one with the other replicas.
 #[derive(Debug)]
 pub struct BulkRotations {
     lifecycle: Arc<KeyLifecycle>,
     concurrency: usize,
+    lease: Duration,
     running: Mutex<Option<Running>>,
+    /// The jobs this replica works on, by id.
+    working: Mutex<HashMap<String, AbortHandle>>,
+}
+
+fn random_id(prefix: &str) -> String {
+    let mut id = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    format!("{prefix}{}", hex::encode(id))
 }
 
 fn new_job_id() -> String {
-    let mut id = [0u8; 8];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    format!("job_{}", hex::encode(id))
+    random_id("job_")
 }
 
 /// Whether `raw` can be a job id (so that a malformed one is a 404 without a query).
@@ -113,6 +161,11 @@ pub fn valid_job_id(raw: &str) -> bool {
             .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
+/// Locks a mutex whose holder cannot leave it inconsistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl BulkRotations {
     pub fn new(lifecycle: Arc<KeyLifecycle>, config: &RotationConfig) -> Self {
         let concurrency = config.bulk_concurrency.unwrap_or_else(|| {
@@ -121,17 +174,16 @@ impl BulkRotations {
         Self {
             lifecycle,
             concurrency,
+            lease: config.bulk_lease,
             running: Mutex::new(None),
+            working: Mutex::new(HashMap::new()),
         }
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// At start: a job left `running` by a process that is gone is marked `interrupted`. On
-    /// SQLite this process is the only one, so every such job is; on PostgreSQL, those whose
-    /// heartbeat stopped.
+    /// At start: a job without a queue left `running` by a process that is gone is marked
+    /// `interrupted`. On SQLite this process is the only one, so every such job is; on
+    /// PostgreSQL, those whose heartbeat stopped. A job with a queue is resumed instead
+    /// ([`BulkRotations::join_jobs`]).
     pub async fn recover(&self) -> Result<u64, StoreError> {
         let store = self.lifecycle.store();
         let now = self.lifecycle.now();
@@ -149,18 +201,44 @@ impl BulkRotations {
         Ok(n)
     }
 
-    /// Follows the job if it runs on this replica.
+    /// Follows the job if it was started on this replica.
     pub fn watch(&self, job_id: &str) -> Option<watch::Receiver<JobSnapshot>> {
-        self.running()
+        lock(&self.running)
             .as_ref()
             .filter(|r| r.job_id == job_id)
             .map(|r| r.progress.clone())
     }
 
-    /// Stops the running job (server shutdown); it is `interrupted` at the next start.
+    /// Stops working on jobs (server shutdown). The claims this replica holds run out after
+    /// `rotation.bulk_lease`, and the other replicas, or this one when it is back, finish.
     pub fn shutdown(&self) {
-        if let Some(running) = self.running().take() {
-            running.task.abort();
+        for (_, task) in lock(&self.working).drain() {
+            task.abort();
+        }
+        lock(&self.running).take();
+    }
+
+    /// Joins the running job, wherever it was started, now and every [`JOIN_EVERY`]: a job
+    /// another replica started, or one left running when this replica stopped.
+    pub async fn join_jobs(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(JOIN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let job = match self.lifecycle.store().shared_rotation_job().await {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for a rotation job to join");
+                    continue;
+                }
+            };
+            let caller = Caller {
+                token_id: job.started_by.clone(),
+                role: Some(Role::Admin),
+                source_addr: None,
+            };
+            self.spawn_work(caller, job, None);
         }
     }
 
@@ -193,7 +271,7 @@ impl BulkRotations {
             skipped: 0,
             failures: Vec::new(),
         };
-        if let Err(e) = self.insert(caller, &job).await {
+        if let Err(e) = self.insert(caller, &job, &tenants).await {
             let DomainError::Store(StoreError::Duplicate { .. }) = e else {
                 return Err(e);
             };
@@ -203,7 +281,7 @@ impl BulkRotations {
                 .interrupt_rotation_jobs(Some(stale_before), self.lifecycle.now())
                 .await?;
             let retried = if interrupted > 0 {
-                self.insert(caller, &job).await
+                self.insert(caller, &job, &tenants).await
             } else {
                 Err(e)
             };
@@ -216,33 +294,32 @@ impl BulkRotations {
             retried?;
         }
         tracing::info!(job = %job.job_id, secret_type = secret_type.as_str(), tenants = tenants.len(), "bulk rotation started");
-        let snapshot = JobSnapshot {
+        let (progress, receiver) = watch::channel(JobSnapshot {
             job: job.clone(),
             last: None,
-        };
-        let (progress, receiver) = watch::channel(snapshot);
-        // The running slot is filled before the task can clear it, under one lock.
-        let mut slot = self.running();
-        let this = Arc::clone(self);
-        let caller = caller.clone();
-        let task = tokio::spawn(async move {
-            this.run(caller, job, tenants, secret_type, progress).await;
         });
-        *slot = Some(Running {
-            job_id: receiver.borrow().job.job_id.clone(),
+        *lock(&self.running) = Some(Running {
+            job_id: job.job_id.clone(),
             progress: receiver.clone(),
-            task: task.abort_handle(),
         });
+        self.spawn_work(caller.clone(), job, Some(progress));
         Ok(receiver)
     }
 
-    /// Records the new job and its audit event together.
-    async fn insert(&self, caller: &Caller, job: &JobRecord) -> Result<(), DomainError> {
+    /// Records the new job, its queue and its audit event together.
+    async fn insert(
+        &self,
+        caller: &Caller,
+        job: &JobRecord,
+        tenants: &[TenantId],
+    ) -> Result<(), DomainError> {
         let stored = job.clone();
+        let tenants = tenants.to_vec();
         self.lifecycle
             .audited(caller, "secrets.rotate_all", None, move |tx| {
                 Box::pin(async move {
                     tx.insert_rotation_job(&stored).await?;
+                    tx.insert_job_tenants(&stored.job_id, &tenants).await?;
                     let detail = json!({
                         "jobId": stored.job_id,
                         "secretType": stored.secret_type,
@@ -254,44 +331,94 @@ impl BulkRotations {
             .await
     }
 
-    async fn run(
+    /// Works on `job` unless this replica already does.
+    fn spawn_work(
+        self: &Arc<Self>,
+        caller: Caller,
+        job: JobRecord,
+        progress: Option<watch::Sender<JobSnapshot>>,
+    ) {
+        let mut working = lock(&self.working);
+        if working.contains_key(&job.job_id) {
+            return;
+        }
+        let job_id = job.job_id.clone();
+        let this = Arc::clone(self);
+        // The entry is made before the task can remove it, under one lock.
+        let task = tokio::spawn(async move {
+            let job_id = job.job_id.clone();
+            Arc::clone(&this).work(caller, job, progress).await;
+            lock(&this.working).remove(&job_id);
+        });
+        working.insert(job_id, task.abort_handle());
+    }
+
+    /// Claims tenants of the job and rotates them until none is left to claim, then completes
+    /// the job, unless another replica did. Returns when the job no longer runs.
+    async fn work(
         self: Arc<Self>,
         caller: Caller,
-        mut job: JobRecord,
-        tenants: Vec<TenantId>,
-        secret_type: SecretType,
-        progress: watch::Sender<JobSnapshot>,
+        job: JobRecord,
+        progress: Option<watch::Sender<JobSnapshot>>,
     ) {
-        let trigger = Trigger::Job(job.job_id.clone());
+        let Some(secret_type) = SecretType::parse(&job.secret_type) else {
+            tracing::error!(job = %job.job_id, secret_type = %job.secret_type, "a rotation job of an unknown secret type");
+            return;
+        };
+        let claim = JobClaim {
+            job_id: job.job_id.clone(),
+            worker: random_id("w_"),
+        };
+        tracing::info!(job = %claim.job_id, worker = %claim.worker, "working on a bulk rotation");
+        let trigger = Trigger::Job(claim.clone());
         let lifecycle = &self.lifecycle;
+        let mut snapshot = JobSnapshot { job, last: None };
+        let mut queue: VecDeque<ClaimedTenant> = VecDeque::new();
+        let mut outcomes: Vec<TenantOutcome> = Vec::new();
         // Each tenant is a task of its own, so that tenants go on (and release their locks)
         // while this task records progress; dropping the set (shutdown) aborts them.
-        let mut pending = tenants.into_iter();
         let mut tasks = tokio::task::JoinSet::new();
-        let mut names = std::collections::HashMap::new();
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        heartbeat.tick().await;
-        let mut last_recorded = std::time::Instant::now();
-        loop {
+        let mut names = HashMap::new();
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.tick().await;
+        let mut last_recorded = Instant::now();
+        while snapshot.running() {
+            if queue.is_empty() && tasks.len() < self.concurrency {
+                queue.extend(self.claim(&claim).await);
+            }
             while tasks.len() < self.concurrency
-                && let Some(tenant) = pending.next()
+                && let Some(tenant) = queue.pop_front()
             {
                 let (lifecycle, caller, trigger) =
                     (lifecycle.clone(), caller.clone(), trigger.clone());
-                let name = tenant.clone();
+                let name = tenant.tenant_id.clone();
                 let handle = tasks.spawn(async move {
                     rotate_tenant(&lifecycle, &caller, &tenant, secret_type, &trigger).await
                 });
                 names.insert(handle.id(), name);
             }
+            if tasks.is_empty() {
+                // Nothing in hand: record, then complete the job or wait for the tenants other
+                // replicas hold (and take them over if their lease runs out).
+                self.record(&claim, &mut outcomes, &mut snapshot).await;
+                if let Some(done) = self.complete(&caller, &claim.job_id).await {
+                    snapshot.job = done;
+                } else if snapshot.running() {
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+                if let Some(progress) = &progress {
+                    progress.send_replace(snapshot.clone());
+                }
+                continue;
+            }
             tokio::select! {
                 joined = tasks.join_next_with_id() => {
                     let result = match joined {
-                        None => break,
+                        None => continue,
                         Some(Ok((_, result))) => result,
                         Some(Err(e)) => {
                             // Every task's id went into `names` when it was spawned.
-                            let Some(tenant_id) = names.get(&e.id()).cloned() else {
+                            let Some(tenant_id) = names.remove(&e.id()) else {
                                 continue;
                             };
                             TenantResult {
@@ -302,63 +429,136 @@ impl BulkRotations {
                             }
                         }
                     };
-                    match result.outcome {
-                        "rotated" => job.rotated += 1,
-                        "skipped" => job.skipped += 1,
-                        _ => job.failed += 1,
+                    outcomes.push(result.outcome());
+                    snapshot.count(result);
+                    if let Some(progress) = &progress {
+                        progress.send_replace(snapshot.clone());
                     }
-                    if let Some(failure) = failure_of(&result) {
-                        job.failures.push(failure);
-                    }
-                    job.heartbeat_at = lifecycle.now();
-                    progress.send_replace(JobSnapshot { job: job.clone(), last: Some(result) });
                 }
-                _ = heartbeat.tick() => job.heartbeat_at = lifecycle.now(),
+                _ = renew.tick() => self.renew(&claim).await,
             }
             // Progress readable from other replicas, at most every PROGRESS_EVERY: a commit per
-            // tenant would hold the next tenant back (the loop waits for it) and cost a synced
-            // write each. Losing one update loses nothing that the final record does not carry.
-            if last_recorded.elapsed() < PROGRESS_EVERY {
-                continue;
-            }
-            last_recorded = std::time::Instant::now();
-            let recorded = async {
-                let mut tx = lifecycle.store().begin().await?;
-                tx.update_rotation_job(&job).await?;
-                tx.commit().await
-            };
-            if let Err(e) = recorded.await {
-                tracing::warn!(job = %job.job_id, error = %e, "cannot record a rotation job's progress");
+            // tenant would cost a synced write each. An outcome not recorded when this replica
+            // dies is worked out again by the replica that takes the tenant over.
+            if last_recorded.elapsed() >= PROGRESS_EVERY {
+                last_recorded = Instant::now();
+                self.record(&claim, &mut outcomes, &mut snapshot).await;
             }
         }
-        job.status = "completed".into();
-        let finished_at = lifecycle.now();
-        job.finished_at = Some(finished_at);
-        job.heartbeat_at = finished_at;
-        let finished = job.clone();
-        let recorded = lifecycle
-            .audited(&caller, "secrets.rotate_all_finished", None, move |tx| {
+        let job = &snapshot.job;
+        tracing::info!(job = %job.job_id, worker = %claim.worker, status = %job.status, rotated = job.rotated, failed = job.failed, skipped = job.skipped, "bulk rotation no longer running");
+        lock(&self.running).take_if(|r| r.job_id == job.job_id);
+        if let Some(progress) = progress {
+            progress.send_replace(JobSnapshot {
+                job: snapshot.job,
+                last: None,
+            });
+        }
+    }
+
+    /// Claims as many of the job's tenants as this replica works on at once.
+    async fn claim(&self, claim: &JobClaim) -> Vec<ClaimedTenant> {
+        let now = self.lifecycle.now();
+        let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        let claimed = async {
+            let mut tx = self.lifecycle.store().begin_unaudited().await?;
+            let claimed = tx
+                .claim_job_tenants(claim, self.concurrency, now, lease_until)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(claimed)
+        };
+        claimed.await.unwrap_or_else(|e| {
+            tracing::warn!(job = %claim.job_id, error = %e, "cannot claim a rotation job's tenants");
+            Vec::new()
+        })
+    }
+
+    /// Raises the lease of this worker's claims.
+    async fn renew(&self, claim: &JobClaim) {
+        let lease_until =
+            self.lifecycle.now() + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        let renewed = async {
+            let mut tx = self.lifecycle.store().begin_unaudited().await?;
+            tx.renew_job_claims(claim, lease_until).await?;
+            tx.commit().await
+        };
+        if let Err(e) = renewed.await {
+            tracing::warn!(job = %claim.job_id, error = %e, "cannot renew a rotation job's claims");
+        }
+    }
+
+    /// Records the outcomes this worker has not recorded yet and the job's counts, and reads the
+    /// job back (another replica may have completed it). What cannot be recorded is kept for the
+    /// next try.
+    async fn record(
+        &self,
+        claim: &JobClaim,
+        outcomes: &mut Vec<TenantOutcome>,
+        snapshot: &mut JobSnapshot,
+    ) {
+        let store = self.lifecycle.store();
+        let at = self.lifecycle.now();
+        let recorded = async {
+            let mut tx = store.begin_unaudited().await?;
+            tx.record_job_outcomes(claim, outcomes).await?;
+            tx.tally_rotation_job(&claim.job_id, at).await?;
+            tx.commit().await?;
+            store.rotation_job(&claim.job_id).await
+        };
+        match recorded.await {
+            Ok(job) => {
+                outcomes.clear();
+                if let Some(job) = job {
+                    snapshot.job = job;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = %claim.job_id, error = %e, "cannot record a rotation job's progress");
+            }
+        }
+    }
+
+    /// Completes the job, with its audit event, if no tenant is open and no other replica
+    /// completed it first. The job as completed, or `None`.
+    async fn complete(&self, caller: &Caller, job_id: &str) -> Option<JobRecord> {
+        match self.lifecycle.store().job_tally(job_id).await {
+            Ok(tally) if tally.open() == 0 => {}
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "cannot read a rotation job's progress");
+                return None;
+            }
+        }
+        let at = self.lifecycle.now();
+        let job_id = job_id.to_owned();
+        let completed = self
+            .lifecycle
+            .audited(caller, "secrets.rotate_all_finished", None, move |tx| {
                 Box::pin(async move {
-                    tx.finish_rotation_job(&finished).await?;
+                    // Completed already (by another replica), or a tenant reopened: nothing.
+                    let Some(done) = tx.complete_rotation_job(&job_id, at).await? else {
+                        return Err(DomainError::ConcurrentModification);
+                    };
                     let detail = json!({
-                        "jobId": finished.job_id,
-                        "secretType": finished.secret_type,
-                        "rotated": finished.rotated,
-                        "failed": finished.failed,
-                        "skipped": finished.skipped,
+                        "jobId": done.job_id,
+                        "secretType": done.secret_type,
+                        "rotated": done.rotated,
+                        "failed": done.failed,
+                        "skipped": done.skipped,
                     });
-                    Ok(((), detail))
+                    Ok((done, detail))
                 })
             })
             .await;
-        if let Err(e) = recorded {
-            // The row stays `running` with a heartbeat that now stops: the next start after
-            // STALE_AFTER marks it interrupted.
-            tracing::error!(job = %job.job_id, error = %e, "cannot record the end of a rotation job");
+        match completed {
+            Ok(done) => Some(done),
+            Err(DomainError::ConcurrentModification) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the end of a rotation job");
+                None
+            }
         }
-        tracing::info!(job = %job.job_id, rotated = job.rotated, failed = job.failed, skipped = job.skipped, "bulk rotation finished");
-        self.running().take_if(|r| r.job_id == job.job_id);
-        progress.send_replace(JobSnapshot { job, last: None });
     }
 }
 
@@ -370,16 +570,19 @@ fn failure_of(result: &TenantResult) -> Option<JobFailure> {
     })
 }
 
-/// Rotates one tenant's secret of `secret_type`. For `ssh`, both key sets are tried even when the
-/// first fails; revoked key sets are left alone (a revoked key is replaced by a regenerate, which
-/// is an admin's decision, not a rotation's).
+/// Rotates one tenant's secret of `secret_type`, but not the secrets the job already rotated
+/// for it (a replica that died held it before). For `ssh`, both key sets are tried even when
+/// the first fails; revoked key sets are left alone (a revoked key is replaced by a regenerate,
+/// which is an admin's decision, not a rotation's).
 async fn rotate_tenant(
     lifecycle: &KeyLifecycle,
     caller: &Caller,
-    tenant: &TenantId,
+    claimed: &ClaimedTenant,
     secret_type: SecretType,
     trigger: &Trigger,
 ) -> TenantResult {
+    let tenant = &claimed.tenant_id;
+    let done = |secret: &str| claimed.done.iter().any(|d| d == secret);
     let result = |outcome, error: Option<DomainError>| TenantResult {
         tenant_id: tenant.clone(),
         outcome,
@@ -391,6 +594,10 @@ async fn rotate_tenant(
             let mut rotated = 0;
             let mut first_error = None;
             for kind in KeyKind::ALL {
+                if done(kind.secret_name()) {
+                    rotated += 1;
+                    continue;
+                }
                 match lifecycle
                     .replace_key_as(caller, tenant, kind, Replace::Rotate, trigger)
                     .await
@@ -414,6 +621,9 @@ async fn rotate_tenant(
             } else {
                 TenantSecretKind::Dkim
             };
+            if done(kind.name()) {
+                return result("rotated", None);
+            }
             match lifecycle.rotate_secret(caller, tenant, kind, trigger).await {
                 Ok(_) => result("rotated", None),
                 Err(e) => result("failed", Some(e)),
@@ -425,6 +635,14 @@ async fn rotate_tenant(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_types_are_read_back_by_name() {
+        for t in SecretType::ALL {
+            assert_eq!(SecretType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(SecretType::parse("SSH"), None);
+    }
 
     #[test]
     fn job_ids_are_recognised() {

@@ -115,6 +115,12 @@ fn chain_hash(
 impl WriteTx {
     /// Appends one event to the chain. Fails (and so fails the whole change) if it cannot.
     pub async fn append_audit(&mut self, event: &NewAuditEvent) -> Result<AuditRecord, StoreError> {
+        if self.audited == super::Audited::No {
+            // Without the audit lock two writers could both extend the same head.
+            return Err(StoreError::Misuse(
+                "an audit event in a transaction begun without the audit lock",
+            ));
+        }
         let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *self.tx)
             .await

@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 mod activity;
 mod audit;
 mod hosts;
+mod job_queue;
 mod key_sets;
 mod logins;
 mod notifications;
@@ -31,6 +32,7 @@ mod tokens;
 pub use activity::HostActivity;
 pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
 pub use hosts::{DriftRecord, HostRecord, HostReport};
+pub use job_queue::{ClaimedTenant, JobClaim, JobTally, TenantOutcome};
 pub use key_sets::{KeySetRecord, KeyState, TenantCredentials};
 pub use logins::{DayCount, KeyUsage, LoginFilter, LoginRecord, NewLogin, UnmanagedUse};
 pub use notifications::{MAX_PAYLOAD_BYTES, Notifications};
@@ -64,6 +66,9 @@ pub enum StoreError {
     Duplicate { what: &'static str },
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+    /// A bug in keyward: the store was used in a way it does not allow.
+    #[error("internal store error: {0}")]
+    Misuse(&'static str),
 }
 
 fn query_error(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -182,6 +187,16 @@ impl Store {
 
     /// Starts a change. Only one `WriteTx` appends to the audit log at a time.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
+        self.begin_as(Audited::Yes).await
+    }
+
+    /// Starts a change that appends nothing to the audit log (bookkeeping such as a job's
+    /// queue): on PostgreSQL it does not wait for the audit log's lock.
+    pub async fn begin_unaudited(&self) -> Result<WriteTx, StoreError> {
+        self.begin_as(Audited::No).await
+    }
+
+    async fn begin_as(&self, audited: Audited) -> Result<WriteTx, StoreError> {
         let guard = match self.backend {
             Backend::Sqlite => Some(self.sqlite_writer.clone().lock_owned().await),
             Backend::Postgres => None,
@@ -198,20 +213,34 @@ impl Store {
             Backend::Postgres => self.pool.begin().await,
         }
         .map_err(query_error("starting a transaction"))?;
-        if self.backend == Backend::Postgres {
+        if self.backend == Backend::Postgres && audited == Audited::Yes {
             sqlx::query("SELECT 1 AS locked FROM pg_advisory_xact_lock($1)")
                 .bind(AUDIT_APPEND_LOCK)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_error("locking the audit log"))?;
         }
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx {
+            tx,
+            backend: self.backend,
+            audited,
+            _guard: guard,
+        })
     }
+}
+
+/// Whether a [`WriteTx`] may append to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audited {
+    Yes,
+    No,
 }
 
 /// One change to the store and its audit event, committed together or not at all.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
+    backend: Backend,
+    audited: Audited,
     _guard: Option<OwnedMutexGuard<()>>,
 }
 

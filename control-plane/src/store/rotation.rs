@@ -89,6 +89,10 @@ impl SchedulerLease {
 /// schema, so that deployments sharing a database in schemas of their own do not exclude each other.
 const SCHEDULER_LOCK: i32 = 0x6b77_0002;
 
+/// A job without a work queue (`rotation_job_tenants`): one that only its own process ran.
+const UNQUEUED: &str = "NOT EXISTS (SELECT 1 FROM rotation_job_tenants t \
+                        WHERE t.job_id = rotation_jobs.job_id)";
+
 fn policy_from_row(row: &AnyRow) -> Result<RotationPolicyRecord, StoreError> {
     Ok(RotationPolicyRecord {
         tenant_id: parse(row, "tenant_id")?,
@@ -111,7 +115,7 @@ fn secret_from_row(row: &AnyRow) -> Result<TenantSecretRecord, StoreError> {
     })
 }
 
-fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
+pub(super) fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
     Ok(JobRecord {
         job_id: get(row, "job_id")?,
         secret_type: get(row, "secret_type")?,
@@ -223,8 +227,9 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
-    /// Marks running jobs as interrupted: all of them, or those whose heartbeat is older than
-    /// `heartbeat_before` (their process is gone). Returns how many.
+    /// Marks running jobs without a work queue as interrupted: all of them, or those whose
+    /// heartbeat is older than `heartbeat_before` (their process is gone). Returns how many. A
+    /// job with a queue is never interrupted: any replica resumes it.
     pub async fn interrupt_rotation_jobs(
         &self,
         heartbeat_before: Option<DateTime<Utc>>,
@@ -232,20 +237,20 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let done = match heartbeat_before {
             Some(before) => {
-                sqlx::query(
+                sqlx::query(&format!(
                     "UPDATE rotation_jobs SET status = 'interrupted', finished_at = $1 \
-                     WHERE status = 'running' AND heartbeat_at < $2",
-                )
+                     WHERE status = 'running' AND heartbeat_at < $2 AND {UNQUEUED}"
+                ))
                 .bind(text(at))
                 .bind(text(before))
                 .execute(&self.pool)
                 .await
             }
             None => {
-                sqlx::query(
+                sqlx::query(&format!(
                     "UPDATE rotation_jobs SET status = 'interrupted', finished_at = $1 \
-                     WHERE status = 'running'",
-                )
+                     WHERE status = 'running' AND {UNQUEUED}"
+                ))
                 .bind(text(at))
                 .execute(&self.pool)
                 .await

@@ -211,3 +211,157 @@ async fn an_agent_fails_over_to_another_replica_and_converges() {
         agent.log_text()
     );
 }
+
+/// Key sets as SQL records them, by (tenant, kind): generation, Vault version, public key.
+async fn key_sets_in_sql(cp: &ControlPlane) -> Vec<(String, String, i64, i64, String)> {
+    let mut conn = sqlx::PgConnection::connect(&cp.database_url).await.unwrap();
+    sqlx::query_as(
+        "SELECT tenant_id, kind, generation, vault_version, public_key FROM key_sets \
+         ORDER BY tenant_id, kind",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// The job's tenants that a worker holds or held: (tenant, worker). While the job runs, only
+/// those claimed now.
+async fn claims(cp: &ControlPlane, job_id: &str) -> Vec<(String, String)> {
+    let mut conn = sqlx::PgConnection::connect(&cp.database_url).await.unwrap();
+    sqlx::query_as(
+        "SELECT tenant_id, claimed_by FROM rotation_job_tenants WHERE job_id = $1 \
+         AND claimed_by IS NOT NULL AND (state = 'claimed' OR NOT EXISTS \
+         (SELECT 1 FROM rotation_jobs j WHERE j.job_id = $1 AND j.status = 'running'))",
+    )
+    .bind(job_id)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Stops a replica in the middle of a rotate-all: the replicas share the job's tenants, the
+/// stopped replica's claims run out, and the other finishes: every key set rotated exactly once,
+/// and SQL names the version and key that Vault holds.
+#[tokio::test]
+async fn a_replica_stopped_mid_rotate_all_leaves_the_job_to_another_and_no_tenant_rotated_twice() {
+    const TENANTS: usize = 120;
+    let bao = OpenBao::start().await;
+    let mut a = ControlPlane::start_with(
+        &bao,
+        keyward_tests::control_plane::Options {
+            database: Database::Postgres,
+            algorithm: keyward_common::KeyAlgorithm::Ed25519,
+            configure: Some(|config| {
+                config.rotation.bulk_concurrency = Some(2);
+                config.rotation.bulk_lease = Duration::from_secs(3);
+                config.rotation.scheduler = false;
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let b = a.replica().await;
+    let tenants: Vec<String> = (0..TENANTS).map(|i| format!("bulk-{i:03}")).collect();
+    futures::future::join_all(tenants.iter().map(|t| a.create_tenant(t))).await;
+
+    let started = a
+        .request(
+            Method::POST,
+            "/api/v1/admin/secrets/rotate-all?async=true",
+            Some(&a.admin_token),
+            Some(json!({ "secretType": "ssh" })),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.text());
+    let job_id = started.json()["jobId"].as_str().unwrap().to_owned();
+    let job_path = format!("/api/v1/admin/secrets/rotate-all/{job_id}");
+    // Both replicas work on it: stop A once some tenants are done and most are not.
+    let rotated_before = eventually("the job under way", Duration::from_secs(60), || async {
+        let job = b.admin_get(&job_path).await.json();
+        let rotated = job["rotatedCount"].as_i64().unwrap();
+        (rotated >= 4).then_some(rotated)
+    })
+    .await;
+    a.stop().await;
+    // What A held when it stopped (B's claims too): A's are taken over once their lease ends.
+    let held_at_stop = claims(&b, &job_id).await;
+    assert!(
+        rotated_before < TENANTS as i64 / 2,
+        "the job was under way, not nearly done, when A stopped: {rotated_before} rotated"
+    );
+
+    let job = eventually("B completes the job", Duration::from_secs(120), || async {
+        let job = b.admin_get(&job_path).await.json();
+        (job["status"] != "running").then_some(job)
+    })
+    .await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["rotatedCount"], TENANTS, "{job}");
+    assert_eq!(job["failedCount"], 0, "{job}");
+
+    // The replicas shared the job, and B took over tenants A held when it stopped.
+    let finished = claims(&b, &job_id).await;
+    let workers: std::collections::HashSet<_> = finished.iter().map(|(_, w)| w).collect();
+    assert!(workers.len() >= 2, "both replicas worked on the job: {workers:?}");
+    let taken_over = held_at_stop
+        .iter()
+        .filter(|held| finished.iter().any(|f| f.0 == held.0 && f.1 != held.1))
+        .count();
+    assert!(taken_over >= 1, "held at stop {held_at_stop:?}");
+
+    // Exactly once: generation 2 everywhere, and SQL's version and key are Vault's current ones
+    // (a Vault write of A's that never committed is superseded by B's rotation).
+    let key_sets = key_sets_in_sql(&b).await;
+    assert_eq!(key_sets.len(), 2 * TENANTS);
+    for (tenant, kind, generation, vault_version, public_key) in key_sets {
+        assert_eq!(generation, 2, "{tenant}/{kind} rotated once");
+        let (secret, version) = bao.read_kv(&format!("{tenant}/{kind}_ssh")).await.unwrap();
+        assert_eq!(vault_version as u64, version, "{tenant}/{kind}");
+        assert_eq!(secret["public_key"], public_key.as_str(), "{tenant}/{kind}");
+    }
+    // One successful rotation per key set in the audit log, with the job's id, and one end.
+    let audit = b
+        .admin_get("/api/v1/admin/audit?action=key.rotate&limit=1000")
+        .await
+        .json();
+    let rotations = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "success" && e["detail"]["jobId"] == job_id.as_str())
+        .count();
+    assert_eq!(rotations, 2 * TENANTS);
+    let verdict = b.admin_get("/api/v1/admin/audit/verify").await.json();
+    assert_eq!(verdict["ok"], true, "{verdict}");
+}
+
+/// Three replicas write to the audit log at once: the hash chain stays one unbroken chain.
+#[tokio::test]
+async fn three_replicas_writing_at_once_keep_one_audit_chain() {
+    let bao = OpenBao::start().await;
+    let a = ControlPlane::start_fast(&bao, Database::Postgres).await;
+    let (b, c) = (a.replica().await, a.replica().await);
+    let replicas = [&a, &b, &c];
+    let writes = (0..60).map(|i| {
+        let cp = replicas[i % 3];
+        async move {
+            let tenant = format!("chain-{i:02}");
+            cp.create_tenant(&tenant).await;
+            let rotated = cp
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/admin/tenants/{tenant}/keys/tenant/rotate"),
+                    Some(&cp.admin_token),
+                    None,
+                )
+                .await;
+            assert_eq!(rotated.status, 200, "{}", rotated.text());
+        }
+    });
+    futures::future::join_all(writes).await;
+    for cp in replicas {
+        let verdict = cp.admin_get("/api/v1/admin/audit/verify").await.json();
+        assert_eq!(verdict["ok"], true, "{verdict}");
+        assert!(verdict["checked"].as_u64().unwrap() >= 120, "{verdict}");
+    }
+}
