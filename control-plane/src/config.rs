@@ -133,6 +133,9 @@ pub struct AgentApiConfig {
     /// Login events one host may send a minute, and at once; more are dropped and counted.
     pub login_events_per_minute: u32,
     pub login_events_burst: u32,
+    /// Load balancers (addresses or networks, e.g. `10.0.0.5/32`) whose connections start with
+    /// a PROXY protocol header (HAProxy's `send-proxy-v2`): they must; others must not.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for AgentApiConfig {
@@ -149,6 +152,7 @@ impl Default for AgentApiConfig {
             drift_reports_burst: 20,
             login_events_per_minute: 1000,
             login_events_burst: 5000,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -185,6 +189,10 @@ pub struct ServerConfig {
     /// Failed enrollments allowed per source address (an IPv6 /64) and minute, with a burst
     /// of as many; more are answered 429 without a look at the token.
     pub enroll_failures_per_minute: u32,
+    /// Load balancers (addresses or networks) whose connections start with a PROXY protocol
+    /// header (v1 or v2): they must, and its client address is the one audited and throttled;
+    /// connections from other addresses must not send one.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -202,6 +210,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 1024,
             enroll_failures_per_minute: 10,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

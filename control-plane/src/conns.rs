@@ -9,9 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+
+use crate::proxy_protocol::TrustedProxies;
 
 /// The first pause after a failed `accept`; it doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -230,61 +235,83 @@ impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
 }
 
 /// The REST listener's acceptor (axum-server): takes a permit of the connection cap or closes
-/// the connection at once, counts each connection's requests in flight for the idle timeout.
+/// the connection at once, reads the PROXY header of a trusted load balancer's connection, and
+/// counts each connection's requests in flight for the idle timeout.
 #[derive(Debug, Clone)]
 pub struct RestAcceptor {
     permits: Arc<Semaphore>,
     idle_timeout: Duration,
+    proxies: Arc<TrustedProxies>,
 }
 
 impl RestAcceptor {
-    pub fn new(max_connections: usize, idle_timeout: Duration) -> Self {
+    pub fn new(max_connections: usize, idle_timeout: Duration, proxies: TrustedProxies) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
             idle_timeout,
+            proxies: Arc::new(proxies),
         }
     }
 }
 
-impl<I, S> axum_server::accept::Accept<I, S> for RestAcceptor
+/// The client's address when a trusted load balancer's PROXY header named it: a request
+/// extension, which wins over the connection's own address (`api::client_addr`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProxiedClient(pub SocketAddr);
+
+impl<S> axum_server::accept::Accept<TcpStream, S> for RestAcceptor
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Send + 'static,
 {
-    type Stream = Guarded<I>;
+    type Stream = Guarded<TcpStream>;
     type Service = CountRequests<S>;
-    type Future = std::future::Ready<io::Result<(Self::Stream, Self::Service)>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>>;
 
-    fn accept(&self, stream: I, service: S) -> Self::Future {
+    fn accept(&self, mut stream: TcpStream, service: S) -> Self::Future {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             metrics::counter!("keyward_connections_refused_total", "listener" => "rest")
                 .increment(1);
-            return std::future::ready(Err(io::Error::other("REST connection cap reached")));
+            return Box::pin(std::future::ready(Err(io::Error::other(
+                "REST connection cap reached",
+            ))));
         };
-        let in_flight = InFlight::default();
-        let stream =
-            Guarded::new(stream, permit).with_idle_timeout(self.idle_timeout, in_flight.clone());
-        std::future::ready(Ok((
-            stream,
-            CountRequests {
-                inner: service,
-                in_flight,
-            },
-        )))
+        let (proxies, idle_timeout) = (self.proxies.clone(), self.idle_timeout);
+        Box::pin(async move {
+            let peer = stream.peer_addr()?;
+            let client = proxies.client(&mut stream, peer).await.map_err(|e| {
+                metrics::counter!("keyward_proxy_headers_refused_total", "listener" => "rest")
+                    .increment(1);
+                tracing::info!(%peer, error = %e, "connection from a load balancer closed");
+                io::Error::other(e)
+            })?;
+            let in_flight = InFlight::default();
+            let stream =
+                Guarded::new(stream, permit).with_idle_timeout(idle_timeout, in_flight.clone());
+            Ok((
+                stream,
+                CountRequests {
+                    inner: service,
+                    in_flight,
+                    client: (client != peer).then_some(ProxiedClient(client)),
+                },
+            ))
+        })
     }
 }
 
 /// A service that counts its requests in flight (until the response's head is ready; a
-/// streamed body keeps the connection alive by its own bytes).
+/// streamed body keeps the connection alive by its own bytes), and gives each request the
+/// client address a PROXY header named.
 #[derive(Debug, Clone)]
 pub struct CountRequests<S> {
     inner: S,
     in_flight: InFlight,
+    client: Option<ProxiedClient>,
 }
 
-impl<S, R> tower::Service<R> for CountRequests<S>
+impl<S, B> tower::Service<axum::http::Request<B>> for CountRequests<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<axum::http::Request<B>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -295,7 +322,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        if let Some(client) = self.client {
+            request.extensions_mut().insert(client);
+        }
         let guard = self.in_flight.enter();
         let future = self.inner.call(request);
         Box::pin(async move {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod conns;
 pub mod error;
 pub mod lifecycle;
+pub mod proxy_protocol;
 pub mod request_id;
 pub mod retention;
 pub mod rotation;

@@ -26,6 +26,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::conns::RestAcceptor;
 use crate::lifecycle::KeyLifecycle;
+use crate::proxy_protocol::TrustedProxies;
 use crate::rotation::{BulkRotations, RotationScheduler};
 use crate::store::{Role, Store, StoreError, TokenRecord, hash_token};
 use crate::tokens::new_token;
@@ -219,6 +220,7 @@ pub async fn start_with(
         grpc::Endpoint {
             listen: agent_config.listen,
             server_names: &server_names,
+            proxy_protocol_from: &agent_config.proxy_protocol_from,
         },
         agent_config.certificate_lifetime,
         grpc::Limits {
@@ -279,7 +281,11 @@ pub async fn start_with(
     })?;
     let handle = axum_server::Handle::new();
     let limits = &config.server;
-    let acceptor = RestAcceptor::new(limits.max_connections, limits.idle_timeout);
+    let proxies = TrustedProxies::new(
+        limits.proxy_protocol_from.clone(),
+        limits.header_read_timeout,
+    );
+    let acceptor = RestAcceptor::new(limits.max_connections, limits.idle_timeout, proxies);
     let (server, tls) = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = RustlsConfig::from_config(Arc::new(tls_config(cert, key)?));

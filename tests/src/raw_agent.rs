@@ -70,9 +70,13 @@ impl RawIdentity {
 
     /// Opens a stream with the current certificate and sends Hello.
     pub async fn open(&self, cp: &ControlPlane) -> RawStream {
-        let url = cp.server().agent_url.clone();
+        self.open_at(&cp.server().agent_url).await
+    }
+
+    /// As [`RawIdentity::open`], to the endpoint at `url` (a load balancer's, say).
+    pub async fn open_at(&self, url: &str) -> RawStream {
         let mut client: AgentHubClient<_> =
-            keyward_agent::client::connect(&url, self.tls_with(self.certificate_pem()))
+            keyward_agent::client::connect(url, self.tls_with(self.certificate_pem()))
                 .await
                 .unwrap();
         let (tx, rx) = mpsc::channel(16);

@@ -41,6 +41,7 @@ use crate::changes::{Change, ChangeNotifier};
 use crate::clock::iso8601;
 use crate::conns::{AcceptBackoff, Guarded};
 use crate::lifecycle::{DomainError, KeyLifecycle};
+use crate::proxy_protocol::TrustedProxies;
 use crate::store::{DriftRecord, HostReport};
 use refused::Refused;
 
@@ -605,6 +606,8 @@ pub struct Limits {
 pub struct Endpoint<'a> {
     pub listen: SocketAddr,
     pub server_names: &'a [String],
+    /// Load balancers whose connections start with a PROXY protocol header.
+    pub proxy_protocol_from: &'a [ipnet::IpNet],
 }
 
 /// Where the endpoint's streams live and where what agents report is announced.
@@ -664,6 +667,10 @@ pub async fn start(
             addr: listen,
             source,
         })?;
+    let proxies = Arc::new(TrustedProxies::new(
+        endpoint.proxy_protocol_from.to_vec(),
+        connections.tls_handshake_timeout,
+    ));
     let (conn_tx, conn_rx) = mpsc::channel(64);
     let permits = Arc::new(tokio::sync::Semaphore::new(
         connections.max_connections.max(1),
@@ -676,7 +683,7 @@ pub async fn start(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let (tcp, peer) = match listener.accept().await {
+            let (mut tcp, peer) = match listener.accept().await {
                 Ok(accepted) => {
                     backoff.succeeded();
                     accepted
@@ -688,21 +695,31 @@ pub async fn start(
                     continue;
                 }
             };
-            let acceptor = acceptor.clone();
+            let (acceptor, proxies) = (acceptor.clone(), proxies.clone());
             let conn_tx = conn_tx.clone();
             // Handshakes run concurrently, with a deadline, so a slow client cannot stall others.
+            // A load balancer's PROXY header comes first, within the same deadline.
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(connections.tls_handshake_timeout, acceptor.accept(tcp))
-                        .await;
+                let mut client = peer;
+                let handshake = tokio::time::timeout(connections.tls_handshake_timeout, async {
+                    client = proxies.client(&mut tcp, peer).await.map_err(|e| {
+                        metrics::counter!("keyward_proxy_headers_refused_total", "listener" => "agent_api")
+                            .increment(1);
+                        std::io::Error::other(e)
+                    })?;
+                    acceptor.accept(tcp).await
+                })
+                .await;
                 match handshake {
                     Ok(Ok(tls)) => {
                         let _ = conn_tx
                             .send(Ok::<_, std::io::Error>(Guarded::new(tls, permit)))
                             .await;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "agent TLS handshake refused"),
-                    Err(_) => tracing::info!(%peer, "agent TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        tracing::info!(%client, %peer, error = %e, "agent TLS handshake refused");
+                    }
+                    Err(_) => tracing::info!(%client, %peer, "agent TLS handshake timed out"),
                 }
             });
         }

@@ -13,14 +13,36 @@ use keyward_common::TenantId;
 
 use super::AppState;
 use crate::caller::Caller;
+use crate::conns::ProxiedClient;
 use crate::error::ApiError;
 use crate::store::{Role, hash_token};
 
+/// The client's address: the one a trusted load balancer's PROXY header named, else the
+/// connection's own.
+pub fn client_addr(parts: &Parts) -> Option<SocketAddr> {
+    let proxied = parts.extensions.get::<ProxiedClient>().map(|p| p.0);
+    proxied.or_else(|| {
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr)
+    })
+}
+
 fn source_addr(parts: &Parts) -> Option<String> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
+    client_addr(parts).map(|addr| addr.ip().to_string())
+}
+
+/// The client's address as an extractor (see [`client_addr`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        client_addr(parts).map(ClientAddr).ok_or(ApiError::Internal)
+    }
 }
 
 impl<S> FromRequestParts<S> for Caller

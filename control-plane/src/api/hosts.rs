@@ -222,7 +222,7 @@ pub async fn register_host(
             description = "`enrollment_throttled`: too many failed enrollments from this address")))]
 pub async fn enroll(
     State(state): State<AppState>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    super::auth::ClientAddr(peer): super::auth::ClientAddr,
     ApiJson(body): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let lifecycle = &state.lifecycle;

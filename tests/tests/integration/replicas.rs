@@ -302,7 +302,10 @@ async fn a_replica_stopped_mid_rotate_all_leaves_the_job_to_another_and_no_tenan
     // The replicas shared the job, and B took over tenants A held when it stopped.
     let finished = claims(&b, &job_id).await;
     let workers: std::collections::HashSet<_> = finished.iter().map(|(_, w)| w).collect();
-    assert!(workers.len() >= 2, "both replicas worked on the job: {workers:?}");
+    assert!(
+        workers.len() >= 2,
+        "both replicas worked on the job: {workers:?}"
+    );
     let taken_over = held_at_stop
         .iter()
         .filter(|held| finished.iter().any(|f| f.0 == held.0 && f.1 != held.1))
@@ -363,5 +366,103 @@ async fn three_replicas_writing_at_once_keep_one_audit_chain() {
         let verdict = cp.admin_get("/api/v1/admin/audit/verify").await.json();
         assert_eq!(verdict["ok"], true, "{verdict}");
         assert!(verdict["checked"].as_u64().unwrap() >= 120, "{verdict}");
+    }
+}
+
+/// Three replicas behind Debian's haproxy in TCP mode, REST and the agents' mTLS both through
+/// it, with PROXY protocol v2 from haproxy's address: the audit log shows the real client, a
+/// client's own PROXY header is not believed, haproxy's address without a header gets nothing,
+/// and an agent streaming through haproxy gets every replica's changes.
+#[tokio::test]
+async fn replicas_behind_haproxy_audit_the_real_client_and_serve_agents_through_it() {
+    use keyward_tests::haproxy::{HAPROXY_SOURCE, HaProxy};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let bao = OpenBao::start().await;
+    let a = ControlPlane::start_with(
+        &bao,
+        keyward_tests::control_plane::Options {
+            database: Database::Postgres,
+            algorithm: keyward_common::KeyAlgorithm::Ed25519,
+            configure: Some(|config| {
+                let haproxy = vec![format!("{HAPROXY_SOURCE}/32").parse().unwrap()];
+                config.server.proxy_protocol_from.clone_from(&haproxy);
+                config.agent_api.proxy_protocol_from = haproxy;
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (b, c) = (a.replica().await, a.replica().await);
+    let lb = HaProxy::start(&[&a, &b, &c]).await;
+
+    // Tenants created through haproxy from 127.0.0.3 (round robin: every replica answers some)
+    // are audited as created from 127.0.0.3, not from haproxy's address.
+    let client = HaProxy::client_from("127.0.0.3");
+    let tenants: Vec<String> = (0..6).map(|_| unique_tenant("lb")).collect();
+    for tenant in &tenants {
+        let created = client
+            .post(format!("{}/api/v1/admin/tenants", lb.rest_url))
+            .bearer_auth(&a.admin_token)
+            .json(&json!({ "tenantId": tenant, "vpsIp": "192.0.2.10", "sshPort": 22, "sshUsername": "tenant", "adminUsername": "kwadmin" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    }
+    let audit = a
+        .admin_get("/api/v1/admin/audit?action=tenant.create&limit=1000")
+        .await
+        .json();
+    let sources: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| tenants.iter().any(|t| e["tenantId"] == t.as_str()))
+        .map(|e| e["sourceAddr"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, vec!["127.0.0.3"; tenants.len()]);
+
+    // A client's own PROXY header, sent straight to a replica, is not believed: it is not HTTP.
+    let mut forged = tokio::net::TcpStream::connect(a.server().addr)
+        .await
+        .unwrap();
+    forged
+        .write_all(
+            b"PROXY TCP4 203.0.113.9 127.0.0.1 5000 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), forged.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // haproxy's address without a header gets no answer: the connection is closed.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{HAPROXY_SOURCE}:0").parse().unwrap())
+        .unwrap();
+    let mut bare = socket.connect(a.server().addr).await.unwrap();
+    bare.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), bare.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed without an answer: {read:?} {}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // An agent streaming through haproxy (mTLS passed through to some replica) gets the changes
+    // made on every replica.
+    let tenant = &tenants[0];
+    let token = a.tenant_token(tenant).await;
+    let host = RawIdentity::enroll(&a, tenant).await;
+    let mut stream = host.open_at(&lb.agent_url).await;
+    let mut state = state_after(&mut stream, 0).await;
+    for cp in [&a, &b, &c] {
+        state = rotate_and_see(cp, &token, &mut stream, &state).await;
     }
 }
