@@ -541,10 +541,13 @@ impl KeyLifecycle {
                 old.session_epoch + 1,
             )
         };
-        let mut tx = self.store.begin().await?;
+        // Vault first (a version SQL never names is superseded by the next one), then SQL:
+        // the transaction, which holds the audit log's lock (on SQLite, the one writer), is not
+        // held across Vault's round trips, so rotations of other tenants write to Vault at once.
         let vault_version = self
             .write_vault(tenant, kind, &key, old.created_at, now, &policy.name)
             .await?;
+        let mut tx = self.store.begin().await?;
         let new = KeySetRecord {
             generation,
             state: KeyState::Active,
@@ -563,7 +566,11 @@ impl KeyLifecycle {
             session_epoch,
             ..old.clone()
         };
-        tx.put_key_set(&new).await?;
+        // Only over the generation read above: a rotation of the same key set that committed
+        // meanwhile (on another replica) makes this one a conflict, not a lost update.
+        if !tx.replace_key_set(old.generation, &new).await? {
+            return Err(DomainError::ConcurrentModification);
+        }
         trigger.record(&mut tx, tenant, kind.secret_name()).await?;
         tx.record_key_history(tenant, kind, generation, &new.fingerprint, now)
             .await?;

@@ -160,6 +160,33 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await
             .map_err(query_error("replacing a key set"))?;
+        self.insert_key_set(k).await
+    }
+
+    /// Replaces the key set if it is still at `previous_generation`; false (and nothing
+    /// written) when another change replaced it first.
+    pub async fn replace_key_set(
+        &mut self,
+        previous_generation: i64,
+        k: &KeySetRecord,
+    ) -> Result<bool, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM key_sets WHERE tenant_id = $1 AND kind = $2 AND generation = $3",
+        )
+        .bind(k.tenant_id.as_str())
+        .bind(k.kind.as_str())
+        .bind(previous_generation)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("replacing a key set"))?;
+        if deleted.rows_affected() != 1 {
+            return Ok(false);
+        }
+        self.insert_key_set(k).await?;
+        Ok(true)
+    }
+
+    async fn insert_key_set(&mut self, k: &KeySetRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO key_sets (tenant_id, kind, algorithm, generation, state, public_key, \
              fingerprint, vault_version, rotation_policy, created_at, last_rotated, next_rotation, \
