@@ -67,7 +67,7 @@ pub fn loopback_config(
     config.server.listen = "127.0.0.1:0".parse()?;
     config.server.state_dir = state_dir.to_path_buf();
     config.agent_api.listen = "127.0.0.1:0".parse()?;
-    config.vault.address = vault.to_owned();
+    config.vault.address = Some(vault.to_owned());
     config.vault.token = Some(keyward_tests::openbao::ROOT_TOKEN.into());
     config.keys = KeysConfig {
         algorithm,

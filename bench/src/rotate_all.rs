@@ -264,7 +264,7 @@ pub async fn run(options: &Options) -> anyhow::Result<RotateAllResult> {
     )
     .await?;
     let vault = VaultStore::connect(&VaultConfig {
-        address: bao.addr.clone(),
+        address: Some(bao.addr.clone()),
         token: Some(keyward_tests::openbao::ROOT_TOKEN.into()),
         ..VaultConfig::default()
     })

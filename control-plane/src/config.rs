@@ -226,7 +226,12 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
-    pub address: String,
+    /// One Vault or OpenBao address (a single server, or a load balancer in front of a cluster).
+    /// Set this or [`VaultConfig::addresses`], not both; neither means `http://127.0.0.1:8200`.
+    pub address: Option<String>,
+    /// Every node of a Vault or OpenBao HA (raft) cluster: keyward talks to the active node and
+    /// follows it through leader changes ([`crate::vault`]).
+    pub addresses: Vec<String>,
     /// KV version 2 mount that holds `{tenant_id}/admin_ssh` and `{tenant_id}/tenant_ssh`.
     pub mount: String,
     /// A token, given inline (prefer `token_file` or `VAULT_TOKEN`: config files get copied).
@@ -237,18 +242,73 @@ pub struct VaultConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// With several `addresses`: how long one operation keeps looking for a working node (a
+    /// leader election, a node restarting) before it fails. Cover the cluster's election time.
+    #[serde(with = "humantime_serde")]
+    pub failover_timeout: Duration,
+}
+
+/// Where Vault is when nothing says otherwise.
+pub const DEFAULT_VAULT_ADDRESS: &str = "http://127.0.0.1:8200";
+
+impl VaultConfig {
+    /// The node addresses keyward talks to: `addresses`, or the one `address`, or the default.
+    pub fn node_addresses(&self) -> Vec<String> {
+        if !self.addresses.is_empty() {
+            return self.addresses.clone();
+        }
+        vec![
+            self.address
+                .clone()
+                .unwrap_or_else(|| DEFAULT_VAULT_ADDRESS.to_owned()),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.address.is_some() && !self.addresses.is_empty() {
+            return Err("set vault.address or vault.addresses, not both \
+                 (VAULT_ADDR sets vault.address)"
+                .into());
+        }
+        let nodes = self.node_addresses();
+        if let Some(bad) = nodes
+            .iter()
+            .find(|a| !(a.starts_with("http://") || a.starts_with("https://")))
+        {
+            let key = if self.addresses.is_empty() {
+                "vault.address"
+            } else {
+                "vault.addresses"
+            };
+            return Err(format!(
+                "{key} must start with http:// or https:// (got {bad:?})"
+            ));
+        }
+        let mut unique = nodes.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != nodes.len() {
+            return Err("vault.addresses names a node twice".into());
+        }
+        if self.failover_timeout < Duration::from_secs(1) {
+            return Err("vault.failover_timeout must be at least 1s".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for VaultConfig {
     fn default() -> Self {
         Self {
-            address: "http://127.0.0.1:8200".into(),
+            address: None,
+            addresses: Vec::new(),
             mount: "vps".into(),
             token: None,
             token_file: None,
             approle: None,
             ca_file: None,
             timeout: Duration::from_secs(10),
+            failover_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -369,11 +429,7 @@ impl Config {
         if self.vault.mount.is_empty() || self.vault.mount.contains(['/', '.', ' ']) {
             return rule("vault.mount must be a single path segment such as \"vps\"");
         }
-        if !(self.vault.address.starts_with("http://")
-            || self.vault.address.starts_with("https://"))
-        {
-            return rule("vault.address must start with http:// or https://");
-        }
+        self.vault.validate().map_err(ConfigError::Rule)?;
         if self.keys.rotation_interval < Duration::from_secs(3600) {
             return rule("keys.rotation_interval must be at least 1h");
         }
@@ -512,5 +568,46 @@ mod tests {
         assert_eq!(c.vault.mount, "kv");
         assert_eq!(c.retention.login_events, Duration::from_secs(30 * 86_400));
         assert_eq!(c.agent_api.drift_reports_burst, 3);
+    }
+
+    #[test]
+    fn vault_takes_one_address_or_a_list_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path))
+        };
+        // VAULT_ADDR sets vault.address and wins over the file.
+        if std::env::var_os("VAULT_ADDR").is_some() {
+            return;
+        }
+        // Neither: the default address.
+        let c = load("").unwrap();
+        assert_eq!(c.vault.node_addresses(), [DEFAULT_VAULT_ADDRESS]);
+        let c = load("[vault]\naddresses = [\"http://a:8200\", \"https://b:8200\"]\n").unwrap();
+        assert_eq!(
+            c.vault.node_addresses(),
+            ["http://a:8200", "https://b:8200"]
+        );
+        let err = load("[vault]\naddress = \"http://a:8200\"\naddresses = [\"http://b:8200\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not both"), "{err}");
+        let err = load("[vault]\naddresses = [\"http://a:8200\", \"b:8200\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vault.addresses must start with"), "{err}");
+        let err = load("[vault]\naddresses = [\"http://a:8200\", \"http://a:8200\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("twice"), "{err}");
+        let c = load("[vault]\naddress = \"https://v:8200\"\n").unwrap();
+        assert_eq!(c.vault.node_addresses(), ["https://v:8200"]);
+        assert_eq!(c.vault.failover_timeout, Duration::from_secs(30));
+        let err = load("[vault]\naddress = \"v:8200\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vault.address must start with"), "{err}");
     }
 }

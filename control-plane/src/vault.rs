@@ -7,28 +7,37 @@
 //!
 //! A tenant's other secrets (`smtp`, `dkim`) are written the same way ([`secrets`]), and Vault's
 //! integrated storage can be snapshotted for backups ([`snapshot`]).
+//!
+//! Vault may be an HA cluster given as several addresses: keyward talks to its active node and
+//! follows it through leader changes ([`failover`]), settling check-and-set writes whose answer
+//! was lost ([`lost_write`]); the health shows every node ([`nodes`]).
 
+mod failover;
+mod lost_write;
+mod nodes;
 mod secrets;
 mod snapshot;
 
+pub use nodes::VaultNodeHealth;
 pub use secrets::SecretFields;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keyward_common::{KeyKind, TenantId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::RwLock;
-use vaultrs::api::kv2::requests::ReadSecretRequest;
+use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequestOptions};
 use vaultrs::api::kv2::responses::ReadSecretResponse;
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
 use crate::config::{AppRoleConfig, VaultConfig};
+use failover::{Failover, Found};
 
 /// Why a Vault operation failed. The messages never contain secret material.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +109,8 @@ pub struct KeySetVersions {
     pub updated_time: String,
 }
 
-/// Vault's own view of its health, read from `sys/health` and `sys/leader`.
+/// Vault's own view of its health, read from `sys/health` and `sys/leader`: the active node's
+/// (or, with none active, the first node that answered), and every node's.
 #[derive(Debug, Clone)]
 pub struct VaultHealth {
     pub initialized: bool,
@@ -110,6 +120,8 @@ pub struct VaultHealth {
     pub cluster_name: Option<String>,
     /// Address of the active node when Vault runs HA, else the address we talk to.
     pub active_node: String,
+    /// Every configured node, in the configured order.
+    pub nodes: Vec<VaultNodeHealth>,
 }
 
 /// What the key operations need from Vault.
@@ -183,12 +195,17 @@ enum VaultAuth {
     AppRole(AppRoleConfig),
 }
 
-/// The real [`SecretStore`]: vaultrs against Vault or OpenBao.
+/// The real [`SecretStore`]: vaultrs against Vault or OpenBao, one node or an HA cluster.
 pub struct VaultStore {
-    client: RwLock<VaultClient>,
+    /// One client per node address (vaultrs binds a client to one address), all with the same
+    /// token. Replaced as a whole when the token changes.
+    clients: std::sync::RwLock<Vec<Arc<VaultClient>>>,
     /// For `sys/health` and `sys/leader`, whose answers vaultrs 0.7 cannot parse from OpenBao.
     http: reqwest::Client,
-    address: String,
+    addresses: Vec<String>,
+    failover: Failover,
+    /// How long a look at the nodes waits for one node.
+    probe_timeout: Duration,
     mount: String,
     auth: VaultAuth,
 }
@@ -196,7 +213,7 @@ pub struct VaultStore {
 impl fmt::Debug for VaultStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VaultStore")
-            .field("address", &self.address)
+            .field("addresses", &self.addresses)
             .field("mount", &self.mount)
             .finish_non_exhaustive()
     }
@@ -205,10 +222,16 @@ impl fmt::Debug for VaultStore {
 impl VaultStore {
     /// Builds the client and, with AppRole, logs in. Does not require Vault to be unsealed.
     pub async fn connect(config: &VaultConfig) -> Result<Arc<Self>, VaultError> {
-        let address = config.address.trim_end_matches('/').to_owned();
-        // vaultrs panics on an unparsable address; check it first.
-        reqwest::Url::parse(&address)
-            .map_err(|e| VaultError::Config(format!("vault.address {address:?}: {e}")))?;
+        let addresses: Vec<String> = config
+            .node_addresses()
+            .iter()
+            .map(|a| a.trim_end_matches('/').to_owned())
+            .collect();
+        for address in &addresses {
+            // vaultrs panics on an unparsable address; check it first.
+            reqwest::Url::parse(address)
+                .map_err(|e| VaultError::Config(format!("vault address {address:?}: {e}")))?;
+        }
         let token = match (&config.token_file, &config.token) {
             (Some(path), _) => read_secret_file(path)?,
             (None, Some(token)) => Zeroizing::new(token.clone()),
@@ -229,15 +252,20 @@ impl VaultStore {
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        let settings = VaultClientSettingsBuilder::default()
-            .address(&address)
-            .token(token.as_str())
-            .ca_certs(ca_certs)
-            .timeout(Some(config.timeout))
-            .verify(true)
-            .build()
-            .map_err(|e| VaultError::Config(e.to_string()))?;
-        let client = VaultClient::new(settings).map_err(|e| VaultError::Config(e.to_string()))?;
+        let mut clients = Vec::with_capacity(addresses.len());
+        for address in &addresses {
+            let settings = VaultClientSettingsBuilder::default()
+                .address(address)
+                .token(token.as_str())
+                .ca_certs(ca_certs.clone())
+                .timeout(Some(config.timeout))
+                .verify(true)
+                .build()
+                .map_err(|e| VaultError::Config(e.to_string()))?;
+            let client =
+                VaultClient::new(settings).map_err(|e| VaultError::Config(e.to_string()))?;
+            clients.push(Arc::new(client));
+        }
 
         let mut http = reqwest::Client::builder().timeout(config.timeout);
         if let Some(ca) = &config.ca_file {
@@ -252,12 +280,19 @@ impl VaultStore {
             .map_err(|e| VaultError::Config(e.to_string()))?;
 
         let store = Arc::new(Self {
-            client: RwLock::new(client),
+            clients: std::sync::RwLock::new(clients),
             http,
-            address,
+            failover: Failover::new(addresses.len(), config.failover_timeout),
+            probe_timeout: config.timeout.min(Duration::from_secs(3)),
+            addresses,
             mount: config.mount.clone(),
             auth,
         });
+        if store.addresses.len() > 1
+            && let Found::Active(node) = store.look().await
+        {
+            store.failover.settle_on(node);
+        }
         if let VaultAuth::AppRole(approle) = &store.auth {
             store.approle_login(approle).await?;
         }
@@ -270,6 +305,7 @@ impl VaultStore {
 
     fn map_error(
         &self,
+        node: usize,
         operation: &str,
         path: &str,
         cas: Option<u64>,
@@ -294,7 +330,7 @@ impl VaultStore {
                 message: errors.join("; "),
             },
             ClientError::RestClientError { source } => VaultError::Unreachable {
-                address: self.address.clone(),
+                address: self.address(node).to_owned(),
                 reason: error_chain(&source),
             },
             other => VaultError::BadResponse {
@@ -304,18 +340,82 @@ impl VaultStore {
         }
     }
 
+    /// The address of node `node`.
+    fn address(&self, node: usize) -> &str {
+        self.addresses.get(node).map_or("", String::as_str)
+    }
+
+    /// The client of node `node`.
+    fn client(&self, node: usize) -> Arc<VaultClient> {
+        let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
+        let node = node.min(clients.len().saturating_sub(1));
+        Arc::clone(&clients[node])
+    }
+
+    /// The token every node's client uses.
+    fn token(&self) -> Zeroizing<String> {
+        Zeroizing::new(self.client(0).settings.token.clone())
+    }
+
+    /// Gives every node's client `token`.
+    fn set_token(&self, token: &str) -> Result<(), VaultError> {
+        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+        let mut renewed = Vec::with_capacity(clients.len());
+        for client in clients.iter() {
+            let mut settings = client.settings.clone();
+            settings.token = token.to_owned();
+            renewed.push(Arc::new(
+                VaultClient::new(settings).map_err(|e| VaultError::Config(e.to_string()))?,
+            ));
+        }
+        *clients = renewed;
+        Ok(())
+    }
+
+    /// One look at every node.
+    async fn look(&self) -> Found {
+        nodes::found(&nodes::probe_all(&self.http, &self.addresses, self.probe_timeout).await)
+    }
+
+    /// Runs `op` (timed as `operation`) with the client of the node keyward talks to, following
+    /// the cluster through failures ([`failover`]). Only for operations that are safe to repeat.
+    async fn on_cluster<T, Op, Fut>(
+        &self,
+        operation: &'static str,
+        mut op: Op,
+    ) -> Result<T, VaultError>
+    where
+        Op: FnMut(Arc<VaultClient>, usize) -> Fut,
+        Fut: Future<Output = Result<T, VaultError>>,
+    {
+        self.failover
+            .run(
+                |node| self.timed(operation, op(self.client(node), node)),
+                || self.look(),
+            )
+            .await
+    }
+
     async fn approle_login(&self, approle: &AppRoleConfig) -> Result<u64, VaultError> {
         let secret_id = read_secret_file(&approle.secret_id_file)?;
-        let mut client = self.client.write().await;
-        let auth = vaultrs::auth::approle::login(
-            &*client,
-            &approle.mount,
-            &approle.role_id,
-            secret_id.as_str(),
-        )
-        .await
-        .map_err(|e| VaultError::Login(self.map_error("login", "", None, e).to_string()))?;
-        client.set_token(&auth.client_token);
+        // Logging in again is harmless: whichever node answers, the token is the cluster's.
+        let auth = self
+            .on_cluster("login", |client, node| {
+                let secret_id = &secret_id;
+                async move {
+                    vaultrs::auth::approle::login(
+                        &*client,
+                        &approle.mount,
+                        &approle.role_id,
+                        secret_id.as_str(),
+                    )
+                    .await
+                    .map_err(|e| self.map_error(node, "login", "", None, e))
+                }
+            })
+            .await
+            .map_err(|e| VaultError::Login(e.to_string()))?;
+        self.set_token(&auth.client_token)?;
         tracing::info!(
             ttl_secs = auth.lease_duration,
             "logged in to Vault with AppRole"
@@ -327,11 +427,20 @@ impl VaultStore {
     /// again when renewal fails or the token reaches its maximum TTL. Non-expiring tokens (TTL 0)
     /// need nothing. Runs until the task is aborted.
     pub async fn keep_token_alive(self: Arc<Self>) {
-        let mut ttl = match self.client.read().await.lookup().await {
+        let store: &Self = &self;
+        let lookup = store
+            .on_cluster("token_lookup", |client, node| async move {
+                client
+                    .lookup()
+                    .await
+                    .map_err(|e| store.map_error(node, "token lookup", "", None, e))
+            })
+            .await;
+        let mut ttl = match lookup {
             Ok(info) if info.renewable || matches!(self.auth, VaultAuth::AppRole(_)) => info.ttl,
             Ok(_) => return,
             Err(e) => {
-                tracing::warn!(error = %self.map_error("token lookup", "", None, e), "cannot read the Vault token's TTL");
+                tracing::warn!(error = %e, "cannot read the Vault token's TTL");
                 60
             }
         };
@@ -341,10 +450,13 @@ impl VaultStore {
                 return;
             }
             tokio::time::sleep(Duration::from_secs((ttl * 2 / 3).max(1))).await;
-            let renewed = {
-                let client = self.client.read().await;
-                vaultrs::token::renew_self(&*client, None).await
-            };
+            let renewed = store
+                .on_cluster("token_renew", |client, node| async move {
+                    vaultrs::token::renew_self(&*client, None)
+                        .await
+                        .map_err(|e| store.map_error(node, "token renewal", "", None, e))
+                })
+                .await;
             ttl = match (renewed, &self.auth) {
                 (Ok(auth), VaultAuth::AppRole(approle))
                     if auth.lease_duration < original_ttl / 3 =>
@@ -353,7 +465,7 @@ impl VaultStore {
                 }
                 (Ok(auth), _) => auth.lease_duration,
                 (Err(e), VaultAuth::AppRole(approle)) => {
-                    tracing::warn!(error = %self.map_error("token renewal", "", None, e), "renewal failed; logging in again");
+                    tracing::warn!(error = %e, "renewal failed; logging in again");
                     match self.approle_login(approle).await {
                         Ok(ttl) => ttl,
                         Err(e) => {
@@ -363,7 +475,7 @@ impl VaultStore {
                     }
                 }
                 (Err(e), VaultAuth::Token) => {
-                    tracing::error!(error = %self.map_error("token renewal", "", None, e), "Vault token renewal failed; retrying in 30 s");
+                    tracing::error!(error = %e, "Vault token renewal failed; retrying in 30 s");
                     45
                 }
             };
@@ -378,18 +490,67 @@ impl VaultStore {
         out
     }
 
-    async fn get_json(&self, path: &str) -> Result<serde_json::Value, VaultError> {
-        let url = format!("{}/v1/{path}", self.address);
-        let unreachable = |e: reqwest::Error| VaultError::Unreachable {
-            address: self.address.clone(),
-            reason: error_chain(&e),
-        };
-        let response = self.http.get(&url).send().await.map_err(unreachable)?;
+    /// Node `node` could not be asked.
+    fn unreachable(&self, node: usize, e: &reqwest::Error) -> VaultError {
+        VaultError::Unreachable {
+            address: self.address(node).to_owned(),
+            reason: error_chain(e),
+        }
+    }
+
+    async fn get_json(&self, node: usize, path: &str) -> Result<serde_json::Value, VaultError> {
+        let url = format!("{}/v1/{path}", self.address(node));
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(node, &e))?;
         response.json().await.map_err(|e| VaultError::BadResponse {
             operation: format!("GET {path}"),
             reason: e.to_string(),
         })
     }
+
+    /// Reads `{mount}/{path}` at `version` (0: the current one) from node `node`.
+    async fn read_key_set_on(
+        &self,
+        client: &VaultClient,
+        node: usize,
+        path: &str,
+        version: u64,
+    ) -> Result<Option<VersionedKeySet>, VaultError> {
+        let endpoint = ReadSecretRequest::builder()
+            .mount(&self.mount)
+            .path(path)
+            .version(Some(version))
+            .build()
+            .map_err(|e| VaultError::Config(e.to_string()))?;
+        let read: Result<ReadSecretResponse, _> =
+            vaultrs::api::exec_with_result(client, endpoint).await;
+        let response = match read {
+            Ok(response) => response,
+            Err(ClientError::APIError { code: 404, .. }) => return Ok(None),
+            Err(e) => return Err(self.map_error(node, "read", path, None, e)),
+        };
+        let secret: KeySetSecret =
+            serde_json::from_value(response.data).map_err(|e| VaultError::BadResponse {
+                operation: format!("read {}/{path}", self.mount),
+                reason: e.to_string(),
+            })?;
+        Ok(Some(VersionedKeySet {
+            secret,
+            version: response.metadata.version,
+        }))
+    }
+}
+
+/// Check-and-set `cas` as vaultrs takes it.
+fn cas_options(cas: u64) -> Result<SetSecretRequestOptions, VaultError> {
+    Ok(SetSecretRequestOptions {
+        cas: u32::try_from(cas)
+            .map_err(|_| VaultError::Config(format!("version {cas} out of range")))?,
+    })
 }
 
 #[async_trait]
@@ -402,19 +563,43 @@ impl SecretStore for VaultStore {
         cas: u64,
     ) -> Result<u64, VaultError> {
         let path = Self::path(tenant, kind);
-        let options = vaultrs::api::kv2::requests::SetSecretRequestOptions {
-            cas: u32::try_from(cas)
-                .map_err(|_| VaultError::Config(format!("version {cas} out of range")))?,
-        };
-        let client = self.client.read().await;
-        let written = self
-            .timed(
-                "write",
-                vaultrs::kv2::set_with_options(&*client, &self.mount, &path, secret, options),
-            )
-            .await
-            .map_err(|e| self.map_error("write", &path, Some(cas), e))?;
-        Ok(written.version)
+        cas_options(cas)?;
+        // Set once an attempt failed in a way that may have left the write applied.
+        let maybe_applied = AtomicBool::new(false);
+        self.on_cluster("write", |client, node| {
+            let (path, maybe_applied) = (&path, &maybe_applied);
+            async move {
+                let written = vaultrs::kv2::set_with_options(
+                    &*client,
+                    &self.mount,
+                    path,
+                    secret,
+                    cas_options(cas)?,
+                )
+                .await
+                .map_err(|e| self.map_error(node, "write", path, Some(cas), e));
+                match written {
+                    Ok(written) => Ok(written.version),
+                    Err(mismatch @ VaultError::CasMismatch { .. })
+                        if maybe_applied.load(Ordering::Relaxed) =>
+                    {
+                        let current = self.read_key_set_on(&client, node, path, 0).await?;
+                        let settled = lost_write::settle(secret, cas, current.as_ref());
+                        if let Some(version) = settled {
+                            tracing::info!(path = %path, version, "a write whose answer was lost had been applied");
+                        }
+                        settled.ok_or(mismatch)
+                    }
+                    Err(e) => {
+                        if failover::worth_another_node(&e) {
+                            maybe_applied.store(true, Ordering::Relaxed);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        })
+        .await
     }
 
     async fn read_key_set(
@@ -424,30 +609,11 @@ impl SecretStore for VaultStore {
         version: u64,
     ) -> Result<Option<VersionedKeySet>, VaultError> {
         let path = Self::path(tenant, kind);
-        let endpoint = ReadSecretRequest::builder()
-            .mount(&self.mount)
-            .path(&path)
-            .version(Some(version))
-            .build()
-            .map_err(|e| VaultError::Config(e.to_string()))?;
-        let client = self.client.read().await;
-        let read: Result<ReadSecretResponse, _> = self
-            .timed("read", vaultrs::api::exec_with_result(&*client, endpoint))
-            .await;
-        let response = match read {
-            Ok(response) => response,
-            Err(ClientError::APIError { code: 404, .. }) => return Ok(None),
-            Err(e) => return Err(self.map_error("read", &path, None, e)),
-        };
-        let secret: KeySetSecret =
-            serde_json::from_value(response.data).map_err(|e| VaultError::BadResponse {
-                operation: format!("read {}/{path}", self.mount),
-                reason: e.to_string(),
-            })?;
-        Ok(Some(VersionedKeySet {
-            secret,
-            version: response.metadata.version,
-        }))
+        self.on_cluster("read", |client, node| {
+            let path = &path;
+            async move { self.read_key_set_on(&client, node, path, version).await }
+        })
+        .await
     }
 
     async fn key_set_versions(
@@ -483,15 +649,17 @@ impl SecretStore for VaultStore {
 
     async fn read_internal(&self, name: &str) -> Result<Option<serde_json::Value>, VaultError> {
         let path = format!("{INTERNAL_PREFIX}/{name}");
-        let client = self.client.read().await;
-        let read: Result<serde_json::Value, _> = self
-            .timed("read", vaultrs::kv2::read(&*client, &self.mount, &path))
-            .await;
-        match read {
-            Ok(value) => Ok(Some(value)),
-            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
-            Err(e) => Err(self.map_error("read", &path, None, e)),
-        }
+        self.on_cluster("read", |client, node| {
+            let path = &path;
+            async move {
+                match vaultrs::kv2::read(&*client, &self.mount, path).await {
+                    Ok(value) => Ok(Some(value)),
+                    Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+                    Err(e) => Err(self.map_error(node, "read", path, None, e)),
+                }
+            }
+        })
+        .await
     }
 
     async fn create_internal(
@@ -500,37 +668,56 @@ impl SecretStore for VaultStore {
         value: &serde_json::Value,
     ) -> Result<bool, VaultError> {
         let path = format!("{INTERNAL_PREFIX}/{name}");
-        let options = vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: 0 };
-        let client = self.client.read().await;
-        let written = self
-            .timed(
-                "write",
-                vaultrs::kv2::set_with_options(&*client, &self.mount, &path, value, options),
-            )
-            .await;
-        match written {
-            Ok(_) => Ok(true),
-            Err(e) => match self.map_error("write", &path, Some(0), e) {
-                VaultError::CasMismatch { .. } => Ok(false),
-                other => Err(other),
-            },
-        }
+        // Check-and-set 0: a repeat after a lost answer finds it created, and the caller reads
+        // what is there, as when another replica created it first.
+        self.on_cluster("write", |client, node| {
+            let path = &path;
+            async move {
+                let written = vaultrs::kv2::set_with_options(
+                    &*client,
+                    &self.mount,
+                    path,
+                    value,
+                    cas_options(0)?,
+                )
+                .await;
+                match written {
+                    Ok(_) => Ok(true),
+                    Err(e) => match self.map_error(node, "write", path, Some(0), e) {
+                        VaultError::CasMismatch { .. } => Ok(false),
+                        other => Err(other),
+                    },
+                }
+            }
+        })
+        .await
     }
 
     async fn health(&self) -> Result<VaultHealth, VaultError> {
-        // The *code parameters make every state answer 200 with a body, so one request tells all.
-        let health = self
+        let nodes = self
             .timed(
                 "health",
-                self.get_json(
-                    "sys/health?standbyok=true&perfstandbyok=true&sealedcode=200&uninitcode=200",
-                ),
+                nodes::probe_all(&self.http, &self.addresses, self.probe_timeout),
             )
-            .await?;
-        let flag = |name: &str| health.get(name).and_then(|v| v.as_bool()).unwrap_or(false);
-        let mut active_node = self.address.clone();
-        if !flag("sealed")
-            && let Ok(leader) = self.get_json("sys/leader").await
+            .await;
+        // The active node speaks for the cluster; with none active, the first that answered.
+        let Some(node) = nodes
+            .iter()
+            .position(|n| n.active)
+            .or_else(|| nodes.iter().position(|n| n.reachable))
+        else {
+            return Err(VaultError::Unreachable {
+                address: self.addresses.join(", "),
+                reason: nodes
+                    .first()
+                    .and_then(|n| n.error.clone())
+                    .unwrap_or_default(),
+            });
+        };
+        let chosen = &nodes[node];
+        let mut active_node = self.address(node).to_owned();
+        if !chosen.sealed
+            && let Ok(leader) = self.get_json(node, "sys/leader").await
             && let Some(addr) = leader
                 .get("leader_address")
                 .and_then(|v| v.as_str())
@@ -539,19 +726,13 @@ impl SecretStore for VaultStore {
             active_node = addr.to_owned();
         }
         Ok(VaultHealth {
-            initialized: flag("initialized"),
-            sealed: flag("sealed"),
-            standby: flag("standby"),
-            version: health
-                .get("version")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            cluster_name: health
-                .get("cluster_name")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
+            initialized: chosen.initialized,
+            sealed: chosen.sealed,
+            standby: chosen.standby,
+            version: chosen.version.clone(),
+            cluster_name: chosen.cluster_name.clone(),
             active_node,
+            nodes,
         })
     }
 }

@@ -281,9 +281,12 @@ pub async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Vault's health as keyward sees it.
+/// Vault's health as keyward sees it: the active node's state and every node's. A node that
+/// cannot be reached is shown as such; 503 only when no node answers.
 #[utoipa::path(get, path = "/api/v1/admin/vault/health", tag = "admin",
-    responses((status = 200, body = VaultHealthResponse), (status = 503, body = Problem)))]
+    responses((status = 200, body = VaultHealthResponse),
+        (status = 503, body = Problem, content_type = "application/problem+json",
+            description = "`vault_unavailable`: no Vault node answers")))]
 pub async fn vault_health(
     State(state): State<AppState>,
     _admin: AdminCaller,
@@ -308,6 +311,7 @@ pub async fn vault_health(
         standby: health.standby,
         version: health.version,
         cluster_name: health.cluster_name,
+        nodes: health.nodes,
     }))
 }
 

@@ -360,11 +360,13 @@ pub struct IssuedToken {
     pub summary: TokenSummary,
 }
 
-/// `GET /api/v1/admin/vault/health`.
+/// `GET /api/v1/admin/vault/health`. The top-level fields are the active node's (with none
+/// active, the first node that answered); `nodes` shows every configured node.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VaultHealthResponse {
     pub sealed: bool,
+    /// The active node's API address as the cluster reports it (`sys/leader`).
     pub active_node: String,
     /// `ok`, `sealed` or `uninitialized`.
     pub storage_status: String,
@@ -381,6 +383,9 @@ pub struct VaultHealthResponse {
     pub standby: bool,
     pub version: String,
     pub cluster_name: Option<String>,
+    /// Every node keyward is configured with (`vault.address` or `vault.addresses`), in that
+    /// order: reachable or not, sealed, standby or active. At most one is `active`.
+    pub nodes: Vec<crate::vault::VaultNodeHealth>,
 }
 
 /// `GET /api/v1/admin/audit`.

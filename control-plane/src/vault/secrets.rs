@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Serialize, Serializer};
-use vaultrs::api::kv2::requests::{ReadSecretMetadataRequest, SetSecretRequestOptions};
+use vaultrs::api::kv2::requests::ReadSecretMetadataRequest;
 use vaultrs::api::kv2::responses::ReadSecretMetadataResponse;
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
-use super::{KeySetVersions, VaultError, VaultStore};
+use super::{KeySetVersions, VaultError, VaultStore, cas_options};
 
 /// The fields of one secret version. Values are wiped when dropped and never printed by `Debug`
 /// (a password or private key may be among them).
@@ -51,26 +51,29 @@ impl Serialize for SecretFields {
 }
 
 impl VaultStore {
-    /// Writes `{mount}/{path}` as one new version with check-and-set `cas`.
+    /// Writes `{mount}/{path}` as one new version with check-and-set `cas`. Repeated on another
+    /// node when the active one goes away; a repeat whose first try was applied meets a
+    /// check-and-set mismatch, which the caller reports as a conflict (nothing is written twice).
     pub(super) async fn write_at(
         &self,
         path: &str,
         fields: &SecretFields,
         cas: u64,
     ) -> Result<u64, VaultError> {
-        let options = SetSecretRequestOptions {
-            cas: u32::try_from(cas)
-                .map_err(|_| VaultError::Config(format!("version {cas} out of range")))?,
-        };
-        let client = self.client.read().await;
-        let written = self
-            .timed(
-                "write",
-                vaultrs::kv2::set_with_options(&*client, &self.mount, path, fields, options),
+        cas_options(cas)?;
+        self.on_cluster("write", |client, node| async move {
+            let written = vaultrs::kv2::set_with_options(
+                &*client,
+                &self.mount,
+                path,
+                fields,
+                cas_options(cas)?,
             )
             .await
-            .map_err(|e| self.map_error("write", path, Some(cas), e))?;
-        Ok(written.version)
+            .map_err(|e| self.map_error(node, "write", path, Some(cas), e))?;
+            Ok(written.version)
+        })
+        .await
     }
 
     /// KV metadata of `{mount}/{path}`: the version to check-and-set against, and the history.
@@ -78,28 +81,26 @@ impl VaultStore {
         &self,
         path: &str,
     ) -> Result<Option<KeySetVersions>, VaultError> {
-        let endpoint = ReadSecretMetadataRequest::builder()
-            .mount(&self.mount)
-            .path(path)
-            .build()
-            .map_err(|e| VaultError::Config(e.to_string()))?;
-        let client = self.client.read().await;
-        let read: Result<ReadSecretMetadataResponse, _> = self
-            .timed(
-                "read_metadata",
-                vaultrs::api::exec_with_result(&*client, endpoint),
-            )
-            .await;
-        match read {
-            Ok(m) => Ok(Some(KeySetVersions {
-                current_version: m.current_version,
-                oldest_version: m.oldest_version,
-                created_time: m.created_time,
-                updated_time: m.updated_time,
-            })),
-            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
-            Err(e) => Err(self.map_error("read metadata", path, None, e)),
-        }
+        self.on_cluster("read_metadata", |client, node| async move {
+            let endpoint = ReadSecretMetadataRequest::builder()
+                .mount(&self.mount)
+                .path(path)
+                .build()
+                .map_err(|e| VaultError::Config(e.to_string()))?;
+            let read: Result<ReadSecretMetadataResponse, _> =
+                vaultrs::api::exec_with_result(&*client, endpoint).await;
+            match read {
+                Ok(m) => Ok(Some(KeySetVersions {
+                    current_version: m.current_version,
+                    oldest_version: m.oldest_version,
+                    created_time: m.created_time,
+                    updated_time: m.updated_time,
+                })),
+                Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+                Err(e) => Err(self.map_error(node, "read metadata", path, None, e)),
+            }
+        })
+        .await
     }
 }
 

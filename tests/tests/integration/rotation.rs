@@ -33,7 +33,7 @@ async fn lifecycle_on_manual_clock(
     .await
     .unwrap();
     let vault = VaultStore::connect(&VaultConfig {
-        address: bao.addr.clone(),
+        address: Some(bao.addr.clone()),
         token: Some(ROOT_TOKEN.into()),
         ..VaultConfig::default()
     })

@@ -602,7 +602,7 @@ fn approle_config(
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.agent_api.listen = "127.0.0.1:0".parse().unwrap();
     config.server.state_dir = state_dir;
-    config.vault.address = bao.addr.clone();
+    config.vault.address = Some(bao.addr.clone());
     config.vault.token = None;
     config.vault.token_file = None;
     config.vault.approle = Some(AppRoleConfig {

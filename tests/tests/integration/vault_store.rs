@@ -21,7 +21,7 @@ fn secret(public: &str) -> KeySetSecret {
 async fn check_and_set_refuses_a_stale_write() {
     let bao = OpenBao::start().await;
     let vault = VaultStore::connect(&VaultConfig {
-        address: bao.addr.clone(),
+        address: Some(bao.addr.clone()),
         token: Some(ROOT_TOKEN.into()),
         ..VaultConfig::default()
     })
@@ -89,7 +89,7 @@ async fn check_and_set_refuses_a_stale_write() {
 async fn a_wrong_token_is_denied_not_misread() {
     let bao = OpenBao::start().await;
     let vault = VaultStore::connect(&VaultConfig {
-        address: bao.addr.clone(),
+        address: Some(bao.addr.clone()),
         token: Some("not-a-token".into()),
         ..VaultConfig::default()
     })
