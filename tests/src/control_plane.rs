@@ -12,6 +12,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use crate::openbao::OpenBao;
+use crate::openbao_cluster::OpenBaoCluster;
 use crate::postgres::PgSchema;
 
 /// Which SQL backend the control plane uses.
@@ -98,6 +99,14 @@ impl StateDir {
             Self::Kept(dir) => dir,
         }
     }
+}
+
+/// The Vault a control plane is configured with: one node or every node of a cluster.
+#[derive(Debug, Clone)]
+struct VaultTarget {
+    addresses: Vec<String>,
+    ca_file: Option<PathBuf>,
+    root_token: String,
 }
 
 /// Settings for [`ControlPlane::start_with`].
@@ -195,6 +204,18 @@ impl ControlPlane {
         .await
     }
 
+    /// Against every node of an OpenBao HA cluster (`vault.addresses`).
+    pub async fn start_on_cluster(cluster: &OpenBaoCluster, options: Options) -> Self {
+        let vault = VaultTarget {
+            addresses: cluster.addresses(),
+            ca_file: None,
+            root_token: cluster.root_token.clone(),
+        };
+        Self::try_start_against(&vault, options)
+            .await
+            .unwrap_or_else(|e| panic!("control plane starts: {e}"))
+    }
+
     pub async fn start_with(bao: &OpenBao, options: Options) -> Self {
         Self::try_start_with(bao, options)
             .await
@@ -204,6 +225,15 @@ impl ControlPlane {
     /// As [`ControlPlane::start_with`], but a control plane that refuses to start is an `Err`
     /// with its message.
     pub async fn try_start_with(bao: &OpenBao, options: Options) -> Result<Self, String> {
+        let vault = VaultTarget {
+            addresses: vec![bao.addr.clone()],
+            ca_file: bao.ca_file.clone(),
+            root_token: bao.root_token.clone(),
+        };
+        Self::try_start_against(&vault, options).await
+    }
+
+    async fn try_start_against(vault: &VaultTarget, options: Options) -> Result<Self, String> {
         let state_dir = match &options.state_dir {
             Some(dir) => StateDir::Kept(dir.clone()),
             None => StateDir::Temporary(tempfile::tempdir().unwrap()),
@@ -217,13 +247,16 @@ impl ControlPlane {
         config.server.state_dir = state_dir.path().to_path_buf();
         config.agent_api.listen = options.agent_listen;
         config.database.url = schema.as_ref().map(PgSchema::url);
-        config.vault.address = bao.addr.clone();
-        config.vault.ca_file.clone_from(&bao.ca_file);
+        match vault.addresses.as_slice() {
+            [one] => config.vault.address = Some(one.clone()),
+            many => config.vault.addresses = many.to_vec(),
+        }
+        config.vault.ca_file.clone_from(&vault.ca_file);
         config.vault.token = Some(
             options
                 .vault_token
                 .clone()
-                .unwrap_or_else(|| bao.root_token.clone()),
+                .unwrap_or_else(|| vault.root_token.clone()),
         );
         if let Some(backup) = &options.backup {
             config.backup = backup.clone();

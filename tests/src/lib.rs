@@ -14,6 +14,7 @@ pub mod demo;
 pub mod deployment;
 pub mod haproxy;
 pub mod openbao;
+pub mod openbao_cluster;
 pub mod postgres;
 pub mod raw_agent;
 pub mod sse;
@@ -24,6 +25,7 @@ pub use control_plane::{ControlPlane, Database, Reply};
 pub use deployment::Deployment;
 pub use haproxy::HaProxy;
 pub use openbao::OpenBao;
+pub use openbao_cluster::OpenBaoCluster;
 pub use postgres::PgSchema;
 pub use raw_agent::{RawIdentity, RawStream};
 // Users, sshd, polling and `require_program` are shared with the agent's tests.

@@ -261,40 +261,15 @@ impl OpenBao {
             if !bao.wait_answering().await {
                 continue;
             }
-            let (status, init) = bao
-                .api(
-                    reqwest::Method::PUT,
-                    "sys/init",
-                    "",
-                    Some(json!({ "secret_shares": 1, "secret_threshold": 1 })),
-                )
-                .await;
-            assert_eq!(status, 200, "OpenBao init: {init}");
-            let key = init["keys"][0].as_str().unwrap().to_owned();
-            let root = init["root_token"].as_str().unwrap().to_owned();
-            let (status, unsealed) = bao
-                .api(
-                    reqwest::Method::PUT,
-                    "sys/unseal",
-                    "",
-                    Some(json!({ "key": key })),
-                )
-                .await;
-            assert_eq!(status, 200, "OpenBao unseal: {unsealed}");
+            let (key, root) = init_one_share(&bao.http, &bao.addr).await;
+            let unsealed = unseal_with(&bao.http, &bao.addr, &key).await;
+            assert_eq!(unsealed["sealed"], false, "OpenBao unseal: {unsealed}");
             // 200 from sys/health: unsealed and the active node (raft has elected itself).
             assert!(
                 bao.wait_ready().await,
                 "OpenBao with raft storage did not become active"
             );
-            let (status, created) = bao
-                .api(
-                    reqwest::Method::POST,
-                    "auth/token/create",
-                    &root,
-                    Some(json!({ "id": ROOT_TOKEN, "policies": ["root"], "no_parent": true })),
-                )
-                .await;
-            assert_eq!(status, 200, "OpenBao root token: {created}");
+            create_test_root(&bao.http, &bao.addr, &root).await;
             bao.enable_kv2("vps").await;
             return bao;
         }
@@ -351,18 +326,9 @@ impl OpenBao {
         token: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}/v1/{path}", self.addr))
-            .header("X-Vault-Token", token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        (status, json)
+        call(&self.http, &self.addr, method, path, token, body)
+            .await
+            .unwrap_or_else(|| panic!("OpenBao at {} does not answer {path}", self.addr))
     }
 
     /// As root; panics unless the call succeeds.
@@ -386,22 +352,7 @@ impl OpenBao {
 
     /// Reads the current version of a KV v2 secret as root: `(data, version)`.
     pub async fn read_kv(&self, path: &str) -> Option<(Value, u64)> {
-        let (status, json) = self
-            .api(
-                reqwest::Method::GET,
-                &format!("vps/data/{path}"),
-                &self.root_token,
-                None,
-            )
-            .await;
-        if status == 404 {
-            return None;
-        }
-        assert_eq!(status, 200, "reading vps/{path}: {json}");
-        Some((
-            json["data"]["data"].clone(),
-            json["data"]["metadata"]["version"].as_u64().unwrap(),
-        ))
+        read_kv_at(&self.http, &self.addr, &self.root_token, path).await
     }
 
     pub async fn put_policy(&self, name: &str, hcl: &str) {
@@ -434,4 +385,104 @@ impl OpenBao {
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
     }
+}
+
+/// Calls `{addr}/v1/{path}` with a token; returns status and JSON body (`Null` when empty), or
+/// `None` when the server does not answer.
+pub(crate) async fn call(
+    http: &reqwest::Client,
+    addr: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Option<(u16, Value)> {
+    let mut request = http
+        .request(method, format!("{addr}/v1/{path}"))
+        .header("X-Vault-Token", token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.ok()?;
+    let status = response.status().as_u16();
+    let text = response.text().await.ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// Reads the current version of `vps/{path}` at `addr`: `(data, version)`; `None` for 404;
+/// panics on anything else.
+pub(crate) async fn read_kv_at(
+    http: &reqwest::Client,
+    addr: &str,
+    token: &str,
+    path: &str,
+) -> Option<(Value, u64)> {
+    let (status, json) = call(
+        http,
+        addr,
+        reqwest::Method::GET,
+        &format!("vps/data/{path}"),
+        token,
+        None,
+    )
+    .await
+    .unwrap_or_else(|| panic!("OpenBao at {addr} does not answer a read of vps/{path}"));
+    if status == 404 {
+        return None;
+    }
+    assert_eq!(status, 200, "reading vps/{path}: {json}");
+    Some((
+        json["data"]["data"].clone(),
+        json["data"]["metadata"]["version"].as_u64().unwrap(),
+    ))
+}
+
+/// `sys/init` with one key share: the unseal key and the generated root token.
+pub(crate) async fn init_one_share(http: &reqwest::Client, addr: &str) -> (String, String) {
+    let (status, init) = call(
+        http,
+        addr,
+        reqwest::Method::PUT,
+        "sys/init",
+        "",
+        Some(json!({ "secret_shares": 1, "secret_threshold": 1 })),
+    )
+    .await
+    .unwrap_or_else(|| panic!("OpenBao at {addr} does not answer sys/init"));
+    assert_eq!(status, 200, "OpenBao init: {init}");
+    (
+        init["keys"][0].as_str().unwrap().to_owned(),
+        init["root_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Creates the tests' [`ROOT_TOKEN`] with the generated root token `root`.
+pub(crate) async fn create_test_root(http: &reqwest::Client, addr: &str, root: &str) {
+    let created = call(
+        http,
+        addr,
+        reqwest::Method::POST,
+        "auth/token/create",
+        root,
+        Some(json!({ "id": ROOT_TOKEN, "policies": ["root"], "no_parent": true })),
+    )
+    .await;
+    assert!(
+        created.as_ref().is_some_and(|(status, _)| *status == 200),
+        "OpenBao root token: {created:?}"
+    );
+}
+
+/// Gives the server at `addr` the unseal key; its answer (`Null` when it does not answer).
+pub(crate) async fn unseal_with(http: &reqwest::Client, addr: &str, key: &str) -> Value {
+    call(
+        http,
+        addr,
+        reqwest::Method::PUT,
+        "sys/unseal",
+        "",
+        Some(json!({ "key": key })),
+    )
+    .await
+    .map_or(Value::Null, |(_, answer)| answer)
 }
