@@ -104,13 +104,7 @@ async fn a_revoked_tokens_rotation_job_stream_ends_within_a_second() {
     // RSA-4096 keys: the job runs for seconds, past the revocation.
     tenants_with_rsa_keys_next(&cp, &["rsa-a", "rsa-b", "rsa-c", "rsa-d"]).await;
     let (token, token_id) = admin_token(&cp).await;
-    let started = cp
-        .admin_post(
-            "/api/v1/admin/secrets/rotate-all?async=true",
-            json!({ "secretType": "ssh" }),
-        )
-        .await;
-    assert_eq!(started.status, 202, "{}", started.text());
+    let started = crate::rotate_all::start_rotate_all(&cp).await;
     let job_id = started.json()["jobId"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/admin/secrets/rotate-all/{job_id}/events");
     let mut stream = Events::open(&cp, &path, &token).await;

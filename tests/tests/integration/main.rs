@@ -22,6 +22,7 @@ mod sshd_harness;
 mod tenant_api;
 mod vault_backups;
 mod vault_failures;
+mod vault_ha;
 mod vault_policies;
 mod vault_store;
 mod vault_tls;

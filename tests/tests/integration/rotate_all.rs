@@ -60,6 +60,18 @@ async fn refuse(bao: &OpenBao, path: &str) {
     .await;
 }
 
+/// Starts an SSH `rotate-all` job in the background (`?async=true`); its answer, a 202.
+pub(crate) async fn start_rotate_all(cp: &ControlPlane) -> keyward_tests::Reply {
+    let started = cp
+        .admin_post(
+            "/api/v1/admin/secrets/rotate-all?async=true",
+            json!({ "secretType": "ssh" }),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.text());
+    started
+}
+
 async fn rotate_all(cp: &ControlPlane, secret_type: &str) -> Value {
     let reply = cp
         .admin_post(
@@ -257,13 +269,7 @@ async fn a_running_rotate_all_refuses_a_second_and_streams_its_progress() {
     let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
     // RSA-4096 keys on the next rotation: the job takes seconds, long enough to overlap.
     tenants_with_rsa_keys_next(&cp, &["rsa-a", "rsa-b", "rsa-c", "rsa-d"]).await;
-    let started = cp
-        .admin_post(
-            "/api/v1/admin/secrets/rotate-all?async=true",
-            json!({ "secretType": "ssh" }),
-        )
-        .await;
-    assert_eq!(started.status, 202, "{}", started.text());
+    let started = start_rotate_all(&cp).await;
     let job = started.json();
     let job_id = job["jobId"].as_str().unwrap().to_owned();
     assert_eq!(job["status"], "running");
