@@ -12,6 +12,8 @@
 //! follows it through leader changes ([`failover`]), settling check-and-set writes whose answer
 //! was lost ([`lost_write`]); the health shows every node ([`nodes`]).
 
+#[cfg(test)]
+mod cluster_tests;
 mod failover;
 mod lost_write;
 mod nodes;
