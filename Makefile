@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Pinned and installed into .tools/cargo by scripts/install-lint-deps (make lint, make audit).
 CARGO_DENY = .tools/cargo/bin/cargo-deny
 
-.PHONY: help test-deps test lint audit ci quickstart stop clean-demo build
+.PHONY: help test-deps test lint audit ci quickstart stop clean-demo build cluster cluster-stop
 
 help:
 	@echo "make test-deps   install openssh, OpenBao and Schemathesis (.tools/venv), check PostgreSQL on 127.0.0.1:5432"
@@ -19,6 +19,9 @@ help:
 	@echo "                 loopback with two demo users and an enrolled keyward-agent; prints commands"
 	@echo "make stop        stop what quickstart started (its data in .run/ stays)"
 	@echo "make clean-demo  stop, remove the demo users quickstart created, and .run/"
+	@echo "make cluster     three OpenBao raft nodes, three keyward-server replicas on PostgreSQL and"
+	@echo "                 haproxy in front (TCP mode, PROXY protocol); prints how to reach them"
+	@echo "make cluster-stop stop what make cluster started (nothing is kept)"
 	@echo "make package-test build the .deb packages, lintian, install/upgrade/purge, systemd-analyze"
 	@echo "make bench       the benchmark suite (keyward-bench all, ~47 min); writes BENCHMARKS.md"
 
@@ -64,6 +67,12 @@ quickstart:
 
 stop:
 	scripts/quickstart-stop
+
+cluster:
+	scripts/cluster
+
+cluster-stop:
+	scripts/cluster-stop
 
 clean-demo:
 	scripts/quickstart-clean

@@ -401,3 +401,15 @@ fn write_pid(run: &Path, name: &str, pid: Option<u32>) -> anyhow::Result<()> {
     fs::write(run.join(format!("{name}.pid")), format!("{pid}\n"))
         .with_context(|| format!("writing .run/{name}.pid"))
 }
+
+/// SIGTERM (`make stop`, `make cluster-stop`) or SIGINT.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

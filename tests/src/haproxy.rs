@@ -16,6 +16,15 @@ use crate::ControlPlane;
 /// `proxy_protocol_from`, and tests connecting from 127.0.0.1 stay untrusted.
 pub const HAPROXY_SOURCE: &str = "127.0.0.2";
 
+/// Makes a replica's configuration trust haproxy's PROXY headers, REST and agents alike.
+pub fn trust_haproxy(config: &mut keyward_server::config::Config) {
+    let haproxy: ipnet::IpNet = format!("{HAPROXY_SOURCE}/32").parse().unwrap_or_else(|e| {
+        panic!("{HAPROXY_SOURCE}/32: {e}");
+    });
+    config.server.proxy_protocol_from = vec![haproxy];
+    config.agent_api.proxy_protocol_from = vec![haproxy];
+}
+
 /// A running haproxy; killed on drop.
 #[derive(Debug)]
 pub struct HaProxy {

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod browser;
+pub mod cluster;
 pub mod control_plane;
 pub mod demo;
 pub mod deployment;

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use keyward_tests::demo::{Demo, say};
+use keyward_tests::demo::{Demo, say, stop_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -29,16 +29,4 @@ async fn main() -> ExitCode {
     say("stopping");
     demo.stop().await;
     ExitCode::SUCCESS
-}
-
-/// SIGTERM (`make stop`) or SIGINT.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
 }

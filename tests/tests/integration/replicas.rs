@@ -384,11 +384,7 @@ async fn replicas_behind_haproxy_audit_the_real_client_and_serve_agents_through_
         keyward_tests::control_plane::Options {
             database: Database::Postgres,
             algorithm: keyward_common::KeyAlgorithm::Ed25519,
-            configure: Some(|config| {
-                let haproxy = vec![format!("{HAPROXY_SOURCE}/32").parse().unwrap()];
-                config.server.proxy_protocol_from.clone_from(&haproxy);
-                config.agent_api.proxy_protocol_from = haproxy;
-            }),
+            configure: Some(keyward_tests::haproxy::trust_haproxy),
             ..Default::default()
         },
     )
@@ -465,4 +461,55 @@ async fn replicas_behind_haproxy_audit_the_real_client_and_serve_agents_through_
     for cp in [&a, &b, &c] {
         state = rotate_and_see(cp, &token, &mut stream, &state).await;
     }
+}
+
+/// What `make cluster` runs (`keyward_tests::cluster`): three OpenBao raft nodes, three replicas
+/// and haproxy. Through haproxy, the Vault health shows the three nodes with one active, and a
+/// tenant onboarded through it gets keys whose Vault copy the active node holds.
+#[tokio::test]
+async fn the_make_cluster_topology_serves_through_haproxy() {
+    let cluster = keyward_tests::cluster::Cluster::start().await;
+    let env = cluster.env();
+    assert!(
+        env.contains(&format!("KEYWARD_URL={}\n", cluster.lb.rest_url)),
+        "{env}"
+    );
+    let admin = &cluster.replicas[0].admin_token;
+    let http = reqwest::Client::new();
+    let health: serde_json::Value = http
+        .get(format!("{}/api/v1/admin/vault/health", cluster.lb.rest_url))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let nodes = health["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{health}");
+    assert_eq!(
+        nodes.iter().filter(|n| n["active"] == true).count(),
+        1,
+        "{health}"
+    );
+    let tenant = unique_tenant("cluster");
+    let created = http
+        .post(format!("{}/api/v1/admin/tenants", cluster.lb.rest_url))
+        .bearer_auth(admin)
+        .json(
+            &json!({ "tenantId": tenant, "vpsIp": "192.0.2.10", "sshPort": 22,
+                       "sshUsername": "tenant", "adminUsername": "kwadmin" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (secret, version) = cluster
+        .bao
+        .read_kv(&format!("{tenant}/tenant_ssh"))
+        .await
+        .unwrap();
+    assert_eq!(version, 1);
+    assert!(secret["public_key"].as_str().unwrap().starts_with("ssh-"));
+    cluster.stop().await;
 }
