@@ -16,7 +16,7 @@ use ssh_key::{HashAlg, PrivateKey, PublicKey};
 #[cfg(feature = "keygen")]
 pub mod generate;
 #[cfg(feature = "keygen")]
-pub use generate::{GeneratedKey, rsa_keypair};
+pub use generate::{GeneratedKey, UnnamedKey, rsa_keypair};
 
 /// The two managed key sets of a tenant's VPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

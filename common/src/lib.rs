@@ -15,6 +15,6 @@ pub mod signing;
 pub mod sshd_log;
 
 pub use ids::{HostId, IdError, TenantId, UnixUser};
-#[cfg(feature = "keygen")]
-pub use keys::GeneratedKey;
 pub use keys::{Fingerprint, KeyAlgorithm, KeyError, KeyKind};
+#[cfg(feature = "keygen")]
+pub use keys::{GeneratedKey, UnnamedKey};

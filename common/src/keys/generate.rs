@@ -29,27 +29,68 @@ pub struct GeneratedKey {
     fingerprint: Fingerprint,
 }
 
-impl GeneratedKey {
-    /// Makes a new key pair. `comment` ends up in both halves (OpenSSH shows it in `ssh-keygen -l`).
-    pub fn generate(algorithm: KeyAlgorithm, comment: &str) -> Result<Self, KeyError> {
-        let mut rng = rand::rngs::OsRng;
-        let mut private = match algorithm {
+/// A key pair made ahead of its use, before it has a comment: what a pool of pre-generated keys
+/// holds (the comment names the tenant, key kind and generation that take it). Making it is the
+/// expensive part; [`UnnamedKey::named`] only encodes it. Its secret components (`ssh-key`'s
+/// `Mpint`s) are zeroized when it is dropped, and `Debug` never prints them.
+pub struct UnnamedKey {
+    algorithm: KeyAlgorithm,
+    private: PrivateKey,
+}
+
+/// `ssh-key`'s RSA and Ed25519 private halves wipe themselves when dropped (their `Drop`), and
+/// a `PrivateKey` holds nothing else secret: so does this key.
+impl zeroize::ZeroizeOnDrop for UnnamedKey {}
+
+impl UnnamedKey {
+    /// Makes a new key pair (CPU-bound: see the module's documentation).
+    pub fn generate(algorithm: KeyAlgorithm) -> Result<Self, KeyError> {
+        let private = match algorithm {
             KeyAlgorithm::Rsa4096 => PrivateKey::from(rsa_keypair(4096)?),
-            KeyAlgorithm::Ed25519 => PrivateKey::random(&mut rng, ssh_key::Algorithm::Ed25519)
-                .map_err(KeyError::Generate)?,
+            KeyAlgorithm::Ed25519 => {
+                PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)
+                    .map_err(KeyError::Generate)?
+            }
         };
-        private.set_comment(comment);
-        let private_openssh = private
+        Ok(Self { algorithm, private })
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// The key with its comment, encoded as OpenSSH writes it. `comment` ends up in both halves
+    /// (OpenSSH shows it in `ssh-keygen -l`).
+    pub fn named(mut self, comment: &str) -> Result<GeneratedKey, KeyError> {
+        self.private.set_comment(comment);
+        let private_openssh = self
+            .private
             .to_openssh(LineEnding::LF)
             .map_err(KeyError::Encode)?;
-        let public = private.public_key();
+        let public = self.private.public_key();
         let public_openssh = public.to_openssh().map_err(KeyError::Encode)?;
-        Ok(Self {
-            algorithm,
+        Ok(GeneratedKey {
+            algorithm: self.algorithm,
             fingerprint: Fingerprint::of(public),
             private_openssh,
             public_openssh,
         })
+    }
+}
+
+impl fmt::Debug for UnnamedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnnamedKey")
+            .field("algorithm", &self.algorithm)
+            .field("private", &"<redacted>")
+            .finish()
+    }
+}
+
+impl GeneratedKey {
+    /// Makes a new key pair. `comment` ends up in both halves (OpenSSH shows it in `ssh-keygen -l`).
+    pub fn generate(algorithm: KeyAlgorithm, comment: &str) -> Result<Self, KeyError> {
+        UnnamedKey::generate(algorithm)?.named(comment)
     }
 
     pub fn algorithm(&self) -> KeyAlgorithm {
@@ -224,6 +265,17 @@ mod tests {
         assert_eq!(mpint(&[0xff]).unwrap().as_bytes(), &[0, 0xff]);
         assert!(mpint(&[0, 0]).unwrap().as_bytes().is_empty());
         assert!(mpint(&[]).unwrap().as_bytes().is_empty());
+    }
+
+    #[test]
+    fn an_unnamed_key_takes_its_comment_when_named() {
+        let unnamed = UnnamedKey::generate(KeyAlgorithm::Ed25519).unwrap();
+        assert!(format!("{unnamed:?}").contains("<redacted>"));
+        let key = unnamed.named("keyward:t1:tenant:2").unwrap();
+        assert!(key.public_openssh().ends_with(" keyward:t1:tenant:2"));
+        let private = PrivateKey::from_openssh(key.private_openssh()).unwrap();
+        assert_eq!(private.comment(), "keyward:t1:tenant:2");
+        assert_eq!(&Fingerprint::of(private.public_key()), key.fingerprint());
     }
 
     #[test]
