@@ -70,6 +70,10 @@ pub struct RotationConfig {
     /// this long before another replica takes them over.
     #[serde(with = "humantime_serde")]
     pub bulk_lease: Duration,
+    /// Pre-generated key pairs held in memory for rotations, regenerations and new tenants, when
+    /// `keys.algorithm` is expensive to generate (RSA-4096; Ed25519 needs none); refilled in the
+    /// background one key at a time. 0 turns the pool off.
+    pub key_pool_size: usize,
 }
 
 impl Default for RotationConfig {
@@ -80,6 +84,7 @@ impl Default for RotationConfig {
             retry_after: Duration::from_secs(300),
             bulk_concurrency: None,
             bulk_lease: Duration::from_secs(60),
+            key_pool_size: 16,
         }
     }
 }

@@ -174,13 +174,11 @@ pub async fn start_with(
         }
         None => hub.clone(),
     };
-    let lifecycle = Arc::new(KeyLifecycle::new(
-        vault,
-        store,
-        clock,
-        config.keys.clone(),
-        changes.clone(),
-    ));
+    let lifecycle = Arc::new(
+        KeyLifecycle::new(vault, store, clock, config.keys.clone(), changes.clone())
+            .with_key_pool(config.rotation.key_pool_size),
+    );
+    background.push(tokio::spawn(lifecycle.clone().fill_key_pool()));
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
     let rotations = Arc::new(BulkRotations::new(lifecycle.clone(), &config.rotation));
     rotations.recover().await?;

@@ -30,11 +30,13 @@ use crate::vault::{KeySetSecret, SecretStore, VaultError};
 mod access;
 mod download;
 mod error;
+mod key_pool;
 mod policy;
 mod records;
 mod secrets;
 pub use access::Registered;
 pub use error::DomainError;
+pub use key_pool::KeyPool;
 pub use policy::{PolicySource, RotationPolicy};
 pub use records::IssuedCertificate;
 pub use secrets::{TenantSecretKind, dkim_selector};
@@ -136,6 +138,8 @@ pub struct KeyLifecycle {
     changes: Arc<dyn ChangeNotifier>,
     /// One permit per core: key generation never takes more CPUs than there are.
     cpu_slots: Semaphore,
+    /// Pre-generated keys of the deployment's algorithm (off unless [`KeyLifecycle::with_key_pool`]).
+    pool: KeyPool,
     /// Woken when a rotation time may have moved earlier (a policy changed, a tenant was added).
     schedule_changed: Notify,
 }
@@ -183,7 +187,16 @@ impl KeyLifecycle {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             ),
             schedule_changed: Notify::new(),
+            pool: KeyPool::disabled(),
         }
+    }
+
+    /// Takes new keys of the deployment's algorithm from a pool of up to `size` pre-generated
+    /// ones when it has any (RSA-4096 only; 0: off). The pool fills while
+    /// [`KeyLifecycle::fill_key_pool`] runs.
+    pub fn with_key_pool(mut self, size: usize) -> Self {
+        self.pool = KeyPool::new(self.keys.algorithm, size);
+        self
     }
 
     /// Resolves when a rotation time may have moved earlier; the scheduler looks again then.
@@ -288,22 +301,29 @@ impl KeyLifecycle {
             .await;
     }
 
+    /// A new key of `algorithm` named `comment`: from the key pool when it has one, otherwise
+    /// generated now.
     async fn generate(
         &self,
         algorithm: KeyAlgorithm,
         comment: String,
     ) -> Result<GeneratedKey, DomainError> {
-        let started = std::time::Instant::now();
-        let key = self
-            .cpu(move || GeneratedKey::generate(algorithm, &comment))
-            .await?
-            .map_err(|e| {
-                tracing::error!(error = %e, "key generation failed");
-                DomainError::KeyGeneration
-            })?;
-        metrics::histogram!("keyward_key_generation_seconds", "algorithm" => algorithm.as_str())
-            .record(started.elapsed().as_secs_f64());
-        Ok(key)
+        let key = match self.pool.take(algorithm) {
+            Some(pooled) => pooled.named(&comment),
+            None => {
+                let started = std::time::Instant::now();
+                let key = self
+                    .cpu(move || GeneratedKey::generate(algorithm, &comment))
+                    .await?;
+                metrics::histogram!("keyward_key_generation_seconds", "algorithm" => algorithm.as_str())
+                    .record(started.elapsed().as_secs_f64());
+                key
+            }
+        };
+        key.map_err(|e| {
+            tracing::error!(error = %e, "key generation failed");
+            DomainError::KeyGeneration
+        })
     }
 
     fn comment(tenant: &TenantId, kind: KeyKind, generation: i64) -> String {

@@ -410,3 +410,50 @@ async fn an_ed25519_policy_tenant_gets_ed25519_keys_on_its_next_rotation() {
     assert_eq!(reset.json()["source"], "default");
     assert_eq!(reset.json()["name"], "90_days");
 }
+
+/// An RSA-4096 deployment with its key pool (on by default): a tenant's rotate and regenerate
+/// take pre-generated keys, each named for its tenant and generation, stored in Vault and
+/// downloadable like any other; a key is never handed out twice.
+#[tokio::test]
+async fn rsa_rotations_take_pre_generated_keys_from_the_pool() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start(&bao).await;
+    let pool = cp.server().lifecycle.key_pool();
+    assert!(pool.capacity() > 0, "the pool is on for RSA-4096");
+    cp.create_tenant("pooled").await;
+    let token = cp.tenant_token("pooled").await;
+    let mut fingerprints = std::collections::HashSet::new();
+    for (generation, op) in [(2, "/rotate"), (3, "/regenerate")] {
+        eventually("a key in the pool", Duration::from_secs(300), || async {
+            (!pool.is_empty()).then_some(())
+        })
+        .await;
+        let hits = pool.hits();
+        let replaced = cp.tenant_call(&token, Method::POST, op).await;
+        assert_eq!(replaced.status, 200, "{}", replaced.text());
+        assert_eq!(pool.hits(), hits + 1, "{op}: served from the pool");
+        let fingerprint = replaced.json()["newKeyFingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            fingerprints.insert(fingerprint.clone()),
+            "a key handed out twice"
+        );
+        let (stored, _) = bao.read_kv("pooled/tenant_ssh").await.unwrap();
+        let public = stored["public_key"].as_str().unwrap();
+        assert!(public.starts_with("ssh-rsa "), "{public}");
+        assert!(
+            public.ends_with(&format!(" keyward:pooled:tenant:{generation}")),
+            "{public}"
+        );
+        let download = cp.tenant_call(&token, Method::POST, "/download").await;
+        assert_eq!(download.status, 200, "{}", download.text());
+        let private = keyward_common::keys::private_key_fingerprint(&download.text()).unwrap();
+        assert_eq!(private.as_str(), fingerprint);
+    }
+    let metrics = cp.request(Method::GET, "/metrics", None, None).await.text();
+    for name in ["keyward_key_pool_keys", "keyward_key_pool_hits_total"] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+}
