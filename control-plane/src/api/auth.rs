@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use keyward_common::TenantId;
@@ -27,6 +28,29 @@ pub fn client_addr(parts: &Parts) -> Option<SocketAddr> {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr)
     })
+}
+
+/// The hash of the request's bearer token (`Authorization: Bearer ...`): what the store looks
+/// tokens up by.
+pub(super) fn bearer_token_hash(headers: &HeaderMap) -> Result<String, ApiError> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthenticated)?
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthenticated)?;
+    Ok(hash_token(token))
+}
+
+/// The tenant a tenant role may see; any other role is refused.
+pub(super) fn tenant_of(role: Option<&Role>) -> Result<TenantId, ApiError> {
+    match role {
+        Some(Role::Tenant(tenant)) => Ok(tenant.clone()),
+        _ => Err(ApiError::Forbidden { needed: "tenant" }),
+    }
 }
 
 fn source_addr(parts: &Parts) -> Option<String> {
@@ -54,20 +78,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let state = AppState::from_ref(state);
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::Unauthenticated)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthenticated)?;
         let record = state
             .store
-            .token_by_hash(&hash_token(token))
+            .token_by_hash(&bearer_token_hash(&parts.headers)?)
             .await?
             .ok_or(ApiError::BadToken)?;
         Ok(Caller {
@@ -114,12 +127,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        match &caller.role {
-            Some(Role::Tenant(tenant)) => Ok(TenantCaller {
-                tenant: tenant.clone(),
-                caller,
-            }),
-            _ => Err(ApiError::Forbidden { needed: "tenant" }),
-        }
+        Ok(TenantCaller {
+            tenant: tenant_of(caller.role.as_ref())?,
+            caller,
+        })
     }
 }

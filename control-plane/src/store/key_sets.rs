@@ -8,9 +8,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 
 use super::times::{optional_text, optional_time, text, time};
-use super::{
-    Store, StoreError, TenantRecord, WriteTx, get, json_column, parse, parse_optional, query_error,
-};
+use super::{Store, StoreError, WriteTx, get, json_column, parse, parse_optional, query_error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -55,14 +53,6 @@ pub struct KeySetRecord {
     pub denied_fingerprints: Vec<Fingerprint>,
 }
 
-/// A tenant, one of its key sets and its current host keys: [`Store::tenant_credentials`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantCredentials {
-    pub tenant: TenantRecord,
-    pub key_set: Option<KeySetRecord>,
-    pub host_keys: Vec<String>,
-}
-
 impl Store {
     pub async fn key_set(
         &self,
@@ -77,66 +67,6 @@ impl Store {
             .map_err(query_error("reading a key set"))?
             .map(|row| key_set_from_row(&row))
             .transpose()
-    }
-
-    /// What `GET .../ssh-credentials` shows, in one query: the tenant, its key set of `kind`
-    /// (`None` when it has none), and the host keys of its live host that reported some most
-    /// recently (the same choice as `api::hosts::tenant_host_keys`: the latest `last_seen`, hosts
-    /// never seen last, ties to the highest host id). `None` when the tenant does not exist.
-    pub async fn tenant_credentials(
-        &self,
-        tenant: &TenantId,
-        kind: KeyKind,
-    ) -> Result<Option<TenantCredentials>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT k.*, t.tenant_id AS t_tenant_id, t.vps_ip AS t_vps_ip, \
-             t.ssh_port AS t_ssh_port, t.tenant_user AS t_tenant_user, \
-             t.admin_user AS t_admin_user, t.created_at AS t_created_at, \
-             (SELECT h.host_keys FROM hosts h WHERE h.tenant_id = t.tenant_id \
-              AND h.revoked_at IS NULL AND h.host_keys <> '[]' \
-              ORDER BY h.last_seen IS NULL, h.last_seen DESC, h.host_id DESC LIMIT 1) \
-             AS t_host_keys \
-             FROM tenants t LEFT JOIN key_sets k ON k.tenant_id = t.tenant_id AND k.kind = $2 \
-             WHERE t.tenant_id = $1",
-        )
-        .bind(tenant.as_str())
-        .bind(kind.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(query_error("reading a tenant's credentials"))?
-        else {
-            return Ok(None);
-        };
-        let port: i64 = get(&row, "t_ssh_port")?;
-        let record = TenantRecord {
-            tenant_id: parse(&row, "t_tenant_id")?,
-            vps_ip: get(&row, "t_vps_ip")?,
-            ssh_port: u16::try_from(port).map_err(|e| StoreError::Corrupt {
-                what: "ssh_port",
-                detail: e.to_string(),
-            })?,
-            tenant_user: parse(&row, "t_tenant_user")?,
-            admin_user: parse(&row, "t_admin_user")?,
-            created_at: time(&row, "t_created_at")?,
-        };
-        let has_key_set = get::<Option<String>>(&row, "kind")?.is_some();
-        let key_set = if has_key_set {
-            Some(key_set_from_row(&row)?)
-        } else {
-            None
-        };
-        let host_keys = match get::<Option<String>>(&row, "t_host_keys")? {
-            Some(raw) => serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt {
-                what: "host_keys",
-                detail: e.to_string(),
-            })?,
-            None => Vec::new(),
-        };
-        Ok(Some(TenantCredentials {
-            tenant: record,
-            key_set,
-            host_keys,
-        }))
     }
 
     /// Every key set, ordered by tenant and kind.
@@ -242,7 +172,7 @@ impl WriteTx {
     }
 }
 
-fn key_set_from_row(row: &AnyRow) -> Result<KeySetRecord, StoreError> {
+pub(super) fn key_set_from_row(row: &AnyRow) -> Result<KeySetRecord, StoreError> {
     let state: String = get(row, "state")?;
     Ok(KeySetRecord {
         tenant_id: parse(row, "tenant_id")?,
@@ -273,118 +203,4 @@ fn key_set_from_row(row: &AnyRow) -> Result<KeySetRecord, StoreError> {
         session_epoch: get(row, "session_epoch")?,
         denied_fingerprints: json_column(row, "denied_fingerprints")?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use keyward_common::HostId;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn credentials_choose_the_host_keys_the_hosts_view_would() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
-        let store = Store::connect(&url, None).await.unwrap();
-        let tenant: TenantId = "t1".parse().unwrap();
-        assert_eq!(
-            store
-                .tenant_credentials(&tenant, KeyKind::Tenant)
-                .await
-                .unwrap(),
-            None
-        );
-        let at = |s: &str| crate::clock::parse_iso8601(s).unwrap();
-        let record = TenantRecord {
-            tenant_id: tenant.clone(),
-            vps_ip: "192.0.2.1".into(),
-            ssh_port: 2222,
-            tenant_user: "tenant".parse().unwrap(),
-            admin_user: "kwadmin".parse().unwrap(),
-            created_at: at("2026-01-01T00:00:00Z"),
-        };
-        let mut tx = store.begin().await.unwrap();
-        tx.insert_tenant(&record).await.unwrap();
-        // (host, host keys, last seen, revoked)
-        let hosts = [
-            (
-                "h1",
-                vec!["ssh-ed25519 A"],
-                Some("2026-01-01T00:00:01Z"),
-                false,
-            ),
-            (
-                "h2",
-                vec!["ssh-ed25519 B"],
-                Some("2026-01-01T00:00:02Z"),
-                false,
-            ),
-            (
-                "h3",
-                vec!["ssh-ed25519 C"],
-                Some("2026-01-01T00:00:09Z"),
-                true,
-            ),
-            ("h4", vec![], Some("2026-01-01T00:00:09Z"), false),
-            ("h5", vec!["ssh-ed25519 E"], None, false),
-        ];
-        for (i, (host, _, _, _)) in hosts.iter().enumerate() {
-            let id: HostId = host.parse().unwrap();
-            tx.insert_host(
-                &id,
-                &tenant,
-                at("2026-01-01T00:00:00Z"),
-                &format!("hash{i}"),
-                at("2026-01-02T00:00:00Z"),
-            )
-            .await
-            .unwrap();
-        }
-        for (host, _, _, revoked) in &hosts {
-            if *revoked {
-                tx.revoke_host(&host.parse().unwrap(), at("2026-01-01T00:00:05Z"))
-                    .await
-                    .unwrap();
-            }
-        }
-        tx.commit().await.unwrap();
-        for (host, keys, seen, _) in &hosts {
-            let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-            store
-                .record_hello(
-                    &host.parse().unwrap(),
-                    "0.1.0",
-                    &keys,
-                    at(seen.unwrap_or("2026-01-01T00:00:00Z")),
-                )
-                .await
-                .unwrap();
-            if seen.is_none() {
-                sqlx::query("UPDATE hosts SET last_seen = NULL WHERE host_id = $1")
-                    .bind(*host)
-                    .execute(&store.pool)
-                    .await
-                    .unwrap();
-            }
-        }
-        let got = store
-            .tenant_credentials(&tenant, KeyKind::Tenant)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.tenant, record);
-        assert_eq!(got.key_set, None);
-        assert_eq!(got.host_keys, vec!["ssh-ed25519 B".to_owned()]);
-        // What `api::hosts::tenant_host_keys` computes from the full host list.
-        let expected = store
-            .hosts(Some(&tenant))
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|h| h.revoked_at.is_none() && !h.host_keys.is_empty())
-            .max_by(|a, b| a.last_seen.cmp(&b.last_seen))
-            .map(|h| h.host_keys)
-            .unwrap_or_default();
-        assert_eq!(got.host_keys, expected);
-    }
 }

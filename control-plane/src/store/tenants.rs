@@ -60,16 +60,42 @@ impl WriteTx {
 }
 
 pub(super) fn tenant_from_row(row: &AnyRow) -> Result<TenantRecord, StoreError> {
-    let port: i64 = get(row, "ssh_port")?;
+    tenant_from_columns(
+        row,
+        [
+            "tenant_id",
+            "vps_ip",
+            "ssh_port",
+            "tenant_user",
+            "admin_user",
+            "created_at",
+        ],
+    )
+}
+
+/// A tenant from a row that names its columns otherwise (a join): `tenant_id`, `vps_ip`,
+/// `ssh_port`, `tenant_user`, `admin_user` and `created_at`, in that order.
+pub(super) fn tenant_from_columns(
+    row: &AnyRow,
+    [
+        tenant_id,
+        vps_ip,
+        ssh_port,
+        tenant_user,
+        admin_user,
+        created_at,
+    ]: [&'static str; 6],
+) -> Result<TenantRecord, StoreError> {
+    let port: i64 = get(row, ssh_port)?;
     Ok(TenantRecord {
-        tenant_id: parse(row, "tenant_id")?,
-        vps_ip: get(row, "vps_ip")?,
+        tenant_id: parse(row, tenant_id)?,
+        vps_ip: get(row, vps_ip)?,
         ssh_port: u16::try_from(port).map_err(|e| StoreError::Corrupt {
             what: "ssh_port",
             detail: e.to_string(),
         })?,
-        tenant_user: parse(row, "tenant_user")?,
-        admin_user: parse(row, "admin_user")?,
-        created_at: time(row, "created_at")?,
+        tenant_user: parse(row, tenant_user)?,
+        admin_user: parse(row, admin_user)?,
+        created_at: time(row, created_at)?,
     })
 }

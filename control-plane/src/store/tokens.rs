@@ -139,9 +139,24 @@ impl WriteTx {
 }
 
 fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
-    let role: String = get(row, "role")?;
-    let tenant: Option<String> = get(row, "tenant_id")?;
-    let role = match (role.as_str(), tenant) {
+    Ok(TokenRecord {
+        token_id: get(row, "token_id")?,
+        role: role_from_row(row, "role", "tenant_id")?,
+        label: get(row, "label")?,
+        created_at: time(row, "created_at")?,
+        revoked_at: optional_time(row, "revoked_at")?,
+    })
+}
+
+/// A token's role from its `role` and `tenant_id` columns (named `role` and `tenant` in `row`).
+pub(super) fn role_from_row(
+    row: &AnyRow,
+    role: &'static str,
+    tenant: &'static str,
+) -> Result<Role, StoreError> {
+    let role: String = get(row, role)?;
+    let tenant: Option<String> = get(row, tenant)?;
+    Ok(match (role.as_str(), tenant) {
         ("admin", None) => Role::Admin,
         ("tenant", Some(t)) => {
             Role::Tenant(
@@ -158,13 +173,6 @@ fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
                 detail: other.to_owned(),
             });
         }
-    };
-    Ok(TokenRecord {
-        token_id: get(row, "token_id")?,
-        role,
-        label: get(row, "label")?,
-        created_at: time(row, "created_at")?,
-        revoked_at: optional_time(row, "revoked_at")?,
     })
 }
 
