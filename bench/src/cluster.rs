@@ -15,12 +15,15 @@ use serde_json::{Value, json};
 pub struct ClusterOptions {
     /// The key algorithm of new tenants' keys.
     pub algorithm: KeyAlgorithm,
+    /// `rotation.key_pool_size`; the configuration's default when `None`.
+    pub key_pool_size: Option<usize>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
             algorithm: KeyAlgorithm::Ed25519,
+            key_pool_size: None,
         }
     }
 }
@@ -103,7 +106,10 @@ impl Cluster {
             .prefix("keyward-bench-cp-")
             .tempdir()
             .context("creating the control plane's state directory")?;
-        let config = loopback_config(state_dir.path(), &bao.addr, options.algorithm)?;
+        let mut config = loopback_config(state_dir.path(), &bao.addr, options.algorithm)?;
+        if let Some(size) = options.key_pool_size {
+            config.rotation.key_pool_size = size;
+        }
         let (server, admin_token) = start_server(config).await?;
         Ok(Self {
             url: server.url(),

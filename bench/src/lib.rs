@@ -5,6 +5,7 @@
 //!   the host, with 1 and with 1,000 connected agents.
 //! - [`keygen`]: RSA-4096 keys per second on one core, keyward's generator beside `ssh-keygen`.
 //! - [`rotate_all`]: a bulk RSA-4096 rotation against pure key generation on all cores.
+//! - [`rotate_latency`]: one RSA-4096 rotate call with the key pool off and on.
 //! - [`cluster`]: OpenBao and the control plane on loopback ports, and the REST calls.
 //! - [`streams`]: the control plane (in a child process) holding N agent streams: memory per
 //!   agent and idle CPU.
@@ -34,6 +35,7 @@ pub mod report;
 pub mod rest;
 pub mod revocation;
 pub mod rotate_all;
+pub mod rotate_latency;
 pub mod stats;
 pub mod streams;
 pub mod suite;

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use keyward_bench::benchmark::Run;
 use keyward_bench::{
     agent_idle, cluster, fanout, ingest, keygen, live_hosts, propagation, rest, revocation,
-    rotate_all, streams, suite,
+    rotate_all, rotate_latency, streams, suite,
 };
 
 #[derive(Debug, Parser)]
@@ -44,6 +44,8 @@ enum Command {
     Keygen(Run<keygen::Args>),
     /// rotate-all of N RSA-4096 tenants against pure key generation on all cores.
     RotateAll(Run<rotate_all::Args>),
+    /// One RSA-4096 rotate call's p50/p99 with the key pool off and on, side by side.
+    RotateLatency(Run<rotate_latency::Args>),
     /// Revoke → key gone from the file and its session ended, plain and under a stall attack;
     /// agent CPU under a chmod loop.
     Revocation(Run<revocation::Args>),
@@ -82,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Fanout(run) => run.execute().await,
         Command::Keygen(run) => run.execute().await,
         Command::RotateAll(run) => run.execute().await,
+        Command::RotateLatency(run) => run.execute().await,
         Command::Revocation(run) => run.execute().await,
         Command::LiveHosts(run) => run.execute().await,
         Command::ControlPlaneChild => cluster::serve_child().await,

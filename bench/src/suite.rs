@@ -52,6 +52,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 &["rotate-all", "--smoke"],
             ),
             step(
+                "rotate-latency",
+                "one RSA-4096 rotate call, key pool off and on",
+                &["rotate-latency", "--smoke"],
+            ),
+            step(
                 "propagation",
                 "rotate call → file renamed",
                 &["propagation", "--smoke"],
@@ -99,6 +104,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "rotate-all",
                 "bulk rotation vs pure generation",
                 &["rotate-all"],
+            ),
+            step(
+                "rotate-latency",
+                "one RSA-4096 rotate call, key pool off and on",
+                &["rotate-latency"],
             ),
             step(
                 "propagation 1",
