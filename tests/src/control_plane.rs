@@ -270,6 +270,10 @@ impl ControlPlane {
             config.server.tls_cert = Some(tls.cert_file.clone());
             config.server.tls_key = Some(tls.key_file.clone());
         }
+        // Two pre-generated RSA keys, not the default sixteen: each control plane a test starts
+        // would otherwise spend its first seconds on a core of the shared machine filling the
+        // pool. (A test that wants another size says so in `configure`.)
+        config.rotation.key_pool_size = 2;
         if let Some(configure) = options.configure {
             configure(&mut config);
         }
