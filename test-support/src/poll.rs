@@ -20,7 +20,8 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
 }
 
 /// Polls `check` until it returns `Some`, for at most `timeout` (pausing 10 ms, doubling up to
-/// 200 ms); panics with `what` otherwise.
+/// 200 ms); panics with `what` otherwise. The bound holds a check that never answers too (one
+/// stuck on a request): it is cut at the deadline.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -29,8 +30,13 @@ where
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(10);
     loop {
-        if let Some(value) = check().await {
-            return value;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, check()).await {
+            Ok(Some(value)) => return value,
+            Ok(None) => {}
+            Err(_) => {
+                panic!("timed out after {timeout:?} waiting for {what} (a check did not answer)")
+            }
         }
         assert!(
             Instant::now() < deadline,

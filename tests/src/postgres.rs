@@ -3,7 +3,8 @@
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The database every test schema lives in, as its owner.
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const INSTALL_HINT: &str = "PostgreSQL must listen on 127.0.0.1:5432 with trust auth and a `test` database \
      (`make test-deps` starts the local cluster when it is installed)";
 
@@ -26,10 +27,37 @@ impl PgSchema {
         Self { name }
     }
 
-    /// A URL whose connections use only this schema.
+    /// A URL whose connections use only this schema. They name themselves after it
+    /// (`application_name`), so that the drop can find and end them.
     pub fn url(&self) -> String {
-        format!("{ADMIN_URL}?options=-c%20search_path%3D{}", self.name)
+        format!(
+            "{ADMIN_URL}?options=-c%20search_path%3D{name}&application_name={name}",
+            name = self.name
+        )
     }
+}
+
+/// Drops `name` with everything in it. The sessions still using it are ended first: a server the
+/// test dropped without stopping keeps its tasks on the test's runtime, which this drop blocks, so
+/// a transaction they hold open (its locks on the schema's tables) would never end and
+/// `DROP SCHEMA` would wait for it for ever. `lock_timeout` bounds the drop whatever else holds a
+/// lock: a schema left behind is a leak, a test that never ends is a hung suite.
+async fn drop_schema(name: &str) -> Result<(), sqlx::Error> {
+    let mut conn = PgConnection::connect(ADMIN_URL).await?;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut conn)
+    .await?;
+    sqlx::query("SET lock_timeout = '10s'")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
 }
 
 impl Drop for PgSchema {
@@ -41,13 +69,9 @@ impl Drop for PgSchema {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(ADMIN_URL).await {
-                    let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
+            if let Err(e) = rt.block_on(drop_schema(&name)) {
+                eprintln!("could not drop the test schema {name}: {e}");
+            }
         })
         .join();
     }

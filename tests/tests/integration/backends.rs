@@ -158,6 +158,31 @@ async fn postgres_audit_tampering_is_found() {
     tampering_is_found(Database::Postgres).await;
 }
 
+/// A test that drops its servers without stopping them leaves their tasks on its runtime, which
+/// the schema's drop blocks: a transaction they hold open can never end. The drop ends the
+/// schema's sessions first, so it neither waits for it for ever nor leaves the schema behind.
+#[tokio::test]
+async fn a_schema_is_dropped_while_a_session_on_this_runtime_holds_its_tables() {
+    use sqlx::Connection as _;
+    let schema = keyward_tests::PgSchema::create().await;
+    let name = schema.name.clone();
+    let mut session = sqlx::PgConnection::connect(&schema.url()).await.unwrap();
+    for statement in ["CREATE TABLE t (x int)", "BEGIN", "SELECT * FROM t"] {
+        sqlx::query(statement).execute(&mut session).await.unwrap();
+    }
+    drop(schema);
+    let mut admin = sqlx::PgConnection::connect(keyward_tests::postgres::ADMIN_URL)
+        .await
+        .unwrap();
+    let left: (i64,) =
+        sqlx::query_as("SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(left.0, 0, "schema {name} was dropped");
+}
+
 #[tokio::test]
 async fn postgres_runs_one_rotation_scheduler_per_deployment() {
     use keyward_server::store::Store;
