@@ -63,7 +63,8 @@ pub struct RotationConfig {
     /// How long the scheduler waits before trying again a rotation that failed (Vault sealed...).
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
-    /// Tenants a bulk rotation works on at once; default: twice the number of cores.
+    /// Tenants a bulk rotation (and the scheduler) works on at once, per replica; default
+    /// [`DEFAULT_BULK_CONCURRENCY`]. Read it with [`RotationConfig::bulk_concurrency`].
     pub bulk_concurrency: Option<usize>,
     /// How long a replica's claim on a bulk rotation's tenants holds without being renewed
     /// (it renews at a third of this while it works): after a replica dies, its tenants wait
@@ -74,6 +75,17 @@ pub struct RotationConfig {
     /// `keys.algorithm` is expensive to generate (RSA-4096; Ed25519 needs none); refilled in the
     /// background one key at a time. 0 turns the pool off.
     pub key_pool_size: usize,
+}
+
+/// Tenants in flight by default: they mostly wait (for Vault's answers, then for their group
+/// commit), and key generation takes at most one thread per core whatever this says.
+pub const DEFAULT_BULK_CONCURRENCY: usize = 64;
+
+impl RotationConfig {
+    /// Tenants a bulk rotation works on at once.
+    pub fn bulk_concurrency(&self) -> usize {
+        self.bulk_concurrency.unwrap_or(DEFAULT_BULK_CONCURRENCY)
+    }
 }
 
 impl Default for RotationConfig {

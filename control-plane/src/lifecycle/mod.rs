@@ -1,11 +1,13 @@
 //! The key lifecycle: create, rotate, regenerate, revoke and the one-time download.
 //!
 //! Each operation follows one order, so that SQL never claims what Vault did not store:
-//! generate the key off the async runtime, open an SQL transaction, write Vault with
-//! check-and-set, record the new key metadata and the audit event, commit. A Vault failure rolls
-//! the transaction back (and is audited as a failure on its own); an SQL failure after the Vault
-//! write leaves an unreferenced KV version that the next operation supersedes, and no row points
-//! at it. Operations on one tenant are serialised by a striped lock; check-and-set guards against
+//! generate the key off the async runtime, write Vault with check-and-set, then record the new
+//! key metadata and the audit event in one SQL transaction (rotations and regenerates write Vault
+//! before the transaction begins, so that it is not held across Vault's round trips; a bulk job
+//! shares the transaction among many key sets, [`group_commit`]). A Vault failure leaves SQL
+//! untouched (and is audited as a failure on its own); an SQL failure after the Vault write
+//! leaves an unreferenced KV version that the next operation supersedes, and no row points at
+//! it. Operations on one tenant are serialised by a striped lock; check-and-set guards against
 //! other replicas.
 //!
 //! New keys follow the tenant's rotation policy ([`policy`]); the tenant's SMTP credentials and
@@ -30,12 +32,14 @@ use crate::vault::{KeySetSecret, SecretStore, VaultError};
 mod access;
 mod download;
 mod error;
+mod group_commit;
 mod key_pool;
 mod policy;
 mod records;
 mod secrets;
 pub use access::Registered;
 pub use error::DomainError;
+pub use group_commit::GroupCommit;
 pub use key_pool::KeyPool;
 pub use policy::{PolicySource, RotationPolicy};
 pub use records::IssuedCertificate;
@@ -49,6 +53,26 @@ pub struct NewTenant {
     pub ssh_port: u16,
     pub tenant_user: UnixUser,
     pub admin_user: UnixUser,
+}
+
+/// A key set's replacement whose new key Vault holds (its version in `new`), not yet in SQL.
+#[derive(Debug)]
+struct Replacement {
+    tenant: TenantId,
+    kind: KeyKind,
+    how: Replace,
+    old: KeySetRecord,
+    new: KeySetRecord,
+}
+
+/// What [`KeyLifecycle::prepare_replacement`] found to do. Returned once and taken apart at
+/// once: the variants' sizes do not matter.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    /// Nothing: a scheduled rotation that is not due.
+    Unchanged(KeySetRecord),
+    Ready(Replacement),
 }
 
 /// How a new key replaces the current one.
@@ -508,10 +532,22 @@ impl KeyLifecycle {
         how: Replace,
         trigger: &Trigger,
     ) -> Result<KeySetRecord, DomainError> {
-        let action = how.action();
         let result = self
             .lock_and_replace_key(caller, tenant, kind, how, trigger)
             .await;
+        self.replace_done(caller, tenant, how, result).await
+    }
+
+    /// Counts a replacement's outcome and audits its failure (in a transaction of its own: the
+    /// replacement's was rolled back).
+    async fn replace_done(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        how: Replace,
+        result: Result<KeySetRecord, DomainError>,
+    ) -> Result<KeySetRecord, DomainError> {
+        let action = how.action();
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => action, "outcome" => outcome).increment(1);
         if let Err(e) = &result
@@ -531,12 +567,32 @@ impl KeyLifecycle {
         trigger: &Trigger,
     ) -> Result<KeySetRecord, DomainError> {
         let _guard = self.locks.lock(tenant).await;
+        let replacement = match self.prepare_replacement(tenant, kind, how, trigger).await? {
+            Prepared::Unchanged(old) => return Ok(old),
+            Prepared::Ready(replacement) => replacement,
+        };
+        let mut tx = self.store.begin().await?;
+        self.apply_replacement(&mut tx, caller, &replacement, trigger)
+            .await?;
+        tx.commit().await?;
+        Ok(self.replaced(replacement))
+    }
+
+    /// Everything of a replacement before SQL: reads the key set, generates the new key and
+    /// writes it to Vault. The caller holds the tenant's lock until the replacement is applied.
+    async fn prepare_replacement(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        how: Replace,
+        trigger: &Trigger,
+    ) -> Result<Prepared, DomainError> {
         let old = self.key_set_or_404(tenant, kind).await?;
         if how == Replace::Rotate && old.state == KeyState::Revoked {
             return Err(DomainError::KeyRevoked);
         }
         if *trigger == Trigger::Schedule && old.next_rotation > self.clock.now() {
-            return Ok(old);
+            return Ok(Prepared::Unchanged(old));
         }
         let policy = self.rotation_policy(tenant).await?;
         let generation = old.generation + 1;
@@ -567,7 +623,6 @@ impl KeyLifecycle {
         let vault_version = self
             .write_vault(tenant, kind, &key, old.created_at, now, &policy.name)
             .await?;
-        let mut tx = self.store.begin().await?;
         let new = KeySetRecord {
             generation,
             state: KeyState::Active,
@@ -586,18 +641,49 @@ impl KeyLifecycle {
             session_epoch,
             ..old.clone()
         };
-        // Only over the generation read above: a rotation of the same key set that committed
-        // meanwhile (on another replica) makes this one a conflict, not a lost update.
-        if !tx.replace_key_set(old.generation, &new).await? {
+        Ok(Prepared::Ready(Replacement {
+            tenant: tenant.clone(),
+            kind,
+            how,
+            old,
+            new,
+        }))
+    }
+
+    /// Records a prepared replacement in `tx`: the key set (only over the generation read: a
+    /// rotation of the same key set that committed meanwhile, on another replica, makes this one
+    /// a conflict, not a lost update), the job's progress, the key's history, the hosts'
+    /// generations and the audit event. On an error the caller rolls back what this wrote.
+    async fn apply_replacement(
+        &self,
+        tx: &mut WriteTx,
+        caller: &Caller,
+        replacement: &Replacement,
+        trigger: &Trigger,
+    ) -> Result<(), DomainError> {
+        let Replacement {
+            tenant,
+            kind,
+            how,
+            old,
+            new,
+        } = replacement;
+        if !tx.replace_key_set(old.generation, new).await? {
             return Err(DomainError::ConcurrentModification);
         }
-        trigger.record(&mut tx, tenant, kind.secret_name()).await?;
-        tx.record_key_history(tenant, kind, generation, &new.fingerprint, now)
-            .await?;
+        trigger.record(tx, tenant, kind.secret_name()).await?;
+        tx.record_key_history(
+            tenant,
+            *kind,
+            new.generation,
+            &new.fingerprint,
+            new.last_rotated,
+        )
+        .await?;
         tx.bump_tenant_hosts(tenant).await?;
         let detail = json!({
             "kind": kind,
-            "generation": generation,
+            "generation": new.generation,
             "newFingerprint": new.fingerprint,
             "oldFingerprint": old.fingerprint,
             "graceUntil": new.grace_until.map(iso8601),
@@ -608,10 +694,21 @@ impl KeyLifecycle {
         });
         tx.append_audit(&self.event(caller, how.action(), Some(tenant), "success", detail))
             .await?;
-        tx.commit().await?;
+        Ok(())
+    }
+
+    /// After a replacement committed: the tenant's agents get their new state.
+    fn replaced(&self, replacement: Replacement) -> KeySetRecord {
+        let Replacement {
+            tenant,
+            kind,
+            how,
+            new,
+            ..
+        } = replacement;
         self.changes.changed(Change::Tenant(tenant.clone()));
-        tracing::info!(tenant = %tenant, %kind, generation, action = how.action(), "key replaced");
-        Ok(new)
+        tracing::info!(tenant = %tenant, %kind, generation = new.generation, action = how.action(), "key replaced");
+        new
     }
 
     /// Revokes the tenant's key: no valid key until it is regenerated. Needs no Vault call, so it

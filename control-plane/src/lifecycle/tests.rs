@@ -187,7 +187,7 @@ impl crate::changes::ChangeNotifier for RecordedChanges {
 }
 
 impl RecordedChanges {
-    fn take(&self) -> Vec<crate::changes::Change> {
+    pub(crate) fn take(&self) -> Vec<crate::changes::Change> {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
 }

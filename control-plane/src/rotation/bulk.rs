@@ -8,9 +8,11 @@
 //!   its claims run out and another replica takes its tenants over, and each secret's rotation
 //!   commits only while its claim holds, so no tenant is rotated twice. Whichever replica sees
 //!   the queue empty completes the job, once.
-//! - Each replica works on `rotation.bulk_concurrency` tenants at once (default twice the
-//!   cores); key generation takes one core each through the lifecycle's CPU slots.
-//! - Each tenant's rotation is the lifecycle's own operation, audited on its own with the job id.
+//! - Each replica works on `rotation.bulk_concurrency` tenants at once (default 64); key
+//!   generation takes one core each through the lifecycle's CPU slots.
+//! - Each tenant's rotation is the lifecycle's own operation, audited on its own with the job id;
+//!   the SQL part of the SSH key sets ready at the same time is committed in one transaction
+//!   (`lifecycle::group_commit`).
 //!   A tenant that fails is recorded with its reason; the job goes on with the others.
 //! - Progress is kept in SQL (readable from any replica) and, on the replica that started the
 //!   job, in a watch channel that the Server-Sent Events stream follows.
@@ -29,7 +31,7 @@ use tokio::task::AbortHandle;
 use crate::caller::Caller;
 use crate::config::RotationConfig;
 use crate::lifecycle::DomainError;
-use crate::lifecycle::{KeyLifecycle, Replace, TenantSecretKind, Trigger};
+use crate::lifecycle::{GroupCommit, KeyLifecycle, Replace, TenantSecretKind, Trigger};
 use crate::store::{
     Backend, ClaimedTenant, JobClaim, JobFailure, JobRecord, Role, StoreError, TenantOutcome,
 };
@@ -168,9 +170,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl BulkRotations {
     pub fn new(lifecycle: Arc<KeyLifecycle>, config: &RotationConfig) -> Self {
-        let concurrency = config.bulk_concurrency.unwrap_or_else(|| {
-            2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
+        let concurrency = config.bulk_concurrency();
         Self {
             lifecycle,
             concurrency,
@@ -372,6 +372,9 @@ impl BulkRotations {
         tracing::info!(job = %claim.job_id, worker = %claim.worker, "working on a bulk rotation");
         let trigger = Trigger::Job(claim.clone());
         let lifecycle = &self.lifecycle;
+        // The SQL part of the tenants' rotations, several key sets per transaction; stops when
+        // this task ends or is aborted.
+        let group = Arc::new(GroupCommit::start(Arc::clone(lifecycle)));
         let mut snapshot = JobSnapshot { job, last: None };
         let mut queue: VecDeque<ClaimedTenant> = VecDeque::new();
         let mut outcomes: Vec<TenantOutcome> = Vec::new();
@@ -389,11 +392,21 @@ impl BulkRotations {
             while tasks.len() < self.concurrency
                 && let Some(tenant) = queue.pop_front()
             {
-                let (lifecycle, caller, trigger) =
-                    (lifecycle.clone(), caller.clone(), trigger.clone());
+                let (lifecycle, group, caller, trigger) = (
+                    lifecycle.clone(),
+                    Arc::clone(&group),
+                    caller.clone(),
+                    trigger.clone(),
+                );
                 let name = tenant.tenant_id.clone();
                 let handle = tasks.spawn(async move {
-                    rotate_tenant(&lifecycle, &caller, &tenant, secret_type, &trigger).await
+                    let rotation = Rotation {
+                        lifecycle: &lifecycle,
+                        group: &group,
+                        caller: &caller,
+                        trigger: &trigger,
+                    };
+                    rotation.tenant(&tenant, secret_type).await
                 });
                 names.insert(handle.id(), name);
             }
@@ -570,63 +583,74 @@ fn failure_of(result: &TenantResult) -> Option<JobFailure> {
     })
 }
 
-/// Rotates one tenant's secret of `secret_type`, but not the secrets the job already rotated
-/// for it (a replica that died held it before). For `ssh`, both key sets are tried even when
-/// the first fails; revoked key sets are left alone (a revoked key is replaced by a regenerate,
-/// which is an admin's decision, not a rotation's).
-async fn rotate_tenant(
-    lifecycle: &KeyLifecycle,
-    caller: &Caller,
-    claimed: &ClaimedTenant,
-    secret_type: SecretType,
-    trigger: &Trigger,
-) -> TenantResult {
-    let tenant = &claimed.tenant_id;
-    let done = |secret: &str| claimed.done.iter().any(|d| d == secret);
-    let result = |outcome, error: Option<DomainError>| TenantResult {
-        tenant_id: tenant.clone(),
-        outcome,
-        code: error.as_ref().map(DomainError::code),
-        reason: error.map(|e| e.to_string()),
-    };
-    match secret_type {
-        SecretType::Ssh => {
-            let mut rotated = 0;
-            let mut first_error = None;
-            for kind in KeyKind::ALL {
-                if done(kind.secret_name()) {
-                    rotated += 1;
-                    continue;
-                }
-                match lifecycle
-                    .replace_key_as(caller, tenant, kind, Replace::Rotate, trigger)
-                    .await
-                {
-                    Ok(_) => rotated += 1,
-                    Err(DomainError::KeyRevoked) => {}
-                    Err(e) => {
-                        first_error.get_or_insert(e);
+/// What a job's tenant tasks rotate with.
+struct Rotation<'a> {
+    lifecycle: &'a KeyLifecycle,
+    group: &'a GroupCommit,
+    caller: &'a Caller,
+    trigger: &'a Trigger,
+}
+
+impl Rotation<'_> {
+    /// Rotates one tenant's secret of `secret_type`, but not the secrets the job already
+    /// rotated for it (a replica that died held it before). For `ssh`, both key sets are tried
+    /// (each committed with other tenants' key sets) even when the first fails; revoked key sets
+    /// are left alone (a revoked key is replaced by a regenerate, which is an admin's
+    /// decision, not a rotation's).
+    async fn tenant(&self, claimed: &ClaimedTenant, secret_type: SecretType) -> TenantResult {
+        let Self {
+            lifecycle,
+            group,
+            caller,
+            trigger,
+        } = *self;
+        let tenant = &claimed.tenant_id;
+        let done = |secret: &str| claimed.done.iter().any(|d| d == secret);
+        let result = |outcome, error: Option<DomainError>| TenantResult {
+            tenant_id: tenant.clone(),
+            outcome,
+            code: error.as_ref().map(DomainError::code),
+            reason: error.map(|e| e.to_string()),
+        };
+        match secret_type {
+            SecretType::Ssh => {
+                let mut rotated = 0;
+                let mut first_error = None;
+                for kind in KeyKind::ALL {
+                    if done(kind.secret_name()) {
+                        rotated += 1;
+                        continue;
+                    }
+                    match lifecycle
+                        .replace_key_grouped(group, caller, tenant, kind, Replace::Rotate, trigger)
+                        .await
+                    {
+                        Ok(_) => rotated += 1,
+                        Err(DomainError::KeyRevoked) => {}
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
                     }
                 }
+                match (first_error, rotated) {
+                    (Some(e), _) => result("failed", Some(e)),
+                    (None, 0) => result("skipped", None),
+                    (None, _) => result("rotated", None),
+                }
             }
-            match (first_error, rotated) {
-                (Some(e), _) => result("failed", Some(e)),
-                (None, 0) => result("skipped", None),
-                (None, _) => result("rotated", None),
-            }
-        }
-        SecretType::Smtp | SecretType::Dkim => {
-            let kind = if secret_type == SecretType::Smtp {
-                TenantSecretKind::Smtp
-            } else {
-                TenantSecretKind::Dkim
-            };
-            if done(kind.name()) {
-                return result("rotated", None);
-            }
-            match lifecycle.rotate_secret(caller, tenant, kind, trigger).await {
-                Ok(_) => result("rotated", None),
-                Err(e) => result("failed", Some(e)),
+            SecretType::Smtp | SecretType::Dkim => {
+                let kind = if secret_type == SecretType::Smtp {
+                    TenantSecretKind::Smtp
+                } else {
+                    TenantSecretKind::Dkim
+                };
+                if done(kind.name()) {
+                    return result("rotated", None);
+                }
+                match lifecycle.rotate_secret(caller, tenant, kind, trigger).await {
+                    Ok(_) => result("rotated", None),
+                    Err(e) => result("failed", Some(e)),
+                }
             }
         }
     }

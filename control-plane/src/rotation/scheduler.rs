@@ -70,9 +70,7 @@ impl RotationScheduler {
     }
 
     fn concurrency(&self) -> usize {
-        self.config.bulk_concurrency.unwrap_or_else(|| {
-            2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        })
+        self.config.bulk_concurrency()
     }
 
     /// Rotates every active key set due at `now` (the lifecycle's clock time), several tenants at

@@ -259,6 +259,44 @@ impl WriteTx {
             .await
             .map_err(query_error("committing a transaction"))
     }
+
+    /// Marks a point that [`WriteTx::rollback_to_savepoint`] undoes back to, so that one
+    /// transaction can hold several independent changes (a group commit) and drop one that fails
+    /// without the others. One at a time: a new savepoint is meant after the last is released or
+    /// rolled back to.
+    pub async fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.execute("SAVEPOINT keyward_item", "setting a savepoint")
+            .await
+    }
+
+    /// Keeps what was written since the savepoint.
+    pub async fn release_savepoint(&mut self) -> Result<(), StoreError> {
+        self.execute("RELEASE SAVEPOINT keyward_item", "releasing a savepoint")
+            .await
+    }
+
+    /// Undoes what was written since the savepoint (on PostgreSQL, also after a failed
+    /// statement), and releases it.
+    pub async fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        self.execute(
+            "ROLLBACK TO SAVEPOINT keyward_item",
+            "rolling back to a savepoint",
+        )
+        .await?;
+        self.release_savepoint().await
+    }
+
+    async fn execute(
+        &mut self,
+        statement: &'static str,
+        what: &'static str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(statement)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_error(what))?;
+        Ok(())
+    }
 }
 
 fn get<'r, T>(row: &'r AnyRow, column: &'static str) -> Result<T, StoreError>
