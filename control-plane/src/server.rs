@@ -102,7 +102,7 @@ impl RunningServer {
         }
         // Aborting the agent endpoint stops its accept loop; the streams it holds end here.
         self.hub.disconnect_all();
-        self.rotations.shutdown();
+        self.rotations.shutdown().await;
         let result = self.server.await;
         self.lifecycle.store().close().await;
         match result {

@@ -35,7 +35,9 @@ where
             Ok(Some(value)) => return value,
             Ok(None) => {}
             Err(_) => {
-                panic!("timed out after {timeout:?} waiting for {what} (a check did not answer)")
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} (the last check was still running)"
+                )
             }
         }
         assert!(

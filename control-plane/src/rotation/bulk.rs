@@ -141,7 +141,7 @@ pub struct BulkRotations {
     lease: Duration,
     running: Mutex<Option<Running>>,
     /// The jobs this replica works on, by id.
-    working: Mutex<HashMap<String, AbortHandle>>,
+    working: Mutex<HashMap<String, Working>>,
 }
 
 fn random_id(prefix: &str) -> String {
@@ -166,6 +166,13 @@ pub fn valid_job_id(raw: &str) -> bool {
 /// Locks a mutex whose holder cannot leave it inconsistent.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A job this replica works on: its task, and the claim its tenants are held under.
+#[derive(Debug)]
+struct Working {
+    task: AbortHandle,
+    claim: JobClaim,
 }
 
 impl BulkRotations {
@@ -209,13 +216,32 @@ impl BulkRotations {
             .map(|r| r.progress.clone())
     }
 
-    /// Stops working on jobs (server shutdown). The claims this replica holds run out after
-    /// `rotation.bulk_lease`, and the other replicas, or this one when it is back, finish.
-    pub fn shutdown(&self) {
-        for (_, task) in lock(&self.working).drain() {
-            task.abort();
+    /// Stops working on jobs (server shutdown) and hands back the tenants this replica held, so
+    /// that the other replicas take them at once. A rotation cut in the middle is rolled back (its
+    /// Vault version is superseded by the next one); if the hand-back fails (the database away),
+    /// the claims run out after `rotation.bulk_lease` instead.
+    pub async fn shutdown(&self) {
+        let working: Vec<Working> = lock(&self.working).drain().map(|(_, w)| w).collect();
+        for work in &working {
+            work.task.abort();
         }
         lock(&self.running).take();
+        for Working { claim, .. } in working {
+            let released = async {
+                let mut tx = self.lifecycle.store().begin_unaudited().await?;
+                let released = tx.release_job_claims(&claim).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(released)
+            };
+            match released.await {
+                Ok(tenants) => {
+                    tracing::info!(job = %claim.job_id, worker = %claim.worker, tenants, "handed a rotation job's tenants back");
+                }
+                Err(e) => {
+                    tracing::warn!(job = %claim.job_id, error = %e, "cannot hand a rotation job's tenants back; their lease runs out instead");
+                }
+            }
+        }
     }
 
     /// Joins the running job, wherever it was started, now and every [`JOIN_EVERY`]: a job
@@ -343,14 +369,27 @@ impl BulkRotations {
             return;
         }
         let job_id = job.job_id.clone();
+        let claim = JobClaim {
+            job_id: job.job_id.clone(),
+            worker: random_id("w_"),
+        };
         let this = Arc::clone(self);
+        let task_claim = claim.clone();
         // The entry is made before the task can remove it, under one lock.
         let task = tokio::spawn(async move {
             let job_id = job.job_id.clone();
-            Arc::clone(&this).work(caller, job, progress).await;
+            Arc::clone(&this)
+                .work(caller, job, task_claim, progress)
+                .await;
             lock(&this.working).remove(&job_id);
         });
-        working.insert(job_id, task.abort_handle());
+        working.insert(
+            job_id,
+            Working {
+                task: task.abort_handle(),
+                claim,
+            },
+        );
     }
 
     /// Claims tenants of the job and rotates them until none is left to claim, then completes
@@ -359,15 +398,12 @@ impl BulkRotations {
         self: Arc<Self>,
         caller: Caller,
         job: JobRecord,
+        claim: JobClaim,
         progress: Option<watch::Sender<JobSnapshot>>,
     ) {
         let Some(secret_type) = SecretType::parse(&job.secret_type) else {
             tracing::error!(job = %job.job_id, secret_type = %job.secret_type, "a rotation job of an unknown secret type");
             return;
-        };
-        let claim = JobClaim {
-            job_id: job.job_id.clone(),
-            worker: random_id("w_"),
         };
         tracing::info!(job = %claim.job_id, worker = %claim.worker, "working on a bulk rotation");
         let trigger = Trigger::Job(claim.clone());

@@ -219,6 +219,22 @@ impl WriteTx {
         Ok(done.rows_affected())
     }
 
+    /// Hands back the tenants the worker holds (a replica stopping cleanly), so that another
+    /// replica claims them at once instead of after their lease. What the job committed for them
+    /// (`done`) stays: the next worker skips it.
+    pub async fn release_job_claims(&mut self, claim: &JobClaim) -> Result<u64, StoreError> {
+        let released = sqlx::query(
+            "UPDATE rotation_job_tenants SET state = 'pending', claimed_by = NULL, lease_until = NULL \
+             WHERE job_id = $1 AND claimed_by = $2 AND state = 'claimed'",
+        )
+        .bind(&claim.job_id)
+        .bind(&claim.worker)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("releasing a rotation job's claims"))?;
+        Ok(released.rows_affected())
+    }
+
     /// Records that the job rotated `secret` of `tenant`, in the rotation's own transaction.
     /// False when the worker no longer holds the tenant (its lease ran out and another worker
     /// claimed it): the caller must roll the rotation back.

@@ -240,8 +240,9 @@ async fn claims(cp: &ControlPlane, job_id: &str) -> Vec<(String, String)> {
 }
 
 /// Stops a replica in the middle of a rotate-all: the replicas share the job's tenants, the
-/// stopped replica's claims run out, and the other finishes: every key set rotated exactly once,
-/// and SQL names the version and key that Vault holds.
+/// stopped replica hands its claims back as it stops (long before their lease would run out),
+/// and the other finishes: every key set rotated exactly once, and SQL names the version and key
+/// that Vault holds.
 #[tokio::test]
 async fn a_replica_stopped_mid_rotate_all_leaves_the_job_to_another_and_no_tenant_rotated_twice() {
     // Enough that a fast machine is still in the middle of the job when A stops.
@@ -254,7 +255,9 @@ async fn a_replica_stopped_mid_rotate_all_leaves_the_job_to_another_and_no_tenan
             algorithm: keyward_common::KeyAlgorithm::Ed25519,
             configure: Some(|config| {
                 config.rotation.bulk_concurrency = Some(2);
-                config.rotation.bulk_lease = Duration::from_secs(3);
+                // Longer than the test may wait for the job: B must not wait for A's claims to
+                // run out, A hands them back as it stops.
+                config.rotation.bulk_lease = Duration::from_secs(600);
                 config.rotation.scheduler = false;
             }),
             ..Default::default()
@@ -284,13 +287,12 @@ async fn a_replica_stopped_mid_rotate_all_leaves_the_job_to_another_and_no_tenan
     })
     .await;
     a.stop().await;
-    // What A held when it stopped (B's claims too): A's are taken over once their lease ends.
-    let held_at_stop = claims(&b, &job_id).await;
     assert!(
         rotated_before < TENANTS as i64,
         "the job was under way, not done, when A stopped: {rotated_before} rotated"
     );
 
+    // B finishes well within A's lease (600 s): only because A handed its claims back.
     let job = eventually("B completes the job", Duration::from_secs(120), || async {
         let job = b.admin_get(&job_path).await.json();
         (job["status"] != "running").then_some(job)
@@ -300,18 +302,13 @@ async fn a_replica_stopped_mid_rotate_all_leaves_the_job_to_another_and_no_tenan
     assert_eq!(job["rotatedCount"], TENANTS, "{job}");
     assert_eq!(job["failedCount"], 0, "{job}");
 
-    // The replicas shared the job, and B took over tenants A held when it stopped.
+    // The replicas shared the job: each finished some of its tenants.
     let finished = claims(&b, &job_id).await;
     let workers: std::collections::HashSet<_> = finished.iter().map(|(_, w)| w).collect();
     assert!(
         workers.len() >= 2,
         "both replicas worked on the job: {workers:?}"
     );
-    let taken_over = held_at_stop
-        .iter()
-        .filter(|held| finished.iter().any(|f| f.0 == held.0 && f.1 != held.1))
-        .count();
-    assert!(taken_over >= 1, "held at stop {held_at_stop:?}");
 
     // Exactly once: generation 2 everywhere, and SQL's version and key are Vault's current ones
     // (a Vault write of A's that never committed is superseded by B's rotation).
