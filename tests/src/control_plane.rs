@@ -113,6 +113,9 @@ struct VaultTarget {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub database: Database,
+    /// A PostgreSQL database of the test's own (a [`crate::pg_server::PgServer`]), instead of a
+    /// schema of the shared server; `database` is then ignored.
+    pub database_url: Option<String>,
     pub algorithm: KeyAlgorithm,
     pub grace_period: Duration,
     /// Serve TLS with this certificate and key (PEM), trusted through `ca_pem`.
@@ -172,6 +175,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             database: Database::Sqlite,
+            database_url: None,
             algorithm: KeyAlgorithm::Rsa4096,
             grace_period: Duration::from_secs(24 * 3600),
             tls: None,
@@ -238,15 +242,18 @@ impl ControlPlane {
             Some(dir) => StateDir::Kept(dir.clone()),
             None => StateDir::Temporary(tempfile::tempdir().unwrap()),
         };
-        let schema = match options.database {
-            Database::Sqlite => None,
-            Database::Postgres => Some(PgSchema::create().await),
+        let schema = match (&options.database_url, options.database) {
+            (Some(_), _) | (None, Database::Sqlite) => None,
+            (None, Database::Postgres) => Some(PgSchema::create().await),
         };
         let mut config = Config::default();
         config.server.listen = options.listen;
         config.server.state_dir = state_dir.path().to_path_buf();
         config.agent_api.listen = options.agent_listen;
-        config.database.url = schema.as_ref().map(PgSchema::url);
+        config.database.url = options
+            .database_url
+            .clone()
+            .or_else(|| schema.as_ref().map(PgSchema::url));
         match vault.addresses.as_slice() {
             [one] => config.vault.address = Some(one.clone()),
             many => config.vault.addresses = many.to_vec(),

@@ -16,6 +16,7 @@ pub mod deployment;
 pub mod haproxy;
 pub mod openbao;
 pub mod openbao_cluster;
+pub mod pg_server;
 pub mod postgres;
 pub mod raw_agent;
 pub mod sse;
