@@ -210,6 +210,10 @@ pub struct ServerConfig {
     /// header (v1 or v2): they must, and its client address is the one audited and throttled;
     /// connections from other addresses must not send one.
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// On PostgreSQL, how often a replica says it is alive; another replica's agent streams
+    /// count as connected while it is (three heartbeats). 1s to 1m.
+    #[serde(with = "humantime_serde")]
+    pub replica_heartbeat: Duration,
 }
 
 impl Default for ServerConfig {
@@ -228,6 +232,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             enroll_failures_per_minute: 10,
             proxy_protocol_from: Vec::new(),
+            replica_heartbeat: Duration::from_secs(5),
         }
     }
 }
@@ -466,6 +471,11 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return rule("server.max_body_bytes must be at least 1024");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60))
+            .contains(&self.server.replica_heartbeat)
+        {
+            return rule("server.replica_heartbeat must be 1s to 1m");
         }
         if self.rotation.max_sleep < Duration::from_secs(1) {
             return rule("rotation.max_sleep must be at least 1s");

@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
 
 use crate::agents::hub::Hub;
+use crate::agents::presence::{PresenceContext, ReplicaPresence};
 use crate::agents::{AgentTrust, grpc};
 use crate::api::hosts::AgentSettings;
 use crate::api::throttle::EnrollThrottle;
@@ -75,6 +76,8 @@ pub struct RunningServer {
     /// The agents' mTLS gRPC endpoint.
     pub agent_addr: SocketAddr,
     pub agent_url: String,
+    /// This process's id among the replicas (`replicas.replica_id` on PostgreSQL).
+    pub replica_id: String,
     pub lifecycle: Arc<KeyLifecycle>,
     /// Bulk rotation jobs.
     pub rotations: Arc<BulkRotations>,
@@ -82,6 +85,8 @@ pub struct RunningServer {
     pub backups: Arc<VaultBackups>,
     /// This replica's agent streams, ended at shutdown.
     hub: Arc<Hub>,
+    /// On PostgreSQL: which hosts' streams this replica holds, for the others.
+    presence: Option<ReplicaPresence>,
     handle: axum_server::Handle,
     server: JoinHandle<Result<(), std::io::Error>>,
     background: Vec<JoinHandle<()>>,
@@ -102,6 +107,9 @@ impl RunningServer {
         }
         // Aborting the agent endpoint stops its accept loop; the streams it holds end here.
         self.hub.disconnect_all();
+        if let Some(presence) = self.presence {
+            presence.stop().await;
+        }
         self.rotations.shutdown().await;
         let result = self.server.await;
         self.lifecycle.store().close().await;
@@ -166,14 +174,28 @@ pub async fn start_with(
     // change-notification seam, the transport registers agents' streams and live views with it.
     // Replicas on one PostgreSQL database also tell each other (`changes::postgres`).
     let hub = Arc::new(Hub::default());
+    // This process's name among the replicas (a new one at each start).
+    let replica = format!("{:016x}", rand::random::<u64>());
     let mut background = Vec::new();
-    let changes: Arc<dyn ChangeNotifier> = match ReplicaChanges::start(&store, hub.clone()) {
-        Some((changes, tasks)) => {
-            background.extend(tasks);
-            changes
-        }
-        None => hub.clone(),
-    };
+    let changes: Arc<dyn ChangeNotifier> =
+        match ReplicaChanges::start(&store, &replica, hub.clone()) {
+            Some((changes, tasks)) => {
+                background.extend(tasks);
+                changes
+            }
+            None => hub.clone(),
+        };
+    let presence = ReplicaPresence::start(
+        replica.clone(),
+        PresenceContext {
+            store: store.clone(),
+            clock: clock.clone(),
+            hub: hub.clone(),
+            changes: changes.clone(),
+            heartbeat: config.server.replica_heartbeat,
+        },
+    )
+    .await?;
     let lifecycle = Arc::new(
         KeyLifecycle::new(vault, store, clock, config.keys.clone(), changes.clone())
             .with_key_pool(config.rotation.key_pool_size),
@@ -248,6 +270,7 @@ pub async fn start_with(
         rotations: rotations.clone(),
         backups: backups.clone(),
         hosts_feed: Arc::default(),
+        replica_heartbeat: config.server.replica_heartbeat,
         metrics: metrics_handle(),
         request_timeout: config.server.request_timeout,
         vault_mount: config.vault.mount.clone(),
@@ -310,12 +333,14 @@ pub async fn start_with(
         tls,
         agent_addr: agent_api.addr,
         agent_url,
+        replica_id: replica,
         lifecycle,
         handle,
         server,
         rotations,
         backups,
         hub,
+        presence,
         background: {
             background.push(agent_api.task);
             background

@@ -5,8 +5,9 @@
 //! any number of changes in between collapse into one message.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use keyward_common::{HostId, TenantId};
 use tokio::sync::{broadcast, watch};
@@ -110,6 +111,13 @@ impl Default for Changed {
     }
 }
 
+/// Where the hub says that a host's stream came or went, so that the other replicas know who
+/// holds it (`agents::presence`). Called with the hub's lock released; it must not block.
+pub trait StreamLog: Send + Sync + fmt::Debug {
+    /// The host's stream on this replica opened or ended: [`Hub::is_connected`] says which.
+    fn stream_changed(&self, host: &HostId);
+}
+
 #[derive(Debug, Default)]
 pub struct Hub {
     connections: Mutex<Connections>,
@@ -120,6 +128,8 @@ pub struct Hub {
     changes: watch::Sender<u64>,
     /// Which hosts changed since the hosts view last took them, so that it reads those alone.
     changed: Mutex<Changed>,
+    /// Told of every stream that opens or ends (set once, on PostgreSQL).
+    stream_log: OnceLock<Arc<dyn StreamLog>>,
 }
 
 /// What a stream holds while it lives.
@@ -159,6 +169,7 @@ impl Hub {
             let _ = old.cut.send(true);
         }
         metrics::gauge!("keyward_agents_connected").set(connected as f64);
+        self.log_stream(host);
         self.host_changed(host);
         Registration {
             id,
@@ -170,12 +181,27 @@ impl Hub {
     /// Forgets a stream that ended (unless a newer one of the same host replaced it).
     pub fn unregister(&self, host: &HostId, id: u64) {
         let mut connections = self.lock();
-        if connections.by_host.get(host).is_some_and(|c| c.id == id) {
+        let ended = connections.by_host.get(host).is_some_and(|c| c.id == id);
+        if ended {
             connections.remove(host);
         }
         metrics::gauge!("keyward_agents_connected").set(connections.by_host.len() as f64);
         drop(connections);
+        if ended {
+            self.log_stream(host);
+        }
         self.host_changed(host);
+    }
+
+    /// Tells `log` of every stream that opens or ends from now on (the first call only).
+    pub fn log_streams_to(&self, log: Arc<dyn StreamLog>) {
+        let _ = self.stream_log.set(log);
+    }
+
+    fn log_stream(&self, host: &HostId) {
+        if let Some(log) = self.stream_log.get() {
+            log.stream_changed(host);
+        }
     }
 
     /// The tenant's keys changed: wake every connected host of the tenant.
@@ -209,8 +235,10 @@ impl Hub {
 
     /// Ends the host's stream at once (revocation), and every live view opened for the host.
     pub fn cut(&self, host: &HostId) {
-        if let Some(connection) = self.lock().remove(host) {
+        let removed = self.lock().remove(host);
+        if let Some(connection) = removed {
             let _ = connection.cut.send(true);
+            self.log_stream(host);
         }
         self.publish_revoked(Revoked::Host(host.clone()));
         self.host_changed(host);
@@ -276,6 +304,11 @@ impl Hub {
 
     pub fn connected(&self) -> usize {
         self.lock().by_host.len()
+    }
+
+    /// The hosts with a stream on this replica.
+    pub fn connected_hosts(&self) -> Vec<HostId> {
+        self.lock().by_host.keys().cloned().collect()
     }
 }
 

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod hub;
 pub mod limits;
 pub mod logins;
+pub mod presence;
 pub mod signer;
 pub mod state;
 

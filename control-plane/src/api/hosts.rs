@@ -20,7 +20,7 @@ use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::DomainError;
-use crate::store::{DriftRecord, HostActivity, HostRecord, hash_token};
+use crate::store::{DriftRecord, HostActivity, HostRecord, StreamedHost, hash_token};
 
 /// `POST /api/v1/admin/hosts`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -305,16 +305,12 @@ pub async fn list_hosts(
 }
 
 pub(super) async fn host_views(state: &AppState) -> Result<Vec<HostView>, ApiError> {
-    let hub = &state.hub;
     let store = &state.store;
-    let (hosts, activity) = tokio::try_join!(store.hosts(None), store.host_activity())?;
-    Ok(hosts
-        .iter()
-        .map(|h| {
-            HostView::new(h, hub.is_connected(&h.host_id))
-                .with_activity(activity.get(h.host_id.as_str()))
-        })
-        .collect())
+    let (hosts, activity) = tokio::try_join!(
+        store.hosts_with_streams(alive_after(state)),
+        store.host_activity()
+    )?;
+    Ok(views_of(state, &hosts, &activity))
 }
 
 /// [`host_views`] of the hosts of `ids` alone (those that exist), sorted by host id.
@@ -322,16 +318,36 @@ pub(super) async fn host_views_of(
     state: &AppState,
     ids: &[HostId],
 ) -> Result<Vec<HostView>, ApiError> {
-    let hub = &state.hub;
     let store = &state.store;
-    let (hosts, activity) = tokio::try_join!(store.hosts_by_ids(ids), store.host_activity_of(ids))?;
-    Ok(hosts
+    let (hosts, activity) = tokio::try_join!(
+        store.hosts_with_streams_of(ids, alive_after(state)),
+        store.host_activity_of(ids)
+    )?;
+    Ok(views_of(state, &hosts, &activity))
+}
+
+fn views_of(
+    state: &AppState,
+    hosts: &[StreamedHost],
+    activity: &std::collections::HashMap<String, HostActivity>,
+) -> Vec<HostView> {
+    hosts
         .iter()
         .map(|h| {
-            HostView::new(h, hub.is_connected(&h.host_id))
-                .with_activity(activity.get(h.host_id.as_str()))
+            HostView::new(&h.record, connected(state, h))
+                .with_activity(activity.get(h.record.host_id.as_str()))
         })
-        .collect())
+        .collect()
+}
+
+/// Another replica's stream counts while that replica is alive (`agents::presence`).
+fn alive_after(state: &AppState) -> chrono::DateTime<chrono::Utc> {
+    crate::agents::presence::alive_after(state.lifecycle.now(), state.replica_heartbeat)
+}
+
+/// Whether an agent's stream to this replica, or to another live one, is open.
+fn connected(state: &AppState, host: &StreamedHost) -> bool {
+    host.streamed_by.is_some() || state.hub.is_connected(&host.record.host_id)
 }
 
 /// The hosts table, live: a `snapshot` event (`{"hosts": [HostView], "total": n, "truncated":
@@ -393,11 +409,11 @@ pub async fn host_details(
 ) -> Result<Json<HostView>, ApiError> {
     let host = host_from_path(&raw)?;
     let store = &state.store;
-    let record = store
-        .host(&host)
+    let streamed = store
+        .host_with_stream(&host, alive_after(&state))
         .await?
         .ok_or_else(|| DomainError::HostNotFound(host.clone()))?;
-    let mut view = HostView::new(&record, state.hub.is_connected(&host));
+    let mut view = HostView::new(&streamed.record, connected(&state, &streamed));
     view.drift = Some(store.drift_events(&host, 50).await?);
     Ok(Json(view))
 }

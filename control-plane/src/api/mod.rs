@@ -53,6 +53,8 @@ pub struct AppState {
     pub backups: Arc<crate::backup::VaultBackups>,
     /// The live hosts view every admin stream follows.
     pub hosts_feed: Arc<hosts_live::HostsFeed>,
+    /// `server.replica_heartbeat`: another replica's stream counts while that replica is alive.
+    pub replica_heartbeat: Duration,
 }
 
 /// `Json<T>` whose failures are problem documents (malformed JSON, unknown fields, wrong types,

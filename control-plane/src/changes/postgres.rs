@@ -41,16 +41,17 @@ pub struct ReplicaChanges {
 }
 
 impl ReplicaChanges {
-    /// Starts sending this replica's changes and hearing the others'; `None` on SQLite, where one
-    /// process owns the database and `local` hears everything already.
+    /// Starts sending this replica's changes (as `me`, the replica's id) and hearing the others';
+    /// `None` on SQLite, where one process owns the database and `local` hears everything already.
     pub fn start(
         store: &Store,
+        me: &str,
         local: Arc<dyn ChangeNotifier>,
     ) -> Option<(Arc<Self>, Vec<JoinHandle<()>>)> {
         if !store.shared() {
             return None;
         }
-        let me = format!("{:016x}", rand::random::<u64>());
+        let me = me.to_owned();
         let (outbox, pending) = mpsc::channel(OUTBOX);
         let overflowed = Arc::new(AtomicBool::new(false));
         let tasks = vec![

@@ -139,13 +139,18 @@ pub(super) const IDS_PER_QUERY: usize = 500;
 
 /// `$1, $2, …, $n` (both backends number their parameters so through `sqlx::Any`).
 pub(super) fn placeholders(n: usize) -> String {
-    (1..=n)
+    placeholders_from(1, n)
+}
+
+/// `$first, …`: `n` parameters after `first - 1` others.
+pub(super) fn placeholders_from(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
+pub(super) fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
     Ok(HostRecord {
         host_id: parse(row, "host_id")?,
         tenant_id: parse(row, "tenant_id")?,

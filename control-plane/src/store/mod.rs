@@ -27,6 +27,7 @@ mod logins;
 mod notifications;
 mod retention;
 mod rotation;
+mod streams;
 mod tenants;
 mod times;
 mod tokens;
@@ -42,6 +43,7 @@ pub use retention::Expiring;
 pub use rotation::{
     JobFailure, JobRecord, RotationPolicyRecord, SchedulerLease, TenantSecretRecord,
 };
+pub use streams::StreamedHost;
 pub use tenants::TenantRecord;
 pub use tokens::{Role, TokenRecord, hash_token};
 

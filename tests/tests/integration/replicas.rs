@@ -149,9 +149,19 @@ async fn a_change_through_one_replica_reaches_agents_and_live_views_on_another()
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
 
-/// Whether `agent`'s stream is held by `cp` (each replica knows only its own streams).
+/// The replica that holds `host`'s stream, as the deployment's `host_streams` says.
+async fn stream_holder(cp: &ControlPlane, host: &str) -> Option<String> {
+    let mut conn = sqlx::PgConnection::connect(&cp.database_url).await.unwrap();
+    sqlx::query_scalar("SELECT replica_id FROM host_streams WHERE host_id = $1")
+        .bind(host)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Whether `agent`'s stream is held by `cp` (every replica calls it connected, wherever it is).
 async fn holds_stream(cp: &ControlPlane, agent: &Agent) -> bool {
-    agent.view(cp).await["connected"] == true
+    stream_holder(cp, &agent.host_id).await.as_deref() == Some(cp.server().replica_id.as_str())
 }
 
 #[tokio::test]
@@ -583,4 +593,284 @@ async fn replicas_recover_from_a_postgresql_crash_and_lose_nothing_committed() {
         let verdict = cp.admin_get("/api/v1/admin/audit/verify").await.json();
         assert_eq!(verdict["ok"], true, "{verdict}");
     }
+}
+
+/// `host`'s `connected` as `cp` answers it, from the host's own view.
+async fn connected_on(cp: &ControlPlane, host: &str) -> bool {
+    let view = cp.admin_get(&format!("/api/v1/admin/hosts/{host}")).await;
+    assert_eq!(view.status, 200, "{}", view.text());
+    view.json()["connected"] == true
+}
+
+/// The ids of the hosts on the first page of `GET /api/v1/admin/hosts?{query}` from `cp`.
+async fn listed(cp: &ControlPlane, query: &str) -> Vec<String> {
+    let page = cp.admin_get(&format!("/api/v1/admin/hosts?{query}")).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    page.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hostId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Reads the live hosts view until a delta shows `host` with `connected` = `want`, within
+/// `within`.
+async fn live_connected(events: &mut Events, host: &str, want: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match events.next_before(deadline).await {
+            keyward_tests::sse::Next::Event(name, data) => {
+                let shown = data["hosts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|h| h["hostId"] == host && h["connected"] == want);
+                if name == "delta" && shown {
+                    return;
+                }
+            }
+            other => panic!("no delta with {host} connected = {want}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_replica_answers_the_same_connected_for_a_host_streaming_to_one() {
+    let bao = OpenBao::start().await;
+    let mut a = ControlPlane::start_fast(&bao, Database::Postgres).await;
+    let b = a.replica().await;
+    let tenant = unique_tenant("connected");
+    a.create_tenant(&tenant).await;
+    let host = RawIdentity::enroll(&a, &tenant).await;
+    let other = RawIdentity::enroll(&a, &tenant).await;
+    let query = format!("tenant={tenant}&connected=true");
+    assert!(!connected_on(&b, &host.host_id).await);
+    let mut live_on_b = Events::open(&b, "/api/v1/admin/events/hosts", &b.admin_token).await;
+    assert_eq!(live_on_b.expect(Duration::from_secs(5)).await.0, "snapshot");
+
+    // A stream to A: B says connected within a second, in the host's view and the list's filter.
+    let stream = host.open_at(&a.server().agent_url).await;
+    let opened = Instant::now();
+    eventually(
+        "B to see the stream held by A",
+        Duration::from_secs(5),
+        || async { connected_on(&b, &host.host_id).await.then_some(()) },
+    )
+    .await;
+    assert!(
+        opened.elapsed() < Duration::from_secs(2),
+        "B saw it after {:?}",
+        opened.elapsed()
+    );
+    assert_eq!(listed(&b, &query).await, [host.host_id.as_str()]);
+    assert_eq!(
+        listed(&b, &format!("tenant={tenant}&connected=false")).await,
+        [other.host_id.as_str()]
+    );
+    assert_eq!(
+        stream_holder(&a, &host.host_id).await.as_deref(),
+        Some(a.server().replica_id.as_str())
+    );
+    live_connected(&mut live_on_b, &host.host_id, true, Duration::from_secs(5)).await;
+
+    // The stream ends: B says not connected within a second or so.
+    drop(stream);
+    eventually(
+        "B to see the stream end",
+        Duration::from_secs(5),
+        || async { (!connected_on(&b, &host.host_id).await).then_some(()) },
+    )
+    .await;
+    assert!(listed(&b, &query).await.is_empty());
+    live_connected(&mut live_on_b, &host.host_id, false, Duration::from_secs(5)).await;
+
+    // Again to A, which then stops: B no longer counts it.
+    let _stream = host.open_at(&a.server().agent_url).await;
+    live_connected(&mut live_on_b, &host.host_id, true, Duration::from_secs(5)).await;
+    assert!(connected_on(&b, &host.host_id).await);
+    a.stop().await;
+    assert!(
+        !connected_on(&b, &host.host_id).await,
+        "a stopped replica's streams are forgotten as it stops"
+    );
+    assert!(listed(&b, &query).await.is_empty());
+    assert_eq!(stream_holder(&b, &host.host_id).await, None);
+    // B's live view follows: it notices at its next heartbeat (5 s) that A is gone.
+    live_connected(
+        &mut live_on_b,
+        &host.host_id,
+        false,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_counts_only_while_its_replica_is_alive() {
+    use keyward_server::agents::presence::alive_after;
+    use keyward_server::store::Store;
+
+    let schema = keyward_tests::PgSchema::create().await;
+    let store = Store::connect(&schema.url(), Some(2)).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&schema.url()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO tenants (tenant_id, vps_ip, ssh_port, tenant_user, admin_user, created_at) \
+         VALUES ('t', '127.0.0.1', 22, 'tenant', 'kwadmin', '2026-01-01T00:00:00Z')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for host in ["h-fresh", "h-stale", "h-idle"] {
+        sqlx::query(
+            "INSERT INTO hosts (host_id, tenant_id, created_at) \
+             VALUES ($1, 't', '2026-01-01T00:00:00Z')",
+        )
+        .bind(host)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let id = |h: &str| -> keyward_common::HostId { h.parse().unwrap() };
+    let heartbeat = Duration::from_secs(5);
+    let now = chrono::Utc::now();
+    let seconds = |s: i64| chrono::Duration::seconds(s);
+
+    // "fresh" beat just now; "stale" last beat four heartbeats ago (killed, frozen, cut off).
+    assert!(
+        !store.replica_heartbeat("fresh", now, now).await.unwrap(),
+        "its first"
+    );
+    assert!(store.replica_heartbeat("fresh", now, now).await.unwrap());
+    let long_ago = now - seconds(60);
+    store
+        .replica_heartbeat("stale", long_ago, now - seconds(20))
+        .await
+        .unwrap();
+    store
+        .record_streams("fresh", &[id("h-fresh")], &[], now)
+        .await
+        .unwrap();
+    store
+        .record_streams("stale", &[id("h-stale"), id("no-such-host")], &[], long_ago)
+        .await
+        .unwrap();
+
+    let streamed_by =
+        |hosts: Vec<keyward_server::store::StreamedHost>| -> Vec<(String, Option<String>)> {
+            hosts
+                .into_iter()
+                .map(|h| (h.record.host_id.to_string(), h.streamed_by))
+                .collect()
+        };
+    let alive = alive_after(now, heartbeat);
+    assert_eq!(
+        streamed_by(store.hosts_with_streams(alive).await.unwrap()),
+        [
+            ("h-fresh".to_owned(), Some("fresh".to_owned())),
+            ("h-idle".to_owned(), None),
+            ("h-stale".to_owned(), None),
+        ]
+    );
+    assert_eq!(
+        streamed_by(
+            store
+                .hosts_with_streams_of(&[id("h-stale"), id("h-fresh")], alive)
+                .await
+                .unwrap()
+        ),
+        [
+            ("h-fresh".to_owned(), Some("fresh".to_owned())),
+            ("h-stale".to_owned(), None)
+        ]
+    );
+    let stale = store
+        .host_with_stream(&id("h-stale"), alive)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stale.streamed_by, None,
+        "a dead replica's stream does not count"
+    );
+    assert_eq!(store.live_replicas(alive).await.unwrap(), ["fresh"]);
+
+    // The stale replica comes back (it was frozen): its stream counts again.
+    assert!(
+        store
+            .replica_heartbeat("stale", long_ago, now)
+            .await
+            .unwrap()
+    );
+    let back = store
+        .host_with_stream(&id("h-stale"), alive)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.streamed_by.as_deref(), Some("stale"));
+
+    // A replica deletes only its own rows: the host moved to "fresh" stays with it.
+    store
+        .record_streams("fresh", &[id("h-stale")], &[], now)
+        .await
+        .unwrap();
+    store
+        .record_streams("stale", &[], &[id("h-stale")], now)
+        .await
+        .unwrap();
+    let moved = store
+        .host_with_stream(&id("h-stale"), alive)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.streamed_by.as_deref(), Some("fresh"));
+
+    assert_eq!(store.count_streams("fresh").await.unwrap(), 2);
+    assert_eq!(store.count_streams("stale").await.unwrap(), 0);
+
+    // A rewrite replaces all of a replica's rows and names those it deleted.
+    let deleted = store
+        .replace_streams("fresh", &[id("h-idle")], now)
+        .await
+        .unwrap();
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    assert_eq!(
+        streamed_by(store.hosts_with_streams(alive).await.unwrap()),
+        [
+            ("h-fresh".to_owned(), None),
+            ("h-idle".to_owned(), Some("fresh".to_owned())),
+            ("h-stale".to_owned(), None),
+        ]
+    );
+
+    // Dead for long: swept, rows and all; a heartbeat after that says its rows may be gone.
+    store
+        .record_streams("stale", &[id("h-fresh")], &[], now)
+        .await
+        .unwrap();
+    store
+        .replica_heartbeat("stale", long_ago, now - seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sweep_dead_replicas(now - seconds(10)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.live_replicas(now - seconds(3_600)).await.unwrap(),
+        ["fresh"]
+    );
+    assert!(
+        !store
+            .replica_heartbeat("stale", long_ago, now)
+            .await
+            .unwrap()
+    );
+
+    // A clean stop forgets the replica and its rows.
+    store.forget_replica("fresh").await.unwrap();
+    let hosts = streamed_by(store.hosts_with_streams(alive).await.unwrap());
+    assert!(hosts.iter().all(|(_, by)| by.is_none()), "{hosts:?}");
+    assert_eq!(store.live_replicas(alive).await.unwrap(), ["stale"]);
+    store.close().await;
 }
