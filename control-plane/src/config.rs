@@ -543,6 +543,7 @@ mod tests {
         assert_eq!(c.retention.drift_events, Duration::from_secs(90 * 86_400));
         assert_eq!(c.agent_api.drift_reports_per_minute, 10);
         assert_eq!(c.agent_api.login_events_per_minute, 1000);
+        assert_eq!(c.server.replica_heartbeat, Duration::from_secs(5));
         c.validate().unwrap();
     }
 
@@ -571,6 +572,24 @@ mod tests {
 
         std::fs::write(&path, "[agent_api]\ndrift_reports_per_minute = 0\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
+
+        for heartbeat in ["500ms", "61s"] {
+            std::fs::write(
+                &path,
+                format!("[server]\nreplica_heartbeat = \"{heartbeat}\"\n"),
+            )
+            .unwrap();
+            let err = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains("replica_heartbeat"), "{heartbeat}: {err}");
+        }
+        for heartbeat in ["1s", "1m"] {
+            std::fs::write(
+                &path,
+                format!("[server]\nreplica_heartbeat = \"{heartbeat}\"\n"),
+            )
+            .unwrap();
+            assert!(Config::load(Some(&path)).is_ok(), "{heartbeat}");
+        }
 
         let missing = dir.path().join("nope.toml");
         assert!(matches!(

@@ -385,6 +385,47 @@ mod tests {
         assert!(r3.wake.has_changed().unwrap_or(false));
     }
 
+    /// Records the hosts the hub names, and whether each was connected when named.
+    #[derive(Debug, Default)]
+    struct Named(Mutex<Vec<(HostId, bool)>>, OnceLock<Arc<Hub>>);
+
+    impl StreamLog for Named {
+        fn stream_changed(&self, host: &HostId) {
+            let connected = self.1.get().is_some_and(|hub| hub.is_connected(host));
+            self.0.lock().unwrap().push((host.clone(), connected));
+        }
+    }
+
+    #[test]
+    fn streams_that_open_or_end_are_named_once_each() {
+        let hub = Arc::new(Hub::default());
+        let named = Arc::new(Named::default());
+        named.1.set(hub.clone()).unwrap();
+        hub.log_streams_to(named.clone());
+        let (h1, t1) = ids("vps-1", "acme");
+        let (h2, _) = ids("vps-2", "acme");
+        let r1 = hub.register(&h1, &t1);
+        let r1b = hub.register(&h1, &t1);
+        // The replaced stream ends after its successor: nothing to say, h1 is still connected.
+        hub.unregister(&h1, r1.id);
+        hub.unregister(&h1, r1b.id);
+        let _r2 = hub.register(&h2, &t1);
+        hub.cut(&h2);
+        // Cut already: its stream's own end says nothing more.
+        hub.unregister(&h2, 99);
+        hub.disconnect_all();
+        assert_eq!(
+            *named.0.lock().unwrap(),
+            [
+                (h1.clone(), true),
+                (h1.clone(), true),
+                (h1, false),
+                (h2.clone(), true),
+                (h2, false)
+            ]
+        );
+    }
+
     #[test]
     fn changed_hosts_are_named_until_there_are_too_many() {
         let hub = Hub::default();
