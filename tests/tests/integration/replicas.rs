@@ -707,6 +707,69 @@ async fn every_replica_answers_the_same_connected_for_a_host_streaming_to_one() 
 }
 
 #[tokio::test]
+async fn a_replica_that_stops_beating_stops_counting_within_three_heartbeats() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_with(
+        &bao,
+        keyward_tests::control_plane::Options {
+            database: Database::Postgres,
+            algorithm: keyward_common::KeyAlgorithm::Ed25519,
+            configure: Some(|config| config.server.replica_heartbeat = Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let tenant = unique_tenant("ghost");
+    cp.create_tenant(&tenant).await;
+    let host = RawIdentity::enroll(&cp, &tenant).await;
+    let mut live = Events::open(&cp, "/api/v1/admin/events/hosts", &cp.admin_token).await;
+    assert_eq!(live.expect(Duration::from_secs(5)).await.0, "snapshot");
+
+    // Another replica (killed, frozen or cut off right after) says it holds the host's stream and
+    // beats once, as a replica would; then nothing more. It never cleans up.
+    let mut conn = sqlx::PgConnection::connect(&cp.database_url).await.unwrap();
+    let beat = Instant::now();
+    let now = keyward_server::clock::iso8601(chrono::Utc::now());
+    sqlx::query("INSERT INTO replicas (replica_id, started_at, seen_at) VALUES ('ghost', $1, $1)")
+        .bind(&now)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO host_streams (host_id, replica_id, since) VALUES ($1, 'ghost', $2)")
+        .bind(&host.host_id)
+        .bind(&now)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        connected_on(&cp, &host.host_id).await,
+        "a live replica's stream counts"
+    );
+    // The live view reads every host when the set of live replicas changes.
+    live_connected(&mut live, &host.host_id, true, Duration::from_secs(5)).await;
+
+    // Three heartbeats after its beat (3 s, less up to 1 s: times are in whole seconds) it no
+    // longer counts.
+    eventually(
+        "the silent replica to stop counting",
+        Duration::from_secs(8),
+        || async { (!connected_on(&cp, &host.host_id).await).then_some(()) },
+    )
+    .await;
+    assert!(
+        beat.elapsed() >= Duration::from_secs(2),
+        "it stopped counting while alive, after {:?}",
+        beat.elapsed()
+    );
+    live_connected(&mut live, &host.host_id, false, Duration::from_secs(5)).await;
+    // Its row is still there (swept after an hour), just not believed.
+    assert_eq!(
+        stream_holder(&cp, &host.host_id).await.as_deref(),
+        Some("ghost")
+    );
+}
+
+#[tokio::test]
 async fn a_stream_counts_only_while_its_replica_is_alive() {
     use keyward_server::agents::presence::alive_after;
     use keyward_server::store::Store;
