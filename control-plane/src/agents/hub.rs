@@ -3,6 +3,9 @@
 //!
 //! Streams are level-triggered: waking one makes it rebuild the host's whole state from SQL, so
 //! any number of changes in between collapse into one message.
+//!
+//! On PostgreSQL the hub names every stream that opens or ends to a [`StreamLog`]
+//! (`agents::presence`), so that the other replicas know which hosts this one holds.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -78,6 +78,7 @@ pub struct HostKeyView {
 pub struct HostView {
     pub host_id: String,
     pub tenant_id: String,
+    /// The host's agent has a stream open to this replica or to another live one.
     pub connected: bool,
     /// `pending` (not enrolled), `in_sync`, `applying` (a newer state is on its way),
     /// `degraded` (applied, but a user has an error or a warning: see `degradedReasons`) or
