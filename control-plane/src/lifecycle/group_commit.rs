@@ -4,7 +4,7 @@
 //! synced write on SQLite and PostgreSQL alike) under the audit log's lock (on SQLite, the one
 //! writer), so the job ran at the pace of serialised commits. Here the order stays the one every
 //! replacement follows — the new key in Vault first, then SQL — but the SQL part of every
-//! replacement ready at that moment goes into one transaction, up to [`MAX_BATCH`]:
+//! replacement ready at that moment goes into one transaction, up to [`MAX_BATCH`] tenants:
 //!
 //! - Each replacement keeps its own audit event (the tenant's own audit view lists it), its key
 //!   history row and its job-queue record; only the transaction is shared.
@@ -12,7 +12,9 @@
 //!   or fails is undone alone and its caller gets its error, the others commit.
 //! - A transaction that cannot begin or commit (the database away) is retried one replacement per
 //!   transaction, so that each caller gets the error of its own.
-//! - The callers hold their tenants' locks until their replacement is committed, as a single
+//! - A tenant's key sets go into the same transaction, and each tenant whose key sets changed is
+//!   announced once: its hosts get one new state for both keys, not one per key.
+//! - The callers hold their tenants' locks until their replacements are committed, as a single
 //!   rotation does; the committer itself waits for no lock.
 //!
 //! A [`GroupCommit`] belongs to one bulk job on one replica; dropping it stops its committer, and
@@ -26,12 +28,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{DomainError, KeyLifecycle, Prepared, Replace, Replacement, Trigger};
 use crate::caller::Caller;
+use crate::changes::Change;
 use crate::store::KeySetRecord;
 
-/// Most replacements in one transaction: enough that a 10,000-tenant job commits a few hundred
-/// times instead of 20,000, few enough that a transaction (which holds the audit log's lock)
-/// stays in the tens of milliseconds.
-pub const MAX_BATCH: usize = 128;
+/// Most tenants in one transaction (each with its key sets: 128 SSH key sets): enough that a
+/// 10,000-tenant job commits a few hundred times instead of 20,000, few enough that a transaction
+/// (which holds the audit log's lock) stays in the tens of milliseconds.
+pub const MAX_BATCH: usize = 64;
 
 /// A replacement waiting for its commit, with where its outcome goes.
 #[derive(Debug)]
@@ -42,10 +45,14 @@ struct Pending {
     outcome: oneshot::Sender<Result<KeySetRecord, DomainError>>,
 }
 
+/// One tenant's replacements: committed in the same transaction, so that its hosts get one new
+/// state for all of them.
+type Unit = Vec<Pending>;
+
 /// The committer of one bulk job's replacements (see the module).
 #[derive(Debug)]
 pub struct GroupCommit {
-    queue: mpsc::Sender<Pending>,
+    queue: mpsc::Sender<Unit>,
     committer: tokio::task::JoinHandle<()>,
 }
 
@@ -63,60 +70,101 @@ impl GroupCommit {
         Self { queue, committer }
     }
 
-    async fn commit(
+    /// Commits `replacements` in one transaction (with other tenants'), each in a savepoint:
+    /// their outcomes, in their order.
+    async fn commit_together(
         &self,
-        replacement: Box<Replacement>,
+        replacements: Vec<Replacement>,
         caller: &Caller,
         trigger: &Trigger,
-    ) -> Result<KeySetRecord, DomainError> {
-        let (outcome, committed) = oneshot::channel();
-        let pending = Pending {
-            replacement,
-            caller: caller.clone(),
-            trigger: trigger.clone(),
-            outcome,
-        };
-        self.queue
-            .send(pending)
-            .await
-            .map_err(|_| DomainError::Internal)?;
-        committed.await.map_err(|_| DomainError::Internal)?
+    ) -> Vec<Result<KeySetRecord, DomainError>> {
+        let mut unit = Vec::with_capacity(replacements.len());
+        let mut answers = Vec::with_capacity(replacements.len());
+        for replacement in replacements {
+            let (outcome, answer) = oneshot::channel();
+            unit.push(Pending {
+                replacement: Box::new(replacement),
+                caller: caller.clone(),
+                trigger: trigger.clone(),
+                outcome,
+            });
+            answers.push(answer);
+        }
+        let queued = self.queue.send(unit).await.is_ok();
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match (queued, answer.await) {
+                (true, Ok(outcome)) => outcome,
+                _ => Err(DomainError::Internal),
+            });
+        }
+        outcomes
     }
 }
 
 /// Takes whatever is waiting (at least one, at most [`MAX_BATCH`]) and commits it, until every
 /// sender is gone.
-async fn commit_until_closed(lifecycle: Arc<KeyLifecycle>, mut waiting: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        lifecycle.commit_batch(std::mem::take(&mut batch)).await;
+async fn commit_until_closed(lifecycle: Arc<KeyLifecycle>, mut waiting: mpsc::Receiver<Unit>) {
+    let mut units = Vec::with_capacity(MAX_BATCH);
+    while waiting.recv_many(&mut units, MAX_BATCH).await > 0 {
+        lifecycle
+            .commit_batch(units.drain(..).flatten().collect())
+            .await;
     }
 }
 
 impl KeyLifecycle {
-    /// [`KeyLifecycle::replace_key_as`] with the SQL part committed by `group` together with
-    /// the other replacements ready at the same time: the same checks, Vault write, records,
-    /// audit events (of failures too) and metrics.
-    pub async fn replace_key_grouped(
+    /// [`KeyLifecycle::replace_key_as`] for several key sets of one tenant, with their SQL part
+    /// committed by `group` in one transaction, together with the other tenants' replacements
+    /// ready at the same time: the tenant's hosts get one new state for all of them. The same
+    /// checks, Vault writes (the key sets' at once), records, audit events (of failures too) and
+    /// metrics, each key set with its own outcome, in the order of `kinds`.
+    pub async fn replace_keys_grouped(
         &self,
         group: &GroupCommit,
         caller: &Caller,
         tenant: &TenantId,
-        kind: KeyKind,
+        kinds: &[KeyKind],
         how: Replace,
         trigger: &Trigger,
-    ) -> Result<KeySetRecord, DomainError> {
-        let result = async {
+    ) -> Vec<Result<KeySetRecord, DomainError>> {
+        let mut outcomes: Vec<Option<Result<KeySetRecord, DomainError>>> =
+            kinds.iter().map(|_| None).collect();
+        {
             let _guard = self.locks.lock(tenant).await;
-            match self.prepare_replacement(tenant, kind, how, trigger).await? {
-                Prepared::Unchanged(old) => Ok(old),
-                Prepared::Ready(replacement) => {
-                    group.commit(Box::new(replacement), caller, trigger).await
+            let prepared = futures::future::join_all(
+                kinds
+                    .iter()
+                    .map(|&kind| self.prepare_replacement(tenant, kind, how, trigger)),
+            )
+            .await;
+            let mut ready = Vec::new();
+            let mut ready_at = Vec::new();
+            for ((prepared, outcome), at) in prepared.into_iter().zip(&mut outcomes).zip(0..) {
+                match prepared {
+                    Ok(Prepared::Unchanged(old)) => *outcome = Some(Ok(old)),
+                    Ok(Prepared::Ready(replacement)) => {
+                        ready.push(replacement);
+                        ready_at.push(at);
+                    }
+                    Err(e) => *outcome = Some(Err(e)),
+                }
+            }
+            if !ready.is_empty() {
+                let committed = group.commit_together(ready, caller, trigger).await;
+                for (at, result) in ready_at.into_iter().zip(committed) {
+                    if let Some(outcome) = outcomes.get_mut(at) {
+                        *outcome = Some(result);
+                    }
                 }
             }
         }
-        .await;
-        self.replace_done(caller, tenant, how, result).await
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            let result = outcome.unwrap_or(Err(DomainError::Internal));
+            results.push(self.replace_done(caller, tenant, how, result).await);
+        }
+        results
     }
 
     /// Commits `batch` in one transaction, each replacement in a savepoint, and tells each
@@ -145,22 +193,35 @@ impl KeyLifecycle {
             Ok::<_, DomainError>(outcomes)
         }
         .await;
+        // Each tenant whose key sets changed is announced once, however many changed.
+        let mut changed: Vec<TenantId> = Vec::new();
+        let mut answer = |pending: Pending, applied: Result<(), DomainError>| {
+            let outcome = applied.map(|()| {
+                let tenant = pending.replacement.tenant.clone();
+                if !changed.contains(&tenant) {
+                    changed.push(tenant);
+                }
+                self.replaced(*pending.replacement)
+            });
+            let _ = pending.outcome.send(outcome);
+        };
         match outcomes {
             Ok(outcomes) => {
                 metrics::histogram!("keyward_bulk_commit_batch_size").record(batch.len() as f64);
                 for (pending, applied) in batch.into_iter().zip(outcomes) {
-                    let outcome = applied.map(|()| self.replaced(*pending.replacement));
-                    let _ = pending.outcome.send(outcome);
+                    answer(pending, applied);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, replacements = batch.len(), "a group commit failed; committing its replacements one by one");
                 for pending in batch {
-                    let outcome = self.commit_one(&pending).await;
-                    let outcome = outcome.map(|()| self.replaced(*pending.replacement));
-                    let _ = pending.outcome.send(outcome);
+                    let applied = self.commit_one(&pending).await;
+                    answer(pending, applied);
                 }
             }
+        }
+        for tenant in changed {
+            self.changes.changed(Change::Tenant(tenant));
         }
     }
 
@@ -277,29 +338,40 @@ mod tests {
     }
 
     /// Many callers at once through one committer: every key set rotated once, each with its
-    /// own audit event, in a chain that verifies.
+    /// own audit event, in a chain that verifies; each tenant's two key sets in one transaction,
+    /// so that each tenant is announced (its hosts get a new state) once.
     #[tokio::test]
     async fn concurrent_replacements_through_one_committer_all_commit_once() {
         let f = fixture().await;
         let ids = tenants(&f, 12).await;
+        f.changes.take();
         let lifecycle = Arc::new(f.lifecycle);
         let group = GroupCommit::start(Arc::clone(&lifecycle));
         let caller = Caller::system();
-        let calls = ids.iter().flat_map(|tenant| {
-            KeyKind::ALL.map(|kind| {
-                lifecycle.replace_key_grouped(
-                    &group,
-                    &caller,
-                    tenant,
-                    kind,
-                    Replace::Rotate,
-                    &Trigger::Request,
-                )
-            })
+        let calls = ids.iter().map(|tenant| {
+            lifecycle.replace_keys_grouped(
+                &group,
+                &caller,
+                tenant,
+                &KeyKind::ALL,
+                Replace::Rotate,
+                &Trigger::Request,
+            )
         });
-        for result in futures::future::join_all(calls).await {
-            assert_eq!(result.unwrap().generation, 2);
+        for results in futures::future::join_all(calls).await {
+            assert_eq!(results.len(), 2);
+            for result in results {
+                assert_eq!(result.unwrap().generation, 2);
+            }
         }
+        let mut announced = f.changes.take();
+        announced.sort_by_key(|change| format!("{change:?}"));
+        let mut expected: Vec<_> = ids
+            .iter()
+            .map(|t| crate::changes::Change::Tenant(t.clone()))
+            .collect();
+        expected.sort_by_key(|change| format!("{change:?}"));
+        assert_eq!(announced, expected, "each tenant announced once");
         for tenant in &ids {
             for kind in KeyKind::ALL {
                 let set = lifecycle.store().key_set(tenant, kind).await.unwrap();

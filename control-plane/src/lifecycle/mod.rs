@@ -575,6 +575,7 @@ impl KeyLifecycle {
         self.apply_replacement(&mut tx, caller, &replacement, trigger)
             .await?;
         tx.commit().await?;
+        self.changes.changed(Change::Tenant(tenant.clone()));
         Ok(self.replaced(replacement))
     }
 
@@ -697,7 +698,7 @@ impl KeyLifecycle {
         Ok(())
     }
 
-    /// After a replacement committed: the tenant's agents get their new state.
+    /// After a replacement committed (the caller announces the tenant's change): its record.
     fn replaced(&self, replacement: Replacement) -> KeySetRecord {
         let Replacement {
             tenant,
@@ -706,7 +707,6 @@ impl KeyLifecycle {
             new,
             ..
         } = replacement;
-        self.changes.changed(Change::Tenant(tenant.clone()));
         tracing::info!(tenant = %tenant, %kind, generation = new.generation, action = how.action(), "key replaced");
         new
     }

@@ -630,8 +630,8 @@ struct Rotation<'a> {
 impl Rotation<'_> {
     /// Rotates one tenant's secret of `secret_type`, but not the secrets the job already
     /// rotated for it (a replica that died held it before). For `ssh`, both key sets are tried
-    /// (each committed with other tenants' key sets) even when the first fails; revoked key sets
-    /// are left alone (a revoked key is replaced by a regenerate, which is an admin's
+    /// at once (and committed together, with other tenants' key sets) even when one fails;
+    /// revoked key sets are left alone (a revoked key is replaced by a regenerate, which is an admin's
     /// decision, not a rotation's).
     async fn tenant(&self, claimed: &ClaimedTenant, secret_type: SecretType) -> TenantResult {
         let Self {
@@ -650,17 +650,17 @@ impl Rotation<'_> {
         };
         match secret_type {
             SecretType::Ssh => {
-                let mut rotated = 0;
+                let kinds: Vec<KeyKind> = KeyKind::ALL
+                    .into_iter()
+                    .filter(|kind| !done(kind.secret_name()))
+                    .collect();
+                let mut rotated = KeyKind::ALL.len() - kinds.len();
                 let mut first_error = None;
-                for kind in KeyKind::ALL {
-                    if done(kind.secret_name()) {
-                        rotated += 1;
-                        continue;
-                    }
-                    match lifecycle
-                        .replace_key_grouped(group, caller, tenant, kind, Replace::Rotate, trigger)
-                        .await
-                    {
+                let outcomes = lifecycle
+                    .replace_keys_grouped(group, caller, tenant, &kinds, Replace::Rotate, trigger)
+                    .await;
+                for outcome in outcomes {
+                    match outcome {
                         Ok(_) => rotated += 1,
                         Err(DomainError::KeyRevoked) => {}
                         Err(e) => {
