@@ -133,6 +133,9 @@ pub struct Hub {
     changed: Mutex<Changed>,
     /// Told of every stream that opens or ends (set once, on PostgreSQL).
     stream_log: OnceLock<Arc<dyn StreamLog>>,
+    /// Bumped when a bulk rotation job's progress may have changed, on any replica: the job's
+    /// live views on replicas other than its own read it again.
+    jobs: watch::Sender<u64>,
 }
 
 /// What a stream holds while it lives.
@@ -234,6 +237,17 @@ impl Hub {
         }
         self.publish_revoked(Revoked::Unknown);
         self.hosts_changed();
+        self.job_progressed();
+    }
+
+    /// A bulk rotation job's progress may have changed.
+    pub fn job_progressed(&self) {
+        self.jobs.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes when a bulk rotation job's progress may have changed ([`Hub::job_progressed`]).
+    pub fn subscribe_jobs(&self) -> watch::Receiver<u64> {
+        self.jobs.subscribe()
     }
 
     /// Ends the host's stream at once (revocation), and every live view opened for the host.
@@ -337,6 +351,7 @@ impl crate::changes::ChangeNotifier for Hub {
             Change::TokenRevoked(token_id) => {
                 self.publish_revoked(Revoked::Token(token_id));
             }
+            Change::JobProgress(_) => self.job_progressed(),
             Change::Resync => self.resync(),
         }
     }
@@ -351,6 +366,22 @@ mod tests {
             host.parse().unwrap_or_else(|_| unreachable!()),
             tenant.parse().unwrap_or_else(|_| unreachable!()),
         )
+    }
+
+    #[test]
+    fn job_progress_and_a_resync_wake_the_jobs_live_views() {
+        use crate::changes::{Change, ChangeNotifier as _};
+        let hub = Hub::default();
+        let mut jobs = hub.subscribe_jobs();
+        hub.changed(Change::Tenant(
+            "acme".parse().unwrap_or_else(|_| unreachable!()),
+        ));
+        assert!(!jobs.has_changed().unwrap_or(true));
+        hub.changed(Change::JobProgress("job_00000000000000aa".into()));
+        assert!(jobs.has_changed().unwrap_or(false));
+        jobs.mark_unchanged();
+        hub.changed(Change::Resync);
+        assert!(jobs.has_changed().unwrap_or(false));
     }
 
     #[test]

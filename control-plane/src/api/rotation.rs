@@ -188,6 +188,9 @@ pub async fn job(
     Ok(Json(RotationJobView::new(&job, None)))
 }
 
+/// How often a live view of a job running on another replica reads it without being told to.
+const STORED_POLL: Duration = Duration::from_secs(5);
+
 /// Where a live stream reads the job from.
 enum Follow {
     /// The job runs on this replica.
@@ -195,10 +198,13 @@ enum Follow {
         progress: watch::Receiver<JobSnapshot>,
         first: bool,
     },
-    /// It ran, or runs on another replica: read from SQL once a second.
+    /// It ran, or runs on another replica: read from SQL whenever a replica announces progress
+    /// of a job (`Change::JobProgress`), and every [`STORED_POLL`] in case an announcement was
+    /// lost.
     Stored {
         store: Store,
         job_id: String,
+        jobs: watch::Receiver<u64>,
         last: Option<Box<JobRecord>>,
     },
     Done,
@@ -243,11 +249,14 @@ async fn next_event(follow: Follow) -> Option<(Result<Event, Infallible>, Follow
         Follow::Stored {
             store,
             job_id,
+            mut jobs,
             last,
         } => loop {
             if last.is_some() {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // A closed channel (the hub is gone) leaves the poll.
+                let _ = tokio::time::timeout(STORED_POLL, jobs.changed()).await;
             }
+            jobs.mark_unchanged();
             let job = match store.rotation_job(&job_id).await {
                 Ok(Some(job)) => job,
                 _ => return None,
@@ -262,6 +271,7 @@ async fn next_event(follow: Follow) -> Option<(Result<Event, Infallible>, Follow
                 Follow::Stored {
                     store,
                     job_id,
+                    jobs,
                     last: Some(Box::new(job)),
                 }
             };
@@ -292,6 +302,7 @@ pub async fn job_events(
             Follow::Stored {
                 store,
                 job_id,
+                jobs: state.hub.subscribe_jobs(),
                 last: None,
             }
         }

@@ -30,6 +30,9 @@ pub enum Change {
     HostRevoked(HostId),
     /// An API token was revoked: every live view opened with it ends.
     TokenRevoked(String),
+    /// A bulk rotation job's progress or end was recorded (by id): its live views on every
+    /// replica read it again.
+    JobProgress(String),
     /// Changes may have been missed (a replica's listening connection was lost, or a newer
     /// replica sent a change this one does not know): every stream reads its state again, live
     /// views read every host, and every live view checks its credential.

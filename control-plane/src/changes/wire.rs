@@ -103,6 +103,7 @@ mod tests {
                 Change::Reported(vec!["vps-1".parse().unwrap(), "vps-2".parse().unwrap()]),
                 Change::HostRevoked("vps-3".parse().unwrap()),
                 Change::TokenRevoked("tok-1".into()),
+                Change::JobProgress("job_00000000000000aa".into()),
                 Change::Resync,
             ])
             .collect();

@@ -698,6 +698,12 @@ impl KeyLifecycle {
         Ok(())
     }
 
+    /// Tells every replica that a bulk rotation job's progress or end was recorded, so that its
+    /// live views there read it again.
+    pub fn job_progressed(&self, job_id: &str) {
+        self.changes.changed(Change::JobProgress(job_id.to_owned()));
+    }
+
     /// After a replacement committed (the caller announces the tenant's change): its record.
     fn replaced(&self, replacement: Replacement) -> KeySetRecord {
         let Replacement {

@@ -553,6 +553,7 @@ impl BulkRotations {
             tx.record_job_outcomes(claim, outcomes).await?;
             tx.tally_rotation_job(&claim.job_id, at).await?;
             tx.commit().await?;
+            self.lifecycle.job_progressed(&claim.job_id);
             store.rotation_job(&claim.job_id).await
         };
         match recorded.await {
@@ -601,7 +602,10 @@ impl BulkRotations {
             })
             .await;
         match completed {
-            Ok(done) => Some(done),
+            Ok(done) => {
+                self.lifecycle.job_progressed(&done.job_id);
+                Some(done)
+            }
             Err(DomainError::ConcurrentModification) => None,
             Err(e) => {
                 tracing::error!(error = %e, "cannot record the end of a rotation job");
