@@ -39,7 +39,7 @@ pub const MAX_BATCH: usize = 64;
 /// A replacement waiting for its commit, with where its outcome goes.
 #[derive(Debug)]
 struct Pending {
-    replacement: Box<Replacement>,
+    replacement: Replacement,
     caller: Caller,
     trigger: Trigger,
     outcome: oneshot::Sender<Result<KeySetRecord, DomainError>>,
@@ -83,7 +83,7 @@ impl GroupCommit {
         for replacement in replacements {
             let (outcome, answer) = oneshot::channel();
             unit.push(Pending {
-                replacement: Box::new(replacement),
+                replacement,
                 caller: caller.clone(),
                 trigger: trigger.clone(),
                 outcome,
@@ -201,7 +201,7 @@ impl KeyLifecycle {
                 if !changed.contains(&tenant) {
                     changed.push(tenant);
                 }
-                self.replaced(*pending.replacement)
+                self.replaced(pending.replacement)
             });
             let _ = pending.outcome.send(outcome);
         };
@@ -215,7 +215,9 @@ impl KeyLifecycle {
             Err(e) => {
                 tracing::warn!(error = %e, replacements = batch.len(), "a group commit failed; committing its replacements one by one");
                 for pending in batch {
-                    let applied = self.commit_one(&pending).await;
+                    let applied = self
+                        .commit_replacement(&pending.caller, &pending.replacement, &pending.trigger)
+                        .await;
                     answer(pending, applied);
                 }
             }
@@ -223,19 +225,6 @@ impl KeyLifecycle {
         for tenant in changed {
             self.changes.changed(Change::Tenant(tenant));
         }
-    }
-
-    async fn commit_one(&self, pending: &Pending) -> Result<(), DomainError> {
-        let mut tx = self.store.begin().await?;
-        self.apply_replacement(
-            &mut tx,
-            &pending.caller,
-            &pending.replacement,
-            &pending.trigger,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 }
 
@@ -298,7 +287,7 @@ mod tests {
             };
             let (outcome, answer) = oneshot::channel();
             batch.push(Pending {
-                replacement: Box::new(replacement),
+                replacement,
                 caller: caller.clone(),
                 trigger,
                 outcome,

@@ -571,12 +571,24 @@ impl KeyLifecycle {
             Prepared::Unchanged(old) => return Ok(old),
             Prepared::Ready(replacement) => replacement,
         };
-        let mut tx = self.store.begin().await?;
-        self.apply_replacement(&mut tx, caller, &replacement, trigger)
+        self.commit_replacement(caller, &replacement, trigger)
             .await?;
-        tx.commit().await?;
         self.changes.changed(Change::Tenant(tenant.clone()));
         Ok(self.replaced(replacement))
+    }
+
+    /// Records a prepared replacement in a transaction of its own.
+    async fn commit_replacement(
+        &self,
+        caller: &Caller,
+        replacement: &Replacement,
+        trigger: &Trigger,
+    ) -> Result<(), DomainError> {
+        let mut tx = self.store.begin().await?;
+        self.apply_replacement(&mut tx, caller, replacement, trigger)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Everything of a replacement before SQL: reads the key set, generates the new key and

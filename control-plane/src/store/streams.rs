@@ -11,11 +11,10 @@
 use chrono::{DateTime, Utc};
 use keyward_common::HostId;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Transaction};
 
 use super::hosts::{IDS_PER_QUERY, host_from_row, placeholders_from};
 use super::times::text;
-use super::{HostRecord, Store, StoreError, get, parse, query_error};
+use super::{HostRecord, Store, StoreError, WriteTx, get, parse, query_error};
 
 /// Every host, with whether a live replica holds its stream: one query, whatever the number of
 /// hosts (`$1` is the `alive_after` time).
@@ -159,9 +158,10 @@ impl Store {
         closed: &[HostId],
         since: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_streams().await?;
-        write_streams(&mut tx, replica, opened, closed, since).await?;
-        commit_streams(tx).await
+        // Stream rows are bookkeeping, outside the audit log.
+        let mut tx = self.begin_unaudited().await?;
+        tx.write_streams(replica, opened, closed, since).await?;
+        tx.commit().await
     }
 
     /// Replaces every stream row of `replica` with `hosts`, in one transaction (after rows may
@@ -172,27 +172,19 @@ impl Store {
         hosts: &[HostId],
         since: DateTime<Utc>,
     ) -> Result<Vec<HostId>, StoreError> {
-        let mut tx = self.begin_streams().await?;
+        let mut tx = self.begin_unaudited().await?;
         let rows = sqlx::query("DELETE FROM host_streams WHERE replica_id = $1 RETURNING host_id")
             .bind(replica)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *tx.tx)
             .await
             .map_err(query_error("clearing a replica's streams"))?;
         let deleted = rows
             .iter()
             .map(|row| parse(row, "host_id"))
             .collect::<Result<Vec<HostId>, _>>()?;
-        write_streams(&mut tx, replica, hosts, &[], since).await?;
-        commit_streams(tx).await?;
+        tx.write_streams(replica, hosts, &[], since).await?;
+        tx.commit().await?;
         Ok(deleted)
-    }
-
-    /// Stream rows are bookkeeping, outside the audit log: a plain transaction.
-    async fn begin_streams(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        self.pool
-            .begin()
-            .await
-            .map_err(query_error("starting a transaction"))
     }
 
     /// How many stream rows `replica` holds.
@@ -244,50 +236,46 @@ fn sort_by_host(hosts: &mut [StreamedHost]) {
     hosts.sort_unstable_by(|a, b| a.record.host_id.cmp(&b.record.host_id));
 }
 
-async fn commit_streams(tx: Transaction<'static, Any>) -> Result<(), StoreError> {
-    tx.commit()
-        .await
-        .map_err(query_error("committing agents' streams"))
-}
-
-/// Upserts the rows of `opened` and deletes `replica`'s rows of `closed`, within `tx`.
-async fn write_streams(
-    tx: &mut Transaction<'static, Any>,
-    replica: &str,
-    opened: &[HostId],
-    closed: &[HostId],
-    since: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    for chunk in opened.chunks(IDS_PER_QUERY) {
-        let sql = format!(
-            "INSERT INTO host_streams (host_id, replica_id, since) \
+impl WriteTx {
+    /// Upserts the rows of `opened` and deletes `replica`'s rows of `closed`.
+    async fn write_streams(
+        &mut self,
+        replica: &str,
+        opened: &[HostId],
+        closed: &[HostId],
+        since: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        for chunk in opened.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "INSERT INTO host_streams (host_id, replica_id, since) \
              SELECT host_id, $1, $2 FROM hosts WHERE host_id IN ({}) \
              ON CONFLICT (host_id) DO UPDATE SET replica_id = excluded.replica_id, \
              since = excluded.since",
-            placeholders_from(3, chunk.len())
-        );
-        let mut query = sqlx::query(&sql).bind(replica).bind(text(since));
-        for id in chunk {
-            query = query.bind(id.as_str());
+                placeholders_from(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(replica).bind(text(since));
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            query
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query_error("recording agents' streams"))?;
         }
-        query
-            .execute(&mut **tx)
-            .await
-            .map_err(query_error("recording agents' streams"))?;
-    }
-    for chunk in closed.chunks(IDS_PER_QUERY) {
-        let sql = format!(
-            "DELETE FROM host_streams WHERE replica_id = $1 AND host_id IN ({})",
-            placeholders_from(2, chunk.len())
-        );
-        let mut query = sqlx::query(&sql).bind(replica);
-        for id in chunk {
-            query = query.bind(id.as_str());
+        for chunk in closed.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "DELETE FROM host_streams WHERE replica_id = $1 AND host_id IN ({})",
+                placeholders_from(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(replica);
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            query
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query_error("forgetting agents' streams"))?;
         }
-        query
-            .execute(&mut **tx)
-            .await
-            .map_err(query_error("forgetting agents' streams"))?;
+        Ok(())
     }
-    Ok(())
 }
