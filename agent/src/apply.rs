@@ -16,13 +16,17 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use keyward_common::authorized_keys::{ManagedKey, Mode};
+use keyward_common::keys::canonical_public_key;
 use keyward_common::keys::public_key_fingerprint;
 use keyward_common::proto::{self, ManagedUser};
-use keyward_common::{Fingerprint, KeyKind, UnixUser};
+use keyward_common::sshd_files::{
+    KRL_MAGIC, MAX_PRINCIPALS_PER_USER, MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS,
+};
+use keyward_common::{Fingerprint, KeyKind, Principal, UnixUser};
 
 use crate::config::{SshdTrust, UserMode};
 use crate::sessions::{self, revoke::SessionAttribution};
-use crate::writer::{self, ApplyOutcome, PreserveLimits, WriteError};
+use crate::writer::{self, ApplyOutcome, PreserveLimits, SshdFiles, WriteError};
 
 /// Why a user's desired state could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,8 @@ pub enum ApplyError {
     Write(#[from] WriteError),
     #[error("ending sessions: {0}")]
     Sessions(String),
+    #[error("sshd files: {0}")]
+    BadSshdFiles(String),
     /// For appliers outside this crate (test fakes).
     #[error("{0}")]
     Other(String),
@@ -74,6 +80,9 @@ pub trait Applier: Send + Sync + 'static {
 
     /// Ends `user`'s live SSH sessions; returns how many.
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError>;
+
+    /// Writes sshd's certificate trust and revocation files; returns whether one changed.
+    fn apply_sshd_files(&self, files: &SshdFiles) -> Result<bool, ApplyError>;
 
     /// Ends the sessions of `user` a revocation must end: every session except those that
     /// `attribution`'s verified records tie to a key in `valid` (the fingerprints valid for the
@@ -140,6 +149,67 @@ pub fn denied(fingerprints: &[String]) -> Result<Vec<Fingerprint>, ApplyError> {
         .iter()
         .map(|f| f.parse().map_err(|_| ApplyError::BadDenied(f.clone())))
         .collect()
+}
+
+/// Converts the state's sshd files for the users this agent manages (`managed`, its allow-list):
+/// each gets the principals its entry in `users` names, or none. Everything is checked before
+/// anything is written: a CA key that does not parse, a principal that could carry an option, a
+/// revocation list that is not one (sshd would then refuse every key) or is over a bound fails
+/// the whole set, and the files stay as they were.
+pub fn sshd_files<'a>(
+    sshd: &proto::SshdFiles,
+    users: &[ManagedUser],
+    managed: impl IntoIterator<Item = &'a UnixUser>,
+) -> Result<SshdFiles, ApplyError> {
+    let bad = ApplyError::BadSshdFiles;
+    if sshd.user_ca_keys.len() > MAX_USER_CA_KEYS {
+        return Err(bad(format!(
+            "{} CA keys; at most {MAX_USER_CA_KEYS} are allowed",
+            sshd.user_ca_keys.len()
+        )));
+    }
+    let user_ca_keys = sshd
+        .user_ca_keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| canonical_public_key(key).map_err(|e| bad(format!("CA key {i}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let krl = &sshd.revoked_keys;
+    if krl.len() > MAX_REVOKED_KEYS_BYTES {
+        return Err(bad(format!(
+            "the revocation list is {} bytes; at most {MAX_REVOKED_KEYS_BYTES} are allowed",
+            krl.len()
+        )));
+    }
+    if !krl.is_empty() && !krl.starts_with(KRL_MAGIC) {
+        return Err(bad("the revocation list is not an OpenSSH KRL".into()));
+    }
+    let mut principals = std::collections::BTreeMap::new();
+    for user in managed {
+        let names = match users.iter().find(|u| u.user == user.as_str()) {
+            Some(entry) if entry.principals.len() > MAX_PRINCIPALS_PER_USER => {
+                return Err(bad(format!(
+                    "user {user} has {} principals; at most {MAX_PRINCIPALS_PER_USER} are allowed",
+                    entry.principals.len()
+                )));
+            }
+            Some(entry) => entry
+                .principals
+                .iter()
+                .map(|p| {
+                    p.parse::<Principal>()
+                        .map_err(|e| bad(format!("user {user}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        principals.insert(user.clone(), names);
+    }
+    Ok(SshdFiles {
+        user_ca_keys,
+        revoked_keys: krl.clone(),
+        principals,
+    })
 }
 
 /// The drift an apply repaired: keys that were there and must not be (managed lines that are no
@@ -218,11 +288,23 @@ pub fn apply_with(
     Ok(applied(outcome, mode, &denied))
 }
 
-/// The real host: writes the user's own `~/.ssh/authorized_keys` and signals their sessions.
-#[derive(Debug, Clone, Copy, Default)]
+/// The real host: writes the user's own `~/.ssh/authorized_keys` and sshd's files, and signals
+/// the users' sessions.
+#[derive(Debug, Clone)]
 pub struct SystemApplier {
     /// How much of a preserve-mode user's own file is kept line by line.
     pub limits: PreserveLimits,
+    /// Where sshd's certificate trust and revocation files are written.
+    pub sshd_dir: PathBuf,
+}
+
+impl Default for SystemApplier {
+    fn default() -> Self {
+        Self {
+            limits: PreserveLimits::default(),
+            sshd_dir: PathBuf::from(crate::config::DEFAULT_SSHD_DIR),
+        }
+    }
 }
 
 impl Applier for SystemApplier {
@@ -235,6 +317,10 @@ impl Applier for SystemApplier {
         apply_with(user_mode, desired, self.limits, |file| {
             Ok(writer::apply_desired(user, file)?)
         })
+    }
+
+    fn apply_sshd_files(&self, files: &SshdFiles) -> Result<bool, ApplyError> {
+        Ok(writer::apply_sshd_files(&self.sshd_dir, files)?)
     }
 
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
@@ -271,6 +357,11 @@ impl DirApplier {
     pub fn home(&self, user: &UnixUser) -> PathBuf {
         self.root.join(user.as_str())
     }
+
+    /// Where sshd's files are written (a user name cannot start with `.`).
+    pub fn sshd_dir(&self) -> PathBuf {
+        self.root.join(".sshd")
+    }
 }
 
 impl Applier for DirApplier {
@@ -299,6 +390,15 @@ impl Applier for DirApplier {
 
     fn end_sessions(&self, _: &UnixUser) -> Result<u32, ApplyError> {
         Ok(0)
+    }
+
+    fn apply_sshd_files(&self, files: &SshdFiles) -> Result<bool, ApplyError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| ApplyError::Other(format!("{}: {e}", self.root.display())))?;
+        Ok(writer::apply_sshd_files(&self.sshd_dir(), files)?)
     }
 }
 

@@ -113,7 +113,8 @@ pub async fn connect(
             url: url.to_owned(),
             source,
         })?;
-    Ok(AgentHubClient::new(channel))
+    Ok(AgentHubClient::new(channel)
+        .max_decoding_message_size(keyward_common::sshd_files::MAX_STATE_MESSAGE_BYTES))
 }
 
 /// The first retry waits up to this long.

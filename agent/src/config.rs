@@ -55,6 +55,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyward/agent.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/keyward-agent";
 /// Where sshd's host keys are read from by default.
 pub const DEFAULT_HOST_KEY_DIR: &str = "/etc/ssh";
+/// Where sshd's certificate trust and revocation files are written by default (the package's
+/// sshd drop-in names the files in it).
+pub const DEFAULT_SSHD_DIR: &str = "/etc/ssh/keyward";
 /// The log file the login audit reads by default (rsyslog's, on Debian).
 pub const DEFAULT_LOGIN_LOG: &str = "/var/log/auth.log";
 /// The executables that are sshd by default: Debian's sshd and, from OpenSSH 9.8, its
@@ -116,6 +119,10 @@ pub struct AgentConfig {
     /// Where `ssh_host_*_key.pub` are read from.
     #[serde(default = "default_host_key_dir")]
     pub host_key_dir: PathBuf,
+    /// Where sshd's certificate trust and revocation files are written: `trusted_user_ca_keys`,
+    /// `revoked_keys`, `principals/USER` (root's directory, 0755; made when missing).
+    #[serde(default = "default_sshd_dir")]
+    pub sshd_dir: PathBuf,
     /// The SSH login audit (`[logins]`).
     #[serde(default)]
     pub logins: LoginsConfig,
@@ -317,6 +324,10 @@ fn default_host_key_dir() -> PathBuf {
     PathBuf::from(DEFAULT_HOST_KEY_DIR)
 }
 
+fn default_sshd_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_SSHD_DIR)
+}
+
 impl AgentConfig {
     /// A configuration with the defaults and the given users (for callers that build one in
     /// code, such as tests running an agent in-process). Unlike a configuration file, it reads no
@@ -328,6 +339,7 @@ impl AgentConfig {
             grpc_url: None,
             grpc_urls: Vec::new(),
             host_key_dir: default_host_key_dir(),
+            sshd_dir: default_sshd_dir(),
             logins: LoginsConfig::off(),
             preserve: PreserveLimits::default(),
         }
@@ -365,6 +377,20 @@ impl AgentConfig {
         }
         if !self.state_dir.is_absolute() {
             return Err("state_dir must be an absolute path".into());
+        }
+        let plain = |p: &Path| {
+            p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            })
+        };
+        if !self.sshd_dir.is_absolute()
+            || !plain(&self.sshd_dir)
+            || self.sshd_dir.parent().is_none()
+        {
+            return Err("sshd_dir must be an absolute path below / without '.' or '..'".into());
         }
         if let Some(url) = &self.grpc_url
             && !url.starts_with("https://")
@@ -416,6 +442,7 @@ mod tests {
             state_dir = "/tmp/kw"
             grpc_url = "https://cp.example:8443"
             host_key_dir = "/tmp/ssh"
+            sshd_dir = "/tmp/ssh/kw"
             [[users]]
             name = "kwadmin"
             mode = "exclusive"
@@ -426,6 +453,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/tmp/kw"));
+        assert_eq!(c.sshd_dir, PathBuf::from("/tmp/ssh/kw"));
         assert_eq!(c.mode_of("kwadmin"), Some(UserMode::Exclusive));
         assert_eq!(c.mode_of("tenant"), Some(UserMode::Preserve));
         assert_eq!(c.mode_of("root"), None);
@@ -446,6 +474,7 @@ mod tests {
         let c = AgentConfig::parse("[[users]]\nname = \"a\"\nmode = \"preserve\"\n").unwrap();
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.host_key_dir, PathBuf::from(DEFAULT_HOST_KEY_DIR));
+        assert_eq!(c.sshd_dir, PathBuf::from(DEFAULT_SSHD_DIR));
         assert_eq!(c.grpc_url, None);
     }
 
@@ -477,6 +506,14 @@ mod tests {
             (
                 "state_dir = \"rel\"\n[[users]]\nname = \"a\"\nmode = \"preserve\"\n",
                 "absolute",
+            ),
+            (
+                "sshd_dir = \"/etc/ssh/../tmp\"\n[[users]]\nname = \"a\"\nmode = \"preserve\"\n",
+                "sshd_dir",
+            ),
+            (
+                "sshd_dir = \"/\"\n[[users]]\nname = \"a\"\nmode = \"preserve\"\n",
+                "sshd_dir",
             ),
             (
                 "grpc_url = \"http://x\"\n[[users]]\nname = \"a\"\nmode = \"preserve\"\n",

@@ -37,15 +37,16 @@ use std::time::Duration;
 use chrono::Utc;
 use keyward_common::UnixUser;
 use keyward_common::proto::{
-    AgentMessage, Applied, DesiredState, DriftReport, Hello, ManagedUser, RenewCertificate,
-    SignedState, StateRejected, UserFingerprints, UserResult, agent_message, control_message,
+    self, AgentMessage, Applied, DesiredState, DriftReport, Hello, ManagedUser, RenewCertificate,
+    SignedState, SshdFilesResult, StateRejected, UserFingerprints, UserResult, agent_message,
+    control_message,
 };
 use keyward_common::signing::verify_state;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::apply::{Applier, SystemApplier, UserApplied};
+use crate::apply::{self, Applier, ApplyError, SystemApplier, UserApplied};
 use crate::config::AgentConfig;
 use crate::endpoints::Endpoints;
 use crate::host_keys::read_host_keys;
@@ -119,6 +120,7 @@ pub async fn run(
     let deps = RuntimeDeps {
         applier: Arc::new(SystemApplier {
             limits: config.preserve,
+            sshd_dir: config.sshd_dir.clone(),
         }),
         watch_events: Some(events),
         notifier: Notifier::from_env(),
@@ -171,6 +173,7 @@ pub async fn run_with(
         due: BTreeMap::new(),
         retry_wait: BTreeMap::new(),
         repaired_at: BTreeMap::new(),
+        sshd: None,
     };
     agent.enforce_cache().await;
     agent.event_loop(deps.watch_events, shutdown).await;
@@ -209,6 +212,8 @@ struct Agent {
     retry_wait: BTreeMap<UnixUser, Duration>,
     /// Per user, when its file was last repaired.
     repaired_at: BTreeMap<UnixUser, Instant>,
+    /// What the last state's sshd files came to (`None`: the state had none).
+    sshd: Option<SshdFilesResult>,
 }
 
 /// The keys valid for a user: fingerprint and, for a managed key in its grace period, when it
@@ -693,7 +698,11 @@ impl Agent {
             "applied a state"
         );
         self.mark_ready();
-        message(agent_message::Msg::Applied(Applied { generation, users }))
+        message(agent_message::Msg::Applied(Applied {
+            generation,
+            users,
+            sshd: self.sshd.clone(),
+        }))
     }
 
     /// Waits at most [`SESSION_REPLY_WAIT`] for the session checks of `users`.
@@ -731,6 +740,11 @@ impl Agent {
     /// Applies every user of `state` that this agent manages and starts the session checks that
     /// are due; returns the users being checked.
     async fn apply_state(&mut self, state: &DesiredState) -> BTreeSet<UnixUser> {
+        // sshd's files first: the revocation list is what makes sshd itself refuse a key.
+        self.sshd = match &state.sshd {
+            Some(files) => Some(self.write_sshd_files(files, &state.users).await),
+            None => None,
+        };
         let mut seen = BTreeSet::new();
         let mut checking = BTreeSet::new();
         for desired in &state.users {
@@ -766,6 +780,37 @@ impl Agent {
             }
         }
         checking
+    }
+
+    /// Writes the state's sshd files for the users this agent manages, on a blocking thread.
+    async fn write_sshd_files(
+        &self,
+        files: &proto::SshdFiles,
+        users: &[ManagedUser],
+    ) -> SshdFilesResult {
+        let managed = self.config.users.iter().map(|u| &u.name);
+        let result = match apply::sshd_files(files, users, managed) {
+            Ok(files) => {
+                let applier = Arc::clone(&self.applier);
+                tokio::task::spawn_blocking(move || applier.apply_sshd_files(&files))
+                    .await
+                    .unwrap_or_else(|e| Err(ApplyError::Other(format!("the task failed: {e}"))))
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(changed) => SshdFilesResult {
+                error: String::new(),
+                changed,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write sshd's files");
+                SshdFilesResult {
+                    error: e.to_string(),
+                    changed: false,
+                }
+            }
+        }
     }
 
     /// Applies one user's desired state and records it ([`Agent::record`]); `epoch`: a raised
@@ -927,6 +972,7 @@ impl Agent {
         link.send(message(agent_message::Msg::Applied(Applied {
             generation: self.status.applied_generation,
             users,
+            sshd: self.sshd.clone(),
         })));
     }
 

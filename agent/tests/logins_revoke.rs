@@ -59,7 +59,9 @@ fn desired(
             denied_fingerprints: denied.iter().map(|k| k.fingerprint().to_string()).collect(),
             session_epoch: epoch,
             revoked: false,
+            principals: vec![],
         }],
+        sshd: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn desired(generation: u64, key: &GeneratedKey) -> DesiredState {
         denied_fingerprints: vec![],
         session_epoch: 0,
         revoked: false,
+        principals: vec![],
     };
     DesiredState {
         host_id: HOST_ID.into(),
@@ -43,7 +44,23 @@ fn desired(generation: u64, key: &GeneratedKey) -> DesiredState {
             user("kwadmin", KeyKind::Admin),
             user("tenant", KeyKind::Tenant),
         ],
+        sshd: None,
     }
+}
+
+/// Runs the agent in-process until `stopped` fires.
+fn spawn_agent(
+    enrolled: &Enrolled,
+    deps: RuntimeDeps,
+    stopped: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<Result<(), keyward_agent::RuntimeError>> {
+    tokio::spawn(keyward_agent::run_with(
+        enrolled.config(),
+        deps,
+        async move {
+            let _ = stopped.await;
+        },
+    ))
 }
 
 #[tokio::test]
@@ -71,13 +88,7 @@ async fn states_reach_the_files_and_outside_edits_are_repaired_and_reported() {
         notifier: None,
         status: Some(status_tx),
     };
-    let task = tokio::spawn(keyward_agent::run_with(
-        enrolled.config(),
-        deps,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let task = spawn_agent(&enrolled, deps, stopped);
 
     let key = GeneratedKey::generate(KeyAlgorithm::Ed25519, "k").unwrap();
     let fp = key.fingerprint().to_string();
@@ -133,4 +144,74 @@ async fn states_reach_the_files_and_outside_edits_are_repaired_and_reported() {
     let _ = stop.send(());
     within("the agent to stop", task).await.unwrap().unwrap();
     drop(guard);
+}
+
+#[tokio::test]
+async fn the_states_sshd_files_are_written_first_and_a_bad_set_is_refused_whole() {
+    let pki = Pki::new();
+    let mut hub = TestHub::start(&pki).await;
+    let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
+    let homes = tempfile::tempdir().unwrap();
+    let applier = DirApplier::new(homes.path());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let deps = RuntimeDeps {
+        applier: Arc::new(applier.clone()),
+        watch_events: None,
+        notifier: None,
+        status: None,
+    };
+    let task = spawn_agent(&enrolled, deps, stopped);
+    let key = GeneratedKey::generate(KeyAlgorithm::Ed25519, "k").unwrap();
+    let ca = GeneratedKey::generate(KeyAlgorithm::Ed25519, "ca").unwrap();
+    let with_sshd = |generation: u64, krl: &[u8]| {
+        let mut state = desired(generation, &key);
+        state.users[0].principals = vec!["keyward:t1:admin".into()];
+        state.sshd = Some(keyward_common::proto::SshdFiles {
+            user_ca_keys: vec![ca.public_openssh().into()],
+            revoked_keys: krl.to_vec(),
+        });
+        state
+    };
+    let mut s = hub.session().await;
+    assert!(matches!(s.recv().await, Msg::Hello(_)));
+
+    s.send_state(enrolled.sign(&with_sshd(1, b"SSHKRL\n\0first")));
+    let Msg::Applied(applied) = s.recv().await else {
+        panic!("expected Applied")
+    };
+    let sshd = applied.sshd.expect("the sshd files' outcome");
+    assert_eq!(sshd.error, "");
+    assert!(sshd.changed);
+    let dir = applier.sshd_dir();
+    assert_eq!(
+        std::fs::read(dir.join("revoked_keys")).unwrap(),
+        b"SSHKRL\n\0first"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("principals/kwadmin")).unwrap(),
+        "keyward:t1:admin\n"
+    );
+    assert_eq!(std::fs::read(dir.join("principals/tenant")).unwrap(), b"");
+    let ca_line = ca.public_openssh().rsplit_once(' ').unwrap().0;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("trusted_user_ca_keys")).unwrap(),
+        format!("{ca_line}\n")
+    );
+
+    // Not a KRL: sshd would refuse every key. Refused whole; the files stay; the users' keys
+    // are still applied.
+    s.send_state(enrolled.sign(&with_sshd(2, b"garbage")));
+    let Msg::Applied(applied) = s.recv().await else {
+        panic!("expected Applied")
+    };
+    let sshd = applied.sshd.expect("the sshd files' outcome");
+    assert!(sshd.error.contains("not an OpenSSH KRL"), "{}", sshd.error);
+    assert!(applied.users.iter().all(|u| u.error.is_empty()));
+    assert_eq!(
+        std::fs::read(dir.join("revoked_keys")).unwrap(),
+        b"SSHKRL\n\0first"
+    );
+
+    let _ = stop.send(());
+    within("the agent to stop", task).await.unwrap().unwrap();
 }

@@ -379,9 +379,10 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleReport> {
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{}\"\nhost_key_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n",
+            "state_dir = \"{}\"\nhost_key_dir = \"{}\"\nsshd_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n",
             state_dir.display(),
             host_keys.display(),
+            dir.path().join("sshd").display(),
             admin_user.name,
             tenant_user.name,
             login_log.display()

@@ -14,6 +14,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use keyward_agent::apply::{Applier, ApplyError, DirApplier, UserApplied};
 use keyward_agent::enroll::{EnrollOptions, enroll};
+use keyward_agent::writer::SshdFiles;
 use keyward_agent::{AgentConfig, AgentStatus, RuntimeDeps, UserConfig, UserMode};
 use keyward_common::UnixUser;
 use keyward_common::proto::ManagedUser;
@@ -73,6 +74,10 @@ impl Applier for TimingApplier {
 
     fn end_sessions(&self, user: &UnixUser) -> Result<u32, ApplyError> {
         self.inner.end_sessions(user)
+    }
+
+    fn apply_sshd_files(&self, files: &SshdFiles) -> Result<bool, ApplyError> {
+        self.inner.apply_sshd_files(files)
     }
 }
 
@@ -194,6 +199,8 @@ impl Fleet {
             grpc_url: None,
             grpc_urls: Vec::new(),
             host_key_dir: self.host_key_dir.clone(),
+            // Where the DirApplier writes them too.
+            sshd_dir: homes.join(".sshd"),
             preserve: Default::default(),
         };
         Ok(SimHost {

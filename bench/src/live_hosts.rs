@@ -422,6 +422,7 @@ async fn connect(enrolled: Enrolled) -> anyhow::Result<RawHost> {
                 let applied = Applied {
                     generation: state.generation,
                     users: Vec::new(),
+                    sshd: None,
                 };
                 if ack
                     .send(message(agent_message::Msg::Applied(applied)))
@@ -545,6 +546,7 @@ impl RawFleet {
                     error,
                     ..UserResult::default()
                 }],
+                sshd: None,
             };
             if host
                 .tx

@@ -159,6 +159,54 @@ impl FromStr for UnixUser {
     }
 }
 
+/// An SSH certificate principal that keyward issues and writes into sshd's
+/// `AuthorizedPrincipalsFile`: `^[a-z0-9][a-z0-9._:@-]{0,127}$`.
+///
+/// A line of that file may start with key options (`command="..."`), and Vault takes a
+/// certificate's principals comma-separated, so a principal holds no space, quote, comma or
+/// `#`: one principal is one whole line and one list element, never more.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Principal(String);
+
+impl Principal {
+    pub const MAX_LEN: usize = 128;
+    /// The grammar as a regular expression, for the API's schema.
+    pub const PATTERN: &'static str = "^[a-z0-9][a-z0-9._:@-]{0,127}$";
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Principal {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        const WHAT: &str = "certificate principal";
+        check_len(WHAT, s, Self::MAX_LEN)?;
+        let mut chars = s.chars();
+        if !chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return Err(IdError::BadFirst {
+                what: WHAT,
+                first: "a lower-case ASCII letter or a digit",
+            });
+        }
+        if !chars.all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | ':' | '@' | '-')
+        }) {
+            return Err(IdError::BadChar {
+                what: WHAT,
+                allowed: "lower-case ASCII letters, digits, '.', '_', ':', '@' and '-'",
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
 fn check_len(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { what });
@@ -204,6 +252,7 @@ macro_rules! string_newtype_impls {
 string_newtype_impls!(TenantId);
 string_newtype_impls!(UnixUser);
 string_newtype_impls!(HostId);
+string_newtype_impls!(Principal);
 
 #[cfg(test)]
 mod tests {
@@ -281,5 +330,26 @@ mod tests {
     fn deserialising_validates() {
         assert!(serde_json::from_str::<TenantId>("\"t1\"").is_ok());
         assert!(serde_json::from_str::<TenantId>("\"../t1\"").is_err());
+    }
+
+    #[test]
+    fn principals_are_one_word_that_cannot_carry_options() {
+        for ok in ["kw-acme-admin", "0", "a.b_c:d@e-f", &"p".repeat(128)] {
+            assert_eq!(ok.parse::<Principal>().unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "-x",
+            "Admin",
+            "a b",
+            "a,b",
+            "command=\"sh\" a",
+            "a#b",
+            "a\nb",
+            "é",
+            &"p".repeat(129),
+        ] {
+            assert!(bad.parse::<Principal>().is_err(), "{bad:?} accepted");
+        }
     }
 }

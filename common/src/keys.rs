@@ -180,6 +180,16 @@ pub fn public_key_fingerprint(openssh_public: &str) -> Result<Fingerprint, KeyEr
     Ok(Fingerprint::of(&key))
 }
 
+/// Parses an OpenSSH public key and writes it back as `type base64`, without its comment or
+/// anything else of the line it came in: one key, one line, nothing sshd could read as an option.
+pub fn canonical_public_key(openssh_public: &str) -> Result<String, KeyError> {
+    let mut key = PublicKey::from_openssh(openssh_public.trim()).map_err(KeyError::ParsePublic)?;
+    key.set_comment("");
+    key.to_openssh()
+        .map(|line| line.trim_end().to_owned())
+        .map_err(KeyError::ParsePublic)
+}
+
 /// Parses an OpenSSH private key and returns the fingerprint of its public half.
 pub fn private_key_fingerprint(openssh_private: &str) -> Result<Fingerprint, KeyError> {
     let key = PrivateKey::from_openssh(openssh_private).map_err(KeyError::ParsePrivate)?;

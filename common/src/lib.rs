@@ -12,9 +12,10 @@ pub mod keys;
 pub mod proto;
 pub mod sd_notify;
 pub mod signing;
+pub mod sshd_files;
 pub mod sshd_log;
 
-pub use ids::{HostId, IdError, TenantId, UnixUser};
+pub use ids::{HostId, IdError, Principal, TenantId, UnixUser};
 pub use keys::{Fingerprint, KeyAlgorithm, KeyError, KeyKind};
 #[cfg(feature = "keygen")]
 pub use keys::{GeneratedKey, UnnamedKey};

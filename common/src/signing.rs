@@ -90,6 +90,7 @@ mod tests {
             generation,
             issued_at: "2026-01-01T00:00:00Z".into(),
             users: vec![],
+            sshd: None,
         }
     }
 

@@ -29,7 +29,16 @@ pub struct SshdOptions {
     pub log: Option<PathBuf>,
     /// More `sshd_config` lines (the quickstart's `AllowUsers`, `PermitRootLogin no`).
     pub extra_config: Vec<String>,
+    /// Where sshd reads its certificate trust and revocation files, as the package's drop-in
+    /// names them (`TrustedUserCAKeys`, `AuthorizedPrincipalsFile`, `RevokedKeys`) and the agent
+    /// writes them; a directory of its own under [`SECURE_BASE`] when `None`.
+    pub files_dir: Option<PathBuf>,
 }
+
+/// Where each sshd's certificate files go by default: a path whose every directory is root's
+/// and not writable by others, as `StrictModes` wants for an `AuthorizedPrincipalsFile` (one
+/// under `/tmp` is refused).
+pub const SECURE_BASE: &str = "/run/keyward-tests";
 
 impl Default for SshdOptions {
     fn default() -> Self {
@@ -38,6 +47,7 @@ impl Default for SshdOptions {
             preferred_port: None,
             log: None,
             extra_config: Vec::new(),
+            files_dir: None,
         }
     }
 }
@@ -50,8 +60,12 @@ pub struct Sshd {
     pub log: PathBuf,
     /// Holds `ssh_host_ed25519_key` and `.pub`, the host key sshd offers.
     pub host_key_dir: PathBuf,
+    /// sshd's certificate trust and revocation files (an agent's `sshd_dir`): made with an
+    /// empty revocation list (sshd refuses every key while it is missing) and no trusted CA.
+    pub files_dir: PathBuf,
     proc: Proc,
     _dir: Option<tempfile::TempDir>,
+    _files: Option<tempfile::TempDir>,
 }
 
 impl Sshd {
@@ -109,6 +123,18 @@ impl Sshd {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let (files_dir, files_temp) = match &options.files_dir {
+            Some(path) => (path.clone(), None),
+            None => {
+                fs::create_dir_all(SECURE_BASE).unwrap();
+                let temp = tempfile::Builder::new()
+                    .prefix("sshd-files-")
+                    .tempdir_in(SECURE_BASE)
+                    .unwrap();
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        make_files_dir(&files_dir);
         let config = dir.join("sshd_config");
         fs::write(
             &config,
@@ -116,14 +142,18 @@ impl Sshd {
                 "ListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes yes\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nAuthorizedKeysFile .ssh/authorized_keys\n\
-                 LogLevel {}\nMaxStartups 100\n{}",
+                 LogLevel {}\nMaxStartups 100\n\
+                 TrustedUserCAKeys {files}/trusted_user_ca_keys\n\
+                 AuthorizedPrincipalsFile {files}/principals/%u\n\
+                 RevokedKeys {files}/revoked_keys\n{}",
                 host_key.display(),
                 options.log_level,
                 options
                     .extra_config
                     .iter()
                     .map(|line| format!("{line}\n"))
-                    .collect::<String>()
+                    .collect::<String>(),
+                files = files_dir.display(),
             ),
         )
         .unwrap();
@@ -146,8 +176,10 @@ impl Sshd {
                 port,
                 log: log.clone(),
                 host_key_dir: dir.to_path_buf(),
+                files_dir: files_dir.clone(),
                 proc: Proc(child),
                 _dir: None,
+                _files: None,
             };
             let listening = wait_for(Duration::from_secs(10), "sshd to listen", || {
                 if !sshd.running() {
@@ -158,6 +190,7 @@ impl Sshd {
                     .then_some(true)
             });
             if listening {
+                sshd._files = files_temp;
                 return sshd;
             }
         }
@@ -336,6 +369,22 @@ impl Sshd {
         tokio::task::spawn_blocking(move || crate::kex::inject_kex_line(port, &line))
             .await
             .unwrap();
+    }
+}
+
+/// Makes `dir` (0755) with `principals/`, and an empty `revoked_keys` and `trusted_user_ca_keys`
+/// unless they exist: what the agent's package makes before its sshd drop-in is installed.
+fn make_files_dir(dir: &Path) {
+    fs::create_dir_all(dir.join("principals")).unwrap();
+    for d in [dir.to_path_buf(), dir.join("principals")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for name in ["revoked_keys", "trusted_user_ca_keys"] {
+        let file = dir.join(name);
+        if !file.exists() {
+            fs::write(&file, b"").unwrap();
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        }
     }
 }
 

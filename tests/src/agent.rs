@@ -116,9 +116,10 @@ impl Agent {
         std::fs::write(
             &files.config,
             format!(
-                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n",
+                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\nsshd_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n",
                 files.state_dir.display(),
                 sshd.host_key_dir.display(),
+                sshd.files_dir.display(),
                 admin,
                 tenant_user,
                 sshd.log.display()

@@ -48,21 +48,34 @@ pub(super) fn replace_file(
     owner: Owner,
     content: &[u8],
 ) -> Result<(), WriteError> {
-    let temp = TempFile::create(dirs.ssh.as_fd(), ssh_path)?;
-    let shown = ssh_path.join(&temp.name);
+    replace_in(dirs.ssh.as_fd(), ssh_path, name, owner, content)?;
+    if dirs.created_ssh {
+        let home = ssh_path.parent().unwrap_or(ssh_path);
+        fsync(&dirs.home).map_err(|errno| io("fsync", home, errno))?;
+    }
+    Ok(())
+}
+
+/// Replaces `name` in the opened directory `dir` (shown as `dir_path`) with `content`, owned
+/// and moded as `owner` says: temp file, fsync, rename, fsync of the directory.
+pub(super) fn replace_in(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    name: &str,
+    owner: Owner,
+    content: &[u8],
+) -> Result<(), WriteError> {
+    let temp = TempFile::create(dir, dir_path)?;
+    let shown = dir_path.join(&temp.name);
     write_all(&temp.fd, content).map_err(|errno| io("write", &shown, errno))?;
     fchown(&temp.fd, Some(owner.uid), Some(owner.gid))
         .map_err(|errno| io("fchown", &shown, errno))?;
     fchmod(&temp.fd, owner.perm).map_err(|errno| io("fchmod", &shown, errno))?;
     fsync(&temp.fd).map_err(|errno| io("fsync", &shown, errno))?;
-    renameat(&dirs.ssh, temp.name.as_str(), &dirs.ssh, name)
-        .map_err(|errno| io("rename", ssh_path.join(name), errno))?;
+    renameat(dir, temp.name.as_str(), dir, name)
+        .map_err(|errno| io("rename", dir_path.join(name), errno))?;
     temp.disarm();
-    fsync(&dirs.ssh).map_err(|errno| io("fsync", ssh_path, errno))?;
-    if dirs.created_ssh {
-        let home = ssh_path.parent().unwrap_or(ssh_path);
-        fsync(&dirs.home).map_err(|errno| io("fsync", home, errno))?;
-    }
+    fsync(dir).map_err(|errno| io("fsync", dir_path, errno))?;
     Ok(())
 }
 

@@ -47,7 +47,7 @@ pub const MOVED_SSH: &str = ".ssh.keyward-moved";
 /// `.ssh` is made: sshd follows a `.ssh` link to a directory the user controls, so leaving it
 /// would let a user pin a file keyward refuses to write. The move is said in `Dirs::moved`.
 pub(super) fn open_ssh_dir(home: &Path, uid: Uid, gid: Gid) -> Result<Dirs, WriteError> {
-    let home_fd = open_home(home)?;
+    let home_fd = open_absolute_dir(home)?;
     check_dir(&home_fd, home, uid)?;
 
     let ssh_path = home.join(".ssh");
@@ -135,7 +135,7 @@ pub(super) fn move_entry_aside(
 /// Opens `/`, then each component of `home` relative to the previous one, never following a
 /// symlink. Ancestors above the home are not checked for ownership (sshd's `StrictModes` stops
 /// at the home directory too), but a symlink anywhere is refused.
-fn open_home(home: &Path) -> Result<OwnedFd, WriteError> {
+pub(super) fn open_absolute_dir(home: &Path) -> Result<OwnedFd, WriteError> {
     let mut components = home.components();
     if components.next() != Some(Component::RootDir) {
         return Err(refused(home, Refusal::BadHomePath));
@@ -154,7 +154,7 @@ fn open_home(home: &Path) -> Result<OwnedFd, WriteError> {
 }
 
 /// The directory checks of sshd's `StrictModes`, on the opened fd.
-fn check_dir(fd: &OwnedFd, path: &Path, uid: Uid) -> Result<(), WriteError> {
+pub(super) fn check_dir(fd: &OwnedFd, path: &Path, uid: Uid) -> Result<(), WriteError> {
     let st = fstat(fd).map_err(|errno| io("fstat", path, errno))?;
     if file_type(&st) != SFlag::S_IFDIR {
         return Err(refused(path, Refusal::NotADirectory));
@@ -213,18 +213,29 @@ pub(super) fn open_authorized_keys(
     path: &Path,
     uid: Uid,
 ) -> Result<Existing, WriteError> {
+    open_existing(ssh, AUTHORIZED_KEYS, path, uid)
+}
+
+/// [`open_authorized_keys`] for any file `name` of a verified directory (`path` is the file's,
+/// for messages).
+pub(super) fn open_existing(
+    dir: &OwnedFd,
+    name: &str,
+    path: &Path,
+    uid: Uid,
+) -> Result<Existing, WriteError> {
     // O_NONBLOCK: opening a FIFO the user planted must not wait for a writer.
     let flags = OFlag::O_RDONLY
         | OFlag::O_NOFOLLOW
         | OFlag::O_NONBLOCK
         | OFlag::O_NOCTTY
         | OFlag::O_CLOEXEC;
-    let name = OsStr::new(AUTHORIZED_KEYS);
-    let fd = match openat(ssh, name, flags, Perm::empty()) {
+    let name = OsStr::new(name);
+    let fd = match openat(dir, name, flags, Perm::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(Existing::Missing),
         Err(errno) => {
-            return match open_failure(ssh, name, path, errno) {
+            return match open_failure(dir, name, path, errno) {
                 WriteError::Refused { reason, .. } => Ok(Existing::Unsafe(reason)),
                 other => Err(other),
             };
@@ -307,11 +318,11 @@ fn open_failure(parent: &OwnedFd, name: &OsStr, path: &Path, errno: Errno) -> Wr
     }
 }
 
-fn file_type(st: &FileStat) -> SFlag {
+pub(super) fn file_type(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
 }
 
-fn refused(path: &Path, reason: Refusal) -> WriteError {
+pub(super) fn refused(path: &Path, reason: Refusal) -> WriteError {
     WriteError::Refused {
         path: path.to_path_buf(),
         reason,

@@ -15,6 +15,7 @@ use chrono::Datelike;
 use ed25519_dalek::SigningKey;
 use keyward_agent::apply::{Applier, ApplyError, UserApplied};
 use keyward_agent::state_dir::{EnrollmentInfo, Identity, StateDir};
+use keyward_agent::writer::SshdFiles;
 use keyward_agent::{AgentConfig, AgentStatus, RuntimeDeps, UserConfig, UserMode};
 use keyward_common::UnixUser;
 use keyward_common::proto::agent_hub_server::{AgentHub, AgentHubServer};
@@ -200,8 +201,10 @@ pub fn state(generation: u64, users: &[(&str, u64)]) -> DesiredState {
                 denied_fingerprints: vec![],
                 session_epoch: *epoch,
                 revoked: false,
+                principals: vec![],
             })
             .collect(),
+        sshd: None,
     }
 }
 
@@ -210,6 +213,7 @@ pub fn state(generation: u64, users: &[(&str, u64)]) -> DesiredState {
 pub enum Call {
     Apply { user: String, mode: UserMode },
     EndSessions { user: String },
+    SshdFiles(Box<SshdFiles>),
 }
 
 /// Records calls; answers with the fingerprints the state announced, and with `drift` (added,
@@ -260,6 +264,14 @@ impl Applier for FakeApplier {
         }
         self.ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(2)
+    }
+
+    fn apply_sshd_files(&self, files: &SshdFiles) -> Result<bool, ApplyError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::SshdFiles(Box::new(files.clone())));
+        Ok(true)
     }
 }
 

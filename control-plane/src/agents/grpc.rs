@@ -423,6 +423,13 @@ impl Session {
                             )
                             .map(move |why| format!("{user}: {why}"))
                     })
+                    .chain(
+                        applied
+                            .sshd
+                            .iter()
+                            .filter(|sshd| !sshd.error.is_empty())
+                            .map(|sshd| format!("sshd files: {}", bounded(&sshd.error, MAX_TEXT))),
+                    )
                     .collect();
                 let error =
                     (!reasons.is_empty()).then(|| bounded(&reasons.join("; "), MAX_LAST_ERROR));

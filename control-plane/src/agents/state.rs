@@ -69,6 +69,7 @@ fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -
         denied_fingerprints: denied,
         session_epoch: u64::try_from(ks.session_epoch).unwrap_or_default(),
         revoked: ks.state == KeyState::Revoked,
+        principals: Vec::new(),
     }
 }
 
@@ -101,5 +102,6 @@ pub async fn desired_state(
         generation: u64::try_from(record.desired_generation).unwrap_or_default(),
         issued_at: iso8601(now),
         users,
+        sshd: None,
     })
 }

@@ -10,7 +10,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use keyward_common::proto::{
     Applied, DriftReport, Hello, LoginBatch, LoginEvent, LoginMethod, LoginOutcome,
-    RenewCertificate, UserResult, agent_message, control_message,
+    RenewCertificate, SshdFilesResult, UserResult, agent_message, control_message,
 };
 use keyward_server::clock::{iso8601, parse_iso8601};
 use keyward_server::config::RetentionConfig;
@@ -108,6 +108,7 @@ async fn a_rogue_agent_is_refused_cut_and_rate_limited() {
                 error: "e".repeat(2_000_000),
                 ..UserResult::default()
             }],
+            sshd: None,
         }))
         .await;
     let status = stream.ended().await.expect("the stream ends with a status");
@@ -135,6 +136,7 @@ async fn a_rogue_agent_is_refused_cut_and_rate_limited() {
                 fingerprints: (0..200).map(fingerprint).collect(),
                 ..UserResult::default()
             }],
+            sshd: None,
         }))
         .await;
     stream
@@ -148,6 +150,10 @@ async fn a_rogue_agent_is_refused_cut_and_rate_limited() {
                     ..UserResult::default()
                 })
                 .collect(),
+            sshd: Some(SshdFilesResult {
+                error: "s".repeat(100_000),
+                changed: false,
+            }),
         }))
         .await;
     assert_eq!(logins_acked(&mut stream, vec![login(1)]).await, 1);

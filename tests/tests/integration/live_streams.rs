@@ -239,6 +239,7 @@ fn huge_applied(round: usize) -> agent_message::Msg {
                 ..UserResult::default()
             })
             .collect(),
+        sshd: None,
     })
 }
 

@@ -18,6 +18,7 @@ mod replicas;
 mod revocation_attacks;
 mod rotate_all;
 mod rotation;
+mod sshd_certificates;
 mod sshd_harness;
 mod tenant_api;
 mod vault_backups;

@@ -1,0 +1,21 @@
+//! The bounds of a desired state's sshd files (`DesiredState.sshd` and `ManagedUser.principals`
+//! in the agent protocol), shared by the control plane, which never sends more, and the agent,
+//! which refuses more.
+
+/// The most CA keys sshd is told to trust at once: the current CA and the next during a
+/// rotation need two; the rest is headroom for several purposes' CAs.
+pub const MAX_USER_CA_KEYS: usize = 16;
+
+/// The most principals one managed user may have.
+pub const MAX_PRINCIPALS_PER_USER: usize = 256;
+
+/// The largest revocation list: 100,000 revoked keys by SHA-256 take 3.2 MB, serials far less.
+pub const MAX_REVOKED_KEYS_BYTES: usize = 8 << 20;
+
+/// The largest control-plane message the agent decodes: a desired state with the largest
+/// revocation list and room for the users' keys (tonic's default is 4 MiB). The agent's own
+/// messages are bounded by the control plane's, far smaller.
+pub const MAX_STATE_MESSAGE_BYTES: usize = 16 << 20;
+
+/// What an OpenSSH binary key revocation list starts with (`PROTOCOL.krl`).
+pub const KRL_MAGIC: &[u8; 8] = b"SSHKRL\n\0";
