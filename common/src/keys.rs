@@ -142,6 +142,17 @@ impl Fingerprint {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The 32-byte SHA-256 digest of the key's wire blob that this fingerprint spells in base64
+    /// (what a KRL lists). Every `Fingerprint` is a valid SHA-256 one, so this fails only if that
+    /// invariant is broken.
+    pub fn sha256(&self) -> Result<[u8; 32], KeyError> {
+        self.0
+            .parse::<ssh_key::Fingerprint>()
+            .ok()
+            .and_then(ssh_key::Fingerprint::sha256)
+            .ok_or_else(|| KeyError::BadFingerprint(self.0.clone()))
+    }
 }
 
 impl fmt::Display for Fingerprint {
@@ -210,6 +221,12 @@ mod tests {
         for bad in ["", "MD5:00", "SHA256:", "SHA256:!!", "ssh-rsa AAAA"] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_fingerprint_gives_back_its_digest() {
+        let digest: [u8; 32] = std::array::from_fn(|i| i as u8);
+        assert_eq!(Fingerprint::from_sha256(digest).sha256().unwrap(), digest);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod authorized_keys;
 pub mod backoff;
 pub mod ids;
 pub mod keys;
+pub mod krl;
 pub mod proto;
 pub mod sd_notify;
 pub mod signing;
