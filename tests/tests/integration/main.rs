@@ -11,6 +11,7 @@ mod authorized_keys_logins;
 mod backends;
 mod bad_input;
 mod hostile_load;
+mod krl;
 mod live_streams;
 mod login_ingest;
 mod openapi_fuzz;
