@@ -66,6 +66,19 @@ impl TestUser {
         self.home.join(".ssh/authorized_keys")
     }
 
+    /// Writes `~/.ssh/authorized_keys` as the user keeps it: `.ssh` 0700 and the file 0600, both
+    /// the user's (sshd's `StrictModes` checks them).
+    pub fn write_authorized_keys(&self, content: &[u8]) {
+        let ssh = self.ssh_dir();
+        std::fs::create_dir_all(&ssh).unwrap();
+        std::fs::write(self.authorized_keys(), content).unwrap();
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let file_mode = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(self.authorized_keys(), file_mode).unwrap();
+        self.own(&ssh);
+        self.own(&self.authorized_keys());
+    }
+
     /// Makes `path` (a file, directory or symlink the test planted) the user's, as if they had
     /// made it themselves.
     pub fn own(&self, path: &Path) {

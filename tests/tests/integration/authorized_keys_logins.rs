@@ -9,8 +9,6 @@
 //! options), and the tenant's attacks on the deny list (whitespace sshd skips in the base64,
 //! NUL and CR, signature-only and short type names, padded mpints, options in front).
 
-use std::os::unix::fs::PermissionsExt;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keyward_common::authorized_keys::parse_line;
@@ -18,18 +16,7 @@ use keyward_common::{GeneratedKey, KeyAlgorithm};
 use keyward_tests::{KeyFile, Sshd, TestUser};
 
 fn install(user: &TestUser, line: &[u8]) {
-    let ssh = user.home.join(".ssh");
-    std::fs::create_dir_all(&ssh).unwrap();
-    std::fs::write(user.authorized_keys(), [line, b"\n"].concat()).unwrap();
-    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::set_permissions(
-        user.authorized_keys(),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    let chown = |p: &std::path::Path| std::os::unix::fs::chown(p, Some(user.uid), None).unwrap();
-    chown(&ssh);
-    chown(&user.authorized_keys());
+    user.write_authorized_keys(&[line, b"\n"].concat());
 }
 
 /// `(type, base64)` of a key.

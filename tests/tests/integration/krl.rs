@@ -1,8 +1,9 @@
 //! keyward's KRL encoder (`keyward_common::krl`) against OpenSSH's own KRL code, differentially:
 //! `ssh-keygen -k` writes a KRL from the same revocations and `ssh-keygen -Q -l` must list both
 //! alike; `ssh-keygen -Q` (the check sshd's `RevokedKeys` makes) must call REVOKED exactly the
-//! certificates and keys that are. Revocation sets are random (seeded: the seed is in every
-//! failure message, `KEYWARD_KRL_SEED=N` repeats one) around hand-picked edges.
+//! certificates and keys that are; and Debian's sshd with our KRL refuses exactly those logins.
+//! Revocation sets are random (seeded: the seed is in every failure message,
+//! `KEYWARD_KRL_SEED=N` repeats one) around hand-picked edges.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -12,7 +13,8 @@ use std::time::Instant;
 
 use keyward_common::Fingerprint;
 use keyward_common::krl::RevocationList;
-use keyward_tests::require_program;
+use keyward_test_support::SshdOptions;
+use keyward_tests::{Sshd, TestUser, require_program};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ssh_key::PublicKey;
@@ -97,9 +99,10 @@ fn pub_path(private: &Path) -> PathBuf {
     private.with_extension("pub")
 }
 
-/// A user certificate for the public key `user_pub`, signed by `ca` (a private key file) with
-/// `key_id` and `serial`, written to `{name}-cert.pub` in `dir`.
+/// A user certificate for the public key `user_pub` and `principal`, signed by `ca` (a private
+/// key file) with `key_id` and `serial`, written to `{name}-cert.pub` in `dir`.
 fn certify(
+    principal: &str,
     dir: &Path,
     ca: &Path,
     user_pub: &Path,
@@ -116,7 +119,7 @@ fn certify(
         "-I".as_ref(),
         key_id.as_ref(),
         "-n".as_ref(),
-        "u".as_ref(),
+        principal.as_ref(),
         "-z".as_ref(),
         serial.to_string().as_ref(),
         copy.as_os_str(),
@@ -392,6 +395,7 @@ fn ssh_keygen_finds_revoked_exactly_what_our_krl_revokes() {
             let by_ca = i % 4 != 0;
             let signer = if by_ca { &ca_key } else { &other_ca };
             files.push(certify(
+                "u",
                 d,
                 signer,
                 &user,
@@ -416,6 +420,7 @@ fn ssh_keygen_finds_revoked_exactly_what_our_krl_revokes() {
             for (by_ca, serial) in [(true, 0), (false, 0), (true, 5)] {
                 let signer = if by_ca { &ca_key } else { &other_ca };
                 files.push(certify(
+                    "u",
                     d,
                     signer,
                     &user,
@@ -432,7 +437,15 @@ fn ssh_keygen_finds_revoked_exactly_what_our_krl_revokes() {
             files.push(pub_path(private));
             expected.push((format!("plain key {i}"), i < 3));
         }
-        files.push(certify(d, &other_ca, &pub_path(&keys[0].0), "k0", 3, "k0"));
+        files.push(certify(
+            "u",
+            d,
+            &other_ca,
+            &pub_path(&keys[0].0),
+            "k0",
+            3,
+            "k0",
+        ));
         expected.push(("certificate of key 0".to_owned(), true));
 
         let revoked_count = expected.iter().filter(|(_, want)| *want).count();
@@ -501,6 +514,7 @@ fn a_krl_of_100000_serials_and_10000_keys_is_read_and_answers() {
     let sample: Vec<u64> = serials.iter().step_by(5_000).copied().collect();
     for (i, serial) in sample.iter().flat_map(|&s| [s, s + 1]).enumerate() {
         files.push(certify(
+            "u",
             d,
             &ca_key,
             &pub_path(&holder),
@@ -511,4 +525,66 @@ fn a_krl_of_100000_serials_and_10000_keys_is_read_and_answers() {
         expected.push(serials.contains(&serial));
     }
     assert_eq!(query(&ours, &files), expected, "seed {seed}");
+}
+
+/// sshd itself, with our KRL as its `RevokedKeys`: a plain key revoked by hash is refused
+/// whatever options its `authorized_keys` line has, a certificate revoked by serial or by key id
+/// is refused, and the others log in.
+#[test]
+fn sshd_refuses_what_our_krl_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let user = TestUser::create("krl");
+    let principal = user.name.as_str();
+    let (ca_key, ca) = key_pair(d, "ca");
+    let keys: Vec<(PathBuf, PublicKey)> = (0..5).map(|i| key_pair(d, &format!("k{i}"))).collect();
+    let line = |i: usize| keys[i].1.to_openssh().unwrap();
+    user.write_authorized_keys(format!("{}\nrestrict,pty {}\n", line(0), line(1)).as_bytes());
+    // Keys 2 to 4 by certificate (ssh -i takes `k{i}-cert.pub` along).
+    for (i, key_id, serial) in [(2, "kept", 8), (3, "kept", 7), (4, "gone", 9)] {
+        let cert = certify(
+            principal,
+            d,
+            &ca_key,
+            &pub_path(&keys[i].0),
+            key_id,
+            serial,
+            "c",
+        );
+        std::fs::rename(cert, d.join(format!("k{i}-cert.pub"))).unwrap();
+    }
+
+    let mut krl = RevocationList::new(1, GENERATED, "sshd").unwrap();
+    krl.revoke_fingerprint(&Fingerprint::of(&keys[1].1))
+        .unwrap();
+    krl.revoke_serial_range(Some(&ca), 5, 7).unwrap();
+    krl.revoke_key_id(Some(&ca), "gone").unwrap();
+    let krl_path = d.join("revoked.krl");
+    std::fs::write(&krl_path, krl.encode()).unwrap();
+    std::fs::create_dir(d.join("sshd")).unwrap();
+    let sshd = Sshd::start_with(
+        &d.join("sshd"),
+        &SshdOptions {
+            extra_config: vec![
+                format!("RevokedKeys {}", krl_path.display()),
+                format!("TrustedUserCAKeys {}", pub_path(&ca_key).display()),
+            ],
+            ..SshdOptions::default()
+        },
+    );
+    let logins: Vec<bool> = keys
+        .iter()
+        .map(|(key, _)| sshd.login(key, principal))
+        .collect();
+    assert_eq!(
+        logins,
+        [true, false, true, false, false],
+        "sshd log:\n{}",
+        sshd.log_text()
+    );
+    assert!(
+        sshd.log_text().contains("revoked by file"),
+        "{}",
+        sshd.log_text()
+    );
 }
