@@ -559,19 +559,21 @@ fn sshd_refuses_what_our_krl_revokes() {
         .unwrap();
     krl.revoke_serial_range(Some(&ca), 5, 7).unwrap();
     krl.revoke_key_id(Some(&ca), "gone").unwrap();
-    let krl_path = d.join("revoked.krl");
-    std::fs::write(&krl_path, krl.encode()).unwrap();
     std::fs::create_dir(d.join("sshd")).unwrap();
-    let sshd = Sshd::start_with(
-        &d.join("sshd"),
-        &SshdOptions {
-            extra_config: vec![
-                format!("RevokedKeys {}", krl_path.display()),
-                format!("TrustedUserCAKeys {}", pub_path(&ca_key).display()),
-            ],
-            ..SshdOptions::default()
-        },
-    );
+    // The test sshd reads its RevokedKeys, TrustedUserCAKeys and principals files from its
+    // files directory, as the package's drop-in makes sshd do.
+    let sshd = Sshd::start_with(&d.join("sshd"), &SshdOptions::default());
+    std::fs::write(sshd.files_dir.join("revoked_keys"), krl.encode()).unwrap();
+    std::fs::copy(
+        pub_path(&ca_key),
+        sshd.files_dir.join("trusted_user_ca_keys"),
+    )
+    .unwrap();
+    std::fs::write(
+        sshd.files_dir.join("principals").join(principal),
+        format!("{principal}\n"),
+    )
+    .unwrap();
     let logins: Vec<bool> = keys
         .iter()
         .map(|(key, _)| sshd.login(key, principal))
