@@ -174,6 +174,13 @@ impl Principal {
     /// The grammar as a regular expression, for the API's schema.
     pub const PATTERN: &'static str = "^[a-z0-9][a-z0-9._:@-]{0,127}$";
 
+    /// The principal a certificate carries to log in as `kind`'s managed user on `tenant`'s
+    /// hosts: `keyward:{tenant}:{kind}` (at most 77 characters, always of the grammar: a tenant id
+    /// is a DNS label and a kind one of two words).
+    pub fn of_key_set(tenant: &TenantId, kind: crate::KeyKind) -> Self {
+        Self(format!("keyward:{tenant}:{kind}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -336,6 +343,11 @@ mod tests {
     fn principals_are_one_word_that_cannot_carry_options() {
         for ok in ["kw-acme-admin", "0", "a.b_c:d@e-f", &"p".repeat(128)] {
             assert_eq!(ok.parse::<Principal>().unwrap().as_str(), ok);
+        }
+        for kind in [crate::KeyKind::Admin, crate::KeyKind::Tenant] {
+            let longest: TenantId = "a".repeat(63).parse().unwrap();
+            let made = Principal::of_key_set(&longest, kind);
+            assert_eq!(made.as_str().parse::<Principal>().unwrap(), made);
         }
         for bad in [
             "",

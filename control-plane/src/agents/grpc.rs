@@ -265,7 +265,7 @@ impl Session {
     /// Builds, signs and sends the host's current state; returns its generation.
     async fn send_state(&self) -> Option<u64> {
         let lifecycle = &self.service.lifecycle;
-        let state = match desired_state(lifecycle.store(), &self.host, lifecycle.now()).await {
+        let state = match desired_state(lifecycle.store(), &self.host, lifecycle.now(), &[]).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(host = %self.host, error = %e, "cannot build the desired state");

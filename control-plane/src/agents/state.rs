@@ -1,10 +1,12 @@
 //! A host's desired state, built from SQL: the admin user with only managed keys, the tenant user
-//! with its own lines preserved, each with the current key and a rotated key in its grace period.
+//! with its own lines preserved, each with the current key and a rotated key in its grace period,
+//! and the files sshd reads for certificates and revocation ([`super::sshd_files`]).
 
 use chrono::{DateTime, Utc};
 use keyward_common::proto::{DesiredState, Key, KeyKind as ProtoKind, ManagedUser, Mode};
 use keyward_common::{HostId, KeyKind};
 
+use super::sshd_files::sshd_files;
 use crate::clock::iso8601;
 use crate::store::{KeySetRecord, KeyState, Store, StoreError};
 
@@ -73,11 +75,13 @@ fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -
     }
 }
 
-/// The whole desired state of `host` now, with the host's current generation.
+/// The whole desired state of `host` now, with the host's current generation. `ca_keys`: the
+/// SSH certificate authority's keys sshd is to trust (none when it is not configured).
 pub async fn desired_state(
     store: &Store,
     host: &HostId,
     now: DateTime<Utc>,
+    ca_keys: &[String],
 ) -> Result<DesiredState, StateBuildError> {
     let record = store
         .host(host)
@@ -94,14 +98,23 @@ pub async fn desired_state(
         (KeyKind::Tenant, &tenant.tenant_user, Mode::Preserve),
     ] {
         if let Some(ks) = store.key_set(&tenant.tenant_id, kind).await? {
-            users.push(managed_user(user.as_str(), mode, &ks, now));
+            users.push((kind, managed_user(user.as_str(), mode, &ks, now)));
         }
     }
+    let generation = u64::try_from(record.desired_generation).unwrap_or_default();
+    let sshd = sshd_files(
+        host,
+        &tenant.tenant_id,
+        generation,
+        now,
+        &mut users,
+        ca_keys,
+    );
     Ok(DesiredState {
         host_id: host.to_string(),
-        generation: u64::try_from(record.desired_generation).unwrap_or_default(),
+        generation,
         issued_at: iso8601(now),
-        users,
-        sshd: None,
+        users: users.into_iter().map(|(_, user)| user).collect(),
+        sshd,
     })
 }

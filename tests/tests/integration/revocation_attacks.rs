@@ -299,3 +299,68 @@ async fn an_agent_killed_right_after_a_revocation_never_brings_the_old_key_back(
     );
     assert!(!d.tenant_login(&old).await);
 }
+
+/// Defence in depth: the control plane's revocation list reaches sshd through the agent, so a
+/// replaced key that the tenant writes back while the agent is not running (nothing removes it
+/// from the file) is still refused by sshd itself, in every form of line.
+#[tokio::test]
+async fn sshd_itself_refuses_a_denied_key_written_back_while_the_agent_is_down() {
+    let mut d = Deployment::start(KeyAlgorithm::Ed25519).await;
+    let old = d.download().await;
+    let old_line = public_line(&old.path);
+    let body = old_line.split_whitespace().nth(1).unwrap().to_owned();
+    let revoked_keys = d.sshd.files_dir.join("revoked_keys");
+    assert!(
+        std::fs::read(&revoked_keys)
+            .unwrap()
+            .starts_with(b"SSHKRL\n\0"),
+        "the agent wrote a KRL at its first state"
+    );
+
+    d.tenant_op("/regenerate").await;
+    let new = d.download().await;
+    let old_pub = d.sshd.files_dir.join("old.pub");
+    std::fs::write(&old_pub, format!("{old_line}\n")).unwrap();
+    eventually(
+        "the replaced key in sshd's revocation list",
+        WITHIN,
+        || async {
+            // `ssh-keygen -Q` makes the check sshd's RevokedKeys makes.
+            let checked = Command::new("ssh-keygen")
+                .args(["-Q", "-f"])
+                .arg(&revoked_keys)
+                .arg(&old_pub)
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&checked.stdout)
+                .contains("REVOKED")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!d.tenant_login(&old).await);
+
+    d.agent.kill().await;
+    for line in [
+        format!("{old_line} written-back"),
+        format!("no-pty,from=\"127.0.0.1\" {old_line}"),
+        format!("restrict {old_line}"),
+    ] {
+        as_user(
+            &d.user,
+            &format!("printf '%s\\n' '{line}' >> .ssh/authorized_keys"),
+        );
+        let text = std::fs::read_to_string(d.user.authorized_keys()).unwrap();
+        assert!(text.contains(&body), "the agent is down: the line stays");
+        assert!(
+            !d.tenant_login(&old).await,
+            "sshd let a denied key in as {line:?}"
+        );
+    }
+    assert!(d.tenant_login(&new).await, "the current key still logs in");
+    assert!(
+        d.sshd.log_text().contains("revoked by file"),
+        "sshd says why; log:\n{}",
+        d.sshd.log_text()
+    );
+}

@@ -1,0 +1,143 @@
+//! The `sshd` part of a host's desired state: the files the agent writes for sshd
+//! (`TrustedUserCAKeys`, `RevokedKeys`, `AuthorizedPrincipalsFile`).
+//!
+//! The revocation list holds every key keyward denied for the host's users (replaced past its
+//! grace period, or revoked), by SHA-256: sshd itself then refuses such a key however it is
+//! written back into `authorized_keys` — defence in depth behind the agent's removal. It is
+//! always sent, CA or not. The CA's keys and each managed user's principal
+//! ([`principal`]) are sent when keyward's SSH certificate authority is configured.
+
+use chrono::{DateTime, Utc};
+use keyward_common::krl::RevocationList;
+use keyward_common::proto::{ManagedUser, SshdFiles};
+use keyward_common::sshd_files::{MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS};
+use keyward_common::{Fingerprint, HostId, KeyKind, Principal, TenantId};
+
+/// The principal a certificate must carry to log in as `kind`'s managed user on `tenant`'s
+/// hosts (`keyward:{tenant}:{kind}`): a certificate for one tenant's VPS therefore logs in on no
+/// other tenant's, and one for the tenant user never as the admin user.
+pub fn principal(tenant: &TenantId, kind: KeyKind) -> Principal {
+    Principal::of_key_set(tenant, kind)
+}
+
+/// The host's sshd files. `users` are the host's managed users as built for the state, each with
+/// its key kind; their principals are set here when `ca_keys` is not empty. `None` (the agent
+/// leaves its files as they are) only when the revocation list cannot be encoded within its
+/// bound, which the bound on denied keys per key set makes impossible in practice: logged.
+pub fn sshd_files(
+    host: &HostId,
+    tenant: &TenantId,
+    generation: u64,
+    now: DateTime<Utc>,
+    users: &mut [(KeyKind, ManagedUser)],
+    ca_keys: &[String],
+) -> Option<SshdFiles> {
+    let revoked_keys = match revocation_list(host, generation, now, users) {
+        Ok(krl) => krl,
+        Err(why) => {
+            tracing::error!(host = %host, %why, "the host's revocation list is not sent");
+            return None;
+        }
+    };
+    let certificates = !ca_keys.is_empty();
+    for (kind, user) in users.iter_mut() {
+        user.principals = if certificates {
+            vec![principal(tenant, *kind).to_string()]
+        } else {
+            Vec::new()
+        };
+    }
+    Some(SshdFiles {
+        user_ca_keys: ca_keys.iter().take(MAX_USER_CA_KEYS).cloned().collect(),
+        revoked_keys,
+    })
+}
+
+/// Every denied fingerprint of `users`, as an OpenSSH KRL whose version is the state's
+/// generation.
+fn revocation_list(
+    host: &HostId,
+    generation: u64,
+    now: DateTime<Utc>,
+    users: &[(KeyKind, ManagedUser)],
+) -> Result<Vec<u8>, String> {
+    let generated = u64::try_from(now.timestamp()).unwrap_or_default();
+    let mut krl = RevocationList::new(generation, generated, &format!("keyward {host}"))
+        .map_err(|e| e.to_string())?;
+    for (_, user) in users {
+        for denied in &user.denied_fingerprints {
+            let fingerprint: Fingerprint = denied.parse().map_err(|e| format!("{e}"))?;
+            krl.revoke_fingerprint(&fingerprint)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let encoded = krl.encode();
+    if encoded.len() > MAX_REVOKED_KEYS_BYTES {
+        return Err(format!(
+            "{} bytes, over the {MAX_REVOKED_KEYS_BYTES} an agent takes",
+            encoded.len()
+        ));
+    }
+    Ok(encoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_common::{GeneratedKey, KeyAlgorithm};
+
+    use super::*;
+
+    fn user(name: &str, denied: &[&GeneratedKey]) -> ManagedUser {
+        ManagedUser {
+            user: name.into(),
+            denied_fingerprints: denied.iter().map(|k| k.fingerprint().to_string()).collect(),
+            ..ManagedUser::default()
+        }
+    }
+
+    #[test]
+    fn every_denied_key_is_in_the_list_and_principals_follow_the_ca() {
+        let (a, b) = (
+            GeneratedKey::generate(KeyAlgorithm::Ed25519, "a").unwrap(),
+            GeneratedKey::generate(KeyAlgorithm::Ed25519, "b").unwrap(),
+        );
+        let host: HostId = "h1".parse().unwrap();
+        let tenant: TenantId = "acme".parse().unwrap();
+        let now = Utc::now();
+        let mut users = vec![
+            (KeyKind::Admin, user("kwadmin", &[&a])),
+            (KeyKind::Tenant, user("tenant", &[&b, &a])),
+        ];
+        let files = sshd_files(&host, &tenant, 7, now, &mut users, &[]).unwrap();
+        assert!(files.user_ca_keys.is_empty());
+        assert!(
+            users.iter().all(|(_, u)| u.principals.is_empty()),
+            "no CA, no principal"
+        );
+        let mut want =
+            RevocationList::new(7, u64::try_from(now.timestamp()).unwrap(), "keyward h1").unwrap();
+        want.revoke_fingerprint(a.fingerprint()).unwrap();
+        want.revoke_fingerprint(b.fingerprint()).unwrap();
+        assert_eq!(files.revoked_keys, want.encode());
+
+        let ca = vec!["ssh-ed25519 AAAA".to_owned()];
+        let files = sshd_files(&host, &tenant, 8, now, &mut users, &ca).unwrap();
+        assert_eq!(files.user_ca_keys, ca);
+        assert_eq!(users[0].1.principals, ["keyward:acme:admin"]);
+        assert_eq!(users[1].1.principals, ["keyward:acme:tenant"]);
+    }
+
+    #[test]
+    fn a_host_with_nothing_denied_gets_an_empty_list_not_none() {
+        let files = sshd_files(
+            &"h1".parse().unwrap(),
+            &"acme".parse().unwrap(),
+            1,
+            Utc::now(),
+            &mut [(KeyKind::Tenant, user("tenant", &[]))],
+            &[],
+        )
+        .unwrap();
+        assert!(files.revoked_keys.starts_with(b"SSHKRL\n\0"));
+    }
+}
