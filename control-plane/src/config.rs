@@ -256,6 +256,10 @@ pub struct VaultConfig {
     pub addresses: Vec<String>,
     /// KV version 2 mount that holds `{tenant_id}/admin_ssh` and `{tenant_id}/tenant_ssh`.
     pub mount: String,
+    /// The SSH secrets engine mount whose CA signs user certificates (its key never leaves Vault).
+    pub ssh_mount: String,
+    /// The SSH secrets engine role that signs keyward's user certificates.
+    pub ssh_user_role: String,
     /// A token, given inline (prefer `token_file` or `VAULT_TOKEN`: config files get copied).
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
@@ -315,6 +319,34 @@ impl VaultConfig {
         if self.failover_timeout < Duration::from_secs(1) {
             return Err("vault.failover_timeout must be at least 1s".into());
         }
+        let segment = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        };
+        if !self.ssh_mount.split('/').all(segment) {
+            return Err(
+                "vault.ssh_mount must be a mount path such as \"ssh\" (letters, digits, \
+                 '_', '-', '.', segments separated by '/')"
+                    .into(),
+            );
+        }
+        // The engine's own grammar for role names: \w(([\w-.@]+)?\w)?
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let role = &self.ssh_user_role;
+        if !(role.starts_with(word)
+            && role.ends_with(word)
+            && role
+                .chars()
+                .all(|c| word(c) || matches!(c, '-' | '.' | '@')))
+        {
+            return Err(
+                "vault.ssh_user_role must be an SSH engine role name such as \"keyward-user\""
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -325,6 +357,8 @@ impl Default for VaultConfig {
             address: None,
             addresses: Vec::new(),
             mount: "vps".into(),
+            ssh_mount: "ssh".into(),
+            ssh_user_role: "keyward-user".into(),
             token: None,
             token_file: None,
             approle: None,
@@ -536,6 +570,8 @@ mod tests {
     fn defaults_are_the_products() {
         let c = Config::default();
         assert_eq!(c.vault.mount, "vps");
+        assert_eq!(c.vault.ssh_mount, "ssh");
+        assert_eq!(c.vault.ssh_user_role, "keyward-user");
         assert_eq!(c.keys.rotation_policy_name(), "90_days");
         assert_eq!(c.keys.grace_period, Duration::from_secs(86_400));
         assert!(c.server.listen.ip().is_loopback());
@@ -655,5 +691,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("vault.address must start with"), "{err}");
+    }
+
+    #[test]
+    fn the_ssh_engine_mount_and_role_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let c =
+            load("[vault]\nssh_mount = \"team/ssh-ca\"\nssh_user_role = \"kw.users@x\"\n").unwrap();
+        assert_eq!(
+            (c.vault.ssh_mount.as_str(), c.vault.ssh_user_role.as_str()),
+            ("team/ssh-ca", "kw.users@x")
+        );
+        for bad in ["", "/ssh", "ssh/", "a//b", "..", "ssh ca", "ssh?x"] {
+            let err = load(&format!("[vault]\nssh_mount = {bad:?}\n")).unwrap_err();
+            assert!(err.contains("vault.ssh_mount"), "{bad:?}: {err}");
+        }
+        for bad in ["", "-r", "r-", "a/b", "a b", "r,s"] {
+            let err = load(&format!("[vault]\nssh_user_role = {bad:?}\n")).unwrap_err();
+            assert!(err.contains("vault.ssh_user_role"), "{bad:?}: {err}");
+        }
     }
 }

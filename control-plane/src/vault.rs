@@ -8,6 +8,9 @@
 //! A tenant's other secrets (`smtp`, `dkim`) are written the same way ([`secrets`]), and Vault's
 //! integrated storage can be snapshotted for backups ([`snapshot`]).
 //!
+//! The SSH certificate authority is Vault's SSH secrets engine ([`ssh_ca`]): it signs user
+//! certificates with keyward's role, its CA keys never leave Vault.
+//!
 //! Vault may be an HA cluster given as several addresses: keyward talks to its active node and
 //! follows it through leader changes ([`failover`]), settling check-and-set writes whose answer
 //! was lost ([`lost_write`]); the health shows every node ([`nodes`]).
@@ -19,9 +22,14 @@ mod lost_write;
 mod nodes;
 mod secrets;
 mod snapshot;
+mod ssh_ca;
 
 pub use nodes::VaultNodeHealth;
 pub use secrets::SecretFields;
+pub use ssh_ca::{
+    CaPublicKey, CertificateAuthority, CertificateRequestError, Extension, MAX_PRINCIPALS,
+    MAX_VALIDITY, MIN_VALIDITY, SignedCertificate, UserCertificateRequest,
+};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -209,6 +217,8 @@ pub struct VaultStore {
     /// How long a look at the nodes waits for one node.
     probe_timeout: Duration,
     mount: String,
+    /// The SSH secrets engine's mount ([`ssh_ca`]).
+    ssh_mount: String,
     auth: VaultAuth,
 }
 
@@ -217,6 +227,7 @@ impl fmt::Debug for VaultStore {
         f.debug_struct("VaultStore")
             .field("addresses", &self.addresses)
             .field("mount", &self.mount)
+            .field("ssh_mount", &self.ssh_mount)
             .finish_non_exhaustive()
     }
 }
@@ -288,6 +299,7 @@ impl VaultStore {
             probe_timeout: config.timeout.min(Duration::from_secs(3)),
             addresses,
             mount: config.mount.clone(),
+            ssh_mount: config.ssh_mount.clone(),
             auth,
         });
         if store.addresses.len() > 1
