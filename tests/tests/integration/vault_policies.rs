@@ -922,3 +922,160 @@ async fn control_plane_policy_takes_raft_snapshots_but_cannot_restore_them() {
         .await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test]
+async fn control_plane_policy_signs_only_with_its_ssh_role_and_cannot_touch_the_ca() {
+    use keyward_server::vault::{CertificateAuthority, UserCertificateRequest, VaultStore};
+    use keyward_tests::openbao::SSH_USER_ROLE;
+
+    let bao = OpenBao::start().await;
+    let ca = bao.enable_ssh_ca().await;
+    load_policy(&bao, CONTROL_PLANE).await;
+    let cp = token_with(&bao, &[CONTROL_PLANE]).await;
+    // Another role on the same engine, as an operator might add for another purpose.
+    bao.root(
+        Method::POST,
+        "ssh/roles/other",
+        Some(json!({ "key_type": "ca", "allow_user_certificates": true, "allowed_users": "*" })),
+    )
+    .await;
+    let issuer_id = bao.root(Method::GET, "ssh/config/ca", None).await["data"]["issuer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The real client with only this policy: signs with keyward's role, reads the CA keys.
+    let vault = VaultStore::connect(&keyward_server::config::VaultConfig {
+        address: Some(bao.addr.clone()),
+        token: Some(cp.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let key = keyward_common::GeneratedKey::generate(KeyAlgorithm::Ed25519, "u").unwrap();
+    let request = UserCertificateRequest::new(
+        SSH_USER_ROLE,
+        key.public_openssh(),
+        "t1:tenant:1",
+        ["alice"],
+        std::time::Duration::from_secs(300),
+    )
+    .unwrap();
+    let signed = vault.sign_user_certificate(&request).await.unwrap();
+    assert_eq!(signed.ca_public_key, ca);
+    let keys = vault.ca_public_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].public_key, ca);
+
+    let sign_body = json!({
+        "public_key": key.public_openssh(),
+        "valid_principals": "root",
+        "cert_type": "user",
+    });
+    let generate = json!({ "generate_signing_key": true, "key_type": "ed25519" });
+    let role = json!({ "key_type": "ca", "allow_user_certificates": true, "max_ttl": "8760h" });
+    // Signing with any other role, or having the engine make a key pair.
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "ssh/sign/other",
+        Some(sign_body.clone()),
+    )
+    .await;
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "ssh/issue/keyward-user",
+        Some(json!({ "valid_principals": "root" })),
+    )
+    .await;
+    // The CA itself: read its configuration, replace or delete it.
+    assert_denied(&bao, &cp, Method::GET, "ssh/config/ca", None).await;
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "ssh/config/ca",
+        Some(generate.clone()),
+    )
+    .await;
+    assert_denied(&bao, &cp, Method::DELETE, "ssh/config/ca", None).await;
+    // Roles: make one, widen its own, read or list them.
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "ssh/roles/mine",
+        Some(role.clone()),
+    )
+    .await;
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "ssh/roles/keyward-user",
+        Some(role),
+    )
+    .await;
+    assert_denied(&bao, &cp, Method::GET, "ssh/roles/keyward-user", None).await;
+    assert_denied(&bao, &cp, list(), "ssh/roles", None).await;
+    assert_denied(&bao, &cp, Method::DELETE, "ssh/roles/keyward-user", None).await;
+    // Issuers: make, rename, delete one, or choose the default.
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "ssh/issuers/import/mine",
+        Some(generate),
+    )
+    .await;
+    let issuer = format!("ssh/issuer/{issuer_id}");
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        &issuer,
+        Some(json!({ "issuer_name": "x" })),
+    )
+    .await;
+    assert_denied(&bao, &cp, Method::DELETE, &issuer, None).await;
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "ssh/config/issuers",
+        Some(json!({ "default": issuer_id })),
+    )
+    .await;
+    // Other engine paths and mounts.
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "ssh/config/zeroaddress",
+        Some(json!({ "roles": "other" })),
+    )
+    .await;
+    assert_denied(
+        &bao,
+        &cp,
+        Method::POST,
+        "sys/mounts/ssh2",
+        Some(json!({ "type": "ssh" })),
+    )
+    .await;
+    assert_denied(&bao, &cp, Method::DELETE, "sys/mounts/ssh", None).await;
+
+    // The CA is still the one it was, and keyward's role unchanged.
+    assert_eq!(
+        bao.root(Method::GET, "ssh/config/ca", None).await["data"]["public_key"]
+            .as_str()
+            .unwrap()
+            .trim(),
+        ca
+    );
+    let role = bao.root(Method::GET, "ssh/roles/keyward-user", None).await;
+    assert_eq!(role["data"]["max_ttl"], 8 * 3600);
+}
