@@ -26,6 +26,7 @@ mod vault_backups;
 mod vault_failures;
 mod vault_ha;
 mod vault_policies;
+mod vault_ssh_ca;
 mod vault_store;
 mod vault_tls;
 mod web_ui;
