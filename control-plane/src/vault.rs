@@ -392,7 +392,8 @@ impl VaultStore {
     }
 
     /// Runs `op` (timed as `operation`) with the client of the node keyward talks to, following
-    /// the cluster through failures ([`failover`]). Only for operations that are safe to repeat.
+    /// the cluster through failures ([`failover`]). Only for operations that are safe to repeat
+    /// (an SSH signature is: [`ssh_ca`]).
     async fn on_cluster<T, Op, Fut>(
         &self,
         operation: &'static str,

@@ -7,9 +7,11 @@
 //! full-jitter backoff. All of it within `vault.failover_timeout`. Every node sealed ends it at
 //! once: waiting would not help.
 //!
-//! Only reads and check-and-set writes go through here (a check-and-set write cannot be applied
-//! twice; see [`super::lost_write`] for one whose answer was lost). With one address nothing is
-//! retried: an operation fails as it always did and its caller decides.
+//! Only reads, check-and-set writes and SSH certificate signing go through here (a check-and-set
+//! write cannot be applied twice, see [`super::lost_write`] for one whose answer was lost; a
+//! repeated signature yields a second certificate that reached nobody, see [`super::ssh_ca`]).
+//! With one address nothing is retried: an operation fails as it always did and its caller
+//! decides.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
