@@ -966,6 +966,20 @@ async fn control_plane_policy_signs_only_with_its_ssh_role_and_cannot_touch_the_
     let keys = vault.ca_public_keys().await.unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].public_key, ca);
+    // The same request for another role: denied, and said so.
+    let other = UserCertificateRequest::new(
+        "other",
+        key.public_openssh(),
+        "t1:tenant:1",
+        ["alice"],
+        std::time::Duration::from_secs(300),
+    )
+    .unwrap();
+    let err = vault.sign_user_certificate(&other).await.unwrap_err();
+    assert!(
+        matches!(&err, keyward_server::vault::VaultError::Denied { operation } if operation == "POST ssh/sign/other"),
+        "{err}"
+    );
 
     let sign_body = json!({
         "public_key": key.public_openssh(),
