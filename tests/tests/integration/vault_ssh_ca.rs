@@ -15,7 +15,6 @@ use keyward_server::vault::{
     CertificateAuthority, CertificateRequestError, Extension, MAX_VALIDITY, SignedCertificate,
     UserCertificateRequest, VaultError, VaultStore,
 };
-use keyward_test_support::SshdOptions;
 use keyward_tests::openbao::{ROOT_TOKEN, SSH_ROLE_MAX_TTL_SECS, SSH_USER_ROLE};
 use keyward_tests::{KeyFile, OpenBao, Sshd, TestUser};
 use reqwest::Method;
@@ -267,7 +266,7 @@ async fn bad_requests_are_refused_before_vault_and_vault_refusals_are_clear() {
     let err = new(key.public_openssh(), &["alice,root"], ten_minutes).unwrap_err();
     assert!(
         err.to_string()
-            .starts_with("principal \"alice,root\": unix user name may contain only"),
+            .starts_with("principal \"alice,root\": certificate principal may contain only"),
         "{err}"
     );
     let err = new(key.public_openssh(), &[], ten_minutes).unwrap_err();
@@ -330,9 +329,6 @@ async fn a_real_sshd_trusting_the_ca_lets_in_only_the_granted_principal() {
     let vault = store(&bao).await;
     let next = bao.add_ssh_issuer("next").await;
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let trusted = dir.path().join("trusted-user-ca-keys");
     let cas: Vec<String> = vault
         .ca_public_keys()
         .await
@@ -341,29 +337,18 @@ async fn a_real_sshd_trusting_the_ca_lets_in_only_the_granted_principal() {
         .map(|k| k.public_key)
         .collect();
     assert!(cas.contains(&next));
-    write_public(&trusted, &format!("{}\n", cas.join("\n")));
-    // The user's principals, in their home as `AuthorizedPrincipalsFile` names it (sshd reads it
-    // as the user, with StrictModes checks up to the home).
+    // The test sshd reads TrustedUserCAKeys and AuthorizedPrincipalsFile from its files
+    // directory, as the agent's package makes sshd do; the user's file lists `ops` only.
     let user = TestUser::create("ca");
-    let ssh_dir = user.ssh_dir();
-    std::fs::create_dir(&ssh_dir).unwrap();
-    std::fs::set_permissions(&ssh_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let principals = ssh_dir.join("authorized_principals");
-    write_public(&principals, "ops\n");
-    user.own(&ssh_dir);
-    user.own(&principals);
-
-    let options = SshdOptions {
-        extra_config: vec![
-            format!("TrustedUserCAKeys {}", trusted.display()),
-            "AuthorizedPrincipalsFile .ssh/authorized_principals".to_owned(),
-        ],
-        ..SshdOptions::default()
-    };
-    let sshd_dir = dir.path().to_path_buf();
-    let sshd = tokio::task::spawn_blocking(move || Sshd::start_with(&sshd_dir, &options))
-        .await
-        .unwrap();
+    let sshd = Sshd::start_async().await;
+    write_public(
+        &sshd.files_dir.join("trusted_user_ca_keys"),
+        &format!("{}\n", cas.join("\n")),
+    );
+    write_public(
+        &sshd.files_dir.join("principals").join(user.name.as_str()),
+        "ops\n",
+    );
 
     // The user's own key, and next to it (`id-cert.pub`, which ssh offers with `-i id`) the
     // certificate.

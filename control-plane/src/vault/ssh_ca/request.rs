@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use keyward_common::{IdError, UnixUser};
+use keyward_common::{IdError, Principal};
 use ssh_key::PublicKey;
 
 /// The longest validity keyward asks for, whatever the caller wants: certificates are short-lived
@@ -73,7 +73,8 @@ impl fmt::Display for Extension {
 }
 
 /// One user certificate to sign: with which engine role, for which public key, under which key
-/// id, for which principals (Unix user names), for how long and with which extensions
+/// id, for which principals ([`Principal`]: the hosts' `AuthorizedPrincipalsFile` decides which user
+/// each may log in as), for how long and with which extensions
 /// (`permit-pty` unless more are asked for: never none, for the engine answers an empty set with
 /// its role's defaults).
 #[derive(Debug, Clone)]
@@ -81,7 +82,7 @@ pub struct UserCertificateRequest {
     role: String,
     public_key: PublicKey,
     key_id: String,
-    principals: Vec<UnixUser>,
+    principals: Vec<Principal>,
     validity: Duration,
     extensions: BTreeSet<Extension>,
 }
@@ -142,7 +143,7 @@ impl UserCertificateRequest {
         &self.key_id
     }
 
-    pub fn principals(&self) -> &[UnixUser] {
+    pub fn principals(&self) -> &[Principal] {
         &self.principals
     }
 
@@ -193,15 +194,15 @@ fn check_key_id(key_id: &str) -> Result<String, CertificateRequestError> {
     Ok(key_id.to_owned())
 }
 
-fn check_principals<I, S>(principals: I) -> Result<Vec<UnixUser>, CertificateRequestError>
+fn check_principals<I, S>(principals: I) -> Result<Vec<Principal>, CertificateRequestError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let mut checked: Vec<UnixUser> = Vec::new();
+    let mut checked: Vec<Principal> = Vec::new();
     for principal in principals {
         let principal = principal.as_ref();
-        let user: UnixUser =
+        let user: Principal =
             principal
                 .parse()
                 .map_err(|reason| CertificateRequestError::Principal {
@@ -260,7 +261,7 @@ mod tests {
         assert_eq!(
             r.principals()
                 .iter()
-                .map(UnixUser::as_str)
+                .map(Principal::as_str)
                 .collect::<Vec<_>>(),
             ["alice", "bob"]
         );
@@ -279,7 +280,7 @@ mod tests {
     #[test]
     fn bad_principals_are_refused() {
         let ten_minutes = Duration::from_secs(600);
-        for bad in ["Root", "a,b", "", "-x", "a b", "x".repeat(40).as_str()] {
+        for bad in ["Root", "a,b", "", "-x", "a b", "x".repeat(129).as_str()] {
             let err = request(&[bad], ten_minutes).unwrap_err();
             assert!(
                 matches!(err, CertificateRequestError::Principal { .. }),
