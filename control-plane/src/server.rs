@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
 
+use crate::agents::ca_trust::CaTrust;
 use crate::agents::hub::Hub;
 use crate::agents::presence::{PresenceContext, ReplicaPresence};
 use crate::agents::{AgentTrust, grpc};
@@ -31,7 +32,7 @@ use crate::proxy_protocol::TrustedProxies;
 use crate::rotation::{BulkRotations, RotationScheduler};
 use crate::store::{Role, Store, StoreError, TokenRecord, hash_token};
 use crate::tokens::new_token;
-use crate::vault::{SecretStore, VaultError, VaultStore};
+use crate::vault::{CertificateAuthority, SecretStore, VaultError, VaultStore};
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -147,15 +148,17 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let vault = VaultStore::connect(&config.vault).await?;
     let keepalive = tokio::spawn(vault.clone().keep_token_alive());
-    let mut server = start_with(config, vault, Arc::new(SystemClock)).await?;
+    let mut server = start_with(config, vault.clone(), vault, Arc::new(SystemClock)).await?;
     server.background.push(keepalive);
     Ok(server)
 }
 
-/// Starts the control plane over the given Vault and clock.
+/// Starts the control plane over the given Vault (its secrets and its SSH certificate
+/// authority) and clock.
 pub async fn start_with(
     config: Config,
     vault: Arc<dyn SecretStore>,
+    ssh_ca: Arc<dyn CertificateAuthority>,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -230,11 +233,16 @@ pub async fn start_with(
     } else {
         agent_config.server_names.clone()
     };
+    // The first states already carry the CA's keys; then every replica follows them.
+    let ca_trust = Arc::new(CaTrust::default());
+    ca_trust.refresh(ssh_ca.as_ref()).await;
+    background.push(tokio::spawn(ca_trust.clone().run(ssh_ca, hub.clone())));
     let agent_api = grpc::start(
         lifecycle.clone(),
         grpc::Streams {
             hub: hub.clone(),
             changes,
+            ca_trust,
         },
         trust.clone(),
         grpc::Endpoint {

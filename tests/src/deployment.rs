@@ -24,7 +24,19 @@ impl Deployment {
     /// is the product's default), sshd, two real Unix users, a tenant on them and its agent,
     /// started and in sync.
     pub async fn start(keys: KeyAlgorithm) -> Self {
+        Self::start_on(OpenBao::start().await, keys).await
+    }
+
+    /// [`Deployment::start`] with OpenBao's SSH engine set up as keyward's certificate
+    /// authority before the control plane starts (`packaging/vault/README.md`'s set-up), so
+    /// that the host's sshd trusts it from the first state.
+    pub async fn start_with_ssh_ca(keys: KeyAlgorithm) -> Self {
         let bao = OpenBao::start().await;
+        bao.enable_ssh_ca().await;
+        Self::start_on(bao, keys).await
+    }
+
+    async fn start_on(bao: OpenBao, keys: KeyAlgorithm) -> Self {
         let cp = match keys {
             KeyAlgorithm::Ed25519 => ControlPlane::start_fast(&bao, crate::Database::Sqlite).await,
             KeyAlgorithm::Rsa4096 => ControlPlane::start(&bao).await,

@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::AgentTrust;
 use super::ca::HOST_URI_PREFIX;
+use super::ca_trust::CaTrust;
 use super::hub::Hub;
 use super::limits::{
     AgentLimits, MAX_CSR_BYTES, MAX_DRIFT_KEYS, MAX_FINGERPRINTS, MAX_HOST_KEY_BYTES,
@@ -142,6 +143,8 @@ pub struct AgentService {
     limits: AgentLimits,
     /// To the task that records agents' reports ([`spawn_report_writer`]).
     reports: mpsc::Sender<HostReport>,
+    /// The SSH CA's keys every state carries.
+    ca_trust: Arc<CaTrust>,
 }
 
 /// Starts the task that records agents' hellos, acknowledgements and disconnections, in order,
@@ -265,7 +268,14 @@ impl Session {
     /// Builds, signs and sends the host's current state; returns its generation.
     async fn send_state(&self) -> Option<u64> {
         let lifecycle = &self.service.lifecycle;
-        let state = match desired_state(lifecycle.store(), &self.host, lifecycle.now(), &[]).await {
+        let state = match desired_state(
+            lifecycle.store(),
+            &self.host,
+            lifecycle.now(),
+            &self.service.ca_trust.keys(),
+        )
+        .await
+        {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(host = %self.host, error = %e, "cannot build the desired state");
@@ -624,6 +634,8 @@ pub struct Streams {
     pub hub: Arc<Hub>,
     /// Hears the agents' recorded reports, so that every replica's hosts view shows them.
     pub changes: Arc<dyn ChangeNotifier>,
+    /// The SSH CA's keys every state carries for sshd to trust.
+    pub ca_trust: Arc<CaTrust>,
 }
 
 /// Starts the agent endpoint on `endpoint.listen` with a server certificate for its names.
@@ -735,6 +747,7 @@ pub async fn start(
         reports: spawn_report_writer(lifecycle.clone(), streams.changes),
         lifecycle,
         hub: streams.hub,
+        ca_trust: streams.ca_trust,
         trust,
         certificate_lifetime,
         limits,

@@ -2,6 +2,7 @@
 //! states, the hub that wakes connected streams, and the mTLS gRPC server.
 
 pub mod ca;
+pub mod ca_trust;
 pub mod grpc;
 pub mod hub;
 pub mod limits;

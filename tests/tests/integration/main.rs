@@ -10,6 +10,7 @@ mod api_surface;
 mod authorized_keys_logins;
 mod backends;
 mod bad_input;
+mod certificates_e2e;
 mod hostile_load;
 mod krl;
 mod live_streams;

@@ -1,0 +1,139 @@
+//! The SSH certificate authority's public keys that every host's sshd is told to trust
+//! (`TrustedUserCAKeys`, in the desired state's `sshd` files).
+//!
+//! They live in Vault's SSH engine (every issuer's key: the current CA and, during a rotation,
+//! the next one). Each replica reads them at start and every [`REFRESH`]; when they change,
+//! every stream of the replica sends its host's state again (the same generation: an agent
+//! applies a re-sent state). When Vault cannot be read the last keys are kept: a host must not
+//! stop trusting its CA because Vault is away. No CA (no `ssh` mount, or HashiCorp Vault without
+//! issuers) is an empty list: no certificate is trusted and no principal is sent.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use super::hub::Hub;
+use crate::vault::CertificateAuthority;
+
+/// How often each replica reads the CA's keys. A CA rotation adds the next issuer, waits at
+/// least this long (every host then trusts both), and only then makes it the default.
+pub const REFRESH: Duration = Duration::from_secs(60);
+
+/// The CA keys, as last read.
+#[derive(Debug, Default)]
+pub struct CaTrust {
+    keys: RwLock<Arc<Vec<String>>>,
+}
+
+impl CaTrust {
+    /// The keys to trust now (OpenSSH form, the default issuer first).
+    pub fn keys(&self) -> Arc<Vec<String>> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the keys from `ca`; returns whether they changed. On an error the old keys stay.
+    pub async fn refresh(&self, ca: &dyn CertificateAuthority) -> bool {
+        let mut read = match ca.ca_public_keys().await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the SSH CA's keys; keeping the last ones");
+                return false;
+            }
+        };
+        // The default issuer first, then by issuer id: the same keys always in the same order.
+        read.sort_by(|a, b| {
+            b.is_default
+                .cmp(&a.is_default)
+                .then_with(|| a.issuer_id.cmp(&b.issuer_id))
+        });
+        let keys: Vec<String> = read.into_iter().map(|k| k.public_key).collect();
+        let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        if **current == keys {
+            return false;
+        }
+        tracing::info!(keys = keys.len(), "the SSH CA's keys changed");
+        *current = Arc::new(keys);
+        true
+    }
+
+    /// Refreshes every [`REFRESH`] for ever; a change makes every stream of `hub` send its state
+    /// again.
+    pub async fn run(self: Arc<Self>, ca: Arc<dyn CertificateAuthority>, hub: Arc<Hub>) {
+        let mut tick = tokio::time::interval(REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if self.refresh(ca.as_ref()).await {
+                hub.resync();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::vault::{CaPublicKey, SignedCertificate, UserCertificateRequest, VaultError};
+
+    #[derive(Debug, Default)]
+    struct FakeCa {
+        answer: Mutex<Option<Vec<CaPublicKey>>>,
+    }
+
+    #[async_trait]
+    impl CertificateAuthority for FakeCa {
+        async fn sign_user_certificate(
+            &self,
+            _: &UserCertificateRequest,
+        ) -> Result<SignedCertificate, VaultError> {
+            Err(VaultError::Config("not in this test".into()))
+        }
+
+        async fn ca_public_keys(&self) -> Result<Vec<CaPublicKey>, VaultError> {
+            self.answer
+                .lock()
+                .unwrap()
+                .clone()
+                .ok_or(VaultError::Sealed)
+        }
+    }
+
+    fn key(id: &str, is_default: bool) -> CaPublicKey {
+        CaPublicKey {
+            issuer_id: id.into(),
+            issuer_name: None,
+            is_default,
+            public_key: format!("ssh-ed25519 {id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_kept_when_vault_is_away_and_ordered_default_first() {
+        let ca = FakeCa::default();
+        let trust = CaTrust::default();
+        assert!(trust.keys().is_empty());
+        *ca.answer.lock().unwrap() = Some(vec![key("b", false), key("a", false), key("c", true)]);
+        assert!(trust.refresh(&ca).await);
+        assert_eq!(
+            *trust.keys(),
+            ["ssh-ed25519 c", "ssh-ed25519 a", "ssh-ed25519 b"]
+        );
+        assert!(!trust.refresh(&ca).await, "the same keys are no change");
+        *ca.answer.lock().unwrap() = None;
+        assert!(!trust.refresh(&ca).await);
+        assert_eq!(trust.keys().len(), 3, "kept while Vault is away");
+        *ca.answer.lock().unwrap() = Some(vec![]);
+        assert!(trust.refresh(&ca).await);
+        assert!(
+            trust.keys().is_empty(),
+            "a CA removed in Vault is trusted no more"
+        );
+    }
+}
