@@ -174,6 +174,7 @@ pub async fn run_with(
         retry_wait: BTreeMap::new(),
         repaired_at: BTreeMap::new(),
         sshd: None,
+        sshd_retry: None,
     };
     agent.enforce_cache().await;
     agent.event_loop(deps.watch_events, shutdown).await;
@@ -214,6 +215,8 @@ struct Agent {
     repaired_at: BTreeMap<UnixUser, Instant>,
     /// What the last state's sshd files came to (`None`: the state had none).
     sshd: Option<SshdFilesResult>,
+    /// When to write the last state's sshd files again after a failure, and the wait after that.
+    sshd_retry: Option<(Instant, Duration)>,
 }
 
 /// The keys valid for a user: fingerprint and, for a managed key in its grace period, when it
@@ -477,7 +480,13 @@ impl Agent {
         let mut link = self.open();
         let mut login_wakes = self.logins.take_wakes();
         loop {
-            let (expiry, due) = (self.next_expiry(), self.due.values().min().copied());
+            let due = self
+                .due
+                .values()
+                .copied()
+                .chain(self.sshd_retry.map(|(at, _)| at))
+                .min();
+            let expiry = self.next_expiry();
             tokio::select! {
                 () = &mut shutdown => {
                     tracing::info!("shutting down");
@@ -741,10 +750,12 @@ impl Agent {
     /// are due; returns the users being checked.
     async fn apply_state(&mut self, state: &DesiredState) -> BTreeSet<UnixUser> {
         // sshd's files first: the revocation list is what makes sshd itself refuse a key.
+        self.sshd_retry = None;
         self.sshd = match &state.sshd {
             Some(files) => Some(self.write_sshd_files(files, &state.users).await),
             None => None,
         };
+        self.schedule_sshd_retry(RETRY_FIRST);
         let mut seen = BTreeSet::new();
         let mut checking = BTreeSet::new();
         for desired in &state.users {
@@ -780,6 +791,33 @@ impl Agent {
             }
         }
         checking
+    }
+
+    /// After a failed write of sshd's files, retries it in `wait` (doubling up to [`RETRY_MAX`]).
+    fn schedule_sshd_retry(&mut self, wait: Duration) {
+        if self.sshd.as_ref().is_some_and(|r| !r.error.is_empty()) {
+            self.sshd_retry = Some((Instant::now() + wait, (wait * 2).min(RETRY_MAX)));
+        }
+    }
+
+    /// Writes the last state's sshd files again (a retry after a failure); true when the outcome
+    /// changed.
+    async fn retry_sshd_files(&mut self) -> bool {
+        let Some((_, next_wait)) = self.sshd_retry.take() else {
+            return false;
+        };
+        let Some(files) = self.last.as_ref().and_then(|l| l.state.sshd.clone()) else {
+            return false;
+        };
+        let users = self
+            .last
+            .as_ref()
+            .map(|l| l.state.users.clone())
+            .unwrap_or_default();
+        let before = self.sshd.clone();
+        self.sshd = Some(self.write_sshd_files(&files, &users).await);
+        self.schedule_sshd_retry(next_wait);
+        self.sshd != before
     }
 
     /// Writes the state's sshd files for the users this agent manages, on a blocking thread.
@@ -1006,13 +1044,16 @@ impl Agent {
     /// Repairs the users whose time has come (an outside edit, or a retry).
     async fn on_due(&mut self, link: &mut Link) {
         let now = Instant::now();
+        let mut changed = false;
+        if self.sshd_retry.is_some_and(|(at, _)| at <= now) {
+            changed |= self.retry_sshd_files().await;
+        }
         let ready: Vec<UnixUser> = self
             .due
             .iter()
             .filter(|(_, at)| **at <= now)
             .map(|(u, _)| u.clone())
             .collect();
-        let mut changed = false;
         for user in ready {
             self.due.remove(&user);
             self.repaired_at.insert(user.clone(), now);

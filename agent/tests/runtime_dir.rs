@@ -147,7 +147,8 @@ async fn states_reach_the_files_and_outside_edits_are_repaired_and_reported() {
 }
 
 #[tokio::test]
-async fn the_states_sshd_files_are_written_first_and_a_bad_set_is_refused_whole() {
+async fn the_states_sshd_files_are_written_retried_after_a_failure_and_a_bad_set_is_refused_whole()
+{
     let pki = Pki::new();
     let mut hub = TestHub::start(&pki).await;
     let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
@@ -175,14 +176,24 @@ async fn the_states_sshd_files_are_written_first_and_a_bad_set_is_refused_whole(
     let mut s = hub.session().await;
     assert!(matches!(s.recv().await, Msg::Hello(_)));
 
+    // Something that is no directory where the files go: the write fails, is reported, and is
+    // retried until it works.
+    let dir = applier.sshd_dir();
+    std::fs::create_dir_all(homes.path()).unwrap();
+    std::fs::write(&dir, b"in the way").unwrap();
     s.send_state(enrolled.sign(&with_sshd(1, b"SSHKRL\n\0first")));
     let Msg::Applied(applied) = s.recv().await else {
         panic!("expected Applied")
     };
     let sshd = applied.sshd.expect("the sshd files' outcome");
+    assert!(sshd.error.contains("not a directory"), "{}", sshd.error);
+    std::fs::remove_file(&dir).unwrap();
+    let Msg::Applied(applied) = s.recv().await else {
+        panic!("expected the retry's Applied")
+    };
+    let sshd = applied.sshd.expect("the sshd files' outcome");
     assert_eq!(sshd.error, "");
     assert!(sshd.changed);
-    let dir = applier.sshd_dir();
     assert_eq!(
         std::fs::read(dir.join("revoked_keys")).unwrap(),
         b"SSHKRL\n\0first"
