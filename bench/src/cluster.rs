@@ -17,6 +17,9 @@ pub struct ClusterOptions {
     pub algorithm: KeyAlgorithm,
     /// `rotation.key_pool_size`; the configuration's default when `None`.
     pub key_pool_size: Option<usize>,
+    /// A replica of a deployment: the replicas' shared database and OpenBao, and this
+    /// replica's state directory. `None`: SQLite and an OpenBao dev server of its own.
+    pub replica: Option<ChildArgs>,
 }
 
 impl Default for ClusterOptions {
@@ -24,8 +27,24 @@ impl Default for ClusterOptions {
         Self {
             algorithm: KeyAlgorithm::Ed25519,
             key_pool_size: None,
+            replica: None,
         }
     }
+}
+
+/// The flags of [`CHILD_COMMAND`]: none for a control plane on its own (SQLite, its own
+/// OpenBao), all three for a replica of a deployment ([`Cluster::spawn_replica`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ChildArgs {
+    /// The deployment's PostgreSQL database, shared by its replicas.
+    #[arg(long, requires_all = ["vault", "state_dir"])]
+    pub database_url: Option<String>,
+    /// The deployment's OpenBao (dev server, root token), already running.
+    #[arg(long)]
+    pub vault: Option<String>,
+    /// This replica's state directory (kept by the parent, so a killed replica leaves nothing).
+    #[arg(long)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// OpenBao (a child process) and `keyward-server` (tasks of this process, or of a child
@@ -37,6 +56,10 @@ pub struct Cluster {
     pub admin_token: String,
     /// `bao version`.
     pub bao_version: String,
+    /// The agents' mTLS gRPC endpoint.
+    pub agent_url: String,
+    /// The control plane's id among a deployment's replicas (`replicas.replica_id`).
+    pub replica_id: String,
     server: Option<RunningServer>,
     http: reqwest::Client,
     bao: Option<OpenBao>,
@@ -53,6 +76,10 @@ pub struct ChildHello {
     pub url: String,
     pub admin_token: String,
     pub bao_version: String,
+    #[serde(default)]
+    pub agent_url: String,
+    #[serde(default)]
+    pub replica_id: String,
     pub pid: u32,
     /// The child's `RLIMIT_NOFILE` after raising it.
     pub fd_limit: crate::sys::FdLimit,
@@ -99,28 +126,67 @@ impl Cluster {
     /// Starts OpenBao in dev mode (`make test-deps` installs `bao`; `KEYWARD_BAO` names another
     /// binary), then the control plane: REST and the agents' mTLS endpoint on 127.0.0.1:0,
     /// SQLite in a temporary state directory.
+    ///
+    /// With `options.replica`, a replica of a deployment instead: its database and OpenBao are
+    /// the deployment's, its state directory the one given. Only the first replica to start on
+    /// a database bootstraps the admin token; the others have an empty `admin_token` (the
+    /// deployment's is the first one's).
     pub async fn start(options: &ClusterOptions) -> anyhow::Result<Self> {
-        let bao = OpenBao::start().await;
+        let replica = options
+            .replica
+            .as_ref()
+            .filter(|r| r.database_url.is_some());
+        let (bao, vault) = match replica.and_then(|r| r.vault.clone()) {
+            Some(vault) => (None, vault),
+            None => {
+                let bao = OpenBao::start().await;
+                let addr = bao.addr.clone();
+                (Some(bao), addr)
+            }
+        };
         let bao_version = crate::machine::bao_version().await;
-        let state_dir = tempfile::Builder::new()
-            .prefix("keyward-bench-cp-")
-            .tempdir()
-            .context("creating the control plane's state directory")?;
-        let mut config = loopback_config(state_dir.path(), &bao.addr, options.algorithm)?;
+        let (state_dir, state_path) = match replica.and_then(|r| r.state_dir.clone()) {
+            Some(dir) => (None, dir),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("keyward-bench-cp-")
+                    .tempdir()
+                    .context("creating the control plane's state directory")?;
+                let path = dir.path().to_path_buf();
+                (Some(dir), path)
+            }
+        };
+        let mut config = loopback_config(&state_path, &vault, options.algorithm)?;
         if let Some(size) = options.key_pool_size {
             config.rotation.key_pool_size = size;
         }
-        let (server, admin_token) = start_server(config).await?;
+        config.database.url = replica.and_then(|r| r.database_url.clone());
+        let token_path = config.bootstrap_token_path();
+        let server = server::start(config)
+            .await
+            .context("starting the control plane")?;
+        let admin_token = match std::fs::read_to_string(&token_path) {
+            Ok(token) => token.trim().to_owned(),
+            // Another replica bootstrapped the deployment's token.
+            Err(e) if replica.is_some() && e.kind() == std::io::ErrorKind::NotFound => {
+                String::new()
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading {}", token_path.display()));
+            }
+        };
         Ok(Self {
             url: server.url(),
             admin_token,
             bao_version,
+            agent_url: server.agent_url.clone(),
+            replica_id: server.replica_id.clone(),
             server: Some(server),
             http: http_client()?,
-            bao: Some(bao),
+            bao,
             child: None,
             child_fd_limit: None,
-            _state_dir: Some(state_dir),
+            _state_dir: state_dir,
         })
     }
 
@@ -129,13 +195,32 @@ impl Cluster {
     /// (`/proc/{pid}`). The child stops when its standard input closes ([`Cluster::shutdown`]).
     /// `exe` is the `keyward-bench` binary (this process's own when `None`).
     pub async fn spawn(exe: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Self::spawn_replica(exe, &ChildArgs::default()).await
+    }
+
+    /// [`Cluster::spawn`] with the child's flags: with `args.database_url`, a replica of a
+    /// deployment (see [`Cluster::start`]).
+    pub async fn spawn_replica(
+        exe: Option<&std::path::Path>,
+        args: &ChildArgs,
+    ) -> anyhow::Result<Self> {
         use tokio::io::AsyncBufReadExt;
         let exe = match exe {
             Some(exe) => exe.to_owned(),
             None => std::env::current_exe().context("finding this binary")?,
         };
-        let mut child = tokio::process::Command::new(exe)
-            .arg(CHILD_COMMAND)
+        let mut command = tokio::process::Command::new(exe);
+        command.arg(CHILD_COMMAND);
+        if let Some(url) = &args.database_url {
+            command.arg("--database-url").arg(url);
+        }
+        if let Some(vault) = &args.vault {
+            command.arg("--vault").arg(vault);
+        }
+        if let Some(dir) = &args.state_dir {
+            command.arg("--state-dir").arg(dir);
+        }
+        let mut child = command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -154,6 +239,8 @@ impl Cluster {
             url: hello.url,
             admin_token: hello.admin_token,
             bao_version: hello.bao_version,
+            agent_url: hello.agent_url,
+            replica_id: hello.replica_id,
             server: None,
             http: http_client()?,
             bao: None,
@@ -169,6 +256,19 @@ impl Cluster {
             .as_ref()
             .and_then(tokio::process::Child::id)
             .unwrap_or_else(std::process::id)
+    }
+
+    /// Kills the control plane's process at once (`SIGKILL`: no clean shutdown, its streams and
+    /// presence rows left as a crash leaves them) and waits for it to end. Nothing to kill when
+    /// it runs in this process.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .await
+                .context("killing the control plane's process")?;
+        }
+        Ok(())
     }
 
     /// The control plane's lifecycle, when it runs in this process.
@@ -334,15 +434,22 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// The body of [`CHILD_COMMAND`]: a control plane over its own OpenBao, announced on stdout as
+/// The body of [`CHILD_COMMAND`]: a control plane over its own OpenBao (or a deployment's
+/// replica, as `args` say), announced on stdout as
 /// one JSON line ([`ChildHello`]), running until standard input closes.
-pub async fn serve_child() -> anyhow::Result<()> {
+pub async fn serve_child(args: ChildArgs) -> anyhow::Result<()> {
     let fd_limit = crate::sys::raise_fd_limit();
-    let cluster = Cluster::start(&ClusterOptions::default()).await?;
+    let cluster = Cluster::start(&ClusterOptions {
+        replica: Some(args),
+        ..ClusterOptions::default()
+    })
+    .await?;
     let hello = ChildHello {
         url: cluster.url.clone(),
         admin_token: cluster.admin_token.clone(),
         bao_version: cluster.bao_version.clone(),
+        agent_url: cluster.agent_url.clone(),
+        replica_id: cluster.replica_id.clone(),
         pid: std::process::id(),
         fd_limit,
     };

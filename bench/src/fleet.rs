@@ -114,6 +114,12 @@ impl SimHost {
     pub fn homes(&self) -> &Path {
         &self.homes
     }
+
+    /// The agent's `grpc_urls` (every replica's endpoint; it starts at a random one and fails
+    /// over to the next): from its next start on. Empty: the URL given at enrollment.
+    pub fn set_endpoints(&mut self, urls: Vec<String>) {
+        self.config.grpc_urls = urls;
+    }
 }
 
 /// The simulated hosts, their files under one temporary directory.

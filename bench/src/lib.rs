@@ -14,6 +14,9 @@
 //!   tenant stalling the agent; the agent's CPU under a tenant's chmod loop.
 //! - [`live_hosts`]: the live hosts view with 10,000 hosts reporting and 500 admins watching:
 //!   control plane CPU and memory, bytes per stream per host change, a tenant's request latency.
+//! - [`replicas`]: three control-plane replicas on one PostgreSQL database: propagation across
+//!   replicas, and the reconnection storm when one of them is killed.
+//! - [`agent_warnings`]: the in-process agents' warnings, counted by message.
 //! - [`fleet`]: simulated hosts, each a tenant with an enrolled agent running in this process.
 //! - [`benchmark`], [`flags`]: the interface every benchmark subcommand implements, and the
 //!   flags several share.
@@ -21,6 +24,7 @@
 //! - [`machine`], [`sys`]: what the numbers were measured on, and the process's limits.
 
 pub mod agent_idle;
+pub mod agent_warnings;
 pub mod benchmark;
 pub mod cluster;
 pub mod fanout;
@@ -31,6 +35,7 @@ pub mod keygen;
 pub mod live_hosts;
 pub mod machine;
 pub mod propagation;
+pub mod replicas;
 pub mod report;
 pub mod rest;
 pub mod revocation;

@@ -6,6 +6,7 @@
 //! cargo run --release -p keyward-bench -- propagation --agents 1000 --rotations 200 --runs 2 --write BENCHMARKS.md
 //! keyward-bench propagation --smoke
 //! cargo run --release -p keyward-bench -- ingest --events 20000
+//! cargo run --release -p keyward-bench -- replicas --agents 1000 --storm-agents 10000
 //! ```
 //!
 //! Each benchmark is its flags implementing [`Benchmark`]; this file only lists them.
@@ -13,8 +14,8 @@
 use clap::{Parser, Subcommand};
 use keyward_bench::benchmark::Run;
 use keyward_bench::{
-    agent_idle, cluster, fanout, ingest, keygen, live_hosts, propagation, rest, revocation,
-    rotate_all, rotate_latency, streams, suite,
+    agent_idle, agent_warnings, cluster, fanout, ingest, keygen, live_hosts, propagation, replicas,
+    rest, revocation, rotate_all, rotate_latency, streams, suite,
 };
 
 #[derive(Debug, Parser)]
@@ -51,23 +52,35 @@ enum Command {
     Revocation(Run<revocation::Args>),
     /// The live hosts view: N hosts reporting, M admin streams, hosts changing at a fixed rate.
     LiveHosts(Run<live_hosts::Args>),
-    /// A control plane in this process until stdin closes (used by `streams`).
+    /// Three replicas on one PostgreSQL: propagation across replicas, and a reconnection storm
+    /// when one is killed.
+    Replicas(Run<replicas::Args>),
+    /// A control plane in this process until stdin closes (used by `streams`; with
+    /// `--database-url`, a replica of a deployment, used by `replicas`).
     #[command(hide = true)]
-    ControlPlaneChild,
+    ControlPlaneChild(cluster::ChildArgs),
 }
 
 /// Warnings on stderr (`RUST_LOG` overrides), without the expected ones: the Vault client logs
 /// every 404 of a secret that does not exist yet, and the control plane the bootstrap token.
+/// The in-process agents' warnings are also counted ([`agent_warnings`]).
 fn init_logging() {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
             "warn,rustify=off,vaultrs=off,keyward_server::server=error",
         )
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_filter(filter),
+        )
+        .with(agent_warnings::Counter.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
         .init();
 }
 
@@ -87,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         Command::RotateLatency(run) => run.execute().await,
         Command::Revocation(run) => run.execute().await,
         Command::LiveHosts(run) => run.execute().await,
-        Command::ControlPlaneChild => cluster::serve_child().await,
+        Command::Replicas(run) => run.execute().await,
+        Command::ControlPlaneChild(args) => cluster::serve_child(args).await,
     }
 }

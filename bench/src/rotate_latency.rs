@@ -100,6 +100,7 @@ impl Target {
         let cluster = Cluster::start(&ClusterOptions {
             algorithm: KeyAlgorithm::Rsa4096,
             key_pool_size: Some(pool_size),
+            ..ClusterOptions::default()
         })
         .await?;
         cluster

@@ -96,6 +96,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "hosts stream: CPU, bytes per host change, tenant latency",
                 &["live-hosts", "--smoke"],
             ),
+            step(
+                "replicas",
+                "three replicas: propagation across them, reconnection storm",
+                &["replicas", "--smoke"],
+            ),
         ]
     } else {
         vec![
@@ -159,6 +164,21 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "live-hosts 10,000",
                 "hosts stream: 500 admins, 10,000 hosts, CPU, bytes per host change",
                 &["live-hosts"],
+            ),
+            step(
+                "replicas 1,000 / 10,000",
+                "three replicas: propagation across them (1,000), reconnection storm (10,000)",
+                &[
+                    "replicas",
+                    "--agents",
+                    "1000",
+                    "--rotations",
+                    "200",
+                    "--storm-agents",
+                    "10000",
+                    "--dir",
+                    &tmpfs,
+                ],
             ),
         ]
     };

@@ -1,12 +1,13 @@
 //! The scale benchmarks' smoke modes still run end to end (real OpenBao, the control plane,
 //! agents): `streams` (the control plane in a child process holding 3 streams), `fanout`
 //! (rotate-all of 3 Ed25519 tenants to their connected hosts) and `propagation` with the control
-//! plane in a child process (as 10,000 agents run it), and `live-hosts` (3 then 6 hosts, 3 admin
-//! streams). Timings are not checked.
+//! plane in a child process (as 10,000 agents run it), `live-hosts` (3 then 6 hosts, 3 admin
+//! streams), and `replicas` (three replica processes on a PostgreSQL schema: 6 agents spread
+//! over them, then a storm of 6 agents with one replica killed). Timings are not checked.
 
 #![allow(clippy::unwrap_used)]
 
-use keyward_bench::{fanout, live_hosts, streams};
+use keyward_bench::{fanout, live_hosts, replicas, streams};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_smoke_measures_the_control_plane_apart_from_the_agents() {
@@ -86,4 +87,46 @@ async fn live_hosts_smoke_grows_the_fleet_and_sends_only_changed_hosts() {
     }
     let section = live_hosts::markdown(&report, "keyward-bench live-hosts --smoke");
     assert!(section.contains("| 6 (6) | 2 changes/s |"), "{section}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_smoke_propagates_across_replicas_and_survives_a_killed_one() {
+    let options = replicas::Options {
+        control_plane_exe: Some(env!("CARGO_BIN_EXE_keyward-bench").into()),
+        ..replicas::Options::smoke()
+    };
+    let report = replicas::run(&options).await.unwrap();
+    let setup = report.across_setup.as_ref().unwrap();
+    assert_eq!(setup.stopped_by, None);
+    // Host i on replica i mod 3: two each.
+    assert_eq!(setup.placement, [2, 2, 2]);
+    let across = report.across.as_ref().unwrap();
+    for path in [&across.other, &across.own] {
+        assert_eq!((path.propagation_ms.len(), path.lost), (3, 0), "{path:?}");
+    }
+    let storm = report.storm.as_ref().unwrap();
+    assert_eq!(storm.agents, 6);
+    assert_eq!(storm.back_s.len(), storm.victims, "{storm:?}");
+    assert!(storm.all_in_sync_s.is_some(), "{storm:?}");
+    assert_eq!(storm.synced_at_end, (6, 6));
+    assert!(
+        storm.victims >= 2,
+        "the busiest replica is killed: {storm:?}"
+    );
+    assert_eq!(
+        storm.placement_after[storm.victim], 0,
+        "nothing streams to the killed replica"
+    );
+    assert_eq!(storm.survivors_dropped, 0);
+    assert_eq!(
+        storm.change_reached_s.len(),
+        storm.changes,
+        "every rotation made during the storm reached its host"
+    );
+    assert!(!storm.rest_before.ms.is_empty() && storm.rest_before.errors == 0);
+    let section = replicas::markdown(&report, "keyward-bench replicas --smoke");
+    assert!(
+        section.contains("### Reconnection storm: 6 agents"),
+        "{section}"
+    );
 }
