@@ -468,7 +468,8 @@ fn storm_markdown(out: &mut String, r: &Report, setup: &Setup, s: &Storm) {
         "Every agent has every replica's endpoint (`grpc_urls`) and starts at a random one. Once \
          all are in sync, a REST probe reads credentials (`GET \
          /api/v1/tenant/infrastructure/ssh-credentials`, tenant tokens, {} requests/s sent at a \
-         fixed rate whatever the answers do) from the two surviving replicas in turn for {:.0} s; \
+         fixed rate whatever the answers do, from a thread and runtime apart from the agents') \
+         from the two surviving replicas in turn for {:.0} s; \
          then replica {} is killed (`SIGKILL`). At once, {} tenants whose agents were on it are \
          rotated through the survivors. \"Back\" is an agent's status saying connected again \
          (its stream open on a survivor); \"all in sync\" the first SQL poll (every 100 ms) \
@@ -531,10 +532,15 @@ fn storm_markdown(out: &mut String, r: &Report, setup: &Setup, s: &Storm) {
         "| REST probe on the survivors | requests answered 200 | errors | min ms | **p50 ms** | **p99 ms** | max ms |\n\
          |---|---|---|---|---|---|---|\n",
     );
-    for (what, w) in [
-        ("before the kill", &s.rest_before),
-        ("kill → all in sync", &s.rest_during),
-    ] {
+    let mut rows = vec![
+        ("before the kill, both".to_owned(), &s.rest_before),
+        ("kill → all in sync, both".to_owned(), &s.rest_during),
+    ];
+    for (replica, before, during) in &s.rest_by_replica {
+        rows.push((format!("before the kill, replica {replica}"), before));
+        rows.push((format!("kill → all in sync, replica {replica}"), during));
+    }
+    for (what, w) in rows {
         let _ = writeln!(
             out,
             "| {what} ({:.1} s) | {} | {} | {} |",
@@ -556,10 +562,13 @@ fn storm_markdown(out: &mut String, r: &Report, setup: &Setup, s: &Storm) {
         .join(", ");
     let _ = writeln!(
         out,
-        "\nCPU from the kill to the end: {cpu}; the benchmark's process (agents, probe) {}. \
+        "\nCPU from the kill to the end: {cpu}; the benchmark's process (agents, probe) {}; \
+         PostgreSQL's processes at least {}. \
          Setup: {} of {} agents connected, provisioning {:.1} s, connecting {:.1} s. \
          RLIMIT_NOFILE: {}.{}",
         s.agents_cpu_s
+            .map_or_else(|| "–".into(), |c| format!("{c:.1} s")),
+        s.postgres_cpu_s
             .map_or_else(|| "–".into(), |c| format!("{c:.1} s")),
         setup.connected,
         r.options.storm_agents,

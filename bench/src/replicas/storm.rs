@@ -75,6 +75,11 @@ pub struct Storm {
     /// REST probe to the survivors: before the kill, and from the kill to every agent in sync.
     pub rest_before: Window,
     pub rest_during: Window,
+    /// The same per surviving replica: (its index, before, during).
+    pub rest_by_replica: Vec<(usize, Window, Window)>,
+    /// CPU seconds of the `postgres` processes from the kill to the end (a lower bound: backends
+    /// that ended meanwhile, the killed replica's, are not counted).
+    pub postgres_cpu_s: Option<f64>,
     /// The replicas' CPU seconds from the kill to the end (the killed one's: none), and the
     /// agents' process's.
     pub replica_cpu_s: Vec<Option<f64>>,
@@ -191,6 +196,7 @@ pub async fn run(
         .collect();
     let cpu_before: Vec<Option<f64>> = pids.iter().map(|p| cpu_of(*p)).collect();
     let agents_cpu_before = cpu_of(std::process::id());
+    let postgres_cpu_before = postgres_cpu();
     let warnings_before = crate::agent_warnings::snapshot();
     renames.clear();
 
@@ -271,17 +277,28 @@ pub async fn run(
     storm.agents_cpu_s = cpu_of(std::process::id())
         .zip(agents_cpu_before)
         .map(|(now, before)| now - before);
+    storm.postgres_cpu_s = postgres_cpu()
+        .zip(postgres_cpu_before)
+        .map(|(now, before)| postgres_cpu_since(&before, &now));
     storm.agent_warnings = crate::agent_warnings::since(&warnings_before);
     storm.survivors_dropped = dropped.load(Ordering::Relaxed);
     survivor_watch.abort_all();
 
     let samples = probe.stop().await;
-    storm.rest_before = probe::window(&samples, probe_start, killed_at);
-    storm.rest_during = probe::window(
-        &samples,
-        killed_at,
-        synced_at.unwrap_or(storm_end).max(killed_at),
-    );
+    let during_end = synced_at.unwrap_or(storm_end).max(killed_at);
+    storm.rest_before = probe::window(&samples, None, probe_start, killed_at);
+    storm.rest_during = probe::window(&samples, None, killed_at, during_end);
+    storm.rest_by_replica = survivors
+        .iter()
+        .enumerate()
+        .map(|(target, &replica)| {
+            (
+                replica,
+                probe::window(&samples, Some(target), probe_start, killed_at),
+                probe::window(&samples, Some(target), killed_at, during_end),
+            )
+        })
+        .collect();
     storm.placement_after = deployment.streams_per_replica(&host_ids).await?;
     Ok(storm)
 }
@@ -313,4 +330,34 @@ async fn poll_synced(
 /// A process's CPU time (user and system) so far, in seconds.
 fn cpu_of(pid: u32) -> Option<f64> {
     crate::sys::cpu_seconds_of(&pid.to_string())
+}
+
+/// CPU seconds so far of each process named `postgres` (the server and its backends), by pid.
+fn postgres_cpu() -> Option<HashMap<u32, f64>> {
+    let mut cpu = HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres"
+            && let Some(seconds) = crate::sys::cpu_seconds_of(&pid.to_string())
+        {
+            cpu.insert(pid, seconds);
+        }
+    }
+    Some(cpu)
+}
+
+/// PostgreSQL's CPU seconds between two [`postgres_cpu`] readings: what each process running at
+/// the end used since the first (all of it, for a backend started since). Backends that ended
+/// in between are missing, so this is a lower bound.
+fn postgres_cpu_since(before: &HashMap<u32, f64>, now: &HashMap<u32, f64>) -> f64 {
+    now.iter()
+        .map(|(pid, seconds)| seconds - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
 }
