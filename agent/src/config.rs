@@ -112,8 +112,9 @@ pub struct AgentConfig {
     /// Overrides the gRPC URL the control plane gave at enrollment (e.g. behind a new balancer).
     #[serde(default)]
     pub grpc_url: Option<String>,
-    /// Several endpoints of the control plane (one per replica): the agent starts at a random
-    /// one and fails over to the next (`endpoints`). Instead of `grpc_url`, not with it.
+    /// Several endpoints of the control plane (one per replica): the agent goes round them in
+    /// a random order of its own, starting at the first and failing over to the next
+    /// (`endpoints`). Instead of `grpc_url`, not with it.
     #[serde(default)]
     pub grpc_urls: Vec<String>,
     /// Where `ssh_host_*_key.pub` are read from.

@@ -145,7 +145,11 @@ pub async fn run_with(
         tracing::warn!(error = %e, "session epochs unreadable; starting from none");
         Epochs::new()
     });
-    let endpoints = Endpoints::new(&config.endpoints(), &identity.info.grpc_url, rand::random());
+    let endpoints = Endpoints::new(
+        &config.endpoints(),
+        &identity.info.grpc_url,
+        &mut rand::thread_rng(),
+    );
     let logins = Logins::start(&config.logins, &dir);
     let sessions = SessionWorker::start(logins.session_records(), Arc::clone(&deps.applier));
     if let Some(period) = deps.notifier.as_ref().and_then(Notifier::watchdog_interval) {
