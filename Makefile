@@ -23,7 +23,7 @@ help:
 	@echo "                 haproxy in front (TCP mode, PROXY protocol); prints how to reach them"
 	@echo "make cluster-stop stop what make cluster started (nothing is kept)"
 	@echo "make package-test build the .deb packages, lintian, install/upgrade/purge, systemd-analyze"
-	@echo "make bench       the benchmark suite (keyward-bench all, ~47 min); writes BENCHMARKS.md"
+	@echo "make bench       the benchmark suite (keyward-bench all, ~52 min); writes BENCHMARKS.md"
 
 test-deps:
 	scripts/install-test-deps
@@ -83,12 +83,13 @@ clean-demo:
 package-test:
 	scripts/package-test
 
-# The benchmark suite, `keyward-bench all` (about 47 minutes on 2 cores): RSA-4096 generation
+# The benchmark suite, `keyward-bench all` (about 52 minutes on 2 cores): RSA-4096 generation
 # against ssh-keygen, rotate-all against pure generation, propagation with 1, 1,000 and 10,000
 # agents, 10,000 streams (memory, idle CPU), Ed25519 fan-out to 10,000 hosts, the agent idle, REST
 # against OpenBao, revocation (plain, under a tenant's stall attack, the agent's CPU under a chmod
-# loop; about 20 of the 47 minutes), login ingest, the live hosts view (10,000 hosts, 500 admin
-# streams). Prints Markdown and records it in
+# loop; about 20 of the 52 minutes), login ingest, the live hosts view (10,000 hosts, 500 admin
+# streams), three replicas on PostgreSQL (propagation across them, a 10,000-agent reconnection
+# storm). Prints Markdown and records it in
 # BENCHMARKS.md. Needs OpenBao and PostgreSQL (`make test-deps`), wrk and strip
 # (scripts/install-bench-deps), python3 and root. A benchmark, not a test: nothing checks a timing. The agent is measured as the .deb ships it: the `release-agent`
 # profile of Cargo.toml (fat LTO, opt-level "s"; several minutes to build), in target/release-agent/.

@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every benchmark of the suite, one after another (about 47 minutes; --smoke: a few minutes).
+    /// Every benchmark of the suite, one after another (about 52 minutes; --smoke: a few minutes).
     All(suite::Args),
     /// Time from the REST rotate call returning to the key's file renamed on the host.
     Propagation(Run<propagation::Args>),

@@ -465,7 +465,7 @@ fn storm_markdown(out: &mut String, r: &Report, setup: &Setup, s: &Storm) {
     );
     let _ = writeln!(
         out,
-        "Every agent has every replica's endpoint (`grpc_urls`) and starts at a random one. Once \
+        "Every agent has every replica's endpoint (`grpc_urls`) and goes round them in a random order of its own (`agent/src/endpoints.rs`). Once \
          all are in sync, a REST probe reads credentials (`GET \
          /api/v1/tenant/infrastructure/ssh-credentials`, tenant tokens, {} requests/s sent at a \
          fixed rate whatever the answers do, from a thread and runtime apart from the agents') \

@@ -1,7 +1,7 @@
 //! `keyward-bench all`: every benchmark of the suite, one after another, each in a fresh process
 //! of this binary (a fresh heap for the memory figures, nothing left over from the previous
 //! one), each writing its own sections of `BENCHMARKS.md` with `--write`. `--smoke` runs the
-//! tiny version of each (what the test suite runs); the full suite takes about 47 minutes on
+//! tiny version of each (what the test suite runs); the full suite takes about 52 minutes on
 //! two cores.
 
 use std::path::{Path, PathBuf};
