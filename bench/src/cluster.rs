@@ -329,6 +329,20 @@ impl Cluster {
         serde_json::from_slice(&bytes).with_context(|| format!("GET {path}: not JSON"))
     }
 
+    /// Rotates the tenant's SSH key (`POST .../ssh-credentials/rotate` with a tenant token):
+    /// the new key's fingerprint.
+    pub async fn rotate_tenant(&self, tenant_token: &str) -> anyhow::Result<String> {
+        let answer = self
+            .post(
+                "/api/v1/tenant/infrastructure/ssh-credentials/rotate",
+                tenant_token,
+                None,
+                200,
+            )
+            .await?;
+        string_field(&answer, "newKeyFingerprint")
+    }
+
     /// Waits until the control plane has recorded that `host` applied its current state (the
     /// admin view says `in_sync`), for at most `timeout`; returns whether it did.
     pub async fn wait_in_sync(&self, host: &str, timeout: Duration) -> anyhow::Result<bool> {

@@ -17,6 +17,7 @@
 //! - [`replicas`]: three control-plane replicas on one PostgreSQL database: propagation across
 //!   replicas, and the reconnection storm when one of them is killed.
 //! - [`agent_warnings`]: the in-process agents' warnings, counted by message.
+//! - [`renames`]: waiting for a rotated key to be in a simulated host's file.
 //! - [`fleet`]: simulated hosts, each a tenant with an enrolled agent running in this process.
 //! - [`benchmark`], [`flags`]: the interface every benchmark subcommand implements, and the
 //!   flags several share.
@@ -35,6 +36,7 @@ pub mod keygen;
 pub mod live_hosts;
 pub mod machine;
 pub mod propagation;
+pub mod renames;
 pub mod replicas;
 pub mod report;
 pub mod rest;

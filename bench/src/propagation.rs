@@ -12,22 +12,22 @@
 //! written, so t1 can precede t0 (a negative sample) when the agent is quicker than the HTTP
 //! answer.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use crate::benchmark::Benchmark;
-use crate::cluster::{Cluster, ClusterOptions, string_field};
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::flags::HostsDir;
-use crate::fleet::{FileRenamed, Fleet, TENANT_USER};
+use crate::fleet::Fleet;
 use crate::machine::{Load, Machine, filesystem_of};
+use crate::renames::Renames;
 use crate::report::{self, Publication};
 use crate::stats::Summary;
+use crate::stats::{millis, signed_ms};
 use crate::sys::{self, FdLimit};
 
 /// What to run.
@@ -165,18 +165,6 @@ impl Report {
     }
 }
 
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn signed_ms(from: Instant, to: Instant) -> f64 {
-    if to >= from {
-        millis(to - from)
-    } else {
-        -millis(from - to)
-    }
-}
-
 /// Runs the benchmark: setup, rotations, teardown.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let say = |line: String| {
@@ -208,7 +196,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         "  OpenBao and the control plane started in {services:.1?}"
     ));
 
-    let (mut fleet, mut renamed) = Fleet::new(options.dir.as_deref())?;
+    let (mut fleet, renamed) = Fleet::new(options.dir.as_deref())?;
+    let mut renames = Renames::new(renamed);
     let hosts_filesystem = filesystem_of(fleet.root());
     let provision_start = Instant::now();
     let mut stopped_by = fleet
@@ -249,7 +238,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     }
     let connect = connect_start.elapsed();
     // The first states written at connection are not rotations.
-    while renamed.try_recv().is_ok() {}
+    renames.clear();
     let rss_after_agents = sys::rss_bytes();
     let open_fds_with_agents = sys::open_fds();
     let threads_with_agents = sys::threads();
@@ -268,8 +257,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let mut rotations = Rotations {
         cluster: &cluster,
         fleet: &fleet,
-        renamed: &mut renamed,
-        seen: HashMap::new(),
+        renames: &mut renames,
         timeout: options.propagation_timeout,
         settle: options.settle,
     };
@@ -325,9 +313,7 @@ pub(crate) fn describe_stop(phase: &str, done: usize, error: &anyhow::Error) -> 
 struct Rotations<'a> {
     cluster: &'a Cluster,
     fleet: &'a Fleet,
-    renamed: &'a mut mpsc::UnboundedReceiver<FileRenamed>,
-    /// First rename seen per (host, fingerprint in the tenant user's file).
-    seen: HashMap<(usize, String), (Instant, Instant)>,
+    renames: &'a mut Renames,
     timeout: Duration,
     settle: bool,
 }
@@ -380,30 +366,17 @@ impl Rotations<'_> {
     async fn rotate_once(&mut self, i: usize) -> anyhow::Result<Timed> {
         let host = &self.fleet.hosts[i];
         let sent = Instant::now();
-        let answer = self
+        let fingerprint = self
             .cluster
-            .post(
-                "/api/v1/tenant/infrastructure/ssh-credentials/rotate",
-                &host.tenant_token,
-                None,
-                200,
-            )
+            .rotate_tenant(&host.tenant_token)
             .await
             .with_context(|| format!("rotating {}", host.tenant))?;
         let t0 = Instant::now();
-        let fingerprint = string_field(&answer, "newKeyFingerprint")?;
-        let key = (host.index, fingerprint);
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let t1 = loop {
-            if let Some(at) = self.seen.remove(&key) {
-                break Some(at);
-            }
-            match tokio::time::timeout_at(deadline, self.renamed.recv()).await {
-                Ok(Some(event)) => self.record(event),
-                Ok(None) => anyhow::bail!("every agent stopped"),
-                Err(_) => break None,
-            }
-        };
+        let t1 = self
+            .renames
+            .wait(host.index, &fingerprint, deadline)
+            .await?;
         if self.settle {
             // Not timed: the acknowledgement and its SQL write, before the next rotation.
             let synced = self
@@ -418,17 +391,6 @@ impl Rotations<'_> {
             call_ms: millis(t0 - sent),
             renamed: t1.map(|(started, t1)| (signed_ms(t0, t1), millis(t1 - started))),
         })
-    }
-
-    fn record(&mut self, event: FileRenamed) {
-        if event.user != TENANT_USER {
-            return;
-        }
-        for fingerprint in event.fingerprints {
-            self.seen
-                .entry((event.host, fingerprint))
-                .or_insert((event.started, event.at));
-        }
     }
 }
 

@@ -11,7 +11,6 @@
 pub mod across;
 pub mod deployment;
 pub mod probe;
-pub mod renames;
 pub mod storm;
 
 use std::path::{Path, PathBuf};
@@ -21,12 +20,12 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 pub use self::deployment::Deployment;
-use self::renames::Renames;
 use self::storm::{Storm, StormOptions};
 use crate::benchmark::Benchmark;
 use crate::flags::HostsDir;
 use crate::fleet::Fleet;
 use crate::machine::{Load, Machine, filesystem_of};
+use crate::renames::Renames;
 use crate::report::Publication;
 use crate::stats::Summary;
 use crate::sys::{self, FdLimit};

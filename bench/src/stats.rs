@@ -18,6 +18,20 @@ pub struct Summary {
     pub mean: f64,
 }
 
+/// A duration in milliseconds.
+pub fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `to - from` in milliseconds, negative when `to` came first.
+pub fn signed_ms(from: std::time::Instant, to: std::time::Instant) -> f64 {
+    if to >= from {
+        millis(to - from)
+    } else {
+        -millis(from - to)
+    }
+}
+
 /// The nearest-rank `p`-th percentile of `sorted` (ascending, not empty).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let n = sorted.len();

@@ -15,9 +15,9 @@ use rand::seq::SliceRandom as _;
 use serde::{Deserialize, Serialize};
 
 use super::Deployment;
-use super::renames::Renames;
-use crate::cluster::string_field;
 use crate::fleet::Fleet;
+use crate::renames::Renames;
+use crate::stats::{millis, signed_ms};
 
 /// What the rotations measured, per path.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,17 +75,11 @@ pub async fn rotate(
         };
         let replica = &deployment.replicas[via];
         let sent = Instant::now();
-        let answer = replica
-            .post(
-                "/api/v1/tenant/infrastructure/ssh-credentials/rotate",
-                &host.tenant_token,
-                None,
-                200,
-            )
+        let fingerprint = replica
+            .rotate_tenant(&host.tenant_token)
             .await
             .with_context(|| format!("rotating {} through replica {via}", host.tenant))?;
         let t0 = Instant::now();
-        let fingerprint = string_field(&answer, "newKeyFingerprint")?;
         let arrived = renames
             .wait(
                 host.index,
@@ -112,16 +106,4 @@ pub async fn rotate(
         }
     }
     Ok(across)
-}
-
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn signed_ms(from: Instant, to: Instant) -> f64 {
-    if to >= from {
-        millis(to - from)
-    } else {
-        -millis(from - to)
-    }
 }

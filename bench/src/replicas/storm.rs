@@ -24,9 +24,8 @@ use serde::{Deserialize, Serialize};
 use super::Deployment;
 use super::deployment::Synced;
 use super::probe::{self, Probe, Window};
-use super::renames::Renames;
-use crate::cluster::string_field;
 use crate::fleet::Fleet;
+use crate::renames::Renames;
 
 /// How the storm is run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,15 +215,8 @@ pub async fn run(
         let replica = &deployment.replicas[survivors[k % survivors.len()]];
         let host = &fleet.hosts[i];
         async move {
-            let answer = replica
-                .post(
-                    "/api/v1/tenant/infrastructure/ssh-credentials/rotate",
-                    &host.tenant_token,
-                    None,
-                    200,
-                )
-                .await?;
-            anyhow::Ok((host.index, string_field(&answer, "newKeyFingerprint")?))
+            let fingerprint = replica.rotate_tenant(&host.tenant_token).await?;
+            anyhow::Ok((host.index, fingerprint))
         }
     });
     let mut rotated = Vec::new();
