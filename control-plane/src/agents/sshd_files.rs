@@ -7,7 +7,6 @@
 //! always sent, CA or not. The CA's keys and each managed user's principal
 //! ([`principal`]) are sent when keyward's SSH certificate authority is configured.
 
-use chrono::{DateTime, Utc};
 use keyward_common::krl::RevocationList;
 use keyward_common::proto::{ManagedUser, SshdFiles};
 use keyward_common::sshd_files::{MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS};
@@ -28,11 +27,10 @@ pub fn sshd_files(
     host: &HostId,
     tenant: &TenantId,
     generation: u64,
-    now: DateTime<Utc>,
     users: &mut [(KeyKind, ManagedUser)],
     ca_keys: &[String],
 ) -> Option<SshdFiles> {
-    let revoked_keys = match revocation_list(host, generation, now, users) {
+    let revoked_keys = match revocation_list(host, generation, users) {
         Ok(krl) => krl,
         Err(why) => {
             tracing::error!(host = %host, %why, "the host's revocation list is not sent");
@@ -54,15 +52,15 @@ pub fn sshd_files(
 }
 
 /// Every denied fingerprint of `users`, as an OpenSSH KRL whose version is the state's
-/// generation.
+/// generation. Its date is left 0 (sshd reads none of the header): the same denials at the same
+/// generation give the same bytes, so an agent that gets its state again (a reconnect, a
+/// resync) rewrites nothing.
 fn revocation_list(
     host: &HostId,
     generation: u64,
-    now: DateTime<Utc>,
     users: &[(KeyKind, ManagedUser)],
 ) -> Result<Vec<u8>, String> {
-    let generated = u64::try_from(now.timestamp()).unwrap_or_default();
-    let mut krl = RevocationList::new(generation, generated, &format!("keyward {host}"))
+    let mut krl = RevocationList::new(generation, 0, &format!("keyward {host}"))
         .map_err(|e| e.to_string())?;
     for (_, user) in users {
         for denied in &user.denied_fingerprints {
@@ -103,25 +101,25 @@ mod tests {
         );
         let host: HostId = "h1".parse().unwrap();
         let tenant: TenantId = "acme".parse().unwrap();
-        let now = Utc::now();
         let mut users = vec![
             (KeyKind::Admin, user("kwadmin", &[&a])),
             (KeyKind::Tenant, user("tenant", &[&b, &a])),
         ];
-        let files = sshd_files(&host, &tenant, 7, now, &mut users, &[]).unwrap();
+        let files = sshd_files(&host, &tenant, 7, &mut users, &[]).unwrap();
         assert!(files.user_ca_keys.is_empty());
         assert!(
             users.iter().all(|(_, u)| u.principals.is_empty()),
             "no CA, no principal"
         );
-        let mut want =
-            RevocationList::new(7, u64::try_from(now.timestamp()).unwrap(), "keyward h1").unwrap();
+        let mut want = RevocationList::new(7, 0, "keyward h1").unwrap();
         want.revoke_fingerprint(a.fingerprint()).unwrap();
         want.revoke_fingerprint(b.fingerprint()).unwrap();
         assert_eq!(files.revoked_keys, want.encode());
+        let again = sshd_files(&host, &tenant, 7, &mut users, &[]).unwrap();
+        assert_eq!(again, files, "the same state twice: the same bytes, nothing to rewrite");
 
         let ca = vec!["ssh-ed25519 AAAA".to_owned()];
-        let files = sshd_files(&host, &tenant, 8, now, &mut users, &ca).unwrap();
+        let files = sshd_files(&host, &tenant, 8, &mut users, &ca).unwrap();
         assert_eq!(files.user_ca_keys, ca);
         assert_eq!(users[0].1.principals, ["keyward:acme:admin"]);
         assert_eq!(users[1].1.principals, ["keyward:acme:tenant"]);
@@ -133,7 +131,6 @@ mod tests {
             &"h1".parse().unwrap(),
             &"acme".parse().unwrap(),
             1,
-            Utc::now(),
             &mut [(KeyKind::Tenant, user("tenant", &[]))],
             &[],
         )

@@ -102,14 +102,7 @@ pub async fn desired_state(
         }
     }
     let generation = u64::try_from(record.desired_generation).unwrap_or_default();
-    let sshd = sshd_files(
-        host,
-        &tenant.tenant_id,
-        generation,
-        now,
-        &mut users,
-        ca_keys,
-    );
+    let sshd = sshd_files(host, &tenant.tenant_id, generation, &mut users, ca_keys);
     Ok(DesiredState {
         host_id: host.to_string(),
         generation,
