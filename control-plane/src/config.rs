@@ -260,6 +260,9 @@ pub struct VaultConfig {
     pub ssh_mount: String,
     /// The SSH secrets engine role that signs keyward's user certificates.
     pub ssh_user_role: String,
+    /// How often each replica reads the SSH CA's issuers (the keys hosts trust). 1s to 1h.
+    #[serde(with = "humantime_serde")]
+    pub ssh_ca_refresh: Duration,
     /// A token, given inline (prefer `token_file` or `VAULT_TOKEN`: config files get copied).
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
@@ -359,6 +362,7 @@ impl Default for VaultConfig {
             mount: "vps".into(),
             ssh_mount: "ssh".into(),
             ssh_user_role: "keyward-user".into(),
+            ssh_ca_refresh: Duration::from_secs(60),
             token: None,
             token_file: None,
             approle: None,
@@ -511,6 +515,11 @@ impl Config {
         {
             return rule("server.replica_heartbeat must be 1s to 1m");
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.vault.ssh_ca_refresh)
+        {
+            return rule("vault.ssh_ca_refresh must be 1s to 1h");
+        }
         if self.rotation.max_sleep < Duration::from_secs(1) {
             return rule("rotation.max_sleep must be at least 1s");
         }
@@ -572,6 +581,7 @@ mod tests {
         assert_eq!(c.vault.mount, "vps");
         assert_eq!(c.vault.ssh_mount, "ssh");
         assert_eq!(c.vault.ssh_user_role, "keyward-user");
+        assert_eq!(c.vault.ssh_ca_refresh, Duration::from_secs(60));
         assert_eq!(c.keys.rotation_policy_name(), "90_days");
         assert_eq!(c.keys.grace_period, Duration::from_secs(86_400));
         assert!(c.server.listen.ip().is_loopback());
@@ -625,6 +635,11 @@ mod tests {
             )
             .unwrap();
             assert!(Config::load(Some(&path)).is_ok(), "{heartbeat}");
+        }
+        for (refresh, ok) in [("500ms", false), ("2h", false), ("1s", true), ("1h", true)] {
+            std::fs::write(&path, format!("[vault]\nssh_ca_refresh = \"{refresh}\"\n")).unwrap();
+            let loaded = Config::load(Some(&path));
+            assert_eq!(loaded.is_ok(), ok, "{refresh}: {loaded:?}");
         }
 
         let missing = dir.path().join("nope.toml");

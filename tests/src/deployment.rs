@@ -24,23 +24,38 @@ impl Deployment {
     /// is the product's default), sshd, two real Unix users, a tenant on them and its agent,
     /// started and in sync.
     pub async fn start(keys: KeyAlgorithm) -> Self {
-        Self::start_on(OpenBao::start().await, keys).await
+        Self::start_on_bao(OpenBao::start().await, keys).await
     }
 
     /// [`Deployment::start`] with OpenBao's SSH engine set up as keyward's certificate
     /// authority before the control plane starts (`packaging/vault/README.md`'s set-up), so
     /// that the host's sshd trusts it from the first state.
+    /// The control plane reads the CA's issuers every second (`vault.ssh_ca_refresh`), so that a
+    /// CA rotation reaches the host quickly.
     pub async fn start_with_ssh_ca(keys: KeyAlgorithm) -> Self {
         let bao = OpenBao::start().await;
         bao.enable_ssh_ca().await;
-        Self::start_on(bao, keys).await
+        let cp = ControlPlane::start_with(
+            &bao,
+            crate::control_plane::Options {
+                algorithm: keys,
+                configure: Some(|c| c.vault.ssh_ca_refresh = std::time::Duration::from_secs(1)),
+                ..crate::control_plane::Options::default()
+            },
+        )
+        .await;
+        Self::start_on(bao, cp).await
     }
 
-    async fn start_on(bao: OpenBao, keys: KeyAlgorithm) -> Self {
+    async fn start_on_bao(bao: OpenBao, keys: KeyAlgorithm) -> Self {
         let cp = match keys {
             KeyAlgorithm::Ed25519 => ControlPlane::start_fast(&bao, crate::Database::Sqlite).await,
             KeyAlgorithm::Rsa4096 => ControlPlane::start(&bao).await,
         };
+        Self::start_on(bao, cp).await
+    }
+
+    async fn start_on(bao: OpenBao, cp: ControlPlane) -> Self {
         let sshd = Sshd::start_async().await;
         let admin = TestUser::create("a");
         let user = TestUser::create("t");

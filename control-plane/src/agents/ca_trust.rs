@@ -2,7 +2,9 @@
 //! (`TrustedUserCAKeys`, in the desired state's `sshd` files).
 //!
 //! They live in Vault's SSH engine (every issuer's key: the current CA and, during a rotation,
-//! the next one). Each replica reads them at start and every [`REFRESH`]; when they change,
+//! the next one). Each replica reads them at start and every `vault.ssh_ca_refresh` (60 s by
+//! default; a CA rotation adds the next issuer and waits at least that long, so that every host
+//! trusts both, before making it the default); when they change,
 //! every stream of the replica sends its host's state again (the same generation: an agent
 //! applies a re-sent state). When Vault cannot be read the last keys are kept: a host must not
 //! stop trusting its CA because Vault is away. No CA (no `ssh` mount, or HashiCorp Vault without
@@ -13,10 +15,6 @@ use std::time::Duration;
 
 use super::hub::Hub;
 use crate::vault::CertificateAuthority;
-
-/// How often each replica reads the CA's keys. A CA rotation adds the next issuer, waits at
-/// least this long (every host then trusts both), and only then makes it the default.
-pub const REFRESH: Duration = Duration::from_secs(60);
 
 /// The CA keys, as last read.
 #[derive(Debug, Default)]
@@ -58,10 +56,15 @@ impl CaTrust {
         true
     }
 
-    /// Refreshes every [`REFRESH`] for ever; a change makes every stream of `hub` send its state
+    /// Refreshes every `every` for ever; a change makes every stream of `hub` send its state
     /// again.
-    pub async fn run(self: Arc<Self>, ca: Arc<dyn CertificateAuthority>, hub: Arc<Hub>) {
-        let mut tick = tokio::time::interval(REFRESH);
+    pub async fn run(
+        self: Arc<Self>,
+        ca: Arc<dyn CertificateAuthority>,
+        hub: Arc<Hub>,
+        every: Duration,
+    ) {
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {

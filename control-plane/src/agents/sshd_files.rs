@@ -116,7 +116,10 @@ mod tests {
         want.revoke_fingerprint(b.fingerprint()).unwrap();
         assert_eq!(files.revoked_keys, want.encode());
         let again = sshd_files(&host, &tenant, 7, &mut users, &[]).unwrap();
-        assert_eq!(again, files, "the same state twice: the same bytes, nothing to rewrite");
+        assert_eq!(
+            again, files,
+            "the same state twice: the same bytes, nothing to rewrite"
+        );
 
         let ca = vec!["ssh-ed25519 AAAA".to_owned()];
         let files = sshd_files(&host, &tenant, 8, &mut users, &ca).unwrap();

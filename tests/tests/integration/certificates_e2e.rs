@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use keyward_common::{GeneratedKey, KeyAlgorithm};
 use keyward_tests::openbao::SSH_USER_ROLE;
@@ -114,5 +115,97 @@ async fn a_certificate_from_the_vault_ca_logs_in_only_as_the_user_its_principal_
             .login_async(&holder.key, &d.admin.name, "true")
             .await
             .0
+    );
+}
+
+/// The CA keys in the host's sshd file, one per line.
+fn trusted(d: &Deployment) -> Vec<String> {
+    std::fs::read_to_string(d.sshd.files_dir.join("trusted_user_ca_keys"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the host trusts exactly `want` (in any order), logging in with `holder` at every
+/// look: it must never fail meanwhile.
+async fn trusts_while_logging_in(d: &Deployment, want: &[&str], holder: &Holder) {
+    eventually(
+        "the host's trusted CA keys",
+        Duration::from_secs(30),
+        || async {
+            let ok = d
+                .sshd
+                .login_async(&holder.key, &d.user.name, "true")
+                .await
+                .0;
+            assert!(
+                ok,
+                "a login failed during the CA rotation; sshd log:\n{}",
+                d.sshd.log_text()
+            );
+            let mut have = trusted(d);
+            have.sort();
+            let mut want: Vec<String> = want.iter().map(|k| (*k).to_owned()).collect();
+            want.sort();
+            (have == want).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The operator's three steps of packaging/vault/README.md: add the next issuer (hosts trust
+/// both), make it the default (new certificates come from it), delete the old one (hosts stop
+/// trusting it). Certificates keep logging in at every step; only one from the deleted CA stops.
+#[tokio::test]
+async fn a_ca_rotation_loses_no_login_and_ends_with_the_old_ca_untrusted() {
+    let d = Deployment::start_with_ssh_ca(KeyAlgorithm::Ed25519).await;
+    let principal = format!("keyward:{}:tenant", d.tenant);
+    let issuers = d.bao.root(Method::GET, "ssh/issuers?list=true", None).await;
+    let old_id = issuers["data"]["keys"][0].as_str().unwrap().to_owned();
+    let old_key = issuers["data"]["key_info"][&old_id]["public_key"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let from_old = Holder::new();
+    from_old.certify(&d, &principal).await;
+    trusts_while_logging_in(&d, &[&old_key], &from_old).await;
+
+    let next_key = d.bao.add_ssh_issuer("next").await;
+    trusts_while_logging_in(&d, &[&old_key, &next_key], &from_old).await;
+
+    d.bao
+        .root(
+            Method::POST,
+            "ssh/config/issuers",
+            Some(json!({ "default": "next" })),
+        )
+        .await;
+    let from_next = Holder::new();
+    from_next.certify(&d, &principal).await;
+    assert!(
+        d.sshd
+            .login_async(&from_next.key, &d.user.name, "true")
+            .await
+            .0
+    );
+    assert!(
+        d.sshd
+            .login_async(&from_old.key, &d.user.name, "true")
+            .await
+            .0
+    );
+
+    d.bao
+        .root(Method::DELETE, &format!("ssh/issuer/{old_id}"), None)
+        .await;
+    trusts_while_logging_in(&d, &[&next_key], &from_next).await;
+    assert!(
+        !d.sshd
+            .login_async(&from_old.key, &d.user.name, "true")
+            .await
+            .0,
+        "a certificate of the deleted CA still logged in"
     );
 }
