@@ -83,11 +83,11 @@ clean-demo:
 package-test:
 	scripts/package-test
 
-# The benchmark suite, `keyward-bench all` (about 52 minutes on 2 cores): RSA-4096 generation
+# The benchmark suite, `keyward-bench all` (about 54 minutes on 2 cores): RSA-4096 generation
 # against ssh-keygen, rotate-all against pure generation, propagation with 1, 1,000 and 10,000
 # agents, 10,000 streams (memory, idle CPU), Ed25519 fan-out to 10,000 hosts, the agent idle, REST
 # against OpenBao, revocation (plain, under a tenant's stall attack, the agent's CPU under a chmod
-# loop; about 20 of the 52 minutes), login ingest, the live hosts view (10,000 hosts, 500 admin
+# loop; about 20 of the 54 minutes), login ingest, the live hosts view (10,000 hosts, 500 admin
 # streams), three replicas on PostgreSQL (propagation across them, a 10,000-agent reconnection
 # storm). Prints Markdown and records it in
 # BENCHMARKS.md. Needs OpenBao and PostgreSQL (`make test-deps`), wrk and strip

@@ -18,6 +18,8 @@
 //!   replicas, and the reconnection storm when one of them is killed.
 //! - [`agent_warnings`]: the in-process agents' warnings, counted by message.
 //! - [`renames`]: waiting for a rotated key to be in a simulated host's file.
+//! - [`certificates`]: SSH user certificates signed through OpenBao beside its KV write; KRL
+//!   size, encode, apply and read time with 100,000 revocations; sshd's login time with it.
 //! - [`fleet`]: simulated hosts, each a tenant with an enrolled agent running in this process.
 //! - [`benchmark`], [`flags`]: the interface every benchmark subcommand implements, and the
 //!   flags several share.
@@ -27,6 +29,7 @@
 pub mod agent_idle;
 pub mod agent_warnings;
 pub mod benchmark;
+pub mod certificates;
 pub mod cluster;
 pub mod fanout;
 pub mod flags;

@@ -14,8 +14,8 @@
 use clap::{Parser, Subcommand};
 use keyward_bench::benchmark::Run;
 use keyward_bench::{
-    agent_idle, agent_warnings, cluster, fanout, ingest, keygen, live_hosts, propagation, replicas,
-    rest, revocation, rotate_all, rotate_latency, streams, suite,
+    agent_idle, agent_warnings, certificates, cluster, fanout, ingest, keygen, live_hosts,
+    propagation, replicas, rest, revocation, rotate_all, rotate_latency, streams, suite,
 };
 
 #[derive(Debug, Parser)]
@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every benchmark of the suite, one after another (about 52 minutes; --smoke: a few minutes).
+    /// Every benchmark of the suite, one after another (about 54 minutes; --smoke: a few minutes).
     All(suite::Args),
     /// Time from the REST rotate call returning to the key's file renamed on the host.
     Propagation(Run<propagation::Args>),
@@ -55,6 +55,9 @@ enum Command {
     /// Three replicas on one PostgreSQL: propagation across replicas, and a reconnection storm
     /// when one is killed.
     Replicas(Run<replicas::Args>),
+    /// Certificates signed per second through OpenBao beside its KV write; KRL size, encode,
+    /// apply and read with 100,000 revocations; sshd's login time with that KRL.
+    Certificates(Run<certificates::Args>),
     /// A control plane in this process until stdin closes (used by `streams`; with
     /// `--database-url`, a replica of a deployment, used by `replicas`).
     #[command(hide = true)]
@@ -101,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Revocation(run) => run.execute().await,
         Command::LiveHosts(run) => run.execute().await,
         Command::Replicas(run) => run.execute().await,
+        Command::Certificates(run) => run.execute().await,
         Command::ControlPlaneChild(args) => cluster::serve_child(args).await,
     }
 }

@@ -1,7 +1,7 @@
 //! `keyward-bench all`: every benchmark of the suite, one after another, each in a fresh process
 //! of this binary (a fresh heap for the memory figures, nothing left over from the previous
 //! one), each writing its own sections of `BENCHMARKS.md` with `--write`. `--smoke` runs the
-//! tiny version of each (what the test suite runs); the full suite takes about 52 minutes on
+//! tiny version of each (what the test suite runs); the full suite takes about 54 minutes on
 //! two cores.
 
 use std::path::{Path, PathBuf};
@@ -101,6 +101,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "three replicas: propagation across them, reconnection storm",
                 &["replicas", "--smoke"],
             ),
+            step(
+                "certificates",
+                "certificates signed/s, KRL size and apply, sshd login with a KRL",
+                &["certificates", "--smoke"],
+            ),
         ]
     } else {
         vec![
@@ -127,6 +132,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
             ),
             step("agent-idle", "agent RSS, wakeups, size", &["agent-idle"]),
             step("rest", "GET ssh-credentials vs OpenBao KV", &["rest"]),
+            step(
+                "certificates",
+                "certificates signed/s, KRL size and apply, sshd login with a 100k KRL",
+                &["certificates"],
+            ),
             step(
                 "revocation",
                 "revoke → file and session, stall, chmod loop",
