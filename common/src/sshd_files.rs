@@ -10,6 +10,10 @@ pub const MAX_USER_CA_KEYS: usize = 16;
 pub const MAX_PRINCIPALS_PER_USER: usize = 256;
 
 /// The largest revocation list: 100,000 revoked keys by SHA-256 take 3.2 MB, serials far less.
+/// A bound, not a size to aim at: sshd (OpenSSH 9.2) reads the whole list at every
+/// authentication in a time that grows with the square of its size — about 30 ms per login at
+/// 400 KiB, 1.6 s at 3.5 MiB (`keyward-bench certificates`, BENCHMARKS.md). keyward's lists are
+/// per host (that host's users' denied keys), a few kilobytes.
 pub const MAX_REVOKED_KEYS_BYTES: usize = 8 << 20;
 
 /// The largest control-plane message the agent decodes: a desired state with the largest
