@@ -74,11 +74,16 @@ fn a_tenant_sshd_with_a_thousand_connections_does_not_stall_a_revocation() {
         .filter(|e| e.outcome == LoginOutcome::Accepted as i32)
         .collect();
     assert_eq!(accepted.len(), 1 + ports.len());
-    let forged: Vec<_> = accepted
-        .iter()
-        .filter(|e| ports.contains(&(e.source_port as u16)))
-        .collect();
-    assert_eq!(forged.len(), ports.len());
+    // sshd logged the genuine login before the forged lines were appended. (Selecting the forged
+    // ones by port instead is flaky: the real client's port number can also be one of the
+    // tenant's, on another socket.)
+    let forged = &accepted[1..];
+    assert!(
+        forged
+            .iter()
+            .all(|e| ports.contains(&(e.source_port as u16))),
+        "the forged lines come after the genuine login"
+    );
     assert!(
         forged.iter().all(|e| !e.verified),
         "a connection of the tenant's python verified a login"
