@@ -60,6 +60,7 @@ fn desired(
             session_epoch: epoch,
             revoked: false,
             principals: vec![],
+            revoked_certificate_ids: vec![],
         }],
         sshd: None,
     }

@@ -35,6 +35,7 @@ fn desired(generation: u64, key: &GeneratedKey) -> DesiredState {
         session_epoch: 0,
         revoked: false,
         principals: vec![],
+        revoked_certificate_ids: vec![],
     };
     DesiredState {
         host_id: HOST_ID.into(),

@@ -65,6 +65,7 @@ fn event(cursor: u64, fingerprint: &str) -> LoginEvent {
         fingerprint,
         sshd_pid: 1000 + (cursor % 30_000) as u32,
         verified: true,
+        ..LoginEvent::default()
     }
 }
 

@@ -590,6 +590,7 @@ pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent>
         fingerprint: String::new(),
         sshd_pid: line.pid.unwrap_or(0),
         verified: false,
+        ..LoginEvent::default()
     };
     match &line.event {
         SshdEvent::Accepted(auth) | SshdEvent::Failed(auth) => {

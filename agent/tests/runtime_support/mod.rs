@@ -202,6 +202,7 @@ pub fn state(generation: u64, users: &[(&str, u64)]) -> DesiredState {
                 session_epoch: *epoch,
                 revoked: false,
                 principals: vec![],
+                revoked_certificate_ids: vec![],
             })
             .collect(),
         sshd: None,

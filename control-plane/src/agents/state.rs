@@ -72,6 +72,7 @@ fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -
         session_epoch: u64::try_from(ks.session_epoch).unwrap_or_default(),
         revoked: ks.state == KeyState::Revoked,
         principals: Vec::new(),
+        revoked_certificate_ids: Vec::new(),
     }
 }
 

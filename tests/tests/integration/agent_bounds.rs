@@ -47,6 +47,7 @@ fn login(cursor: u64) -> LoginEvent {
         fingerprint: String::new(),
         sshd_pid: 4242,
         verified: true,
+        ..LoginEvent::default()
     }
 }
 

@@ -20,6 +20,7 @@ fn login(cursor: u64, outcome: LoginOutcome, user: &str, fingerprint: &str) -> L
         fingerprint: fingerprint.into(),
         sshd_pid: 4242,
         verified: true,
+        ..LoginEvent::default()
     }
 }
 
