@@ -15,8 +15,8 @@
 //!
 //! | message | event |
 //! |---|---|
-//! | `Accepted M for U from IP port P ssh2[: TYPE SHA256:…]` | [`SshdEvent::Accepted`] |
-//! | `Failed M for [invalid user ]U from IP port P ssh2[: TYPE SHA256:…]` | [`SshdEvent::Failed`] |
+//! | `Accepted M for U from IP port P ssh2[: KEY]` | [`SshdEvent::Accepted`] |
+//! | `Failed M for [invalid user ]U from IP port P ssh2[: KEY]` | [`SshdEvent::Failed`] |
 //! | `Invalid user U from IP port P` | [`SshdEvent::InvalidUser`] |
 //! | `User child is on pid N` | [`SshdEvent::UserChild`] |
 //! | `Disconnected from user U IP port P`, `Connection closed/reset by user U IP port P` | [`SshdEvent::Disconnected`] |
@@ -28,9 +28,25 @@
 //! is not an sshd line. Every other message (`Connection from`, `Postponed`, `Received
 //! disconnect`, debug output) is not an event.
 //!
-//! The user name after `Invalid user` and `Failed … for invalid user` is whatever the client sent
-//! (sshd escapes control characters but keeps spaces), so the address is always taken from the
-//! *right*: a user called `x from 10.0.0.1 port 22` does not move the source address.
+//! `KEY` is `TYPE SHA256:…` for a plain key, and for a certificate (OpenSSH's `format_key`)
+//! `TYPE-CERT SHA256:… ID KEYID (serial N) CA CATYPE SHA256:…`: the certified key, then the
+//! certificate's key id, serial and CA key ([`Certificate`]).
+//!
+//! Two parts of a line are chosen by others than sshd, and the address sits between them:
+//!
+//! - the user name after `Invalid user` and `Failed … for invalid user` is whatever the client
+//!   sent (sshd escapes control characters but keeps spaces), so there the address is taken from
+//!   the *right*: a user called `x from 10.0.0.1 port 22` does not move the source address;
+//! - a certificate's key id is whatever its CA put there (any client's self-made certificate in
+//!   a `Failed` line), printed raw with spaces. A user sshd found valid (no `invalid user`) is a
+//!   real account, whose name has no spaces, so for those lines the address is taken from the
+//!   *left*: a key id containing ` from 10.0.0.1 port 22 ssh2: ED25519 SHA256:…` moves neither
+//!   the address nor the key. Within the key, the key id is everything between ` ID ` and the
+//!   *last* ` (serial N) CA `, which sshd writes after it.
+//!
+//! Only a `Failed … for invalid user` line with a certificate has both; it cannot be read
+//! unambiguously, and it is kept right-anchored (nothing but the audit record depends on it).
+//!
 //! Garbage and partial lines give `None`, never a panic (a property test feeds arbitrary and
 //! mutated lines; cargo-fuzz would need a nightly toolchain).
 
@@ -91,9 +107,41 @@ pub struct Auth {
 pub struct KeyId {
     /// `ED25519`, `RSA`, `ECDSA`, `ED25519-CERT`, …
     pub key_type: String,
-    /// `SHA256:` and the unpadded base64 digest, as `ssh-keygen -l` prints it.
+    /// `SHA256:` and the unpadded base64 digest, as `ssh-keygen -l` prints it. For a certificate,
+    /// the certified key's.
     pub fingerprint: String,
+    /// For a certificate (a `…-CERT` type), what sshd logged of it; `None` for a plain key, and
+    /// for a certificate part that is missing, malformed or has a key id longer than
+    /// [`MAX_CERTIFICATE_KEY_ID`]. The login is still the login then, by the certified key.
+    pub certificate: Option<Certificate>,
 }
+
+/// A certificate as sshd logs it after the certified key: `ID KEYID (serial N) CA TYPE FP`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// The key id as sshd printed it: raw, spaces kept; control characters, bytes outside ASCII
+    /// and backslashes escaped by sshd's log (`\ooo`, `\\`), so a key id with a backslash is not
+    /// the certificate's own bytes. keyward's are `keyward:{tenant}:{kind}:{n}`.
+    pub key_id: String,
+    pub serial: u64,
+    /// The CA key's type (`ED25519`, `RSA`, …).
+    pub ca_key_type: String,
+    /// The CA key's fingerprint (`SHA256:…`).
+    pub ca_fingerprint: String,
+}
+
+/// The longest certificate key id read from a line (bytes, as logged). Longer, the line carries
+/// no [`Certificate`]. The bound is what makes the last ` (serial N) CA ` sshd's own: sshd
+/// formats a message into 1024 bytes and cuts the rest, so a key id long enough to push sshd's
+/// ` (serial N) CA …` off the end could end in a forged one. Everything else in such a line
+/// takes under 170 bytes (user ≥ 1, address ≥ 3, key type and fingerprint ≥ 6 and 3, the forged
+/// tail at most [`MAX_CA_KEY_TYPE`] + [`MAX_CA_FINGERPRINT`] + 35), so a cut line's key id is
+/// over 800 bytes: one of at most 256 is complete, and its serial and CA are sshd's.
+pub const MAX_CERTIFICATE_KEY_ID: usize = 256;
+/// The longest CA key type read (`ECDSA-SK` is 8).
+pub const MAX_CA_KEY_TYPE: usize = 32;
+/// The longest CA key fingerprint read (`SHA256:` and 43 characters is 50; MD5 is 51).
+pub const MAX_CA_FINGERPRINT: usize = 64;
 
 /// How a user authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,18 +361,27 @@ pub fn parse_message(message: &str) -> Option<SshdEvent> {
     })
 }
 
-/// `M for [invalid user ]U from IP port P TAIL`, TAIL ` ssh2` with an optional `: TYPE FP …`.
+/// `M for [invalid user ]U from IP port P TAIL`, TAIL ` ssh2` with an optional `: KEY`.
 fn auth(rest: &str) -> Option<Auth> {
     let (method, rest) = rest.split_once(' ')?;
     if method.is_empty() {
         return None;
     }
     let rest = rest.strip_prefix("for ")?;
-    let (user, invalid_user) = match rest.strip_prefix("invalid user ") {
-        Some(r) => (r, true),
-        None => (rest, false),
+    let (user, source, tail, invalid_user) = match rest.strip_prefix("invalid user ") {
+        // The client's name: the address from the right (module docs).
+        Some(r) => {
+            let (user, source, tail) = user_from_endpoint(r)?;
+            (user, source, tail, true)
+        }
+        // A real account's name: the address from the left, where a key id cannot reach. A
+        // name with spaces is no account's (a forged line): read as before, from the right.
+        None => {
+            let (user, source, tail) =
+                valid_user_from_endpoint(rest).or_else(|| user_from_endpoint(rest))?;
+            (user, source, tail, false)
+        }
     };
-    let (user, source, tail) = user_from_endpoint(user)?;
     let tail = tail.strip_suffix(" [preauth]").unwrap_or(tail);
     let key = match tail.split_once(": ") {
         Some((proto, key)) if proto.trim().starts_with("ssh") => key_id(key),
@@ -339,26 +396,83 @@ fn auth(rest: &str) -> Option<Auth> {
     })
 }
 
-/// `TYPE SHA256:… [more]`: the key type and fingerprint, when they look like sshd's.
+/// `TYPE SHA256:… [more]`: the key type and fingerprint, when they look like sshd's, and for a
+/// `…-CERT` type the certificate that `more` describes.
 fn key_id(text: &str) -> Option<KeyId> {
-    let mut words = text.split(' ');
-    let key_type = words.next()?;
-    let fingerprint = words.next()?;
-    let type_ok = !key_type.is_empty()
+    let (key_type, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let (fingerprint, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    if !key_type_ok(key_type) || !fingerprint_ok(fingerprint) {
+        return None;
+    }
+    let certificate = if key_type.ends_with("-CERT") {
+        certificate(rest)
+    } else {
+        None
+    };
+    Some(KeyId {
+        key_type: key_type.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        certificate,
+    })
+}
+
+/// `ID KEYID (serial N) CA TYPE FP` to the end of the line; the key id is everything up to the
+/// last ` (serial `, which is sshd's when the key id is at most [`MAX_CERTIFICATE_KEY_ID`]
+/// bytes.
+fn certificate(text: &str) -> Option<Certificate> {
+    let (key_id, after) = text.strip_prefix("ID ")?.rsplit_once(" (serial ")?;
+    let (serial, ca) = after.split_once(") CA ")?;
+    let (ca_key_type, ca_fingerprint) = ca.split_once(' ')?;
+    let serial_ok = !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_digit());
+    let ok = key_id.len() <= MAX_CERTIFICATE_KEY_ID
+        && serial_ok
+        && ca_key_type.len() <= MAX_CA_KEY_TYPE
+        && key_type_ok(ca_key_type)
+        && ca_fingerprint.len() <= MAX_CA_FINGERPRINT
+        && fingerprint_ok(ca_fingerprint);
+    if !ok {
+        return None;
+    }
+    Some(Certificate {
+        key_id: key_id.to_owned(),
+        // More than 20 digits, or past u64: not sshd's `%llu`.
+        serial: serial.parse().ok()?,
+        ca_key_type: ca_key_type.to_owned(),
+        ca_fingerprint: ca_fingerprint.to_owned(),
+    })
+}
+
+/// `ED25519`, `RSA-CERT`, `ECDSA-SK`: upper case letters, digits, `-` and `_`.
+fn key_type_ok(key_type: &str) -> bool {
+    !key_type.is_empty()
         && key_type
             .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    let (alg, digest) = fingerprint.split_once(':')?;
-    let fp_ok = !alg.is_empty()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// `ALG:DIGEST`, the digest base64 (SHA256) or hex with colons (MD5).
+fn fingerprint_ok(fingerprint: &str) -> bool {
+    let Some((alg, digest)) = fingerprint.split_once(':') else {
+        return false;
+    };
+    !alg.is_empty()
         && alg.bytes().all(|b| b.is_ascii_alphanumeric())
         && !digest.is_empty()
         && digest
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+/=:".contains(&b));
-    (type_ok && fp_ok).then(|| KeyId {
-        key_type: key_type.to_owned(),
-        fingerprint: fingerprint.to_owned(),
-    })
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=:".contains(&b))
+}
+
+/// `U from IP port P[TAIL]` for a user sshd found valid: an account name has no spaces, so the
+/// first ` from ` is sshd's and what follows it (a certificate's key id) cannot move the
+/// address.
+fn valid_user_from_endpoint(text: &str) -> Option<(&str, SocketAddr, &str)> {
+    let (user, rest) = text.split_once(" from ")?;
+    if user.is_empty() || user.contains(' ') {
+        return None;
+    }
+    let (source, tail) = endpoint_at_start(rest)?;
+    Some((user, source, tail))
 }
 
 /// `U from IP port P[TAIL]`, the ` from ` found from the right so that a user name containing
@@ -432,7 +546,191 @@ mod tests {
         Some(KeyId {
             key_type: t.into(),
             fingerprint: FP.into(),
+            certificate: None,
         })
+    }
+
+    const CA_FP: &str = "SHA256:0aTnZ2VdQ5m4J1lB3w9oYcFh7QeXr8sKpLu6vN2bDgE";
+
+    /// `Accepted publickey for bob from 2001:db8::7 port 22 ssh2: ED25519-CERT FP ID {key_id}
+    /// (serial {serial}) CA ED25519 CA_FP`, as OpenSSH 9.2 logs a certificate login.
+    fn cert_line(key_id: &str, serial: &str) -> String {
+        format!(
+            "Accepted publickey for bob from 2001:db8::7 port 22 ssh2: ED25519-CERT {FP} ID {key_id} (serial {serial}) CA ED25519 {CA_FP}"
+        )
+    }
+
+    fn accepted_key(m: &str) -> KeyId {
+        let SshdEvent::Accepted(a) = msg(m) else {
+            panic!("not an accepted login: {m:?}")
+        };
+        assert_eq!(a.user, "bob", "{m:?}");
+        assert_eq!(a.source, addr("[2001:db8::7]:22"), "{m:?}");
+        a.key.unwrap_or_else(|| panic!("no key: {m:?}"))
+    }
+
+    fn certificate_of(m: &str) -> Option<Certificate> {
+        let key = accepted_key(m);
+        // The certified key is the login's key whatever the certificate part says.
+        assert_eq!(
+            (key.key_type.as_str(), key.fingerprint.as_str()),
+            ("ED25519-CERT", FP)
+        );
+        key.certificate
+    }
+
+    fn cert(key_id: &str, serial: u64) -> Option<Certificate> {
+        Some(Certificate {
+            key_id: key_id.into(),
+            serial,
+            ca_key_type: "ED25519".into(),
+            ca_fingerprint: CA_FP.into(),
+        })
+    }
+
+    #[test]
+    fn certificate_logins_name_the_key_id_serial_and_ca() {
+        assert_eq!(
+            certificate_of(&cert_line("keyward:acme:tenant:3", "12345")),
+            cert("keyward:acme:tenant:3", 12345)
+        );
+        // The same in a syslog line, a failed attempt, and before `[preauth]`.
+        let line = parse_line_at(
+            &format!(
+                "2026-12-06T22:00:00+00:00 vps1 sshd[77]: {}",
+                cert_line("keyward:acme:admin:1", "0")
+            ),
+            &now(),
+        )
+        .unwrap();
+        let SshdEvent::Accepted(a) = line.event else {
+            panic!()
+        };
+        assert_eq!(a.key.unwrap().certificate, cert("keyward:acme:admin:1", 0));
+        let SshdEvent::Failed(a) = msg(&format!(
+            "Failed publickey for bob from 10.0.0.1 port 5 ssh2: RSA-CERT {FP} ID kw (serial {}) CA RSA {CA_FP} [preauth]",
+            u64::MAX
+        )) else {
+            panic!()
+        };
+        let c = a.key.unwrap().certificate.unwrap();
+        assert_eq!((c.key_id.as_str(), c.serial), ("kw", u64::MAX));
+        assert_eq!(c.ca_key_type, "RSA");
+        // A plain key has none, even followed by a certificate's words.
+        let plain = accepted_key(&format!(
+            "Accepted publickey for bob from 2001:db8::7 port 22 ssh2: ED25519 {FP} ID x (serial 1) CA ED25519 {CA_FP}"
+        ));
+        assert_eq!(plain.certificate, None);
+    }
+
+    #[test]
+    fn a_key_id_is_everything_up_to_the_last_serial_and_ca() {
+        for key_id in [
+            "alice smith",
+            "",
+            "x (serial 1) CA ED25519 SHA256:forged",
+            "x (serial 1) CA ED25519 SHA256:forged (serial 2)",
+            " ID y",
+            "ID (serial",
+            "a) CA b",
+            r"tab\011and\\backslash",
+        ] {
+            assert_eq!(
+                certificate_of(&cert_line(key_id, "42")),
+                cert(key_id, 42),
+                "{key_id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_id_moves_neither_the_address_nor_the_key() {
+        // A CA (or a client's self-made certificate in a failed attempt) names the key id.
+        for key_id in [
+            "x from 10.9.9.9 port 22",
+            &format!("x from 10.9.9.9 port 22 ssh2: ED25519 {CA_FP}"),
+            &format!("x from 10.9.9.9 port 22 ssh2: ED25519-CERT {CA_FP} ID y"),
+            "for eve from 10.9.9.9 port 22 ssh2",
+        ] {
+            let m = cert_line(key_id, "7");
+            let key = accepted_key(&m);
+            assert_eq!(key.fingerprint, FP, "{m}");
+            assert_eq!(key.certificate, cert(key_id, 7), "{m}");
+        }
+        let SshdEvent::Failed(a) = msg(&format!(
+            "Failed publickey for bob from 192.0.2.1 port 9 ssh2: ED25519-CERT {FP} ID z from 10.9.9.9 port 22 ssh2 (serial 7) CA ED25519 {CA_FP}"
+        )) else {
+            panic!()
+        };
+        assert_eq!((a.user.as_str(), a.source), ("bob", addr("192.0.2.1:9")));
+    }
+
+    #[test]
+    fn a_certificate_part_that_is_not_sshds_is_no_certificate() {
+        for (key_id, serial) in [
+            // Absurd serials: past u64, signed, hex, empty, with spaces.
+            ("k", "18446744073709551616"),
+            ("k", "99999999999999999999999999"),
+            ("k", "-1"),
+            ("k", "0x10"),
+            ("k", ""),
+            ("k", "1 2"),
+            // Longer than the bound.
+            (&"k".repeat(MAX_CERTIFICATE_KEY_ID + 1), "1"),
+        ] {
+            assert_eq!(
+                certificate_of(&cert_line(key_id, serial)),
+                None,
+                "{key_id:?} {serial:?}"
+            );
+        }
+        assert_eq!(
+            certificate_of(&cert_line(&"k".repeat(MAX_CERTIFICATE_KEY_ID), "1")),
+            cert(&"k".repeat(MAX_CERTIFICATE_KEY_ID), 1)
+        );
+        let head =
+            format!("Accepted publickey for bob from 2001:db8::7 port 22 ssh2: ED25519-CERT {FP}");
+        for tail in [
+            // No CA part (a line cut short), no serial, no ID, a CA that is no key.
+            " ID keyward:acme:tenant:3".to_owned(),
+            " ID keyward:acme:tenant:3 (serial 3)".to_owned(),
+            " ID keyward:acme:tenant:3 (serial 3) CA".to_owned(),
+            " ID keyward:acme:tenant:3 (serial 3) CA ED25519".to_owned(),
+            format!(" ID keyward:acme:tenant:3 (serial 3) CA ed25519 {CA_FP}"),
+            " ID keyward:acme:tenant:3 (serial 3) CA ED25519 nonsense".to_owned(),
+            format!(" ID keyward:acme:tenant:3 (serial 3) CA ED25519 {CA_FP} more"),
+            format!(" keyward:acme:tenant:3 (serial 3) CA ED25519 {CA_FP}"),
+            format!(" ID k (serial 3) CA ED25519 SHA256:{}", "A".repeat(100)),
+            format!(" ID k (serial 3) CA {} {CA_FP}", "E".repeat(40)),
+            String::new(),
+        ] {
+            assert_eq!(certificate_of(&format!("{head}{tail}")), None, "{tail:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_sshd_cut_short_cannot_end_in_a_forged_certificate() {
+        // sshd formats into 1024 bytes: a key id that pushes sshd's own "(serial N) CA" past
+        // the end can end the line in a forged one. Such a key id is longer than the bound.
+        let forged = format!(" (serial 1) CA ED25519 {CA_FP}");
+        let head = format!("Accepted publickey for b from ::1 port 1 ssh2: A-CERT {FP} ID ");
+        let pad = 1023 - head.len() - forged.len();
+        let cut = format!("{head}{}{forged}", "k".repeat(pad));
+        assert_eq!(cut.len(), 1023);
+        let SshdEvent::Accepted(a) = msg(&cut) else {
+            panic!()
+        };
+        assert_eq!(a.key.unwrap().certificate, None);
+        // The shortest possible head (`Failed`, a one-letter user, one-character digest).
+        let head = "Failed publickey for b from ::1 port 1 ssh2: A-CERT S:x ID ";
+        let forged = format!(
+            " (serial {}) CA {} S:{}",
+            u64::MAX,
+            "E".repeat(MAX_CA_KEY_TYPE),
+            "x".repeat(MAX_CA_FINGERPRINT - 2)
+        );
+        let pad = 1023 - head.len() - forged.len();
+        assert!(pad > MAX_CERTIFICATE_KEY_ID, "{pad}");
     }
 
     #[test]
@@ -455,7 +753,18 @@ mod tests {
         )) else {
             panic!()
         };
-        assert_eq!(a.key, key("ED25519-CERT"));
+        assert_eq!(
+            a.key,
+            Some(KeyId {
+                certificate: Some(Certificate {
+                    key_id: "bob".into(),
+                    serial: 3,
+                    ca_key_type: "ED25519".into(),
+                    ca_fingerprint: "SHA256:abc".into(),
+                }),
+                ..key("ED25519-CERT").unwrap()
+            })
+        );
         assert_eq!(a.source, addr("[2001:db8::7]:22"));
         let SshdEvent::Accepted(a) = msg(&format!(
             "Accepted publickey for bob from ::1 port 5 ssh2: RSA {FP}"
@@ -876,6 +1185,25 @@ mod tests {
                 }
                 let classic = parse_line_at(&format!("Nov 28 10:00:00 {host} sshd[{pid}]: {line}"), &now());
                 prop_assert_eq!(classic.map(|l| l.event), bare);
+            }
+
+            #[test]
+            fn any_key_id_is_read_back_whole(
+                key_id in "[ -~]{0,256}",
+                serial in any::<u64>(),
+                port in 1u16..,
+            ) {
+                let m = format!(
+                    "Accepted publickey for bob from 192.0.2.7 port {port} ssh2: ED25519-CERT {FP} ID {key_id} (serial {serial}) CA ED25519 {CA_FP}"
+                );
+                let Some(SshdEvent::Accepted(a)) = parse_message(&m) else {
+                    return Err(TestCaseError::fail(format!("not parsed: {m:?}")));
+                };
+                prop_assert_eq!(a.user, "bob");
+                prop_assert_eq!(a.source, SocketAddr::new("192.0.2.7".parse().unwrap(), port));
+                let key = a.key.unwrap();
+                prop_assert_eq!(key.fingerprint, FP);
+                prop_assert_eq!(key.certificate, cert(&key_id, serial));
             }
 
             #[test]

@@ -227,6 +227,7 @@ mod tests {
                 key: Some(KeyId {
                     key_type: "ED25519".into(),
                     fingerprint: FP.into(),
+                    certificate: None,
                 }),
             })
         );
