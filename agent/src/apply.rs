@@ -25,7 +25,7 @@ use keyward_common::sshd_files::{
 use keyward_common::{Fingerprint, KeyKind, Principal, UnixUser};
 
 use crate::config::{SshdTrust, UserMode};
-use crate::sessions::{self, revoke::SessionAttribution};
+use crate::sessions::{self, revoke::SessionAttribution, revoke::ValidNow};
 use crate::writer::{self, ApplyOutcome, PreserveLimits, SshdFiles, WriteError};
 
 /// Why a user's desired state could not be applied.
@@ -85,14 +85,14 @@ pub trait Applier: Send + Sync + 'static {
     fn apply_sshd_files(&self, files: &SshdFiles) -> Result<bool, ApplyError>;
 
     /// Ends the sessions of `user` a revocation must end: every session except those that
-    /// `attribution`'s verified records tie to a key in `valid` (the fingerprints valid for the
-    /// user now) or to a login without a key (the rule is in [`sessions::revoke`]); returns
-    /// how many. The default ends them all, like [`Applier::end_sessions`].
+    /// `attribution`'s verified records tie to a key or certificate `valid` for the user now or
+    /// to a login without a key (the rule is in [`sessions::revoke`]); returns how many. The
+    /// default ends them all, like [`Applier::end_sessions`].
     fn end_revoked_sessions(
         &self,
         user: &UnixUser,
         attribution: &SessionAttribution,
-        valid: &[String],
+        valid: &ValidNow,
     ) -> Result<u32, ApplyError> {
         let _ = (attribution, valid);
         self.end_sessions(user)
@@ -333,7 +333,7 @@ impl Applier for SystemApplier {
         &self,
         user: &UnixUser,
         attribution: &SessionAttribution,
-        valid: &[String],
+        valid: &ValidNow,
     ) -> Result<u32, ApplyError> {
         sessions::revoke::end_revoked_sessions(user, attribution, valid)
             .map_err(|e| ApplyError::Sessions(e.to_string()))

@@ -14,10 +14,12 @@
 //! loop can hold up (a slow step once got the agent killed mid-revocation).
 //!
 //! Sessions: a session is kept only when the key that opened it is valid for the user right now
-//! (a current managed key, or a user's own line that survived the merge). The user's sessions are
-//! checked when its session epoch rises (regenerate, revoke), when the set of valid keys loses a
-//! key (a grace period ending, an outside edit removing a line), and when a repair removed a line
-//! that must not be there (a denied key written back may have been used in the moment before).
+//! (a current managed key, or a user's own line that survived the merge), or the certificate
+//! that opened it is (its key id not among the user's revoked certificates, its key not denied).
+//! The user's sessions are checked when its session epoch rises (regenerate, revoke), when the
+//! set of valid keys loses a key (a grace period ending, an outside edit removing a line) or a
+//! certificate key id is newly revoked, and when a repair removed a line that must not be there
+//! (a denied key written back may have been used in the moment before).
 //!
 //! Outside edits are repaired at most once per [`REPAIR_INTERVAL`] per user (a `chmod` loop costs
 //! next to nothing); a failed write is retried with exponential backoff up to [`RETRY_MAX`].
@@ -53,6 +55,7 @@ use crate::host_keys::read_host_keys;
 use crate::link::{Link, LinkEvent};
 use crate::logins::{self, Logins, SessionRecords};
 use crate::sd_notify::Notifier;
+use crate::sessions::revoke::ValidNow;
 use crate::state_dir::{CERT_FILE, CachedState, Epochs, Identity, StateDir, StateDirError};
 use crate::tls::{self, TlsError};
 use keyward_common::backoff::Backoff;
@@ -223,14 +226,18 @@ struct Agent {
     sshd_retry: Option<(Instant, Duration)>,
 }
 
-/// The keys valid for a user: fingerprint and, for a managed key in its grace period, when it
-/// stops being valid.
+/// What is valid for a user: the keys (fingerprint and, for a managed key in its grace period,
+/// when it stops being valid), and what the state says of certificates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct ValidKeys(BTreeMap<String, Option<chrono::DateTime<Utc>>>);
+struct ValidKeys {
+    keys: BTreeMap<String, Option<chrono::DateTime<Utc>>>,
+    revoked_certificate_ids: Vec<String>,
+    denied_fingerprints: Vec<String>,
+}
 
 impl ValidKeys {
     /// From what an apply left in the file: the managed keys of `desired` that are in it and not
-    /// expired, and the user's own keys.
+    /// expired, and the user's own keys; the state's revoked certificates and denied keys.
     fn of(desired: &ManagedUser, done: &UserApplied) -> Self {
         let mut keys = BTreeMap::new();
         for key in &desired.keys {
@@ -245,12 +252,25 @@ impl ValidKeys {
         for own in &done.own {
             keys.entry(own.clone()).or_insert(None);
         }
-        Self(keys)
+        Self {
+            keys,
+            revoked_certificate_ids: desired.revoked_certificate_ids.clone(),
+            denied_fingerprints: desired.denied_fingerprints.clone(),
+        }
+    }
+
+    /// What is valid at `now`, for a session check.
+    fn now(&self, now: chrono::DateTime<Utc>) -> ValidNow {
+        ValidNow {
+            keys: self.at(now),
+            revoked_certificate_ids: self.revoked_certificate_ids.clone(),
+            denied_fingerprints: self.denied_fingerprints.clone(),
+        }
     }
 
     /// The fingerprints valid at `now`.
     fn at(&self, now: chrono::DateTime<Utc>) -> Vec<String> {
-        self.0
+        self.keys
             .iter()
             .filter(|(_, expires)| expires.is_none_or(|t| t > now))
             .map(|(fp, _)| fp.clone())
@@ -259,7 +279,7 @@ impl ValidKeys {
 
     /// The next time a key stops being valid, after `now`.
     fn next_expiry(&self, now: chrono::DateTime<Utc>) -> Option<chrono::DateTime<Utc>> {
-        self.0
+        self.keys
             .values()
             .flatten()
             .filter(|t| **t > now)
@@ -268,11 +288,12 @@ impl ValidKeys {
     }
 }
 
-/// A session check to run: end `user`'s sessions not opened with a key in `valid`.
+/// A session check to run: end `user`'s sessions not opened with a key or certificate `valid`
+/// now.
 #[derive(Debug)]
 struct SessionCheck {
     user: UnixUser,
-    valid: Vec<String>,
+    valid: ValidNow,
     /// The session epoch this check acts on, recorded when it succeeds.
     epoch: Option<u64>,
 }
@@ -352,25 +373,30 @@ impl SessionWorker {
     }
 
     fn check(&self, check: SessionCheck) {
-        tracing::debug!(user = %check.user, valid = check.valid.len(), "checking sessions");
+        tracing::debug!(
+            user = %check.user,
+            valid = check.valid.keys.len(),
+            revoked_certificates = check.valid.revoked_certificate_ids.len(),
+            "checking sessions"
+        );
         // The worker lives as long as the agent: a failed send means it is shutting down.
         let _ = self.requests.send(check);
     }
 }
 
-/// A session check: ends `user`'s sessions except those verified evidence ties to a key in
-/// `valid` (the fingerprints valid for the user now) or to a login without a key (the rule is in
+/// A session check: ends `user`'s sessions except those verified evidence ties to a key or a
+/// certificate `valid` for the user now or to a login without a key (the rule is in
 /// [`crate::sessions::revoke`]); returns how many. The login audit says which key opened which
 /// session, the applier ends them (on a blocking thread: it reads `/proc` and signals).
 async fn end_revoked(
     records: &SessionRecords,
     applier: Arc<dyn Applier>,
     user: &UnixUser,
-    valid: &[String],
+    valid: &ValidNow,
 ) -> Result<u32, String> {
     let (attribution, overflows) = records.attribution(user.as_str()).await;
     let incomplete = attribution.incomplete;
-    let (u, valid) = (user.clone(), valid.to_vec());
+    let (u, valid) = (user.clone(), valid.clone());
     let ended =
         tokio::task::spawn_blocking(move || applier.end_revoked_sessions(&u, &attribution, &valid));
     let result = match ended.await {
@@ -932,11 +958,16 @@ impl Agent {
             .insert(user.to_string(), done.fingerprints.clone());
         let now = Utc::now();
         let valid = ValidKeys::of(desired, done);
-        let valid_now = valid.at(now);
-        let lost = self
-            .valid
-            .get(user.as_str())
-            .is_some_and(|before| before.at(now).iter().any(|fp| !valid_now.contains(fp)));
+        let valid_now = valid.now(now);
+        // A key gone, or a certificate revoked since (the control plane raises the epoch for
+        // that too; this does not wait for it).
+        let lost = self.valid.get(user.as_str()).is_some_and(|before| {
+            before.at(now).iter().any(|fp| !valid_now.keys.contains(fp))
+                || valid_now
+                    .revoked_certificate_ids
+                    .iter()
+                    .any(|id| !before.revoked_certificate_ids.contains(id))
+        });
         self.valid.insert(user.to_string(), valid);
         if epoch.is_some() || lost || !done.added.is_empty() {
             self.sessions.check(SessionCheck {
@@ -1110,17 +1141,17 @@ impl Agent {
         let now = Utc::now();
         let mut checks = Vec::new();
         for (user, valid) in &self.valid {
-            let expired = valid.0.values().flatten().any(|t| *t <= now);
+            let expired = valid.keys.values().flatten().any(|t| *t <= now);
             if expired && let Ok(user) = user.parse::<UnixUser>() {
                 let mut keep = valid.clone();
-                keep.0.retain(|_, t| t.is_none_or(|t| t > now));
+                keep.keys.retain(|_, t| t.is_none_or(|t| t > now));
                 checks.push((user, keep));
             }
         }
         for (user, keep) in checks {
             self.sessions.check(SessionCheck {
                 user: user.clone(),
-                valid: keep.at(now),
+                valid: keep.now(now),
                 epoch: None,
             });
             self.valid.insert(user.to_string(), keep);

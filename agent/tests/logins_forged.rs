@@ -201,8 +201,12 @@ fn a_flood_of_forged_accepted_lines_does_not_save_a_revoked_session() {
     );
 
     // Revoke the key that opened the first session: only `kept` is valid now.
-    let ended =
-        revoke::end_revoked_sessions(&user.name, &a.attribution(&name), &[kept_fp]).unwrap();
+    let ended = revoke::end_revoked_sessions(
+        &user.name,
+        &a.attribution(&name),
+        &revoke::ValidNow::keys_only([kept_fp]),
+    )
+    .unwrap();
     assert_eq!(ended, 1);
     wait_for(
         Duration::from_secs(5),

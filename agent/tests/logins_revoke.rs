@@ -253,7 +253,12 @@ fn a_session_the_log_does_not_attribute_is_ended() {
         first.fingerprint().to_string(),
         second.fingerprint().to_string(),
     ];
-    let ended = revoke::end_revoked_sessions(&user.name, &attribution, &valid).unwrap();
+    let ended = revoke::end_revoked_sessions(
+        &user.name,
+        &attribution,
+        &revoke::ValidNow::keys_only(valid),
+    )
+    .unwrap();
     assert_eq!(ended, 1);
     wait_for(ENDS_WITHIN, "the unattributed session to end", || {
         (!unknown.running()).then_some(())

@@ -93,7 +93,9 @@ fn a_tenant_sshd_with_a_thousand_connections_does_not_stall_a_revocation() {
     // The key is revoked: nothing is valid for the user any more.
     let attribution = a.attribution(&name);
     let before = procs::snapshots_taken();
-    let ended = revoke::end_revoked_sessions(&user.name, &attribution, &[]).unwrap();
+    let ended =
+        revoke::end_revoked_sessions(&user.name, &attribution, &revoke::ValidNow::default())
+            .unwrap();
     assert_eq!(
         procs::snapshots_taken() - before,
         1,

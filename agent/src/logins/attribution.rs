@@ -32,6 +32,7 @@ pub fn of_user<'a>(
                 pid: (s.pid != 0).then(|| i32::try_from(s.pid).ok()).flatten(),
                 method: LoginMethod::try_from(s.method).unwrap_or(LoginMethod::Other),
                 fingerprint: s.fingerprint.clone(),
+                certificate_id: s.certificate_id.clone(),
                 closed: s.closed,
             })
         })
@@ -47,7 +48,7 @@ pub fn of_user<'a>(
 mod tests {
     use super::*;
     use crate::procs::ProcSnapshot;
-    use crate::sessions::revoke::{Verdict, decide};
+    use crate::sessions::revoke::{ValidNow, Verdict, decide};
     use crate::sessions::{self, Role, SessionProcess, SessionTree};
 
     fn tree(root: i32, below: &[i32]) -> SessionTree {
@@ -78,6 +79,7 @@ mod tests {
             cursor: 1,
             closed: false,
             verified: true,
+            certificate_id: None,
         }
     }
 
@@ -86,6 +88,32 @@ mod tests {
     }
 
     const NEW: &str = "SHA256:new";
+
+    fn valid_new() -> ValidNow {
+        ValidNow::keys_only([NEW])
+    }
+
+    /// bob's login by a certificate with `key_id` for the key `fingerprint`.
+    fn by_certificate(port: u32, key_id: &str, fingerprint: &str) -> OpenSession {
+        OpenSession {
+            key_type: "ED25519-CERT".into(),
+            certificate_id: Some(key_id.into()),
+            ..session(port, "bob", fingerprint, 0)
+        }
+    }
+
+    /// One tree per session, the session on port `1000 * n` held by tree `n`'s monitor.
+    fn judge(open: &[OpenSession], valid: &ValidNow) -> Vec<Verdict> {
+        let trees: Vec<SessionTree> = (1..=open.len() as i32)
+            .map(|n| tree(100 * n, &[100 * n + 1]))
+            .collect();
+        decide(&trees, &of_bob(open), valid, |s| {
+            vec![i32::from(s.source.port()) / 10]
+        })
+    }
+
+    const T1: &str = "keyward:acme:tenant:1";
+    const T2: &str = "keyward:acme:tenant:2";
 
     #[test]
     fn only_sessions_of_valid_keys_stay() {
@@ -99,7 +127,7 @@ mod tests {
         assert_eq!(attribution.sessions.len(), 2);
         // Client port 1000 is held by the first tree's processes, 2000 by the second's; the
         // third tree is a session the log never mentioned.
-        let verdicts = decide(&trees, &attribution, &[NEW.into()], |s| {
+        let verdicts = decide(&trees, &attribution, &valid_new(), |s| {
             match s.source.port() {
                 1000 => vec![100, 101],
                 2000 => vec![200, 201],
@@ -124,10 +152,12 @@ mod tests {
             vec![true, false, true]
         );
         // With no key valid any more, nothing stays.
-        let none = decide(&trees, &attribution, &[], |s| match s.source.port() {
-            1000 => vec![100],
-            2000 => vec![200],
-            _ => vec![],
+        let none = decide(&trees, &attribution, &ValidNow::default(), |s| {
+            match s.source.port() {
+                1000 => vec![100],
+                2000 => vec![200],
+                _ => vec![],
+            }
         });
         assert!(none.iter().all(Verdict::ends), "{none:?}");
     }
@@ -140,20 +170,20 @@ mod tests {
         let attribution = of_bob(&[forged]);
         assert!(attribution.sessions.is_empty());
         assert_eq!(
-            decide(&trees, &attribution, &[NEW.into()], |_| vec![100]),
+            decide(&trees, &attribution, &valid_new(), |_| vec![100]),
             vec![Verdict::Unknown]
         );
         // A verified record whose connection is not found in /proc.
         let attribution = of_bob(&[session(1000, "bob", NEW, 0)]);
         assert_eq!(
-            decide(&trees, &attribution, &[NEW.into()], |_| vec![]),
+            decide(&trees, &attribution, &valid_new(), |_| vec![]),
             vec![Verdict::Unknown]
         );
         // The table overflowed for bob: even a session of a valid key ends.
         let mut incomplete = of_bob(&[session(1000, "bob", NEW, 0)]);
         incomplete.incomplete = true;
         assert_eq!(
-            decide(&trees, &incomplete, &[NEW.into()], |_| vec![100]),
+            decide(&trees, &incomplete, &valid_new(), |_| vec![100]),
             vec![Verdict::Incomplete]
         );
     }
@@ -165,7 +195,7 @@ mod tests {
             session(1000, "bob", NEW, 100),
             session(2000, "bob", NEW, 999),
         ];
-        let verdicts = decide(&trees, &of_bob(&open), &[NEW.into()], |s| {
+        let verdicts = decide(&trees, &of_bob(&open), &valid_new(), |s| {
             match s.source.port() {
                 1000 => vec![100, 101],
                 _ => vec![200, 201],
@@ -193,7 +223,7 @@ mod tests {
             session(2000, "bob", "SHA256:old", 0),
             other,
         ];
-        let verdicts = decide(&trees, &of_bob(&open), &[NEW.into()], |s| {
+        let verdicts = decide(&trees, &of_bob(&open), &valid_new(), |s| {
             match s.source.port() {
                 1000 => vec![100],
                 2000 => vec![200],
@@ -207,12 +237,9 @@ mod tests {
         assert!(verdicts[1].ends(), "claimed by a key that is not valid too");
         assert!(verdicts[2].ends(), "a keyless login of another kind");
         // Nothing known: everything ends (the behaviour without the audit).
-        let none = decide(
-            &trees,
-            &SessionAttribution::unknown(),
-            &[NEW.into()],
-            |_| vec![100, 200, 300],
-        );
+        let none = decide(&trees, &SessionAttribution::unknown(), &valid_new(), |_| {
+            vec![100, 200, 300]
+        });
         assert!(none.iter().all(|v| *v == Verdict::Unknown));
     }
 
@@ -224,15 +251,128 @@ mod tests {
         let mut genuine = session(1000, "bob", "SHA256:old", 0);
         genuine.closed = true;
         let forged = session(1000, "bob", NEW, 0);
-        let verdicts = decide(&trees, &of_bob(&[genuine, forged]), &[NEW.into()], |_| {
+        let verdicts = decide(&trees, &of_bob(&[genuine, forged]), &valid_new(), |_| {
             vec![100]
         });
         assert!(verdicts[0].ends(), "{verdicts:?}");
         // A closed record of a valid key is no reason to keep anything.
         let mut old = session(1000, "bob", NEW, 0);
         old.closed = true;
-        let verdicts = decide(&trees, &of_bob(&[old]), &[NEW.into()], |_| vec![100]);
+        let verdicts = decide(&trees, &of_bob(&[old]), &valid_new(), |_| vec![100]);
         assert!(verdicts[0].ends());
+    }
+
+    #[test]
+    fn certificate_sessions_stay_unless_their_key_id_is_revoked_or_their_key_denied() {
+        let open = [
+            by_certificate(1000, T1, "SHA256:one"),
+            by_certificate(2000, T2, "SHA256:two"),
+            by_certificate(3000, "keyward:acme:tenant:3", "SHA256:denied"),
+            session(4000, "bob", NEW, 0),
+        ];
+        // Nothing revoked: a certified key is never among the valid keys, yet its session stays
+        // (it used to end at every raised epoch).
+        let verdicts = judge(&open, &valid_new());
+        assert!(verdicts.iter().all(|v| !v.ends()), "{verdicts:?}");
+        // The first certificate revoked, the third's key denied.
+        let valid = ValidNow {
+            revoked_certificate_ids: vec![T1.into()],
+            denied_fingerprints: vec!["SHA256:denied".into()],
+            ..valid_new()
+        };
+        assert_eq!(
+            judge(&open, &valid),
+            vec![
+                Verdict::RevokedCertificate {
+                    source: "127.0.0.1:1000".parse().unwrap(),
+                    key_id: T1.into(),
+                },
+                Verdict::Keep {
+                    source: "127.0.0.1:2000".parse().unwrap()
+                },
+                Verdict::NotValid {
+                    source: "127.0.0.1:3000".parse().unwrap(),
+                    fingerprint: "SHA256:denied".into(),
+                },
+                Verdict::Keep {
+                    source: "127.0.0.1:4000".parse().unwrap()
+                },
+            ]
+        );
+        // A revoked certificate ends its session even when its key is also a valid plain key:
+        // the certificate is what sshd checked.
+        let both = ValidNow {
+            keys: vec![NEW.into(), "SHA256:one".into()],
+            ..valid.clone()
+        };
+        assert!(judge(&open, &both)[0].ends());
+        // Every key id revoked: only the plain key's session stays.
+        let all = ValidNow {
+            revoked_certificate_ids: vec![T1.into(), T2.into(), "keyward:acme:tenant:3".into()],
+            ..valid_new()
+        };
+        assert_eq!(
+            judge(&open, &all)
+                .iter()
+                .map(Verdict::ends)
+                .collect::<Vec<_>>(),
+            vec![true, true, true, false]
+        );
+    }
+
+    #[test]
+    fn a_certificate_record_that_cannot_keep_a_session() {
+        let revoked_t1 = ValidNow {
+            revoked_certificate_ids: vec![T1.into()],
+            ..valid_new()
+        };
+        // A forged line: never recorded, so nothing keeps the session.
+        let mut forged = by_certificate(1000, T2, "SHA256:two");
+        forged.verified = false;
+        assert_eq!(judge(&[forged], &revoked_t1), vec![Verdict::Unknown]);
+        // Closed, or naming another monitor.
+        let mut closed = by_certificate(1000, T2, "SHA256:two");
+        closed.closed = true;
+        assert!(judge(&[closed], &revoked_t1)[0].ends());
+        let mut elsewhere = by_certificate(1000, T2, "SHA256:two");
+        elsewhere.pid = 999;
+        assert!(judge(&[elsewhere], &revoked_t1)[0].ends());
+        // Its key id lost (too long to trust, or a record of an older agent): a login by the
+        // certified key, which is not valid.
+        let mut no_id = by_certificate(1000, T2, "SHA256:two");
+        no_id.certificate_id = None;
+        assert!(judge(&[no_id], &revoked_t1)[0].ends());
+        // Not a public-key login (hostbased with a host certificate): the key rule.
+        let mut hostbased = by_certificate(1000, T2, "SHA256:two");
+        hostbased.method = LoginMethod::Other as i32;
+        assert!(judge(&[hostbased], &revoked_t1)[0].ends());
+        // A genuine login with the revoked certificate and a forged "Accepted" with a good one
+        // for the same connection: the ending claim wins.
+        let mut genuine = by_certificate(1000, T1, "SHA256:one");
+        genuine.closed = true;
+        let claimed = by_certificate(1000, T2, "SHA256:two");
+        let trees = [tree(100, &[101])];
+        let verdicts = decide(&trees, &of_bob(&[genuine, claimed]), &revoked_t1, |_| {
+            vec![100]
+        });
+        assert!(verdicts[0].ends(), "{verdicts:?}");
+    }
+
+    #[test]
+    fn an_escaped_key_id_is_kept_only_while_nothing_is_revoked() {
+        // sshd logged a key id with a control character as `\011`: which certificate it is
+        // cannot be told from the log.
+        let escaped = [by_certificate(
+            1000,
+            r"keyward:acme:tenant:1\011",
+            "SHA256:one",
+        )];
+        assert!(!judge(&escaped, &valid_new())[0].ends());
+        let revoked_t2 = ValidNow {
+            revoked_certificate_ids: vec![T2.into()],
+            ..valid_new()
+        };
+        assert!(judge(&escaped, &revoked_t2)[0].ends());
     }
 
     #[test]
@@ -286,7 +426,7 @@ mod tests {
             // A record for the python's connection ties nothing to any session.
             session(0xC2AA, "bob", NEW, 0),
         ];
-        let verdicts = decide(&trees, &of_bob(&open), &[NEW.into()], |s| {
+        let verdicts = decide(&trees, &of_bob(&open), &valid_new(), |s| {
             snapshot.holders(s.source)
         });
         assert_eq!(

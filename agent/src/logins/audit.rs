@@ -351,6 +351,9 @@ impl LoginAudit {
                     cursor,
                     closed: false,
                     verified: true,
+                    certificate_id: key
+                        .and_then(|k| k.certificate.as_ref())
+                        .map(|c| c.key_id.clone()),
                 });
                 if sessions.len() > MAX_OPEN_SESSIONS {
                     // A journal batch has no snapshot: read /proc now (once per overflow).
@@ -559,6 +562,10 @@ pub const MAX_EVENT_USER: usize = 64;
 pub const MAX_EVENT_KEY_TYPE: usize = 32;
 /// Longest fingerprint an event carries (`SHA256:` and 43 characters); a longer one is dropped.
 pub const MAX_EVENT_FINGERPRINT: usize = 64;
+/// Longest certificate key id an event carries: what the parser reads at most (a longer one is
+/// no certificate there, see [`sshd_log::MAX_CERTIFICATE_KEY_ID`]); a longer one is dropped,
+/// not cut (a cut key id would name another certificate).
+pub const MAX_EVENT_CERTIFICATE_ID: usize = sshd_log::MAX_CERTIFICATE_KEY_ID;
 
 /// At most `max` bytes of `text`, cut on a character boundary. A line anyone can write (a
 /// `logger` line read from auth.log) must not make a batch the control plane refuses (1 MiB),
@@ -600,6 +607,11 @@ pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent>
                 LoginOutcome::Failed
             };
             let key = auth.key.as_ref();
+            // A certificate's fields come together or not at all.
+            let certificate = key.and_then(|k| k.certificate.as_ref()).filter(|c| {
+                c.key_id.len() <= MAX_EVENT_CERTIFICATE_ID
+                    && c.ca_fingerprint.len() <= MAX_EVENT_FINGERPRINT
+            });
             Some(LoginEvent {
                 method: method(&auth.method) as i32,
                 key_type: key
@@ -608,6 +620,11 @@ pub fn login_event(line: &LogLine, read_at: DateTime<Utc>) -> Option<LoginEvent>
                 fingerprint: key
                     .map(|k| k.fingerprint.clone())
                     .filter(|f| f.len() <= MAX_EVENT_FINGERPRINT)
+                    .unwrap_or_default(),
+                certificate_id: certificate.map(|c| c.key_id.clone()).unwrap_or_default(),
+                certificate_serial: certificate.map_or(0, |c| c.serial),
+                certificate_ca: certificate
+                    .map(|c| c.ca_fingerprint.clone())
                     .unwrap_or_default(),
                 ..base(outcome, &auth.user, auth.source)
             })
@@ -718,6 +735,65 @@ mod tests {
         LoginAudit::open(&config, dir, &wake)
             .unwrap()
             .with_proc_root(fake_proc(tmp))
+    }
+
+    #[test]
+    fn a_certificate_login_names_its_certificate_in_the_event_and_the_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("sshd.log");
+        let ca = "SHA256:0aTnZ2VdQ5m4J1lB3w9oYcFh7QeXr8sKpLu6vN2bDgE";
+        append(
+            &log,
+            &format!(
+                "Accepted publickey for bob from 127.0.0.1 port 100 ssh2: ED25519-CERT {FP1} ID keyward:acme:tenant:3 (serial 12345) CA ED25519 {ca}\n\
+                 Accepted publickey for bob from 127.0.0.1 port 200 ssh2: ED25519 {FP2}\n\
+                 Failed publickey for bob from 127.0.0.1 port 300 ssh2: ED25519-CERT {FP2} ID {} (serial 1) CA ED25519 {ca}\n",
+                "k".repeat(MAX_EVENT_CERTIFICATE_ID + 1)
+            ),
+        );
+        let mut a = audit(tmp.path(), 100);
+        assert_eq!(a.read_available(1000).unwrap().added, 3);
+        let [cert, plain, long] = a.spooled() else {
+            panic!("{:?}", a.spooled())
+        };
+        assert!(cert.verified);
+        assert_eq!(
+            (cert.key_type.as_str(), cert.fingerprint.as_str()),
+            ("ED25519-CERT", FP1)
+        );
+        assert_eq!(
+            (
+                cert.certificate_id.as_str(),
+                cert.certificate_serial,
+                cert.certificate_ca.as_str()
+            ),
+            ("keyward:acme:tenant:3", 12345, ca)
+        );
+        for event in [plain, long] {
+            assert_eq!(
+                (
+                    event.certificate_id.as_str(),
+                    event.certificate_serial,
+                    event.certificate_ca.as_str()
+                ),
+                ("", 0, ""),
+                "{event:?}"
+            );
+        }
+        // A key id too long to trust: still the attempt, by the certified key.
+        assert_eq!(long.fingerprint, FP2);
+        // The record a revocation reads keeps the key id, across a restart.
+        let ids = |a: &LoginAudit| -> Vec<Option<String>> {
+            a.attribution("bob")
+                .sessions
+                .iter()
+                .map(|s| s.certificate_id.clone())
+                .collect()
+        };
+        let want = vec![Some("keyward:acme:tenant:3".to_owned()), None];
+        assert_eq!(ids(&a), want);
+        drop(a);
+        assert_eq!(ids(&audit(tmp.path(), 100)), want);
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct OpenSession {
     /// `false` and count for nothing.
     #[prost(bool, tag = "10")]
     pub verified: bool,
+    /// The certificate's key id (as sshd logged it) for a login by certificate; `fingerprint` is
+    /// then the certified key's. Absent in records of older agents: their certificate logins
+    /// count as logins by the certified key, which keep no session.
+    #[prost(string, optional, tag = "11")]
+    pub certificate_id: Option<String>,
 }
 
 impl Saved {

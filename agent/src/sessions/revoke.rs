@@ -1,16 +1,20 @@
 //! Revocation, exactly: which of a user's live SSH sessions a raised session epoch ends.
 //!
-//! The control plane raises a user's `session_epoch` on revoke and regenerate. The caller names
-//! the keys that are **valid** for the user right now (what the apply just left in its
-//! `authorized_keys`). The login audit tells which key opened which session
+//! The control plane raises a user's `session_epoch` on revoke and regenerate (of a key or of a
+//! certificate). The caller says what is **valid** for the user right now ([`ValidNow`]): the
+//! keys the apply just left in its `authorized_keys`, and of the certificates, which key ids
+//! keyward revoked and which keys it denied. The login audit tells which key opened which session
 //! ([`SessionAttribution`], from the verified login records it keeps), and one read of `/proc`
 //! ([`ProcSnapshot`]) tells which processes are which session and which connection each holds.
 //!
 //! The rule, per session (one `[priv]` monitor and the user's processes below it): it is
-//! **kept** only when verified evidence ties it to a key that is valid for the user now, or to a
-//! login without a key (password, keyboard-interactive). Everything else is **ended**:
+//! **kept** only when verified evidence ties it to a key that is valid for the user now, to a
+//! certificate that is (its key id not revoked, its certified key not denied), or to a login
+//! without a key (password, keyboard-interactive). Everything else is **ended**:
 //!
-//! - a record ties it to a key that is not valid (revoked, replaced, never the user's);
+//! - a record ties it to a key that is not valid (revoked, replaced, never the user's), or to a
+//!   certificate whose key id is revoked or whose certified key is denied (a certified key is
+//!   never in `authorized_keys`: sshd checked the certificate, so its key id is what counts);
 //! - no verified record ties it to anything (opened before the agent read the log, a line lost,
 //!   the audit off, the login only claimed by an unverified line, the connection not found in
 //!   `/proc`);
@@ -18,6 +22,13 @@
 //!   the table no longer holds might have spoken against any session;
 //! - two records claim it and one of them is not for keeping (a closed record, a record whose
 //!   logged pid is not the session's monitor, a record of another key).
+//!
+//! A certificate's key id is compared as sshd logged it: sshd escapes control characters, bytes
+//! outside ASCII and backslashes with a backslash, so a logged key id with a backslash may not be
+//! the certificate's own. Such a certificate's session is kept only while the user has no
+//! revoked certificate at all (keyward's own key ids, `keyward:{tenant}:{kind}:{n}`, have none).
+//! A certificate line whose key id was too long to trust ([`keyward_common::sshd_log`]) carries
+//! no key id and counts as a login by its certified key, which is never valid: it ends.
 //!
 //! Ending a session that could have stayed costs a reconnect; keeping one opened with a revoked
 //! key would defeat the revocation.
@@ -61,10 +72,45 @@ pub struct AttributedSession {
     /// The monitor's pid, when the log names it.
     pub pid: Option<i32>,
     pub method: LoginMethod,
-    /// Empty for a login without a key.
+    /// Empty for a login without a key; the certified key's for a certificate.
     pub fingerprint: String,
+    /// The certificate's key id (as sshd logged it) for a login by certificate.
+    pub certificate_id: Option<String>,
     /// sshd logged its end, or another login came from the same address and port.
     pub closed: bool,
+}
+
+/// What is valid for a user now, which a session must be tied to to stay (module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidNow {
+    /// Fingerprints of the keys valid for the user now: the managed keys the apply left in the
+    /// file (not past their grace period) and the user's own.
+    pub keys: Vec<String>,
+    /// Key ids of certificates keyward revoked that may still be within their validity, for the
+    /// user's principals (`ManagedUser.revoked_certificate_ids`).
+    pub revoked_certificate_ids: Vec<String>,
+    /// Fingerprints keyward denied (`ManagedUser.denied_fingerprints`): a certificate of one of
+    /// these keys keeps no session.
+    pub denied_fingerprints: Vec<String>,
+}
+
+impl ValidNow {
+    /// Only `keys` are valid; no certificate is revoked, no key denied.
+    pub fn keys_only(keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            keys: keys.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether a certificate with `key_id` (as sshd logged it) may be one keyward revoked.
+    fn certificate_revoked(&self, key_id: &str) -> bool {
+        if self.revoked_certificate_ids.is_empty() {
+            return false;
+        }
+        // Escaped by sshd's log: not comparable with the certificate's own key id.
+        key_id.contains('\\') || self.revoked_certificate_ids.iter().any(|r| r == key_id)
+    }
 }
 
 impl SessionAttribution {
@@ -80,11 +126,14 @@ pub enum Verdict {
     /// Verified evidence ties it to a valid key, or to a login without a key.
     Keep { source: SocketAddr },
     /// A record ties it to a key that is not valid for the user now (empty: a login of another
-    /// kind without a key).
+    /// kind without a key), or to a certificate of a denied key.
     NotValid {
         source: SocketAddr,
         fingerprint: String,
     },
+    /// A record ties it to a certificate whose key id is revoked (or, escaped in the log, may
+    /// be: module docs).
+    RevokedCertificate { source: SocketAddr, key_id: String },
     /// A record claims it that cannot keep it: closed, or naming another monitor's pid.
     Contested { source: SocketAddr },
     /// No verified record ties it to a login.
@@ -100,33 +149,50 @@ impl Verdict {
 }
 
 /// What one record says about a tree it claims.
-fn claim(session: &AttributedSession, tree: &SessionTree, valid: &[String]) -> Verdict {
+fn claim(session: &AttributedSession, tree: &SessionTree, valid: &ValidNow) -> Verdict {
     let source = session.source;
     if session.closed || session.pid.is_some_and(|pid| pid != tree.root.pid) {
         return Verdict::Contested { source };
+    }
+    let not_valid = || Verdict::NotValid {
+        source,
+        fingerprint: session.fingerprint.clone(),
+    };
+    if let Some(key_id) = &session.certificate_id
+        && session.method == LoginMethod::Publickey
+    {
+        return if valid.certificate_revoked(key_id) {
+            Verdict::RevokedCertificate {
+                source,
+                key_id: key_id.clone(),
+            }
+        } else if session.fingerprint.is_empty()
+            || valid.denied_fingerprints.contains(&session.fingerprint)
+        {
+            not_valid()
+        } else {
+            Verdict::Keep { source }
+        };
     }
     let keyless = matches!(
         session.method,
         LoginMethod::Password | LoginMethod::KeyboardInteractive
     );
     if session.fingerprint.is_empty() && keyless
-        || !session.fingerprint.is_empty() && valid.contains(&session.fingerprint)
+        || !session.fingerprint.is_empty() && valid.keys.contains(&session.fingerprint)
     {
         Verdict::Keep { source }
     } else {
-        Verdict::NotValid {
-            source,
-            fingerprint: session.fingerprint.clone(),
-        }
+        not_valid()
     }
 }
 
-/// Judges each tree against `valid`, the fingerprints valid for the user now: `holders` names
-/// the sshd processes holding a record's connection (from the revocation's one snapshot).
+/// Judges each tree against what is `valid` for the user now: `holders` names the sshd
+/// processes holding a record's connection (from the revocation's one snapshot).
 pub fn decide(
     trees: &[SessionTree],
     attribution: &SessionAttribution,
-    valid: &[String],
+    valid: &ValidNow,
     mut holders: impl FnMut(&AttributedSession) -> Vec<i32>,
 ) -> Vec<Verdict> {
     if attribution.incomplete {
@@ -152,13 +218,13 @@ pub fn decide(
         .collect()
 }
 
-/// Ends `user`'s sessions that the rule (module docs) ends, with `valid` the fingerprints valid
-/// for the user now; returns how many sessions. Reads `/proc` once ([`ProcSnapshot`]), plus one
-/// re-read of each process right before it is signalled.
+/// Ends `user`'s sessions that the rule (module docs) ends, with `valid` what is valid for the
+/// user now; returns how many sessions. Reads `/proc` once ([`ProcSnapshot`]), plus one re-read
+/// of each process right before it is signalled.
 pub fn end_revoked_sessions(
     user: &UnixUser,
     attribution: &SessionAttribution,
-    valid: &[String],
+    valid: &ValidNow,
 ) -> Result<u32, SessionError> {
     let uid = sessions::user_uid(user)?;
     let snapshot = sessions::snapshot(Path::new("/proc"), &attribution.trust, uid)?;
@@ -171,7 +237,7 @@ pub fn end_in_snapshot(
     user: &UnixUser,
     uid: u32,
     attribution: &SessionAttribution,
-    valid: &[String],
+    valid: &ValidNow,
 ) -> Result<u32, SessionError> {
     let trees = sessions::session_trees(snapshot, user.as_str(), uid);
     if trees.is_empty() {
@@ -185,13 +251,16 @@ pub fn end_in_snapshot(
         let pid = tree.root.pid;
         match &verdict {
             Verdict::Keep { source } => {
-                tracing::info!(%user, pid, %source, "leaving a session opened with a key that is valid")
+                tracing::info!(%user, pid, %source, "leaving a session opened with a key or certificate that is valid")
             }
             Verdict::NotValid {
                 source,
                 fingerprint,
             } => {
                 tracing::info!(%user, pid, %source, %fingerprint, "ending a session opened with a key that is not valid")
+            }
+            Verdict::RevokedCertificate { source, key_id } => {
+                tracing::info!(%user, pid, %source, %key_id, "ending a session opened with a revoked certificate")
             }
             Verdict::Contested { source } => {
                 tracing::info!(%user, pid, %source, "ending a session more than one login claims")
