@@ -1,7 +1,10 @@
 //! Revocation, exactly, with a real sshd, real users and real sessions: one user, two sessions
 //! opened with two keys; revoking one key (a state that denies it and raises the session epoch)
-//! ends that key's session with its processes and leaves the other running. A session the log
-//! does not attribute is ended (the fallback).
+//! ends that key's session with its processes and leaves the other running. The same with two
+//! certificates (signed by ssh-keygen, trusted by sshd through the agent's certificate files):
+//! a raised epoch alone ends neither, revoking one key id ends exactly its session, and the
+//! login events name each certificate. A session the log does not attribute is ended (the
+//! fallback).
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -9,6 +12,7 @@
 mod logins_support;
 mod runtime_support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use keyward_agent::config::SshdTrust;
 use keyward_agent::procs::ProcSnapshot;
 use keyward_agent::sessions::revoke;
 use keyward_agent::sessions::{self, SessionTree};
+use keyward_agent::writer::{SshdFiles, apply_sshd_files};
 use keyward_agent::{RuntimeDeps, UserConfig, UserMode};
 use keyward_common::keys::GeneratedKey;
 use keyward_common::proto::agent_message::Msg;
@@ -63,6 +68,24 @@ fn desired(
             revoked_certificate_ids: vec![],
         }],
         sshd: None,
+    }
+}
+
+/// Answers every login batch and keeps its events; returns the next other message.
+async fn next(s: &mut Session, logins: &mut Vec<LoginEvent>) -> Msg {
+    loop {
+        match s.recv().await {
+            Msg::Logins(batch) => {
+                let cursor = batch.events.last().unwrap().cursor;
+                logins.extend(batch.events);
+                s.to_agent
+                    .send(Ok(ControlMessage {
+                        msg: Some(control_message::Msg::LoginAck(LoginAck { cursor })),
+                    }))
+                    .unwrap();
+            }
+            other => return other,
+        }
     }
 }
 
@@ -139,23 +162,6 @@ async fn revoking_a_key_ends_only_the_session_it_opened() {
     }));
     let mut s = hub.session().await;
     let mut logins: Vec<LoginEvent> = Vec::new();
-    // Answers every login batch and keeps its events; returns the next other message.
-    async fn next(s: &mut Session, logins: &mut Vec<LoginEvent>) -> Msg {
-        loop {
-            match s.recv().await {
-                Msg::Logins(batch) => {
-                    let cursor = batch.events.last().unwrap().cursor;
-                    logins.extend(batch.events);
-                    s.to_agent
-                        .send(Ok(ControlMessage {
-                            msg: Some(control_message::Msg::LoginAck(LoginAck { cursor })),
-                        }))
-                        .unwrap();
-                }
-                other => return other,
-            }
-        }
-    }
     assert!(matches!(next(&mut s, &mut logins).await, Msg::Hello(_)));
 
     // Both keys are the user's; one session with each.
@@ -273,4 +279,257 @@ fn a_session_the_log_does_not_attribute_is_ended() {
             .len(),
         1
     );
+}
+
+const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+
+fn keygen(args: &[&str]) {
+    let out = std::process::Command::new(SSH_KEYGEN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{SSH_KEYGEN}: {e} (apt-get install openssh-client)"));
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A user CA made by ssh-keygen (the Vault-backed CA is tested in the integration tests).
+struct UserCa {
+    dir: tempfile::TempDir,
+}
+
+impl UserCa {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ca");
+        keygen(&["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
+        Self { dir }
+    }
+
+    /// The CA's public key, `type base64`.
+    fn public(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("ca.pub")).unwrap();
+        keyward_common::keys::canonical_public_key(&text).unwrap()
+    }
+
+    fn fingerprint(&self) -> String {
+        keyward_common::keys::public_key_fingerprint(&self.public())
+            .unwrap()
+            .to_string()
+    }
+
+    /// Signs `key` (whose private half is at `path`) for `principal` as `{path}-cert.pub`, which
+    /// ssh offers along with `-i path`.
+    fn sign(
+        &self,
+        key: &GeneratedKey,
+        path: &std::path::Path,
+        key_id: &str,
+        principal: &str,
+        serial: u64,
+    ) {
+        let public = format!("{}.pub", path.display());
+        std::fs::write(&public, key.public_openssh()).unwrap();
+        keygen(&[
+            "-q",
+            "-s",
+            self.dir.path().join("ca").to_str().unwrap(),
+            "-I",
+            key_id,
+            "-n",
+            principal,
+            "-z",
+            &serial.to_string(),
+            "-V",
+            "-5m:+1h",
+            &public,
+        ]);
+    }
+}
+
+/// An in-process agent with the real writer and session killer, managing one user and reading
+/// sshd's log, on a stream to a test hub that answers its login batches.
+struct RunningAgent {
+    enrolled: Enrolled,
+    stream: Session,
+    /// Every login event the agent sent so far.
+    logins: Vec<LoginEvent>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    _hub: TestHub,
+    _pki: Pki,
+}
+
+impl RunningAgent {
+    async fn start(user: &TestUser, sshd: &Sshd) -> Self {
+        let pki = Pki::new();
+        let mut hub = TestHub::start(&pki).await;
+        let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
+        let mut config = enrolled.config();
+        config.users = vec![UserConfig {
+            name: user.name.clone(),
+            mode: UserMode::Preserve,
+        }];
+        config.logins = LoginsConfig::file(&sshd.log);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let deps = RuntimeDeps {
+            applier: Arc::new(SystemApplier::default()),
+            watch_events: None,
+            notifier: None,
+            status: None,
+        };
+        let task = tokio::spawn(async move {
+            keyward_agent::run_with(config, deps, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let mut stream = hub.session().await;
+        let mut logins = Vec::new();
+        assert!(matches!(
+            next(&mut stream, &mut logins).await,
+            Msg::Hello(_)
+        ));
+        Self {
+            enrolled,
+            stream,
+            logins,
+            stop,
+            task,
+            _hub: hub,
+            _pki: pki,
+        }
+    }
+
+    /// Sends `state`, signed; returns what applying it did to the (one) user.
+    async fn apply(&mut self, state: &DesiredState) -> keyward_common::proto::UserResult {
+        self.stream.send_state(self.enrolled.sign(state));
+        let Msg::Applied(applied) = next(&mut self.stream, &mut self.logins).await else {
+            panic!("expected Applied")
+        };
+        applied.users.into_iter().next().unwrap()
+    }
+
+    /// The accepted login whose event `matches`, waiting for the agent to send it (bounded).
+    async fn accepted(&mut self, matches: impl Fn(&LoginEvent) -> bool) -> LoginEvent {
+        loop {
+            let found = self
+                .logins
+                .iter()
+                .find(|e| e.outcome == LoginOutcome::Accepted as i32 && matches(e));
+            if let Some(found) = found {
+                return found.clone();
+            }
+            let Msg::Logins(batch) = tokio::time::timeout(WAIT, self.stream.recv())
+                .await
+                .unwrap()
+            else {
+                panic!("expected login batches")
+            };
+            let cursor = batch.events.last().unwrap().cursor;
+            self.logins.extend(batch.events);
+            self.stream
+                .to_agent
+                .send(Ok(ControlMessage {
+                    msg: Some(control_message::Msg::LoginAck(LoginAck { cursor })),
+                }))
+                .unwrap();
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        within("the agent to stop", self.task).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_certificate_ends_only_the_session_it_opened() {
+    const PRINCIPAL: &str = "keyward:acme:tenant";
+    const ONE: &str = "keyward:acme:tenant:1";
+    const TWO: &str = "keyward:acme:tenant:2";
+    let homes = homes_dir();
+    let work = tempfile::tempdir().unwrap();
+    let user = TestUser::create_in("lc", homes.path());
+    let name = user.name.to_string();
+    let sshd = Sshd::start(work.path());
+    let ca = UserCa::new();
+    let (one, one_path) = client_key(work.path(), "one");
+    let (two, two_path) = client_key(work.path(), "two");
+    ca.sign(&one, &one_path, ONE, PRINCIPAL, 101);
+    ca.sign(&two, &two_path, TWO, PRINCIPAL, 102);
+    // sshd trusts the CA for the user's principal, in the files the agent writes from a state.
+    apply_sshd_files(
+        &sshd.files_dir,
+        &SshdFiles {
+            user_ca_keys: vec![ca.public()],
+            revoked_keys: Vec::new(),
+            principals: BTreeMap::from([(user.name.clone(), vec![PRINCIPAL.parse().unwrap()])]),
+        },
+    )
+    .unwrap();
+    let mut agent = RunningAgent::start(&user, &sshd).await;
+
+    // No key in the user's file: only the certificates log in, one session each.
+    assert_eq!(agent.apply(&desired(1, &user, &[], &[], 0)).await.error, "");
+    let mut one_session: Proc = tokio::task::block_in_place(|| sshd.open_session(&one_path, &name));
+    let mut two_session: Proc = tokio::task::block_in_place(|| sshd.open_session(&two_path, &name));
+
+    // The control plane hears both logins, each naming its certificate and certified key.
+    let mut ports = Vec::new();
+    for (key_id, key, serial) in [(ONE, &one, 101), (TWO, &two, 102)] {
+        let login = agent.accepted(|e| e.certificate_id == key_id).await;
+        assert!(login.verified, "{login:?}");
+        assert_eq!(login.key_type, "ED25519-CERT");
+        assert_eq!(login.fingerprint, key.fingerprint().to_string());
+        assert_eq!(
+            (login.certificate_serial, login.certificate_ca.as_str()),
+            (serial, ca.fingerprint().as_str())
+        );
+        ports.push(login.source_port);
+    }
+    let trees = sessions::find_session_trees(&user.name, &SshdTrust::default()).unwrap();
+    assert_eq!(trees.len(), 2, "{trees:?}");
+    let one_tree = tree_of(&trees, ports[0]);
+    let two_tree = tree_of(&trees, ports[1]);
+    assert_ne!(one_tree.root.pid, two_tree.root.pid);
+
+    // The epoch rises with no certificate of the user revoked: both sessions stay (a certified
+    // key is never in authorized_keys; such sessions all used to end here).
+    let raised = agent.apply(&desired(2, &user, &[], &[], 1)).await;
+    assert_eq!((raised.error.as_str(), raised.sessions_ended), ("", 0));
+
+    // Revoke the first certificate: its key id is listed and the epoch rises again.
+    let mut revoke = desired(3, &user, &[], &[], 2);
+    revoke.users[0].revoked_certificate_ids = vec![ONE.into()];
+    let revoked = agent.apply(&revoke).await;
+    assert_eq!((revoked.error.as_str(), revoked.sessions_ended), ("", 1));
+    tokio::task::block_in_place(|| {
+        wait_for(
+            ENDS_WITHIN,
+            "the revoked certificate's ssh client to end",
+            || (!one_session.running()).then_some(()),
+        );
+        wait_for(
+            ENDS_WITHIN,
+            "the revoked certificate's session processes to end",
+            || gone(&one_tree).then_some(()),
+        );
+    });
+    assert!(
+        two_session.running(),
+        "the other certificate's session ended too"
+    );
+    let left = sessions::find_session_trees(&user.name, &SshdTrust::default()).unwrap();
+    assert_eq!(
+        left.iter().map(|t| t.root.pid).collect::<Vec<_>>(),
+        vec![two_tree.root.pid]
+    );
+    assert!(!gone(&two_tree), "a process of the kept session is gone");
+
+    agent.stop().await;
+    drop(two_session);
 }
