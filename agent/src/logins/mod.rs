@@ -1,5 +1,6 @@
 //! SSH login audit: every login and attempt in sshd's log goes to the control plane, and a
-//! revocation ends every session that verified evidence does not tie to a key valid now.
+//! revocation ends every session that verified evidence does not tie to a key or certificate
+//! valid now.
 //!
 //! Which source to trust: journald's records carry fields journald sets itself from the sender's
 //! credentials (`_UID`, `_COMM`, `_EXE`, `_SYSTEMD_UNIT`), so the agent takes only root sshd's
