@@ -233,6 +233,7 @@ struct ValidKeys {
     keys: BTreeMap<String, Option<chrono::DateTime<Utc>>>,
     revoked_certificate_ids: Vec<String>,
     denied_fingerprints: Vec<String>,
+    user_revoked: bool,
 }
 
 impl ValidKeys {
@@ -256,6 +257,7 @@ impl ValidKeys {
             keys,
             revoked_certificate_ids: desired.revoked_certificate_ids.clone(),
             denied_fingerprints: desired.denied_fingerprints.clone(),
+            user_revoked: desired.revoked,
         }
     }
 
@@ -265,6 +267,7 @@ impl ValidKeys {
             keys: self.at(now),
             revoked_certificate_ids: self.revoked_certificate_ids.clone(),
             denied_fingerprints: self.denied_fingerprints.clone(),
+            user_revoked: self.user_revoked,
         }
     }
 

@@ -359,6 +359,23 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_user_keeps_no_certificate_session() {
+        let open = [by_certificate(1000, T2, "SHA256:two")];
+        let revoked = ValidNow {
+            user_revoked: true,
+            ..ValidNow::default()
+        };
+        assert_eq!(
+            judge(&open, &revoked),
+            vec![Verdict::RevokedCertificate {
+                source: "127.0.0.1:1000".parse().unwrap(),
+                key_id: T2.into(),
+            }]
+        );
+        assert!(!judge(&open, &ValidNow::default())[0].ends());
+    }
+
+    #[test]
     fn an_escaped_key_id_is_kept_only_while_nothing_is_revoked() {
         // sshd logged a key id with a control character as `\011`: which certificate it is
         // cannot be told from the log.

@@ -23,6 +23,8 @@
 //! - two records claim it and one of them is not for keeping (a closed record, a record whose
 //!   logged pid is not the session's monitor, a record of another key).
 //!
+//! A revoked user (`ManagedUser.revoked`) keeps no session of a key or a certificate.
+//!
 //! A certificate's key id is compared as sshd logged it: sshd escapes control characters, bytes
 //! outside ASCII and backslashes with a backslash, so a logged key id with a backslash may not be
 //! the certificate's own. Such a certificate's session is kept only while the user has no
@@ -92,6 +94,9 @@ pub struct ValidNow {
     /// Fingerprints keyward denied (`ManagedUser.denied_fingerprints`): a certificate of one of
     /// these keys keeps no session.
     pub denied_fingerprints: Vec<String>,
+    /// The user's keyward key is revoked (`ManagedUser.revoked`: every session of the user
+    /// ends): no certificate keeps a session either.
+    pub user_revoked: bool,
 }
 
 impl ValidNow {
@@ -105,6 +110,9 @@ impl ValidNow {
 
     /// Whether a certificate with `key_id` (as sshd logged it) may be one keyward revoked.
     fn certificate_revoked(&self, key_id: &str) -> bool {
+        if self.user_revoked {
+            return true;
+        }
         if self.revoked_certificate_ids.is_empty() {
             return false;
         }
@@ -132,7 +140,7 @@ pub enum Verdict {
         fingerprint: String,
     },
     /// A record ties it to a certificate whose key id is revoked (or, escaped in the log, may
-    /// be: module docs).
+    /// be: module docs), or of a revoked user.
     RevokedCertificate { source: SocketAddr, key_id: String },
     /// A record claims it that cannot keep it: closed, or naming another monitor's pid.
     Contested { source: SocketAddr },
