@@ -231,7 +231,7 @@ struct Agent {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct ValidKeys {
     keys: BTreeMap<String, Option<chrono::DateTime<Utc>>>,
-    revoked_certificate_ids: Vec<String>,
+    revoked_certificate_ids: BTreeSet<String>,
     denied_fingerprints: Vec<String>,
     user_revoked: bool,
 }
@@ -255,7 +255,7 @@ impl ValidKeys {
         }
         Self {
             keys,
-            revoked_certificate_ids: desired.revoked_certificate_ids.clone(),
+            revoked_certificate_ids: desired.revoked_certificate_ids.iter().cloned().collect(),
             denied_fingerprints: desired.denied_fingerprints.clone(),
             user_revoked: desired.revoked,
         }
@@ -966,10 +966,9 @@ impl Agent {
         // that too; this does not wait for it).
         let lost = self.valid.get(user.as_str()).is_some_and(|before| {
             before.at(now).iter().any(|fp| !valid_now.keys.contains(fp))
-                || valid_now
+                || !valid_now
                     .revoked_certificate_ids
-                    .iter()
-                    .any(|id| !before.revoked_certificate_ids.contains(id))
+                    .is_subset(&before.revoked_certificate_ids)
         });
         self.valid.insert(user.to_string(), valid);
         if epoch.is_some() || lost || !done.added.is_empty() {

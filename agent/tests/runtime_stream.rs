@@ -204,6 +204,44 @@ async fn sessions_end_once_per_epoch_and_epochs_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn a_newly_revoked_certificate_checks_sessions_without_waiting_for_the_epoch() {
+    let pki = Pki::new();
+    let mut hub = TestHub::start(&pki).await;
+    let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
+    let agent = Agent::start(enrolled.config(), None);
+    let mut s = hub.session().await;
+    assert!(matches!(s.recv().await, Msg::Hello(_)));
+    let revoking = |generation, ids: &[&str]| {
+        let mut state = state(generation, &[("tenant", 0)]);
+        state.users[0].revoked_certificate_ids = ids.iter().map(|id| (*id).to_owned()).collect();
+        enrolled.sign(&state)
+    };
+
+    s.send_state(revoking(1, &[]));
+    let Msg::Applied(a) = s.recv().await else {
+        panic!()
+    };
+    assert_eq!(a.users[0].sessions_ended, 0);
+    // A key id revoked, the epoch unchanged: the sessions are checked.
+    s.send_state(revoking(2, &["keyward:acme:tenant:1"]));
+    let Msg::Applied(a) = s.recv().await else {
+        panic!()
+    };
+    assert_eq!(a.users[0].sessions_ended, 2);
+    assert_eq!(ended(&agent.fake.calls()), 1);
+    // The same list again, or a shorter one (a certificate past its validity): nothing to check.
+    for (generation, ids) in [(3, &["keyward:acme:tenant:1"][..]), (4, &[][..])] {
+        s.send_state(revoking(generation, ids));
+        let Msg::Applied(a) = s.recv().await else {
+            panic!()
+        };
+        assert_eq!(a.users[0].sessions_ended, 0, "generation {generation}");
+    }
+    assert_eq!(ended(&agent.fake.calls()), 1);
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn the_agent_reconnects_and_reports_what_it_holds() {
     let pki = Pki::new();
     let mut hub = TestHub::start(&pki).await;

@@ -47,6 +47,8 @@ pub fn of_user<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
     use crate::procs::ProcSnapshot;
     use crate::sessions::revoke::{ValidNow, Verdict, decide};
     use crate::sessions::{self, Role, SessionProcess, SessionTree};
@@ -276,7 +278,7 @@ mod tests {
         assert!(verdicts.iter().all(|v| !v.ends()), "{verdicts:?}");
         // The first certificate revoked, the third's key denied.
         let valid = ValidNow {
-            revoked_certificate_ids: vec![T1.into()],
+            revoked_certificate_ids: BTreeSet::from([T1.into()]),
             denied_fingerprints: vec!["SHA256:denied".into()],
             ..valid_new()
         };
@@ -308,7 +310,11 @@ mod tests {
         assert!(judge(&open, &both)[0].ends());
         // Every key id revoked: only the plain key's session stays.
         let all = ValidNow {
-            revoked_certificate_ids: vec![T1.into(), T2.into(), "keyward:acme:tenant:3".into()],
+            revoked_certificate_ids: BTreeSet::from([
+                T1.into(),
+                T2.into(),
+                "keyward:acme:tenant:3".into(),
+            ]),
             ..valid_new()
         };
         assert_eq!(
@@ -323,7 +329,7 @@ mod tests {
     #[test]
     fn a_certificate_record_that_cannot_keep_a_session() {
         let revoked_t1 = ValidNow {
-            revoked_certificate_ids: vec![T1.into()],
+            revoked_certificate_ids: BTreeSet::from([T1.into()]),
             ..valid_new()
         };
         // A forged line: never recorded, so nothing keeps the session.
@@ -386,7 +392,7 @@ mod tests {
         )];
         assert!(!judge(&escaped, &valid_new())[0].ends());
         let revoked_t2 = ValidNow {
-            revoked_certificate_ids: vec![T2.into()],
+            revoked_certificate_ids: BTreeSet::from([T2.into()]),
             ..valid_new()
         };
         assert!(judge(&escaped, &revoked_t2)[0].ends());

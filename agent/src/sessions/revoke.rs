@@ -45,7 +45,7 @@
 //! and any claim that does not keep a session ends it. Records are forgotten only once their
 //! connection is gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -89,8 +89,9 @@ pub struct ValidNow {
     /// file (not past their grace period) and the user's own.
     pub keys: Vec<String>,
     /// Key ids of certificates keyward revoked that may still be within their validity, for the
-    /// user's principals (`ManagedUser.revoked_certificate_ids`).
-    pub revoked_certificate_ids: Vec<String>,
+    /// user's principals (`ManagedUser.revoked_certificate_ids`; a set: it is looked up once per
+    /// login record, and may be long).
+    pub revoked_certificate_ids: BTreeSet<String>,
     /// Fingerprints keyward denied (`ManagedUser.denied_fingerprints`): a certificate of one of
     /// these keys keeps no session.
     pub denied_fingerprints: Vec<String>,
@@ -117,7 +118,7 @@ impl ValidNow {
             return false;
         }
         // Escaped by sshd's log: not comparable with the certificate's own key id.
-        key_id.contains('\\') || self.revoked_certificate_ids.iter().any(|r| r == key_id)
+        key_id.contains('\\') || self.revoked_certificate_ids.contains(key_id)
     }
 }
 
