@@ -7,6 +7,7 @@
 
 pub mod authorized_keys;
 pub mod backoff;
+pub mod certificate_id;
 pub mod ids;
 pub mod keys;
 pub mod krl;
@@ -16,6 +17,7 @@ pub mod signing;
 pub mod sshd_files;
 pub mod sshd_log;
 
+pub use certificate_id::CertificateId;
 pub use ids::{HostId, IdError, Principal, TenantId, UnixUser};
 pub use keys::{Fingerprint, KeyAlgorithm, KeyError, KeyKind};
 #[cfg(feature = "keygen")]

@@ -25,6 +25,29 @@ pub struct Config {
     pub rotation: RotationConfig,
     pub backup: BackupConfig,
     pub retention: RetentionConfig,
+    pub certificates: CertificatesConfig,
+}
+
+/// SSH user certificates signed by the Vault SSH CA (`vault.ssh_mount`, `vault.ssh_user_role`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertificatesConfig {
+    /// The validity of a certificate whose request names none.
+    #[serde(with = "humantime_serde")]
+    pub default_validity: Duration,
+    /// The longest validity a request may ask for (at most 24h; the engine role's `max_ttl` may be
+    /// shorter still).
+    #[serde(with = "humantime_serde")]
+    pub max_validity: Duration,
+}
+
+impl Default for CertificatesConfig {
+    fn default() -> Self {
+        Self {
+            default_validity: Duration::from_secs(3600),
+            max_validity: Duration::from_secs(8 * 3600),
+        }
+    }
 }
 
 /// How long what agents report is kept (by the control plane's time of receipt). The audit log
@@ -519,6 +542,17 @@ impl Config {
             .contains(&self.vault.ssh_ca_refresh)
         {
             return rule("vault.ssh_ca_refresh must be 1s to 1h");
+        }
+        let certificates = &self.certificates;
+        if !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600))
+            .contains(&certificates.max_validity)
+            || !(Duration::from_secs(60)..=certificates.max_validity)
+                .contains(&certificates.default_validity)
+        {
+            return rule(
+                "certificates.max_validity must be 1m to 24h, and certificates.default_validity \
+                 1m to certificates.max_validity",
+            );
         }
         if self.rotation.max_sleep < Duration::from_secs(1) {
             return rule("rotation.max_sleep must be at least 1s");

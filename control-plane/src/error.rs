@@ -105,20 +105,27 @@ impl ApiError {
                     DomainError::TenantNotFound(_)
                     | DomainError::HostNotFound(_)
                     | DomainError::TokenNotFound(_)
-                    | DomainError::JobNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
+                    | DomainError::JobNotFound(_)
+                    | DomainError::CertificateNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
                     DomainError::TenantExists(_)
                     | DomainError::HostExists(_)
                     | DomainError::KeyRevoked
+                    | DomainError::KeyDenied
                     | DomainError::ConcurrentModification
                     | DomainError::RotationInProgress { .. } => (StatusCode::CONFLICT, "Conflict"),
                     DomainError::EnrollmentTokenInvalid => {
                         (StatusCode::UNAUTHORIZED, "Unauthorized")
                     }
-                    DomainError::CertificateRequestInvalid(_) | DomainError::PolicyInvalid(_) => {
+                    DomainError::CertificateRequestInvalid(_)
+                    | DomainError::PolicyInvalid(_)
+                    | DomainError::UserCertificateRefused(_) => {
                         (StatusCode::BAD_REQUEST, "Bad Request")
                     }
                     DomainError::AlreadyDownloaded { .. } => (StatusCode::GONE, "Gone"),
                     DomainError::Vault(_) => (StatusCode::SERVICE_UNAVAILABLE, "Vault Unavailable"),
+                    DomainError::CertificatesNotConfigured => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                    }
                     DomainError::Store(_) => {
                         (StatusCode::SERVICE_UNAVAILABLE, "Database Unavailable")
                     }

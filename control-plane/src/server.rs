@@ -27,7 +27,7 @@ use crate::changes::postgres::ReplicaChanges;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::conns::RestAcceptor;
-use crate::lifecycle::KeyLifecycle;
+use crate::lifecycle::{KeyLifecycle, SshCertificates};
 use crate::proxy_protocol::TrustedProxies;
 use crate::rotation::{BulkRotations, RotationScheduler};
 use crate::store::{Role, Store, StoreError, TokenRecord, hash_token};
@@ -201,7 +201,13 @@ pub async fn start_with(
     .await?;
     let lifecycle = Arc::new(
         KeyLifecycle::new(vault, store, clock, config.keys.clone(), changes.clone())
-            .with_key_pool(config.rotation.key_pool_size),
+            .with_key_pool(config.rotation.key_pool_size)
+            .with_ssh_certificates(SshCertificates {
+                authority: ssh_ca.clone(),
+                role: config.vault.ssh_user_role.clone(),
+                default_validity: config.certificates.default_validity,
+                max_validity: config.certificates.max_validity,
+            }),
     );
     background.push(tokio::spawn(lifecycle.clone().fill_key_pool()));
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;

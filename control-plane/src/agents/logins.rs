@@ -67,6 +67,12 @@ fn to_new(event: &LoginEvent, received_at: DateTime<Utc>) -> Option<NewLogin> {
         // The agent's word (a rooted host can lie, as with everything it reports): shown as
         // such, and only verified accepted logins become a host's last login.
         verified: event.verified,
+        certificate: (!event.certificate_id.is_empty()).then(|| {
+            (
+                bounded(&event.certificate_id, 256),
+                event.certificate_serial,
+            )
+        }),
     })
 }
 
@@ -86,6 +92,17 @@ fn digest(events: &[NewLogin]) -> String {
             e.sshd_pid,
             e.verified
         ]);
+        // Certificate logins only: the digest of a batch without any is what it always was.
+        let line = match &e.certificate {
+            Some((id, serial)) => {
+                let mut fields = line;
+                if let Some(fields) = fields.as_array_mut() {
+                    fields.extend([json!(id), json!(serial.to_string())]);
+                }
+                fields
+            }
+            None => line,
+        };
         hash.update(line.to_string().as_bytes());
         hash.update(b"\n");
     }

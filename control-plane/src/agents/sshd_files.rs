@@ -3,14 +3,19 @@
 //!
 //! The revocation list holds every key keyward denied for the host's users (replaced past its
 //! grace period, or revoked), by SHA-256: sshd itself then refuses such a key however it is
-//! written back into `authorized_keys` — defence in depth behind the agent's removal. It is
-//! always sent, CA or not. The CA's keys and each managed user's principal
-//! ([`principal`]) are sent when keyward's SSH certificate authority is configured.
+//! written back into `authorized_keys` — defence in depth behind the agent's removal. It also
+//! holds the tenant's revoked certificates that may still be valid, by key id (whichever CA
+//! signed it, and the twin a lost signing answer may have left: both share the id) and by serial
+//! under the CA that signed it. It is always sent, CA or not. The CA's keys and each managed
+//! user's principal ([`principal`]) are sent when keyward's SSH certificate authority is
+//! configured; a user whose key set is revoked gets no principal (no certificate logs in as it).
 
 use keyward_common::krl::RevocationList;
 use keyward_common::proto::{ManagedUser, SshdFiles};
 use keyward_common::sshd_files::{MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS};
 use keyward_common::{Fingerprint, HostId, KeyKind, Principal, TenantId};
+
+use crate::store::RevokedCertificate;
 
 /// The principal a certificate must carry to log in as `kind`'s managed user on `tenant`'s
 /// hosts (`keyward:{tenant}:{kind}`): a certificate for one tenant's VPS therefore logs in on no
@@ -19,18 +24,32 @@ pub fn principal(tenant: &TenantId, kind: KeyKind) -> Principal {
     Principal::of_key_set(tenant, kind)
 }
 
+/// What the host's sshd files are made of, besides its managed users.
+#[derive(Debug, Clone, Copy)]
+pub struct SshdInputs<'a> {
+    /// The SSH CA's keys sshd is to trust (none when it is not configured).
+    pub ca_keys: &'a [String],
+    /// The tenant's revoked certificates that may still be valid.
+    pub revoked_certificates: &'a [RevokedCertificate],
+}
+
 /// The host's sshd files. `users` are the host's managed users as built for the state, each with
-/// its key kind; their principals are set here when `ca_keys` is not empty. `None` (the agent
+/// its key kind; their principals and revoked certificate ids are set here. `None` (the agent
 /// leaves its files as they are) only when the revocation list cannot be encoded within its
-/// bound, which the bound on denied keys per key set makes impossible in practice: logged.
+/// bound, which the bounds on denied keys per key set and on certificate validity make
+/// impossible in practice: logged.
 pub fn sshd_files(
     host: &HostId,
     tenant: &TenantId,
     generation: u64,
     users: &mut [(KeyKind, ManagedUser)],
-    ca_keys: &[String],
+    inputs: SshdInputs<'_>,
 ) -> Option<SshdFiles> {
-    let revoked_keys = match revocation_list(host, generation, users) {
+    let SshdInputs {
+        ca_keys,
+        revoked_certificates,
+    } = inputs;
+    let revoked_keys = match revocation_list(host, generation, users, revoked_certificates) {
         Ok(krl) => krl,
         Err(why) => {
             tracing::error!(host = %host, %why, "the host's revocation list is not sent");
@@ -39,11 +58,16 @@ pub fn sshd_files(
     };
     let certificates = !ca_keys.is_empty();
     for (kind, user) in users.iter_mut() {
-        user.principals = if certificates {
+        user.principals = if certificates && !user.revoked {
             vec![principal(tenant, *kind).to_string()]
         } else {
             Vec::new()
         };
+        user.revoked_certificate_ids = revoked_certificates
+            .iter()
+            .filter(|c| c.id.kind == *kind)
+            .map(|c| c.id.to_string())
+            .collect();
     }
     Some(SshdFiles {
         user_ca_keys: ca_keys.iter().take(MAX_USER_CA_KEYS).cloned().collect(),
@@ -51,17 +75,30 @@ pub fn sshd_files(
     })
 }
 
-/// Every denied fingerprint of `users`, as an OpenSSH KRL whose version is the state's
-/// generation. Its date is left 0 (sshd reads none of the header): the same denials at the same
+/// Every denied fingerprint of `users` and every revoked certificate, as an OpenSSH KRL whose
+/// version is the state's generation. Its date is left 0 (sshd reads none of the header): the same denials at the same
 /// generation give the same bytes, so an agent that gets its state again (a reconnect, a
 /// resync) rewrites nothing.
 fn revocation_list(
     host: &HostId,
     generation: u64,
     users: &[(KeyKind, ManagedUser)],
+    certificates: &[RevokedCertificate],
 ) -> Result<Vec<u8>, String> {
     let mut krl = RevocationList::new(generation, 0, &format!("keyward {host}"))
         .map_err(|e| e.to_string())?;
+    for revoked in certificates {
+        krl.revoke_key_id(None, &revoked.id.to_string())
+            .map_err(|e| e.to_string())?;
+        // The key id covers it whatever signed it; the serial is added under a CA key that reads.
+        if let (Ok(ca), 1..) = (
+            ssh_key::PublicKey::from_openssh(&revoked.ca_public_key),
+            revoked.serial,
+        ) {
+            krl.revoke_serial(Some(&ca), revoked.serial)
+                .map_err(|e| e.to_string())?;
+        }
+    }
     for (_, user) in users {
         for denied in &user.denied_fingerprints {
             let fingerprint: Fingerprint = denied.parse().map_err(|e| format!("{e}"))?;
@@ -85,6 +122,13 @@ mod tests {
 
     use super::*;
 
+    fn none() -> SshdInputs<'static> {
+        SshdInputs {
+            ca_keys: &[],
+            revoked_certificates: &[],
+        }
+    }
+
     fn user(name: &str, denied: &[&GeneratedKey]) -> ManagedUser {
         ManagedUser {
             user: name.into(),
@@ -105,7 +149,7 @@ mod tests {
             (KeyKind::Admin, user("kwadmin", &[&a])),
             (KeyKind::Tenant, user("tenant", &[&b, &a])),
         ];
-        let files = sshd_files(&host, &tenant, 7, &mut users, &[]).unwrap();
+        let files = sshd_files(&host, &tenant, 7, &mut users, none()).unwrap();
         assert!(files.user_ca_keys.is_empty());
         assert!(
             users.iter().all(|(_, u)| u.principals.is_empty()),
@@ -115,14 +159,24 @@ mod tests {
         want.revoke_fingerprint(a.fingerprint()).unwrap();
         want.revoke_fingerprint(b.fingerprint()).unwrap();
         assert_eq!(files.revoked_keys, want.encode());
-        let again = sshd_files(&host, &tenant, 7, &mut users, &[]).unwrap();
+        let again = sshd_files(&host, &tenant, 7, &mut users, none()).unwrap();
         assert_eq!(
             again, files,
             "the same state twice: the same bytes, nothing to rewrite"
         );
 
         let ca = vec!["ssh-ed25519 AAAA".to_owned()];
-        let files = sshd_files(&host, &tenant, 8, &mut users, &ca).unwrap();
+        let files = sshd_files(
+            &host,
+            &tenant,
+            8,
+            &mut users,
+            SshdInputs {
+                ca_keys: &ca,
+                revoked_certificates: &[],
+            },
+        )
+        .unwrap();
         assert_eq!(files.user_ca_keys, ca);
         assert_eq!(users[0].1.principals, ["keyward:acme:admin"]);
         assert_eq!(users[1].1.principals, ["keyward:acme:tenant"]);
@@ -135,9 +189,53 @@ mod tests {
             &"acme".parse().unwrap(),
             1,
             &mut [(KeyKind::Tenant, user("tenant", &[]))],
-            &[],
+            none(),
         )
         .unwrap();
         assert!(files.revoked_keys.starts_with(b"SSHKRL\n\0"));
+    }
+
+    #[test]
+    fn revoked_certificates_are_listed_by_key_id_and_serial_and_per_user() {
+        let ca = GeneratedKey::generate(KeyAlgorithm::Ed25519, "ca").unwrap();
+        let revoked = |kind: &str, number: u64, serial: u64| RevokedCertificate {
+            id: format!("keyward:acme:{kind}:{number}").parse().unwrap(),
+            serial,
+            ca_public_key: ca.public_openssh().to_owned(),
+        };
+        let certificates = [revoked("admin", 1, 77), revoked("tenant", 2, 0)];
+        let mut users = vec![
+            (KeyKind::Admin, user("kwadmin", &[])),
+            (KeyKind::Tenant, user("tenant", &[])),
+        ];
+        users[0].1.revoked = true;
+        let ca_keys = [ca.public_openssh().to_owned()];
+        let files = sshd_files(
+            &"h1".parse().unwrap(),
+            &"acme".parse().unwrap(),
+            3,
+            &mut users,
+            SshdInputs {
+                ca_keys: &ca_keys,
+                revoked_certificates: &certificates,
+            },
+        )
+        .unwrap();
+        let ca_key = ssh_key::PublicKey::from_openssh(ca.public_openssh()).unwrap();
+        let mut want = RevocationList::new(3, 0, "keyward h1").unwrap();
+        want.revoke_key_id(None, "keyward:acme:admin:1").unwrap();
+        want.revoke_serial(Some(&ca_key), 77).unwrap();
+        want.revoke_key_id(None, "keyward:acme:tenant:2").unwrap();
+        assert_eq!(files.revoked_keys, want.encode(), "serial 0 is no serial");
+        assert_eq!(users[0].1.revoked_certificate_ids, ["keyward:acme:admin:1"]);
+        assert_eq!(
+            users[1].1.revoked_certificate_ids,
+            ["keyward:acme:tenant:2"]
+        );
+        assert!(
+            users[0].1.principals.is_empty(),
+            "a revoked user gets no principal"
+        );
+        assert_eq!(users[1].1.principals, ["keyward:acme:tenant"]);
     }
 }

@@ -6,9 +6,13 @@ use chrono::{DateTime, Utc};
 use keyward_common::proto::{DesiredState, Key, KeyKind as ProtoKind, ManagedUser, Mode};
 use keyward_common::{HostId, KeyKind};
 
-use super::sshd_files::sshd_files;
+use super::sshd_files::{SshdInputs, sshd_files};
 use crate::clock::iso8601;
 use crate::store::{KeySetRecord, KeyState, Store, StoreError};
+
+/// How long a revoked certificate stays in the hosts' lists after its validity ended: a host whose
+/// clock is behind would still take it.
+const REVOKED_CERTIFICATES_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// Why a state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +107,19 @@ pub async fn desired_state(
         }
     }
     let generation = u64::try_from(record.desired_generation).unwrap_or_default();
-    let sshd = sshd_files(host, &tenant.tenant_id, generation, &mut users, ca_keys);
+    let revoked_certificates = store
+        .revoked_certificates(&tenant.tenant_id, now - REVOKED_CERTIFICATES_KEPT)
+        .await?;
+    let sshd = sshd_files(
+        host,
+        &tenant.tenant_id,
+        generation,
+        &mut users,
+        SshdInputs {
+            ca_keys,
+            revoked_certificates: &revoked_certificates,
+        },
+    );
     Ok(DesiredState {
         host_id: host.to_string(),
         generation,

@@ -21,6 +21,7 @@ use crate::lifecycle::KeyLifecycle;
 
 pub mod admin;
 pub mod auth;
+pub mod certificates;
 pub mod hosts;
 pub mod hosts_live;
 pub mod hosts_query;
@@ -100,6 +101,12 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         tenant::revoke,
         tenant::regenerate,
         tenant::set_aside_keys,
+        certificates::tenant_issue,
+        certificates::tenant_list,
+        certificates::tenant_revoke,
+        certificates::admin_issue,
+        certificates::admin_list,
+        certificates::admin_revoke,
         admin::create_tenant,
         admin::list_tenant_secrets,
         admin::tenant_secret_details,
@@ -340,12 +347,28 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ssh-credentials/revoke", post(tenant::revoke))
         .route("/ssh-credentials/regenerate", post(tenant::regenerate))
         .route("/ssh-logins", get(logins::tenant_logins))
-        .route("/set-aside-keys", get(tenant::set_aside_keys));
+        .route("/set-aside-keys", get(tenant::set_aside_keys))
+        .route(
+            "/ssh-certificates",
+            post(certificates::tenant_issue).get(certificates::tenant_list),
+        )
+        .route(
+            "/ssh-certificates/{certificate_id}/revoke",
+            post(certificates::tenant_revoke),
+        );
     let admin_api = Router::new()
         .route("/tenants", post(admin::create_tenant))
         .route(
             "/tenants/{tenant_id}/keys/{kind}/{operation}",
             post(admin::replace_key),
+        )
+        .route(
+            "/tenants/{tenant_id}/ssh-certificates",
+            post(certificates::admin_issue).get(certificates::admin_list),
+        )
+        .route(
+            "/ssh-certificates/{certificate_id}/revoke",
+            post(certificates::admin_revoke),
         )
         .route("/tokens", post(admin::issue_token))
         .route("/tokens/{token_id}", delete(admin::revoke_token))

@@ -40,6 +40,18 @@ pub enum DomainError {
     PolicyInvalid(String),
     #[error("the tenant key is revoked; regenerate it to restore access")]
     KeyRevoked,
+    /// An SSH user certificate request refused before Vault saw it.
+    #[error("{0}")]
+    UserCertificateRefused(String),
+    #[error(
+        "that public key was replaced or revoked by keyward; sshd refuses it, certified or not"
+    )]
+    KeyDenied,
+    /// The certificate id as given, cut to 100 characters.
+    #[error("SSH certificate {0} not found")]
+    CertificateNotFound(String),
+    #[error("this deployment issues no SSH certificates: its Vault SSH CA is not set up")]
+    CertificatesNotConfigured,
     #[error(
         "the private key of generation {generation} was already downloaded; \
          regenerate the key to get a new one"
@@ -75,7 +87,12 @@ impl DomainError {
             HostExists(_) => "host_exists",
             TokenNotFound(_) => "token_not_found",
             EnrollmentTokenInvalid => "enrollment_token_invalid",
-            CertificateRequestInvalid(_) | PolicyInvalid(_) => "invalid_body",
+            CertificateRequestInvalid(_) | PolicyInvalid(_) | UserCertificateRefused(_) => {
+                "invalid_body"
+            }
+            KeyDenied => "key_denied",
+            CertificateNotFound(_) => "certificate_not_found",
+            CertificatesNotConfigured => "certificates_not_configured",
             KeyRevoked => "key_revoked",
             AlreadyDownloaded { .. } => "key_already_downloaded",
             ConcurrentModification => "concurrent_modification",

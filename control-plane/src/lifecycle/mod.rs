@@ -30,6 +30,7 @@ use crate::store::{JobClaim, KeySetRecord, KeyState, NewAuditEvent, Store, Tenan
 use crate::vault::{KeySetSecret, SecretStore, VaultError};
 
 mod access;
+mod certificates;
 mod download;
 mod error;
 mod group_commit;
@@ -38,6 +39,7 @@ mod policy;
 mod records;
 mod secrets;
 pub use access::Registered;
+pub use certificates::{CertificateAsk, SshCertificates};
 pub use error::DomainError;
 pub use group_commit::GroupCommit;
 pub use key_pool::KeyPool;
@@ -166,6 +168,8 @@ pub struct KeyLifecycle {
     pool: KeyPool,
     /// Woken when a rotation time may have moved earlier (a policy changed, a tenant was added).
     schedule_changed: Notify,
+    /// The SSH CA and its policy (off unless [`KeyLifecycle::with_ssh_certificates`]).
+    ssh_certificates: Option<SshCertificates>,
 }
 
 /// How many replaced or revoked fingerprints a key set remembers as denied (newest first): a
@@ -212,7 +216,14 @@ impl KeyLifecycle {
             ),
             schedule_changed: Notify::new(),
             pool: KeyPool::disabled(),
+            ssh_certificates: None,
         }
+    }
+
+    /// Issues SSH user certificates with `ca`'s authority and policy.
+    pub fn with_ssh_certificates(mut self, ca: SshCertificates) -> Self {
+        self.ssh_certificates = Some(ca);
+        self
     }
 
     /// Takes new keys of the deployment's algorithm from a pool of up to `size` pre-generated

@@ -170,6 +170,25 @@ impl WriteTx {
         .map_err(query_error("recording a download"))?;
         Ok(done.rows_affected() == 1)
     }
+
+    /// Raises the key set's session epoch: its hosts' agents check the user's live sessions again
+    /// (a certificate that opened one was revoked). False when there is no such key set.
+    pub async fn raise_session_epoch(
+        &mut self,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE key_sets SET session_epoch = session_epoch + 1 \
+             WHERE tenant_id = $1 AND kind = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(kind.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("raising a session epoch"))?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 pub(super) fn key_set_from_row(row: &AnyRow) -> Result<KeySetRecord, StoreError> {

@@ -1,7 +1,7 @@
 //! SSH login events reported by agents, their attribution to keys, and usage analytics.
 
 use chrono::{DateTime, Utc};
-use keyward_common::{Fingerprint, HostId, KeyKind, TenantId};
+use keyward_common::{CertificateId, Fingerprint, HostId, KeyKind, TenantId};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use utoipa::ToSchema;
@@ -39,7 +39,9 @@ pub struct LoginRecord {
     /// Only a well-formed fingerprint is stored (ingest drops any other text the agent sends).
     #[schema(value_type = Option<String>)]
     pub fingerprint: Option<Fingerprint>,
-    /// `admin`, `tenant`, `unmanaged` (a key keyward did not issue), or `null` without a key.
+    /// `admin`, `tenant` (a key keyward issued, or a certificate keyward had signed: then
+    /// `keyGeneration` is `null`), `unmanaged` (a key keyward did not issue), or `null` without a
+    /// key.
     pub key_kind: Option<String>,
     pub key_generation: Option<i64>,
     pub sshd_pid: Option<i64>,
@@ -48,6 +50,10 @@ pub struct LoginRecord {
     /// unverified event (any other line of a log file, which local users and unauthenticated
     /// clients can forge) is the log's claim only.
     pub verified: bool,
+    /// A login by certificate: its key id as sshd logged it (`keyward:{tenant}:{kind}:{n}` for
+    /// keyward's), and its serial in decimal.
+    pub certificate_id: Option<String>,
+    pub certificate_serial: Option<String>,
 }
 
 /// An event to store (ids and attribution are filled in by the store).
@@ -64,6 +70,8 @@ pub struct NewLogin {
     pub fingerprint: Option<Fingerprint>,
     pub sshd_pid: Option<i64>,
     pub verified: bool,
+    /// A login by certificate: its key id (at most 256 characters) and serial.
+    pub certificate: Option<(String, u64)>,
 }
 
 /// Which login events to list, newest first.
@@ -142,6 +150,8 @@ fn login_from_row(row: &AnyRow) -> Result<LoginRecord, StoreError> {
         key_generation: get(row, "key_generation")?,
         sshd_pid: get(row, "sshd_pid")?,
         verified: get::<i64>(row, "verified")? != 0,
+        certificate_id: get(row, "certificate_id")?,
+        certificate_serial: get(row, "certificate_serial")?,
     })
 }
 
@@ -202,8 +212,15 @@ impl WriteTx {
     ) -> Result<u64, StoreError> {
         let mut inserted = 0;
         for e in events {
-            let (kind, generation) = match &e.fingerprint {
-                Some(fingerprint) => {
+            // keyward's certificate of this tenant names its kind; any other is the key's.
+            let certified = e
+                .certificate
+                .as_ref()
+                .and_then(|(id, _)| id.parse::<CertificateId>().ok())
+                .filter(|id| id.tenant == *tenant);
+            let (kind, generation) = match (&certified, &e.fingerprint) {
+                (Some(id), _) => (Some(id.kind.as_str().to_owned()), None),
+                (None, Some(fingerprint)) => {
                     let row = sqlx::query(
                         "SELECT kind, generation FROM key_history WHERE tenant_id = $1 AND fingerprint = $2 \
                          ORDER BY generation DESC LIMIT 1",
@@ -221,13 +238,13 @@ impl WriteTx {
                         None => (Some("unmanaged".to_owned()), None),
                     }
                 }
-                None => (None, None),
+                (None, None) => (None, None),
             };
             let done = sqlx::query(
                 "INSERT INTO login_events (host_id, tenant_id, cursor, at, received_at, outcome, method, \
                  unix_user, source_ip, source_port, key_type, fingerprint, key_kind, key_generation, sshd_pid, \
-                 verified) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                 verified, certificate_id, certificate_serial) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
                  ON CONFLICT (host_id, cursor) DO NOTHING",
             )
             .bind(host.as_str())
@@ -246,6 +263,8 @@ impl WriteTx {
             .bind(generation)
             .bind(e.sshd_pid)
             .bind(i64::from(e.verified))
+            .bind(e.certificate.as_ref().map(|(id, _)| id.clone()))
+            .bind(e.certificate.as_ref().map(|(_, serial)| serial.to_string()))
             .execute(&mut *self.tx)
             .await
             .map_err(query_error("storing a login event"))?;
@@ -440,10 +459,12 @@ mod tests {
             key_generation: Some(3),
             sshd_pid: None,
             verified: true,
+            certificate_id: None,
+            certificate_serial: None,
         };
         assert_eq!(
             serde_json::to_string(&record).unwrap(),
-            r#"{"id":7,"hostId":"h1","tenantId":"t1","cursor":42,"at":"2026-11-28T10:00:01Z","receivedAt":"2026-11-28T10:00:02Z","outcome":"accepted","method":"publickey","user":"tenant","sourceIp":"192.0.2.7","sourcePort":50022,"keyType":"ssh-ed25519","fingerprint":"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU","keyKind":"tenant","keyGeneration":3,"sshdPid":null,"verified":true}"#
+            r#"{"id":7,"hostId":"h1","tenantId":"t1","cursor":42,"at":"2026-11-28T10:00:01Z","receivedAt":"2026-11-28T10:00:02Z","outcome":"accepted","method":"publickey","user":"tenant","sourceIp":"192.0.2.7","sourcePort":50022,"keyType":"ssh-ed25519","fingerprint":"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU","keyKind":"tenant","keyGeneration":3,"sshdPid":null,"verified":true,"certificateId":null,"certificateSerial":null}"#
         );
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 mod activity;
 mod audit;
+mod certificates;
 mod credentials;
 mod hosts;
 mod job_queue;
@@ -33,6 +34,7 @@ mod times;
 mod tokens;
 pub use activity::HostActivity;
 pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
+pub use certificates::{CertificateRecord, RevokedCertificate};
 pub use credentials::{TenantCredentials, TokenCredentials};
 pub use hosts::{DriftRecord, HostRecord, HostReport};
 pub use job_queue::{ClaimedTenant, JobClaim, JobTally, TenantOutcome};

@@ -328,6 +328,7 @@ fn new_login(cursor: i64, at: DateTime<Utc>) -> NewLogin {
         fingerprint: None,
         sshd_pid: None,
         verified: true,
+        certificate: None,
     }
 }
 

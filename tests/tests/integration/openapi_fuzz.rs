@@ -93,6 +93,8 @@ async fn fuzz(cp: &ControlPlane, who: &str, token: &str) {
 #[tokio::test]
 async fn schemathesis_finds_no_answer_the_openapi_document_does_not_describe() {
     let bao = OpenBao::start().await;
+    // Certificates are signed for real (what a deployment without a CA answers is a 503).
+    bao.enable_ssh_ca().await;
     let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
     let tenant = unique_tenant("fuzz");
     cp.create_tenant(&tenant).await;
