@@ -26,6 +26,35 @@ pub struct Config {
     pub backup: BackupConfig,
     pub retention: RetentionConfig,
     pub certificates: CertificatesConfig,
+    pub access: AccessConfig,
+}
+
+/// Just-in-time access: certificates granted on request, for a while, with approvals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// How long a request waits for its approvals before it lapses.
+    #[serde(with = "humantime_serde")]
+    pub decide_within: Duration,
+    /// A platform admin's request for the admin user needs another admin's approval.
+    pub second_admin_for_admin_user: bool,
+    /// When a grant's window closes, its certificate is revoked so that the agents end the
+    /// sessions it opened (new logins fail either way: the certificate has expired).
+    pub end_sessions_at_expiry: bool,
+    /// How often grants that closed are looked for.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            decide_within: Duration::from_secs(3600),
+            second_admin_for_admin_user: false,
+            end_sessions_at_expiry: true,
+            sweep_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 /// SSH user certificates signed by the Vault SSH CA (`vault.ssh_mount`, `vault.ssh_user_role`).
@@ -543,6 +572,16 @@ impl Config {
         {
             return rule("vault.ssh_ca_refresh must be 1s to 1h");
         }
+        if !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400))
+            .contains(&self.access.decide_within)
+        {
+            return rule("access.decide_within must be 1m to 7days");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300))
+            .contains(&self.access.sweep_interval)
+        {
+            return rule("access.sweep_interval must be 1s to 5m");
+        }
         let certificates = &self.certificates;
         if !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600))
             .contains(&certificates.max_validity)
@@ -674,6 +713,26 @@ mod tests {
             std::fs::write(&path, format!("[vault]\nssh_ca_refresh = \"{refresh}\"\n")).unwrap();
             let loaded = Config::load(Some(&path));
             assert_eq!(loaded.is_ok(), ok, "{refresh}: {loaded:?}");
+        }
+        for (text, ok) in [
+            ("[certificates]\nmax_validity = \"25h\"\n", false),
+            ("[certificates]\ndefault_validity = \"9h\"\n", false),
+            ("[certificates]\ndefault_validity = \"30s\"\n", false),
+            (
+                "[certificates]\ndefault_validity = \"8h\"\nmax_validity = \"24h\"\n",
+                true,
+            ),
+            ("[access]\ndecide_within = \"30s\"\n", false),
+            ("[access]\ndecide_within = \"8days\"\n", false),
+            ("[access]\nsweep_interval = \"10m\"\n", false),
+            (
+                "[access]\ndecide_within = \"2h\"\nsecond_admin_for_admin_user = true\n",
+                true,
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let loaded = Config::load(Some(&path));
+            assert_eq!(loaded.is_ok(), ok, "{text}: {loaded:?}");
         }
 
         let missing = dir.path().join("nope.toml");

@@ -106,13 +106,16 @@ impl ApiError {
                     | DomainError::HostNotFound(_)
                     | DomainError::TokenNotFound(_)
                     | DomainError::JobNotFound(_)
-                    | DomainError::CertificateNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
+                    | DomainError::CertificateNotFound(_)
+                    | DomainError::GrantNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
                     DomainError::TenantExists(_)
                     | DomainError::HostExists(_)
                     | DomainError::KeyRevoked
                     | DomainError::KeyDenied
+                    | DomainError::GrantClosed { .. }
                     | DomainError::ConcurrentModification
                     | DomainError::RotationInProgress { .. } => (StatusCode::CONFLICT, "Conflict"),
+                    DomainError::NotYourDecision(_) => (StatusCode::FORBIDDEN, "Forbidden"),
                     DomainError::EnrollmentTokenInvalid => {
                         (StatusCode::UNAUTHORIZED, "Unauthorized")
                     }

@@ -207,9 +207,11 @@ pub async fn start_with(
                 role: config.vault.ssh_user_role.clone(),
                 default_validity: config.certificates.default_validity,
                 max_validity: config.certificates.max_validity,
+                access: config.access.clone(),
             }),
     );
     background.push(tokio::spawn(lifecycle.clone().fill_key_pool()));
+    background.push(tokio::spawn(lifecycle.clone().sweep_grants()));
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
     let rotations = Arc::new(BulkRotations::new(lifecycle.clone(), &config.rotation));
     rotations.recover().await?;

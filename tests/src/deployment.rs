@@ -31,7 +31,9 @@ impl Deployment {
     /// authority before the control plane starts (`packaging/vault/README.md`'s set-up), so
     /// that the host's sshd trusts it from the first state.
     /// The control plane reads the CA's issuers every second (`vault.ssh_ca_refresh`), so that a
-    /// CA rotation reaches the host quickly.
+    /// CA rotation reaches the host quickly; access requests lapse after a minute and grants are
+    /// closed within a second of their end; an admin's request for the admin user needs another
+    /// admin (`[access]`).
     pub async fn start_with_ssh_ca(keys: KeyAlgorithm) -> Self {
         let bao = OpenBao::start().await;
         bao.enable_ssh_ca().await;
@@ -39,7 +41,14 @@ impl Deployment {
             &bao,
             crate::control_plane::Options {
                 algorithm: keys,
-                configure: Some(|c| c.vault.ssh_ca_refresh = std::time::Duration::from_secs(1)),
+                configure: Some(|c| {
+                    c.vault.ssh_ca_refresh = std::time::Duration::from_secs(1);
+                    // Just-in-time access closes grants within a second; a request lapses
+                    // after the shortest wait allowed; the admin user needs a second admin.
+                    c.access.sweep_interval = std::time::Duration::from_secs(1);
+                    c.access.decide_within = std::time::Duration::from_secs(60);
+                    c.access.second_admin_for_admin_user = true;
+                }),
                 ..crate::control_plane::Options::default()
             },
         )

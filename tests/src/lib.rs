@@ -16,6 +16,7 @@ pub mod deployment;
 pub mod haproxy;
 pub mod openbao;
 pub mod openbao_cluster;
+pub mod own_key;
 pub mod pg_server;
 pub mod postgres;
 pub mod raw_agent;
@@ -28,6 +29,7 @@ pub use deployment::Deployment;
 pub use haproxy::HaProxy;
 pub use openbao::OpenBao;
 pub use openbao_cluster::OpenBaoCluster;
+pub use own_key::OwnKey;
 pub use postgres::PgSchema;
 pub use raw_agent::{RawIdentity, RawStream};
 // Users, sshd, polling and `require_program` are shared with the agent's tests.

@@ -148,11 +148,15 @@ fn validity(seconds: Option<u64>) -> Option<Duration> {
     seconds.map(Duration::from_secs)
 }
 
-fn reason(raw: Option<String>) -> Result<String, ApiError> {
+/// A request's `reason`: at most 500 characters (and at least one when `required`), no control
+/// characters (it is shown in lists and written into the audit log).
+pub(super) fn reason(raw: Option<String>, required: bool) -> Result<String, ApiError> {
     let reason = raw.unwrap_or_default();
-    if reason.chars().count() > MAX_REASON_CHARS {
+    let count = reason.chars().count();
+    if count > MAX_REASON_CHARS || (required && count == 0) {
         return Err(ApiError::InvalidBody(format!(
-            "reason is longer than {MAX_REASON_CHARS} characters"
+            "reason must be {} to {MAX_REASON_CHARS} characters",
+            u8::from(required)
         )));
     }
     if reason.chars().any(char::is_control) {
@@ -254,7 +258,7 @@ pub async fn tenant_issue(
         kind: KeyKind::Tenant,
         public_key: body.public_key,
         validity: validity(body.validity_seconds),
-        reason: reason(body.reason)?,
+        reason: reason(body.reason, false)?,
     };
     issue(&state, &who.caller, ask, Reader::Tenant).await
 }
@@ -313,7 +317,7 @@ pub async fn admin_issue(
         kind: body.kind,
         public_key: body.public_key,
         validity: validity(body.validity_seconds),
-        reason: reason(body.reason)?,
+        reason: reason(body.reason, false)?,
     };
     issue(&state, &caller, ask, Reader::Admin).await
 }

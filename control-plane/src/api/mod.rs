@@ -19,6 +19,7 @@ use crate::clock::parse_iso8601;
 use crate::error::ApiError;
 use crate::lifecycle::KeyLifecycle;
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod certificates;
@@ -107,6 +108,16 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         certificates::admin_issue,
         certificates::admin_list,
         certificates::admin_revoke,
+        access::tenant_request,
+        access::tenant_list,
+        access::tenant_get,
+        access::tenant_operate,
+        access::tenant_policy,
+        access::tenant_set_policy,
+        access::admin_request,
+        access::admin_list,
+        access::admin_get,
+        access::admin_operate,
         admin::create_tenant,
         admin::list_tenant_secrets,
         admin::tenant_secret_details,
@@ -355,6 +366,19 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/ssh-certificates/{certificate_id}/revoke",
             post(certificates::tenant_revoke),
+        )
+        .route(
+            "/access-requests",
+            post(access::tenant_request).get(access::tenant_list),
+        )
+        .route("/access-requests/{grant_id}", get(access::tenant_get))
+        .route(
+            "/access-requests/{grant_id}/{operation}",
+            post(access::tenant_operate),
+        )
+        .route(
+            "/access-policy",
+            get(access::tenant_policy).put(access::tenant_set_policy),
         );
     let admin_api = Router::new()
         .route("/tenants", post(admin::create_tenant))
@@ -369,6 +393,16 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/ssh-certificates/{certificate_id}/revoke",
             post(certificates::admin_revoke),
+        )
+        .route(
+            "/tenants/{tenant_id}/access-requests",
+            post(access::admin_request),
+        )
+        .route("/access-requests", get(access::admin_list))
+        .route("/access-requests/{grant_id}", get(access::admin_get))
+        .route(
+            "/access-requests/{grant_id}/{operation}",
+            post(access::admin_operate),
         )
         .route("/tokens", post(admin::issue_token))
         .route("/tokens/{token_id}", delete(admin::revoke_token))

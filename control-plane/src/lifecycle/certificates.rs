@@ -35,6 +35,8 @@ pub struct SshCertificates {
     pub role: String,
     pub default_validity: Duration,
     pub max_validity: Duration,
+    /// Just-in-time access ([`super::grants`]).
+    pub access: crate::config::AccessConfig,
 }
 
 /// What a caller asks for.
@@ -100,17 +102,23 @@ impl KeyLifecycle {
         result
     }
 
-    async fn sign_and_record(
-        &self,
-        caller: &Caller,
-        ask: &CertificateAsk,
-    ) -> Result<CertificateRecord, DomainError> {
-        let ca = self
-            .ssh_certificates
+    /// The CA, when this deployment has one.
+    pub(super) fn ssh_ca(&self) -> Result<&SshCertificates, DomainError> {
+        self.ssh_certificates
             .as_ref()
-            .ok_or(DomainError::CertificatesNotConfigured)?;
-        let key = check_key(&ask.public_key)?;
-        let key_set = self.key_set_or_404(&ask.tenant, ask.kind).await?;
+            .ok_or(DomainError::CertificatesNotConfigured)
+    }
+
+    /// Whether `public_key` may be certified for `kind`'s user of `tenant`: a sound key, not one
+    /// keyward denied, for a user whose key set is not revoked. Its fingerprint.
+    pub(super) async fn certifiable(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        public_key: &str,
+    ) -> Result<Fingerprint, DomainError> {
+        let key = check_key(public_key)?;
+        let key_set = self.key_set_or_404(tenant, kind).await?;
         if key_set.state == KeyState::Revoked {
             return Err(DomainError::KeyRevoked);
         }
@@ -121,13 +129,25 @@ impl KeyLifecycle {
             .map_err(|_| DomainError::Internal)?;
         // A key keyward denied stays denied: sshd refuses it, certified or not (the hosts' KRL).
         for kind in KeyKind::ALL {
-            if let Some(ks) = self.store.key_set(&ask.tenant, kind).await?
+            if let Some(ks) = self.store.key_set(tenant, kind).await?
                 && (ks.denied_fingerprints.contains(&fingerprint)
                     || ks.previous_fingerprint.as_ref() == Some(&fingerprint))
             {
                 return Err(DomainError::KeyDenied);
             }
         }
+        Ok(fingerprint)
+    }
+
+    pub(super) async fn sign_and_record(
+        &self,
+        caller: &Caller,
+        ask: &CertificateAsk,
+    ) -> Result<CertificateRecord, DomainError> {
+        let ca = self.ssh_ca()?;
+        let fingerprint = self
+            .certifiable(&ask.tenant, ask.kind, &ask.public_key)
+            .await?;
         let validity = ask.validity.unwrap_or(ca.default_validity);
         let principal = Principal::of_key_set(&ask.tenant, ask.kind);
         let request = |key_id: &str| {

@@ -52,6 +52,14 @@ pub enum DomainError {
     CertificateNotFound(String),
     #[error("this deployment issues no SSH certificates: its Vault SSH CA is not set up")]
     CertificatesNotConfigured,
+    /// The grant id as given, cut to 40 characters.
+    #[error("access grant {0} not found")]
+    GrantNotFound(String),
+    #[error("the access request is {status}: nothing more can be decided on it")]
+    GrantClosed { status: &'static str },
+    /// Why the caller may not decide on this request.
+    #[error("{0}")]
+    NotYourDecision(&'static str),
     #[error(
         "the private key of generation {generation} was already downloaded; \
          regenerate the key to get a new one"
@@ -93,6 +101,9 @@ impl DomainError {
             KeyDenied => "key_denied",
             CertificateNotFound(_) => "certificate_not_found",
             CertificatesNotConfigured => "certificates_not_configured",
+            GrantNotFound(_) => "access_grant_not_found",
+            GrantClosed { .. } => "access_grant_closed",
+            NotYourDecision(_) => "approval_not_allowed",
             KeyRevoked => "key_revoked",
             AlreadyDownloaded { .. } => "key_already_downloaded",
             ConcurrentModification => "concurrent_modification",

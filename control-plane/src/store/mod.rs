@@ -17,6 +17,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+mod access_grants;
 mod activity;
 mod audit;
 mod certificates;
@@ -32,6 +33,7 @@ mod streams;
 mod tenants;
 mod times;
 mod tokens;
+pub use access_grants::{GRANTS_LISTED, GrantRecord, GrantStatus};
 pub use activity::HostActivity;
 pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
 pub use certificates::{CertificateRecord, RevokedCertificate};

@@ -2,57 +2,34 @@
 //! carrying its keys and each managed user's principal, the real agent writing sshd's files, and
 //! Debian's sshd judging real `ssh` logins with certificates.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use keyward_common::{GeneratedKey, KeyAlgorithm};
+use keyward_common::KeyAlgorithm;
 use keyward_tests::openbao::SSH_USER_ROLE;
-use keyward_tests::{Deployment, Sshd, eventually};
+use keyward_tests::{Deployment, OwnKey, Sshd, eventually};
 use reqwest::Method;
 use serde_json::json;
 
-/// A key pair of someone's own, and the path ssh offers its certificate from (`{key}-cert.pub`).
-struct Holder {
-    _dir: tempfile::TempDir,
-    key: PathBuf,
-    public: String,
-}
+type Holder = OwnKey;
 
-impl Holder {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = GeneratedKey::generate(KeyAlgorithm::Ed25519, "someone@laptop").unwrap();
-        let path = dir.path().join("id");
-        std::fs::write(&path, key.private_openssh().as_bytes()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        Self {
-            _dir: dir,
-            key: path,
-            public: key.public_openssh().to_owned(),
-        }
-    }
-
-    /// Has OpenBao sign the key for `principal` (as root, the way an operator would) and puts
-    /// the certificate where ssh finds it.
-    async fn certify(&self, d: &Deployment, principal: &str) {
-        let signed = d
-            .bao
-            .root(
-                Method::POST,
-                &format!("ssh/sign/{SSH_USER_ROLE}"),
-                Some(json!({
-                    "public_key": self.public,
-                    "cert_type": "user",
-                    "key_id": format!("test:{principal}"),
-                    "valid_principals": principal,
-                    "ttl": "600s",
-                })),
-            )
-            .await;
-        let cert = signed["data"]["signed_key"].as_str().unwrap();
-        std::fs::write(self.key.with_file_name("id-cert.pub"), cert).unwrap();
-    }
+/// Has OpenBao sign the key for `principal` (as root, the way an operator would) and puts
+/// the certificate where ssh finds it.
+async fn certify(holder: &Holder, d: &Deployment, principal: &str) {
+    let signed = d
+        .bao
+        .root(
+            Method::POST,
+            &format!("ssh/sign/{SSH_USER_ROLE}"),
+            Some(json!({
+                "public_key": holder.public,
+                "cert_type": "user",
+                "key_id": format!("test:{principal}"),
+                "valid_principals": principal,
+                "ttl": "600s",
+            })),
+        )
+        .await;
+    holder.hold_certificate(signed["data"]["signed_key"].as_str().unwrap());
 }
 
 #[tokio::test]
@@ -81,7 +58,7 @@ async fn a_certificate_from_the_vault_ca_logs_in_only_as_the_user_its_principal_
     );
 
     let holder = Holder::new();
-    holder.certify(&d, &tenant_principal).await;
+    certify(&holder, &d, &tenant_principal).await;
     let (ok, who) = d
         .sshd
         .login_async(&holder.key, &d.user.name, "id -un")
@@ -98,7 +75,7 @@ async fn a_certificate_from_the_vault_ca_logs_in_only_as_the_user_its_principal_
 
     // Another tenant's principal, or the user's own name: refused.
     for other in ["keyward:someone-else:tenant", d.user.name.as_str()] {
-        holder.certify(&d, other).await;
+        certify(&holder, &d, other).await;
         assert!(
             !d.sshd
                 .login_async(&holder.key, &d.user.name, "true")
@@ -109,7 +86,7 @@ async fn a_certificate_from_the_vault_ca_logs_in_only_as_the_user_its_principal_
     }
 
     // The admin principal logs in as the admin user.
-    holder.certify(&d, &admin_principal).await;
+    certify(&holder, &d, &admin_principal).await;
     assert!(
         d.sshd
             .login_async(&holder.key, &d.admin.name, "true")
@@ -169,7 +146,7 @@ async fn a_ca_rotation_loses_no_login_and_ends_with_the_old_ca_untrusted() {
         .trim()
         .to_owned();
     let from_old = Holder::new();
-    from_old.certify(&d, &principal).await;
+    certify(&from_old, &d, &principal).await;
     trusts_while_logging_in(&d, &[&old_key], &from_old).await;
 
     let next_key = d.bao.add_ssh_issuer("next").await;
@@ -183,7 +160,7 @@ async fn a_ca_rotation_loses_no_login_and_ends_with_the_old_ca_untrusted() {
         )
         .await;
     let from_next = Holder::new();
-    from_next.certify(&d, &principal).await;
+    certify(&from_next, &d, &principal).await;
     assert!(
         d.sshd
             .login_async(&from_next.key, &d.user.name, "true")
@@ -224,24 +201,18 @@ async fn tenant_issue(d: &Deployment, body: serde_json::Value) -> keyward_tests:
     .await
 }
 
-impl Holder {
-    /// Has keyward certify the key (the tenant's own REST call) and puts the certificate where
-    /// ssh finds it; the answer.
-    async fn certify_over_rest(&self, d: &Deployment) -> serde_json::Value {
-        let reply = tenant_issue(
-            d,
-            json!({ "publicKey": self.public, "validitySeconds": 600, "reason": "deploy the site" }),
-        )
-        .await;
-        assert_eq!(reply.status, 201, "{}", reply.text());
-        let issued = reply.json();
-        std::fs::write(
-            self.key.with_file_name("id-cert.pub"),
-            issued["certificate"].as_str().unwrap(),
-        )
-        .unwrap();
-        issued
-    }
+/// Has keyward certify the key (the tenant's own REST call) and puts the certificate where ssh
+/// finds it; the answer.
+async fn certify_over_rest(holder: &Holder, d: &Deployment) -> serde_json::Value {
+    let reply = tenant_issue(
+        d,
+        json!({ "publicKey": holder.public, "validitySeconds": 600, "reason": "deploy the site" }),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let issued = reply.json();
+    holder.hold_certificate(issued["certificate"].as_str().unwrap());
+    issued
 }
 
 /// `POST .../ssh-certificates/{id}/revoke` with a tenant's token.
@@ -285,7 +256,7 @@ async fn a_certificate_issued_over_rest_logs_in_and_revoking_it_refuses_it_and_e
     })
     .await;
     let (a, b) = (Holder::new(), Holder::new());
-    let issued_a = a.certify_over_rest(&d).await;
+    let issued_a = certify_over_rest(&a, &d).await;
     let id_a = format!("keyward:{}:tenant:1", d.tenant);
     assert_eq!(issued_a["certificateId"], id_a.as_str());
     assert_eq!(issued_a["kind"], "tenant");
@@ -300,7 +271,7 @@ async fn a_certificate_issued_over_rest_logs_in_and_revoking_it_refuses_it_and_e
         issued_a.get("issuedBy").is_none(),
         "a tenant is not shown token ids"
     );
-    let issued_b = b.certify_over_rest(&d).await;
+    let issued_b = certify_over_rest(&b, &d).await;
     assert_eq!(
         issued_b["certificateId"],
         format!("keyward:{}:tenant:2", d.tenant)

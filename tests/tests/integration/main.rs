@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod access_grants;
 mod agent_bounds;
 mod agent_e2e;
 mod agent_mtls;
