@@ -243,10 +243,11 @@ pub async fn start_with(
     };
     // The first states already carry the CA's keys; then every replica follows them.
     let ca_trust = Arc::new(CaTrust::default());
-    ca_trust.refresh(ssh_ca.as_ref()).await;
+    ca_trust.start(ssh_ca.as_ref(), &lifecycle).await;
     background.push(tokio::spawn(ca_trust.clone().run(
         ssh_ca,
         hub.clone(),
+        lifecycle.clone(),
         config.vault.ssh_ca_refresh,
     )));
     let agent_api = grpc::start(

@@ -4,9 +4,10 @@
 //! They live in Vault's SSH engine (every issuer's key: the current CA and, during a rotation,
 //! the next one). Each replica reads them at start and every `vault.ssh_ca_refresh` (60 s by
 //! default; a CA rotation adds the next issuer and waits at least that long, so that every host
-//! trusts both, before making it the default); when they change,
-//! every stream of the replica sends its host's state again (the same generation: an agent
-//! applies a re-sent state). When Vault cannot be read the last keys are kept: a host must not
+//! trusts both, before making it the default); when they change, the first replica to see it
+//! raises every host's generation (`KeyLifecycle::record_ca_keys`, once for the deployment, with
+//! an audit event), and every stream of the replica sends its host's state again (with the new
+//! generation, so that a host counts as in sync only once it applied the new keys). When Vault cannot be read the last keys are kept: a host must not
 //! stop trusting its CA because Vault is away. No CA (no `ssh` mount, or HashiCorp Vault without
 //! issuers) is an empty list: no certificate is trusted and no principal is sent.
 
@@ -14,6 +15,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use super::hub::Hub;
+use crate::lifecycle::KeyLifecycle;
 use crate::vault::CertificateAuthority;
 
 /// The CA keys, as last read.
@@ -33,11 +35,16 @@ impl CaTrust {
 
     /// Reads the keys from `ca`; returns whether they changed. On an error the old keys stay.
     pub async fn refresh(&self, ca: &dyn CertificateAuthority) -> bool {
+        self.read(ca).await.unwrap_or(false)
+    }
+
+    /// [`CaTrust::refresh`], saying `None` when Vault could not be read.
+    async fn read(&self, ca: &dyn CertificateAuthority) -> Option<bool> {
         let mut read = match ca.ca_public_keys().await {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the SSH CA's keys; keeping the last ones");
-                return false;
+                return None;
             }
         };
         // The default issuer first, then by issuer id: the same keys always in the same order.
@@ -47,6 +54,10 @@ impl CaTrust {
                 .then_with(|| a.issuer_id.cmp(&b.issuer_id))
         });
         let keys: Vec<String> = read.into_iter().map(|k| k.public_key).collect();
+        Some(self.set(keys))
+    }
+
+    fn set(&self, keys: Vec<String>) -> bool {
         let mut current = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         if **current == keys {
             return false;
@@ -56,20 +67,58 @@ impl CaTrust {
         true
     }
 
-    /// Refreshes every `every` for ever; a change makes every stream of `hub` send its state
-    /// again.
+    /// The first read, at start: from Vault, recorded as the deployment's when they changed; when
+    /// Vault cannot be read, the keys the deployment last recorded, so that no host stops
+    /// trusting its CA because Vault was away when a replica started.
+    pub async fn start(&self, ca: &dyn CertificateAuthority, lifecycle: &KeyLifecycle) {
+        match self.read(ca).await {
+            Some(true) => {
+                self.record(lifecycle).await;
+            }
+            Some(false) => {}
+            None => match lifecycle.recorded_ca_keys().await {
+                Ok(Some(keys)) => {
+                    tracing::info!(
+                        keys = keys.len(),
+                        "trusting the SSH CA keys last recorded until Vault answers"
+                    );
+                    self.set(keys);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the recorded SSH CA keys"),
+            },
+        }
+    }
+
+    /// Records the keys as the deployment's (see the module docs); retried at the next
+    /// refresh while the database fails.
+    pub async fn record(&self, lifecycle: &KeyLifecycle) -> bool {
+        match lifecycle.record_ca_keys(&self.keys()).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the SSH CA's keys; trying again");
+                false
+            }
+        }
+    }
+
+    /// Refreshes every `every` for ever; a change raises the hosts' generations and makes every
+    /// stream of `hub` send its state again.
     pub async fn run(
         self: Arc<Self>,
         ca: Arc<dyn CertificateAuthority>,
         hub: Arc<Hub>,
+        lifecycle: Arc<KeyLifecycle>,
         every: Duration,
     ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut recorded = true;
         loop {
             tick.tick().await;
-            if self.refresh(ca.as_ref()).await {
+            if self.refresh(ca.as_ref()).await || !recorded {
+                recorded = self.record(&lifecycle).await;
                 hub.resync();
             }
         }

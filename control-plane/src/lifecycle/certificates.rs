@@ -288,6 +288,36 @@ impl KeyLifecycle {
     }
 }
 
+impl KeyLifecycle {
+    /// Records the SSH CA keys hosts are to trust. When they differ from what any replica
+    /// recorded last, every live host gets a new generation (so that a host counts as in sync
+    /// only once it applied them) and the change is audited; returns whether they differed.
+    pub async fn record_ca_keys(&self, keys: &[String]) -> Result<bool, DomainError> {
+        let value = serde_json::to_string(keys).map_err(|_| DomainError::Internal)?;
+        let mut tx = self.store.begin().await?;
+        if !tx.set_deployment_setting(CA_KEYS_SETTING, &value).await? {
+            return Ok(false);
+        }
+        let hosts = tx.bump_all_hosts().await?;
+        let detail = json!({ "caKeys": keys, "hosts": hosts });
+        tx.append_audit(&self.event(&Caller::system(), "ssh_ca.trust", None, "success", detail))
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The SSH CA keys any replica recorded last.
+    pub async fn recorded_ca_keys(&self) -> Result<Option<Vec<String>>, DomainError> {
+        let Some(value) = self.store.deployment_setting(CA_KEYS_SETTING).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_str(&value).ok())
+    }
+}
+
+/// The deployment setting that holds the SSH CA keys hosts trust (a JSON list).
+const CA_KEYS_SETTING: &str = "ssh_ca_keys";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -259,6 +259,37 @@ impl WriteTx {
         Ok(done.rows_affected() == 1)
     }
 
+    /// A change to what every host trusts (the SSH CA's keys): every live host gets a new
+    /// generation.
+    pub async fn bump_all_hosts(&mut self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE hosts SET desired_generation = desired_generation + 1 WHERE revoked_at IS NULL",
+        )
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("raising host generations"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Sets a deployment setting; false when it already had that value.
+    pub async fn set_deployment_setting(
+        &mut self,
+        name: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO deployment_settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value \
+             WHERE deployment_settings.value <> excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("recording a deployment setting"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A change to the tenant's keys: every live host of the tenant gets a new generation.
     pub async fn bump_tenant_hosts(&mut self, tenant: &TenantId) -> Result<(), StoreError> {
         sqlx::query(
@@ -274,6 +305,16 @@ impl WriteTx {
 }
 
 impl Store {
+    /// A deployment setting's value.
+    pub async fn deployment_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM deployment_settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a deployment setting"))?;
+        row.map(|row| get(&row, "value")).transpose()
+    }
+
     pub async fn host(&self, host: &HostId) -> Result<Option<HostRecord>, StoreError> {
         sqlx::query("SELECT * FROM hosts WHERE host_id = $1")
             .bind(host.as_str())

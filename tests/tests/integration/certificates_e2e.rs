@@ -149,8 +149,31 @@ async fn a_ca_rotation_loses_no_login_and_ends_with_the_old_ca_untrusted() {
     certify(&from_old, &d, &principal).await;
     trusts_while_logging_in(&d, &[&old_key], &from_old).await;
 
+    let host = format!("/api/v1/admin/hosts/{}", d.agent.host_id);
+    let before = d.cp.admin_get(&host).await.json()["desiredGeneration"]
+        .as_i64()
+        .unwrap();
     let next_key = d.bao.add_ssh_issuer("next").await;
     trusts_while_logging_in(&d, &[&old_key, &next_key], &from_old).await;
+    // The new trust is a new generation: the host is in sync only once it applied it, and the
+    // change is in the audit log.
+    eventually("the host in sync at a newer generation", WITHIN, || async {
+        let now = d.cp.admin_get(&host).await.json();
+        (now["desiredGeneration"].as_i64()? > before && now["status"] == "in_sync").then_some(())
+    })
+    .await;
+    let trust =
+        d.cp.admin_get("/api/v1/admin/audit?action=ssh_ca.trust&limit=5")
+            .await
+            .json();
+    assert!(
+        trust["events"][0]["detail"]["caKeys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| *k == next_key.as_str()),
+        "{trust}"
+    );
 
     d.bao
         .root(
