@@ -5,6 +5,7 @@ import {
   api, badge, busy, confirmAction, facts, fill, follow, h, Problem, say, scrollBox, statusLine, table, when,
 } from './core.js';
 import { hostsPage } from './hosts.js';
+import { certificatesPanel } from './certs.js';
 import { evidence, outcome } from './tenant.js';
 
 const ADMIN = '/api/v1/admin';
@@ -83,7 +84,10 @@ async function showTenant(tenantId, details, signal) {
       ? table('Tokens of this tenant', ['Token', 'Role', 'Label', 'Created', 'Revoked'],
         d.apiKeys.map((k) => h('tr', {}, h('td', { class: 'mono' }, k.tokenId), h('td', {}, k.role), h('td', {}, k.label), h('td', {}, when(k.createdAt)), h('td', {}, when(k.revokedAt)))))
       : h('p', {}, 'None.'));
+  const certificates = certificatesPanel({ admin: true, tenantId, signal, level: 4 });
+  details.append(h('h3', { id: 'tenant-certificates' }, 'SSH certificates'), certificates.element);
   details.scrollIntoView({ block: 'nearest' });
+  await certificates.load();
 }
 
 // ---- Audit log and logins: filters and paging -------------------------------------------------

@@ -2,6 +2,7 @@
 
 import { api, fill, h, Problem, say, session, statusLine, whenSignedOut } from './core.js';
 import { tenantPage } from './tenant.js';
+import { tenantCertificatesPage } from './certs.js';
 import { adminPages } from './admin.js';
 
 const main = document.getElementById('main');
@@ -12,7 +13,7 @@ const who = document.getElementById('who');
 let leaving = new AbortController();
 let signInMessage = '';
 
-const tenantNav = [['#/tenant', 'SSH access']];
+const tenantNav = [['#/tenant', 'SSH access'], ['#/tenant/certificates', 'SSH certificates']];
 const adminNav = [
   ['#/admin/hosts', 'Hosts'],
   ['#/admin/tenants', 'Tenants'],
@@ -110,6 +111,9 @@ async function render() {
   if (route === '#/tenant' && session.role === 'tenant') {
     document.title = 'SSH access · keyward';
     await tenantPage(context);
+  } else if (route === '#/tenant/certificates' && session.role === 'tenant') {
+    document.title = 'SSH certificates · keyward';
+    await tenantCertificatesPage(context);
   } else if (route.startsWith('#/admin/') && session.role === 'admin') {
     const name = route.slice('#/admin/'.length);
     const page = adminPages[name];

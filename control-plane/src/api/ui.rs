@@ -111,6 +111,7 @@ mod tests {
         for (name, mime) in [
             ("index.html", "text/html"),
             ("app.js", "text/javascript"),
+            ("certs.js", "text/javascript"),
             ("app.css", "text/css"),
         ] {
             let response = asset(name);

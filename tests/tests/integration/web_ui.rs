@@ -396,3 +396,319 @@ async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
     browser.close().await;
     agent.kill().await;
 }
+
+/// The value of a form field (a textarea's text is its value, not its content).
+async fn value_of(browser: &Browser, id: &str) -> String {
+    browser
+        .script(&format!(
+            "const e = document.getElementById('{id}'); return e ? e.value : null"
+        ))
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// How many `certificate.issue` audit events the tenant has (successes and refusals).
+async fn issue_events(cp: &ControlPlane, tenant: &str) -> usize {
+    let reply = cp
+        .admin_get(&format!(
+            "/api/v1/admin/audit?tenantId={tenant}&action=certificate.issue&limit=100"
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["events"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_certifies_its_key_and_revokes_the_certificate_in_the_page() {
+    let bao = OpenBao::start().await;
+    bao.enable_ssh_ca().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let tenant = unique_tenant("uicert");
+    cp.create_tenant(&tenant).await;
+    let token = cp.tenant_token(&tenant).await;
+    let certificates = "/api/v1/tenant/infrastructure/ssh-certificates";
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &cp, &token, "#fingerprint code").await;
+    browser.click("nav a[href=\"#/tenant/certificates\"]").await;
+    browser.wait_for("#cert-form", "the certificate form").await;
+    browser
+        .wait_for("#certs-empty", "the empty certificate list")
+        .await;
+    assert_eq!(
+        browser
+            .attr("nav a[aria-current=page]", "href")
+            .await
+            .as_deref(),
+        Some("#/tenant/certificates")
+    );
+
+    // Not a key: the page shows the server's own explanation.
+    let bad = "ssh-ed25519 AAAAnot-a-key someone@laptop";
+    let refused = cp
+        .request(
+            Method::POST,
+            certificates,
+            Some(&token),
+            Some(json!({ "publicKey": bad })),
+        )
+        .await;
+    refused.assert_problem(400, "invalid_body");
+    let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("not an OpenSSH public key"), "{detail}");
+    browser.type_into("#cert-public-key", bad).await;
+    browser.click("#cert-issue").await;
+    browser
+        .wait_text("#cert-form-status", "the refusal's detail", |t| {
+            t.contains(&detail)
+        })
+        .await;
+    assert_eq!(issue_events(&cp, &tenant).await, 2, "both refusals audited");
+    browser.screenshot("tenant-certificate-refused").await;
+
+    // A private key pasted by mistake never leaves the page, and is not kept in the field.
+    let key =
+        keyward_common::GeneratedKey::generate(KeyAlgorithm::Ed25519, "someone@laptop").unwrap();
+    browser
+        .script(&format!(
+            "document.getElementById('cert-public-key').value = {}; return 1",
+            json!(key.private_openssh().as_str())
+        ))
+        .await;
+    browser.click("#cert-issue").await;
+    browser
+        .wait_text("#cert-form-status", "the private-key warning", |t| {
+            t.contains("private key: it was not sent")
+        })
+        .await;
+    assert_eq!(value_of(&browser, "cert-public-key").await, "");
+    assert_eq!(
+        issue_events(&cp, &tenant).await,
+        2,
+        "the private key was sent"
+    );
+
+    // The public key, for 15 minutes: the certificate shows, ready to copy, with where to put it.
+    browser
+        .type_into("#cert-public-key", key.public_openssh())
+        .await;
+    browser
+        .script("document.getElementById('cert-validity').value = '900'; return 1")
+        .await;
+    browser.type_into("#cert-reason", "deploy <b>now</b>").await;
+    browser.click("#cert-issue").await;
+    browser
+        .wait_text("#cert-form-status", "the issued message", |t| {
+            t.contains("issued")
+        })
+        .await;
+    let shown = value_of(&browser, "cert-text").await;
+    let listed = cp
+        .request(Method::GET, certificates, Some(&token), None)
+        .await
+        .json();
+    let record = listed["certificates"][0].clone();
+    let id = record["certificateId"].as_str().unwrap().to_owned();
+    assert_eq!(id, format!("keyward:{tenant}:tenant:1"));
+    assert_eq!(record["certificate"], json!(shown));
+    assert_eq!(record["reason"], "deploy <b>now</b>");
+    let cert = ssh_key::Certificate::from_openssh(&shown).unwrap();
+    assert_eq!(cert.key_id(), id);
+    assert_eq!(
+        cert.public_key(),
+        ssh_key::PublicKey::from_openssh(key.public_openssh())
+            .unwrap()
+            .key_data()
+    );
+    let lifetime = cert.valid_before() - cert.valid_after();
+    assert!((900..=960).contains(&lifetime), "valid for {lifetime} s");
+    assert_eq!(
+        browser.attr("#cert-text", "readonly").await.as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        browser.text("#cert-file").await,
+        "~/.ssh/id_ed25519-cert.pub"
+    );
+    assert_eq!(browser.text("#cert-id").await, id);
+    browser.click("#cert-copy").await;
+    browser
+        .wait_text("#cert-copy-status", "the copy's outcome", |t| {
+            t == "Copied." || t.contains("selected")
+        })
+        .await;
+
+    // Listed as active; the reason is text, not markup.
+    let row = format!("#certs tr[data-certificate-id=\"{id}\"]");
+    browser
+        .wait_for(
+            &format!("{row}[data-status=\"active\"]"),
+            "the active certificate",
+        )
+        .await;
+    let cells = browser.text(&row).await;
+    assert!(cells.contains("deploy <b>now</b>"), "{cells}");
+    assert_eq!(
+        browser
+            .script("return document.querySelectorAll('#certs b').length")
+            .await,
+        json!(0)
+    );
+    browser.screenshot("tenant-certificate").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(
+        violations.is_empty(),
+        "tenant certificates: {violations:#?}"
+    );
+
+    // Revoke: asks first, then the row shows revoked, as the API says.
+    browser.click(&format!("{row} button.cert-revoke")).await;
+    confirm(&browser, "sessions opened with it are ended").await;
+    browser
+        .wait_for(
+            &format!("{row}[data-status=\"revoked\"]"),
+            "the revoked certificate",
+        )
+        .await;
+    browser
+        .wait_text("#certs-status", "the revocation message", |t| {
+            t.contains(&format!("Revoked {id}"))
+        })
+        .await;
+    assert_eq!(
+        browser.text(&format!("{row} .cert-status")).await,
+        "revoked"
+    );
+    let now = cp
+        .request(Method::GET, certificates, Some(&token), None)
+        .await
+        .json();
+    assert_eq!(now["certificates"][0]["status"], "revoked");
+    assert_eq!(
+        browser
+            .script(&format!(
+                "return document.querySelectorAll('{} button').length",
+                row.replace('\'', "\\'")
+            ))
+            .await,
+        json!(0),
+        "a revoked certificate still has a Revoke button"
+    );
+
+    // Phone width: nothing needs sideways scrolling (the table scrolls in its own box).
+    browser.resize(390, 844).await;
+    let overflow = browser
+        .script("return document.documentElement.scrollWidth - window.innerWidth")
+        .await;
+    browser.screenshot("tenant-certificate-phone").await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "page wider than the phone by {overflow} px"
+    );
+    browser.resize(1280, 900).await;
+
+    // A certificate for the platform's admin user is listed as the platform's, not revocable here.
+    let admin_key =
+        keyward_common::GeneratedKey::generate(KeyAlgorithm::Ed25519, "ops@platform").unwrap();
+    let issued = cp
+        .admin_post(
+            &format!("/api/v1/admin/tenants/{tenant}/ssh-certificates"),
+            json!({ "kind": "admin", "publicKey": admin_key.public_openssh(), "reason": "kernel update" }),
+        )
+        .await;
+    assert_eq!(issued.status, 201, "{}", issued.text());
+    let admin_id = issued.json()["certificateId"].as_str().unwrap().to_owned();
+    browser.goto(&format!("{}/ui/#/tenant", cp.url)).await;
+    browser
+        .wait_for("#fingerprint code", "the tenant page")
+        .await;
+    browser.click("nav a[href=\"#/tenant/certificates\"]").await;
+    let admin_row = format!("#certs tr[data-certificate-id=\"{admin_id}\"]");
+    let text = browser
+        .wait_text(&admin_row, "the platform's certificate", |t| {
+            t.contains("platform")
+        })
+        .await;
+    assert!(
+        text.contains("active") && text.contains("kernel update"),
+        "{text}"
+    );
+    assert_eq!(
+        browser
+            .script(&format!(
+                "return document.querySelectorAll('#certs tr[data-certificate-id=\"{admin_id}\"] button').length"
+            ))
+            .await,
+        json!(0),
+        "a tenant is offered to revoke the platform's certificate"
+    );
+
+    // The admin sees the tenant's certificates with who issued them, and revokes any of them.
+    browser.click("#signout").await;
+    sign_in(&browser, &cp, &cp.admin_token, "#hosts").await;
+    browser
+        .goto(&format!("{}/ui/#/admin/tenants", cp.url))
+        .await;
+    browser
+        .click(&format!("#tenants tr[data-tenant-id=\"{tenant}\"] button"))
+        .await;
+    let issuer = issued.json()["issuedBy"].as_str().unwrap().to_owned();
+    assert!(!issuer.is_empty());
+    browser
+        .wait_text(&admin_row, "the admin's certificate row", |t| {
+            t.contains(&issuer)
+        })
+        .await;
+    // Another key for the tenant's user, from the admin's form.
+    let third = keyward_common::GeneratedKey::generate(KeyAlgorithm::Ed25519, "helper").unwrap();
+    browser
+        .script("document.getElementById('cert-kind').value = 'tenant'; return 1")
+        .await;
+    browser
+        .type_into("#cert-public-key", third.public_openssh())
+        .await;
+    browser.click("#cert-issue").await;
+    let third_row = format!("#certs tr[data-certificate-id=\"keyward:{tenant}:tenant:3\"]");
+    browser
+        .wait_for(
+            &format!("{third_row}[data-status=\"active\"]"),
+            "the admin's new certificate",
+        )
+        .await;
+    assert_eq!(
+        value_of(&browser, "cert-text").await,
+        cp.admin_get(&format!("/api/v1/admin/tenants/{tenant}/ssh-certificates"))
+            .await
+            .json()["certificates"][0]["certificate"]
+            .as_str()
+            .unwrap()
+    );
+    browser
+        .click(&format!("{admin_row} button.cert-revoke"))
+        .await;
+    confirm(&browser, "sessions opened with it are ended").await;
+    let text = browser
+        .wait_text(
+            &format!("{admin_row}[data-status=\"revoked\"]"),
+            "the revoked admin certificate",
+            |t| t.contains("revoked"),
+        )
+        .await;
+    assert_eq!(
+        text.matches(issuer.as_str()).count(),
+        2,
+        "the issuer and the revoker (the same token) are not both shown: {text}"
+    );
+    browser.screenshot("admin-tenant-certificates").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin certificates: {violations:#?}");
+
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.iter().all(|e| e.contains("400")),
+        "console errors: {errors:?}"
+    );
+    browser.close().await;
+}
