@@ -82,6 +82,12 @@ path "ssh/issuers" {
   capabilities = ["list"]
 }
 
+# HashiCorp Vault's engine keeps one CA and has no `issuers` paths: its public key is read here
+# (public by design; the engine serves it even without a token when the mount exists).
+path "ssh/public_key" {
+  capabilities = ["read"]
+}
+
 # Backups: `GET sys/storage/raft/snapshot` streams a snapshot of integrated storage. `read` only:
 # restoring one (`POST` on this path, or `snapshot-force`) is an operator's act, not keyward's.
 path "sys/storage/raft/snapshot" {

@@ -12,7 +12,8 @@
 //!   the role's `issuer_ref`: the sign call cannot choose one.
 //! * `LIST {ssh_mount}/issuers`: every issuer's id, name, public key and whether it is the
 //!   default, in one answer. Several issuers are OpenBao's (2.0 and later); HashiCorp Vault's
-//!   engine has one CA and no `issuers` paths, and there this call finds no CA key (404).
+//!   engine has one CA and no `issuers` paths: there this call answers 404, and the one CA key is
+//!   read from `GET {ssh_mount}/public_key` (plain text; a 404 there too means no CA).
 //!
 //! A request is checked before it is sent ([`UserCertificateRequest`]), and the certificate that
 //! comes back is read and held against it ([`issued`]): a Vault that signs anything else (another
@@ -139,9 +140,10 @@ impl CertificateAuthority for VaultStore {
                 async move { self.ssh_call(node, reqwest::Method::GET, path, None).await }
             })
             .await?;
-        // No issuer at all: LIST answers 404.
+        // No issuer at all, or HashiCorp Vault's engine (one CA, no issuers paths): LIST answers
+        // 404, and the mount's one CA key, if any, is at `public_key`.
         let Some(answer) = answer else {
-            return Ok(Vec::new());
+            return self.single_ca_key().await;
         };
         parse_issuers(&answer["data"]).map_err(|reason| VaultError::BadResponse {
             operation: format!("LIST {}/issuers", self.ssh_mount),
@@ -151,6 +153,29 @@ impl CertificateAuthority for VaultStore {
 }
 
 impl VaultStore {
+    /// The mount's one CA key (`GET {ssh_mount}/public_key`, plain text), as HashiCorp Vault's
+    /// engine keeps it; none when there is no mount (404) or it has no CA (400).
+    async fn single_ca_key(&self) -> Result<Vec<CaPublicKey>, VaultError> {
+        let path = format!("{}/public_key", self.ssh_mount);
+        let text = self
+            .on_cluster("ssh_public_key", |_, node| {
+                let path = &path;
+                async move { self.ssh_send(node, reqwest::Method::GET, path, None).await }
+            })
+            .await;
+        let text = match text {
+            Ok(Some(text)) => text,
+            // No such mount (404), or a mount without a CA (OpenBao: 400 "no default issuer
+            // currently configured"; Vault: 400 too).
+            Ok(None) | Err(VaultError::Failed { status: 400, .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        single_key(&text).map_err(|reason| VaultError::BadResponse {
+            operation: format!("GET {path}"),
+            reason,
+        })
+    }
+
     /// `method {path}` on node `node` with the current token and a JSON body: the answer, or
     /// `None` for 404.
     async fn ssh_call(
@@ -160,6 +185,26 @@ impl VaultStore {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Option<Value>, VaultError> {
+        let operation = || format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let Some(text) = self.ssh_send(node, method.clone(), path, body).await? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| VaultError::BadResponse {
+                operation: operation(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// `method {path}` on node `node`: the answer's body, or `None` for 404.
+    async fn ssh_send(
+        &self,
+        node: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<String>, VaultError> {
         let token = self.token();
         let mut request = self
             .http
@@ -179,14 +224,7 @@ impl VaultStore {
             .map_err(|e| self.unreachable(node, &e))?;
         let operation = || format!("{method} {}", path.split('?').next().unwrap_or(path));
         match status {
-            200..=299 => {
-                serde_json::from_str(&text)
-                    .map(Some)
-                    .map_err(|e| VaultError::BadResponse {
-                        operation: operation(),
-                        reason: e.to_string(),
-                    })
-            }
+            200..=299 => Ok(Some(text)),
             404 => Ok(None),
             403 => Err(VaultError::Denied {
                 operation: operation(),
@@ -258,6 +296,22 @@ fn parse_issuers(data: &Value) -> Result<Vec<CaPublicKey>, String> {
     Ok(keys)
 }
 
+/// The one CA key of a `GET {ssh_mount}/public_key` answer (OpenSSH form, maybe with a comment
+/// and a newline).
+fn single_key(text: &str) -> Result<Vec<CaPublicKey>, String> {
+    let key = ssh_key::PublicKey::from_openssh(text.trim())
+        .map_err(|e| format!("the CA's public_key: {e}"))?;
+    let public_key = ssh_key::PublicKey::from(key.key_data().clone())
+        .to_openssh()
+        .map_err(|e| format!("the CA's public_key: {e}"))?;
+    Ok(vec![CaPublicKey {
+        issuer_id: "default".into(),
+        issuer_name: None,
+        is_default: true,
+        public_key,
+    }])
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -304,6 +358,15 @@ mod tests {
         let bad = json!({ "key_info": { "x": { "public_key": "ssh-ed25519 !!" } } });
         assert!(parse_issuers(&bad).unwrap_err().contains("issuer x"));
         assert!(parse_issuers(&json!({})).is_err());
+    }
+
+    #[test]
+    fn a_single_ca_key_is_read_without_its_comment() {
+        let keys = single_key(&format!("{KEY_A} vault-ca\n")).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].public_key, KEY_A);
+        assert!(keys[0].is_default);
+        assert!(single_key("<html>not found</html>").is_err());
     }
 
     #[test]

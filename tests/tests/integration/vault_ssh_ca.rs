@@ -391,3 +391,35 @@ async fn a_real_sshd_trusting_the_ca_lets_in_only_the_granted_principal() {
     let (ok, _) = login(own_name).await;
     assert!(!ok, "the user name logged in without being listed");
 }
+
+/// No mount, then a mount without a CA, then its first CA: no key, no key, that key. (The
+/// engine answers 404 to the issuers' LIST until a CA exists; keyward then reads the mount's one
+/// key, as HashiCorp Vault's engine keeps it, and takes "no CA" for none.)
+#[tokio::test]
+async fn a_mount_without_a_ca_is_no_key_not_an_error() {
+    let bao = OpenBao::start().await;
+    let vault = store(&bao).await;
+    assert_eq!(vault.ca_public_keys().await.unwrap(), []);
+    bao.root(
+        Method::POST,
+        "sys/mounts/ssh",
+        Some(json!({ "type": "ssh" })),
+    )
+    .await;
+    assert_eq!(vault.ca_public_keys().await.unwrap(), []);
+    let made = bao
+        .root(
+            Method::POST,
+            "ssh/config/ca",
+            Some(json!({ "generate_signing_key": true, "key_type": "ssh-ed25519" })),
+        )
+        .await;
+    let key = made["data"]["public_key"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let keys = vault.ca_public_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].public_key, key);
+}
