@@ -3,6 +3,7 @@
 import { api, fill, h, Problem, say, session, statusLine, whenSignedOut } from './core.js';
 import { tenantPage } from './tenant.js';
 import { tenantCertificatesPage } from './certs.js';
+import { tenantAccessPage, adminAccessPage } from './access.js';
 import { adminPages } from './admin.js';
 
 const main = document.getElementById('main');
@@ -13,7 +14,7 @@ const who = document.getElementById('who');
 let leaving = new AbortController();
 let signInMessage = '';
 
-const tenantNav = [['#/tenant', 'SSH access'], ['#/tenant/certificates', 'SSH certificates']];
+const tenantNav = [['#/tenant', 'SSH access'], ['#/tenant/certificates', 'SSH certificates'], ['#/tenant/access', 'Access']];
 const adminNav = [
   ['#/admin/hosts', 'Hosts'],
   ['#/admin/tenants', 'Tenants'],
@@ -21,6 +22,7 @@ const adminNav = [
   ['#/admin/logins', 'Logins'],
   ['#/admin/vault', 'Vault'],
   ['#/admin/rotation', 'Bulk rotation'],
+  ['#/admin/access', 'Access requests'],
 ];
 
 function home() { return session.role === 'admin' ? '#/admin/hosts' : '#/tenant'; }
@@ -114,6 +116,12 @@ async function render() {
   } else if (route === '#/tenant/certificates' && session.role === 'tenant') {
     document.title = 'SSH certificates · keyward';
     await tenantCertificatesPage(context);
+  } else if (route === '#/tenant/access' && session.role === 'tenant') {
+    document.title = 'Access · keyward';
+    await tenantAccessPage(context);
+  } else if (route === '#/admin/access' && session.role === 'admin') {
+    document.title = 'Access requests · keyward';
+    await adminAccessPage(context);
   } else if (route.startsWith('#/admin/') && session.role === 'admin') {
     const name = route.slice('#/admin/'.length);
     const page = adminPages[name];

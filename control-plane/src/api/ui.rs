@@ -112,6 +112,7 @@ mod tests {
             ("index.html", "text/html"),
             ("app.js", "text/javascript"),
             ("certs.js", "text/javascript"),
+            ("access.js", "text/javascript"),
             ("app.css", "text/css"),
         ] {
             let response = asset(name);

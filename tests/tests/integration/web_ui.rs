@@ -712,3 +712,113 @@ async fn tenant_certifies_its_key_and_revokes_the_certificate_in_the_page() {
     );
     browser.close().await;
 }
+
+/// A tenant that asks to approve the platform's visits sees an admin's request (who, why, for how
+/// long), approves it in the page, and changes its policy back.
+#[tokio::test]
+async fn tenant_approves_an_admins_access_request_in_the_page() {
+    let bao = OpenBao::start().await;
+    bao.enable_ssh_ca().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let tenant = unique_tenant("uiaccess");
+    cp.create_tenant(&tenant).await;
+    let token = cp.tenant_token(&tenant).await;
+    let policy = "/api/v1/tenant/infrastructure/access-policy";
+    let set = cp
+        .request(
+            Method::PUT,
+            policy,
+            Some(&token),
+            Some(json!({ "platformAccess": "approval" })),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    let key = keyward_common::GeneratedKey::generate(KeyAlgorithm::Ed25519, "admin@ops").unwrap();
+    let asked = cp
+        .admin_post(
+            &format!("/api/v1/admin/tenants/{tenant}/access-requests"),
+            json!({ "kind": "tenant", "publicKey": key.public_openssh(), "durationSeconds": 3600,
+                    "reason": "disk <i>full</i> on /var" }),
+        )
+        .await;
+    assert_eq!(asked.status, 201, "{}", asked.text());
+    let grant = asked.json()["grantId"].as_str().unwrap().to_owned();
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &cp, &token, "#fingerprint code").await;
+    browser.click("nav a[href=\"#/tenant/access\"]").await;
+    let row = format!("tr[data-grant-id=\"{grant}\"]");
+    browser
+        .wait_text(
+            &format!("{row} .grant-status"),
+            "the pending request",
+            |t| t.contains("pending") && t.contains("waits for the tenant"),
+        )
+        .await;
+    let text = browser.text(&row).await;
+    assert!(text.contains("disk <i>full</i> on /var"), "{text}");
+    assert!(text.contains("the platform"), "{text}");
+    let markup = format!(
+        "return document.querySelectorAll({}).length",
+        json!(format!("{row} i"))
+    );
+    assert_eq!(
+        browser.script(&markup).await,
+        json!(0),
+        "the reason is text, not markup"
+    );
+    eventually("the policy shown", Duration::from_secs(10), || async {
+        let shown = browser
+            .script("return document.getElementById('policy-choice').value")
+            .await;
+        (shown == json!("approval")).then_some(())
+    })
+    .await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "{violations:#?}");
+    browser.screenshot("tenant-access-pending").await;
+
+    browser.click(&format!("{row} .grant-approve")).await;
+    browser
+        .wait_text(
+            &format!("{row} .grant-status"),
+            "the granted request",
+            |t| t.contains("active"),
+        )
+        .await;
+    let read = cp
+        .request(
+            Method::GET,
+            &format!("/api/v1/admin/access-requests/{grant}"),
+            Some(&cp.admin_token),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(read["status"], "active");
+    assert_eq!(read["tenantApproved"], true);
+    assert!(
+        read["certificate"]
+            .as_str()
+            .unwrap()
+            .contains("-cert-v01@openssh.com")
+    );
+
+    // The policy back to "notify", in the page.
+    browser
+        .script("document.getElementById('policy-choice').value = 'notify'; return 1")
+        .await;
+    browser.click("#policy-save").await;
+    browser
+        .wait_text("#policy-status", "the saved policy", |t| {
+            t.contains("Saved")
+        })
+        .await;
+    let now = cp
+        .request(Method::GET, policy, Some(&token), None)
+        .await
+        .json();
+    assert_eq!(now["platformAccess"], "notify");
+    browser.screenshot("tenant-access-granted").await;
+    browser.close().await;
+}
