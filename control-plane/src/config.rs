@@ -68,6 +68,9 @@ pub struct CertificatesConfig {
     /// shorter still).
     #[serde(with = "humantime_serde")]
     pub max_validity: Duration,
+    /// Certificates one tenant may hold valid at once (both users'); more are refused until some
+    /// expire or are revoked. Bounds what a tenant's token can make keyward sign and store.
+    pub max_valid_per_tenant: u32,
 }
 
 impl Default for CertificatesConfig {
@@ -75,6 +78,7 @@ impl Default for CertificatesConfig {
         Self {
             default_validity: Duration::from_secs(3600),
             max_validity: Duration::from_secs(8 * 3600),
+            max_valid_per_tenant: 100,
         }
     }
 }
@@ -90,6 +94,13 @@ pub struct RetentionConfig {
     /// Drift events (what agents repaired).
     #[serde(with = "humantime_serde")]
     pub drift_events: Duration,
+    /// SSH certificate records, counted from the end of their validity.
+    #[serde(with = "humantime_serde")]
+    pub certificates: Duration,
+    /// Access requests and grants that ended (denied, lapsed, revoked, expired), counted from
+    /// their request.
+    #[serde(with = "humantime_serde")]
+    pub access_grants: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -97,6 +108,8 @@ impl Default for RetentionConfig {
         Self {
             login_events: Duration::from_secs(400 * 86_400),
             drift_events: Duration::from_secs(90 * 86_400),
+            certificates: Duration::from_secs(400 * 86_400),
+            access_grants: Duration::from_secs(400 * 86_400),
         }
     }
 }
@@ -572,6 +585,9 @@ impl Config {
         {
             return rule("vault.ssh_ca_refresh must be 1s to 1h");
         }
+        if !(1..=100_000).contains(&self.certificates.max_valid_per_tenant) {
+            return rule("certificates.max_valid_per_tenant must be 1 to 100000");
+        }
         if !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400))
             .contains(&self.access.decide_within)
         {
@@ -614,10 +630,20 @@ impl Config {
         if self.agent_api.login_events_burst < 500 {
             return rule("agent_api.login_events_burst must be at least 500 (an agent's batch)");
         }
-        if self.retention.login_events < Duration::from_secs(86_400)
-            || self.retention.drift_events < Duration::from_secs(86_400)
+        let retention = &self.retention;
+        if [
+            retention.login_events,
+            retention.drift_events,
+            retention.certificates,
+            retention.access_grants,
+        ]
+        .iter()
+        .any(|kept| *kept < Duration::from_secs(86_400))
         {
-            return rule("retention.login_events and retention.drift_events must be at least 1d");
+            return rule(
+                "retention.login_events, drift_events, certificates and access_grants must be at \
+                 least 1d",
+            );
         }
         if self.backup.retention == 0 {
             return rule("backup.retention must be at least 1");

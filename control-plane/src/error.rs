@@ -116,6 +116,9 @@ impl ApiError {
                     | DomainError::ConcurrentModification
                     | DomainError::RotationInProgress { .. } => (StatusCode::CONFLICT, "Conflict"),
                     DomainError::NotYourDecision(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+                    DomainError::Quota { .. } => {
+                        (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+                    }
                     DomainError::EnrollmentTokenInvalid => {
                         (StatusCode::UNAUTHORIZED, "Unauthorized")
                     }

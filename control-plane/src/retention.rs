@@ -1,5 +1,6 @@
 //! The retention sweep: login events and drift events older than `[retention]` are deleted, at
-//! start and then once a day.
+//! start and then once a day, and so are the records of SSH certificates whose validity ended
+//! and of access requests that ended, that long ago.
 //!
 //! Rows go by the control plane's time of receipt (`received_at`), never by the agent's own
 //! times, which a rooted host chooses. Each batch of at most [`BATCH`] rows is its own short
@@ -30,6 +31,8 @@ pub const EVERY: Duration = Duration::from_secs(24 * 3600);
 pub struct Swept {
     pub login_events: u64,
     pub drift_events: u64,
+    pub certificates: u64,
+    pub access_grants: u64,
 }
 
 /// Deletes every row of `what` received before `before`, [`BATCH`] rows per transaction.
@@ -74,9 +77,23 @@ pub async fn sweep(
         &cutoff(now, config.drift_events),
     )
     .await?;
+    let certificates = delete_all(
+        store,
+        Expiring::Certificates,
+        &cutoff(now, config.certificates),
+    )
+    .await?;
+    let access_grants = delete_all(
+        store,
+        Expiring::AccessGrants,
+        &cutoff(now, config.access_grants),
+    )
+    .await?;
     Ok(Swept {
         login_events,
         drift_events,
+        certificates,
+        access_grants,
     })
 }
 
@@ -91,6 +108,8 @@ pub async fn run(lifecycle: Arc<KeyLifecycle>, config: RetentionConfig) {
             Ok(swept) => tracing::info!(
                 login_events = swept.login_events,
                 drift_events = swept.drift_events,
+                certificates = swept.certificates,
+                access_grants = swept.access_grants,
                 "retention sweep done"
             ),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),

@@ -207,6 +207,7 @@ pub async fn start_with(
                 role: config.vault.ssh_user_role.clone(),
                 default_validity: config.certificates.default_validity,
                 max_validity: config.certificates.max_validity,
+                max_valid_per_tenant: config.certificates.max_valid_per_tenant,
                 access: config.access.clone(),
             }),
     );

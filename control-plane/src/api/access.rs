@@ -244,6 +244,7 @@ async fn list(
     responses((status = 201, body = AccessGrant),
         (status = 400, description = "`invalid_body`: not a public key, a weak key, a duration out of bounds", body = Problem),
         (status = 409, description = "`key_denied`, `key_revoked`", body = Problem),
+        (status = 429, description = "`quota_exceeded`: the tenant's bound on valid certificates (or on requests waiting for a decision) is reached", body = Problem),
         (status = 503, description = "`vault_unavailable`, `certificates_not_configured`", body = Problem)))]
 pub async fn tenant_request(
     State(state): State<AppState>,
@@ -356,6 +357,7 @@ pub async fn tenant_set_policy(
         (status = 400, description = "`invalid_body`: not a public key, a weak key, a duration out of bounds", body = Problem),
         (status = 404, body = Problem),
         (status = 409, description = "`key_denied`, `key_revoked`", body = Problem),
+        (status = 429, description = "`quota_exceeded`: the tenant's bound on valid certificates (or on requests waiting for a decision) is reached", body = Problem),
         (status = 503, description = "`vault_unavailable`, `certificates_not_configured`", body = Problem)))]
 pub async fn admin_request(
     State(state): State<AppState>,

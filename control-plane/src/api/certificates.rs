@@ -247,6 +247,7 @@ async fn revoke(
     responses((status = 201, body = SshCertificate),
         (status = 400, description = "`invalid_body`: not a public key, a weak key, a validity out of bounds", body = Problem),
         (status = 409, description = "`key_denied`: keyward replaced or revoked that key; `key_revoked`: the user's key set is revoked", body = Problem),
+        (status = 429, description = "`quota_exceeded`: the tenant's bound on valid certificates (or on requests waiting for a decision) is reached", body = Problem),
         (status = 503, description = "`vault_unavailable`, `certificates_not_configured`", body = Problem)))]
 pub async fn tenant_issue(
     State(state): State<AppState>,
@@ -303,6 +304,7 @@ pub async fn tenant_revoke(
         (status = 400, description = "`invalid_body`: not a public key, a weak key, a validity out of bounds", body = Problem),
         (status = 404, body = Problem),
         (status = 409, description = "`key_denied`, `key_revoked`", body = Problem),
+        (status = 429, description = "`quota_exceeded`: the tenant's bound on valid certificates (or on requests waiting for a decision) is reached", body = Problem),
         (status = 503, description = "`vault_unavailable`, `certificates_not_configured`", body = Problem)))]
 pub async fn admin_issue(
     State(state): State<AppState>,

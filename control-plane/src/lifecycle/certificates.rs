@@ -35,6 +35,8 @@ pub struct SshCertificates {
     pub role: String,
     pub default_validity: Duration,
     pub max_validity: Duration,
+    /// Certificates one tenant may hold valid at once.
+    pub max_valid_per_tenant: u32,
     /// Just-in-time access ([`super::grants`]).
     pub access: crate::config::AccessConfig,
 }
@@ -163,6 +165,16 @@ impl KeyLifecycle {
         };
         // Checked in full before a number is spent on it.
         request("keyward")?;
+        let valid = self
+            .store
+            .valid_certificates(&ask.tenant, self.clock.now())
+            .await?;
+        if valid >= i64::from(ca.max_valid_per_tenant) {
+            return Err(DomainError::Quota {
+                what: "valid SSH certificates",
+                max: ca.max_valid_per_tenant,
+            });
+        }
         let number = {
             let mut tx = self.store.begin_unaudited().await?;
             let n = tx

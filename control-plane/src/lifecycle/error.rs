@@ -57,6 +57,9 @@ pub enum DomainError {
     GrantNotFound(String),
     #[error("the access request is {status}: nothing more can be decided on it")]
     GrantClosed { status: &'static str },
+    /// A per-tenant bound was reached.
+    #[error("{what}: at most {max} at once per tenant; wait until some end")]
+    Quota { what: &'static str, max: u32 },
     /// Why the caller may not decide on this request.
     #[error("{0}")]
     NotYourDecision(&'static str),
@@ -102,6 +105,7 @@ impl DomainError {
             CertificateNotFound(_) => "certificate_not_found",
             CertificatesNotConfigured => "certificates_not_configured",
             GrantNotFound(_) => "access_grant_not_found",
+            Quota { .. } => "quota_exceeded",
             GrantClosed { .. } => "access_grant_closed",
             NotYourDecision(_) => "approval_not_allowed",
             KeyRevoked => "key_revoked",

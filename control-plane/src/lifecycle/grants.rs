@@ -28,6 +28,9 @@ use crate::clock::iso8601;
 use crate::store::{CertificateRecord, GrantRecord, GrantStatus, Role};
 use crate::vault::MIN_VALIDITY;
 
+/// Requests of one tenant's VPSs that may wait for a decision at once.
+const MAX_PENDING: i64 = 100;
+
 /// What a requester asks for.
 #[derive(Debug, Clone)]
 pub struct AccessAsk {
@@ -90,6 +93,12 @@ impl KeyLifecycle {
             ),
             _ => return Err(DomainError::TenantNotFound(ask.tenant.clone())),
         };
+        if self.store.pending_grants(&ask.tenant).await? >= MAX_PENDING {
+            return Err(DomainError::Quota {
+                what: "access requests waiting for a decision",
+                max: MAX_PENDING as u32,
+            });
+        }
         let now = self.clock.now();
         let record = GrantRecord {
             grant_id: format!("ag-{:016x}", rand::random::<u64>()),

@@ -131,6 +131,18 @@ impl Store {
         rows.iter().map(grant_from_row).collect()
     }
 
+    /// How many of the tenant's requests wait for a decision.
+    pub async fn pending_grants(&self, tenant: &TenantId) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM access_grants WHERE tenant_id = $1 AND status = 'pending'",
+        )
+        .bind(tenant.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("counting access requests"))?;
+        get(&row, "n")
+    }
+
     /// Grants due to close at `now`: pending ones past `decide_by`, active ones past `ends_at`.
     pub async fn grants_to_close(
         &self,

@@ -80,6 +80,24 @@ impl Store {
         rows.iter().map(certificate_from_row).collect()
     }
 
+    /// How many of the tenant's certificates are valid at `at` (not revoked, not expired).
+    pub async fn valid_certificates(
+        &self,
+        tenant: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM ssh_certificates \
+             WHERE tenant_id = $1 AND revoked_at IS NULL AND valid_before > $2",
+        )
+        .bind(tenant.as_str())
+        .bind(text(at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("counting certificates"))?;
+        get(&row, "n")
+    }
+
     /// The tenant's revoked certificates that are still valid at `at`, oldest first: what its
     /// hosts' revocation lists hold.
     pub async fn revoked_certificates(

@@ -1,4 +1,5 @@
-//! Deleting what agents reported once it is older than the retention (see `crate::retention`).
+//! Deleting what agents reported, and records of certificates and access grants that ended, once
+//! older than the retention (see `crate::retention`).
 //! Never the audit log: its rows are hash-chained and are kept whole.
 
 use super::{Store, StoreError, query_error};
@@ -9,6 +10,10 @@ use super::{Store, StoreError, query_error};
 pub enum Expiring {
     DriftEvents,
     LoginEvents,
+    /// By the end of their validity (the certificate's own, as Vault signed it).
+    Certificates,
+    /// Ended requests and grants, by the time of the request (pending and active ones stay).
+    AccessGrants,
 }
 
 impl Expiring {
@@ -16,6 +21,8 @@ impl Expiring {
         match self {
             Expiring::DriftEvents => "drift_events",
             Expiring::LoginEvents => "login_events",
+            Expiring::Certificates => "ssh_certificates",
+            Expiring::AccessGrants => "access_grants",
         }
     }
 
@@ -28,6 +35,16 @@ impl Expiring {
             Expiring::LoginEvents => {
                 "DELETE FROM login_events WHERE id IN (SELECT id FROM login_events \
                  WHERE received_at < $1 ORDER BY received_at, id LIMIT $2)"
+            }
+            Expiring::Certificates => {
+                "DELETE FROM ssh_certificates WHERE (tenant_id, kind, number) IN \
+                 (SELECT tenant_id, kind, number FROM ssh_certificates \
+                 WHERE valid_before < $1 ORDER BY valid_before LIMIT $2)"
+            }
+            Expiring::AccessGrants => {
+                "DELETE FROM access_grants WHERE grant_id IN (SELECT grant_id FROM access_grants \
+                 WHERE status NOT IN ('pending', 'active') AND requested_at < $1 \
+                 ORDER BY requested_at LIMIT $2)"
             }
         }
     }

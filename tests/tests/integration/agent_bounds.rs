@@ -12,9 +12,12 @@ use keyward_common::proto::{
     Applied, DriftReport, Hello, LoginBatch, LoginEvent, LoginMethod, LoginOutcome,
     RenewCertificate, SshdFilesResult, UserResult, agent_message, control_message,
 };
+use keyward_common::{CertificateId, KeyKind, TenantId};
 use keyward_server::clock::{iso8601, parse_iso8601};
 use keyward_server::config::RetentionConfig;
-use keyward_server::store::{DriftRecord, LoginFilter, NewLogin, Store};
+use keyward_server::store::{
+    CertificateRecord, DriftRecord, GrantRecord, GrantStatus, LoginFilter, NewLogin, Store,
+};
 use keyward_tests::{
     ControlPlane, Database, OpenBao, RawIdentity, RawStream, eventually, unique_tenant,
 };
@@ -340,6 +343,54 @@ fn new_login(cursor: i64, at: DateTime<Utc>) -> NewLogin {
     }
 }
 
+fn certificate(tenant: &TenantId, number: u64, valid_before: DateTime<Utc>) -> CertificateRecord {
+    CertificateRecord {
+        id: CertificateId {
+            tenant: tenant.clone(),
+            kind: KeyKind::Tenant,
+            number,
+        },
+        serial: number,
+        issuer_id: "issuer".into(),
+        ca_public_key: "ssh-ed25519 AAAA".into(),
+        key_fingerprint: fingerprint(number).parse().unwrap(),
+        certificate: "ssh-ed25519-cert-v01@openssh.com AAAA".into(),
+        principals: vec![format!("keyward:{tenant}:tenant")],
+        valid_after: valid_before - chrono::Duration::hours(1),
+        valid_before,
+        issued_at: valid_before - chrono::Duration::hours(1),
+        issued_by: "tok".into(),
+        reason: String::new(),
+        revoked_at: None,
+        revoked_by: None,
+    }
+}
+
+fn grant(tenant: &TenantId, id: &str, at: DateTime<Utc>, status: GrantStatus) -> GrantRecord {
+    GrantRecord {
+        grant_id: id.into(),
+        tenant_id: tenant.clone(),
+        kind: KeyKind::Tenant,
+        requested_by: "tok".into(),
+        requester_role: "admin".into(),
+        public_key: "ssh-ed25519 AAAA".into(),
+        key_fingerprint: fingerprint(1).parse().unwrap(),
+        duration_seconds: 60,
+        reason: "x".into(),
+        status,
+        needs_tenant: false,
+        needs_admin: false,
+        tenant_approved_by: None,
+        admin_approved_by: None,
+        decided_at: None,
+        ended_by: None,
+        requested_at: at,
+        decide_by: at,
+        certificate_number: None,
+        ends_at: None,
+    }
+}
+
 async fn retention_deletes_old_rows_only(database: Database) {
     let bao = OpenBao::start().await;
     let cp = ControlPlane::start_fast(&bao, database).await;
@@ -381,6 +432,24 @@ async fn retention_deletes_old_rows_only(database: Database) {
         store.insert_drift(&host_id, &record).await.unwrap();
     }
     assert_eq!(stored_logins(&store, &host.host_id).await, 1 + 2500 + 10);
+    // Certificates whose validity ended 401 and 399 days ago; requests made then, one ended and
+    // one still pending (never swept), and one ended 399 days ago.
+    let mut tx = store.begin().await.unwrap();
+    for (number, days) in [(1, 401), (2, 399)] {
+        tx.insert_certificate(&certificate(&tenant_id, number, days_ago(days)))
+            .await
+            .unwrap();
+    }
+    for (id, days, status) in [
+        ("ag-0000000000000001", 401, GrantStatus::Expired),
+        ("ag-0000000000000002", 401, GrantStatus::Pending),
+        ("ag-0000000000000003", 399, GrantStatus::Denied),
+    ] {
+        tx.insert_grant(&grant(&tenant_id, id, days_ago(days), status))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
 
     let swept = keyward_server::retention::sweep(&store, &RetentionConfig::default(), now)
         .await
@@ -389,6 +458,25 @@ async fn retention_deletes_old_rows_only(database: Database) {
     // clock), years before this sweep's "now".
     assert_eq!(swept.login_events, 2500 + 1);
     assert_eq!(swept.drift_events, 2);
+    assert_eq!(swept.certificates, 1);
+    assert_eq!(swept.access_grants, 1);
+    let left: Vec<u64> = store
+        .certificates(&tenant_id, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id.number)
+        .collect();
+    assert_eq!(left, [2]);
+    let mut grants: Vec<String> = store
+        .grants(Some(&tenant_id), None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.grant_id)
+        .collect();
+    grants.sort();
+    assert_eq!(grants, ["ag-0000000000000002", "ag-0000000000000003"]);
     assert_eq!(stored_logins(&store, &host.host_id).await, 10);
     let drift = store.drift_events(&host_id, 100).await.unwrap();
     assert_eq!(

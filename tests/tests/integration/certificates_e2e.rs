@@ -488,4 +488,13 @@ async fn certificate_requests_are_checked_and_tenants_keep_to_their_own() {
         },
     )
     .await;
+
+    // A tenant holds at most `certificates.max_valid_per_tenant` (100) valid at once.
+    for n in 0..100 {
+        let reply = tenant_issue(&d, json!({ "publicKey": holder.public })).await;
+        assert_eq!(reply.status, 201, "certificate {n}: {}", reply.text());
+    }
+    tenant_issue(&d, json!({ "publicKey": holder.public }))
+        .await
+        .assert_problem(429, "quota_exceeded");
 }
