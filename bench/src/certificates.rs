@@ -619,7 +619,7 @@ fn p50(samples: &[f64]) -> f64 {
 }
 
 /// `100,000`.
-fn thousands(n: usize) -> String {
+pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -42,12 +42,23 @@ pub struct FileRenamed {
     pub at: Instant,
 }
 
+/// sshd's files (`trusted_user_ca_keys`, `revoked_keys`, `principals/`) were rewritten.
+#[derive(Debug, Clone)]
+pub struct SshdWritten {
+    /// The host's index in the fleet.
+    pub host: usize,
+    /// When the writer returned.
+    pub at: Instant,
+}
+
 /// A [`DirApplier`] that reports every rewrite on a channel.
 #[derive(Debug)]
 pub struct TimingApplier {
     inner: DirApplier,
     host: usize,
     events: mpsc::UnboundedSender<FileRenamed>,
+    /// Where rewrites of sshd's files are reported, when asked ([`Fleet::report_sshd_files`]).
+    sshd_events: Option<mpsc::UnboundedSender<SshdWritten>>,
 }
 
 impl Applier for TimingApplier {
@@ -77,7 +88,14 @@ impl Applier for TimingApplier {
     }
 
     fn apply_sshd_files(&self, files: &SshdFiles) -> Result<bool, ApplyError> {
-        self.inner.apply_sshd_files(files)
+        let changed = self.inner.apply_sshd_files(files)?;
+        if changed && let Some(events) = &self.sshd_events {
+            let _ = events.send(SshdWritten {
+                host: self.host,
+                at: Instant::now(),
+            });
+        }
+        Ok(changed)
     }
 }
 
@@ -129,6 +147,7 @@ pub struct Fleet {
     root: tempfile::TempDir,
     host_key_dir: PathBuf,
     events: mpsc::UnboundedSender<FileRenamed>,
+    sshd_events: Option<mpsc::UnboundedSender<SshdWritten>>,
 }
 
 impl Fleet {
@@ -154,6 +173,7 @@ impl Fleet {
                 root,
                 host_key_dir,
                 events,
+                sshd_events: None,
             },
             rx,
         ))
@@ -176,28 +196,50 @@ impl Fleet {
         let tenant_token = cluster.tenant_token(&tenant).await.with_context(what)?;
         let (host_id, enrollment_token) =
             cluster.register_host(&tenant).await.with_context(what)?;
+        self.enroll_host(
+            &cluster.url,
+            index,
+            (&tenant, &tenant_token),
+            (&host_id, enrollment_token),
+            (ADMIN_USER, TENANT_USER),
+        )
+        .await
+    }
+
+    /// Enrolls host `host_id` of `tenant` (registered, its one-time token `enrollment_token`)
+    /// against the control plane at `server` as simulated host `index`, managing the Unix users
+    /// `(admin, tenant)` (exclusive, preserve) in its own directory; not started.
+    pub async fn enroll_host(
+        &self,
+        server: &str,
+        index: usize,
+        (tenant, tenant_token): (&str, &str),
+        (host_id, enrollment_token): (&str, String),
+        (admin_user, tenant_user): (&str, &str),
+    ) -> anyhow::Result<SimHost> {
+        let what = || format!("enrolling host {host_id} of {tenant}");
         let dir = self.root.path().join(format!("host-{index:05}"));
         let state_dir = dir.join("state");
         let homes = dir.join("homes");
         std::fs::create_dir_all(&homes).with_context(what)?;
         enroll(&EnrollOptions {
-            server: cluster.url.clone(),
+            server: server.to_owned(),
             token: enrollment_token,
             ca_file: None,
             state_dir: state_dir.clone(),
             force: false,
         })
         .await
-        .with_context(|| format!("enrolling host {host_id} of {tenant}"))?;
+        .with_context(what)?;
         let config = AgentConfig {
             state_dir,
             users: vec![
                 UserConfig {
-                    name: ADMIN_USER.parse()?,
+                    name: admin_user.parse()?,
                     mode: UserMode::Exclusive,
                 },
                 UserConfig {
-                    name: TENANT_USER.parse()?,
+                    name: tenant_user.parse()?,
                     mode: UserMode::Preserve,
                 },
             ],
@@ -211,13 +253,21 @@ impl Fleet {
         };
         Ok(SimHost {
             index,
-            tenant,
-            host_id,
-            tenant_token,
+            tenant: tenant.to_owned(),
+            host_id: host_id.to_owned(),
+            tenant_token: tenant_token.to_owned(),
             config,
             homes,
             agent: None,
         })
+    }
+
+    /// Every rewrite of sshd's files by an agent started from now on is reported on the
+    /// receiver.
+    pub fn report_sshd_files(&mut self) -> mpsc::UnboundedReceiver<SshdWritten> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.sshd_events = Some(tx);
+        rx
     }
 
     /// Provisions hosts `0..count`, `concurrency` at a time, and adds them to the fleet. Stops
@@ -269,6 +319,7 @@ impl Fleet {
                 inner: DirApplier::new(host.homes.clone()),
                 host: host.index,
                 events,
+                sshd_events: self.sshd_events.clone(),
             }),
             // No file watcher: the propagation path does not use it, and one inotify instance
             // per agent would run into fs.inotify.max_user_instances (128 by default).

@@ -20,6 +20,8 @@
 //! - [`renames`]: waiting for a rotated key to be in a simulated host's file.
 //! - [`certificates`]: SSH user certificates signed through OpenBao beside its KV write; KRL
 //!   size, encode, apply and read time with 100,000 revocations; sshd's login time with it.
+//! - [`certificate_revocation`]: REST revoke of a certificate → its new logins refused by a real
+//!   sshd, with 1 and 1,000 agents of the tenant connected.
 //! - [`fleet`]: simulated hosts, each a tenant with an enrolled agent running in this process.
 //! - [`benchmark`], [`flags`]: the interface every benchmark subcommand implements, and the
 //!   flags several share.
@@ -29,6 +31,7 @@
 pub mod agent_idle;
 pub mod agent_warnings;
 pub mod benchmark;
+pub mod certificate_revocation;
 pub mod certificates;
 pub mod cluster;
 pub mod fanout;

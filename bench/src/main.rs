@@ -14,8 +14,9 @@
 use clap::{Parser, Subcommand};
 use keyward_bench::benchmark::Run;
 use keyward_bench::{
-    agent_idle, agent_warnings, certificates, cluster, fanout, ingest, keygen, live_hosts,
-    propagation, replicas, rest, revocation, rotate_all, rotate_latency, streams, suite,
+    agent_idle, agent_warnings, certificate_revocation, certificates, cluster, fanout, ingest,
+    keygen, live_hosts, propagation, replicas, rest, revocation, rotate_all, rotate_latency,
+    streams, suite,
 };
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,9 @@ enum Command {
     /// Certificates signed per second through OpenBao beside its KV write; KRL size, encode,
     /// apply and read with 100,000 revocations; sshd's login time with that KRL.
     Certificates(Run<certificates::Args>),
+    /// Certificate revocation: REST revoke answered → a new login with it refused by sshd, with
+    /// 1 and 1,000 agents of the tenant connected.
+    CertificateRevocation(Run<certificate_revocation::Args>),
     /// A control plane in this process until stdin closes (used by `streams`; with
     /// `--database-url`, a replica of a deployment, used by `replicas`).
     #[command(hide = true)]
@@ -105,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         Command::LiveHosts(run) => run.execute().await,
         Command::Replicas(run) => run.execute().await,
         Command::Certificates(run) => run.execute().await,
+        Command::CertificateRevocation(run) => run.execute().await,
         Command::ControlPlaneChild(args) => cluster::serve_child(args).await,
     }
 }

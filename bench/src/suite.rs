@@ -106,6 +106,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "certificates signed/s, KRL size and apply, sshd login with a KRL",
                 &["certificates", "--smoke"],
             ),
+            step(
+                "certificate-revocation",
+                "certificate revoke → new logins refused by sshd, 1 and 20 agents",
+                &["certificate-revocation", "--smoke"],
+            ),
         ]
     } else {
         vec![
@@ -136,6 +141,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "certificates",
                 "certificates signed/s, KRL size and apply, sshd login with a 100k KRL",
                 &["certificates"],
+            ),
+            step(
+                "certificate-revocation",
+                "certificate revoke → new logins refused by sshd, 1 and 1,000 agents",
+                &["certificate-revocation"],
             ),
             step(
                 "revocation",
