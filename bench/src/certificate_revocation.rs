@@ -45,7 +45,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::benchmark::Benchmark;
-use crate::flags::AgentBinary;
+use crate::flags::{AgentBinary, HostsDir};
 use crate::fleet::{Fleet, SshdWritten};
 use crate::machine::{Load, Machine};
 use crate::report::Publication;
@@ -78,6 +78,9 @@ pub struct Options {
     pub provision_concurrency: usize,
     /// Agents started at once.
     pub connect_wave: usize,
+    /// Where the in-process hosts write their files (a new temporary directory inside it); the
+    /// system's temporary directory when `None`.
+    pub dir: Option<PathBuf>,
     pub smoke: bool,
 }
 
@@ -90,6 +93,7 @@ impl Options {
             rounds_many,
             provision_concurrency: 8,
             connect_wave: 100,
+            dir: None,
             smoke: false,
         }
     }
@@ -115,6 +119,9 @@ impl Options {
             }
             if self.rounds_many != 10 {
                 let _ = write!(c, " --rounds-many {}", self.rounds_many);
+            }
+            if let Some(dir) = &self.dir {
+                let _ = write!(c, " --dir {}", dir.display());
             }
         }
         if let Some(path) = write {
@@ -168,6 +175,8 @@ pub struct Case {
     pub rounds: Vec<Round>,
     /// Seconds to enroll and connect the other hosts.
     pub setup_seconds: f64,
+    /// The filesystem the other hosts wrote their files on.
+    pub filesystem: String,
 }
 
 impl Case {
@@ -572,12 +581,14 @@ pub async fn run(options: &Options) -> anyhow::Result<CertificateRevocationRepor
         others: 0,
         rounds: rounds(&d, options.rounds_one, "1 agent", 0, &mut none).await?,
         setup_seconds: 0.0,
+        filesystem: String::new(),
     };
 
     let others_asked = options.agents.saturating_sub(1);
     eprintln!("certificate-revocation: {others_asked} more hosts of the tenant, in-process agents");
     let setup = Instant::now();
-    let (mut fleet, _renamed) = Fleet::new(None)?;
+    let (mut fleet, _renamed) = Fleet::new(options.dir.as_deref())?;
+    let filesystem = crate::machine::filesystem_of(fleet.root());
     let mut events = Some(fleet.report_sshd_files());
     let others = add_hosts(&d, &mut fleet, others_asked, options).await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
@@ -600,6 +611,7 @@ pub async fn run(options: &Options) -> anyhow::Result<CertificateRevocationRepor
         others,
         rounds: many_rounds?,
         setup_seconds,
+        filesystem,
     };
     let load_after = Load::now();
     drop(fleet);
@@ -683,11 +695,25 @@ fn seconds(s: f64) -> String {
     }
 }
 
+/// The report's `BENCHMARKS.md` section id: [`SECTION`], `-tmpfs` when the other hosts wrote
+/// on tmpfs (a section of its own beside the default run's, as propagation's).
+pub fn section_id(report: &CertificateRevocationReport) -> String {
+    if report.many.filesystem == "tmpfs" {
+        format!("{SECTION}-tmpfs")
+    } else {
+        SECTION.to_owned()
+    }
+}
+
 /// The report as a `BENCHMARKS.md` section.
 pub fn markdown(report: &CertificateRevocationReport, command: &str) -> String {
     let mut out = String::from(
-        "## Certificate revocation: REST revoke → new logins refused by sshd (issue #16)\n\n",
+        "## Certificate revocation: REST revoke → new logins refused by sshd (issue #16)",
     );
+    if report.many.filesystem == "tmpfs" {
+        out.push_str(", the other hosts' files on tmpfs");
+    }
+    out.push_str("\n\n");
     let _ = writeln!(out, "Command: `{command}`\n");
     let _ = writeln!(
         out,
@@ -729,12 +755,12 @@ pub fn markdown(report: &CertificateRevocationReport, command: &str) -> String {
     let _ = writeln!(
         out,
         "{} agents: the real host and {} in-process agents (the agent's own runtime, mTLS gRPC, \
-         files in a temporary directory) enrolled as more hosts **of the same tenant** (enrolled \
-         and connected in {:.1} s), so that each revocation bumps every one of the tenant's \
+         files in a temporary directory on {}) enrolled as more hosts **of the same tenant** \
+         (enrolled and connected in {:.1} s), so that each revocation bumps every one of the tenant's \
          hosts and the control plane builds, signs and sends {} states with the new KRL, the \
          real host's among them; **all other hosts** is t0 → the last of them wrote its sshd \
          files. The 1-agent rounds run first, on the same deployment.\n",
-        many.agents, many.others, many.setup_seconds, many.agents,
+        many.agents, many.others, many.filesystem, many.setup_seconds, many.agents,
     );
     out.push_str(
         "| agents connected | rounds | lost | revoke call p50 / p99 ms | REST → `revoked_keys` rewritten p50 / p99 ms | first refused login: started p50 / p99 ms | …: `ssh` exited p50 / p99 ms | **REST → refused p50 ms** | **REST → refused p99 ms** | all other hosts' files p50 / p99 ms | logins accepted after the rewrite | sshd `revoked by file` lines |\n\
@@ -822,6 +848,8 @@ pub struct Args {
     pub smoke: bool,
     #[command(flatten)]
     pub agent: AgentBinary,
+    #[command(flatten)]
+    pub hosts: HostsDir,
 }
 
 impl Benchmark for Args {
@@ -842,7 +870,7 @@ impl Benchmark for Args {
             anyhow::ensure!(status.success(), "the benchmark failed: {status}");
             return Ok(Publication::default());
         }
-        let options = if self.smoke {
+        let mut options = if self.smoke {
             Options::smoke()
         } else {
             Options::new(
@@ -851,12 +879,16 @@ impl Benchmark for Args {
                 self.rounds_many.max(1),
             )
         };
+        options.dir = self.hosts.dir;
         let report = run(&options).await?;
         let mut command = options.command(write);
         if let Some(bin) = &self.agent.agent_bin {
             command = format!("KEYWARD_AGENT_BIN={} {command}", bin.display());
         }
-        Ok(Publication::section(SECTION, markdown(&report, &command)))
+        Ok(Publication::section(
+            section_id(&report),
+            markdown(&report, &command),
+        ))
     }
 }
 
