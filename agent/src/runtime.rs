@@ -182,6 +182,7 @@ pub async fn run_with(
         repaired_at: BTreeMap::new(),
         sshd: None,
         sshd_retry: None,
+        trusted_cas: Vec::new(),
     };
     agent.enforce_cache().await;
     agent.event_loop(deps.watch_events, shutdown).await;
@@ -224,6 +225,9 @@ struct Agent {
     sshd: Option<SshdFilesResult>,
     /// When to write the last state's sshd files again after a failure, and the wait after that.
     sshd_retry: Option<(Instant, Duration)>,
+    /// Fingerprints of the CA keys the last state's sshd files trust: only their certificates
+    /// keep sessions.
+    trusted_cas: Vec<String>,
 }
 
 /// What is valid for a user: the keys (fingerprint and, for a managed key in its grace period,
@@ -234,12 +238,14 @@ struct ValidKeys {
     revoked_certificate_ids: BTreeSet<String>,
     denied_fingerprints: Vec<String>,
     user_revoked: bool,
+    trusted_cas: Vec<String>,
+    principals: Vec<String>,
 }
 
 impl ValidKeys {
     /// From what an apply left in the file: the managed keys of `desired` that are in it and not
     /// expired, and the user's own keys; the state's revoked certificates and denied keys.
-    fn of(desired: &ManagedUser, done: &UserApplied) -> Self {
+    fn of(desired: &ManagedUser, done: &UserApplied, trusted_cas: &[String]) -> Self {
         let mut keys = BTreeMap::new();
         for key in &desired.keys {
             if !done.fingerprints.contains(&key.fingerprint) {
@@ -258,6 +264,8 @@ impl ValidKeys {
             revoked_certificate_ids: desired.revoked_certificate_ids.iter().cloned().collect(),
             denied_fingerprints: desired.denied_fingerprints.clone(),
             user_revoked: desired.revoked,
+            trusted_cas: trusted_cas.to_vec(),
+            principals: desired.principals.clone(),
         }
     }
 
@@ -268,6 +276,8 @@ impl ValidKeys {
             revoked_certificate_ids: self.revoked_certificate_ids.clone(),
             denied_fingerprints: self.denied_fingerprints.clone(),
             user_revoked: self.user_revoked,
+            trusted_cas: self.trusted_cas.clone(),
+            principals: self.principals.clone(),
         }
     }
 
@@ -785,7 +795,15 @@ impl Agent {
         // sshd's files first: the revocation list is what makes sshd itself refuse a key.
         self.sshd_retry = None;
         self.sshd = match &state.sshd {
-            Some(files) => Some(self.write_sshd_files(files, &state.users).await),
+            Some(files) => {
+                self.trusted_cas = files
+                    .user_ca_keys
+                    .iter()
+                    .filter_map(|k| keyward_common::keys::public_key_fingerprint(k).ok())
+                    .map(|f| f.to_string())
+                    .collect();
+                Some(self.write_sshd_files(files, &state.users).await)
+            }
             None => None,
         };
         self.schedule_sshd_retry(RETRY_FIRST);
@@ -960,7 +978,7 @@ impl Agent {
         self.observed
             .insert(user.to_string(), done.fingerprints.clone());
         let now = Utc::now();
-        let valid = ValidKeys::of(desired, done);
+        let valid = ValidKeys::of(desired, done, &self.trusted_cas);
         let valid_now = valid.now(now);
         // A key gone, or a certificate revoked since (the control plane raises the epoch for
         // that too; this does not wait for it).

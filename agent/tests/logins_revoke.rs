@@ -375,7 +375,10 @@ impl RunningAgent {
         config.logins = LoginsConfig::file(&sshd.log);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let deps = RuntimeDeps {
-            applier: Arc::new(SystemApplier::default()),
+            applier: Arc::new(SystemApplier {
+                sshd_dir: sshd.files_dir.clone(),
+                ..SystemApplier::default()
+            }),
             watch_events: None,
             notifier: None,
             status: None,
@@ -472,9 +475,25 @@ async fn revoking_a_certificate_ends_only_the_session_it_opened() {
     )
     .unwrap();
     let mut agent = RunningAgent::start(&user, &sshd).await;
+    // The states carry the same files: the CA, the user's principal, the revoked key ids (the
+    // agent keeps a certificate's session only for a CA and a principal of the state).
+    let certified = |generation: u64, epoch: u64, revoked: &[&str]| {
+        let mut state = desired(generation, &user, &[], &[], epoch);
+        state.users[0].principals = vec![PRINCIPAL.into()];
+        state.users[0].revoked_certificate_ids = revoked.iter().map(|s| (*s).to_owned()).collect();
+        let mut krl = keyward_common::krl::RevocationList::new(generation, 0, "test").unwrap();
+        for id in revoked {
+            krl.revoke_key_id(None, id).unwrap();
+        }
+        state.sshd = Some(keyward_common::proto::SshdFiles {
+            user_ca_keys: vec![ca.public()],
+            revoked_keys: krl.encode(),
+        });
+        state
+    };
 
     // No key in the user's file: only the certificates log in, one session each.
-    assert_eq!(agent.apply(&desired(1, &user, &[], &[], 0)).await.error, "");
+    assert_eq!(agent.apply(&certified(1, 0, &[])).await.error, "");
     let mut one_session: Proc = tokio::task::block_in_place(|| sshd.open_session(&one_path, &name));
     let mut two_session: Proc = tokio::task::block_in_place(|| sshd.open_session(&two_path, &name));
 
@@ -499,13 +518,45 @@ async fn revoking_a_certificate_ends_only_the_session_it_opened() {
 
     // The epoch rises with no certificate of the user revoked: both sessions stay (a certified
     // key is never in authorized_keys; such sessions all used to end here).
-    let raised = agent.apply(&desired(2, &user, &[], &[], 1)).await;
+    let raised = agent.apply(&certified(2, 1, &[])).await;
     assert_eq!((raised.error.as_str(), raised.sessions_ended), ("", 0));
 
+    // The user trusts a CA of its own in its own authorized_keys (`cert-authority`, a line the
+    // preserve mode keeps) and logs in with a certificate of it, even with a keyward-like key
+    // id: when the epoch rises, that session ends; keyward's certificates' stay.
+    let own_ca = UserCa::new();
+    let (own, own_path) = client_key(work.path(), "own");
+    own_ca.sign(&own, &own_path, "keyward:acme:tenant:9", PRINCIPAL, 109);
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(user.authorized_keys())
+            .unwrap();
+        writeln!(
+            file,
+            "cert-authority,principals=\"{PRINCIPAL}\" {}",
+            own_ca.public()
+        )
+        .unwrap();
+    }
+    let mut own_session: Proc = tokio::task::block_in_place(|| sshd.open_session(&own_path, &name));
+    agent
+        .accepted(|e| e.certificate_id == "keyward:acme:tenant:9")
+        .await;
+    let foreign = agent.apply(&certified(3, 2, &[])).await;
+    assert_eq!((foreign.error.as_str(), foreign.sessions_ended), ("", 1));
+    tokio::task::block_in_place(|| {
+        wait_for(
+            ENDS_WITHIN,
+            "the own CA's certificate's ssh client to end",
+            || (!own_session.running()).then_some(()),
+        );
+    });
+    assert!(one_session.running() && two_session.running());
+
     // Revoke the first certificate: its key id is listed and the epoch rises again.
-    let mut revoke = desired(3, &user, &[], &[], 2);
-    revoke.users[0].revoked_certificate_ids = vec![ONE.into()];
-    let revoked = agent.apply(&revoke).await;
+    let revoked = agent.apply(&certified(4, 3, &[ONE])).await;
     assert_eq!((revoked.error.as_str(), revoked.sessions_ended), ("", 1));
     tokio::task::block_in_place(|| {
         wait_for(

@@ -18,7 +18,7 @@ use crate::{KeyKind, TenantId};
 pub struct CertificateId {
     pub tenant: TenantId,
     pub kind: KeyKind,
-    /// From 1.
+    /// From 1 to `i64::MAX` (what SQL stores).
     pub number: u64,
 }
 
@@ -28,11 +28,12 @@ pub struct CertificateId {
 pub struct NotACertificateId;
 
 impl CertificateId {
-    /// The longest id: `keyward:` + 63 + `:tenant:` + 20 digits.
-    pub const MAX_LEN: usize = 8 + 63 + 8 + 20;
-    /// The grammar as a regular expression, for the API's schema.
+    /// The longest id: `keyward:` + 63 + `:tenant:` + 19 digits.
+    pub const MAX_LEN: usize = 8 + 63 + 8 + 19;
+    /// The grammar as a regular expression, for the API's schema (the number also at most
+    /// `i64::MAX`).
     pub const PATTERN: &'static str =
-        "^keyward:[a-z0-9][a-z0-9-]{0,62}:(admin|tenant):[1-9][0-9]{0,19}$";
+        "^keyward:[a-z0-9][a-z0-9-]{0,62}:(admin|tenant):[1-9][0-9]{0,18}$";
 }
 
 impl fmt::Display for CertificateId {
@@ -68,7 +69,11 @@ impl FromStr for CertificateId {
         Ok(Self {
             tenant: tenant.parse().map_err(|_| NotACertificateId)?,
             kind: kind.parse().map_err(|_| NotACertificateId)?,
-            number: number.parse().map_err(|_| NotACertificateId)?,
+            number: number
+                .parse::<i64>()
+                .ok()
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or(NotACertificateId)?,
         })
     }
 }
@@ -90,7 +95,7 @@ mod tests {
         assert_eq!(id.kind, KeyKind::Tenant);
         assert_eq!(id.number, 42);
         assert_eq!(id.to_string(), "keyward:acme:tenant:42");
-        let longest = format!("keyward:{}:tenant:{}", "a".repeat(63), u64::MAX);
+        let longest = format!("keyward:{}:tenant:{}", "a".repeat(63), i64::MAX);
         assert_eq!(longest.len(), CertificateId::MAX_LEN);
         assert_eq!(
             longest.parse::<CertificateId>().unwrap().to_string(),
@@ -106,7 +111,8 @@ mod tests {
             "keyward:acme:root:7",
             "keyward:Acme:tenant:7",
             "other:acme:tenant:7",
-            "keyward:acme:tenant:18446744073709551616",
+            "keyward:acme:tenant:18446744073709551615",
+            "keyward:acme:tenant:9223372036854775808",
             "keyward:acme:tenant: 7",
         ] {
             assert!(bad.parse::<CertificateId>().is_err(), "{bad:?} accepted");

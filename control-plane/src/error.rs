@@ -115,7 +115,9 @@ impl ApiError {
                     | DomainError::GrantClosed { .. }
                     | DomainError::ConcurrentModification
                     | DomainError::RotationInProgress { .. } => (StatusCode::CONFLICT, "Conflict"),
-                    DomainError::NotYourDecision(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+                    DomainError::NotYourDecision(_) | DomainError::ApprovalRequired => {
+                        (StatusCode::FORBIDDEN, "Forbidden")
+                    }
                     DomainError::Quota { .. } => {
                         (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
                     }

@@ -29,31 +29,38 @@ impl Deployment {
 
     /// [`Deployment::start`] with OpenBao's SSH engine set up as keyward's certificate
     /// authority before the control plane starts (`packaging/vault/README.md`'s set-up), so
-    /// that the host's sshd trusts it from the first state.
-    /// The control plane reads the CA's issuers every second (`vault.ssh_ca_refresh`), so that a
-    /// CA rotation reaches the host quickly; access requests lapse after a minute and grants are
-    /// closed within a second of their end; an admin's request for the admin user needs another
-    /// admin (`[access]`).
+    /// that the host's sshd trusts it from the first state, and [`Deployment::ssh_ca_settings`].
     pub async fn start_with_ssh_ca(keys: KeyAlgorithm) -> Self {
+        Self::start_with_ssh_ca_config(keys, Self::ssh_ca_settings).await
+    }
+
+    /// [`Deployment::start_with_ssh_ca`] with the control plane configured by `configure`
+    /// (which calls [`Deployment::ssh_ca_settings`] for the usual ones).
+    pub async fn start_with_ssh_ca_config(
+        keys: KeyAlgorithm,
+        configure: fn(&mut keyward_server::config::Config),
+    ) -> Self {
         let bao = OpenBao::start().await;
         bao.enable_ssh_ca().await;
         let cp = ControlPlane::start_with(
             &bao,
             crate::control_plane::Options {
                 algorithm: keys,
-                configure: Some(|c| {
-                    c.vault.ssh_ca_refresh = std::time::Duration::from_secs(1);
-                    // Just-in-time access closes grants within a second; a request lapses
-                    // after the shortest wait allowed; the admin user needs a second admin.
-                    c.access.sweep_interval = std::time::Duration::from_secs(1);
-                    c.access.decide_within = std::time::Duration::from_secs(60);
-                    c.access.second_admin_for_admin_user = true;
-                }),
+                configure: Some(configure),
                 ..crate::control_plane::Options::default()
             },
         )
         .await;
         Self::start_on(bao, cp).await
+    }
+
+    /// The control plane reads the CA's issuers every second (`vault.ssh_ca_refresh`), so that a
+    /// CA rotation reaches the host quickly; access requests lapse after a minute and grants are
+    /// closed within a second of their end (`[access]`).
+    pub fn ssh_ca_settings(c: &mut keyward_server::config::Config) {
+        c.vault.ssh_ca_refresh = std::time::Duration::from_secs(1);
+        c.access.sweep_interval = std::time::Duration::from_secs(1);
+        c.access.decide_within = std::time::Duration::from_secs(60);
     }
 
     async fn start_on_bao(bao: OpenBao, keys: KeyAlgorithm) -> Self {

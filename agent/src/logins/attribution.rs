@@ -33,6 +33,7 @@ pub fn of_user<'a>(
                 method: LoginMethod::try_from(s.method).unwrap_or(LoginMethod::Other),
                 fingerprint: s.fingerprint.clone(),
                 certificate_id: s.certificate_id.clone(),
+                certificate_ca: s.certificate_ca.clone(),
                 closed: s.closed,
             })
         })
@@ -82,6 +83,7 @@ mod tests {
             closed: false,
             verified: true,
             certificate_id: None,
+            certificate_ca: None,
         }
     }
 
@@ -91,8 +93,16 @@ mod tests {
 
     const NEW: &str = "SHA256:new";
 
+    /// The CA the state trusts, and bob's principal.
+    const CA: &str = "SHA256:keyward-ca";
+    const PRINCIPAL: &str = "keyward:acme:tenant";
+
     fn valid_new() -> ValidNow {
-        ValidNow::keys_only([NEW])
+        ValidNow {
+            trusted_cas: vec![CA.into()],
+            principals: vec![PRINCIPAL.into()],
+            ..ValidNow::keys_only([NEW])
+        }
     }
 
     /// bob's login by a certificate with `key_id` for the key `fingerprint`.
@@ -100,6 +110,7 @@ mod tests {
         OpenSession {
             key_type: "ED25519-CERT".into(),
             certificate_id: Some(key_id.into()),
+            certificate_ca: Some(CA.into()),
             ..session(port, "bob", fingerprint, 0)
         }
     }
@@ -369,7 +380,7 @@ mod tests {
         let open = [by_certificate(1000, T2, "SHA256:two")];
         let revoked = ValidNow {
             user_revoked: true,
-            ..ValidNow::default()
+            ..valid_new()
         };
         assert_eq!(
             judge(&open, &revoked),
@@ -378,19 +389,50 @@ mod tests {
                 key_id: T2.into(),
             }]
         );
-        assert!(!judge(&open, &ValidNow::default())[0].ends());
+        assert!(!judge(&open, &valid_new())[0].ends());
     }
 
     #[test]
-    fn an_escaped_key_id_is_kept_only_while_nothing_is_revoked() {
+    fn only_keywards_certificates_for_the_user_keep_a_session() {
+        // Another CA (one the user named with `cert-authority` in its own authorized_keys, say),
+        // a key id that is not keyward's, another tenant's or kind's, a record without its CA.
+        let mut foreign = by_certificate(1000, T1, "SHA256:one");
+        foreign.certificate_ca = Some("SHA256:users-own-ca".into());
+        let mut unknown_ca = by_certificate(1000, T1, "SHA256:one");
+        unknown_ca.certificate_ca = None;
+        for open in [
+            foreign,
+            unknown_ca,
+            by_certificate(1000, "x", "SHA256:one"),
+            by_certificate(1000, "keyward:other:tenant:1", "SHA256:one"),
+            by_certificate(1000, "keyward:acme:admin:1", "SHA256:one"),
+            by_certificate(1000, "keyward:acme:tenant:", "SHA256:one"),
+            by_certificate(1000, "keyward:acme:tenant:1:2", "SHA256:one"),
+        ] {
+            assert!(
+                judge(std::slice::from_ref(&open), &valid_new())[0].ends(),
+                "{open:?}"
+            );
+        }
+        assert!(!judge(&[by_certificate(1000, T1, "SHA256:one")], &valid_new())[0].ends());
+        // No CA in the state: no certificate keeps a session.
+        let no_ca = ValidNow {
+            trusted_cas: vec![],
+            ..valid_new()
+        };
+        assert!(judge(&[by_certificate(1000, T1, "SHA256:one")], &no_ca)[0].ends());
+    }
+
+    #[test]
+    fn an_escaped_key_id_keeps_no_session() {
         // sshd logged a key id with a control character as `\011`: which certificate it is
-        // cannot be told from the log.
+        // cannot be told from the log, and keyward's never has one.
         let escaped = [by_certificate(
             1000,
             r"keyward:acme:tenant:1\011",
             "SHA256:one",
         )];
-        assert!(!judge(&escaped, &valid_new())[0].ends());
+        assert!(judge(&escaped, &valid_new())[0].ends());
         let revoked_t2 = ValidNow {
             revoked_certificate_ids: BTreeSet::from([T2.into()]),
             ..valid_new()

@@ -354,6 +354,9 @@ impl LoginAudit {
                     certificate_id: key
                         .and_then(|k| k.certificate.as_ref())
                         .map(|c| c.key_id.clone()),
+                    certificate_ca: key
+                        .and_then(|k| k.certificate.as_ref())
+                        .map(|c| c.ca_fingerprint.clone()),
                 });
                 if sessions.len() > MAX_OPEN_SESSIONS {
                     // A journal batch has no snapshot: read /proc now (once per overflow).

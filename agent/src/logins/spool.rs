@@ -110,6 +110,10 @@ pub struct OpenSession {
     /// count as logins by the certified key, which keep no session.
     #[prost(string, optional, tag = "11")]
     pub certificate_id: Option<String>,
+    /// The fingerprint of the CA key that signed that certificate (`SHA256:…`, as sshd logged
+    /// it). Absent in records of older agents: their certificate logins keep no session.
+    #[prost(string, optional, tag = "12")]
+    pub certificate_ca: Option<String>,
 }
 
 impl Saved {

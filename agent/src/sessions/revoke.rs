@@ -78,6 +78,8 @@ pub struct AttributedSession {
     pub fingerprint: String,
     /// The certificate's key id (as sshd logged it) for a login by certificate.
     pub certificate_id: Option<String>,
+    /// The fingerprint of the CA that signed that certificate, as sshd logged it.
+    pub certificate_ca: Option<String>,
     /// sshd logged its end, or another login came from the same address and port.
     pub closed: bool,
 }
@@ -98,6 +100,13 @@ pub struct ValidNow {
     /// The user's keyward key is revoked (`ManagedUser.revoked`: every session of the user
     /// ends): no certificate keeps a session either.
     pub user_revoked: bool,
+    /// Fingerprints of the CA keys the state has sshd trust (`SshdFiles.user_ca_keys`): a
+    /// certificate of any other CA (one a user named in its own `authorized_keys` with
+    /// `cert-authority`, say) keeps no session.
+    pub trusted_cas: Vec<String>,
+    /// The user's principals (`ManagedUser.principals`): a certificate keeps a session only when
+    /// its key id is keyward's for one of them (`{principal}:{n}`).
+    pub principals: Vec<String>,
 }
 
 impl ValidNow {
@@ -107,6 +116,19 @@ impl ValidNow {
             keys: keys.into_iter().map(Into::into).collect(),
             ..Self::default()
         }
+    }
+
+    /// Whether a certificate with `key_id` signed by `ca` is one keyward issued for this user:
+    /// the CA is one the state trusts and the key id one of keyward's for the user's principals.
+    fn certificate_is_keywards(&self, key_id: &str, ca: Option<&str>) -> bool {
+        let trusted = ca.is_some_and(|ca| self.trusted_cas.iter().any(|t| t == ca));
+        let ours = self.principals.iter().any(|p| {
+            key_id
+                .strip_prefix(p.as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+        trusted && ours
     }
 
     /// Whether a certificate with `key_id` (as sshd logged it) may be one keyward revoked.
@@ -177,6 +199,7 @@ fn claim(session: &AttributedSession, tree: &SessionTree, valid: &ValidNow) -> V
             }
         } else if session.fingerprint.is_empty()
             || valid.denied_fingerprints.contains(&session.fingerprint)
+            || !valid.certificate_is_keywards(key_id, session.certificate_ca.as_deref())
         {
             not_valid()
         } else {

@@ -15,6 +15,8 @@ use keyward_common::proto::{ManagedUser, SshdFiles};
 use keyward_common::sshd_files::{MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS};
 use keyward_common::{Fingerprint, HostId, KeyKind, Principal, TenantId};
 
+use chrono::{DateTime, Utc};
+
 use crate::store::RevokedCertificate;
 
 /// The principal a certificate must carry to log in as `kind`'s managed user on `tenant`'s
@@ -29,8 +31,10 @@ pub fn principal(tenant: &TenantId, kind: KeyKind) -> Principal {
 pub struct SshdInputs<'a> {
     /// The SSH CA's keys sshd is to trust (none when it is not configured).
     pub ca_keys: &'a [String],
-    /// The tenant's revoked certificates that may still be valid.
+    /// The tenant's revoked certificates that may still be valid or have live sessions.
     pub revoked_certificates: &'a [RevokedCertificate],
+    /// Those valid after this are in the revocation list (all are in the users' revoked ids).
+    pub listed_after: DateTime<Utc>,
 }
 
 /// The host's sshd files. `users` are the host's managed users as built for the state, each with
@@ -48,8 +52,13 @@ pub fn sshd_files(
     let SshdInputs {
         ca_keys,
         revoked_certificates,
+        listed_after,
     } = inputs;
-    let revoked_keys = match revocation_list(host, generation, users, revoked_certificates) {
+    let listed: Vec<&RevokedCertificate> = revoked_certificates
+        .iter()
+        .filter(|c| c.valid_before > listed_after)
+        .collect();
+    let revoked_keys = match revocation_list(host, generation, users, &listed) {
         Ok(krl) => krl,
         Err(why) => {
             tracing::error!(host = %host, %why, "the host's revocation list is not sent");
@@ -83,7 +92,7 @@ fn revocation_list(
     host: &HostId,
     generation: u64,
     users: &[(KeyKind, ManagedUser)],
-    certificates: &[RevokedCertificate],
+    certificates: &[&RevokedCertificate],
 ) -> Result<Vec<u8>, String> {
     let mut krl = RevocationList::new(generation, 0, &format!("keyward {host}"))
         .map_err(|e| e.to_string())?;
@@ -126,6 +135,7 @@ mod tests {
         SshdInputs {
             ca_keys: &[],
             revoked_certificates: &[],
+            listed_after: DateTime::<Utc>::MIN_UTC,
         }
     }
 
@@ -174,6 +184,7 @@ mod tests {
             SshdInputs {
                 ca_keys: &ca,
                 revoked_certificates: &[],
+                listed_after: DateTime::<Utc>::MIN_UTC,
             },
         )
         .unwrap();
@@ -198,12 +209,19 @@ mod tests {
     #[test]
     fn revoked_certificates_are_listed_by_key_id_and_serial_and_per_user() {
         let ca = GeneratedKey::generate(KeyAlgorithm::Ed25519, "ca").unwrap();
-        let revoked = |kind: &str, number: u64, serial: u64| RevokedCertificate {
+        let now = Utc::now();
+        let revoked = |kind: &str, number: u64, serial: u64, hours: i64| RevokedCertificate {
             id: format!("keyward:acme:{kind}:{number}").parse().unwrap(),
             serial,
             ca_public_key: ca.public_openssh().to_owned(),
+            valid_before: now + chrono::TimeDelta::hours(hours),
         };
-        let certificates = [revoked("admin", 1, 77), revoked("tenant", 2, 0)];
+        // The third expired long ago: its id is still the agents', not sshd's.
+        let certificates = [
+            revoked("admin", 1, 77, 1),
+            revoked("tenant", 2, 0, 1),
+            revoked("tenant", 3, 5, -5),
+        ];
         let mut users = vec![
             (KeyKind::Admin, user("kwadmin", &[])),
             (KeyKind::Tenant, user("tenant", &[])),
@@ -218,6 +236,7 @@ mod tests {
             SshdInputs {
                 ca_keys: &ca_keys,
                 revoked_certificates: &certificates,
+                listed_after: now - chrono::TimeDelta::hours(1),
             },
         )
         .unwrap();
@@ -230,7 +249,7 @@ mod tests {
         assert_eq!(users[0].1.revoked_certificate_ids, ["keyward:acme:admin:1"]);
         assert_eq!(
             users[1].1.revoked_certificate_ids,
-            ["keyward:acme:tenant:2"]
+            ["keyward:acme:tenant:2", "keyward:acme:tenant:3"]
         );
         assert!(
             users[0].1.principals.is_empty(),

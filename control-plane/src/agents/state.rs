@@ -10,9 +10,13 @@ use super::sshd_files::{SshdInputs, sshd_files};
 use crate::clock::iso8601;
 use crate::store::{KeySetRecord, KeyState, Store, StoreError};
 
-/// How long a revoked certificate stays in the hosts' lists after its validity ended: a host whose
-/// clock is behind would still take it.
+/// How long a revoked certificate stays in the hosts' revocation lists after its validity ended:
+/// a host whose clock is behind would still take it.
 const REVOKED_CERTIFICATES_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// How long a revoked certificate's key id stays in the agents' revoked ids after its revocation,
+/// whatever its validity: a session outlives its certificate, and a host away for a while must
+/// still end it when it comes back.
+const REVOKED_IDS_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(30);
 
 /// Why a state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +112,11 @@ pub async fn desired_state(
     }
     let generation = u64::try_from(record.desired_generation).unwrap_or_default();
     let revoked_certificates = store
-        .revoked_certificates(&tenant.tenant_id, now - REVOKED_CERTIFICATES_KEPT)
+        .revoked_certificates(
+            &tenant.tenant_id,
+            now - REVOKED_CERTIFICATES_KEPT,
+            now - REVOKED_IDS_KEPT,
+        )
         .await?;
     let sshd = sshd_files(
         host,
@@ -118,6 +126,7 @@ pub async fn desired_state(
         SshdInputs {
             ca_keys,
             revoked_certificates: &revoked_certificates,
+            listed_after: now - REVOKED_CERTIFICATES_KEPT,
         },
     );
     Ok(DesiredState {

@@ -66,7 +66,7 @@ pub struct AdminCertificateRequest {
 #[serde(rename_all = "camelCase")]
 pub struct SshCertificate {
     /// Its key id, `keyward:{tenant}:{kind}:{n}`: sshd logs it at every login.
-    #[schema(value_type = String, pattern = "^keyward:[a-z0-9][a-z0-9-]{0,62}:(admin|tenant):[1-9][0-9]{0,19}$")]
+    #[schema(value_type = String, pattern = "^keyward:[a-z0-9][a-z0-9-]{0,62}:(admin|tenant):[1-9][0-9]{0,18}$")]
     pub certificate_id: CertificateId,
     /// `admin` or `tenant`: the managed user it logs in as.
     pub kind: String,
@@ -302,6 +302,7 @@ pub async fn tenant_revoke(
     request_body = AdminCertificateRequest,
     responses((status = 201, body = SshCertificate),
         (status = 400, description = "`invalid_body`: not a public key, a weak key, a validity out of bounds", body = Problem),
+        (status = 403, description = "`approval_required`: the tenant's policy (or the deployment's, for the admin user) asks for an access request", body = Problem),
         (status = 404, body = Problem),
         (status = 409, description = "`key_denied`, `key_revoked`", body = Problem),
         (status = 429, description = "`quota_exceeded`: the tenant's bound on valid certificates (or on requests waiting for a decision) is reached", body = Problem),

@@ -86,8 +86,34 @@ fn check_key(text: &str) -> Result<PublicKey, DomainError> {
 }
 
 impl KeyLifecycle {
-    /// Has Vault sign a user certificate for `ask`, and records it.
+    /// Has Vault sign a user certificate for `ask`, and records it: a tenant for its own user, a
+    /// platform admin where no approval is asked for (the tenant's policy is `notify`, and the
+    /// admin user needs no second admin); otherwise an access request is the way
+    /// ([`super::grants`]).
     pub async fn issue_certificate(
+        &self,
+        caller: &Caller,
+        ask: CertificateAsk,
+    ) -> Result<CertificateRecord, DomainError> {
+        if matches!(caller.role, Some(crate::store::Role::Admin)) {
+            let ca = self.ssh_ca()?;
+            let tenant_approval = self
+                .store
+                .platform_access_needs_approval(&ask.tenant)
+                .await?
+                .ok_or_else(|| DomainError::TenantNotFound(ask.tenant.clone()))?;
+            if tenant_approval
+                || (ask.kind == KeyKind::Admin && ca.access.second_admin_for_admin_user)
+            {
+                return Err(DomainError::ApprovalRequired);
+            }
+        }
+        self.issue_recorded(caller, ask).await
+    }
+
+    /// [`KeyLifecycle::issue_certificate`] without the approval check: what a granted access
+    /// request gets.
+    pub(super) async fn issue_recorded(
         &self,
         caller: &Caller,
         ask: CertificateAsk,

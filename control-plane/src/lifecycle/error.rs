@@ -57,6 +57,11 @@ pub enum DomainError {
     GrantNotFound(String),
     #[error("the access request is {status}: nothing more can be decided on it")]
     GrantClosed { status: &'static str },
+    #[error(
+        "this access needs approval (the tenant's policy, or a second admin for the admin user): \
+         request it (POST /api/v1/admin/tenants/{{tenant_id}}/access-requests)"
+    )]
+    ApprovalRequired,
     /// A per-tenant bound was reached.
     #[error("{what}: at most {max} at once per tenant; wait until some end")]
     Quota { what: &'static str, max: u32 },
@@ -106,6 +111,7 @@ impl DomainError {
             CertificatesNotConfigured => "certificates_not_configured",
             GrantNotFound(_) => "access_grant_not_found",
             Quota { .. } => "quota_exceeded",
+            ApprovalRequired => "approval_required",
             GrantClosed { .. } => "access_grant_closed",
             NotYourDecision(_) => "approval_not_allowed",
             KeyRevoked => "key_revoked",

@@ -24,6 +24,7 @@ use serde_json::json;
 use super::certificates::CertificateAsk;
 use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
+use crate::changes::Change;
 use crate::clock::iso8601;
 use crate::store::{CertificateRecord, GrantRecord, GrantStatus, Role};
 use crate::vault::MIN_VALIDITY;
@@ -246,7 +247,7 @@ impl KeyLifecycle {
             )),
             reason: format!("access grant {}: {}", grant.grant_id, grant.reason),
         };
-        let certificate = self.issue_certificate(caller, ask).await?;
+        let certificate = self.issue_recorded(caller, ask).await?;
         let new = GrantRecord {
             status: GrantStatus::Active,
             decided_at: Some(self.clock.now()),
@@ -339,9 +340,36 @@ impl KeyLifecycle {
             decided_at: old.decided_at.or(Some(self.clock.now())),
             ..old
         };
+        let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         if !tx.update_grant(&new, expected).await? {
             return Err(DomainError::ConcurrentModification);
+        }
+        // The certificate is revoked in the same transaction: a grant never ends while its
+        // certificate stays valid.
+        let certificate = new
+            .certificate_number
+            .filter(|_| end_sessions)
+            .map(|number| keyward_common::CertificateId {
+                tenant: new.tenant_id.clone(),
+                kind: new.kind,
+                number,
+            });
+        if let Some(id) = &certificate {
+            let by = caller.token_id.clone().unwrap_or_default();
+            if tx.revoke_certificate(id, now, &by).await? {
+                tx.bump_tenant_hosts(&new.tenant_id).await?;
+                tx.raise_session_epoch(&new.tenant_id, new.kind).await?;
+                let detail = json!({ "certificateId": id, "grantId": new.grant_id });
+                tx.append_audit(&self.event(
+                    caller,
+                    "certificate.revoke",
+                    Some(&new.tenant_id),
+                    "success",
+                    detail,
+                ))
+                .await?;
+            }
         }
         let action = match status {
             GrantStatus::Revoked => "access.revoke",
@@ -352,13 +380,8 @@ impl KeyLifecycle {
         tx.append_audit(&self.event(caller, action, Some(&new.tenant_id), "success", detail))
             .await?;
         tx.commit().await?;
-        if let (true, Some(number)) = (end_sessions, new.certificate_number) {
-            let id = keyward_common::CertificateId {
-                tenant: new.tenant_id.clone(),
-                kind: new.kind,
-                number,
-            };
-            self.revoke_certificate(caller, &id).await?;
+        if certificate.is_some() {
+            self.changes.changed(Change::Tenant(new.tenant_id.clone()));
         }
         Ok(new)
     }

@@ -771,11 +771,19 @@ impl KeyLifecycle {
         };
         tx.put_key_set(&new).await?;
         tx.bump_tenant_hosts(tenant).await?;
+        // The user's certificates and access grants go with its key: a regenerate later does
+        // not bring them back.
+        let now = self.clock.now();
+        let by = caller.token_id.clone().unwrap_or_default();
+        let certificates = tx.revoke_certificates_of(tenant, kind, now, &by).await?;
+        let grants = tx.revoke_grants_of(tenant, kind, now, &by).await?;
         let detail = json!({
             "kind": kind,
             "generation": old.generation,
             "fingerprint": old.fingerprint,
             "alreadyRevoked": old.state == KeyState::Revoked,
+            "certificatesRevoked": certificates,
+            "grantsRevoked": grants,
         });
         tx.append_audit(&self.event(caller, "key.revoke", Some(tenant), "success", detail))
             .await?;

@@ -189,16 +189,17 @@ impl WriteTx {
     }
 
     /// Writes a grant's decision fields if it is still `expected`; false when another writer
-    /// moved it first.
+    /// moved it first. An approval already recorded is kept (two approvers at once both count).
     pub async fn update_grant(
         &mut self,
         g: &GrantRecord,
         expected: GrantStatus,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE access_grants SET status = $1, tenant_approved_by = $2, \
-             admin_approved_by = $3, decided_at = $4, ended_by = $5, certificate_number = $6, \
-             ends_at = $7 WHERE grant_id = $8 AND status = $9",
+            "UPDATE access_grants SET status = $1, \
+             tenant_approved_by = COALESCE(tenant_approved_by, $2), \
+             admin_approved_by = COALESCE(admin_approved_by, $3), decided_at = $4, ended_by = $5, \
+             certificate_number = $6, ends_at = $7 WHERE grant_id = $8 AND status = $9",
         )
         .bind(g.status.as_str())
         .bind(g.tenant_approved_by.clone())
@@ -216,6 +217,30 @@ impl WriteTx {
         .await
         .map_err(query_error("deciding an access request"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends every pending or active grant of (tenant, kind) as revoked (the user's key set was
+    /// revoked; their certificates are revoked with it); returns how many.
+    pub async fn revoke_grants_of(
+        &mut self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        at: DateTime<Utc>,
+        by: &str,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE access_grants SET status = 'revoked', ended_by = $1, \
+             decided_at = COALESCE(decided_at, $2) \
+             WHERE tenant_id = $3 AND kind = $4 AND status IN ('pending', 'active')",
+        )
+        .bind(by)
+        .bind(text(at))
+        .bind(tenant.as_str())
+        .bind(kind.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("revoking access grants"))?;
+        Ok(done.rows_affected())
     }
 
     /// Sets the tenant's policy for the platform's admins: `approval` or `notify`.

@@ -34,12 +34,13 @@ pub struct CertificateRecord {
     pub revoked_by: Option<String>,
 }
 
-/// What a host's revocation list needs of a revoked certificate.
+/// What a host's state needs of a revoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedCertificate {
     pub id: CertificateId,
     pub serial: u64,
     pub ca_public_key: String,
+    pub valid_before: DateTime<Utc>,
 }
 
 impl Store {
@@ -80,7 +81,8 @@ impl Store {
         rows.iter().map(certificate_from_row).collect()
     }
 
-    /// How many of the tenant's certificates are valid at `at` (not revoked, not expired).
+    /// How many of the tenant's certificates are within their validity at `at`, revoked ones
+    /// included (each stays in its hosts' revocation list until then).
     pub async fn valid_certificates(
         &self,
         tenant: &TenantId,
@@ -88,7 +90,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM ssh_certificates \
-             WHERE tenant_id = $1 AND revoked_at IS NULL AND valid_before > $2",
+             WHERE tenant_id = $1 AND valid_before > $2",
         )
         .bind(tenant.as_str())
         .bind(text(at))
@@ -98,20 +100,23 @@ impl Store {
         get(&row, "n")
     }
 
-    /// The tenant's revoked certificates that are still valid at `at`, oldest first: what its
-    /// hosts' revocation lists hold.
+    /// The tenant's revoked certificates that are still valid at `valid_at` or were revoked
+    /// after `revoked_after`, oldest first: what its hosts' states name (the revocation list
+    /// while they could log in, the agents' revoked ids while sessions they opened may live).
     pub async fn revoked_certificates(
         &self,
         tenant: &TenantId,
-        at: DateTime<Utc>,
+        valid_at: DateTime<Utc>,
+        revoked_after: DateTime<Utc>,
     ) -> Result<Vec<RevokedCertificate>, StoreError> {
         let rows = sqlx::query(
-            "SELECT tenant_id, kind, number, serial, ca_public_key FROM ssh_certificates \
-             WHERE tenant_id = $1 AND revoked_at IS NOT NULL AND valid_before > $2 \
-             ORDER BY kind, number",
+            "SELECT tenant_id, kind, number, serial, ca_public_key, valid_before \
+             FROM ssh_certificates WHERE tenant_id = $1 AND revoked_at IS NOT NULL \
+             AND (valid_before > $2 OR revoked_at > $3) ORDER BY kind, number",
         )
         .bind(tenant.as_str())
-        .bind(text(at))
+        .bind(text(valid_at))
+        .bind(text(revoked_after))
         .fetch_all(&self.pool)
         .await
         .map_err(query_error("listing revoked certificates"))?;
@@ -121,6 +126,7 @@ impl Store {
                     id: id_from_row(row)?,
                     serial: parse(row, "serial")?,
                     ca_public_key: get(row, "ca_public_key")?,
+                    valid_before: time(row, "valid_before")?,
                 })
             })
             .collect()
@@ -181,6 +187,29 @@ impl WriteTx {
         .await
         .map_err(query_error("recording a certificate"))?;
         Ok(())
+    }
+
+    /// Marks every certificate of (tenant, kind) still within its validity revoked (the user's
+    /// key set was revoked); returns how many.
+    pub async fn revoke_certificates_of(
+        &mut self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        at: DateTime<Utc>,
+        by: &str,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE ssh_certificates SET revoked_at = $1, revoked_by = $2 \
+             WHERE tenant_id = $3 AND kind = $4 AND revoked_at IS NULL AND valid_before > $1",
+        )
+        .bind(text(at))
+        .bind(by)
+        .bind(tenant.as_str())
+        .bind(kind.as_str())
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("revoking certificates"))?;
+        Ok(done.rows_affected())
     }
 
     /// Marks a certificate revoked; false when it was unknown or already revoked.

@@ -212,12 +212,30 @@ impl WriteTx {
     ) -> Result<u64, StoreError> {
         let mut inserted = 0;
         for e in events {
-            // keyward's certificate of this tenant names its kind; any other is the key's.
-            let certified = e
+            // A certificate keyward recorded for this tenant (its key id and serial both) names
+            // its kind; any other text is the agent's word, and the login counts by its key.
+            let mut certified = e
                 .certificate
                 .as_ref()
-                .and_then(|(id, _)| id.parse::<CertificateId>().ok())
-                .filter(|id| id.tenant == *tenant);
+                .and_then(|(id, serial)| Some((id.parse::<CertificateId>().ok()?, *serial)))
+                .filter(|(id, _)| id.tenant == *tenant);
+            if let Some((id, serial)) = &certified {
+                let recorded = sqlx::query(
+                    "SELECT 1 AS found FROM ssh_certificates \
+                     WHERE tenant_id = $1 AND kind = $2 AND number = $3 AND serial = $4",
+                )
+                .bind(tenant.as_str())
+                .bind(id.kind.as_str())
+                .bind(i64::try_from(id.number).unwrap_or(-1))
+                .bind(serial.to_string())
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(query_error("attributing a login"))?;
+                if recorded.is_none() {
+                    certified = None;
+                }
+            }
+            let certified = certified.map(|(id, _)| id);
             let (kind, generation) = match (&certified, &e.fingerprint) {
                 (Some(id), _) => (Some(id.kind.as_str().to_owned()), None),
                 (None, Some(fingerprint)) => {

@@ -181,7 +181,11 @@ async fn a_grant_the_tenant_approved_works_then_expires_ends_its_session_and_is_
 /// tenant sees nothing.
 #[tokio::test]
 async fn approvals_are_the_ones_the_policy_names_and_grants_end_when_revoked_or_undecided() {
-    let d = Deployment::start_with_ssh_ca(KeyAlgorithm::Ed25519).await;
+    let d = Deployment::start_with_ssh_ca_config(KeyAlgorithm::Ed25519, |c| {
+        Deployment::ssh_ca_settings(c);
+        c.access.second_admin_for_admin_user = true;
+    })
+    .await;
     let (first, second) = (d.cp.admin_token.clone(), {
         let reply =
             d.cp.admin_post(
@@ -205,6 +209,13 @@ async fn approvals_are_the_ones_the_policy_names_and_grants_end_when_revoked_or_
     admin_does(&d, &first, &asked, "approve")
         .await
         .assert_problem(403, "approval_not_allowed");
+    // Nor can the direct way around the approval be taken.
+    d.cp.admin_post(
+        &format!("/api/v1/admin/tenants/{}/ssh-certificates", d.tenant),
+        json!({ "kind": "admin", "publicKey": admin.public }),
+    )
+    .await
+    .assert_problem(403, "approval_required");
     tenant_does(&d, &asked, "approve")
         .await
         .assert_problem(403, "approval_not_allowed");
@@ -259,6 +270,12 @@ async fn approvals_are_the_ones_the_policy_names_and_grants_end_when_revoked_or_
     )
     .await;
     assert_eq!(policy.status, 200);
+    d.cp.admin_post(
+        &format!("/api/v1/admin/tenants/{}/ssh-certificates", d.tenant),
+        json!({ "kind": "tenant", "publicKey": colleague.public }),
+    )
+    .await
+    .assert_problem(403, "approval_required");
     let denied = admin_asks(&d, &first, "tenant", &Requester::new(), "curiosity").await;
     assert_eq!(
         tenant_does(&d, &denied, "deny").await.json()["status"],

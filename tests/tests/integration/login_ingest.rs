@@ -235,13 +235,56 @@ async fn logins_are_stored_once_and_attributed(database: Database) {
         .clone();
     assert_eq!(listed["lastLogin"], "2026-11-28T10:00:00Z", "{listed}");
 
+    // A login by a certificate keyward never recorded (another CA's, with a keyward-like key
+    // id): stored with what sshd logged, attributed by its key, which keyward did not issue.
+    let stranger_cert = LoginEvent {
+        key_type: "ED25519-CERT".into(),
+        certificate_id: format!("keyward:{tenant}:admin:1"),
+        certificate_serial: 7,
+        certificate_ca: "SHA256:someone-elses-ca".into(),
+        ..login(
+            7,
+            LoginOutcome::Accepted,
+            "tenant",
+            &stranger.fingerprint().to_string(),
+        )
+    };
+    stream
+        .send(agent_message::Msg::Logins(LoginBatch {
+            events: vec![stranger_cert],
+            dropped: 0,
+        }))
+        .await;
+    stream
+        .next_matching(|m| match m.msg {
+            Some(control_message::Msg::LoginAck(ack)) if ack.cursor == 7 => Some(()),
+            _ => None,
+        })
+        .await;
+    let page = cp
+        .admin_get(&format!(
+            "/api/v1/admin/audit/logins?tenantId={tenant}&user=tenant"
+        ))
+        .await
+        .json();
+    let stored = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cursor"] == 7)
+        .unwrap()
+        .clone();
+    assert_eq!(stored["certificateId"], format!("keyward:{tenant}:admin:1"));
+    assert_eq!(stored["certificateSerial"], "7");
+    assert_eq!(stored["keyKind"], "unmanaged", "{stored}");
+
     // Each stored batch is one link of the audit chain, which still verifies.
     let batches = cp
         .admin_get("/api/v1/admin/audit?action=host.logins")
         .await
         .json();
     let batches = batches["events"].as_array().unwrap();
-    assert_eq!(batches.len(), 3);
+    assert_eq!(batches.len(), 4);
     assert!(batches.iter().any(|b| b["detail"]["new"] == 5));
     assert!(batches.iter().any(|b| b["detail"]["new"] == 0));
     assert_eq!(
