@@ -858,16 +858,7 @@ impl Benchmark for Args {
     /// As `revocation`: when `KEYWARD_AGENT_BIN` is not the agent chosen, this binary runs
     /// itself again with it set, and that child prints and records the results.
     async fn run(self, write: Option<&Path>) -> anyhow::Result<Publication> {
-        let bin = self.agent.resolve(self.smoke);
-        if std::env::var_os("KEYWARD_AGENT_BIN").as_deref() != Some(bin.as_os_str()) {
-            let exe = std::env::current_exe().context("finding this binary")?;
-            let status = tokio::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
-                .env("KEYWARD_AGENT_BIN", &bin)
-                .status()
-                .await
-                .context("running the benchmark with KEYWARD_AGENT_BIN")?;
-            anyhow::ensure!(status.success(), "the benchmark failed: {status}");
+        if self.agent.ran_in_child(self.smoke).await? {
             return Ok(Publication::default());
         }
         let mut options = if self.smoke {

@@ -36,4 +36,24 @@ impl AgentBinary {
         };
         self.agent_bin.clone().unwrap_or_else(default)
     }
+
+    /// For benchmarks whose harness takes the agent from `KEYWARD_AGENT_BIN`: when that is not
+    /// the agent chosen, runs this binary again with it set (that child prints and records the
+    /// results) and returns true; false when this process is the one to run the benchmark.
+    pub async fn ran_in_child(&self, smoke: bool) -> anyhow::Result<bool> {
+        use anyhow::Context;
+        let bin = self.resolve(smoke);
+        if std::env::var_os("KEYWARD_AGENT_BIN").as_deref() == Some(bin.as_os_str()) {
+            return Ok(false);
+        }
+        let exe = std::env::current_exe().context("finding this binary")?;
+        let status = tokio::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("KEYWARD_AGENT_BIN", &bin)
+            .status()
+            .await
+            .context("running the benchmark with KEYWARD_AGENT_BIN")?;
+        anyhow::ensure!(status.success(), "the benchmark failed: {status}");
+        Ok(true)
+    }
 }
