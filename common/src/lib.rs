@@ -9,6 +9,7 @@ pub mod authorized_keys;
 pub mod backoff;
 pub mod certificate_id;
 pub mod ids;
+pub mod jump;
 pub mod keys;
 pub mod krl;
 pub mod proto;
@@ -19,6 +20,7 @@ pub mod sshd_log;
 
 pub use certificate_id::CertificateId;
 pub use ids::{HostId, IdError, Principal, TenantId, UnixUser};
+pub use jump::{PermitOpen, SshHost};
 pub use keys::{Fingerprint, KeyAlgorithm, KeyError, KeyKind};
 #[cfg(feature = "keygen")]
 pub use keys::{GeneratedKey, UnnamedKey};
