@@ -66,6 +66,7 @@ fn desired(
             revoked: false,
             principals: vec![],
             revoked_certificate_ids: vec![],
+            jump_principals: vec![],
         }],
         sshd: None,
     }

@@ -36,6 +36,7 @@ fn desired(generation: u64, key: &GeneratedKey) -> DesiredState {
         revoked: false,
         principals: vec![],
         revoked_certificate_ids: vec![],
+        jump_principals: vec![],
     };
     DesiredState {
         host_id: HOST_ID.into(),

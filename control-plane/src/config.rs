@@ -27,6 +27,48 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub certificates: CertificatesConfig,
     pub access: AccessConfig,
+    pub bastion: BastionConfig,
+}
+
+/// Bastions (jump hosts): hosts registered with the role `bastion`, whose jump user takes a
+/// tenant's certificate only to forward to that tenant's VPS (`ssh -J`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BastionConfig {
+    /// The jump user on every bastion (its agent's `[bastion] jump_user`).
+    pub jump_user: keyward_common::UnixUser,
+    /// Where tenants jump through, `host` or `host:port` (`[address]:port` for IPv6), when the
+    /// platform routes their SSH through a bastion: their connection instructions then carry
+    /// `ProxyJump jump_user@address`. Unset: tenants connect directly.
+    pub address: Option<String>,
+}
+
+impl Default for BastionConfig {
+    fn default() -> Self {
+        Self {
+            jump_user: "kwjump".parse().unwrap_or_else(|_| unreachable!()),
+            address: None,
+        }
+    }
+}
+
+impl BastionConfig {
+    /// What tenants write after `ProxyJump` (`ssh -J`), when an address is set: `user@host` on
+    /// port 22, `user@host:port` otherwise.
+    pub fn proxy_jump(&self) -> Result<Option<String>, String> {
+        let Some(address) = &self.address else {
+            return Ok(None);
+        };
+        let to = match address.parse::<keyward_common::PermitOpen>() {
+            Ok(to) if to.port == 22 => to.host.to_string(),
+            Ok(to) => to.to_string(),
+            Err(_) => address
+                .parse::<keyward_common::SshHost>()
+                .map_err(|_| format!("bastion.address {address:?} is not host or host:port"))?
+                .to_string(),
+        };
+        Ok(Some(format!("{}@{to}", self.jump_user)))
+    }
 }
 
 /// Just-in-time access: certificates granted on request, for a while, with approvals.
@@ -598,6 +640,7 @@ impl Config {
         {
             return rule("access.sweep_interval must be 1s to 5m");
         }
+        self.bastion.proxy_jump().map_err(ConfigError::Rule)?;
         let certificates = &self.certificates;
         if !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600))
             .contains(&certificates.max_validity)

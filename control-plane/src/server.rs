@@ -209,7 +209,8 @@ pub async fn start_with(
                 max_validity: config.certificates.max_validity,
                 max_valid_per_tenant: config.certificates.max_valid_per_tenant,
                 access: config.access.clone(),
-            }),
+            })
+            .with_bastion(config.bastion.clone()),
     );
     background.push(tokio::spawn(lifecycle.clone().fill_key_pool()));
     background.push(tokio::spawn(lifecycle.clone().sweep_grants()));

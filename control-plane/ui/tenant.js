@@ -98,7 +98,23 @@ export async function tenantPage({ main, signal }) {
 
   function renderConnect(c) {
     const target = `${c.sshUsername}@${c.vpsIp}`;
-    const command = `ssh -i ${KEY_FILE} -p ${c.sshPort} ${target}`;
+    const jump = c.proxyJump ? ` -J ${c.proxyJump}` : '';
+    const command = `ssh -i ${KEY_FILE}${jump} -p ${c.sshPort} ${target}`;
+    const bastion = c.proxyJump
+      ? [h('li', {}, 'Your platform routes SSH through its bastion ', h('code', {}, c.proxyJump),
+        '. The bastion lets you through with an SSH certificate only: get one on the ',
+        h('a', { href: '#/tenant/certificates' }, 'SSH certificates'),
+        ' page for the key you connect with and keep it beside the key (ssh then offers it to both). ',
+        'To type less, add this to ~/.ssh/config and connect with "ssh my-vps":',
+        h('pre', { id: 'ssh-config' }, [
+          'Host my-vps',
+          `  HostName ${c.vpsIp}`,
+          `  Port ${c.sshPort}`,
+          `  User ${c.sshUsername}`,
+          `  IdentityFile ~/.ssh/${KEY_FILE}`,
+          `  ProxyJump ${c.proxyJump}`,
+        ].join('\n')))]
+      : [];
     const hostKeys = c.hostKeyFingerprints.length
       ? [
         h('p', {}, 'Before you connect the first time, make sure you reach your own server. Its host keys have these fingerprints:'),
@@ -116,6 +132,7 @@ export async function tenantPage({ main, signal }) {
         h('li', {}, `Keep the downloaded key as ${KEY_FILE} and make it readable only by you (ssh refuses keys others can read):`,
           h('pre', { id: 'chmod-command' }, `chmod 600 ${KEY_FILE}`)),
         h('li', {}, 'Check the server\'s identity:', hostKeys),
+        ...bastion,
         h('li', {}, 'Connect:', h('pre', { id: 'ssh-command' }, command))));
   }
 

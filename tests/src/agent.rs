@@ -106,17 +106,53 @@ impl Agent {
         sshd: &crate::Sshd,
         files: AgentFiles,
     ) -> (Self, String) {
+        Self::enroll_as(cp, tenant, [admin, tenant_user], sshd, files, None).await
+    }
+
+    /// A bastion of `tenant` (registered with the role `bastion`): an agent managing `admin`
+    /// and `tenant_user` as [`Agent::enroll`] does, and `jump` as its `[bastion] jump_user`
+    /// (exclusive), enrolled, not running yet. Its files are in a temporary directory.
+    pub async fn enroll_bastion(
+        cp: &ControlPlane,
+        tenant: &str,
+        [admin, tenant_user]: [&UnixUser; 2],
+        jump: &UnixUser,
+        sshd: &crate::Sshd,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let files = AgentFiles::in_dir(dir.path());
+        let (mut agent, _) =
+            Self::enroll_as(cp, tenant, [admin, tenant_user], sshd, files, Some(jump)).await;
+        agent._dir = Some(dir);
+        agent
+    }
+
+    async fn enroll_as(
+        cp: &ControlPlane,
+        tenant: &str,
+        [admin, tenant_user]: [&UnixUser; 2],
+        sshd: &crate::Sshd,
+        files: AgentFiles,
+        jump: Option<&UnixUser>,
+    ) -> (Self, String) {
+        let role = if jump.is_some() { "bastion" } else { "vps" };
         let registered = cp
-            .admin_post("/api/v1/admin/hosts", json!({ "tenantId": tenant }))
+            .admin_post(
+                "/api/v1/admin/hosts",
+                json!({ "tenantId": tenant, "role": role }),
+            )
             .await;
         assert_eq!(registered.status, 201, "{}", registered.text());
         let registered = registered.json();
         let token = registered["enrollmentToken"].as_str().unwrap().to_owned();
         let host_id = registered["hostId"].as_str().unwrap().to_owned();
+        let bastion = jump.map_or(String::new(), |jump| {
+            format!("\n[bastion]\njump_user = \"{jump}\"\n\n[[users]]\nname = \"{jump}\"\nmode = \"exclusive\"\n")
+        });
         std::fs::write(
             &files.config,
             format!(
-                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\nsshd_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n",
+                "state_dir = \"{}\"\nhost_key_dir = \"{}\"\nsshd_dir = \"{}\"\n\n[[users]]\nname = \"{}\"\nmode = \"exclusive\"\n\n[[users]]\nname = \"{}\"\nmode = \"preserve\"\n\n[logins]\nsource = \"file\"\npath = \"{}\"\n{bastion}",
                 files.state_dir.display(),
                 sshd.host_key_dir.display(),
                 sshd.files_dir.display(),

@@ -203,6 +203,7 @@ pub fn state(generation: u64, users: &[(&str, u64)]) -> DesiredState {
                 revoked: false,
                 principals: vec![],
                 revoked_certificate_ids: vec![],
+                jump_principals: vec![],
             })
             .collect(),
         sshd: None,

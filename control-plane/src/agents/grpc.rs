@@ -36,14 +36,14 @@ use super::limits::{
     MAX_TEXT, MAX_TIME, MAX_USER, MAX_USERS, MAX_VERSION, MAX_WARNINGS, RECORD_DROPS_EVERY,
     Refusal, StreamLimits, bounded,
 };
-use super::state::desired_state;
+use super::state::{StateInputs, desired_state};
 use crate::caller::Caller;
 use crate::changes::{Change, ChangeNotifier};
 use crate::clock::iso8601;
 use crate::conns::{AcceptBackoff, Guarded};
 use crate::lifecycle::{DomainError, KeyLifecycle};
 use crate::proxy_protocol::TrustedProxies;
-use crate::store::{DriftRecord, HostReport};
+use crate::store::{DriftRecord, HostReport, HostRole};
 use refused::Refused;
 
 mod refused;
@@ -216,6 +216,7 @@ impl AgentHub for AgentService {
             service: self.clone(),
             host: host_id,
             tenant: host.tenant_id,
+            bastion: host.role == HostRole::Bastion,
             tx,
             limits: std::sync::Mutex::new(StreamLimits::new(
                 &self.limits,
@@ -231,6 +232,9 @@ struct Session {
     service: AgentService,
     host: HostId,
     tenant: keyward_common::TenantId,
+    /// A bastion's stream is woken by every tenant's change, and raises its host's generation
+    /// itself before it sends the state again (no tenant's change writes the bastion's row).
+    bastion: bool,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
     /// This stream's rate limits (never held across an await).
     limits: std::sync::Mutex<StreamLimits>,
@@ -265,23 +269,37 @@ impl Session {
         }
     }
 
+    /// Raises the host's generation (a bastion's, woken: some tenant's routes or revocations may
+    /// have changed), so that its agent applies the next state as a new one and raises its jump
+    /// user's session epoch. A failure is logged: the state is sent all the same.
+    async fn raise_generation(&self) {
+        let store = self.service.lifecycle.store();
+        let raised = async {
+            let mut tx = store.begin_unaudited().await?;
+            tx.bump_host(&self.host).await?;
+            tx.commit().await
+        };
+        if let Err(e) = raised.await {
+            tracing::warn!(host = %self.host, error = %e, "cannot raise the bastion's generation");
+        }
+    }
+
     /// Builds, signs and sends the host's current state; returns its generation.
     async fn send_state(&self) -> Option<u64> {
         let lifecycle = &self.service.lifecycle;
-        let state = match desired_state(
-            lifecycle.store(),
-            &self.host,
-            lifecycle.now(),
-            &self.service.ca_trust.keys(),
-        )
-        .await
-        {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::warn!(host = %self.host, error = %e, "cannot build the desired state");
-                return None;
-            }
+        let ca_keys = self.service.ca_trust.keys();
+        let inputs = StateInputs {
+            ca_keys: &ca_keys,
+            jump_user: &lifecycle.bastion().jump_user,
         };
+        let state =
+            match desired_state(lifecycle.store(), &self.host, lifecycle.now(), inputs).await {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(host = %self.host, error = %e, "cannot build the desired state");
+                    return None;
+                }
+            };
         let generation = state.generation;
         let signed = self.service.trust.signer.sign(&state);
         let message = ControlMessage {
@@ -294,8 +312,12 @@ impl Session {
 
     async fn run(self, mut inbound: Streaming<AgentMessage>) {
         let hub = self.service.hub.clone();
-        let mut registration = hub.register(&self.host, &self.tenant);
+        let mut registration = hub.register(&self.host, &self.tenant, self.bastion);
         tracing::info!(host = %self.host, "agent connected");
+        if self.bastion {
+            // Revocations while it was away end its sessions now.
+            self.raise_generation().await;
+        }
         let mut sent = self.send_state().await;
         let mut acked: Option<u64> = None;
         let resend = tokio::time::sleep(RESEND_AFTER);
@@ -342,6 +364,9 @@ impl Session {
                             let _ = self.tx.send(Err(Refused::Cut.into())).await;
                         }
                         break;
+                    }
+                    if self.bastion {
+                        self.raise_generation().await;
                     }
                     sent = self.send_state().await.or(sent);
                     resend.as_mut().reset(tokio::time::Instant::now() + RESEND_AFTER);

@@ -19,6 +19,8 @@ use tokio::sync::{broadcast, watch};
 struct Connection {
     id: u64,
     tenant: TenantId,
+    /// A bastion's state names every tenant's routes and revocations: any tenant's change wakes it.
+    bastion: bool,
     wake: watch::Sender<u64>,
     cut: watch::Sender<bool>,
 }
@@ -30,11 +32,18 @@ struct Connections {
     /// The connected hosts of each tenant (usually one), so that waking a tenant's hosts does
     /// not scan every connection: a bulk rotation of N tenants would otherwise cost N².
     by_tenant: HashMap<TenantId, Vec<HostId>>,
+    /// The connected bastions.
+    bastions: HashSet<HostId>,
 }
 
 impl Connections {
     fn insert(&mut self, host: &HostId, connection: Connection) -> Option<Connection> {
         let tenant = connection.tenant.clone();
+        if connection.bastion {
+            self.bastions.insert(host.clone());
+        } else {
+            self.bastions.remove(host);
+        }
         let old = self.by_host.insert(host.clone(), connection);
         if let Some(old) = &old {
             self.forget_tenant_host(&old.tenant, host);
@@ -46,6 +55,7 @@ impl Connections {
     fn remove(&mut self, host: &HostId) -> Option<Connection> {
         let old = self.by_host.remove(host)?;
         self.forget_tenant_host(&old.tenant, host);
+        self.bastions.remove(host);
         Some(old)
     }
 
@@ -153,8 +163,9 @@ impl Hub {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new stream for `host`; an older stream of the same host is cut.
-    pub fn register(&self, host: &HostId, tenant: &TenantId) -> Registration {
+    /// Registers a new stream for `host` (a bastion's when `bastion`: woken by every tenant's
+    /// change); an older stream of the same host is cut.
+    pub fn register(&self, host: &HostId, tenant: &TenantId, bastion: bool) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (wake_tx, wake_rx) = watch::channel(0);
         let (cut_tx, cut_rx) = watch::channel(false);
@@ -165,6 +176,7 @@ impl Hub {
                 Connection {
                     id,
                     tenant: tenant.clone(),
+                    bastion,
                     wake: wake_tx,
                     cut: cut_tx,
                 },
@@ -210,7 +222,7 @@ impl Hub {
         }
     }
 
-    /// The tenant's keys changed: wake every connected host of the tenant.
+    /// The tenant's keys changed: wake every connected host of the tenant, and every bastion.
     pub fn tenant_changed(&self, tenant: &TenantId) {
         {
             let connections = self.lock();
@@ -218,7 +230,8 @@ impl Hub {
                 .by_tenant
                 .get(tenant)
                 .map_or(&[][..], Vec::as_slice);
-            for connection in hosts.iter().filter_map(|h| connections.by_host.get(h)) {
+            let woken = hosts.iter().chain(&connections.bastions);
+            for connection in woken.filter_map(|h| connections.by_host.get(h)) {
                 connection.wake.send_modify(|n| *n += 1);
             }
         }
@@ -390,9 +403,9 @@ mod tests {
         let (h1, t1) = ids("vps-1", "acme");
         let (h2, _) = ids("vps-2", "acme");
         let (h3, t2) = ids("vps-3", "other");
-        let mut r1 = hub.register(&h1, &t1);
-        let mut r2 = hub.register(&h2, &t1);
-        let r3 = hub.register(&h3, &t2);
+        let mut r1 = hub.register(&h1, &t1, false);
+        let mut r2 = hub.register(&h2, &t1, false);
+        let r3 = hub.register(&h3, &t2, false);
         hub.tenant_changed(&t1);
         assert!(r1.wake.has_changed().unwrap_or(false));
         assert!(r2.wake.has_changed().unwrap_or(false));
@@ -401,7 +414,7 @@ mod tests {
         r2.wake.mark_unchanged();
 
         // A newer stream of h1 cuts the old one and is the one woken.
-        let r1b = hub.register(&h1, &t1);
+        let r1b = hub.register(&h1, &t1, false);
         assert!(*r1.cut.borrow_and_update());
         hub.unregister(&h1, r1.id);
         assert!(hub.is_connected(&h1));
@@ -417,6 +430,33 @@ mod tests {
         assert!(!hub.lock().by_tenant.contains_key(&t1));
         hub.tenant_changed(&t2);
         assert!(r3.wake.has_changed().unwrap_or(false));
+    }
+
+    #[test]
+    fn every_tenants_change_wakes_a_bastion_until_it_goes() {
+        let hub = Hub::default();
+        let (vps, acme) = ids("vps-1", "acme");
+        let (bastion, platform) = ids("jump-1", "platform");
+        let (_, other) = ids("vps-2", "other");
+        let mut r_vps = hub.register(&vps, &acme, false);
+        let mut r_bastion = hub.register(&bastion, &platform, true);
+        for tenant in [&acme, &other, &platform] {
+            hub.tenant_changed(tenant);
+            assert!(r_bastion.wake.has_changed().unwrap_or(false), "{tenant}");
+            r_bastion.wake.mark_unchanged();
+        }
+        assert!(r_vps.wake.has_changed().unwrap_or(false));
+        r_vps.wake.mark_unchanged();
+        hub.tenant_changed(&other);
+        assert!(!r_vps.wake.has_changed().unwrap_or(true));
+
+        // Gone, it is woken no more; the same host back as a plain host is not a bastion.
+        hub.unregister(&bastion, r_bastion.id);
+        assert!(hub.lock().bastions.is_empty());
+        let r_again = hub.register(&bastion, &platform, false);
+        hub.tenant_changed(&other);
+        assert!(!r_again.wake.has_changed().unwrap_or(true));
+        assert!(hub.lock().bastions.is_empty());
     }
 
     /// Records the hosts the hub names, and whether each was connected when named.
@@ -438,12 +478,12 @@ mod tests {
         hub.log_streams_to(named.clone());
         let (h1, t1) = ids("vps-1", "acme");
         let (h2, _) = ids("vps-2", "acme");
-        let r1 = hub.register(&h1, &t1);
-        let r1b = hub.register(&h1, &t1);
+        let r1 = hub.register(&h1, &t1, false);
+        let r1b = hub.register(&h1, &t1, false);
         // The replaced stream ends after its successor: nothing to say, h1 is still connected.
         hub.unregister(&h1, r1.id);
         hub.unregister(&h1, r1b.id);
-        let _r2 = hub.register(&h2, &t1);
+        let _r2 = hub.register(&h2, &t1, false);
         hub.cut(&h2);
         // Cut already: its stream's own end says nothing more.
         hub.unregister(&h2, 99);
@@ -476,7 +516,7 @@ mod tests {
         // Taken: nothing until the next change.
         assert_eq!(hub.take_changed(), Changed::default());
         // A stream that comes and goes names its host.
-        let r1 = hub.register(&h1, &t1);
+        let r1 = hub.register(&h1, &t1, false);
         hub.unregister(&h1, r1.id);
         assert_eq!(
             hub.take_changed(),

@@ -11,19 +11,59 @@
 //! configured; a user whose key set is revoked gets no principal (no certificate logs in as it).
 
 use keyward_common::krl::RevocationList;
-use keyward_common::proto::{ManagedUser, SshdFiles};
-use keyward_common::sshd_files::{MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS};
-use keyward_common::{Fingerprint, HostId, KeyKind, Principal, TenantId};
+use keyward_common::proto::{JumpPrincipal, ManagedUser, Mode, SshdFiles};
+use keyward_common::sshd_files::{MAX_JUMP_PRINCIPALS, MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS};
+use keyward_common::{Fingerprint, HostId, KeyKind, Principal, TenantId, UnixUser};
 
 use chrono::{DateTime, Utc};
 
-use crate::store::RevokedCertificate;
+use crate::store::{JumpRoute, RevokedCertificate};
 
 /// The principal a certificate must carry to log in as `kind`'s managed user on `tenant`'s
 /// hosts (`keyward:{tenant}:{kind}`): a certificate for one tenant's VPS therefore logs in on no
 /// other tenant's, and one for the tenant user never as the admin user.
 pub fn principal(tenant: &TenantId, kind: KeyKind) -> Principal {
     Principal::of_key_set(tenant, kind)
+}
+
+/// A bastion's jump user: no key (it logs in by certificate only); one jump principal per route,
+/// a tenant's key set's [`principal`] that may forward only to that tenant's VPS; every tenant's
+/// revoked certificate ids; and the state's generation as its session epoch, so that each new
+/// state has the agent look at the user's sessions and end those whose certificate was revoked
+/// or whose route is gone. At most [`MAX_JUMP_PRINCIPALS`] routes: more are left out, logged.
+pub fn jump_user(
+    user: &UnixUser,
+    generation: u64,
+    routes: &[JumpRoute],
+    revoked_certificates: &[RevokedCertificate],
+) -> ManagedUser {
+    if routes.len() > MAX_JUMP_PRINCIPALS {
+        tracing::error!(
+            limit = MAX_JUMP_PRINCIPALS,
+            "more tenant key sets than a bastion's jump user takes: some tenants cannot jump"
+        );
+    }
+    ManagedUser {
+        user: user.to_string(),
+        mode: Mode::Exclusive.into(),
+        keys: Vec::new(),
+        denied_fingerprints: Vec::new(),
+        session_epoch: generation,
+        revoked: false,
+        principals: Vec::new(),
+        revoked_certificate_ids: revoked_certificates
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect(),
+        jump_principals: routes
+            .iter()
+            .take(MAX_JUMP_PRINCIPALS)
+            .map(|route| JumpPrincipal {
+                principal: principal(&route.tenant, route.kind).to_string(),
+                permit_open: vec![route.to.to_string()],
+            })
+            .collect(),
+    }
 }
 
 /// What the host's sshd files are made of, besides its managed users.
@@ -74,7 +114,7 @@ pub fn sshd_files(
         };
         user.revoked_certificate_ids = revoked_certificates
             .iter()
-            .filter(|c| c.id.kind == *kind)
+            .filter(|c| c.id.tenant == *tenant && c.id.kind == *kind)
             .map(|c| c.id.to_string())
             .collect();
     }
@@ -256,5 +296,59 @@ mod tests {
             "a revoked user gets no principal"
         );
         assert_eq!(users[1].1.principals, ["keyward:acme:tenant"]);
+    }
+
+    #[test]
+    fn a_bastion_lists_every_tenants_revoked_certificates_but_its_users_keep_their_own() {
+        let ca = GeneratedKey::generate(KeyAlgorithm::Ed25519, "ca").unwrap();
+        let now = Utc::now();
+        let revoked = |id: &str| RevokedCertificate {
+            id: id.parse().unwrap(),
+            serial: 0,
+            ca_public_key: ca.public_openssh().to_owned(),
+            valid_before: now + chrono::TimeDelta::hours(1),
+        };
+        let certificates = [
+            revoked("keyward:acme:tenant:1"),
+            revoked("keyward:platform:tenant:4"),
+        ];
+        let mut users = vec![(KeyKind::Tenant, user("ops", &[]))];
+        let ca_keys = [ca.public_openssh().to_owned()];
+        let files = sshd_files(
+            &"jump-1".parse().unwrap(),
+            &"platform".parse().unwrap(),
+            9,
+            &mut users,
+            SshdInputs {
+                ca_keys: &ca_keys,
+                revoked_certificates: &certificates,
+                listed_after: now,
+            },
+        )
+        .unwrap();
+        let mut want = RevocationList::new(9, 0, "keyward jump-1").unwrap();
+        want.revoke_key_id(None, "keyward:acme:tenant:1").unwrap();
+        want.revoke_key_id(None, "keyward:platform:tenant:4")
+            .unwrap();
+        assert_eq!(files.revoked_keys, want.encode());
+        assert_eq!(
+            users[0].1.revoked_certificate_ids,
+            ["keyward:platform:tenant:4"]
+        );
+
+        let route = JumpRoute {
+            tenant: "acme".parse().unwrap(),
+            kind: KeyKind::Tenant,
+            to: "192.0.2.7:22".parse().unwrap(),
+        };
+        let jumper = jump_user(&"kwjump".parse().unwrap(), 9, &[route], &certificates);
+        assert_eq!(
+            jumper.revoked_certificate_ids,
+            ["keyward:acme:tenant:1", "keyward:platform:tenant:4"]
+        );
+        assert_eq!(jumper.mode, i32::from(Mode::Exclusive));
+        assert_eq!(jumper.session_epoch, 9);
+        assert_eq!(jumper.jump_principals[0].principal, "keyward:acme:tenant");
+        assert_eq!(jumper.jump_principals[0].permit_open, ["192.0.2.7:22"]);
     }
 }

@@ -1,14 +1,16 @@
 //! A host's desired state, built from SQL: the admin user with only managed keys, the tenant user
 //! with its own lines preserved, each with the current key and a rotated key in its grace period,
-//! and the files sshd reads for certificates and revocation ([`super::sshd_files`]).
+//! and the files sshd reads for certificates and revocation ([`super::sshd_files`]); on a
+//! bastion, its jump user too.
 
 use chrono::{DateTime, Utc};
 use keyward_common::proto::{DesiredState, Key, KeyKind as ProtoKind, ManagedUser, Mode};
-use keyward_common::{HostId, KeyKind};
+use keyward_common::sshd_files::MAX_JUMP_PRINCIPALS;
+use keyward_common::{HostId, KeyKind, UnixUser};
 
-use super::sshd_files::{SshdInputs, sshd_files};
+use super::sshd_files::{SshdInputs, jump_user, sshd_files};
 use crate::clock::iso8601;
-use crate::store::{KeySetRecord, KeyState, Store, StoreError};
+use crate::store::{HostRole, KeySetRecord, KeyState, Store, StoreError};
 
 /// How long a revoked certificate stays in the hosts' revocation lists after its validity ended:
 /// a host whose clock is behind would still take it.
@@ -81,16 +83,27 @@ fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -
         revoked: ks.state == KeyState::Revoked,
         principals: Vec::new(),
         revoked_certificate_ids: Vec::new(),
+        jump_principals: Vec::new(),
     }
 }
 
-/// The whole desired state of `host` now, with the host's current generation. `ca_keys`: the
-/// SSH certificate authority's keys sshd is to trust (none when it is not configured).
+/// What a host's state is built from besides SQL.
+#[derive(Debug, Clone, Copy)]
+pub struct StateInputs<'a> {
+    /// The SSH certificate authority's keys sshd is to trust (none when it is not configured).
+    pub ca_keys: &'a [String],
+    /// A bastion's jump user (`bastion.jump_user`).
+    pub jump_user: &'a UnixUser,
+}
+
+/// The whole desired state of `host` now, with the host's current generation. A bastion's
+/// state also has the jump user (when certificates are configured: it logs in by no other way),
+/// and its revocation list every tenant's revoked certificates.
 pub async fn desired_state(
     store: &Store,
     host: &HostId,
     now: DateTime<Utc>,
-    ca_keys: &[String],
+    inputs: StateInputs<'_>,
 ) -> Result<DesiredState, StateBuildError> {
     let record = store
         .host(host)
@@ -111,9 +124,10 @@ pub async fn desired_state(
         }
     }
     let generation = u64::try_from(record.desired_generation).unwrap_or_default();
+    let bastion = record.role == HostRole::Bastion;
     let revoked_certificates = store
         .revoked_certificates(
-            &tenant.tenant_id,
+            (!bastion).then_some(&tenant.tenant_id),
             now - REVOKED_CERTIFICATES_KEPT,
             now - REVOKED_IDS_KEPT,
         )
@@ -124,16 +138,26 @@ pub async fn desired_state(
         generation,
         &mut users,
         SshdInputs {
-            ca_keys,
+            ca_keys: inputs.ca_keys,
             revoked_certificates: &revoked_certificates,
             listed_after: now - REVOKED_CERTIFICATES_KEPT,
         },
     );
+    let mut users: Vec<ManagedUser> = users.into_iter().map(|(_, user)| user).collect();
+    if bastion && !inputs.ca_keys.is_empty() {
+        let routes = store.jump_routes(MAX_JUMP_PRINCIPALS + 1).await?;
+        users.push(jump_user(
+            inputs.jump_user,
+            generation,
+            &routes,
+            &revoked_certificates,
+        ));
+    }
     Ok(DesiredState {
         host_id: host.to_string(),
         generation,
         issued_at: iso8601(now),
-        users: users.into_iter().map(|(_, user)| user).collect(),
+        users,
         sshd,
     })
 }

@@ -1,7 +1,5 @@
 //! Admin endpoints: `/api/v1/admin/...`.
 
-use std::net::IpAddr;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -34,25 +32,9 @@ fn parse_user(raw: &str, what: &'static str) -> Result<UnixUser, ApiError> {
 
 /// An IP address or a DNS name, as tenants will type it after `ssh user@`.
 fn parse_vps_address(raw: &str) -> Result<String, ApiError> {
-    if raw.parse::<IpAddr>().is_ok() {
-        return Ok(raw.to_owned());
-    }
-    let valid_name = !raw.is_empty()
-        && raw.len() <= 253
-        && raw.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if valid_name {
-        Ok(raw.to_ascii_lowercase())
-    } else {
-        Err(ApiError::InvalidBody(
-            "vpsIp must be an IP address or a DNS name".into(),
-        ))
-    }
+    raw.parse::<keyward_common::SshHost>()
+        .map(|host| host.to_string())
+        .map_err(|_| ApiError::InvalidBody("vpsIp must be an IP address or a DNS name".into()))
 }
 
 fn ssh_keys(key_sets: &[KeySetRecord], mount: &str) -> Result<SshKeys, ApiError> {

@@ -149,7 +149,8 @@ fn validity(seconds: Option<u64>) -> Option<Duration> {
 }
 
 /// A request's `reason`: at most 500 characters (and at least one when `required`), no control
-/// characters (it is shown in lists and written into the audit log).
+/// or format characters (it is shown in lists and written into the audit log: a bidirectional
+/// override or a zero-width character would make it read otherwise than it is).
 pub(super) fn reason(raw: Option<String>, required: bool) -> Result<String, ApiError> {
     let reason = raw.unwrap_or_default();
     let count = reason.chars().count();
@@ -159,12 +160,23 @@ pub(super) fn reason(raw: Option<String>, required: bool) -> Result<String, ApiE
             u8::from(required)
         )));
     }
-    if reason.chars().any(char::is_control) {
+    if reason.chars().any(|c| c.is_control() || is_format(c)) {
         return Err(ApiError::InvalidBody(
-            "reason must not contain control characters (line breaks included)".into(),
+            "reason must not contain control characters (line breaks included), bidirectional \
+             controls or zero-width characters"
+                .into(),
         ));
     }
     Ok(reason)
+}
+
+/// Unicode's format characters that change how text reads without showing: bidirectional
+/// embeddings, overrides and isolates, zero-width spaces and joiners, the word joiner and
+/// invisible operators, the byte-order mark.
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// The managed user `kind` logs in as on `tenant`'s VPSs.

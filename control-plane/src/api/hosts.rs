@@ -20,7 +20,7 @@ use crate::caller::Caller;
 use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::DomainError;
-use crate::store::{DriftRecord, HostActivity, HostRecord, StreamedHost, hash_token};
+use crate::store::{DriftRecord, HostActivity, HostRecord, HostRole, StreamedHost, hash_token};
 
 /// `POST /api/v1/admin/hosts`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -31,6 +31,11 @@ pub struct RegisterHostRequest {
     /// Optional; a random id is made when absent.
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", min_length = 1, max_length = 63)]
     pub host_id: Option<String>,
+    /// `vps` (the default): the tenant's server. `bastion`: a jump host the tenant (usually the
+    /// platform's own) runs; its agent gives the jump user (`bastion.jump_user`) every tenant's
+    /// certificate principals, each allowed only to forward to that tenant's VPS.
+    #[serde(default)]
+    pub role: HostRole,
 }
 
 /// The one time an enrollment token is shown.
@@ -39,6 +44,7 @@ pub struct RegisterHostRequest {
 pub struct HostRegistration {
     pub host_id: String,
     pub tenant_id: String,
+    pub role: HostRole,
     pub enrollment_token: String,
     pub expires_at: String,
 }
@@ -78,6 +84,7 @@ pub struct HostKeyView {
 pub struct HostView {
     pub host_id: String,
     pub tenant_id: String,
+    pub role: HostRole,
     /// The host's agent has a stream open to this replica or to another live one.
     pub connected: bool,
     /// `pending` (not enrolled), `in_sync`, `applying` (a newer state is on its way),
@@ -130,6 +137,7 @@ impl HostView {
         Self {
             host_id: host.host_id.to_string(),
             tenant_id: host.tenant_id.to_string(),
+            role: host.role,
             connected,
             status,
             desired_generation: host.desired_generation,
@@ -201,13 +209,20 @@ pub async fn register_host(
     };
     let registered = state
         .lifecycle
-        .register_host(&caller, &tenant, host, state.agents.enrollment_ttl)
+        .register_host(
+            &caller,
+            &tenant,
+            host,
+            body.role,
+            state.agents.enrollment_ttl,
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
         Json(HostRegistration {
             host_id: registered.host.to_string(),
             tenant_id: tenant.to_string(),
+            role: body.role,
             enrollment_token: registered.enrollment_token.to_string(),
             expires_at: iso8601(registered.expires_at),
         }),

@@ -228,6 +228,7 @@ mod tests {
         HostView {
             host_id: host.to_owned(),
             tenant_id: tenant.to_owned(),
+            role: crate::store::HostRole::Vps,
             connected: status == "in_sync",
             status,
             desired_generation: 1,

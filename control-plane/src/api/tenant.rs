@@ -40,7 +40,13 @@ pub async fn ssh_credentials(
             tenant,
             key_set: Some(ks),
             host_keys,
-        }) => Ok(Json(SshCredentials::new(&tenant, &ks, &host_keys))),
+        }) => {
+            // Checked when the configuration was read.
+            let proxy_jump = state.lifecycle.bastion().proxy_jump().ok().flatten();
+            Ok(Json(SshCredentials::new(
+                &tenant, &ks, &host_keys, proxy_jump,
+            )))
+        }
         _ => Err(DomainError::TenantNotFound(tenant).into()),
     }
 }

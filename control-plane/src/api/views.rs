@@ -30,10 +30,18 @@ pub struct SshCredentials {
     pub host_key_fingerprints: Vec<String>,
     /// `known_hosts` lines for the VPS, to verify the first connection.
     pub known_hosts: Vec<String>,
+    /// The platform's bastion, `user@host[:port]`, when SSH to the VPS goes through one: pass it
+    /// to `ssh -J` or write it as `ProxyJump` in `~/.ssh/config`. `null`: connect directly.
+    pub proxy_jump: Option<String>,
 }
 
 impl SshCredentials {
-    pub fn new(tenant: &TenantRecord, ks: &KeySetRecord, host_keys: &[String]) -> Self {
+    pub fn new(
+        tenant: &TenantRecord,
+        ks: &KeySetRecord,
+        host_keys: &[String],
+        proxy_jump: Option<String>,
+    ) -> Self {
         let host = if tenant.ssh_port == 22 {
             tenant.vps_ip.clone()
         } else {
@@ -66,6 +74,7 @@ impl SshCredentials {
             previous_key_valid_until: ks.grace_until.map(iso8601),
             host_key_fingerprints: parsed.iter().map(|(f, _)| f.clone()).collect(),
             known_hosts: parsed.into_iter().map(|(_, line)| line).collect(),
+            proxy_jump,
         }
     }
 }

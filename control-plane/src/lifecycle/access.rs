@@ -10,7 +10,7 @@ use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
 use crate::changes::Change;
 use crate::clock::iso8601;
-use crate::store::{HostRecord, Role, StoreError, TokenRecord, hash_token};
+use crate::store::{HostRecord, HostRole, Role, StoreError, TokenRecord, hash_token};
 use crate::tokens::new_token;
 
 /// A host registered and the one time its enrollment token is shown.
@@ -92,13 +92,15 @@ impl KeyLifecycle {
         Ok(())
     }
 
-    /// Registers `host` for `tenant` with a one-time enrollment token valid for `ttl`. Audited as
-    /// `host.register`; `host_exists` when the id is taken (revoked hosts included).
+    /// Registers `host` for `tenant`, as `role`, with a one-time enrollment token valid for
+    /// `ttl`. Audited as `host.register`; `host_exists` when the id is taken (revoked hosts
+    /// included). A tenant's first VPS gives it routes through the bastions: they are woken.
     pub async fn register_host(
         &self,
         caller: &Caller,
         tenant: &TenantId,
         host: HostId,
+        role: HostRole,
         ttl: std::time::Duration,
     ) -> Result<Registered, DomainError> {
         self.tenant_exists(tenant).await?;
@@ -110,7 +112,7 @@ impl KeyLifecycle {
         let (h, t, hash) = (host.clone(), tenant.clone(), hash_token(&enrollment_token));
         self.audited(caller, "host.register", Some(tenant), move |tx| {
             Box::pin(async move {
-                tx.insert_host(&h, &t, now, &hash, expires_at)
+                tx.insert_host(&h, &t, role, now, &hash, expires_at)
                     .await
                     .map_err(|e| match e {
                         StoreError::Duplicate { .. } => DomainError::HostExists(h.clone()),
@@ -118,12 +120,13 @@ impl KeyLifecycle {
                     })?;
                 Ok((
                     (),
-                    json!({ "hostId": h, "enrollmentExpiresAt": iso8601(expires_at) }),
+                    json!({ "hostId": h, "role": role, "enrollmentExpiresAt": iso8601(expires_at) }),
                 ))
             })
         })
         .await?;
         self.changes.changed(Change::Host(host.clone()));
+        self.changes.changed(Change::Tenant(tenant.clone()));
         Ok(Registered {
             host,
             enrollment_token,
@@ -150,6 +153,9 @@ impl KeyLifecycle {
         })
         .await?;
         self.changes.changed(Change::HostRevoked(host.clone()));
+        // The bastions drop the tenant's route when this was its last VPS.
+        self.changes
+            .changed(Change::Tenant(record.tenant_id.clone()));
         self.store.host(host).await?.ok_or_else(not_found)
     }
 }

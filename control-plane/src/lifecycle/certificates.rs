@@ -24,8 +24,8 @@ use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
 use crate::changes::Change;
 use crate::clock::iso8601;
-use crate::store::{CertificateRecord, KeyState};
-use crate::vault::{CertificateAuthority, UserCertificateRequest, VaultError};
+use crate::store::{CertificateRecord, KeyState, WriteTx};
+use crate::vault::{CertificateAuthority, Extension, UserCertificateRequest, VaultError};
 
 /// The CA and the deployment's policy for what it signs.
 #[derive(Debug, Clone)]
@@ -56,6 +56,12 @@ pub struct CertificateAsk {
 
 /// The smallest RSA modulus certified, in bits (what NIST and OpenSSH's own defaults point at).
 const MIN_RSA_BITS: usize = 3072;
+/// What runs in the transaction that records a certificate ([`KeyLifecycle::issue_recorded`]).
+pub(super) type AlsoFuture<'t> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DomainError>> + Send + 't>>;
+
+/// The largest: OpenSSH's own limit (`SSH_RSA_MAXIMUM_MODULUS_SIZE`); sshd refuses larger keys.
+const MAX_RSA_BITS: usize = 16_384;
 
 /// Why a public key is not certified; the text is the caller's.
 fn check_key(text: &str) -> Result<PublicKey, DomainError> {
@@ -72,9 +78,9 @@ fn check_key(text: &str) -> Result<PublicKey, DomainError> {
                 .map_or(0, |n| {
                     n.len() * 8 - n.first().map_or(0, |b| b.leading_zeros() as usize)
                 });
-            if bits < MIN_RSA_BITS {
+            if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
                 Err(refuse(format!(
-                    "RSA keys need at least {MIN_RSA_BITS} bits; this one has {bits}"
+                    "RSA keys need {MIN_RSA_BITS} to {MAX_RSA_BITS} bits; this one has {bits}"
                 )))
             } else {
                 Ok(key)
@@ -108,17 +114,24 @@ impl KeyLifecycle {
                 return Err(DomainError::ApprovalRequired);
             }
         }
-        self.issue_recorded(caller, ask).await
+        self.issue_recorded(caller, ask, |_, _| Box::pin(async { Ok(()) }))
+            .await
     }
 
     /// [`KeyLifecycle::issue_certificate`] without the approval check: what a granted access
-    /// request gets.
-    pub(super) async fn issue_recorded(
+    /// request gets. `also` runs in the transaction that records the certificate (a grant's
+    /// activation): if it fails, nothing is recorded and the certificate, signed but never
+    /// handed out, is lost with its number.
+    pub(super) async fn issue_recorded<F>(
         &self,
         caller: &Caller,
         ask: CertificateAsk,
-    ) -> Result<CertificateRecord, DomainError> {
-        let result = self.sign_and_record(caller, &ask).await;
+        also: F,
+    ) -> Result<CertificateRecord, DomainError>
+    where
+        F: for<'t> FnOnce(&'t mut WriteTx, &'t CertificateRecord) -> AlsoFuture<'t>,
+    {
+        let result = self.sign_and_record(caller, &ask, also).await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_certificate_operations_total", "operation" => "certificate.issue", "outcome" => outcome).increment(1);
         if let Err(e) = &result
@@ -167,11 +180,15 @@ impl KeyLifecycle {
         Ok(fingerprint)
     }
 
-    pub(super) async fn sign_and_record(
+    async fn sign_and_record<F>(
         &self,
         caller: &Caller,
         ask: &CertificateAsk,
-    ) -> Result<CertificateRecord, DomainError> {
+        also: F,
+    ) -> Result<CertificateRecord, DomainError>
+    where
+        F: for<'t> FnOnce(&'t mut WriteTx, &'t CertificateRecord) -> AlsoFuture<'t>,
+    {
         let ca = self.ssh_ca()?;
         let fingerprint = self
             .certifiable(&ask.tenant, ask.kind, &ask.public_key)
@@ -186,6 +203,9 @@ impl KeyLifecycle {
                 [principal.as_str()],
                 validity,
             )
+            // A shell (pty) and forwarding: what a jump through a bastion needs (its principals
+            // file confines the forwarding to the tenant's VPS).
+            .map(|r| r.with_extension(Extension::PermitPortForwarding))
             .and_then(|r| r.within(ca.max_validity))
             .map_err(|e| DomainError::UserCertificateRefused(e.to_string()))
         };
@@ -268,6 +288,7 @@ impl KeyLifecycle {
             detail,
         ))
         .await?;
+        also(&mut tx, &record).await?;
         tx.commit().await?;
         tracing::info!(certificate = %record.id, serial = record.serial, "SSH user certificate issued");
         Ok(record)
@@ -372,5 +393,23 @@ mod tests {
         let small = check_key(&rsa("AAAAB3NzaC1yc2EAAAADAQABAAABAQC9Flzq3bFa2K4QDxHzDWXD2KLWCKhutgHAoVWlyVIWJo542xKfztCWUQo2jpiRQOFoLgmiEV4msJdrTsjZ/8gCOXioKdE+gaOJcRzXG25XPw9cSgUDIgGw2eq81eQ+RxuuHLhShjVpJrhbrW9uXmKh3mPag+M48AQ8CB3smQ6y8/l5exVAy4xfg7ISDq/qlmeQFOseQsEwp7UuEt1oS0oeIZunmyf1uFEiKr7jEZbrlcZ9nDLV6MUEnsLJcF9ReLYr1Hqo6AzYw/LdSkVbu9yauP6k2Cp2DZzQAmiQXL5fqYrbMdzP8DR8uh29MxdUl3vBwSfe+V88xvVjY9riOt7n")).unwrap_err();
         assert!(small.to_string().contains("this one has 2048"), "{small}");
         assert!(check_key(&rsa("AAAAB3NzaC1yc2EAAAADAQABAAABgQDHEmppJx4OksBpi9mR/90DuqcHj5BLytOFnZJVW2rWdi+cbl5EqjfuOrRBQy2SHsVcTl0lu1WgkNi6SRer33uhi5Yn/1ipNAwXbmuAC/7WCpM+Q9essRZx//AfjuaN432XLrsGQzPXcE5zUoObCHDPV9RnaiIGyeb/PJxuAujHlSF3GLvKY7RSaMYE7qHrPbRbj4/IURgJlOUq/FqlYU1QGFwDt1sNVk9dhJz8xk6tLnO0eYMMNlvlD1WNRvU+1qO3VHaTf4/DHyY7jbm40kG10dZii5e7nhbtUdLrX2BHG3KTQVJVeWbcMCc7oPt/QGGnPXFJgTFD037Mw1TPHoEqziLdAlnvTzEdJmbUyujFExVGqJqRcLbEB1QVpC4D2CvC6td4POl3a3n6AOHLqlY/+pkV8YWJZbihV7BwMYsak0hn/kbp0J7eq2I9JBCGEcA0Ml4YLzQewAJuleEqW3I/ks1Fj6RFMN10q2RSDoikJzxefhF1u2Q3gb9UNL/eKnc=")).is_ok());
+        // Past OpenSSH's largest modulus: sshd would refuse it anyway.
+        let huge = |bits: usize| {
+            let mut blob = Vec::new();
+            let mut put = |bytes: &[u8]| {
+                blob.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
+                blob.extend_from_slice(bytes);
+            };
+            put(b"ssh-rsa");
+            put(&[1, 0, 1]);
+            let mut n = vec![0u8];
+            n.extend(std::iter::repeat_n(0xc5, bits / 8));
+            put(&n);
+            use base64::Engine as _;
+            rsa(&base64::engine::general_purpose::STANDARD.encode(blob))
+        };
+        assert!(check_key(&huge(16_384)).is_ok());
+        let err = check_key(&huge(16_392)).unwrap_err();
+        assert!(err.to_string().contains("3072 to 16384 bits"), "{err}");
     }
 }

@@ -147,7 +147,21 @@ impl KeyLifecycle {
         .await?;
         tx.commit().await?;
         if record.approved() {
-            return self.activate(caller, record).await;
+            // Granted at once: if the certificate cannot be had (Vault away), the request is
+            // withdrawn rather than left pending with every approval it needs and no way on.
+            return match self.activate(caller, record.clone()).await {
+                Ok(grant) => Ok(grant),
+                Err(e) => {
+                    let id = record.grant_id.clone();
+                    if let Err(closing) = self
+                        .close_grant(&Caller::system(), record, GrantStatus::Revoked)
+                        .await
+                    {
+                        tracing::warn!(grant = %id, error = %closing, "a failed grant stays pending");
+                    }
+                    Err(e)
+                }
+            };
         }
         Ok(Grant {
             record,
@@ -236,7 +250,9 @@ impl KeyLifecycle {
         })
     }
 
-    /// Has the CA certify the requester's key for the grant's window, and marks it active.
+    /// Has the CA certify the requester's key for the grant's window, and marks it active in the
+    /// transaction that records the certificate: a grant is never active without its
+    /// certificate recorded (so revocable), nor a certificate recorded for a grant that is not.
     async fn activate(&self, caller: &Caller, grant: GrantRecord) -> Result<Grant, DomainError> {
         let ask = CertificateAsk {
             tenant: grant.tenant_id.clone(),
@@ -247,38 +263,48 @@ impl KeyLifecycle {
             )),
             reason: format!("access grant {}: {}", grant.grant_id, grant.reason),
         };
-        let certificate = self.issue_recorded(caller, ask).await?;
+        let decided_at = self.clock.now();
+        let pending = grant.clone();
+        let mut event = self.event(
+            caller,
+            "access.grant",
+            Some(&grant.tenant_id),
+            "success",
+            serde_json::Value::Null,
+        );
+        let certificate = self
+            .issue_recorded(caller, ask, move |tx, certificate| {
+                Box::pin(async move {
+                    let new = GrantRecord {
+                        status: GrantStatus::Active,
+                        decided_at: Some(decided_at),
+                        certificate_number: Some(certificate.id.number),
+                        ends_at: Some(certificate.valid_before),
+                        ..pending
+                    };
+                    // Decided otherwise meanwhile (denied, revoked): nothing is recorded.
+                    if !tx.update_grant(&new, GrantStatus::Pending).await? {
+                        return Err(DomainError::ConcurrentModification);
+                    }
+                    event.detail = json!({
+                        "grantId": new.grant_id,
+                        "kind": new.kind,
+                        "certificateId": certificate.id,
+                        "endsAt": new.ends_at.map(iso8601),
+                        "requestedBy": new.requested_by,
+                    });
+                    tx.append_audit(&event).await?;
+                    Ok(())
+                })
+            })
+            .await?;
         let new = GrantRecord {
             status: GrantStatus::Active,
-            decided_at: Some(self.clock.now()),
+            decided_at: Some(decided_at),
             certificate_number: Some(certificate.id.number),
             ends_at: Some(certificate.valid_before),
             ..grant
         };
-        let mut tx = self.store.begin().await?;
-        if !tx.update_grant(&new, GrantStatus::Pending).await? {
-            // Decided otherwise meanwhile (denied, revoked): the certificate goes too.
-            drop(tx);
-            self.revoke_certificate(&Caller::system(), &certificate.id)
-                .await?;
-            return Err(DomainError::ConcurrentModification);
-        }
-        let detail = json!({
-            "grantId": new.grant_id,
-            "kind": new.kind,
-            "certificateId": certificate.id,
-            "endsAt": new.ends_at.map(iso8601),
-            "requestedBy": new.requested_by,
-        });
-        tx.append_audit(&self.event(
-            caller,
-            "access.grant",
-            Some(&new.tenant_id),
-            "success",
-            detail,
-        ))
-        .await?;
-        tx.commit().await?;
         tracing::info!(grant = %new.grant_id, certificate = %certificate.id, "access granted");
         Ok(Grant {
             record: new,

@@ -172,6 +172,8 @@ pub struct KeyLifecycle {
     schedule_changed: Notify,
     /// The SSH CA and its policy (off unless [`KeyLifecycle::with_ssh_certificates`]).
     ssh_certificates: Option<SshCertificates>,
+    /// Bastions' jump user and where tenants jump through ([`KeyLifecycle::with_bastion`]).
+    bastion: crate::config::BastionConfig,
 }
 
 /// How many replaced or revoked fingerprints a key set remembers as denied (newest first): a
@@ -219,6 +221,7 @@ impl KeyLifecycle {
             schedule_changed: Notify::new(),
             pool: KeyPool::disabled(),
             ssh_certificates: None,
+            bastion: crate::config::BastionConfig::default(),
         }
     }
 
@@ -226,6 +229,16 @@ impl KeyLifecycle {
     pub fn with_ssh_certificates(mut self, ca: SshCertificates) -> Self {
         self.ssh_certificates = Some(ca);
         self
+    }
+
+    /// Names the bastions' jump user and the address tenants jump through (`[bastion]`).
+    pub fn with_bastion(mut self, bastion: crate::config::BastionConfig) -> Self {
+        self.bastion = bastion;
+        self
+    }
+
+    pub fn bastion(&self) -> &crate::config::BastionConfig {
+        &self.bastion
     }
 
     /// Takes new keys of the deployment's algorithm from a pool of up to `size` pre-generated

@@ -100,21 +100,22 @@ impl Store {
         get(&row, "n")
     }
 
-    /// The tenant's revoked certificates that are still valid at `valid_at` or were revoked
-    /// after `revoked_after`, oldest first: what its hosts' states name (the revocation list
-    /// while they could log in, the agents' revoked ids while sessions they opened may live).
+    /// The tenant's revoked certificates (every tenant's: `None`, for a bastion) that are still
+    /// valid at `valid_at` or were revoked after `revoked_after`, oldest first: what its hosts'
+    /// states name (the revocation list while they could log in, the agents' revoked ids while
+    /// sessions they opened may live).
     pub async fn revoked_certificates(
         &self,
-        tenant: &TenantId,
+        tenant: Option<&TenantId>,
         valid_at: DateTime<Utc>,
         revoked_after: DateTime<Utc>,
     ) -> Result<Vec<RevokedCertificate>, StoreError> {
         let rows = sqlx::query(
             "SELECT tenant_id, kind, number, serial, ca_public_key, valid_before \
-             FROM ssh_certificates WHERE tenant_id = $1 AND revoked_at IS NOT NULL \
-             AND (valid_before > $2 OR revoked_at > $3) ORDER BY kind, number",
+             FROM ssh_certificates WHERE (CAST($1 AS TEXT) IS NULL OR tenant_id = $1) AND revoked_at IS NOT NULL \
+             AND (valid_before > $2 OR revoked_at > $3) ORDER BY tenant_id, kind, number",
         )
-        .bind(tenant.as_str())
+        .bind(tenant.map(TenantId::as_str))
         .bind(text(valid_at))
         .bind(text(revoked_after))
         .fetch_all(&self.pool)

@@ -37,7 +37,7 @@ macro_rules! credentials_columns {
          t.ssh_port AS t_ssh_port, t.tenant_user AS t_tenant_user, \
          t.admin_user AS t_admin_user, t.created_at AS t_created_at, \
          (SELECT h.host_keys FROM hosts h WHERE h.tenant_id = t.tenant_id \
-          AND h.revoked_at IS NULL AND h.host_keys <> '[]' \
+          AND h.role = 'vps' AND h.revoked_at IS NULL AND h.host_keys <> '[]' \
           ORDER BY h.last_seen IS NULL, h.last_seen DESC, h.host_id DESC LIMIT 1) \
          AS t_host_keys"
     };
@@ -146,6 +146,7 @@ mod tests {
     use keyward_common::HostId;
 
     use super::*;
+    use crate::store::HostRole;
 
     /// A store on a fresh SQLite file (kept while the directory lives).
     async fn store() -> (tempfile::TempDir, Store) {
@@ -204,6 +205,7 @@ mod tests {
             tx.insert_host(
                 &id,
                 &tenant,
+                HostRole::Vps,
                 at("2026-01-01T00:00:00Z"),
                 &format!("hash{i}"),
                 at("2026-01-02T00:00:00Z"),

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use keyward_common::{HostId, TenantId};
 use sqlx::any::AnyRow;
 
+use super::bastions::HostRole;
 use super::times::{optional_time, text, time};
 use super::{Store, StoreError, WriteTx, get, json_column, parse, query_error};
 
@@ -98,6 +99,7 @@ impl HostReport {
 pub struct HostRecord {
     pub host_id: HostId,
     pub tenant_id: TenantId,
+    pub role: HostRole,
     pub created_at: DateTime<Utc>,
     pub enroll_expires_at: Option<DateTime<Utc>>,
     pub enrolled_at: Option<DateTime<Utc>>,
@@ -154,6 +156,7 @@ pub(super) fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
     Ok(HostRecord {
         host_id: parse(row, "host_id")?,
         tenant_id: parse(row, "tenant_id")?,
+        role: parse(row, "role")?,
         created_at: time(row, "created_at")?,
         enroll_expires_at: optional_time(row, "enroll_expires_at")?,
         enrolled_at: optional_time(row, "enrolled_at")?,
@@ -178,16 +181,18 @@ impl WriteTx {
         &mut self,
         host: &HostId,
         tenant: &TenantId,
+        role: HostRole,
         created_at: DateTime<Utc>,
         enroll_token_hash: &str,
         enroll_expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO hosts (host_id, tenant_id, created_at, enroll_token_hash, enroll_expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO hosts (host_id, tenant_id, role, created_at, enroll_token_hash, enroll_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(host.as_str())
         .bind(tenant.as_str())
+        .bind(role.as_str())
         .bind(text(created_at))
         .bind(enroll_token_hash)
         .bind(text(enroll_expires_at))
@@ -562,6 +567,7 @@ mod tests {
             tx.insert_host(
                 id,
                 &tenant,
+                HostRole::Vps,
                 at("2026-01-01T00:00:00Z"),
                 &format!("hash{i}"),
                 at("2026-01-02T00:00:00Z"),

@@ -400,7 +400,7 @@ async fn certificate_requests_are_checked_and_tenants_keep_to_their_own() {
     for (body, why) in [
         (
             json!({ "publicKey": weak_rsa }),
-            "RSA keys need at least 3072 bits",
+            "RSA keys need 3072 to 16384 bits",
         ),
         (
             json!({ "publicKey": "ssh-ed25519 !!" }),
@@ -417,6 +417,10 @@ async fn certificate_requests_are_checked_and_tenants_keep_to_their_own() {
         (
             json!({ "publicKey": holder.public, "reason": "a\nb" }),
             "control characters",
+        ),
+        (
+            json!({ "publicKey": holder.public, "reason": "fix \u{202E}gnp.exe" }),
+            "bidirectional controls",
         ),
         (
             json!({ "publicKey": holder.public, "kind": "admin" }),

@@ -185,6 +185,41 @@ async fn tenant_signs_in_downloads_once_and_rotates() {
     browser.close().await;
 }
 
+/// Where the platform routes SSH through a bastion, the connection instructions say how.
+#[tokio::test]
+async fn tenant_is_shown_the_proxyjump_when_ssh_goes_through_a_bastion() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_with(
+        &bao,
+        keyward_tests::control_plane::Options {
+            algorithm: KeyAlgorithm::Ed25519,
+            configure: Some(|c| c.bastion.address = Some("jump.example.net".into())),
+            ..keyward_tests::control_plane::Options::default()
+        },
+    )
+    .await;
+    let tenant = unique_tenant("uijump");
+    cp.create_tenant(&tenant).await;
+    let token = cp.tenant_token(&tenant).await;
+    let browser = Browser::start().await;
+    sign_in(&browser, &cp, &token, "#ssh-command").await;
+    assert_eq!(
+        browser.text("#ssh-command").await,
+        "ssh -i tenant-ssh-key.pem -J kwjump@jump.example.net -p 2222 tenant@127.0.0.1"
+    );
+    let config = browser.text("#ssh-config").await;
+    assert!(
+        config.contains("ProxyJump kwjump@jump.example.net")
+            && config.contains("HostName 127.0.0.1")
+            && config.contains("Port 2222"),
+        "{config}"
+    );
+    browser.screenshot("tenant-bastion").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "tenant page: {violations:#?}");
+    browser.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
     // Every part is bound: a dropped part stops (a dropped TestUser is deleted).

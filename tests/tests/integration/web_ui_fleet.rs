@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fantoccini::key::Key;
 use keyward_common::{HostId, TenantId};
-use keyward_server::store::{HostReport, Store, hash_token};
+use keyward_server::store::{HostReport, HostRole, Store, hash_token};
 use keyward_tests::browser::PAGE_WAIT;
 use keyward_tests::{
     Browser, ControlPlane, Database, OpenBao, RawIdentity, eventually, unique_tenant,
@@ -37,6 +37,7 @@ async fn seed_hosts(cp: &ControlPlane, tenants: [&str; 2], count: usize) {
         tx.insert_host(
             &host(i),
             tenant,
+            HostRole::Vps,
             ago(120),
             &hash_token(&format!("seed-{i}")),
             ago(60),
