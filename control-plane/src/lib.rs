@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod audit_bundle;
 pub mod backup;
 pub mod caller;
 pub mod changes;

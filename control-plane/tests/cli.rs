@@ -127,3 +127,111 @@ fn without_a_journald_socket_logging_falls_back_to_stderr() {
         "the real error still reaches stderr: {err}"
     );
 }
+
+/// A SQLite database with `n` audit events, one a minute from 2026-01-01T00:00:00Z.
+fn database_with_events(dir: &std::path::Path, n: usize) -> String {
+    use keyward_server::store::{NewAuditEvent, Store};
+    let url = format!("sqlite://{}/k.db?mode=rwc", dir.display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::connect(&url, None).await.unwrap();
+        for i in 0..n {
+            let mut tx = store.begin().await.unwrap();
+            tx.append_audit(&NewAuditEvent {
+                at: format!("2026-01-01T00:{i:02}:00Z"),
+                actor_token_id: None,
+                actor_role: "system".into(),
+                action: "tenant.create",
+                tenant_id: None,
+                outcome: "success",
+                source_addr: None,
+                detail: serde_json::json!({ "n": i }),
+            })
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+        store.close().await;
+    });
+    url
+}
+
+#[test]
+fn an_exported_bundle_verifies_without_the_database_and_a_tampered_one_does_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = database_with_events(dir.path(), 10);
+    let bundle = dir.path().join("audit.jsonl");
+    let path = bundle.to_str().unwrap();
+    let env = [("KEYWARD_DATABASE__URL", db.as_str())];
+    let out = keyward_server(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2026-01-01T00:02:00Z",
+            "--until",
+            "2026-01-01T00:07:00Z",
+            "--output",
+            path,
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["events"], 5);
+    assert_eq!(summary["anchor"]["seq"], 2);
+    assert_eq!(summary["end"]["seq"], 7);
+    let mode = std::fs::metadata(&bundle).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Checked with no configuration and no database at all.
+    let out = keyward_server(
+        &["audit", "verify-bundle", path],
+        &[("KEYWARD_DATABASE__URL", "mysql://nowhere")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (verdict["ok"].clone(), verdict["checked"].clone()),
+        (true.into(), 5.into())
+    );
+
+    // The same file again is refused, not overwritten.
+    let out = keyward_server(
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "-o",
+            path,
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot create"), "{}", stderr(&out));
+
+    // One event edited: exit 1, the line named.
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    std::fs::write(&bundle, text.replacen("\\\"n\\\":4", "\\\"n\\\":40", 1)).unwrap();
+    let out = keyward_server(&["audit", "verify-bundle", path], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["firstBrokenLine"], 4);
+    assert_eq!(verdict["firstBrokenSeq"], 5);
+
+    // To standard output; bad times are messages.
+    let out = keyward_server(
+        &["audit", "export", "--since", "2026-01-01T00:00:00Z"],
+        &env,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 12);
+    let out = keyward_server(&["audit", "export", "--since", "yesterday"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("RFC 3339"), "{}", stderr(&out));
+    let missing = dir.path().join("missing.jsonl");
+    let out = keyward_server(&["audit", "verify-bundle", missing.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot open"), "{}", stderr(&out));
+}

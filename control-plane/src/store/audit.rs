@@ -112,6 +112,23 @@ fn chain_hash(
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
+/// The hash `event` must have, its detail being `detail_text` (the exact stored text the chain
+/// covers): what verifying a chain, here or in an exported bundle, recomputes.
+pub fn expected_hash(event: &AuditRecord, detail_text: &str) -> String {
+    chain_hash(
+        event.seq,
+        &event.at,
+        event.actor_token_id.as_deref(),
+        &event.actor_role,
+        &event.action,
+        event.tenant_id.as_deref(),
+        &event.outcome,
+        event.source_addr.as_deref(),
+        detail_text,
+        &event.prev_hash,
+    )
+}
+
 impl WriteTx {
     /// Appends one event to the chain. Fails (and so fails the whole change) if it cannot.
     pub async fn append_audit(&mut self, event: &NewAuditEvent) -> Result<AuditRecord, StoreError> {
@@ -298,19 +315,7 @@ impl Store {
                 if e.prev_hash != prev_hash {
                     return Ok(broken("prev_hash does not match the previous event".into()));
                 }
-                let recomputed = chain_hash(
-                    e.seq,
-                    &e.at,
-                    e.actor_token_id.as_deref(),
-                    &e.actor_role,
-                    &e.action,
-                    e.tenant_id.as_deref(),
-                    &e.outcome,
-                    e.source_addr.as_deref(),
-                    &detail_text,
-                    &e.prev_hash,
-                );
-                if recomputed != e.hash {
+                if expected_hash(&e, &detail_text) != e.hash {
                     return Ok(broken("the event's content does not match its hash".into()));
                 }
                 prev_hash = e.hash;
@@ -318,6 +323,59 @@ impl Store {
                 checked += 1;
             }
         }
+    }
+
+    /// The first and last sequence numbers of the events stamped in `[since, until)`: an export
+    /// takes every event between them, so that it is one unbroken piece of the chain even where
+    /// replicas' clocks disagree a little. `None` when no event is in the range.
+    pub async fn audit_seq_range(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(seq) AS first, MAX(seq) AS last FROM audit_events WHERE at >= $1 AND at < $2",
+        )
+        .bind(text(since))
+        .bind(text(until))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("finding an export's events"))?;
+        let first: Option<i64> = get(&row, "first")?;
+        let last: Option<i64> = get(&row, "last")?;
+        Ok(first.zip(last))
+    }
+
+    /// Up to `limit` events from `from_seq` to `to_seq` in chain order, each with its detail as
+    /// the exact stored text.
+    pub async fn audit_events_from(
+        &self,
+        from_seq: i64,
+        to_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(AuditRecord, String)>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM audit_events WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(from_seq)
+        .bind(to_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("reading audit events"))?
+        .iter()
+        .map(audit_from_row)
+        .collect()
+    }
+
+    /// The newest event's sequence number and hash (the chain's head).
+    pub async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading the audit chain's head"))?;
+        row.map(|row| Ok((get(&row, "seq")?, get(&row, "hash")?)))
+            .transpose()
     }
 
     /// Number of stored events.

@@ -36,7 +36,9 @@ mod times;
 mod tokens;
 pub use access_grants::{GRANTS_LISTED, GrantRecord, GrantStatus};
 pub use activity::HostActivity;
-pub use audit::{AuditFilter, AuditPage, AuditRecord, ChainVerdict, NewAuditEvent};
+pub use audit::{
+    AuditFilter, AuditPage, AuditRecord, ChainVerdict, GENESIS_HASH, NewAuditEvent, expected_hash,
+};
 pub use bastions::{HostRole, JumpRoute};
 pub use certificates::{CertificateRecord, RevokedCertificate};
 pub use credentials::{TenantCredentials, TokenCredentials};
