@@ -20,13 +20,17 @@ use keyward_common::keys::canonical_public_key;
 use keyward_common::keys::public_key_fingerprint;
 use keyward_common::proto::{self, ManagedUser};
 use keyward_common::sshd_files::{
-    KRL_MAGIC, MAX_PRINCIPALS_PER_USER, MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS,
+    KRL_MAGIC, MAX_JUMP_PRINCIPALS, MAX_PERMIT_OPEN_PER_PRINCIPAL, MAX_PRINCIPALS_PER_USER,
+    MAX_REVOKED_KEYS_BYTES, MAX_USER_CA_KEYS,
 };
-use keyward_common::{Fingerprint, KeyKind, Principal, UnixUser};
+use keyward_common::{Fingerprint, KeyKind, PermitOpen, Principal, UnixUser};
 
 use crate::config::{SshdTrust, UserMode};
 use crate::sessions::{self, revoke::SessionAttribution, revoke::ValidNow};
-use crate::writer::{self, ApplyOutcome, PreserveLimits, SshdFiles, WriteError};
+use crate::writer::sshd_files::check_principals_file;
+use crate::writer::{
+    self, ApplyOutcome, JumpPrincipal, PreserveLimits, PrincipalLine, SshdFiles, WriteError,
+};
 
 /// Why a user's desired state could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -156,10 +160,16 @@ pub fn denied(fingerprints: &[String]) -> Result<Vec<Fingerprint>, ApplyError> {
 /// anything is written: a CA key that does not parse, a principal that could carry an option, a
 /// revocation list that is not one (sshd would then refuse every key) or is over a bound fails
 /// the whole set, and the files stay as they were.
+///
+/// `jump_user` is a bastion's jump user (`[bastion] jump_user`; `None` on any other agent). Only
+/// it may have jump principals ([`jump_lines`]): a state that gives them to any other user, or
+/// any at all to an agent that is not a bastion, is refused whole. A compromised control plane
+/// can then not open port forwarding to a tenant's VPS.
 pub fn sshd_files<'a>(
     sshd: &proto::SshdFiles,
     users: &[ManagedUser],
     managed: impl IntoIterator<Item = &'a UnixUser>,
+    jump_user: Option<&UnixUser>,
 ) -> Result<SshdFiles, ApplyError> {
     let bad = ApplyError::BadSshdFiles;
     if sshd.user_ca_keys.len() > MAX_USER_CA_KEYS {
@@ -184,9 +194,27 @@ pub fn sshd_files<'a>(
     if !krl.is_empty() && !krl.starts_with(KRL_MAGIC) {
         return Err(bad("the revocation list is not an OpenSSH KRL".into()));
     }
+    for entry in users.iter().filter(|u| !u.jump_principals.is_empty()) {
+        match jump_user {
+            None => {
+                return Err(bad(format!(
+                    "user {:?} has jump principals, but this agent is not a bastion \
+                     ([bastion] is not in its configuration)",
+                    entry.user
+                )));
+            }
+            Some(jump) if entry.user != jump.as_str() => {
+                return Err(bad(format!(
+                    "user {:?} has jump principals; only the bastion's jump user {jump} may",
+                    entry.user
+                )));
+            }
+            Some(_) => {}
+        }
+    }
     let mut principals = std::collections::BTreeMap::new();
     for user in managed {
-        let names = match users.iter().find(|u| u.user == user.as_str()) {
+        let mut lines = match users.iter().find(|u| u.user == user.as_str()) {
             Some(entry) if entry.principals.len() > MAX_PRINCIPALS_PER_USER => {
                 return Err(bad(format!(
                     "user {user} has {} principals; at most {MAX_PRINCIPALS_PER_USER} are allowed",
@@ -198,18 +226,82 @@ pub fn sshd_files<'a>(
                 .iter()
                 .map(|p| {
                     p.parse::<Principal>()
+                        .map(PrincipalLine::Plain)
                         .map_err(|e| bad(format!("user {user}: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
-        principals.insert(user.clone(), names);
+        if let Some(entry) = users.iter().find(|u| u.user == user.as_str())
+            && !entry.jump_principals.is_empty()
+        {
+            let jumps =
+                jump_lines(&entry.jump_principals).map_err(|e| bad(format!("user {user}: {e}")))?;
+            if let Some(both) = lines
+                .iter()
+                .find(|l| jumps.iter().any(|j| j.principal() == l.principal()))
+            {
+                // sshd takes the first line naming a principal: the plain one would win.
+                return Err(bad(format!(
+                    "user {user}: principal {} is both a plain and a jump principal",
+                    both.principal()
+                )));
+            }
+            lines.extend(jumps);
+            check_principals_file(&lines).map_err(|e| bad(format!("user {user}: {e}")))?;
+        }
+        principals.insert(user.clone(), lines);
     }
     Ok(SshdFiles {
         user_ca_keys,
         revoked_keys: krl.clone(),
         principals,
     })
+}
+
+/// A jump user's jump principals as principals-file lines, each principal once (a principal
+/// listed twice forwards to the destinations of both), sorted by principal: the same set always
+/// makes the same file. At most [`MAX_JUMP_PRINCIPALS`], each with one to
+/// [`MAX_PERMIT_OPEN_PER_PRINCIPAL`] destinations; a principal or a destination that does not
+/// parse fails them all.
+pub fn jump_lines(jumps: &[proto::JumpPrincipal]) -> Result<Vec<PrincipalLine>, String> {
+    if jumps.len() > MAX_JUMP_PRINCIPALS {
+        return Err(format!(
+            "{} jump principals; at most {MAX_JUMP_PRINCIPALS} are allowed",
+            jumps.len()
+        ));
+    }
+    let mut by_principal: std::collections::BTreeMap<Principal, JumpPrincipal> =
+        std::collections::BTreeMap::new();
+    for (index, jump) in jumps.iter().enumerate() {
+        let principal = jump
+            .principal
+            .parse::<Principal>()
+            .map_err(|e| format!("jump principal {index}: {e}"))?;
+        if jump.permit_open.len() > MAX_PERMIT_OPEN_PER_PRINCIPAL {
+            return Err(format!(
+                "jump principal {principal} has {} destinations; at most \
+                 {MAX_PERMIT_OPEN_PER_PRINCIPAL} are allowed",
+                jump.permit_open.len()
+            ));
+        }
+        let permit_open = jump
+            .permit_open
+            .iter()
+            .map(|d| d.parse::<PermitOpen>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("jump principal {principal}: {e}"))?;
+        let line = JumpPrincipal::new(principal.clone(), permit_open)?;
+        let line = match by_principal.remove(&principal) {
+            Some(before) => before.merge(line)?,
+            None => line,
+        };
+        by_principal.insert(principal, line);
+    }
+    Ok(by_principal
+        .into_values()
+        .map(PrincipalLine::Jump)
+        .collect())
 }
 
 /// The drift an apply repaired: keys that were there and must not be (managed lines that are no
@@ -491,5 +583,189 @@ mod tests {
             3,
             "in exclusive mode the user's own line is drift too"
         );
+    }
+
+    const CA: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+    fn jump(principal: &str, permit_open: &[&str]) -> proto::JumpPrincipal {
+        proto::JumpPrincipal {
+            principal: principal.into(),
+            permit_open: permit_open.iter().map(|d| (*d).to_owned()).collect(),
+        }
+    }
+
+    fn entry(user: &str, principals: &[&str], jumps: Vec<proto::JumpPrincipal>) -> ManagedUser {
+        ManagedUser {
+            user: user.into(),
+            principals: principals.iter().map(|p| (*p).to_owned()).collect(),
+            jump_principals: jumps,
+            ..ManagedUser::default()
+        }
+    }
+
+    fn files() -> proto::SshdFiles {
+        proto::SshdFiles {
+            user_ca_keys: vec![CA.into()],
+            revoked_keys: Vec::new(),
+        }
+    }
+
+    fn rendered(files: &SshdFiles, user: &UnixUser) -> String {
+        String::from_utf8(writer::sshd_files::principals_file(&files.principals[user])).unwrap()
+    }
+
+    #[test]
+    fn the_jump_user_gets_its_jump_principals_after_its_plain_ones() {
+        let (jump_user, tenant): (UnixUser, UnixUser) =
+            ("jump".parse().unwrap(), "tenant".parse().unwrap());
+        let users = [
+            entry(
+                "jump",
+                &["keyward:ops:admin"],
+                vec![
+                    jump("keyward:tb:tenant", &["198.51.100.9:2222"]),
+                    jump("keyward:ta:tenant", &["203.0.113.7:22", "[2001:db8::1]:22"]),
+                    // Listed twice: one line, both destinations, each once.
+                    jump("keyward:ta:tenant", &["203.0.113.7:22", "203.0.113.8:22"]),
+                ],
+            ),
+            entry("tenant", &["keyward:ta:tenant"], vec![]),
+        ];
+        let got = sshd_files(&files(), &users, [&jump_user, &tenant], Some(&jump_user)).unwrap();
+        assert_eq!(
+            rendered(&got, &jump_user),
+            "keyward:ops:admin\n\
+             restrict,port-forwarding,command=\"/usr/sbin/nologin\",permitopen=\"203.0.113.7:22\",\
+             permitopen=\"203.0.113.8:22\",permitopen=\"[2001:db8::1]:22\" keyward:ta:tenant\n\
+             restrict,port-forwarding,command=\"/usr/sbin/nologin\",permitopen=\"198.51.100.9:2222\" \
+             keyward:tb:tenant\n"
+        );
+        assert_eq!(rendered(&got, &tenant), "keyward:ta:tenant\n");
+        // The same set in another order makes the same file.
+        let mut shuffled = users.clone();
+        shuffled[0].jump_principals.reverse();
+        let again =
+            sshd_files(&files(), &shuffled, [&jump_user, &tenant], Some(&jump_user)).unwrap();
+        assert_eq!(again, got);
+    }
+
+    #[test]
+    fn jump_principals_anywhere_else_or_out_of_bounds_refuse_the_whole_set() {
+        let (jump_user, tenant): (UnixUser, UnixUser) =
+            ("jump".parse().unwrap(), "tenant".parse().unwrap());
+        let ok = || jump("keyward:ta:tenant", &["203.0.113.7:22"]);
+        let many_destinations: Vec<String> = (1..=65).map(|p| format!("10.0.0.1:{p}")).collect();
+        let many_destinations: Vec<&str> = many_destinations.iter().map(String::as_str).collect();
+        let too_many_principals: Vec<proto::JumpPrincipal> = (0..=MAX_JUMP_PRINCIPALS)
+            .map(|i| proto::JumpPrincipal {
+                principal: format!("keyward:t{i}:tenant"),
+                permit_open: vec!["203.0.113.7:22".into()],
+            })
+            .collect();
+        let cases: Vec<(Vec<ManagedUser>, Option<&UnixUser>, &str)> = vec![
+            (
+                vec![entry("tenant", &[], vec![ok()])],
+                Some(&jump_user),
+                "only the bastion's jump user jump may",
+            ),
+            (
+                vec![entry("jump", &[], vec![ok()])],
+                None,
+                "this agent is not a bastion",
+            ),
+            // A user this agent does not manage counts too.
+            (
+                vec![entry("root", &[], vec![ok()])],
+                Some(&jump_user),
+                "only the bastion's jump user",
+            ),
+            (
+                vec![entry(
+                    "jump",
+                    &[],
+                    vec![jump("keyward:ta:tenant", &["a\",command=\"sh:22"])],
+                )],
+                Some(&jump_user),
+                "is not host:port",
+            ),
+            (
+                vec![entry("jump", &[], vec![jump("x\" y", &["203.0.113.7:22"])])],
+                Some(&jump_user),
+                "jump principal 0",
+            ),
+            (
+                vec![entry("jump", &[], vec![jump("keyward:ta:tenant", &[])])],
+                Some(&jump_user),
+                "has no destination",
+            ),
+            (
+                vec![entry(
+                    "jump",
+                    &[],
+                    vec![jump("keyward:ta:tenant", &many_destinations)],
+                )],
+                Some(&jump_user),
+                "65 destinations; at most 64",
+            ),
+            (
+                vec![entry("jump", &[], too_many_principals)],
+                Some(&jump_user),
+                "50001 jump principals; at most 50000",
+            ),
+            (
+                vec![entry("jump", &["keyward:ta:tenant"], vec![ok()])],
+                Some(&jump_user),
+                "both a plain and a jump principal",
+            ),
+        ];
+        for (users, jump_of_agent, want) in cases {
+            let err = sshd_files(&files(), &users, [&jump_user, &tenant], jump_of_agent)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("sshd files: "), "{err}");
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        // And the agent's users without jump principals are as before.
+        let plain = [entry("tenant", &["keyward:ta:tenant"], vec![])];
+        assert!(sshd_files(&files(), &plain, [&jump_user, &tenant], None).is_ok());
+    }
+
+    #[test]
+    fn a_bastion_of_the_largest_size_fits_and_a_larger_file_is_refused() {
+        // Two principals for each of 25,000 tenants, one VPS each.
+        let jumps: Vec<proto::JumpPrincipal> = (0..MAX_JUMP_PRINCIPALS)
+            .map(|i| proto::JumpPrincipal {
+                principal: format!("keyward:tenant-{:05}:{}", i / 2, ["admin", "tenant"][i % 2]),
+                permit_open: vec![format!("203.0.{}.{}:22", (i / 2) / 250, (i / 2) % 250 + 1)],
+            })
+            .collect();
+        let lines = jump_lines(&jumps).unwrap();
+        assert_eq!(lines.len(), MAX_JUMP_PRINCIPALS);
+        let bytes = writer::sshd_files::principals_file(&lines).len();
+        assert!(
+            bytes <= writer::sshd_files::MAX_PRINCIPALS_FILE_BYTES,
+            "{bytes} bytes"
+        );
+        assert!(check_principals_file(&lines).is_ok());
+
+        // 64 destinations of 253-character names a principal: 1,000 lines pass 16 MiB.
+        let label = "a".repeat(63);
+        let long: Vec<PermitOpen> = (1..=64)
+            .map(|port| {
+                format!("{label}.{label}.{label}.{}:{port}", "b".repeat(61))
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let huge: Vec<PrincipalLine> = (0..1000)
+            .map(|i| {
+                PrincipalLine::Jump(
+                    JumpPrincipal::new(format!("p{i}").parse().unwrap(), long.clone()).unwrap(),
+                )
+            })
+            .collect();
+        let err = check_principals_file(&huge).unwrap_err();
+        assert!(err.contains("at most 16777216 are allowed"), "{err}");
     }
 }

@@ -30,7 +30,19 @@
 //! # journald records that name one, the systemd units (`*` matches any text).
 //! sshd_executables = ["/usr/sbin/sshd", "/usr/lib/openssh/sshd-session"]
 //! sshd_units = ["ssh.service", "sshd.service", "ssh@*.service", "sshd@*.service"]
+//!
+//! # Only on a bastion (jump host): the user tenants' certificates log in as to jump
+//! # (`ssh -J`), each only to its tenant's VPSs. It must be in [[users]], mode = "exclusive".
+//! [bastion]
+//! jump_user = "jump"
 //! ```
+//!
+//! The `[bastion]` table makes the agent a bastion's: the state may then give its jump user
+//! jump principals, each written into the user's principals file as a line that allows only
+//! forwarding to that principal's destinations (no shell, no command; see
+//! [`crate::writer::sshd_files`]). Any other agent, and any other user, refuses them. The jump
+//! user must be an exclusive-mode user: it logs in by certificate only, and a preserve-mode file
+//! would keep keys of the user's own that could open a shell.
 //!
 //! Which source to trust: only the journal can say who wrote a line. journald records the
 //! sender's uid, process name and executable itself (`_UID`, `_COMM`, `_EXE`, `_SYSTEMD_UNIT`),
@@ -132,6 +144,18 @@ pub struct AgentConfig {
     /// `~/.ssh/authorized_keys.keyward-oversized` unread and reported.
     #[serde(default)]
     pub preserve: PreserveLimits,
+    /// `[bastion]`: present on a bastion (jump host) only.
+    #[serde(default)]
+    pub bastion: Option<BastionConfig>,
+}
+
+/// `[bastion]`: this agent runs on a bastion.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BastionConfig {
+    /// The user tenants' certificates jump as: the only user that may have jump principals. One
+    /// of `[[users]]`, in exclusive mode.
+    pub jump_user: UnixUser,
 }
 
 /// Where sshd's log is read from.
@@ -343,6 +367,7 @@ impl AgentConfig {
             sshd_dir: default_sshd_dir(),
             logins: LoginsConfig::off(),
             preserve: PreserveLimits::default(),
+            bastion: None,
         }
     }
 
@@ -411,7 +436,34 @@ impl AgentConfig {
         if self.preserve.max_bytes == 0 || self.preserve.max_lines == 0 {
             return Err("[preserve] max_bytes and max_lines must be at least 1".into());
         }
+        if let Some(bastion) = &self.bastion {
+            let user = bastion.jump_user.as_str();
+            match self.mode_of(user) {
+                Some(UserMode::Exclusive) => {}
+                Some(_) => {
+                    return Err(format!(
+                        "[bastion] jump_user {user:?} must have mode = \"exclusive\" in \
+                         [[users]]: the jump user logs in by certificate only, and a \
+                         preserve-mode user keeps keys of its own that could open a shell"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "[bastion] jump_user {user:?} is not in [[users]]: add it with \
+                         mode = \"exclusive\""
+                    ));
+                }
+            }
+        }
         self.logins.validate()
+    }
+
+    /// The bastion's jump user: `[bastion] jump_user` when it is an exclusive-mode user of this
+    /// agent (what [`AgentConfig::parse`] insists on; a configuration built in code that breaks
+    /// the rule has no jump user). `None` on an agent that is not a bastion's.
+    pub fn jump_user(&self) -> Option<&UnixUser> {
+        let jump = &self.bastion.as_ref()?.jump_user;
+        (self.mode_of(jump.as_str()) == Some(UserMode::Exclusive)).then_some(jump)
     }
 
     /// The configured endpoints of the control plane (`grpc_urls`, or `grpc_url` alone); empty
@@ -622,6 +674,32 @@ mod tests {
         }
         assert!(glob_match("a*b*c", "aXbYc") && !glob_match("a*b*c", "aXbY"));
         assert!(glob_match("*", "") && glob_match("a*", "a") && !glob_match("a", "ab"));
+    }
+
+    #[test]
+    fn the_bastion_section() {
+        let users = "[[users]]\nname = \"jump\"\nmode = \"exclusive\"\n\
+                     [[users]]\nname = \"tenant\"\nmode = \"preserve\"\n";
+        let plain = AgentConfig::parse(users).unwrap();
+        assert_eq!((plain.bastion.as_ref(), plain.jump_user()), (None, None));
+        let c = AgentConfig::parse(&format!("{users}[bastion]\njump_user = \"jump\"\n")).unwrap();
+        assert_eq!(c.jump_user().map(UnixUser::as_str), Some("jump"));
+        for (section, want) in [
+            ("jump_user = \"tenant\"", "must have mode = \"exclusive\""),
+            ("jump_user = \"nobody\"", "is not in [[users]]"),
+            ("jump_user = \"../x\"", "unix user"),
+            ("", "missing field `jump_user`"),
+            ("jump_user = \"jump\"\nshell = \"x\"", "unknown field"),
+        ] {
+            let err = AgentConfig::parse(&format!("{users}[bastion]\n{section}\n")).unwrap_err();
+            assert!(err.contains(want), "{section}: {err}");
+        }
+        // Built in code without the check: a preserve-mode jump user is no jump user.
+        let mut built = plain.clone();
+        built.bastion = Some(BastionConfig {
+            jump_user: "tenant".parse().unwrap(),
+        });
+        assert_eq!(built.jump_user(), None);
     }
 
     #[test]

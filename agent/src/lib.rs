@@ -49,5 +49,5 @@ pub use keyward_common::sd_notify;
 pub mod state_dir;
 pub mod tls;
 
-pub use config::{AgentConfig, UserConfig, UserMode};
+pub use config::{AgentConfig, BastionConfig, UserConfig, UserMode};
 pub use runtime::{AgentStatus, RuntimeDeps, RuntimeError, run, run_with};

@@ -244,8 +244,10 @@ struct ValidKeys {
 
 impl ValidKeys {
     /// From what an apply left in the file: the managed keys of `desired` that are in it and not
-    /// expired, and the user's own keys; the state's revoked certificates and denied keys.
-    fn of(desired: &ManagedUser, done: &UserApplied, trusted_cas: &[String]) -> Self {
+    /// expired, and the user's own keys; the state's revoked certificates and denied keys. A
+    /// bastion's jump user (`jump`) has its jump principals too: a certificate of one of them
+    /// keeps a jump session like any of its plain principals' (no other user has any).
+    fn of(desired: &ManagedUser, done: &UserApplied, trusted_cas: &[String], jump: bool) -> Self {
         let mut keys = BTreeMap::new();
         for key in &desired.keys {
             if !done.fingerprints.contains(&key.fingerprint) {
@@ -265,7 +267,18 @@ impl ValidKeys {
             denied_fingerprints: desired.denied_fingerprints.clone(),
             user_revoked: desired.revoked,
             trusted_cas: trusted_cas.to_vec(),
-            principals: desired.principals.clone(),
+            principals: desired
+                .principals
+                .iter()
+                .chain(
+                    desired
+                        .jump_principals
+                        .iter()
+                        .filter(|_| jump)
+                        .map(|j| &j.principal),
+                )
+                .cloned()
+                .collect(),
         }
     }
 
@@ -878,7 +891,7 @@ impl Agent {
         users: &[ManagedUser],
     ) -> SshdFilesResult {
         let managed = self.config.users.iter().map(|u| &u.name);
-        let result = match apply::sshd_files(files, users, managed) {
+        let result = match apply::sshd_files(files, users, managed, self.config.jump_user()) {
             Ok(files) => {
                 let applier = Arc::clone(&self.applier);
                 tokio::task::spawn_blocking(move || applier.apply_sshd_files(&files))
@@ -978,7 +991,8 @@ impl Agent {
         self.observed
             .insert(user.to_string(), done.fingerprints.clone());
         let now = Utc::now();
-        let valid = ValidKeys::of(desired, done, &self.trusted_cas);
+        let jump = self.config.jump_user() == Some(user);
+        let valid = ValidKeys::of(desired, done, &self.trusted_cas, jump);
         let valid_now = valid.now(now);
         // A key gone, or a certificate revoked since (the control plane raises the epoch for
         // that too; this does not wait for it).

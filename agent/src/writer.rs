@@ -53,7 +53,7 @@ pub const TEMP_PREFIX: &str = ".keyward-tmp-";
 pub const OVERSIZED: &str = "authorized_keys.keyward-oversized";
 
 pub use aside::{MAX_SET_ASIDE, SET_ASIDE, SetAside};
-pub use sshd_files::{SshdFiles, apply_sshd_files};
+pub use sshd_files::{JumpPrincipal, PrincipalLine, SshdFiles, apply_sshd_files};
 pub use walk::MOVED_SSH;
 
 /// How much of a user's own file is kept line by line in [`Mode::Preserve`] (`[preserve]` in the

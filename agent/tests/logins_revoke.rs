@@ -22,7 +22,7 @@ use keyward_agent::config::SshdTrust;
 use keyward_agent::procs::ProcSnapshot;
 use keyward_agent::sessions::revoke;
 use keyward_agent::sessions::{self, SessionTree};
-use keyward_agent::writer::{SshdFiles, apply_sshd_files};
+use keyward_agent::writer::{PrincipalLine, SshdFiles, apply_sshd_files};
 use keyward_agent::{RuntimeDeps, UserConfig, UserMode};
 use keyward_common::keys::GeneratedKey;
 use keyward_common::proto::agent_message::Msg;
@@ -471,7 +471,10 @@ async fn revoking_a_certificate_ends_only_the_session_it_opened() {
         &SshdFiles {
             user_ca_keys: vec![ca.public()],
             revoked_keys: Vec::new(),
-            principals: BTreeMap::from([(user.name.clone(), vec![PRINCIPAL.parse().unwrap()])]),
+            principals: BTreeMap::from([(
+                user.name.clone(),
+                vec![PrincipalLine::Plain(PRINCIPAL.parse().unwrap())],
+            )]),
         },
     )
     .unwrap();

@@ -321,7 +321,10 @@ fn sshd_files(
 ) -> anyhow::Result<SshdFiles> {
     let mut principals = BTreeMap::new();
     if let Some(user) = user {
-        principals.insert(user.name.clone(), vec![PRINCIPAL.parse::<Principal>()?]);
+        principals.insert(
+            user.name.clone(),
+            vec![PRINCIPAL.parse::<Principal>()?.into()],
+        );
     }
     Ok(SshdFiles {
         user_ca_keys: vec![ca.to_owned()],

@@ -244,6 +244,7 @@ impl Fleet {
                 },
             ],
             logins: keyward_agent::config::LoginsConfig::off(),
+            bastion: None,
             grpc_url: None,
             grpc_urls: Vec::new(),
             host_key_dir: self.host_key_dir.clone(),

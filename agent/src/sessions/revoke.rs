@@ -104,8 +104,9 @@ pub struct ValidNow {
     /// certificate of any other CA (one a user named in its own `authorized_keys` with
     /// `cert-authority`, say) keeps no session.
     pub trusted_cas: Vec<String>,
-    /// The user's principals (`ManagedUser.principals`): a certificate keeps a session only when
-    /// its key id is keyward's for one of them (`{principal}:{n}`).
+    /// The user's principals (`ManagedUser.principals` and, for a bastion's jump user, the names
+    /// of its `jump_principals`): a certificate keeps a session only when its key id is keyward's
+    /// for one of them (`{principal}:{n}`).
     pub principals: Vec<String>,
 }
 

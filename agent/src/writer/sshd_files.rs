@@ -14,12 +14,28 @@
 //!
 //! sshd refuses **every** public key while the `RevokedKeys` file cannot be read, so the
 //! revocation list is never removed, only replaced; an empty file revokes nothing.
+//!
+//! A principals file holds [`PrincipalLine`]s: a plain principal (the whole line, a login like
+//! any other), and on a bastion's jump user, a [`JumpPrincipal`]: a principal that may only
+//! forward to its destinations, written with sshd's key options (`AUTHORIZED_KEYS FILE FORMAT`
+//! in sshd(8), which `AuthorizedPrincipalsFile` lines take):
+//!
+//! ```text
+//! restrict,port-forwarding,command="/usr/sbin/nologin",permitopen="10.0.3.7:22" keyward:t1:tenant
+//! ```
+//!
+//! `restrict` turns off everything (pty, agent and X11 forwarding, `~/.ssh/rc`), then
+//! `port-forwarding` allows forwarding again, `permitopen` limits it to the destinations and the
+//! forced `command` makes a session (a shell, a command) end at once. sshd takes the **first**
+//! line that names a certificate's principal, so a principal is never both plain and jump in one
+//! file (`keyward_agent::apply::sshd_files` refuses that).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use keyward_common::{Principal, UnixUser};
+use keyward_common::sshd_files::{MAX_JUMP_PRINCIPALS, MAX_PERMIT_OPEN_PER_PRINCIPAL};
+use keyward_common::{PermitOpen, Principal, UnixUser};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode as Perm, mkdirat};
@@ -39,6 +55,16 @@ pub const PRINCIPALS: &str = "principals";
 /// A file larger than this is not read back to compare: it is replaced.
 const MAX_COMPARED: u64 = 16 << 20;
 
+/// The largest principals file the agent writes: a bastion's jump user with
+/// [`MAX_JUMP_PRINCIPALS`] lines of one destination each takes about 6 MB (120 bytes a line);
+/// a state that would make more is refused. Within [`MAX_COMPARED`], so an unchanged file is
+/// read back and left alone, not rewritten at every state.
+pub const MAX_PRINCIPALS_FILE_BYTES: usize = 16 << 20;
+const _: () = assert!(MAX_PRINCIPALS_FILE_BYTES as u64 <= MAX_COMPARED);
+
+/// The forced command of a jump principal's line: a session (shell or command) ends at once.
+pub const JUMP_COMMAND: &str = "/usr/sbin/nologin";
+
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)
@@ -52,9 +78,137 @@ pub struct SshdFiles {
     pub user_ca_keys: Vec<String>,
     /// OpenSSH's binary key revocation list, or empty.
     pub revoked_keys: Vec<u8>,
-    /// Every user this agent manages, with the principals that may log in as it (none: no
-    /// certificate does).
-    pub principals: BTreeMap<UnixUser, Vec<Principal>>,
+    /// Every user this agent manages, with the lines of its principals file, in order (none:
+    /// no certificate logs in as it).
+    pub principals: BTreeMap<UnixUser, Vec<PrincipalLine>>,
+}
+
+/// One line of a user's principals file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PrincipalLine {
+    /// The principal alone: a certificate with it logs in as the user.
+    Plain(Principal),
+    /// A bastion's jump principal: a certificate with it may only forward to its destinations.
+    Jump(JumpPrincipal),
+}
+
+impl From<Principal> for PrincipalLine {
+    fn from(principal: Principal) -> Self {
+        Self::Plain(principal)
+    }
+}
+
+impl PrincipalLine {
+    /// The principal the line names.
+    pub fn principal(&self) -> &Principal {
+        match self {
+            Self::Plain(principal) => principal,
+            Self::Jump(jump) => &jump.principal,
+        }
+    }
+
+    /// The line as sshd reads it, without its newline.
+    pub fn render(&self) -> String {
+        match self {
+            Self::Plain(principal) => principal.as_str().to_owned(),
+            Self::Jump(jump) => jump.render(),
+        }
+    }
+}
+
+/// A principal that may log in as a bastion's jump user only to forward to `permit_open`: at
+/// least one destination, at most [`MAX_PERMIT_OPEN_PER_PRINCIPAL`], sorted, each once (so the
+/// same destinations always make the same line).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JumpPrincipal {
+    principal: Principal,
+    permit_open: Vec<PermitOpen>,
+}
+
+impl JumpPrincipal {
+    /// `principal` forwarding to `permit_open` (a repeated destination counts once).
+    pub fn new(
+        principal: Principal,
+        permit_open: impl IntoIterator<Item = PermitOpen>,
+    ) -> Result<Self, String> {
+        let mut permit_open: Vec<PermitOpen> = permit_open.into_iter().collect();
+        permit_open.sort();
+        permit_open.dedup();
+        if permit_open.is_empty() {
+            return Err(format!("jump principal {principal} has no destination"));
+        }
+        if permit_open.len() > MAX_PERMIT_OPEN_PER_PRINCIPAL {
+            return Err(format!(
+                "jump principal {principal} has {} destinations; at most \
+                 {MAX_PERMIT_OPEN_PER_PRINCIPAL} are allowed",
+                permit_open.len()
+            ));
+        }
+        Ok(Self {
+            principal,
+            permit_open,
+        })
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    pub fn permit_open(&self) -> &[PermitOpen] {
+        &self.permit_open
+    }
+
+    /// Adds `other`'s destinations (the same principal listed twice).
+    pub fn merge(self, other: Self) -> Result<Self, String> {
+        Self::new(
+            self.principal,
+            self.permit_open.into_iter().chain(other.permit_open),
+        )
+    }
+
+    /// `restrict,port-forwarding,command="/usr/sbin/nologin",permitopen="D",... PRINCIPAL`.
+    /// Neither a principal nor a destination can hold a quote, comma or space.
+    fn render(&self) -> String {
+        let mut line = format!("restrict,port-forwarding,command=\"{JUMP_COMMAND}\"");
+        for destination in &self.permit_open {
+            line.push_str(&format!(",permitopen=\"{destination}\""));
+        }
+        line.push(' ');
+        line.push_str(self.principal.as_str());
+        line
+    }
+}
+
+/// The content of a principals file of `lines`.
+pub fn principals_file(lines: &[PrincipalLine]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        out.extend_from_slice(line.render().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Checks the bounds of a jump user's lines: at most [`MAX_JUMP_PRINCIPALS`] jump principals and
+/// a file of at most [`MAX_PRINCIPALS_FILE_BYTES`].
+pub fn check_principals_file(lines: &[PrincipalLine]) -> Result<(), String> {
+    let jumps = lines
+        .iter()
+        .filter(|l| matches!(l, PrincipalLine::Jump(_)))
+        .count();
+    if jumps > MAX_JUMP_PRINCIPALS {
+        return Err(format!(
+            "{jumps} jump principals; at most {MAX_JUMP_PRINCIPALS} are allowed"
+        ));
+    }
+    let bytes: usize = lines.iter().map(|l| l.render().len() + 1).sum();
+    if bytes > MAX_PRINCIPALS_FILE_BYTES {
+        return Err(format!(
+            "the principals file would be {bytes} bytes; at most {MAX_PRINCIPALS_FILE_BYTES} \
+             are allowed"
+        ));
+    }
+    Ok(())
 }
 
 impl SshdFiles {
@@ -89,8 +243,8 @@ pub fn apply_sshd_files(dir: &Path, files: &SshdFiles) -> Result<bool, WriteErro
     let principals_path = dir.join(PRINCIPALS);
     let principals = open_or_make_dir(&principals_path, owner.uid)?;
     remove_stale_temp_files(&principals, &principals_path);
-    for (user, names) in &files.principals {
-        let content = lines(names.iter().map(Principal::as_str));
+    for (user, lines) in &files.principals {
+        let content = principals_file(lines);
         changed |= put(
             &principals,
             &principals_path,
@@ -169,7 +323,7 @@ mod tests {
             principals: BTreeMap::from([
                 (
                     "alice".parse().unwrap(),
-                    vec!["kw-t1-tenant".parse().unwrap()],
+                    vec![PrincipalLine::Plain("kw-t1-tenant".parse().unwrap())],
                 ),
                 ("kwadmin".parse().unwrap(), vec![]),
             ]),
@@ -313,5 +467,52 @@ mod tests {
         let meta = std::fs::metadata(dir.join(USER_CA_KEYS)).unwrap();
         assert_eq!(meta.uid(), geteuid().as_raw());
         assert_eq!(meta.gid(), Gid::effective().as_raw());
+    }
+
+    #[test]
+    fn a_jump_users_file_holds_its_forwarding_lines_and_is_left_alone_when_unchanged() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("keyward");
+        let jump: UnixUser = "jump".parse().unwrap();
+        let line = |d: &[&str]| {
+            PrincipalLine::Jump(
+                JumpPrincipal::new(
+                    "keyward:ta:tenant".parse().unwrap(),
+                    d.iter().map(|d| d.parse().unwrap()),
+                )
+                .unwrap(),
+            )
+        };
+        let mut with_jump = files();
+        with_jump.principals.insert(
+            jump.clone(),
+            vec![
+                PrincipalLine::Plain("keyward:ops:admin".parse().unwrap()),
+                line(&["vps-b.example:2222", "203.0.113.7:22", "203.0.113.7:22"]),
+            ],
+        );
+        assert!(apply_sshd_files(&dir, &with_jump).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.join(PRINCIPALS).join("jump")).unwrap(),
+            "keyward:ops:admin\nrestrict,port-forwarding,command=\"/usr/sbin/nologin\",\
+             permitopen=\"203.0.113.7:22\",permitopen=\"vps-b.example:2222\" keyward:ta:tenant\n"
+        );
+        assert!(!apply_sshd_files(&dir, &with_jump).unwrap());
+        // The same destinations in another order are the same line.
+        with_jump.principals.get_mut(&jump).unwrap()[1] =
+            line(&["203.0.113.7:22", "vps-b.example:2222"]);
+        assert!(!apply_sshd_files(&dir, &with_jump).unwrap());
+    }
+
+    #[test]
+    fn a_jump_principal_forwards_somewhere() {
+        let p: Principal = "keyward:ta:tenant".parse().unwrap();
+        let err = JumpPrincipal::new(p.clone(), []).unwrap_err();
+        assert!(err.contains("no destination"), "{err}");
+        let too_many = (1..=65).map(|port| format!("10.0.0.1:{port}").parse().unwrap());
+        let err = JumpPrincipal::new(p.clone(), too_many).unwrap_err();
+        assert!(err.contains("at most 64"), "{err}");
+        let same = std::iter::repeat_n("10.0.0.1:22".parse().unwrap(), 100);
+        assert_eq!(JumpPrincipal::new(p, same).unwrap().permit_open().len(), 1);
     }
 }

@@ -100,7 +100,7 @@ fn files_for(user: &TestUser, ca: &Ca, principals: &[&str], krl: Vec<u8>) -> Ssh
             user.name.clone(),
             principals
                 .iter()
-                .map(|p| p.parse::<Principal>().unwrap())
+                .map(|p| p.parse::<Principal>().unwrap().into())
                 .collect(),
         )]),
     }
@@ -208,7 +208,13 @@ async fn the_agent_refuses_sshd_files_that_would_lock_everyone_out_or_carry_opti
         ],
         revoked_keys: Vec::new(),
     };
-    let ok = sshd_files(&good, &[state_user(vec!["keyward:t1:admin"])], [&user]).unwrap();
+    let ok = sshd_files(
+        &good,
+        &[state_user(vec!["keyward:t1:admin"])],
+        [&user],
+        None,
+    )
+    .unwrap();
     assert_eq!(
         ok.user_ca_keys,
         ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"],
@@ -217,7 +223,7 @@ async fn the_agent_refuses_sshd_files_that_would_lock_everyone_out_or_carry_opti
     assert_eq!(ok.principals[&user].len(), 1);
     // A user of this agent the state does not name gets an empty file: no certificate.
     let other: keyward_common::UnixUser = "tenant".parse().unwrap();
-    let both = sshd_files(&good, &[], [&user, &other]).unwrap();
+    let both = sshd_files(&good, &[], [&user, &other], None).unwrap();
     assert!(both.principals[&other].is_empty());
 
     let cases: Vec<(proto::SshdFiles, Vec<proto::ManagedUser>, &str)> = vec![
@@ -252,7 +258,9 @@ async fn the_agent_refuses_sshd_files_that_would_lock_everyone_out_or_carry_opti
         ),
     ];
     for (files, users, want) in cases {
-        let err = sshd_files(&files, &users, [&user]).unwrap_err().to_string();
+        let err = sshd_files(&files, &users, [&user], None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(want), "{want}: {err}");
     }
 }
