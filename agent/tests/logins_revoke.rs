@@ -9,6 +9,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod cert_support;
 mod logins_support;
 mod runtime_support;
 
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cert_support::{RunningAgent, UserCa, next};
 use keyward_agent::apply::SystemApplier;
 use keyward_agent::config::LoginsConfig;
 use keyward_agent::config::SshdTrust;
@@ -32,7 +34,7 @@ use keyward_common::proto::{
 };
 use keyward_test_support::{Proc, Sshd, TestUser, homes_dir, wait_for};
 use logins_support::{audit, authorize, client_key, read_all};
-use runtime_support::{Enrolled, Lifetime, Pki, Session, TestHub, WAIT, within};
+use runtime_support::{Enrolled, Lifetime, Pki, TestHub, WAIT, within};
 
 /// The bound on a revoked session's end.
 const ENDS_WITHIN: Duration = Duration::from_secs(2);
@@ -69,24 +71,6 @@ fn desired(
             jump_principals: vec![],
         }],
         sshd: None,
-    }
-}
-
-/// Answers every login batch and keeps its events; returns the next other message.
-async fn next(s: &mut Session, logins: &mut Vec<LoginEvent>) -> Msg {
-    loop {
-        match s.recv().await {
-            Msg::Logins(batch) => {
-                let cursor = batch.events.last().unwrap().cursor;
-                logins.extend(batch.events);
-                s.to_agent
-                    .send(Ok(ControlMessage {
-                        msg: Some(control_message::Msg::LoginAck(LoginAck { cursor })),
-                    }))
-                    .unwrap();
-            }
-            other => return other,
-        }
     }
 }
 
@@ -280,174 +264,6 @@ fn a_session_the_log_does_not_attribute_is_ended() {
             .len(),
         1
     );
-}
-
-const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
-
-fn keygen(args: &[&str]) {
-    let out = std::process::Command::new(SSH_KEYGEN)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{SSH_KEYGEN}: {e} (apt-get install openssh-client)"));
-    assert!(
-        out.status.success(),
-        "ssh-keygen {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A user CA made by ssh-keygen (the Vault-backed CA is tested in the integration tests).
-struct UserCa {
-    dir: tempfile::TempDir,
-}
-
-impl UserCa {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("ca");
-        keygen(&["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()]);
-        Self { dir }
-    }
-
-    /// The CA's public key, `type base64`.
-    fn public(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("ca.pub")).unwrap();
-        keyward_common::keys::canonical_public_key(&text).unwrap()
-    }
-
-    fn fingerprint(&self) -> String {
-        keyward_common::keys::public_key_fingerprint(&self.public())
-            .unwrap()
-            .to_string()
-    }
-
-    /// Signs `key` (whose private half is at `path`) for `principal` as `{path}-cert.pub`, which
-    /// ssh offers along with `-i path`.
-    fn sign(
-        &self,
-        key: &GeneratedKey,
-        path: &std::path::Path,
-        key_id: &str,
-        principal: &str,
-        serial: u64,
-    ) {
-        let public = format!("{}.pub", path.display());
-        std::fs::write(&public, key.public_openssh()).unwrap();
-        keygen(&[
-            "-q",
-            "-s",
-            self.dir.path().join("ca").to_str().unwrap(),
-            "-I",
-            key_id,
-            "-n",
-            principal,
-            "-z",
-            &serial.to_string(),
-            "-V",
-            "-5m:+1h",
-            &public,
-        ]);
-    }
-}
-
-/// An in-process agent with the real writer and session killer, managing one user and reading
-/// sshd's log, on a stream to a test hub that answers its login batches.
-struct RunningAgent {
-    enrolled: Enrolled,
-    stream: Session,
-    /// Every login event the agent sent so far.
-    logins: Vec<LoginEvent>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-    _hub: TestHub,
-    _pki: Pki,
-}
-
-impl RunningAgent {
-    async fn start(user: &TestUser, sshd: &Sshd) -> Self {
-        let pki = Pki::new();
-        let mut hub = TestHub::start(&pki).await;
-        let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
-        let mut config = enrolled.config();
-        config.users = vec![UserConfig {
-            name: user.name.clone(),
-            mode: UserMode::Preserve,
-        }];
-        config.logins = LoginsConfig::file(&sshd.log);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let deps = RuntimeDeps {
-            applier: Arc::new(SystemApplier {
-                sshd_dir: sshd.files_dir.clone(),
-                ..SystemApplier::default()
-            }),
-            watch_events: None,
-            notifier: None,
-            status: None,
-        };
-        let task = tokio::spawn(async move {
-            keyward_agent::run_with(config, deps, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        let mut stream = hub.session().await;
-        let mut logins = Vec::new();
-        assert!(matches!(
-            next(&mut stream, &mut logins).await,
-            Msg::Hello(_)
-        ));
-        Self {
-            enrolled,
-            stream,
-            logins,
-            stop,
-            task,
-            _hub: hub,
-            _pki: pki,
-        }
-    }
-
-    /// Sends `state`, signed; returns what applying it did to the (one) user.
-    async fn apply(&mut self, state: &DesiredState) -> keyward_common::proto::UserResult {
-        self.stream.send_state(self.enrolled.sign(state));
-        let Msg::Applied(applied) = next(&mut self.stream, &mut self.logins).await else {
-            panic!("expected Applied")
-        };
-        applied.users.into_iter().next().unwrap()
-    }
-
-    /// The accepted login whose event `matches`, waiting for the agent to send it (bounded).
-    async fn accepted(&mut self, matches: impl Fn(&LoginEvent) -> bool) -> LoginEvent {
-        loop {
-            let found = self
-                .logins
-                .iter()
-                .find(|e| e.outcome == LoginOutcome::Accepted as i32 && matches(e));
-            if let Some(found) = found {
-                return found.clone();
-            }
-            let Msg::Logins(batch) = tokio::time::timeout(WAIT, self.stream.recv())
-                .await
-                .unwrap()
-            else {
-                panic!("expected login batches")
-            };
-            let cursor = batch.events.last().unwrap().cursor;
-            self.logins.extend(batch.events);
-            self.stream
-                .to_agent
-                .send(Ok(ControlMessage {
-                    msg: Some(control_message::Msg::LoginAck(LoginAck { cursor })),
-                }))
-                .unwrap();
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        within("the agent to stop", self.task).await.unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::poll::wait_for;
@@ -275,27 +275,13 @@ impl Sshd {
     /// A session that stays open (`sleep 600`) until ended from outside; returns once the
     /// remote command runs.
     pub fn open_session(&self, key: &Path, user: &(impl AsRef<str> + ?Sized)) -> Proc {
-        let mut child = self
+        let child = self
             .ssh(key, user, &["echo ready; exec sleep 600"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let first = rx.recv_timeout(Duration::from_secs(15));
-        assert_eq!(
-            first.as_deref().map(str::trim),
-            Ok("ready"),
-            "the session did not open; sshd log:\n{}",
-            self.log_text()
-        );
-        Proc(child)
+        once_ready(child, || format!("sshd log:\n{}", self.log_text()))
     }
 
     /// Runs `command` over ssh as `user` (async); whether the login worked and the command's
@@ -370,6 +356,26 @@ impl Sshd {
             .await
             .unwrap();
     }
+}
+
+/// `child`, an ssh client with its stdout piped whose remote command prints `ready` first, once
+/// it has (at most 15 s; else the test fails with what `context` says).
+pub fn once_ready(mut child: Child, context: impl FnOnce() -> String) -> Proc {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let first = rx.recv_timeout(Duration::from_secs(15));
+    assert_eq!(
+        first.as_deref().map(str::trim),
+        Ok("ready"),
+        "the session did not open; {}",
+        context()
+    );
+    Proc(child)
 }
 
 /// Makes `dir` (0755) with `principals/`, and an empty `revoked_keys` and `trusted_user_ca_keys`
