@@ -88,6 +88,18 @@ impl Sshd {
         tokio::task::spawn_blocking(Self::start_temp).await.unwrap()
     }
 
+    /// [`Sshd::start_with`] in a temporary directory of its own, off the runtime's threads.
+    pub async fn start_async_with(options: SshdOptions) -> Sshd {
+        tokio::task::spawn_blocking(move || {
+            let dir = tempfile::tempdir().unwrap();
+            let mut sshd = Self::start_with(dir.path(), &options);
+            sshd._dir = Some(dir);
+            sshd
+        })
+        .await
+        .unwrap()
+    }
+
     /// sshd with `LogLevel level` (e.g. `DEBUG1`, which says why a key was refused).
     pub fn start_with_log_level(dir: &Path, level: &str) -> Sshd {
         Self::start_with(

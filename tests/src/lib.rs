@@ -34,7 +34,7 @@ pub use postgres::PgSchema;
 pub use raw_agent::{RawIdentity, RawStream};
 // Users, sshd, polling and `require_program` are shared with the agent's tests.
 pub use keyward_test_support::{
-    KeyFile, Sshd, TestUser, eventually, free_port, require_program, workspace_root,
+    KeyFile, Sshd, SshdOptions, TestUser, eventually, free_port, require_program, workspace_root,
 };
 
 /// A fresh, valid, unique tenant id.

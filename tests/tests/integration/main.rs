@@ -11,6 +11,7 @@ mod api_surface;
 mod authorized_keys_logins;
 mod backends;
 mod bad_input;
+mod bastion_e2e;
 mod certificates_e2e;
 mod hostile_load;
 mod krl;
