@@ -133,6 +133,7 @@ pub async fn admin_logins(
         until: query_time(q.until, "until")?,
         before_id: q.cursor,
         limit: limit(q.limit)?,
+        vps_only: false,
     };
     let (events, next_cursor) = state.store.logins(&filter).await?;
     Ok(Json(LoginPage {
@@ -141,7 +142,8 @@ pub async fn admin_logins(
     }))
 }
 
-/// Logins on the caller's own VPS, newest first.
+/// Logins on the caller's own VPS, newest first (a bastion's, though registered under the
+/// tenant, are admins' only: they are every tenant's jumps).
 #[utoipa::path(get, path = "/api/v1/tenant/infrastructure/ssh-logins", tag = "tenant", params(PageQuery),
     responses((status = 200, body = LoginPage), (status = 400, body = Problem)))]
 pub async fn tenant_logins(
@@ -153,6 +155,8 @@ pub async fn tenant_logins(
         tenant_id: Some(who.tenant),
         before_id: q.cursor,
         limit: limit(q.limit)?,
+        // A bastion's logins are every tenant's jumps: the platform's to list, not its tenant's.
+        vps_only: true,
         ..LoginFilter::default()
     };
     let (events, next_cursor) = state.store.logins(&filter).await?;

@@ -86,6 +86,9 @@ pub struct LoginFilter {
     pub until: Option<DateTime<Utc>>,
     pub before_id: Option<i64>,
     pub limit: i64,
+    /// Only events of VPS hosts: a bastion's logins (every tenant's jumps among them) are the
+    /// platform's, never a tenant's to list.
+    pub vps_only: bool,
 }
 
 /// Use of one key: what `GET /api/v1/admin/keys/usage` lists.
@@ -338,6 +341,9 @@ impl Store {
         clause("outcome", "=", &filter.outcome, &mut sql);
         clause("at", ">=", &filter.since.map(text), &mut sql);
         clause("at", "<", &filter.until.map(text), &mut sql);
+        if filter.vps_only {
+            sql.push_str(" AND host_id IN (SELECT host_id FROM hosts WHERE role = 'vps')");
+        }
         let mut n = values.len();
         if filter.before_id.is_some() {
             n += 1;

@@ -212,6 +212,47 @@ async fn a_tenants_certificate_jumps_only_to_its_own_vps_and_once_revoked_not_ev
     );
     assert_eq!(who, d.user.name.as_str());
 
+    // The bastion's logins (every tenant's jumps) are admins' to see, not its tenant's.
+    let bastion_id = bastion_agent.host_id.clone();
+    eventually("the jump in the bastion's login audit", WITHIN, || async {
+        let reply =
+            d.cp.request(
+                Method::GET,
+                &format!("/api/v1/admin/audit/logins?hostId={bastion_id}&outcome=accepted"),
+                Some(&d.cp.admin_token),
+                None,
+            )
+            .await;
+        let events = reply.json()["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        events
+            .iter()
+            .any(|e| e["user"] == jump.name.as_str() && e["tenantId"] == platform.as_str())
+            .then_some(())
+    })
+    .await;
+    let platform_token = d.cp.tenant_token(&platform).await;
+    let own =
+        d.cp.request(
+            Method::GET,
+            "/api/v1/tenant/infrastructure/ssh-logins",
+            Some(&platform_token),
+            None,
+        )
+        .await;
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert!(
+        own.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["hostId"] != bastion_id.as_str()),
+        "the bastion's tenant lists its jumps: {}",
+        own.text()
+    );
+
     // To B's VPS: refused by the bastion; B's port never sees a connection.
     let to_b = format!("127.0.0.1:{b_port}");
     let (ok, _) = ssh(&config, &["-W", &to_b, "bastion"]).await;
