@@ -238,6 +238,19 @@ async fn list(
     Ok(Json(AccessGrantList { grants }))
 }
 
+/// The requests and grants on the tenant's VPSs as the tenant sees them (its data export).
+pub(super) async fn tenant_view(
+    state: &AppState,
+    tenant: &keyward_common::TenantId,
+) -> Result<Json<AccessGrantList>, ApiError> {
+    let caller = Caller {
+        token_id: None,
+        role: Some(Role::Tenant(tenant.clone())),
+        source_addr: None,
+    };
+    list(state, &caller, Some(tenant), None).await
+}
+
 /// Requests access for the tenant's own user, with the requester's own key: granted at once.
 #[utoipa::path(post, path = "/api/v1/tenant/infrastructure/access-requests", tag = "tenant",
     request_body = TenantAccessRequest,

@@ -234,6 +234,14 @@ async fn list(
     Ok(Json(SshCertificateList { certificates }))
 }
 
+/// The tenant's certificates as the tenant sees them (its data export).
+pub(super) async fn tenant_view(
+    state: &AppState,
+    tenant: &TenantId,
+) -> Result<Json<SshCertificateList>, ApiError> {
+    list(state, tenant, Reader::Tenant).await
+}
+
 /// A certificate id from a path; one that does not parse is one that does not exist.
 fn certificate_id(raw: &str) -> Result<CertificateId, ApiError> {
     raw.parse()

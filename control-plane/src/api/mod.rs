@@ -23,6 +23,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod certificates;
+pub mod data_export;
 pub mod hosts;
 pub mod hosts_live;
 pub mod hosts_query;
@@ -136,6 +137,7 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         hosts::revoke_host,
         logins::admin_logins,
         logins::tenant_logins,
+        data_export::tenant_data_export,
         logins::key_usage,
         ops::healthz,
         ops::readyz,
@@ -358,6 +360,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ssh-credentials/revoke", post(tenant::revoke))
         .route("/ssh-credentials/regenerate", post(tenant::regenerate))
         .route("/ssh-logins", get(logins::tenant_logins))
+        .route("/data-export", get(data_export::tenant_data_export))
         .route("/set-aside-keys", get(tenant::set_aside_keys))
         .route(
             "/ssh-certificates",
