@@ -1,7 +1,8 @@
 //! The reference pages in `docs/` against the code: every route of the OpenAPI document is in
 //! `API.md` and every `/api/v1/...` path `API.md` names is a route; every setting of both
 //! programs is in `CONFIGURATION.md` and every setting it names exists; every metric the code
-//! records is in `OPERATIONS.md` and every metric it names is recorded. So the pages cannot drift.
+//! records is in `OPERATIONS.md` and every metric it names is recorded; every test `COMPLIANCE.md`
+//! names as evidence exists. So the pages cannot drift.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -275,5 +276,100 @@ fn the_helpers_read_what_they_should() {
     assert_eq!(
         table_keys("| key | x |\n|---|---|\n| `a.b` | 1 |\n| `[[users]]` `name` | r |\n"),
         BTreeSet::from(["a.b".to_owned(), "users.name".to_owned()])
+    );
+}
+
+// --- compliance evidence ----------------------------------------------------------------------
+
+/// Every inline-code span of the page of the form `path/to/file.rs::test_name` (a relative path,
+/// two colons, an identifier), as (path, name), in the order they appear.
+fn test_references(page: &str) -> Vec<(String, String)> {
+    let identifier = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    page.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|code| code.split_once(".rs::"))
+        .filter(|(path, name)| {
+            !path.is_empty()
+                && path
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+                && identifier(name)
+        })
+        .map(|(path, name)| (format!("{path}.rs"), name.to_owned()))
+        .collect()
+}
+
+/// Whether the source declares `fn {name}(` as a test: `#[test]` or `#[tokio::test...]` among
+/// the attributes and comments right above it (up to the end of the item before).
+fn declares_test(source: &str, name: &str) -> bool {
+    let lines: Vec<&str> = source.lines().collect();
+    let declaration = format!("fn {name}(");
+    lines.iter().enumerate().any(|(at, line)| {
+        let line = line.trim_start();
+        let line = line.strip_prefix("pub ").unwrap_or(line);
+        let line = line.strip_prefix("async ").unwrap_or(line);
+        line.starts_with(&declaration)
+            && lines[..at]
+                .iter()
+                .rev()
+                .take(12)
+                .map(|above| above.trim())
+                .take_while(|above| {
+                    above.starts_with("//") || !(above.ends_with('}') || above.ends_with(';'))
+                })
+                .any(|above| above.starts_with("#[test]") || above.starts_with("#[tokio::test"))
+    })
+}
+
+#[test]
+fn every_test_compliance_md_names_exists() {
+    // The helpers first, on text made for them.
+    assert_eq!(
+        test_references("see `a/b.rs::c_1`, `x.rs::` `a b.rs::c` `/etc/x.rs::y z` and `t.rs::d`"),
+        vec![
+            ("a/b.rs".to_owned(), "c_1".to_owned()),
+            ("t.rs".to_owned(), "d".to_owned())
+        ]
+    );
+    let source = "#[test]\nfn a() {}\n\n#[tokio::test(flavor = \"multi_thread\")]\n\
+                  /// doc\nasync fn b() {}\nfn c() {}\n#[test]\nfn d() {}\nfn helper() {}\n";
+    assert!(declares_test(source, "a") && declares_test(source, "b"));
+    assert!(!declares_test(source, "c") && !declares_test(source, "helper"));
+    assert!(!declares_test(source, "e"));
+
+    let page = read("docs/COMPLIANCE.md");
+    let references = test_references(&page);
+    let distinct: BTreeSet<&(String, String)> = references.iter().collect();
+    assert!(
+        distinct.len() >= 20,
+        "docs/COMPLIANCE.md names {} tests: it should name the tests that prove each control",
+        distinct.len()
+    );
+    let missing: Vec<String> = distinct
+        .into_iter()
+        .filter_map(|(path, name)| {
+            if path.starts_with('/') || path.split('/').any(|part| part == "..") {
+                return Some(format!("{path}::{name} (not a path in the repository)"));
+            }
+            match std::fs::read_to_string(repo().join(path)) {
+                Err(e) => Some(format!("{path}::{name} (no such file: {e})")),
+                Ok(source) if !declares_test(&source, name) => Some(format!(
+                    "{path}::{name} (no test function of that name in the file)"
+                )),
+                Ok(_) => None,
+            }
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/COMPLIANCE.md names {} tests that do not exist:\n  {}",
+        missing.len(),
+        missing.join("\n  ")
     );
 }
