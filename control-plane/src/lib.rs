@@ -18,6 +18,7 @@ pub mod changes;
 pub mod clock;
 pub mod config;
 pub mod conns;
+pub mod consistency;
 pub mod error;
 pub mod lifecycle;
 pub mod proxy_protocol;

@@ -31,10 +31,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Checks across keyward's stores.
+    Check {
+        #[command(subcommand)]
+        command: CheckCommand,
+    },
     /// Write the man pages (keyward-server.1, one per subcommand) into a directory; the
     /// packaging ships them.
     #[command(hide = true)]
     Man { out_dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckCommand {
+    /// Compare SQL and Vault for every SSH key set (after a restore, say); print the findings as
+    /// JSON and exit 1 when any key set drifted.
+    Consistency,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +194,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::VerifyBundle { file },
         } => verify_bundle(&file),
+        Command::Check {
+            command: CheckCommand::Consistency,
+        } => {
+            let store = Store::connect(&config.database_url(), Some(4)).await?;
+            let vault = keyward_server::vault::VaultStore::connect(&config.vault).await?;
+            let report = keyward_server::consistency::check(&store, vault.as_ref()).await?;
+            print_json(&report)?;
+            Ok(exit_code(report.ok))
+        }
     }
 }
 

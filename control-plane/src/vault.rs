@@ -343,6 +343,14 @@ impl VaultStore {
                 status: code,
                 message: errors.join("; "),
             },
+            // An answer whose body vaultrs did not read as errors: a status, not a lost node.
+            ClientError::RestClientError {
+                source: rustify::errors::ClientError::ServerResponseError { code, content },
+            } => VaultError::Failed {
+                operation: format!("{operation} {}/{path}", self.mount),
+                status: code,
+                message: content.unwrap_or_default().chars().take(200).collect(),
+            },
             ClientError::RestClientError { source } => VaultError::Unreachable {
                 address: self.address(node).to_owned(),
                 reason: error_chain(&source),
@@ -545,7 +553,13 @@ impl VaultStore {
             vaultrs::api::exec_with_result(client, endpoint).await;
         let response = match read {
             Ok(response) => response,
-            Err(ClientError::APIError { code: 404, .. }) => return Ok(None),
+            // No such version, or one deleted or destroyed (KV answers 404 with its metadata).
+            Err(
+                ClientError::APIError { code: 404, .. }
+                | ClientError::RestClientError {
+                    source: rustify::errors::ClientError::ServerResponseError { code: 404, .. },
+                },
+            ) => return Ok(None),
             Err(e) => return Err(self.map_error(node, "read", path, None, e)),
         };
         let secret: KeySetSecret =

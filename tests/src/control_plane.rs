@@ -341,6 +341,11 @@ impl ControlPlane {
         }
     }
 
+    /// The configuration it runs with (to reach its database and Vault from a test).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn server(&self) -> &RunningServer {
         self.server.as_ref().unwrap()
     }

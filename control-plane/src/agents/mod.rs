@@ -12,6 +12,9 @@ pub mod signer;
 pub mod sshd_files;
 pub mod state;
 
+#[cfg(test)]
+mod bastion_tests;
+
 use std::sync::Arc;
 
 use crate::vault::{SecretStore, VaultError};

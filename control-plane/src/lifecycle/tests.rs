@@ -459,7 +459,6 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
     assert_eq!(ks.generation, 1, "nothing recorded");
 }
 
-mod bastions;
 mod grants;
 mod rotation;
 

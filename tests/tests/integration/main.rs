@@ -13,6 +13,7 @@ mod backends;
 mod bad_input;
 mod bastion_e2e;
 mod certificates_e2e;
+mod consistency;
 mod data_export;
 mod hostile_load;
 mod krl;

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use keyward_common::{HostId, KeyKind, TenantId, UnixUser};
 
-use super::{fixture, new_tenant};
-use crate::agents::state::{StateInputs, desired_state};
+use super::state::{StateInputs, desired_state};
 use crate::caller::Caller;
 use crate::changes::Change;
 use crate::lifecycle::NewTenant;
+use crate::lifecycle::tests::{fixture, new_tenant};
 use crate::store::HostRole;
 
 const CA: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
