@@ -277,9 +277,13 @@ pub fn verify(input: impl BufRead) -> BundleVerdict {
                     );
                     return broken(verdict, number, None, why);
                 }
-                if let Ok(Some(_)) = lines.next() {
-                    let why = "lines after the trailer".into();
-                    return broken(verdict, number + 1, None, why);
+                match lines.next() {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        let why = "lines after the trailer".into();
+                        return broken(verdict, number + 1, None, why);
+                    }
+                    Err(e) => return broken(verdict, number + 1, None, e),
                 }
                 verdict.end = Some(last);
                 verdict.ok = true;
@@ -291,12 +295,18 @@ pub fn verify(input: impl BufRead) -> BundleVerdict {
             }
         };
         let seq = Some(event.seq);
-        if event.seq != last.seq + 1 {
+        let Some(next) = last.seq.checked_add(1) else {
+            return broken(
+                verdict,
+                number,
+                seq,
+                "the anchor is past the last sequence number".into(),
+            );
+        };
+        if event.seq != next {
             let why = format!(
-                "event {} follows event {}: event {} is missing",
-                event.seq,
-                last.seq,
-                last.seq + 1
+                "event {} follows event {}: event {next} is missing",
+                event.seq, last.seq
             );
             return broken(verdict, number, seq, why);
         }
@@ -467,6 +477,24 @@ mod tests {
         let mut format = owned.clone();
         format[0] = format[0].replace("\"keywardAuditBundle\":1", "\"keywardAuditBundle\":2");
         assert!(check(&format).reason.unwrap().contains("format 2"));
+
+        // A line after the trailer that cannot even be read; an anchor at the end of the numbers.
+        let mut unreadable = owned.clone();
+        unreadable.push("x".repeat(MAX_LINE_BYTES as usize + 10));
+        let v = check(&unreadable);
+        assert!(!v.ok && v.reason.unwrap().contains("longer than"));
+        let mut last = owned.clone();
+        last[0] = last[0].replace(
+            "\"anchor\":{\"seq\":3,",
+            "\"anchor\":{\"seq\":9223372036854775807,",
+        );
+        assert_ne!(last[0], owned[0]);
+        assert!(
+            check(&last)
+                .reason
+                .unwrap()
+                .contains("past the last sequence number")
+        );
 
         // Not a bundle at all, an empty file, a line too long for the verifier.
         assert!(!verify(&b"hello\n"[..]).ok);

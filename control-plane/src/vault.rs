@@ -343,14 +343,6 @@ impl VaultStore {
                 status: code,
                 message: errors.join("; "),
             },
-            // An answer whose body vaultrs did not read as errors: a status, not a lost node.
-            ClientError::RestClientError {
-                source: rustify::errors::ClientError::ServerResponseError { code, content },
-            } => VaultError::Failed {
-                operation: format!("{operation} {}/{path}", self.mount),
-                status: code,
-                message: content.unwrap_or_default().chars().take(200).collect(),
-            },
             ClientError::RestClientError { source } => VaultError::Unreachable {
                 address: self.address(node).to_owned(),
                 reason: error_chain(&source),
@@ -553,13 +545,17 @@ impl VaultStore {
             vaultrs::api::exec_with_result(client, endpoint).await;
         let response = match read {
             Ok(response) => response,
-            // No such version, or one deleted or destroyed (KV answers 404 with its metadata).
-            Err(
-                ClientError::APIError { code: 404, .. }
-                | ClientError::RestClientError {
-                    source: rustify::errors::ClientError::ServerResponseError { code: 404, .. },
-                },
-            ) => return Ok(None),
+            Err(ClientError::APIError { code: 404, .. }) => return Ok(None),
+            // A version deleted or destroyed: KV answers 404 with the version's metadata, which
+            // vaultrs does not read as an error list. Any other such answer (a proxy's page, say)
+            // stays a failure of the node.
+            Err(ClientError::RestClientError {
+                source:
+                    rustify::errors::ClientError::ServerResponseError {
+                        code: 404,
+                        content: Some(body),
+                    },
+            }) if is_deleted_version(&body) => return Ok(None),
             Err(e) => return Err(self.map_error(node, "read", path, None, e)),
         };
         let secret: KeySetSecret =
@@ -572,6 +568,20 @@ impl VaultStore {
             version: response.metadata.version,
         }))
     }
+}
+
+/// Whether a 404's body is KV v2's answer for a deleted or destroyed version: no data, and the
+/// version's metadata saying so.
+fn is_deleted_version(body: &str) -> bool {
+    let Ok(answer) = serde_json::from_str::<serde_json::Value>(body) else {
+        return false;
+    };
+    let metadata = &answer["data"]["metadata"];
+    answer["data"]["data"].is_null()
+        && (metadata["destroyed"] == true
+            || metadata["deletion_time"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty()))
 }
 
 /// Check-and-set `cas` as vaultrs takes it.
@@ -791,4 +801,25 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod deleted_version_tests {
+    use super::is_deleted_version;
+
+    #[test]
+    fn only_kvs_answer_for_a_deleted_or_destroyed_version_reads_as_absent() {
+        let deleted = r#"{"request_id":"x","data":{"data":null,"metadata":{"created_time":"2026-01-01T00:00:00Z","custom_metadata":null,"deletion_time":"2026-01-02T00:00:00Z","destroyed":false,"version":1}}}"#;
+        let destroyed = r#"{"data":{"data":null,"metadata":{"deletion_time":"","destroyed":true,"version":2}}}"#;
+        assert!(is_deleted_version(deleted));
+        assert!(is_deleted_version(destroyed));
+        for other in [
+            "<html>404 Not Found</html>",
+            r#"{"errors":[]}"#,
+            r#"{"data":{"data":null,"metadata":{"deletion_time":"","destroyed":false}}}"#,
+            r#"{"data":{"data":{"k":"v"},"metadata":{"destroyed":true}}}"#,
+        ] {
+            assert!(!is_deleted_version(other), "{other}");
+        }
+    }
 }

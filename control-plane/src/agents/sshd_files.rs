@@ -51,10 +51,7 @@ pub fn jump_user(
         session_epoch: generation,
         revoked: false,
         principals: Vec::new(),
-        revoked_certificate_ids: revoked_certificates
-            .iter()
-            .map(|c| c.id.to_string())
-            .collect(),
+        revoked_certificate_ids: jump_revoked_ids(revoked_certificates),
         jump_principals: routes
             .iter()
             .take(MAX_JUMP_PRINCIPALS)
@@ -64,6 +61,28 @@ pub fn jump_user(
             })
             .collect(),
     }
+}
+
+/// The most revoked key ids a bastion's jump user is sent (about 4 MB): every tenant's
+/// revocations meet there, and a tenant that issues and revokes certificates quickly must not
+/// push the bastion's state past what an agent decodes.
+pub const MAX_JUMP_REVOKED_IDS: usize = 100_000;
+
+/// Every tenant's revoked ids, those of the latest validity first, at most
+/// [`MAX_JUMP_REVOKED_IDS`] (more are left out, logged: their sessions were ended when they were
+/// revoked, unless the bastion was away meanwhile).
+fn jump_revoked_ids(revoked: &[RevokedCertificate]) -> Vec<String> {
+    let mut newest: Vec<&RevokedCertificate> = revoked.iter().collect();
+    if newest.len() > MAX_JUMP_REVOKED_IDS {
+        tracing::error!(
+            revoked = newest.len(),
+            limit = MAX_JUMP_REVOKED_IDS,
+            "more revoked certificates than a bastion is sent: the oldest are left out"
+        );
+        newest.sort_by_key(|c| std::cmp::Reverse(c.valid_before));
+        newest.truncate(MAX_JUMP_REVOKED_IDS);
+    }
+    newest.iter().map(|c| c.id.to_string()).collect()
 }
 
 /// What the host's sshd files are made of, besides its managed users.
@@ -350,5 +369,23 @@ mod tests {
         assert_eq!(jumper.session_epoch, 9);
         assert_eq!(jumper.jump_principals[0].principal, "keyward:acme:tenant");
         assert_eq!(jumper.jump_principals[0].permit_open, ["192.0.2.7:22"]);
+    }
+
+    #[test]
+    fn a_bastion_is_sent_the_newest_revoked_ids_up_to_its_bound() {
+        let now = Utc::now();
+        let revoked: Vec<RevokedCertificate> = (0..=MAX_JUMP_REVOKED_IDS as u64)
+            .map(|n| RevokedCertificate {
+                id: format!("keyward:acme:tenant:{}", n + 1).parse().unwrap(),
+                serial: 0,
+                ca_public_key: String::new(),
+                valid_before: now + chrono::TimeDelta::seconds(i64::try_from(n).unwrap()),
+            })
+            .collect();
+        let ids = jump_revoked_ids(&revoked);
+        assert_eq!(ids.len(), MAX_JUMP_REVOKED_IDS);
+        // The one of the earliest validity is the one left out.
+        assert!(!ids.contains(&"keyward:acme:tenant:1".to_owned()));
+        assert!(ids.contains(&format!("keyward:acme:tenant:{}", MAX_JUMP_REVOKED_IDS + 1)));
     }
 }

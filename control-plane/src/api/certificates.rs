@@ -28,7 +28,7 @@ use crate::store::CertificateRecord;
 /// Longest `reason`, in characters.
 const MAX_REASON_CHARS: usize = 500;
 /// Most certificates one listing answers (newest first).
-const LIST_LIMIT: i64 = 500;
+pub(super) const LIST_LIMIT: usize = 500;
 
 /// `POST /api/v1/tenant/infrastructure/ssh-certificates`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -220,7 +220,7 @@ async fn list(
     let now = state.lifecycle.now();
     let certificates = state
         .store
-        .certificates(tenant, None, LIST_LIMIT)
+        .certificates(tenant, None, LIST_LIMIT as i64)
         .await?
         .into_iter()
         .map(|c| {

@@ -7,7 +7,9 @@
 //! `sshCertificate`, `accessGrant`, `login` (every retained login event on its VPSs, newest
 //! first) and `auditEvent` (the tenant's own actions: those its tokens made, with the addresses
 //! they came from; what platform staff did is the platform's record, not the tenant's personal
-//! data), and last `end` with the count of lines before it. A line `error` instead of `end`
+//! data), and last `end` with the count of lines before it. Certificates and requests are the
+//! newest 500 each, as the tenant's listings show them; a `truncated` line says when a list was
+//! cut there. A line `error` instead of `end`
 //! says the export broke off (the client must treat the export as incomplete).
 
 use axum::body::Body;
@@ -24,7 +26,7 @@ use super::{AppState, access, certificates};
 use crate::clock::iso8601;
 use crate::error::ApiError;
 use crate::lifecycle::DomainError;
-use crate::store::{AuditFilter, LoginFilter};
+use crate::store::{AuditFilter, GRANTS_LISTED, LoginFilter};
 
 /// The format of the export's lines.
 pub const FORMAT: &str = "keyward-tenant-export/1";
@@ -113,6 +115,12 @@ impl Lines {
     }
 }
 
+/// The line that says a list holds only its newest `shown` records (as the tenant's listing
+/// does): the older ones are in keyward until their retention ends.
+fn newest_only(record: &str, shown: usize) -> Value {
+    json!({ "record": "truncated", "of": record, "shown": shown })
+}
+
 /// Everything after the tenant's own line; `Ok(false)` when the client went away.
 async fn write_records(
     state: &AppState,
@@ -155,17 +163,36 @@ async fn write_records(
             return Ok(false);
         }
     }
-    let certificates = certificates::tenant_view(state, tenant).await?;
-    for certificate in certificates.0.certificates {
+    let certificates = certificates::tenant_view(state, tenant)
+        .await?
+        .0
+        .certificates;
+    let capped = certificates.len() >= certificates::LIST_LIMIT;
+    for certificate in certificates {
         if !out.record("sshCertificate", certificate).await {
             return Ok(false);
         }
     }
-    let grants = access::tenant_view(state, tenant).await?;
-    for grant in grants.0.grants {
+    if capped
+        && !out
+            .send(newest_only("sshCertificate", certificates::LIST_LIMIT))
+            .await
+    {
+        return Ok(false);
+    }
+    let grants = access::tenant_view(state, tenant).await?.0.grants;
+    let capped = grants.len() >= GRANTS_LISTED as usize;
+    for grant in grants {
         if !out.record("accessGrant", grant).await {
             return Ok(false);
         }
+    }
+    if capped
+        && !out
+            .send(newest_only("accessGrant", GRANTS_LISTED as usize))
+            .await
+    {
+        return Ok(false);
     }
     let mut before_id = None;
     loop {

@@ -6,6 +6,7 @@
 
 use std::io::{ErrorKind, Write as _};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use keyward_common::KeyAlgorithm;
 use keyward_tests::{
-    Agent, Deployment, OwnKey, Sshd, SshdOptions, TestUser, eventually, unique_tenant,
+    Agent, Deployment, OwnKey, Sshd, SshdOptions, TestUser, eventually, free_port, unique_tenant,
     workspace_root,
 };
 use reqwest::Method;
@@ -282,6 +283,53 @@ async fn a_tenants_certificate_jumps_only_to_its_own_vps_and_once_revoked_not_ev
     let said = String::from_utf8_lossy(&listen.stderr);
     assert_eq!(listen.status.code(), Some(255), "{said}");
     assert!(said.contains("remote port forwarding failed"), "{said}");
+    // Nor a Unix socket, listened on (-R) or reached (-L) on the bastion, in a directory where
+    // anyone may make one.
+    let sockets = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(sockets.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = sockets.path().join("jump.sock");
+    let socket = socket.to_str().unwrap();
+    let listen = tokio::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "ExitOnForwardFailure=yes", "-R"])
+        .arg(format!("{socket}:127.0.0.1:9"))
+        .args(["bastion", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&listen.stderr);
+    assert_eq!(listen.status.code(), Some(255), "{said}");
+    assert!(!std::path::Path::new(socket).exists());
+    // A socket on the bastion anyone may connect to: not through the jump user.
+    let target = sockets.path().join("service.sock");
+    let service = tokio::net::UnixListener::bind(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let local = free_port();
+    let mut reach = tokio::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-N", "-L"])
+        .arg(format!("127.0.0.1:{local}:{}", target.display()))
+        .arg("bastion")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually("the -L listener", WITHIN, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", local))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), service.accept())
+            .await
+            .is_err(),
+        "a socket on the bastion was reached through the jump user"
+    );
+    let _ = reach.kill().await;
 
     // No shell on the bastion.
     let (_, said) = ssh(&config, &["bastion", "id -u"]).await;
