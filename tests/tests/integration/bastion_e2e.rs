@@ -60,11 +60,16 @@ fn ssh_config(
     path
 }
 
+/// `ssh -F config`, to be given its arguments.
+fn ssh_command(config: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("ssh");
+    command.arg("-F").arg(config);
+    command
+}
+
 /// `ssh -F config args...`: whether it worked and what it printed.
 async fn ssh(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new("ssh")
-        .arg("-F")
-        .arg(config)
+    let out = ssh_command(config)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -265,9 +270,7 @@ async fn a_tenants_certificate_jumps_only_to_its_own_vps_and_once_revoked_not_ev
     );
 
     // No listening port on the bastion (the drop-in's block): refused before any command runs.
-    let listen = tokio::process::Command::new("ssh")
-        .arg("-F")
-        .arg(&config)
+    let listen = ssh_command(&config)
         .args([
             "-o",
             "ExitOnForwardFailure=yes",
@@ -289,9 +292,7 @@ async fn a_tenants_certificate_jumps_only_to_its_own_vps_and_once_revoked_not_ev
     std::fs::set_permissions(sockets.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let socket = sockets.path().join("jump.sock");
     let socket = socket.to_str().unwrap();
-    let listen = tokio::process::Command::new("ssh")
-        .arg("-F")
-        .arg(&config)
+    let listen = ssh_command(&config)
         .args(["-o", "ExitOnForwardFailure=yes", "-R"])
         .arg(format!("{socket}:127.0.0.1:9"))
         .args(["bastion", "true"])
@@ -307,9 +308,7 @@ async fn a_tenants_certificate_jumps_only_to_its_own_vps_and_once_revoked_not_ev
     let service = tokio::net::UnixListener::bind(&target).unwrap();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
     let local = free_port();
-    let mut reach = tokio::process::Command::new("ssh")
-        .arg("-F")
-        .arg(&config)
+    let mut reach = ssh_command(&config)
         .args(["-N", "-L"])
         .arg(format!("127.0.0.1:{local}:{}", target.display()))
         .arg("bastion")
@@ -340,9 +339,7 @@ async fn a_tenants_certificate_jumps_only_to_its_own_vps_and_once_revoked_not_ev
 
     // A forwarding held open through the bastion (what ProxyJump runs): it reaches A's sshd.
     let to_a = format!("127.0.0.1:{}", d.sshd.port);
-    let mut forwarding = tokio::process::Command::new("ssh")
-        .arg("-F")
-        .arg(&config)
+    let mut forwarding = ssh_command(&config)
         .args(["-W", &to_a, "bastion"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
