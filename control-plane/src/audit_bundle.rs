@@ -52,21 +52,23 @@ struct Header {
     chain_head: Link,
 }
 
+/// One event as a bundle (and audit export's `keyward` format) carries it: every field the chain
+/// hashes, with `detail` as the exact stored text.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EventLine {
-    seq: i64,
-    at: String,
-    actor_token_id: Option<String>,
-    actor_role: String,
-    action: String,
-    tenant_id: Option<String>,
-    outcome: String,
-    source_addr: Option<String>,
+pub struct EventLine {
+    pub seq: i64,
+    pub at: String,
+    pub actor_token_id: Option<String>,
+    pub actor_role: String,
+    pub action: String,
+    pub tenant_id: Option<String>,
+    pub outcome: String,
+    pub source_addr: Option<String>,
     /// The exact stored text.
-    detail: String,
-    prev_hash: String,
-    hash: String,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -188,7 +190,8 @@ fn genesis() -> Link {
     }
 }
 
-fn event_line(e: AuditRecord, detail: String) -> EventLine {
+/// The event line of `e`, whose detail is stored as `detail`.
+pub fn event_line(e: AuditRecord, detail: String) -> EventLine {
     EventLine {
         seq: e.seq,
         at: e.at,
@@ -327,7 +330,9 @@ pub fn verify(input: impl BufRead) -> BundleVerdict {
     }
 }
 
-fn record_of(e: EventLine) -> (AuditRecord, String) {
+/// The event an event line holds, with its detail's exact text (to check its hash with
+/// [`expected_hash`]).
+pub fn record_of(e: EventLine) -> (AuditRecord, String) {
     let record = AuditRecord {
         seq: e.seq,
         at: e.at,

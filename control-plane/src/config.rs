@@ -13,6 +13,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use keyward_common::KeyAlgorithm;
 use serde::{Deserialize, Serialize};
 
+mod audit_export;
+pub use audit_export::{
+    AuditExportConfig, AuditFormat, AuditSinkConfig, SinkTarget, SyslogTransport, facility_code,
+};
+
 /// The whole configuration of `keyward-server`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +33,7 @@ pub struct Config {
     pub certificates: CertificatesConfig,
     pub access: AccessConfig,
     pub bastion: BastionConfig,
+    pub audit_export: AuditExportConfig,
 }
 
 /// Bastions (jump hosts): hosts registered with the role `bastion`, whose jump user takes a
@@ -597,6 +603,7 @@ impl Config {
             return rule("vault.mount must be a single path segment such as \"vps\"");
         }
         self.vault.validate().map_err(ConfigError::Rule)?;
+        self.audit_export.validate().map_err(ConfigError::Rule)?;
         if self.keys.rotation_interval < Duration::from_secs(3600) {
             return rule("keys.rotation_interval must be at least 1h");
         }

@@ -7,11 +7,13 @@
 //!   policies, SMTP credentials and DKIM keys.
 //! - [`rotation`]: the rotation scheduler and bulk rotations; [`backup`]: Vault snapshots.
 //! - [`api`]: the REST API (axum), [`auth`]: bearer tokens, [`error`]: problem documents.
+//! - [`audit_export`]: the audit log, as it grows, to syslog, webhooks and files (SIEM).
 //! - [`config`], [`server`], [`telemetry`]: running it.
 
 pub mod agents;
 pub mod api;
 pub mod audit_bundle;
+pub mod audit_export;
 pub mod backup;
 pub mod caller;
 pub mod changes;

@@ -20,6 +20,7 @@ use crate::agents::{AgentTrust, grpc};
 use crate::api::hosts::AgentSettings;
 use crate::api::throttle::EnrollThrottle;
 use crate::api::{AppState, router};
+use crate::audit_export::AuditExport;
 use crate::backup::VaultBackups;
 use crate::caller::Caller;
 use crate::changes::ChangeNotifier;
@@ -67,6 +68,8 @@ pub enum StartError {
     },
     #[error("the API server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    AuditExport(#[from] crate::audit_export::SetupError),
 }
 
 /// A running control plane.
@@ -84,6 +87,8 @@ pub struct RunningServer {
     pub rotations: Arc<BulkRotations>,
     /// Vault snapshots (`[backup]`).
     pub backups: Arc<VaultBackups>,
+    /// Audit export's sinks (`[audit_export]`): their leases are given up at shutdown.
+    pub audit_export: Arc<AuditExport>,
     /// This replica's agent streams, ended at shutdown.
     hub: Arc<Hub>,
     /// On PostgreSQL: which hosts' streams this replica holds, for the others.
@@ -112,6 +117,7 @@ impl RunningServer {
             presence.stop().await;
         }
         self.rotations.shutdown().await;
+        self.audit_export.release().await;
         let result = self.server.await;
         self.lifecycle.store().close().await;
         match result {
@@ -226,6 +232,13 @@ pub async fn start_with(
     if backups.configured() {
         background.push(tokio::spawn(backups.clone().run()));
     }
+    let audit_export = Arc::new(AuditExport::new(
+        &config.audit_export,
+        lifecycle.store().clone(),
+        lifecycle.clock().clone(),
+        &replica,
+    )?);
+    background.extend(audit_export.spawn());
     background.push(tokio::spawn(crate::retention::run(
         lifecycle.clone(),
         config.retention.clone(),
@@ -292,6 +305,7 @@ pub async fn start_with(
         store: lifecycle.store().clone(),
         rotations: rotations.clone(),
         backups: backups.clone(),
+        audit_export: audit_export.clone(),
         hosts_feed: Arc::default(),
         replica_heartbeat: config.server.replica_heartbeat,
         metrics: metrics_handle(),
@@ -362,6 +376,7 @@ pub async fn start_with(
         server,
         rotations,
         backups,
+        audit_export,
         hub,
         presence,
         background: {

@@ -216,6 +216,19 @@ async function vaultPage({ main, signal }) {
       ['Backups', badge(v.backupStatus, v.backupStatus === 'ok' ? 'ok' : v.backupStatus === 'failed' ? 'bad' : 'off')],
       v.backupError ? ['Backup error', v.backupError] : null,
     ].filter(Boolean))));
+  const s = await load(main, `${ADMIN}/audit/sinks`, signal);
+  if (!s) return;
+  const tone = (status) => (status === 'ok' ? 'ok' : status === 'failing' ? 'bad' : 'warn');
+  main.append(h('section', { class: 'card', id: 'audit-sinks' },
+    h('h2', {}, 'Audit export'),
+    s.sinks.length
+      ? table('Audit export sinks', ['Sink', 'Type', 'Status', 'Behind', 'Last delivery', 'Last error'],
+        s.sinks.map((k) => h('tr', { dataset: { sink: k.name } },
+          h('td', { class: 'mono' }, k.name), h('td', {}, `${k.type} (${k.format})`),
+          h('td', {}, badge(k.status, tone(k.status))),
+          h('td', {}, k.lagEvents ? `${k.lagEvents} events since ${when(k.oldestPendingAt)}` : 'up to date'),
+          h('td', {}, when(k.lastSuccessAt)), h('td', {}, k.lastError ?? '—'))))
+      : h('p', {}, 'No sink is configured ([audit_export] in the server configuration).')));
 }
 
 // ---- Bulk rotation -----------------------------------------------------------------------

@@ -131,6 +131,8 @@ pub struct Options {
     pub agent_listen: SocketAddr,
     /// The state directory, kept; a temporary one when `None`.
     pub state_dir: Option<PathBuf>,
+    /// `[audit_export]` (sinks at the test's own receivers); none when `None`.
+    pub audit_export: Option<keyward_server::config::AuditExportConfig>,
 }
 
 /// A server certificate for 127.0.0.1 and localhost, signed by a CA made for the test.
@@ -185,6 +187,7 @@ impl Default for Options {
             listen: ANY_LOOPBACK_PORT,
             agent_listen: ANY_LOOPBACK_PORT,
             state_dir: None,
+            audit_export: None,
         }
     }
 }
@@ -281,6 +284,9 @@ impl ControlPlane {
         // would otherwise spend its first seconds on a core of the shared machine filling the
         // pool. (A test that wants another size says so in `configure`.)
         config.rotation.key_pool_size = 2;
+        if let Some(export) = &options.audit_export {
+            config.audit_export = export.clone();
+        }
         if let Some(configure) = options.configure {
             configure(&mut config);
         }

@@ -20,6 +20,7 @@ pub mod own_key;
 pub mod pg_server;
 pub mod postgres;
 pub mod raw_agent;
+pub mod siem;
 pub mod sse;
 
 pub use agent::Agent;

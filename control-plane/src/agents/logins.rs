@@ -18,6 +18,9 @@ use crate::store::NewLogin;
 
 /// The largest batch stored in one transaction; agents send at most this many per message.
 pub const MAX_BATCH: usize = 1000;
+/// The audit action of a stored batch; its detail names the host and the batch's agent cursors
+/// (`hostId`, `firstCursor`, `lastCursor`) and how many events were new (`new`).
+pub const AUDIT_ACTION: &str = "host.logins";
 
 fn bounded(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
@@ -139,7 +142,7 @@ pub async fn ingest(
         .filter(|e| e.outcome == "accepted" && !e.verified)
         .count();
     let stored = lifecycle
-        .audited(&Caller::system(), "host.logins", Some(tenant), move |tx| {
+        .audited(&Caller::system(), AUDIT_ACTION, Some(tenant), move |tx| {
             Box::pin(async move {
                 let new = tx.insert_logins(&h, &t, &events, received_at).await?;
                 // A batch whose events were all stored before is a re-send after a lost

@@ -366,3 +366,15 @@ pub async fn verify_audit(
 ) -> Result<Json<ChainVerdict>, ApiError> {
     Ok(Json(state.store.verify_audit_chain().await?))
 }
+
+/// Audit export's sinks (`[audit_export]`), each with its cursor, lag and status.
+#[utoipa::path(get, path = "/api/v1/admin/audit/sinks", tag = "admin",
+    responses((status = 200, body = AuditSinksResponse)))]
+pub async fn audit_sinks(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Result<Json<AuditSinksResponse>, ApiError> {
+    Ok(Json(AuditSinksResponse {
+        sinks: state.audit_export.status().await?,
+    }))
+}

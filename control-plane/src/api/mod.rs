@@ -54,6 +54,8 @@ pub struct AppState {
     pub agents: Arc<hosts::AgentSettings>,
     pub rotations: Arc<crate::rotation::BulkRotations>,
     pub backups: Arc<crate::backup::VaultBackups>,
+    /// Audit export's sinks, for their status.
+    pub audit_export: Arc<crate::audit_export::AuditExport>,
     /// The live hosts view every admin stream follows.
     pub hosts_feed: Arc<hosts_live::HostsFeed>,
     /// `server.replica_heartbeat`: another replica's stream counts while that replica is alive.
@@ -128,6 +130,7 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         admin::vault_health,
         admin::audit_events,
         admin::verify_audit,
+        admin::audit_sinks,
         hosts::register_host,
         hosts::enroll,
         hosts::list_hosts,
@@ -417,6 +420,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/vault/health", get(admin::vault_health))
         .route("/audit", get(admin::audit_events))
         .route("/audit/verify", get(admin::verify_audit))
+        .route("/audit/sinks", get(admin::audit_sinks))
         .route("/audit/logins", get(logins::admin_logins))
         .route("/keys/usage", get(logins::key_usage))
         .route("/hosts", post(hosts::register_host).get(hosts::list_hosts))

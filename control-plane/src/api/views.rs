@@ -397,6 +397,14 @@ pub struct VaultHealthResponse {
     pub nodes: Vec<crate::vault::VaultNodeHealth>,
 }
 
+/// `GET /api/v1/admin/audit/sinks`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSinksResponse {
+    /// In the order `audit_export.sinks` configures them; empty when none is.
+    pub sinks: Vec<crate::audit_export::SinkStatus>,
+}
+
 /// `GET /api/v1/admin/audit`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

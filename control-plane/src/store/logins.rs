@@ -311,6 +311,31 @@ impl WriteTx {
 }
 
 impl Store {
+    /// The login events `host` reported with agent cursors `first..=last` (one `host.logins`
+    /// batch), in cursor order; at most `limit` (a batch holds at most the agents' batch bound).
+    pub async fn logins_of_batch(
+        &self,
+        host: &HostId,
+        first: i64,
+        last: i64,
+        limit: i64,
+    ) -> Result<Vec<LoginRecord>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM login_events WHERE host_id = $1 AND cursor >= $2 AND cursor <= $3 \
+             ORDER BY cursor LIMIT $4",
+        )
+        .bind(host.as_str())
+        .bind(first)
+        .bind(last)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("reading a batch of login events"))?
+        .iter()
+        .map(login_from_row)
+        .collect()
+    }
+
     /// One page of login events, newest first; the next page starts below the last id.
     pub async fn logins(
         &self,

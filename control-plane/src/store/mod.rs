@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 mod access_grants;
 mod activity;
 mod audit;
+mod audit_sinks;
 mod bastions;
 mod certificates;
 mod credentials;
@@ -39,6 +40,7 @@ pub use activity::HostActivity;
 pub use audit::{
     AuditFilter, AuditPage, AuditRecord, ChainVerdict, GENESIS_HASH, NewAuditEvent, expected_hash,
 };
+pub use audit_sinks::SinkCursor;
 pub use bastions::{HostRole, JumpRoute};
 pub use certificates::{CertificateRecord, RevokedCertificate};
 pub use credentials::{TenantCredentials, TokenCredentials};

@@ -8,6 +8,7 @@ mod agent_bounds;
 mod agent_e2e;
 mod agent_mtls;
 mod api_surface;
+mod audit_export;
 mod authorized_keys_logins;
 mod backends;
 mod bad_input;
