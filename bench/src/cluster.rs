@@ -20,6 +20,8 @@ pub struct ClusterOptions {
     /// A replica of a deployment: the replicas' shared database and OpenBao, and this
     /// replica's state directory. `None`: SQLite and an OpenBao dev server of its own.
     pub replica: Option<ChildArgs>,
+    /// `[audit_export]`; none when `None`.
+    pub audit_export: Option<keyward_server::config::AuditExportConfig>,
 }
 
 impl Default for ClusterOptions {
@@ -28,6 +30,7 @@ impl Default for ClusterOptions {
             algorithm: KeyAlgorithm::Ed25519,
             key_pool_size: None,
             replica: None,
+            audit_export: None,
         }
     }
 }
@@ -161,6 +164,9 @@ impl Cluster {
             config.rotation.key_pool_size = size;
         }
         config.database.url = replica.and_then(|r| r.database_url.clone());
+        if let Some(export) = &options.audit_export {
+            config.audit_export = export.clone();
+        }
         let token_path = config.bootstrap_token_path();
         let server = server::start(config)
             .await

@@ -5,6 +5,8 @@
 //!   the host, with 1 and with 1,000 connected agents.
 //! - [`keygen`]: RSA-4096 keys per second on one core, keyward's generator beside `ssh-keygen`.
 //! - [`rotate_all`]: a bulk RSA-4096 rotation against pure key generation on all cores.
+//! - [`audit_export`]: audit events per second to each SIEM sink, and what sinks add to a key
+//!   operation.
 //! - [`rotate_latency`]: one RSA-4096 rotate call with the key pool off and on.
 //! - [`cluster`]: OpenBao and the control plane on loopback ports, and the REST calls.
 //! - [`streams`]: the control plane (in a child process) holding N agent streams: memory per
@@ -28,6 +30,7 @@
 //! - [`stats`], [`report`]: summaries, Markdown tables and the sections of `BENCHMARKS.md`.
 //! - [`machine`], [`sys`]: what the numbers were measured on, and the process's limits.
 
+pub mod audit_export;
 pub mod agent_idle;
 pub mod agent_warnings;
 pub mod benchmark;

@@ -14,7 +14,7 @@
 use clap::{Parser, Subcommand};
 use keyward_bench::benchmark::Run;
 use keyward_bench::{
-    agent_idle, agent_warnings, certificate_revocation, certificates, cluster, fanout, ingest,
+    agent_idle, agent_warnings, audit_export, certificate_revocation, certificates, cluster, fanout, ingest,
     keygen, live_hosts, propagation, replicas, rest, revocation, rotate_all, rotate_latency,
     streams, suite,
 };
@@ -62,6 +62,9 @@ enum Command {
     /// Certificate revocation: REST revoke answered → a new login with it refused by sshd, with
     /// 1 and 1,000 agents of the tenant connected.
     CertificateRevocation(Run<certificate_revocation::Args>),
+    /// Audit events per second to each SIEM sink; a rotate call with three sinks (one down)
+    /// beside one with none.
+    AuditExport(Run<audit_export::Args>),
     /// A control plane in this process until stdin closes (used by `streams`; with
     /// `--database-url`, a replica of a deployment, used by `replicas`).
     #[command(hide = true)]
@@ -110,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Replicas(run) => run.execute().await,
         Command::Certificates(run) => run.execute().await,
         Command::CertificateRevocation(run) => run.execute().await,
+        Command::AuditExport(run) => run.execute().await,
         Command::ControlPlaneChild(args) => cluster::serve_child(args).await,
     }
 }

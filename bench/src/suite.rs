@@ -111,6 +111,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "certificate revoke → new logins refused by sshd, 1 and 20 agents",
                 &["certificate-revocation", "--smoke"],
             ),
+            step(
+                "audit-export",
+                "audit events/s per SIEM sink; rotate with three sinks, one down",
+                &["audit-export", "--smoke"],
+            ),
         ]
     } else {
         vec![
@@ -146,6 +151,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "certificate-revocation",
                 "certificate revoke → new logins refused by sshd, 1 and 1,000 agents",
                 &["certificate-revocation"],
+            ),
+            step(
+                "audit-export",
+                "audit events/s per SIEM sink; rotate with three sinks, one down",
+                &["audit-export"],
             ),
             step(
                 "revocation",
