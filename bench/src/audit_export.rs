@@ -241,7 +241,10 @@ pub async fn run(options: &Options) -> anyhow::Result<AuditExportResult> {
         .store()
         .clone();
     append_events(&store, options.events).await?;
-    eprintln!("audit-export: {} events appended; timing each sink", options.events);
+    eprintln!(
+        "audit-export: {} events appended; timing each sink",
+        options.events
+    );
     let mut sinks = Vec::new();
     for sink in [
         receivers.file("file-keyward", AuditFormat::Keyward),
@@ -261,7 +264,9 @@ pub async fn run(options: &Options) -> anyhow::Result<AuditExportResult> {
 
     // 2. Added latency.
     // A port nothing listens on: bound, read and closed.
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let three = AuditExportConfig {
         sinks: vec![
             receivers.file("latency-file", AuditFormat::Keyward),
@@ -278,7 +283,9 @@ pub async fn run(options: &Options) -> anyhow::Result<AuditExportResult> {
     .await?;
     let mut tokens = Vec::new();
     for cluster in [&plain, &exporting] {
-        cluster.create_tenant("latency", "tenant", "kwadmin").await?;
+        cluster
+            .create_tenant("latency", "tenant", "kwadmin")
+            .await?;
         tokens.push(cluster.tenant_token("latency").await?);
     }
     let mut without_sinks = Vec::with_capacity(options.rotations);
@@ -371,10 +378,7 @@ pub fn markdown(result: &AuditExportResult, write: Option<&Path>) -> String {
     );
     let without = Summary::of(&result.without_sinks);
     let with = Summary::of(&result.with_sinks);
-    for (name, s) in [
-        ("no sink", &without),
-        ("three sinks, syslog down", &with),
-    ] {
+    for (name, s) in [("no sink", &without), ("three sinks, syslog down", &with)] {
         if let Some(s) = s {
             let _ = writeln!(
                 out,

@@ -30,9 +30,9 @@
 //! - [`stats`], [`report`]: summaries, Markdown tables and the sections of `BENCHMARKS.md`.
 //! - [`machine`], [`sys`]: what the numbers were measured on, and the process's limits.
 
-pub mod audit_export;
 pub mod agent_idle;
 pub mod agent_warnings;
+pub mod audit_export;
 pub mod benchmark;
 pub mod certificate_revocation;
 pub mod certificates;

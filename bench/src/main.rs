@@ -14,9 +14,9 @@
 use clap::{Parser, Subcommand};
 use keyward_bench::benchmark::Run;
 use keyward_bench::{
-    agent_idle, agent_warnings, audit_export, certificate_revocation, certificates, cluster, fanout, ingest,
-    keygen, live_hosts, propagation, replicas, rest, revocation, rotate_all, rotate_latency,
-    streams, suite,
+    agent_idle, agent_warnings, audit_export, certificate_revocation, certificates, cluster,
+    fanout, ingest, keygen, live_hosts, propagation, replicas, rest, revocation, rotate_all,
+    rotate_latency, streams, suite,
 };
 
 #[derive(Debug, Parser)]

@@ -149,6 +149,10 @@ pub struct RetentionConfig {
     /// their request.
     #[serde(with = "humantime_serde")]
     pub access_grants: Duration,
+    /// Login events received longer ago keep their source address and user name only as
+    /// pseudonyms (keyed with a key in Vault), until `login_events` deletes them.
+    #[serde(with = "humantime_serde")]
+    pub pseudonymise_logins_after: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -158,6 +162,7 @@ impl Default for RetentionConfig {
             drift_events: Duration::from_secs(90 * 86_400),
             certificates: Duration::from_secs(400 * 86_400),
             access_grants: Duration::from_secs(400 * 86_400),
+            pseudonymise_logins_after: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -686,13 +691,14 @@ impl Config {
             retention.drift_events,
             retention.certificates,
             retention.access_grants,
+            retention.pseudonymise_logins_after,
         ]
         .iter()
         .any(|kept| *kept < Duration::from_secs(86_400))
         {
             return rule(
-                "retention.login_events, drift_events, certificates and access_grants must be at \
-                 least 1d",
+                "retention.login_events, drift_events, certificates, access_grants and \
+                 pseudonymise_logins_after must be at least 1d",
             );
         }
         if self.backup.retention == 0 {

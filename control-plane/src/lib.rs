@@ -24,6 +24,7 @@ pub mod consistency;
 pub mod error;
 pub mod lifecycle;
 pub mod proxy_protocol;
+pub mod pseudonym;
 pub mod request_id;
 pub mod retention;
 pub mod rotation;

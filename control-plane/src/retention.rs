@@ -8,6 +8,10 @@
 //! writer at a time; on PostgreSQL short row locks), and a sweep stopped half way has deleted
 //! whole batches. Several replicas may sweep at once: deleting is idempotent.
 //!
+//! Before they are deleted, login events received longer ago than
+//! `retention.pseudonymise_logins_after` keep their source address and user name only as
+//! pseudonyms ([`crate::pseudonym`]); the rows, and so the audit chain over their batches, stay.
+//!
 //! The audit log is never swept: its events are hash-chained (`audit verify`) and each stored
 //! login batch's `host.logins` event keeps its count and SHA-256 digest after the rows are gone.
 
@@ -19,6 +23,7 @@ use chrono::{DateTime, Utc};
 use crate::clock::iso8601;
 use crate::config::RetentionConfig;
 use crate::lifecycle::KeyLifecycle;
+use crate::pseudonym::Pseudonymiser;
 use crate::store::{Expiring, Store, StoreError};
 
 /// Rows deleted per transaction.
@@ -33,6 +38,8 @@ pub struct Swept {
     pub drift_events: u64,
     pub certificates: u64,
     pub access_grants: u64,
+    /// Login events whose address and user name became pseudonyms.
+    pub pseudonymised_logins: u64,
 }
 
 /// Deletes every row of `what` received before `before`, [`BATCH`] rows per transaction.
@@ -59,11 +66,35 @@ fn cutoff(now: DateTime<Utc>, keep: Duration) -> String {
     )
 }
 
-/// One sweep at `now`.
+/// Pseudonymises every login event received before `before`, [`BATCH`] rows per transaction.
+async fn pseudonymise_all(
+    store: &Store,
+    pseudonyms: &Pseudonymiser,
+    before: &str,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let done = store
+            .pseudonymise_logins(before, BATCH, |what, value| {
+                pseudonyms.pseudonym(what, value)
+            })
+            .await?;
+        total += done;
+        metrics::counter!("keyward_logins_pseudonymised_total").increment(done);
+        if done < BATCH.unsigned_abs() {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One sweep at `now`; login events are pseudonymised when `pseudonyms` is given (the key could
+/// be read from Vault).
 pub async fn sweep(
     store: &Store,
     config: &RetentionConfig,
     now: DateTime<Utc>,
+    pseudonyms: Option<&Pseudonymiser>,
 ) -> Result<Swept, StoreError> {
     let login_events = delete_all(
         store,
@@ -89,11 +120,19 @@ pub async fn sweep(
         &cutoff(now, config.access_grants),
     )
     .await?;
+    // After the deletions: what is deleted need not be pseudonymised first.
+    let pseudonymised_logins = match pseudonyms {
+        Some(p) => {
+            pseudonymise_all(store, p, &cutoff(now, config.pseudonymise_logins_after)).await?
+        }
+        None => 0,
+    };
     Ok(Swept {
         login_events,
         drift_events,
         certificates,
         access_grants,
+        pseudonymised_logins,
     })
 }
 
@@ -104,12 +143,27 @@ pub async fn run(lifecycle: Arc<KeyLifecycle>, config: RetentionConfig) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match sweep(lifecycle.store(), &config, lifecycle.now()).await {
+        let pseudonyms = match Pseudonymiser::load_or_create(lifecycle.vault().as_ref()).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "login events are not pseudonymised in this sweep");
+                None
+            }
+        };
+        match sweep(
+            lifecycle.store(),
+            &config,
+            lifecycle.now(),
+            pseudonyms.as_ref(),
+        )
+        .await
+        {
             Ok(swept) => tracing::info!(
                 login_events = swept.login_events,
                 drift_events = swept.drift_events,
                 certificates = swept.certificates,
                 access_grants = swept.access_grants,
+                pseudonymised_logins = swept.pseudonymised_logins,
                 "retention sweep done"
             ),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),

@@ -116,3 +116,10 @@ path "vps/data/_keyward/agent_ca" {
 path "vps/data/_keyward/state_signing" {
   capabilities = ["create", "read"]
 }
+
+# The key that turns old login events' source addresses and user names into pseudonyms
+# (retention.pseudonymise_logins_after): kept here, never in SQL, so that the database alone
+# cannot turn a pseudonym back into an address.
+path "vps/data/_keyward/login_pseudonym_key" {
+  capabilities = ["create", "read"]
+}

@@ -2,7 +2,7 @@
 //! older than the retention (see `crate::retention`).
 //! Never the audit log: its rows are hash-chained and are kept whole.
 
-use super::{Store, StoreError, query_error};
+use super::{Store, StoreError, get, query_error};
 
 /// What the retention sweep deletes, by the control plane's time of receipt (`received_at`):
 /// the agent's own times (`at`, `detected_at`) are whatever a rooted host says.
@@ -66,5 +66,50 @@ impl Store {
             .await
             .map_err(query_error("deleting expired rows"))?;
         Ok(done.rows_affected())
+    }
+
+    /// Replaces the source address and user name of at most `limit` login events received
+    /// before `before` (ISO 8601) that still hold them by `pseudonym(what, value)` (`what`: `ip`
+    /// or `user`), oldest first, in one transaction; returns how many. Idempotent: a row is
+    /// marked, and the pseudonymiser leaves a pseudonym as it is.
+    pub async fn pseudonymise_logins(
+        &self,
+        before: &str,
+        limit: i64,
+        pseudonym: impl Fn(&str, &str) -> String,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("pseudonymising login events"))?;
+        let rows = sqlx::query(
+            "SELECT id, source_ip, unix_user FROM login_events \
+             WHERE pseudonymised = 0 AND received_at < $1 ORDER BY received_at, id LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error("pseudonymising login events"))?;
+        for row in &rows {
+            let id: i64 = get(row, "id")?;
+            let ip: String = get(row, "source_ip")?;
+            let user: String = get(row, "unix_user")?;
+            sqlx::query(
+                "UPDATE login_events SET source_ip = $1, unix_user = $2, pseudonymised = 1 \
+                 WHERE id = $3",
+            )
+            .bind(pseudonym("ip", &ip))
+            .bind(pseudonym("user", &user))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("pseudonymising login events"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query_error("pseudonymising login events"))?;
+        Ok(rows.len() as u64)
     }
 }

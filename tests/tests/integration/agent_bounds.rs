@@ -15,6 +15,7 @@ use keyward_common::proto::{
 use keyward_common::{CertificateId, KeyKind, TenantId};
 use keyward_server::clock::{iso8601, parse_iso8601};
 use keyward_server::config::RetentionConfig;
+use keyward_server::pseudonym::Pseudonymiser;
 use keyward_server::store::{
     CertificateRecord, DriftRecord, GrantRecord, GrantStatus, LoginFilter, NewLogin, Store,
 };
@@ -419,6 +420,11 @@ async fn retention_deletes_old_rows_only(database: Database) {
     tx.insert_logins(&host_id, &tenant_id, &events, kept)
         .await
         .unwrap();
+    // Received 30 days ago: kept as they came (pseudonymised after 90 days).
+    let recent: Vec<NewLogin> = (0..5).map(|c| new_login(6000 + c, old)).collect();
+    tx.insert_logins(&host_id, &tenant_id, &recent, days_ago(30))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     for (days, user) in [(91, "old"), (200, "older"), (89, "kept")] {
         let record = DriftRecord {
@@ -431,7 +437,10 @@ async fn retention_deletes_old_rows_only(database: Database) {
         };
         store.insert_drift(&host_id, &record).await.unwrap();
     }
-    assert_eq!(stored_logins(&store, &host.host_id).await, 1 + 2500 + 10);
+    assert_eq!(
+        stored_logins(&store, &host.host_id).await,
+        1 + 2500 + 10 + 5
+    );
     // Certificates whose validity ended 401 and 399 days ago; requests made then, one ended and
     // one still pending (never swept), and one ended 399 days ago.
     let mut tx = store.begin().await.unwrap();
@@ -451,15 +460,23 @@ async fn retention_deletes_old_rows_only(database: Database) {
     }
     tx.commit().await.unwrap();
 
-    let swept = keyward_server::retention::sweep(&store, &RetentionConfig::default(), now)
-        .await
-        .unwrap();
+    let pseudonyms = Pseudonymiser::from_key(&[42; 32]);
+    let swept = keyward_server::retention::sweep(
+        &store,
+        &RetentionConfig::default(),
+        now,
+        Some(&pseudonyms),
+    )
+    .await
+    .unwrap();
     // With the 2,500: the one stored through the stream, received today (the server's real
     // clock), years before this sweep's "now".
     assert_eq!(swept.login_events, 2500 + 1);
     assert_eq!(swept.drift_events, 2);
     assert_eq!(swept.certificates, 1);
     assert_eq!(swept.access_grants, 1);
+    // The 10 kept past 90 days are pseudonymised (after the deletions: none of the deleted).
+    assert_eq!(swept.pseudonymised_logins, 10);
     let left: Vec<u64> = store
         .certificates(&tenant_id, None, 10)
         .await
@@ -477,16 +494,45 @@ async fn retention_deletes_old_rows_only(database: Database) {
         .collect();
     grants.sort();
     assert_eq!(grants, ["ag-0000000000000002", "ag-0000000000000003"]);
-    assert_eq!(stored_logins(&store, &host.host_id).await, 10);
+    assert_eq!(stored_logins(&store, &host.host_id).await, 10 + 5);
+    let (rows, _) = store
+        .logins(&LoginFilter {
+            host_id: Some(host_id.clone()),
+            limit: 100,
+            ..LoginFilter::default()
+        })
+        .await
+        .unwrap();
+    let ip = pseudonyms.pseudonym("ip", "192.0.2.7");
+    let user = pseudonyms.pseudonym("user", "root");
+    let (old_rows, new_rows): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.cursor < 6000);
+    assert_eq!((old_rows.len(), new_rows.len()), (10, 5));
+    for r in old_rows {
+        assert_eq!(
+            (r.source_ip.as_str(), r.user.as_str()),
+            (ip.as_str(), user.as_str())
+        );
+    }
+    for r in new_rows {
+        assert_eq!(
+            (r.source_ip.as_str(), r.user.as_str()),
+            ("192.0.2.7", "root")
+        );
+    }
     let drift = store.drift_events(&host_id, 100).await.unwrap();
     assert_eq!(
         drift.iter().map(|d| d.user.as_str()).collect::<Vec<_>>(),
         ["kept"]
     );
     // A second sweep has nothing left to do.
-    let again = keyward_server::retention::sweep(&store, &RetentionConfig::default(), now)
-        .await
-        .unwrap();
+    let again = keyward_server::retention::sweep(
+        &store,
+        &RetentionConfig::default(),
+        now,
+        Some(&pseudonyms),
+    )
+    .await
+    .unwrap();
     assert_eq!(again, keyward_server::retention::Swept::default());
 
     let verdict = store.verify_audit_chain().await.unwrap();

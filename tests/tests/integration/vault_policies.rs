@@ -751,6 +751,17 @@ async fn control_plane_runs_with_only_its_policy_through_approle() {
     assert_eq!(status, 200, "rotate: {body}");
     let (rotated, version) = bao.read_kv(&format!("{tenant}/tenant_ssh")).await.unwrap();
     assert_eq!(version, 2, "the rotation is a new KV version");
+    // The retention sweep at start made the login pseudonym key, which its policy allows.
+    let key = keyward_test_support::eventually(
+        "the login pseudonym key in Vault",
+        std::time::Duration::from_secs(30),
+        || bao.read_kv("_keyward/login_pseudonym_key"),
+    )
+    .await;
+    assert!(
+        key.0["key"].as_str().is_some_and(|k| k.len() >= 44),
+        "{key:?}"
+    );
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
         answer["newKeyFingerprint"]
