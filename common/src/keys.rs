@@ -16,7 +16,7 @@ use ssh_key::{HashAlg, PrivateKey, PublicKey};
 #[cfg(feature = "keygen")]
 pub mod generate;
 #[cfg(feature = "keygen")]
-pub use generate::{GeneratedKey, UnnamedKey, rsa_keypair};
+pub use generate::{GeneratedKey, UnnamedKey, encrypt_private_key, rsa_keypair};
 
 /// The two managed key sets of a tenant's VPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -112,6 +112,9 @@ pub enum KeyError {
     #[cfg(feature = "keygen")]
     #[error("encoding the key in OpenSSH format failed: {0}")]
     Encode(ssh_key::Error),
+    #[cfg(feature = "keygen")]
+    #[error("encrypting the private key failed: {0}")]
+    Encrypt(ssh_key::Error),
     #[error("not an OpenSSH public key: {0}")]
     ParsePublic(ssh_key::Error),
     #[error("not an OpenSSH private key: {0}")]

@@ -23,4 +23,4 @@ pub use ids::{HostId, IdError, Principal, TenantId, UnixUser};
 pub use jump::{PermitOpen, SshHost};
 pub use keys::{Fingerprint, KeyAlgorithm, KeyError, KeyKind};
 #[cfg(feature = "keygen")]
-pub use keys::{GeneratedKey, UnnamedKey};
+pub use keys::{GeneratedKey, UnnamedKey, encrypt_private_key};
