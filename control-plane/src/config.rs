@@ -34,6 +34,30 @@ pub struct Config {
     pub access: AccessConfig,
     pub bastion: BastionConfig,
     pub audit_export: AuditExportConfig,
+    pub download: DownloadConfig,
+}
+
+/// Longest passphrase a private key download takes, in bytes (UTF-8).
+pub const MAX_PASSPHRASE_BYTES: usize = 1024;
+
+/// The private key download (`[download]`): the deployment's policy, which an admin can override
+/// per tenant (`/api/v1/admin/tenants/{tenant_id}/download-policy`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadConfig {
+    /// A download must carry a passphrase: the key is then handed out only encrypted with it.
+    pub require_passphrase: bool,
+    /// The shortest passphrase taken (in characters), whether one is required or not.
+    pub min_passphrase_length: u32,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        Self {
+            require_passphrase: false,
+            min_passphrase_length: 12,
+        }
+    }
 }
 
 /// Bastions (jump hosts): hosts registered with the role `bastion`, whose jump user takes a
@@ -653,6 +677,9 @@ impl Config {
             return rule("access.sweep_interval must be 1s to 5m");
         }
         self.bastion.proxy_jump().map_err(ConfigError::Rule)?;
+        if !(1..=MAX_PASSPHRASE_BYTES).contains(&(self.download.min_passphrase_length as usize)) {
+            return rule("download.min_passphrase_length must be 1 to 1024");
+        }
         let certificates = &self.certificates;
         if !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600))
             .contains(&certificates.max_validity)
@@ -773,6 +800,24 @@ mod tests {
 
         std::fs::write(&path, "[agent_api]\ndrift_reports_per_minute = 0\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
+
+        for min in [0, 1025] {
+            std::fs::write(
+                &path,
+                format!("[download]\nmin_passphrase_length = {min}\n"),
+            )
+            .unwrap();
+            let err = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains("min_passphrase_length"), "{min}: {err}");
+        }
+        std::fs::write(
+            &path,
+            "[download]\nrequire_passphrase = true\nmin_passphrase_length = 16\n",
+        )
+        .unwrap();
+        let download = Config::load(Some(&path)).unwrap().download;
+        assert!(download.require_passphrase);
+        assert_eq!(download.min_passphrase_length, 16);
 
         for heartbeat in ["500ms", "61s"] {
             std::fs::write(

@@ -130,6 +130,12 @@ impl ApiError {
                         (StatusCode::BAD_REQUEST, "Bad Request")
                     }
                     DomainError::AlreadyDownloaded { .. } => (StatusCode::GONE, "Gone"),
+                    DomainError::PassphraseRequired { .. } => {
+                        (StatusCode::BAD_REQUEST, "Bad Request")
+                    }
+                    DomainError::PassphraseTooShort { .. } | DomainError::PassphraseInvalid(_) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content")
+                    }
                     DomainError::Vault(_) => (StatusCode::SERVICE_UNAVAILABLE, "Vault Unavailable"),
                     DomainError::CertificatesNotConfigured => {
                         (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -327,6 +333,21 @@ mod tests {
                 DomainError::AlreadyDownloaded { generation: 2 },
                 410,
                 "key_already_downloaded",
+            ),
+            (
+                DomainError::PassphraseRequired { min: 12 },
+                400,
+                "passphrase_required",
+            ),
+            (
+                DomainError::PassphraseTooShort { min: 12 },
+                422,
+                "passphrase_too_short",
+            ),
+            (
+                DomainError::PassphraseInvalid("the passphrase must not contain NUL"),
+                422,
+                "passphrase_invalid",
             ),
             (
                 DomainError::ConcurrentModification,

@@ -216,7 +216,8 @@ pub async fn start_with(
                 max_valid_per_tenant: config.certificates.max_valid_per_tenant,
                 access: config.access.clone(),
             })
-            .with_bastion(config.bastion.clone()),
+            .with_bastion(config.bastion.clone())
+            .with_download(config.download.clone()),
     );
     background.push(tokio::spawn(lifecycle.clone().fill_key_pool()));
     background.push(tokio::spawn(lifecycle.clone().sweep_grants()));

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod auth;
 pub mod certificates;
 pub mod data_export;
+pub mod download;
 pub mod hosts;
 pub mod hosts_live;
 pub mod hosts_query;
@@ -151,6 +152,10 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         rotation::get_policy,
         rotation::put_policy,
         rotation::delete_policy,
+        download::tenant_download_policy,
+        download::get_download_policy,
+        download::put_download_policy,
+        download::delete_download_policy,
     ),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
@@ -365,6 +370,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ssh-logins", get(logins::tenant_logins))
         .route("/data-export", get(data_export::tenant_data_export))
         .route("/set-aside-keys", get(tenant::set_aside_keys))
+        .route("/download-policy", get(download::tenant_download_policy))
         .route(
             "/ssh-certificates",
             post(certificates::tenant_issue).get(certificates::tenant_list),
@@ -432,6 +438,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(rotation::get_policy)
                 .put(rotation::put_policy)
                 .delete(rotation::delete_policy),
+        )
+        .route(
+            "/tenants/{tenant_id}/download-policy",
+            get(download::get_download_policy)
+                .put(download::put_download_policy)
+                .delete(download::delete_download_policy),
         )
         .route(
             "/secrets/rotate-all",

@@ -12,6 +12,7 @@ use keyward_common::KeyKind;
 
 use super::AppState;
 use super::auth::{TenantCaller, bearer_token_hash, tenant_of};
+use super::download::{DownloadBody, DownloadRequest};
 use super::views::{NewKeyResponse, SetAsideKeys, SetAsideOnHost, SshCredentials, StatusResponse};
 use crate::clock::iso8601;
 use crate::error::{ApiError, Problem};
@@ -97,20 +98,29 @@ pub async fn set_aside_keys(
     Ok(Json(SetAsideKeys { hosts: out }))
 }
 
-/// The tenant's private key, once per key generation, as `tenant-ssh-key.pem`.
+/// The tenant's private key, once per key generation, as `tenant-ssh-key.pem`: in clear, or,
+/// with a `passphrase`, encrypted as `ssh-keygen -p` writes it (bcrypt-pbkdf, aes256-ctr).
+/// The download policy (`GET .../download-policy`) can require a passphrase and sets its
+/// minimum length. The passphrase is not stored, logged or audited; the audit event says
+/// whether the key went out `encrypted`. A refused download does not spend the download.
 #[utoipa::path(post, path = "/api/v1/tenant/infrastructure/ssh-credentials/download", tag = "tenant",
+    request_body(content = Option<DownloadRequest>, content_type = "application/json",
+        description = "Optional: no body hands the key out in clear, where the policy allows it"),
     responses(
-        (status = 200, description = "OpenSSH private key", content_type = "application/x-pem-file", body = String),
+        (status = 200, description = "OpenSSH private key, encrypted when a passphrase was given", content_type = "application/x-pem-file", body = String),
+        (status = 400, description = "`passphrase_required`: the download policy requires a passphrase and none was sent; `invalid_body`: the body is not `{\"passphrase\": \"...\"}`", body = Problem),
         (status = 409, description = "The key is revoked", body = Problem),
         (status = 410, description = "Already downloaded: regenerate for a new key", body = Problem),
+        (status = 422, description = "`passphrase_too_short`: shorter than the policy's `minPassphraseLength`; `passphrase_invalid`: over 1024 bytes, or a NUL, CR or LF in it", body = Problem),
         (status = 503, description = "Vault unavailable", body = Problem)))]
 pub async fn download(
     State(state): State<AppState>,
     who: TenantCaller,
+    DownloadBody(passphrase): DownloadBody,
 ) -> Result<Response, ApiError> {
     let (_, private_key) = state
         .lifecycle
-        .download(&who.caller, &who.tenant, KeyKind::Tenant)
+        .download(&who.caller, &who.tenant, KeyKind::Tenant, passphrase)
         .await?;
     // The response body is a copy that hyper frees without wiping; the Zeroizing original is
     // wiped when it drops here.

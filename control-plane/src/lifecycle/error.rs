@@ -73,6 +73,17 @@ pub enum DomainError {
          regenerate the key to get a new one"
     )]
     AlreadyDownloaded { generation: i64 },
+    /// The download policy asks for a passphrase and none was given.
+    #[error(
+        "this key is handed out only encrypted: send a passphrase of at least {min} characters \
+         ({{\"passphrase\": \"...\"}})"
+    )]
+    PassphraseRequired { min: u32 },
+    #[error("the passphrase must be at least {min} characters long")]
+    PassphraseTooShort { min: u32 },
+    /// A passphrase outside what any policy takes (too long, a NUL); never the passphrase.
+    #[error("{0}")]
+    PassphraseInvalid(&'static str),
     #[error("the key set changed concurrently; retry the request")]
     ConcurrentModification,
     #[error("bulk rotation job {job_id} is running; follow it or wait until it ends")]
@@ -116,6 +127,9 @@ impl DomainError {
             NotYourDecision(_) => "approval_not_allowed",
             KeyRevoked => "key_revoked",
             AlreadyDownloaded { .. } => "key_already_downloaded",
+            PassphraseRequired { .. } => "passphrase_required",
+            PassphraseTooShort { .. } => "passphrase_too_short",
+            PassphraseInvalid(_) => "passphrase_invalid",
             ConcurrentModification => "concurrent_modification",
             RotationInProgress { .. } => "rotation_in_progress",
             JobNotFound(_) => "rotation_job_not_found",

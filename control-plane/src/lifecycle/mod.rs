@@ -41,6 +41,7 @@ mod records;
 mod secrets;
 pub use access::Registered;
 pub use certificates::{CertificateAsk, SshCertificates};
+pub use download::{DownloadPolicy, Passphrase};
 pub use error::DomainError;
 pub use grants::{AccessAsk, Decision, Grant};
 pub use group_commit::GroupCommit;
@@ -174,6 +175,8 @@ pub struct KeyLifecycle {
     ssh_certificates: Option<SshCertificates>,
     /// Bastions' jump user and where tenants jump through ([`KeyLifecycle::with_bastion`]).
     bastion: crate::config::BastionConfig,
+    /// The deployment's download policy ([`KeyLifecycle::with_download`]).
+    download: crate::config::DownloadConfig,
 }
 
 /// How many replaced or revoked fingerprints a key set remembers as denied (newest first): a
@@ -222,6 +225,7 @@ impl KeyLifecycle {
             pool: KeyPool::disabled(),
             ssh_certificates: None,
             bastion: crate::config::BastionConfig::default(),
+            download: crate::config::DownloadConfig::default(),
         }
     }
 
@@ -234,6 +238,12 @@ impl KeyLifecycle {
     /// Names the bastions' jump user and the address tenants jump through (`[bastion]`).
     pub fn with_bastion(mut self, bastion: crate::config::BastionConfig) -> Self {
         self.bastion = bastion;
+        self
+    }
+
+    /// The deployment's download policy (`[download]`), which tenants' own policies override.
+    pub fn with_download(mut self, download: crate::config::DownloadConfig) -> Self {
+        self.download = download;
         self
     }
 

@@ -308,7 +308,7 @@ async fn the_download_hands_out_the_version_sql_knows_even_if_vault_has_a_newer_
 
     let (_, private_key) = f
         .lifecycle
-        .download(&caller, &t1(), KeyKind::Tenant)
+        .download(&caller, &t1(), KeyKind::Tenant, None)
         .await
         .unwrap();
     let fingerprint = keyward_common::keys::private_key_fingerprint(&private_key).unwrap();
