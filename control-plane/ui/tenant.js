@@ -7,6 +7,7 @@ import {
 
 const BASE = '/api/v1/tenant/infrastructure/ssh-credentials';
 const KEY_FILE = 'tenant-ssh-key.pem';
+const POLICY = '/api/v1/tenant/infrastructure/download-policy';
 
 const KEY_STATES = {
   active: ['active', 'ok'],
@@ -28,8 +29,9 @@ export async function tenantPage({ main, signal }) {
 
   async function refresh() {
     let c;
+    let policy;
     try {
-      c = await api(BASE, { signal });
+      [c, policy] = await Promise.all([api(BASE, { signal }), api(POLICY, { signal })]);
     } catch (e) {
       if (e.name === 'AbortError') return;
       say(pageStatus, e instanceof Problem ? e.describe() : String(e), 'error');
@@ -37,7 +39,7 @@ export async function tenantPage({ main, signal }) {
     }
     say(pageStatus, '');
     renderCredentials(c);
-    renderDownload(c);
+    renderDownload(c, policy);
     renderConnect(c);
     renderManage(c);
   }
@@ -61,8 +63,8 @@ export async function tenantPage({ main, signal }) {
       ].filter(Boolean)));
   }
 
-  function renderDownload(c) {
-    const button = h('button', { type: 'button', id: 'download', disabled: c.keyStatus !== 'active' }, 'Download private key');
+  function renderDownload(c, policy) {
+    const button = h('button', { type: 'submit', id: 'download', disabled: c.keyStatus !== 'active' }, 'Download private key');
     const warning = c.downloaded
       ? h('p', { class: 'notice warn', id: 'download-warning' },
         'This key has already been downloaded. keyward keeps no other copy for you: if you lost it, ',
@@ -71,16 +73,57 @@ export async function tenantPage({ main, signal }) {
         h('strong', {}, 'You can download this private key once. '),
         `Save ${KEY_FILE} somewhere safe right away: a second download is refused, and the only `,
         'way to get a key again is to regenerate it.');
-    button.addEventListener('click', async () => {
+    // The passphrase, typed twice; the page keeps it only until the download is sent.
+    const required = policy.requirePassphrase;
+    const min = policy.minPassphraseLength;
+    const field = (id, name) => h('input', {
+      id, name, type: 'password', autocomplete: 'new-password', maxlength: 1024, required,
+      'aria-describedby': 'passphrase-hint',
+    });
+    const passphrase = field('passphrase', 'passphrase');
+    const again = field('passphrase-again', 'passphraseAgain');
+    const hint = h('p', { id: 'passphrase-hint', class: 'hint' },
+      'With a passphrase the key file is encrypted (as ssh-keygen -p does): whoever gets hold of the file ',
+      'also needs the passphrase, and ssh asks you for it when you connect. keyward does not keep the ',
+      'passphrase: it is not stored or logged, and nobody can recover it for you. If you forget it, ',
+      'regenerate the key. ',
+      h('strong', {}, required
+        ? `Your platform requires a passphrase of at least ${min} characters.`
+        : `Optional: leave both fields empty for an unencrypted key file, or use at least ${min} characters.`));
+    const form = h('form', { id: 'download-form', class: 'stack', novalidate: true },
+      h('label', { for: 'passphrase' }, required ? 'Passphrase' : 'Passphrase (optional)', passphrase),
+      h('label', { for: 'passphrase-again' }, 'Passphrase again', again),
+      hint,
+      h('div', { class: 'actions' }, button));
+    const clear = () => { passphrase.value = ''; again.value = ''; };
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const typed = passphrase.value;
+      // Characters as the server counts them (code points, not UTF-16 units).
+      const length = [...typed].length;
+      let refusal = '';
+      if (typed !== again.value) refusal = 'The two passphrases do not match. Type the same passphrase in both fields.';
+      else if (required && !typed) refusal = `A passphrase is required: at least ${min} characters.`;
+      else if (typed && length < min) refusal = `The passphrase is too short: at least ${min} characters.`;
+      if (refusal) {
+        say(downloadStatus, refusal, 'error');
+        passphrase.focus();
+        return;
+      }
+      say(downloadStatus, '');
       const yes = await confirmAction({
         title: 'Download the private key?',
         text: `The key file ${KEY_FILE} is handed out once. After this, keyward refuses to show it again; `
-          + 'if you lose it you must regenerate the key. Keep it private and never share it.',
+          + 'if you lose it you must regenerate the key. Keep it private and never share it.'
+          + (typed ? ' It will be encrypted with your passphrase, which keyward does not keep.' : ''),
         ok: 'Download now',
       });
       if (!yes) return;
       await busy(button, downloadStatus, async () => {
-        const response = await api(`${BASE}/download`, { method: 'POST', raw: true, signal });
+        const options = { method: 'POST', raw: true, signal };
+        if (typed) options.body = { passphrase: typed };
+        const response = await api(`${BASE}/download`, options);
+        clear();
         const blob = await response.blob();
         const url = URL.createObjectURL(blob);
         const link = h('a', { href: url, download: KEY_FILE, hidden: true });
@@ -88,12 +131,13 @@ export async function tenantPage({ main, signal }) {
         link.click();
         link.remove();
         setTimeout(() => URL.revokeObjectURL(url), 60000);
-        say(downloadStatus, `Downloaded ${KEY_FILE}. Run chmod 600 on it before you use it (see below).`, 'ok');
+        say(downloadStatus, typed
+          ? `Downloaded ${KEY_FILE}, encrypted with your passphrase. Run chmod 600 on it before you use it (see below); ssh asks for the passphrase when you connect.`
+          : `Downloaded ${KEY_FILE}. Run chmod 600 on it before you use it (see below).`, 'ok');
         await refresh();
       });
     });
-    fill(download, h('h2', { id: 'download-title' }, 'Private key'), warning,
-      h('div', { class: 'actions' }, button), downloadStatus);
+    fill(download, h('h2', { id: 'download-title' }, 'Private key'), warning, form, downloadStatus);
   }
 
   function renderConnect(c) {

@@ -30,6 +30,23 @@ async fn confirm(browser: &Browser, says: &str) {
     browser.click("#confirm-ok").await;
 }
 
+/// The key file the page saved once its status line `says` so: its path and its text, an
+/// OpenSSH private key.
+async fn saved_key(browser: &Browser, says: &str) -> (std::path::PathBuf, String) {
+    let file = browser.downloaded("tenant-ssh-key.pem").await;
+    browser
+        .wait_text("#download-status", "the download's confirmation", |t| {
+            t.contains(says)
+        })
+        .await;
+    let key = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+        "not a key file"
+    );
+    (file, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_signs_in_downloads_once_and_rotates() {
     let bao = OpenBao::start().await;
@@ -86,17 +103,7 @@ async fn tenant_signs_in_downloads_once_and_rotates() {
     // The one-time download: the file arrives and is the key of the fingerprint shown.
     browser.click("#download").await;
     confirm(&browser, "once").await;
-    let file = browser.downloaded("tenant-ssh-key.pem").await;
-    browser
-        .wait_text("#download-status", "the download's confirmation", |t| {
-            t.contains("Downloaded")
-        })
-        .await;
-    let key = std::fs::read_to_string(&file).unwrap();
-    assert!(
-        key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
-        "not a key file"
-    );
+    let (file, key) = saved_key(&browser, "Downloaded").await;
     let fingerprint = keyward_common::keys::private_key_fingerprint(&key).unwrap();
     assert_eq!(fingerprint.to_string(), first);
     std::fs::remove_file(&file).unwrap();
@@ -182,6 +189,132 @@ async fn tenant_signs_in_downloads_once_and_rotates() {
             .all(|e| e.contains("410") || e.contains("401")),
         "console errors: {errors:?}"
     );
+    browser.close().await;
+}
+
+/// The download form asks for a passphrase twice and says what it is for and that keyward does
+/// not keep it; where the tenant's policy requires one, the page refuses to go on without it
+/// and with two that differ (no request is sent, the download is not spent); with matching ones
+/// the file the page saves is the key encrypted with that passphrase, which OpenSSH opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_downloads_a_passphrase_encrypted_key_in_the_page() {
+    const PASSPHRASE: &str = "correct horse battery staple 17";
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let tenant = unique_tenant("uipass");
+    cp.create_tenant(&tenant).await;
+    let required = cp
+        .request(
+            Method::PUT,
+            &format!("/api/v1/admin/tenants/{tenant}/download-policy"),
+            Some(&cp.admin_token),
+            Some(json!({ "requirePassphrase": true, "minPassphraseLength": 14 })),
+        )
+        .await;
+    assert_eq!(required.status, 200, "{}", required.text());
+    let token = cp.tenant_token(&tenant).await;
+    let shown = cp.tenant_call(&token, Method::GET, "").await.json()["keyFingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &cp, &token, "#fingerprint code").await;
+    let hint = browser
+        .wait_text("#passphrase-hint", "the passphrase's explanation", |t| {
+            t.contains("does not keep")
+        })
+        .await;
+    assert!(hint.contains("encrypted"), "{hint}");
+    assert!(
+        hint.contains("requires a passphrase of at least 14"),
+        "{hint}"
+    );
+    assert!(browser.attr("#passphrase", "required").await.is_some());
+    assert!(
+        browser
+            .attr("#passphrase-again", "required")
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        browser.attr("#passphrase", "type").await.as_deref(),
+        Some("password")
+    );
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "download form: {violations:#?}");
+
+    // Required: none is refused in the page; two that differ too.
+    browser.click("#download").await;
+    browser
+        .wait_text("#download-status", "the refusal", |t| {
+            t.contains("passphrase is required")
+        })
+        .await;
+    browser.type_into("#passphrase", PASSPHRASE).await;
+    browser
+        .type_into("#passphrase-again", &format!("{PASSPHRASE}!"))
+        .await;
+    browser.click("#download").await;
+    browser
+        .wait_text("#download-status", "the mismatch", |t| {
+            t.contains("do not match")
+        })
+        .await;
+    browser.screenshot("tenant-passphrase-mismatch").await;
+    assert_eq!(
+        browser
+            .script("return document.getElementById('confirm').open")
+            .await,
+        json!(false),
+        "a mismatch went on to the confirmation"
+    );
+    assert!(browser.downloads().is_empty(), "{:?}", browser.downloads());
+    let creds = cp.tenant_call(&token, Method::GET, "").await.json();
+    assert_eq!(
+        creds["downloaded"], false,
+        "a refusal in the page spent the download"
+    );
+
+    // Matching: the page saves the encrypted key and forgets the passphrase.
+    browser.type_into("#passphrase-again", PASSPHRASE).await;
+    browser.click("#download").await;
+    confirm(&browser, "encrypted with your passphrase").await;
+    let (_, key) = saved_key(&browser, "encrypted with your passphrase").await;
+    let parsed = ssh_key::PrivateKey::from_openssh(&key).unwrap();
+    assert!(parsed.is_encrypted(), "the page saved the key in clear");
+    let saved = KeyFile::write(&key);
+    let opened = std::process::Command::new("ssh-keygen")
+        .args(["-y", "-P", PASSPHRASE, "-f"])
+        .arg(&saved.path)
+        .output()
+        .expect("ssh-keygen (openssh-client) is installed");
+    assert!(opened.status.success(), "{opened:?}");
+    let public = String::from_utf8(opened.stdout).unwrap();
+    assert_eq!(
+        keyward_common::keys::public_key_fingerprint(&public)
+            .unwrap()
+            .as_str(),
+        shown
+    );
+    let refused = std::process::Command::new("ssh-keygen")
+        .args(["-y", "-P", "not the passphrase", "-f"])
+        .arg(&saved.path)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert_eq!(value_of(&browser, "passphrase").await, "");
+    assert_eq!(value_of(&browser, "passphrase-again").await, "");
+    let events = cp.audit_of(&tenant).await;
+    assert!(
+        events.iter().any(|e| e["action"] == "key.download"
+            && e["outcome"] == "success"
+            && e["detail"]["encrypted"] == true),
+        "{events:#?}"
+    );
+    browser.screenshot("tenant-passphrase-downloaded").await;
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.close().await;
 }
 
