@@ -236,6 +236,12 @@ impl Sshd {
     }
 
     fn ssh_args(&self, key: &Path, user: &str) -> Vec<String> {
+        self.ssh_args_in(key, user, "BatchMode=yes")
+    }
+
+    /// `batch`: `BatchMode=yes` (ssh asks nothing) or `BatchMode=no` (it may ask for a key's
+    /// passphrase).
+    fn ssh_args_in(&self, key: &Path, user: &str, batch: &str) -> Vec<String> {
         [
             "-F",
             "/dev/null",
@@ -244,7 +250,11 @@ impl Sshd {
             "-p",
             &self.port.to_string(),
             "-o",
-            "BatchMode=yes",
+            batch,
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "KbdInteractiveAuthentication=no",
             "-o",
             "IdentitiesOnly=yes",
             "-o",
@@ -304,17 +314,29 @@ impl Sshd {
         user: &(impl AsRef<str> + ?Sized),
         command: &str,
     ) -> (bool, String) {
-        let out = tokio::process::Command::new(SSH)
-            .args(self.ssh_args(key, user.as_ref()))
+        let mut ssh = tokio::process::Command::new(SSH);
+        ssh.args(self.ssh_args(key, user.as_ref())).arg(command);
+        login_output(ssh).await
+    }
+
+    /// [`Sshd::login_async`] with a passphrase-protected key, as a desktop user logs in: ssh
+    /// (not in batch mode) asks `askpass` for the key's passphrase, with no terminal
+    /// (`SSH_ASKPASS_REQUIRE=force`, `DISPLAY` set). Only the key's passphrase can be asked:
+    /// password and keyboard-interactive authentication are off.
+    pub async fn login_with_askpass_async(
+        &self,
+        key: &Path,
+        user: &(impl AsRef<str> + ?Sized),
+        command: &str,
+        askpass: &Path,
+    ) -> (bool, String) {
+        let mut ssh = tokio::process::Command::new(SSH);
+        ssh.args(self.ssh_args_in(key, user.as_ref(), "BatchMode=no"))
             .arg(command)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        )
+            .env("SSH_ASKPASS", askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0");
+        login_output(ssh).await
     }
 
     /// [`Sshd::open_session`] for async tests: the ssh client (killed on drop) once the remote
@@ -419,6 +441,15 @@ impl KeyFile {
         let path = write_private_key(dir.path(), "id", private_key);
         Self { path, _dir: dir }
     }
+}
+
+/// Runs an ssh login with no input: whether it worked and its (trimmed) output.
+async fn login_output(mut ssh: tokio::process::Command) -> (bool, String) {
+    let out = ssh.stdin(Stdio::null()).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
 }
 
 /// Writes a private key (OpenSSH format) 0600 as `dir/name`, for `ssh -i`.

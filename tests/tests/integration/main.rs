@@ -21,6 +21,7 @@ mod krl;
 mod live_streams;
 mod login_ingest;
 mod openapi_fuzz;
+mod passphrase_download;
 mod replicas;
 mod revocation_attacks;
 mod rotate_all;
