@@ -7,15 +7,16 @@
 //! in the audit log (which says `encrypted: true`), the database's files, an answer, or the
 //! control plane's log, captured at TRACE for every crate.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use keyward_common::KeyAlgorithm;
 use keyward_tests::{
-    ControlPlane, Deployment, KeyFile, OpenBao, Reply, require_program, unique_tenant,
+    ControlPlane, Database, Deployment, KeyFile, OpenBao, Reply, require_program, unique_tenant,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -87,14 +88,28 @@ impl AskPass {
     }
 }
 
-/// Everything the control plane logs while the guard lives, every crate at TRACE: the server
-/// runs in this test's (current-thread) runtime, so its tasks log on this thread.
-#[derive(Clone, Default)]
+thread_local! {
+    /// Where this thread's log goes while a [`CapturedLog`] lives on it.
+    static CAPTURE: RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { RefCell::new(None) };
+}
+
+/// Everything logged on this thread while it lives, every crate at TRACE: the control plane runs
+/// in the test's (current-thread) runtime, so its tasks log on the test's thread. One global
+/// subscriber for the process, which writes only on threads that capture: a scoped one
+/// (`set_default`) misses a callsite another test's thread registers first (tracing caches a
+/// callsite's interest).
 struct CapturedLog(Arc<Mutex<Vec<u8>>>);
 
-impl Write for CapturedLog {
+/// Writes to this thread's capture, if any.
+struct ThreadWriter;
+
+impl Write for ThreadWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
+        CAPTURE.with(|c| {
+            if let Some(buffer) = &*c.borrow() {
+                buffer.lock().unwrap().extend_from_slice(bytes);
+            }
+        });
         Ok(bytes.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -103,19 +118,35 @@ impl Write for CapturedLog {
 }
 
 impl CapturedLog {
-    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
-        let log = Self::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        (log, tracing::subscriber::set_default(subscriber))
+    fn start() -> Self {
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::{Layer, filter};
+            // Asked at every event (a `filter_fn` would be asked once per callsite, on whichever
+            // thread reaches it first).
+            let capturing =
+                filter::dynamic_filter_fn(|_, _| CAPTURE.with(|c| c.borrow().is_some()));
+            let layer = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(|| ThreadWriter)
+                .with_filter(capturing);
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+                .expect("no other global subscriber in the test binary");
+        });
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        CAPTURE.with(|c| *c.borrow_mut() = Some(buffer.clone()));
+        Self(buffer)
     }
 
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for CapturedLog {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| *c.borrow_mut() = None);
     }
 }
 
@@ -142,7 +173,7 @@ fn state_files_holding(cp: &ControlPlane, needle: &[u8]) -> Vec<String> {
 /// Refusals first (none spends the download), then the encrypted download, opened by OpenSSH
 /// and used for a real login.
 async fn encrypted_download_with_real_openssh(algorithm: KeyAlgorithm) {
-    let (log, _guard) = CapturedLog::start();
+    let log = CapturedLog::start();
     let d = Deployment::start(algorithm).await;
     let token = &d.tenant_token;
 
@@ -313,8 +344,14 @@ async fn encrypted_download_with_real_openssh(algorithm: KeyAlgorithm) {
     let logged = log.text();
     assert!(
         logged.contains("private key downloaded") && logged.contains("encrypted=true"),
-        "the log was not captured: {} bytes",
-        logged.len()
+        "the log was not captured: {} bytes: {}",
+        logged.len(),
+        logged
+            .lines()
+            .filter(|l| l.contains("keyward_server"))
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     for needle in [PASSPHRASE, short, "pässphrase", "p\\u00e4ssphrase"] {
         assert!(
@@ -335,13 +372,21 @@ async fn passphrase_download_rsa_4096_opens_in_openssh_and_logs_in_through_askpa
 }
 
 /// The deployment's `[download]` applies to every tenant; an admin overrides it for one tenant
-/// (and only an admin), and returns it to the deployment's.
+/// (and only an admin), and returns it to the deployment's. On both SQL backends (the policy is
+/// a row of `download_policies`).
 #[tokio::test]
 async fn passphrase_download_policy_comes_from_the_deployment_and_an_admin_overrides_it() {
     let bao = OpenBao::start().await;
+    for database in [Database::Sqlite, Database::Postgres] {
+        policy_from_the_deployment_and_per_tenant(&bao, database).await;
+    }
+}
+
+async fn policy_from_the_deployment_and_per_tenant(bao: &OpenBao, database: Database) {
     let cp = ControlPlane::start_with(
-        &bao,
+        bao,
         keyward_tests::control_plane::Options {
+            database,
             algorithm: KeyAlgorithm::Ed25519,
             configure: Some(|c| {
                 c.download.require_passphrase = true;
