@@ -17,6 +17,7 @@
 
 #[cfg(test)]
 mod cluster_tests;
+mod erase;
 mod failover;
 mod lost_write;
 mod nodes;
@@ -196,6 +197,14 @@ pub trait SecretStore: Send + Sync + fmt::Debug {
         name: &str,
         value: &serde_json::Value,
     ) -> Result<bool, VaultError>;
+
+    /// Every secret under `{mount}/{tenant_id}/` (one in a sub-folder as `folder/name`),
+    /// sorted; empty when there is none.
+    async fn tenant_secret_names(&self, tenant: &TenantId) -> Result<Vec<String>, VaultError>;
+
+    /// Destroys `{mount}/{tenant_id}/{name}`: every version and its metadata (offboarding).
+    /// Done, not an error, when it does not exist.
+    async fn destroy_tenant_secret(&self, tenant: &TenantId, name: &str) -> Result<(), VaultError>;
 }
 
 /// How the control plane authenticates to Vault.
@@ -730,6 +739,14 @@ impl SecretStore for VaultStore {
             }
         })
         .await
+    }
+
+    async fn tenant_secret_names(&self, tenant: &TenantId) -> Result<Vec<String>, VaultError> {
+        self.secret_names_of(tenant).await
+    }
+
+    async fn destroy_tenant_secret(&self, tenant: &TenantId, name: &str) -> Result<(), VaultError> {
+        self.destroy_secret_of(tenant, name).await
     }
 
     async fn health(&self) -> Result<VaultHealth, VaultError> {

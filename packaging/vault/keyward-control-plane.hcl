@@ -15,11 +15,15 @@
 #   * has user certificates signed by the SSH secrets engine at `ssh/` with its one role
 #     `keyward-user` (the CA key never leaves Vault), and lists the engine's issuers to learn every
 #     CA public key hosts must trust (current and next during a CA rotation);
-#   * keeps its own token alive (lookup-self, renew-self).
+#   * keeps its own token alive (lookup-self, renew-self);
+#   * when an admin offboards a tenant (`DELETE /api/v1/admin/tenants/{tenant_id}`, audited), lists
+#     that tenant's folder and deletes the metadata of its four secrets, which destroys every
+#     version of them (GDPR erasure).
 #
-# What it deliberately cannot do: delete, undelete or destroy versions (the KV version history is
-# the rotation history and the audit trail relies on it), write or delete metadata (which could
-# shrink `max_versions` and so prune the history), patch, list tenants, read the SMTP passwords
+# What it deliberately cannot do: delete, undelete or destroy single versions (the KV version
+# history is the rotation history and the audit trail relies on it), write metadata (which could
+# shrink `max_versions` and so prune the history), delete the metadata of any secret but a
+# tenant's four (never keyward's own), patch, list tenants, read the SMTP passwords
 # or DKIM private keys it wrote, read or write any other secret name or mount, restore a snapshot,
 # create tokens, or manage policies, auth methods, mounts or audit devices. On the SSH engine it
 # cannot sign with any other role, issue key pairs (`ssh/issue/`), read or write roles, set or
@@ -41,14 +45,7 @@ path "vps/data/+/tenant_ssh" {
 }
 
 # The key sets' metadata: the current version to check-and-set against, and the version history
-# shown to administrators. Read only.
-path "vps/metadata/+/admin_ssh" {
-  capabilities = ["read"]
-}
-
-path "vps/metadata/+/tenant_ssh" {
-  capabilities = ["read"]
-}
+# shown to administrators: `read`, below with offboarding's `delete`.
 
 # The tenants' SMTP credentials and DKIM keys: written as new versions (`create` for the first,
 # `update` for the next), never read: the mail servers read them with policies of their own.
@@ -60,13 +57,32 @@ path "vps/data/+/dkim" {
   capabilities = ["create", "update"]
 }
 
-# Their metadata: the current version to check-and-set against. Read only.
+# Their metadata: the current version to check-and-set against: `read`, below with
+# offboarding's `delete`.
+
+# Offboarding a tenant: `LIST vps/metadata/{tenant_id}/` finds what Vault holds for it, and
+# `DELETE vps/metadata/{tenant_id}/{name}` destroys every version and the history of each of its
+# secrets. Only the four names keyward writes: `_keyward/agent_ca` and `_keyward/state_signing`
+# stay out of reach, and a secret of another name under a tenant (written by someone else) is left
+# for its owner (the offboarding's status then says `vault_denied`).
+path "vps/metadata/+/" {
+  capabilities = ["list"]
+}
+
+path "vps/metadata/+/admin_ssh" {
+  capabilities = ["read", "delete"]
+}
+
+path "vps/metadata/+/tenant_ssh" {
+  capabilities = ["read", "delete"]
+}
+
 path "vps/metadata/+/smtp" {
-  capabilities = ["read"]
+  capabilities = ["read", "delete"]
 }
 
 path "vps/metadata/+/dkim" {
-  capabilities = ["read"]
+  capabilities = ["read", "delete"]
 }
 
 # SSH user certificates: `POST ssh/sign/keyward-user` signs the public key it is given, with the

@@ -165,6 +165,41 @@ impl SecretStore for FakeVault {
     async fn create_internal(&self, _: &str, _: &serde_json::Value) -> Result<bool, VaultError> {
         unimplemented!("not used by the lifecycle")
     }
+
+    async fn tenant_secret_names(&self, tenant: &TenantId) -> Result<Vec<String>, VaultError> {
+        let mut names: Vec<String> = self
+            .versions
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(t, _)| t == tenant.as_str())
+            .map(|(_, kind)| kind.secret_name().to_owned())
+            .chain(
+                self.secrets
+                    .lock()
+                    .unwrap()
+                    .keys()
+                    .filter(|(t, _)| t == tenant.as_str())
+                    .map(|(_, name)| name.clone()),
+            )
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn destroy_tenant_secret(&self, tenant: &TenantId, name: &str) -> Result<(), VaultError> {
+        self.take_write()?;
+        let tenant = tenant.to_string();
+        self.versions
+            .lock()
+            .unwrap()
+            .retain(|(t, kind), _| !(*t == tenant && kind.secret_name() == name));
+        self.secrets
+            .lock()
+            .unwrap()
+            .remove(&(tenant, name.to_owned()));
+        Ok(())
+    }
 }
 
 pub(crate) struct Fixture {
@@ -422,6 +457,12 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
             v: &serde_json::Value,
         ) -> Result<bool, VaultError> {
             self.0.create_internal(n, v).await
+        }
+        async fn tenant_secret_names(&self, t: &TenantId) -> Result<Vec<String>, VaultError> {
+            self.0.tenant_secret_names(t).await
+        }
+        async fn destroy_tenant_secret(&self, t: &TenantId, n: &str) -> Result<(), VaultError> {
+            self.0.destroy_tenant_secret(t, n).await
         }
     }
 

@@ -357,8 +357,8 @@ async fn control_plane_policy_allows_key_writes_and_nothing_destructive() {
             let path = format!("vps/{op}/t1/{kind}");
             assert_denied(&bao, &cp, Method::POST, &path, Some(versions.clone())).await;
         }
+        // Deleting the metadata is offboarding's (below); rewriting it is never allowed.
         let meta_path = format!("vps/metadata/t1/{kind}");
-        assert_denied(&bao, &cp, Method::DELETE, &meta_path, None).await;
         assert_denied(
             &bao,
             &cp,
@@ -387,7 +387,6 @@ async fn control_plane_policy_allows_key_writes_and_nothing_destructive() {
 
     // No listing, no other secret names, no other mounts.
     assert_denied(&bao, &cp, list(), "vps/metadata/", None).await;
-    assert_denied(&bao, &cp, list(), "vps/metadata/t1/", None).await;
     root_write(&bao, "t1/other", json!({ "x": "1" })).await;
     // The PATCH refused above is well-formed: root may send it.
     let (status, body) = merge_patch(
@@ -490,6 +489,52 @@ async fn control_plane_policy_allows_key_writes_and_nothing_destructive() {
         Some(json!({ "policies": [CONTROL_PLANE] })),
     )
     .await;
+}
+
+#[tokio::test]
+async fn control_plane_policy_erases_an_offboarded_tenants_secrets_and_nothing_else() {
+    let bao = OpenBao::start().await;
+    load_policy(&bao, CONTROL_PLANE).await;
+    let cp = token_with(&bao, &[CONTROL_PLANE]).await;
+    let keyward_secrets = ["admin_ssh", "tenant_ssh", "smtp", "dkim"];
+    for name in keyward_secrets.iter().chain(&["other"]) {
+        root_write(&bao, &format!("t1/{name}"), json!({ "x": "1" })).await;
+    }
+    root_write(&bao, "t2/admin_ssh", key_set("t2")).await;
+    for name in ["agent_ca", "state_signing"] {
+        root_write(&bao, &format!("_keyward/{name}"), json!({ "x": "1" })).await;
+    }
+
+    // The tenant's folder is listed (never the list of tenants) and its secrets destroyed.
+    let listed = assert_allowed(&bao, &cp, list(), "vps/metadata/t1/", None).await;
+    assert_eq!(
+        listed["data"]["keys"].as_array().unwrap().len(),
+        5,
+        "{listed}"
+    );
+    assert_denied(&bao, &cp, list(), "vps/metadata/", None).await;
+    for name in keyward_secrets {
+        let path = format!("vps/metadata/t1/{name}");
+        assert_allowed(&bao, &cp, Method::DELETE, &path, None).await;
+        assert_eq!(bao.read_kv(&format!("t1/{name}")).await, None, "{name}");
+        let (status, _) = bao.api(Method::GET, &path, ROOT_TOKEN, None).await;
+        assert_eq!(
+            status, 404,
+            "{path}: every version and the history are gone"
+        );
+    }
+
+    // Nothing else: another name under the tenant, keyward's own secrets.
+    for path in [
+        "vps/metadata/t1/other",
+        "vps/metadata/_keyward/agent_ca",
+        "vps/metadata/_keyward/state_signing",
+    ] {
+        assert_denied(&bao, &cp, Method::DELETE, path, None).await;
+    }
+    assert!(bao.read_kv("t1/other").await.is_some());
+    assert!(bao.read_kv("_keyward/agent_ca").await.is_some());
+    assert_eq!(bao.read_kv("t2/admin_ssh").await, Some((key_set("t2"), 1)));
 }
 
 #[tokio::test]
@@ -850,7 +895,7 @@ async fn control_plane_policy_writes_smtp_and_dkim_secrets_but_never_reads_them(
             )
             .await;
         }
-        assert_denied(&bao, &cp, Method::DELETE, &meta_path, None).await;
+        // (Deleting the metadata is offboarding's: the test above.)
         assert_denied(
             &bao,
             &cp,
