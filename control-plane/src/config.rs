@@ -35,6 +35,7 @@ pub struct Config {
     pub bastion: BastionConfig,
     pub audit_export: AuditExportConfig,
     pub download: DownloadConfig,
+    pub offboarding: OffboardingConfig,
 }
 
 /// Longest passphrase a private key download takes, in bytes (UTF-8).
@@ -56,6 +57,28 @@ impl Default for DownloadConfig {
         Self {
             require_passphrase: false,
             min_passphrase_length: 12,
+        }
+    }
+}
+
+/// Tenant offboarding (`DELETE /api/v1/admin/tenants/{tenant_id}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffboardingConfig {
+    /// How long an offboarding waits for each host's agent to acknowledge the removal of the
+    /// managed keys; a host whose agent has not by then is revoked anyway (the status says so).
+    #[serde(with = "humantime_serde")]
+    pub agent_wait: Duration,
+    /// How often each replica looks at the offboardings in progress (and retries a failed step).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for OffboardingConfig {
+    fn default() -> Self {
+        Self {
+            agent_wait: Duration::from_secs(24 * 3600),
+            check_interval: Duration::from_secs(5),
         }
     }
 }
@@ -680,6 +703,16 @@ impl Config {
         if !(1..=MAX_PASSPHRASE_BYTES).contains(&(self.download.min_passphrase_length as usize)) {
             return rule("download.min_passphrase_length must be 1 to 1024");
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(30 * 86_400))
+            .contains(&self.offboarding.agent_wait)
+        {
+            return rule("offboarding.agent_wait must be 1s to 30days");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300))
+            .contains(&self.offboarding.check_interval)
+        {
+            return rule("offboarding.check_interval must be 1s to 5m");
+        }
         let certificates = &self.certificates;
         if !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600))
             .contains(&certificates.max_validity)
@@ -852,6 +885,12 @@ mod tests {
             ("[access]\ndecide_within = \"30s\"\n", false),
             ("[access]\ndecide_within = \"8days\"\n", false),
             ("[access]\nsweep_interval = \"10m\"\n", false),
+            ("[offboarding]\nagent_wait = \"0s\"\n", false),
+            (
+                "[offboarding]\nagent_wait = \"2h\"\ncheck_interval = \"1s\"\n",
+                true,
+            ),
+            ("[offboarding]\ncheck_interval = \"10m\"\n", false),
             (
                 "[access]\ndecide_within = \"2h\"\nsecond_admin_for_admin_user = true\n",
                 true,

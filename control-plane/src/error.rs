@@ -55,6 +55,9 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("{0}")]
     InvalidQuery(String),
+    /// An irreversible request whose confirmation does not name what it acts on.
+    #[error("confirm must be exactly the tenant id of the path ({tenant})")]
+    ConfirmationMismatch { tenant: String },
     #[error("request body exceeds the server's limit (server.max_body_bytes)")]
     BodyTooLarge,
     #[error("expected Content-Type: application/json")]
@@ -89,6 +92,11 @@ impl ApiError {
             InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id", "Bad Request"),
             InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body", "Bad Request"),
             InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query", "Bad Request"),
+            ConfirmationMismatch { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "confirmation_mismatch",
+                "Unprocessable Content",
+            ),
             BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -103,12 +111,14 @@ impl ApiError {
             Domain(failure) => {
                 let (status, title) = match failure {
                     DomainError::TenantNotFound(_)
+                    | DomainError::OffboardingNotFound(_)
                     | DomainError::HostNotFound(_)
                     | DomainError::TokenNotFound(_)
                     | DomainError::JobNotFound(_)
                     | DomainError::CertificateNotFound(_)
                     | DomainError::GrantNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
                     DomainError::TenantExists(_)
+                    | DomainError::TenantOffboarded(_)
                     | DomainError::HostExists(_)
                     | DomainError::KeyRevoked
                     | DomainError::KeyDenied
@@ -306,6 +316,16 @@ mod tests {
                 "tenant_not_found",
             ),
             (DomainError::TenantExists(tenant()), 409, "tenant_exists"),
+            (
+                DomainError::TenantOffboarded(tenant()),
+                409,
+                "tenant_offboarding",
+            ),
+            (
+                DomainError::OffboardingNotFound(tenant()),
+                404,
+                "offboarding_not_found",
+            ),
             (DomainError::HostNotFound(host()), 404, "host_not_found"),
             (DomainError::HostExists(host()), 409, "host_exists"),
             (

@@ -217,10 +217,12 @@ pub async fn start_with(
                 access: config.access.clone(),
             })
             .with_bastion(config.bastion.clone())
-            .with_download(config.download.clone()),
+            .with_download(config.download.clone())
+            .with_offboarding(config.offboarding.clone()),
     );
     background.push(tokio::spawn(lifecycle.clone().fill_key_pool()));
     background.push(tokio::spawn(lifecycle.clone().sweep_grants()));
+    background.push(tokio::spawn(lifecycle.clone().run_offboardings()));
     bootstrap_admin_token(&lifecycle, &config.bootstrap_token_path()).await?;
     let rotations = Arc::new(BulkRotations::new(lifecycle.clone(), &config.rotation));
     rotations.recover().await?;

@@ -10,8 +10,17 @@ use super::{DomainError, KeyLifecycle};
 use crate::caller::Caller;
 use crate::changes::Change;
 use crate::clock::iso8601;
-use crate::store::{HostRecord, HostRole, Role, StoreError, TokenRecord, hash_token};
+use crate::store::{HostRecord, HostRole, Role, StoreError, TokenRecord, WriteTx, hash_token};
 use crate::tokens::new_token;
+
+/// `tenant_offboarding` when an offboarding of `tenant` started before `tx`: read in the
+/// transaction, which the audit log's lock orders with the offboarding's start.
+async fn refuse_in(tx: &mut WriteTx, tenant: Option<&TenantId>) -> Result<(), DomainError> {
+    match tenant {
+        Some(t) if tx.tenant_offboarded(t).await? => Err(DomainError::TenantOffboarded(t.clone())),
+        _ => Ok(()),
+    }
+}
 
 /// A host registered and the one time its enrollment token is shown.
 #[derive(Debug)]
@@ -22,9 +31,10 @@ pub struct Registered {
 }
 
 impl KeyLifecycle {
+    /// The tenant exists and is not being offboarded (`tenant_offboarding`).
     async fn tenant_exists(&self, tenant: &TenantId) -> Result<(), DomainError> {
         match self.store.tenant(tenant).await? {
-            Some(_) => Ok(()),
+            Some(_) => self.refuse_offboarded(tenant).await,
             None => Err(DomainError::TenantNotFound(tenant.clone())),
         }
     }
@@ -53,6 +63,7 @@ impl KeyLifecycle {
         let stored = record.clone();
         self.audited(caller, "token.issue", tenant.as_ref(), move |tx| {
             Box::pin(async move {
+                refuse_in(tx, stored.role.tenant()).await?;
                 tx.insert_token(&stored, &hash).await?;
                 let detail = json!({ "tokenId": stored.token_id, "role": stored.role.name(), "label": stored.label });
                 Ok(((), detail))
@@ -112,6 +123,7 @@ impl KeyLifecycle {
         let (h, t, hash) = (host.clone(), tenant.clone(), hash_token(&enrollment_token));
         self.audited(caller, "host.register", Some(tenant), move |tx| {
             Box::pin(async move {
+                refuse_in(tx, Some(&t)).await?;
                 tx.insert_host(&h, &t, role, now, &hash, expires_at)
                     .await
                     .map_err(|e| match e {

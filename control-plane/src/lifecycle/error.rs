@@ -21,6 +21,10 @@ pub enum DomainError {
     TenantNotFound(TenantId),
     #[error("tenant {0} already exists")]
     TenantExists(TenantId),
+    #[error("tenant {0} is being offboarded (or was): it gets no new key, token, host or secret")]
+    TenantOffboarded(TenantId),
+    #[error("tenant {0} has no offboarding: none was asked for")]
+    OffboardingNotFound(TenantId),
     #[error("host {0} not found")]
     HostNotFound(HostId),
     #[error("host {0} already exists")]
@@ -110,6 +114,8 @@ impl DomainError {
         match self {
             TenantNotFound(_) => "tenant_not_found",
             TenantExists(_) => "tenant_exists",
+            TenantOffboarded(_) => "tenant_offboarding",
+            OffboardingNotFound(_) => "offboarding_not_found",
             HostNotFound(_) => "host_not_found",
             HostExists(_) => "host_exists",
             TokenNotFound(_) => "token_not_found",

@@ -36,6 +36,7 @@ mod error;
 mod grants;
 mod group_commit;
 mod key_pool;
+mod offboarding;
 mod policy;
 mod records;
 mod secrets;
@@ -46,6 +47,7 @@ pub use error::DomainError;
 pub use grants::{AccessAsk, Decision, Grant};
 pub use group_commit::GroupCommit;
 pub use key_pool::KeyPool;
+pub use offboarding::{OffboardingHostStatus, OffboardingPending, OffboardingStatus};
 pub use policy::{PolicySource, RotationPolicy};
 pub use records::IssuedCertificate;
 pub use secrets::{TenantSecretKind, dkim_selector};
@@ -177,6 +179,10 @@ pub struct KeyLifecycle {
     bastion: crate::config::BastionConfig,
     /// The deployment's download policy ([`KeyLifecycle::with_download`]).
     download: crate::config::DownloadConfig,
+    /// How offboardings wait for agents ([`KeyLifecycle::with_offboarding`]).
+    offboarding: crate::config::OffboardingConfig,
+    /// Woken when an offboarding starts: the worker looks at once.
+    offboarding_started: Notify,
 }
 
 /// How many replaced or revoked fingerprints a key set remembers as denied (newest first): a
@@ -226,6 +232,8 @@ impl KeyLifecycle {
             ssh_certificates: None,
             bastion: crate::config::BastionConfig::default(),
             download: crate::config::DownloadConfig::default(),
+            offboarding: crate::config::OffboardingConfig::default(),
+            offboarding_started: Notify::new(),
         }
     }
 
@@ -539,10 +547,13 @@ impl KeyLifecycle {
         tenant: &TenantId,
         kind: KeyKind,
     ) -> Result<KeySetRecord, DomainError> {
-        self.store
+        let key_set = self
+            .store
             .key_set(tenant, kind)
             .await?
-            .ok_or_else(|| DomainError::TenantNotFound(tenant.clone()))
+            .ok_or_else(|| DomainError::TenantNotFound(tenant.clone()))?;
+        self.refuse_offboarded(tenant).await?;
+        Ok(key_set)
     }
 
     /// Replaces the key of (tenant, kind) with a new generation, made as the tenant's rotation
@@ -776,6 +787,24 @@ impl KeyLifecycle {
         let _guard = self.locks.lock(tenant).await;
         let old = self.key_set_or_404(tenant, kind).await?;
         let mut tx = self.store.begin().await?;
+        let new = self.revoke_in(&mut tx, caller, old).await?;
+        tx.commit().await?;
+        self.changes.changed(Change::Tenant(tenant.clone()));
+        tracing::info!(tenant = %tenant, %kind, "key revoked");
+        Ok(new)
+    }
+
+    /// Revokes `old` in `tx` (the caller commits and announces the tenant's change): every key
+    /// the user had from keyward denied, the session epoch raised so that agents end its
+    /// sessions, the hosts' generation raised, its certificates and grants revoked, audited as
+    /// `key.revoke`.
+    async fn revoke_in(
+        &self,
+        tx: &mut WriteTx,
+        caller: &Caller,
+        old: KeySetRecord,
+    ) -> Result<KeySetRecord, DomainError> {
+        let (tenant, kind) = (&old.tenant_id, old.kind);
         // Every key the user ever had from keyward, not only the last ones.
         let mut ending = vec![old.fingerprint.clone()];
         ending.extend(old.previous_fingerprint.clone());
@@ -810,10 +839,7 @@ impl KeyLifecycle {
         });
         tx.append_audit(&self.event(caller, "key.revoke", Some(tenant), "success", detail))
             .await?;
-        tx.commit().await?;
-        self.changes.changed(Change::Tenant(tenant.clone()));
         metrics::counter!("keyward_key_operations_total", "operation" => "key.revoke", "outcome" => "success").increment(1);
-        tracing::info!(tenant = %tenant, %kind, "key revoked");
         Ok(new)
     }
 }

@@ -121,6 +121,9 @@ impl KeyLifecycle {
         if self.store.tenant(tenant).await?.is_none() {
             return Err(DomainError::TenantNotFound(tenant.clone()));
         }
+        // Under the tenant's lock, which the offboarding's start takes too: a secret is never
+        // written to Vault after the offboarding began (it would outlive the erasure).
+        self.refuse_offboarded(tenant).await?;
         let old = self.store.tenant_secret(tenant, kind.name()).await?;
         let generation = old.as_ref().map_or(1, |o| o.generation + 1);
         let now = self.clock.now();

@@ -30,6 +30,7 @@ mod job_queue;
 mod key_sets;
 mod logins;
 mod notifications;
+mod offboarding;
 mod retention;
 mod rotation;
 mod streams;
@@ -51,6 +52,7 @@ pub use job_queue::{ClaimedTenant, JobClaim, JobTally, TenantOutcome};
 pub use key_sets::{KeySetRecord, KeyState};
 pub use logins::{DayCount, KeyUsage, LoginFilter, LoginRecord, NewLogin, UnmanagedUse};
 pub use notifications::{MAX_PAYLOAD_BYTES, Notifications};
+pub use offboarding::{OffboardingHost, OffboardingRecord, OffboardingStep};
 pub use retention::Expiring;
 pub use rotation::{
     JobFailure, JobRecord, RotationPolicyRecord, SchedulerLease, TenantSecretRecord,
