@@ -42,6 +42,22 @@ impl Deployment {
     ) -> Self {
         let bao = OpenBao::start().await;
         bao.enable_ssh_ca().await;
+        Self::start_configured_on(bao, keys, configure).await
+    }
+
+    /// [`Deployment::start`] with the control plane configured by `configure`.
+    pub async fn start_configured(
+        keys: KeyAlgorithm,
+        configure: fn(&mut keyward_server::config::Config),
+    ) -> Self {
+        Self::start_configured_on(OpenBao::start().await, keys, configure).await
+    }
+
+    async fn start_configured_on(
+        bao: OpenBao,
+        keys: KeyAlgorithm,
+        configure: fn(&mut keyward_server::config::Config),
+    ) -> Self {
         let cp = ControlPlane::start_with(
             &bao,
             crate::control_plane::Options {
@@ -112,6 +128,16 @@ impl Deployment {
             .await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         KeyFile::write(&reply.text())
+    }
+
+    /// The admin user's private key, read from Vault as root (admins never download it).
+    pub async fn admin_key_from_vault(&self) -> KeyFile {
+        let (secret, _) = self
+            .bao
+            .read_kv(&format!("{}/admin_ssh", self.tenant))
+            .await
+            .expect("the admin key set is in Vault");
+        KeyFile::write(secret["private_key"].as_str().unwrap())
     }
 
     /// Whether the tenant's user can log in with `key`.

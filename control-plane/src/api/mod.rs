@@ -30,6 +30,7 @@ pub mod hosts_live;
 pub mod hosts_query;
 pub mod live;
 pub mod logins;
+pub mod offboarding;
 pub mod ops;
 pub mod rotation;
 pub mod tenant;
@@ -123,6 +124,8 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         access::admin_get,
         access::admin_operate,
         admin::create_tenant,
+        offboarding::offboard_tenant,
+        offboarding::offboarding_status,
         admin::list_tenant_secrets,
         admin::tenant_secret_details,
         admin::replace_key,
@@ -394,6 +397,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         );
     let admin_api = Router::new()
         .route("/tenants", post(admin::create_tenant))
+        .route("/tenants/{tenant_id}", delete(offboarding::offboard_tenant))
+        .route(
+            "/tenants/{tenant_id}/offboarding",
+            get(offboarding::offboarding_status),
+        )
         .route(
             "/tenants/{tenant_id}/keys/{kind}/{operation}",
             post(admin::replace_key),

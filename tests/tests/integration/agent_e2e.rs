@@ -32,12 +32,7 @@ async fn keys_reach_the_host_and_every_operation_takes_effect_in_sshd() {
         .await;
     assert!(ok, "tenant login failed; sshd log:\n{}", d.sshd.log_text());
     assert_eq!(who, d.user.name.as_str());
-    let (admin_secret, _) = d
-        .bao
-        .read_kv(&format!("{}/admin_ssh", d.tenant))
-        .await
-        .unwrap();
-    let admin_key = KeyFile::write(admin_secret["private_key"].as_str().unwrap());
+    let admin_key = d.admin_key_from_vault().await;
     assert!(
         d.sshd
             .login_async(&admin_key.path, &d.admin.name, "true")

@@ -148,6 +148,64 @@ async fn postgres_lifecycle_is_consistent() {
     lifecycle_is_consistent(Database::Postgres).await;
 }
 
+/// An offboarding, from its start to the worker's last step, on the backend's own SQL.
+async fn offboarding_completes(database: Database) {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_with(
+        &bao,
+        keyward_tests::control_plane::Options {
+            database,
+            algorithm: keyward_common::KeyAlgorithm::Ed25519,
+            configure: Some(|c| c.offboarding.check_interval = Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let tenant = unique_tenant("off");
+    cp.create_tenant(&tenant).await;
+    cp.tenant_token(&tenant).await;
+    let host = format!("{tenant}-vps");
+    let registered = cp
+        .admin_post(
+            "/api/v1/admin/hosts",
+            serde_json::json!({ "tenantId": tenant, "hostId": host }),
+        )
+        .await;
+    assert_eq!(registered.status, 201, "{}", registered.text());
+
+    let path = format!("/api/v1/admin/tenants/{tenant}");
+    let body = serde_json::json!({ "confirm": tenant });
+    let admin = Some(cp.admin_token.as_str());
+    let started = cp
+        .request(Method::DELETE, &path, admin, Some(body.clone()))
+        .await;
+    assert_eq!(started.status, 202, "{}", started.text());
+    assert_eq!(started.json()["tokensRevoked"], 1);
+    let done = eventually(
+        "the offboarding to complete",
+        Duration::from_secs(20),
+        || async {
+            let status = cp.admin_get(&format!("{path}/offboarding")).await.json();
+            (status["status"] == "completed").then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(done["hosts"][0]["state"], "never_enrolled", "{done}");
+    let again = cp.request(Method::DELETE, &path, admin, Some(body)).await;
+    assert_eq!(again.json()["completedAt"], done["completedAt"]);
+    assert_eq!(bao.read_kv(&format!("{tenant}/tenant_ssh")).await, None);
+}
+
+#[tokio::test]
+async fn sqlite_offboarding_completes() {
+    offboarding_completes(Database::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_offboarding_completes() {
+    offboarding_completes(Database::Postgres).await;
+}
+
 #[tokio::test]
 async fn sqlite_audit_tampering_is_found() {
     tampering_is_found(Database::Sqlite).await;

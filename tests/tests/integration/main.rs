@@ -20,6 +20,7 @@ mod hostile_load;
 mod krl;
 mod live_streams;
 mod login_ingest;
+mod offboarding;
 mod openapi_fuzz;
 mod passphrase_download;
 mod replicas;
