@@ -43,7 +43,9 @@ pub fn class_of(action: &str) -> (u32, u32, &'static str) {
                 (1, "Create")
             } else if verb.starts_with("download") || verb.starts_with("read") || verb == "export" {
                 (2, "Read")
-            } else if verb.starts_with("revoke") || verb.starts_with("delete") || verb == "offboard"
+            } else if verb.starts_with("revoke")
+                || verb.starts_with("delete")
+                || action.starts_with("tenant.offboard.")
             {
                 (4, "Delete")
             } else if verb.starts_with("set")
@@ -213,6 +215,8 @@ mod tests {
             ("token.issue", 1),
             ("key.download", 2),
             ("host.revoke", 4),
+            ("tenant.offboard.start", 4),
+            ("tenant.offboard.vault_destroyed", 4),
             ("policy.set", 3),
             ("something.new", 99),
         ] {
