@@ -304,13 +304,22 @@ impl KeyLifecycle {
             Ok::<_, DomainError>(())
         }
         .await;
-        let error = match &outcome {
-            Ok(()) => None,
+        let error = outcome.as_ref().err().map(failure_code);
+        // Written (and logged) only when it changes: an offboarding waiting a day for an
+        // offline agent, or for Vault, is looked at every few seconds.
+        let before = match self.store.offboarding(tenant).await {
+            Ok(record) => record.and_then(|o| o.last_error),
             Err(e) => {
-                tracing::warn!(tenant = %tenant, error = %e, "an offboarding step failed; it is retried");
-                Some(failure_code(e))
+                tracing::warn!(tenant = %tenant, error = %e, "could not read an offboarding's state");
+                return;
             }
         };
+        if before.as_deref() == error {
+            return;
+        }
+        if let Err(e) = &outcome {
+            tracing::warn!(tenant = %tenant, error = %e, "an offboarding step failed; it is retried");
+        }
         if let Err(e) = self.store.record_offboarding_error(tenant, error).await {
             tracing::warn!(tenant = %tenant, error = %e, "could not record an offboarding's state");
         }
