@@ -1,5 +1,5 @@
 -- Tenant offboarding (DELETE /api/v1/admin/tenants/{tenant_id}, #18). Keep in step with
--- ../sqlite/0015_offboarding.sql.
+-- ../sqlite/0016_offboarding.sql.
 --
 -- A tenant's state: a row here means the tenant is being offboarded ('removing_keys': its
 -- agents are removing the managed keys; 'destroying_secrets': its hosts are revoked, its Vault
