@@ -1,5 +1,5 @@
 -- Tenant offboarding (DELETE /api/v1/admin/tenants/{tenant_id}, #18). Keep in step with
--- ../postgres/0016_offboarding.sql.
+-- ../sqlite/0017_offboarding.sql.
 --
 -- A tenant's state: a row here means the tenant is being offboarded ('removing_keys': its
 -- agents are removing the managed keys; 'destroying_secrets': its hosts are revoked, its Vault
@@ -14,7 +14,7 @@ CREATE TABLE tenant_offboardings (
     requested_by       TEXT,
     -- Hosts whose agents have not acknowledged the removal by then are revoked anyway.
     agent_wait_until   TEXT NOT NULL,
-    tokens_revoked     INTEGER NOT NULL,
+    tokens_revoked     BIGINT NOT NULL,
     -- JSON array: the secret names (under the tenant's Vault path) destroyed, all versions and
     -- metadata.
     vault_destroyed    TEXT NOT NULL DEFAULT '[]',
@@ -30,7 +30,7 @@ CREATE INDEX tenant_offboardings_open ON tenant_offboardings (status);
 CREATE TABLE tenant_offboarding_hosts (
     tenant_id         TEXT NOT NULL REFERENCES tenant_offboardings (tenant_id),
     host_id           TEXT NOT NULL REFERENCES hosts (host_id),
-    target_generation INTEGER NOT NULL,
+    target_generation BIGINT NOT NULL,
     -- NULL while waiting; then how the host was let go.
     outcome           TEXT
         CHECK (outcome IN ('acknowledged', 'timed_out', 'never_enrolled', 'already_revoked')),
