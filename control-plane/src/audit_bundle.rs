@@ -22,6 +22,7 @@ use std::io::{BufRead, Write};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::audit_head::{HeadChecker, HeadKeys, SignedHeads};
 use crate::clock::iso8601;
 use crate::store::{AuditRecord, GENESIS_HASH, Store, StoreError, expected_hash};
 
@@ -222,11 +223,15 @@ pub struct BundleVerdict {
     pub first_broken_line: Option<u64>,
     pub first_broken_seq: Option<i64>,
     pub reason: Option<String>,
+    /// The signed heads in the bundle (`audit.head.signed` events): each is checked against the
+    /// bundle's hashes, and its signature when the transit key's public keys are given.
+    pub signed_heads: SignedHeads,
 }
 
 /// Checks a bundle read from `input`: its header, every event's hash and link from the anchor
-/// on, and the trailer. Never fails: a bundle that cannot be read is a broken one.
-pub fn verify(input: impl BufRead) -> BundleVerdict {
+/// on, every signed head in it (signatures under `keys`, when given), and the trailer. Never
+/// fails: a bundle that cannot be read is a broken one.
+pub fn verify(input: impl BufRead, keys: Option<&HeadKeys>) -> BundleVerdict {
     let mut verdict = BundleVerdict {
         ok: false,
         checked: 0,
@@ -235,6 +240,7 @@ pub fn verify(input: impl BufRead) -> BundleVerdict {
         first_broken_line: None,
         first_broken_seq: None,
         reason: None,
+        signed_heads: SignedHeads::default(),
     };
     let mut lines = BoundedLines { input, number: 0 };
     let broken = |mut verdict: BundleVerdict, line: u64, seq: Option<i64>, reason: String| {
@@ -259,6 +265,7 @@ pub fn verify(input: impl BufRead) -> BundleVerdict {
         return broken(verdict, 1, None, why);
     }
     verdict.anchor = Some(header.anchor.clone());
+    let mut heads = HeadChecker::new(keys, header.anchor.seq, &header.anchor.hash);
     let mut last = header.anchor;
     loop {
         let number = lines.number + 1;
@@ -289,6 +296,7 @@ pub fn verify(input: impl BufRead) -> BundleVerdict {
                     Err(e) => return broken(verdict, number + 1, None, e),
                 }
                 verdict.end = Some(last);
+                verdict.signed_heads = heads.finish();
                 verdict.ok = true;
                 return verdict;
             }
@@ -321,6 +329,9 @@ pub fn verify(input: impl BufRead) -> BundleVerdict {
         if expected_hash(&record, &detail) != record.hash {
             let why = "the event's content does not match its hash".into();
             return broken(verdict, number, seq, why);
+        }
+        if let Err(problem) = heads.observe(record.seq, &record.action, &detail, &record.hash) {
+            return broken(verdict, number, seq, problem.reason);
         }
         last = Link {
             seq: record.seq,
@@ -431,14 +442,14 @@ mod tests {
         assert_eq!(exported.events, 6);
         assert_eq!(exported.anchor.seq, 3);
         assert_eq!(exported.end.seq, 9);
-        let verdict = verify(text.as_bytes());
+        let verdict = verify(text.as_bytes(), None);
         assert!(verdict.ok, "{verdict:?}");
         assert_eq!(verdict.checked, 6);
         assert_eq!(verdict.end, Some(exported.end.clone()));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 8);
 
-        let check = |lines: &[String]| verify(lines.join("\n").as_bytes());
+        let check = |lines: &[String]| verify(lines.join("\n").as_bytes(), None);
         let owned: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
 
         // An edited event (its detail): that line.
@@ -502,11 +513,11 @@ mod tests {
         );
 
         // Not a bundle at all, an empty file, a line too long for the verifier.
-        assert!(!verify(&b"hello\n"[..]).ok);
-        assert!(verify(&b""[..]).reason.unwrap().contains("empty"));
+        assert!(!verify(&b"hello\n"[..], None).ok);
+        assert!(verify(&b""[..], None).reason.unwrap().contains("empty"));
         let long = format!("{}\n{}", owned[0], "x".repeat(MAX_LINE_BYTES as usize + 10));
         assert!(
-            verify(long.as_bytes())
+            verify(long.as_bytes(), None)
                 .reason
                 .unwrap()
                 .contains("longer than")
@@ -519,12 +530,54 @@ mod tests {
         let (all, text) = bundle(&store, "2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z").await;
         assert_eq!(all.anchor, genesis());
         assert_eq!(all.events, 3);
-        assert!(verify(text.as_bytes()).ok);
+        assert!(verify(text.as_bytes(), None).ok);
 
         let (none, text) = bundle(&store, "2030-01-01T00:00:00Z", "2031-01-01T00:00:00Z").await;
         assert_eq!(none.events, 0);
         assert_eq!(none.anchor, all.end, "an empty bundle hangs on the head");
-        let verdict = verify(text.as_bytes());
+        let verdict = verify(text.as_bytes(), None);
         assert!(verdict.ok && verdict.checked == 0, "{verdict:?}");
+    }
+
+    #[tokio::test]
+    async fn signed_heads_in_a_bundle_are_checked_with_the_public_keys() {
+        use crate::audit_head::signed_tests::{keys_of, signed};
+        use ed25519_dalek::SigningKey;
+        let (_dir, store) = store_with(5).await;
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let (seq, hash) = store.audit_head().await.unwrap().unwrap();
+        let head = signed(&key, seq, &hash, "2026-01-01T00:06:00Z");
+        let mut tx = store.begin().await.unwrap();
+        tx.append_audit(&NewAuditEvent {
+            at: "2026-01-01T00:06:00Z".into(),
+            actor_token_id: None,
+            actor_role: "system".into(),
+            action: crate::audit_head::SIGNED_ACTION,
+            tenant_id: None,
+            outcome: "success",
+            source_addr: None,
+            detail: serde_json::to_value(&head).unwrap(),
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let (_, text) = bundle(&store, "2026-01-01T00:02:00Z", "2026-01-01T00:07:00Z").await;
+
+        let keys = keys_of(&key);
+        let verdict = verify(text.as_bytes(), Some(&keys));
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.signed_heads.signed_heads, 1);
+        assert_eq!(verdict.signed_heads.signatures_checked, 1);
+        assert_eq!(verdict.signed_heads.newest, Some(head));
+        // Without the keys the link is still checked, the signature is not.
+        let unchecked = verify(text.as_bytes(), None);
+        assert!(unchecked.ok);
+        assert_eq!(unchecked.signed_heads.signatures_checked, 0);
+
+        let other = keys_of(&SigningKey::from_bytes(&[4; 32]));
+        let verdict = verify(text.as_bytes(), Some(&other));
+        assert!(!verdict.ok);
+        assert_eq!(verdict.first_broken_seq, Some(6));
+        assert!(verdict.reason.unwrap().contains("does not verify"));
     }
 }

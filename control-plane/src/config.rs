@@ -14,9 +14,11 @@ use keyward_common::KeyAlgorithm;
 use serde::{Deserialize, Serialize};
 
 mod audit_export;
+mod audit_signing;
 pub use audit_export::{
     AuditExportConfig, AuditFormat, AuditSinkConfig, SinkTarget, SyslogTransport, facility_code,
 };
+pub use audit_signing::AuditSigningConfig;
 
 /// The whole configuration of `keyward-server`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -34,6 +36,7 @@ pub struct Config {
     pub access: AccessConfig,
     pub bastion: BastionConfig,
     pub audit_export: AuditExportConfig,
+    pub audit_signing: AuditSigningConfig,
     pub download: DownloadConfig,
     pub offboarding: OffboardingConfig,
 }
@@ -656,6 +659,7 @@ impl Config {
         }
         self.vault.validate().map_err(ConfigError::Rule)?;
         self.audit_export.validate().map_err(ConfigError::Rule)?;
+        self.audit_signing.validate().map_err(ConfigError::Rule)?;
         if self.keys.rotation_interval < Duration::from_secs(3600) {
             return rule("keys.rotation_interval must be at least 1h");
         }

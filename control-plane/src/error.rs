@@ -9,6 +9,7 @@ use keyward_common::IdError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::audit_head::HeadError;
 use crate::lifecycle::DomainError;
 use crate::store::StoreError;
 use crate::vault::VaultError;
@@ -292,6 +293,23 @@ impl From<StoreError> for ApiError {
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
         ApiError::Domain(e.into())
+    }
+}
+
+/// Verifying signed heads fails as Vault does: an unreadable key or checkpoint is a Vault that
+/// answered badly.
+impl From<HeadError> for ApiError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::Vault(e) => e.into(),
+            HeadError::Store(e) => e.into(),
+            HeadError::Domain(e) => ApiError::Domain(e),
+            other => VaultError::BadResponse {
+                operation: "reading the audit head's key or checkpoint".into(),
+                reason: other.to_string(),
+            }
+            .into(),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod agents;
 pub mod api;
 pub mod audit_bundle;
 pub mod audit_export;
+pub mod audit_head;
 pub mod backup;
 pub mod caller;
 pub mod changes;

@@ -6,10 +6,17 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use keyward_common::sd_notify::Notifier;
+use keyward_server::agents::hub::Hub;
+use keyward_server::audit_head::{self, AuditHeadSigner, HeadKeys, HeadKeysFile};
+use keyward_server::caller::Caller;
+use keyward_server::clock::SystemClock;
 use keyward_server::config::Config;
+use keyward_server::lifecycle::KeyLifecycle;
 use keyward_server::store::Store;
+use keyward_server::vault::VaultStore;
 use keyward_server::{audit_bundle, server, telemetry};
 use std::os::unix::fs::OpenOptionsExt as _;
+use std::sync::Arc;
 
 /// keyward's control plane: SSH keys in Vault, REST API, audit log.
 #[derive(Debug, Parser)]
@@ -51,8 +58,20 @@ enum CheckCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Walk the hash chain; exit 1 and name the first broken link if it is broken.
+    /// Walk the hash chain; exit 1 and name the first broken link if it is broken. Where the
+    /// head is signed (`[audit_signing]`), also check every signed head and Vault's checkpoint:
+    /// a log cut short or rewritten fails too.
     Verify,
+    /// Print the public keys of the transit key that signs the audit head, as JSON, for
+    /// `verify-bundle --keys` (keep a copy where the bundles go).
+    HeadKeys,
+    /// After a restore (an older database or Vault snapshot), move Vault's checkpoint to the
+    /// chain's head as it is now: signed, and audited with the old checkpoint and the reason.
+    ResetCheckpoint {
+        /// Why (recorded in the `audit.head.reset` event), e.g. "restored the 2026-12-01 backups".
+        #[arg(long)]
+        reason: String,
+    },
     /// Write the events stamped from --since to --until (and every event between the first and
     /// the last of them) as a bundle that `verify-bundle` checks without the database.
     Export {
@@ -66,9 +85,15 @@ enum AuditCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Check a bundle without a database: every event's hash and link from its anchor, and its
-    /// trailer; exit 1 and name the first line that does not hold.
-    VerifyBundle { file: PathBuf },
+    /// Check a bundle without a database: every event's hash and link from its anchor, every
+    /// signed head in it, and its trailer; exit 1 and name the first line that does not hold.
+    VerifyBundle {
+        file: PathBuf,
+        /// The transit key's public keys (`audit head-keys`): the signed heads' signatures are
+        /// checked too.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -155,34 +180,92 @@ async fn export_bundle(
     }
 }
 
-fn verify_bundle(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn verify_bundle(
+    file: &std::path::Path,
+    keys: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let keys = keys
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let parsed: HeadKeysFile = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not `audit head-keys` output", path.display()))?;
+            HeadKeys::from_file(&parsed).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        })
+        .transpose()?;
     let input =
         std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let verdict = audit_bundle::verify(std::io::BufReader::new(input));
+    let verdict = audit_bundle::verify(std::io::BufReader::new(input), keys.as_ref());
     print_json(&verdict)?;
     Ok(exit_code(verdict.ok))
+}
+
+/// The audit head's signer over the configured database and Vault, for the commands; `None`
+/// where `[audit_signing]` names no key.
+async fn head_signer(config: &Config, store: &Store) -> anyhow::Result<Option<AuditHeadSigner>> {
+    let Some(key) = &config.audit_signing.key else {
+        return Ok(None);
+    };
+    let vault = VaultStore::connect(&config.vault).await?;
+    let head_key = Arc::new(vault.audit_head_key(&config.audit_signing.transit_mount, key));
+    let lifecycle = KeyLifecycle::new(
+        vault,
+        store.clone(),
+        Arc::new(SystemClock),
+        config.keys.clone(),
+        Arc::new(Hub::default()),
+    );
+    Ok(Some(AuditHeadSigner::new(
+        Arc::new(lifecycle),
+        head_key,
+        config.audit_signing.clone(),
+    )))
+}
+
+async fn audit_command(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&config.database_url(), Some(2)).await?;
+    let signer = head_signer(config, &store).await?;
+    let not_signed =
+        || anyhow::anyhow!("the audit head is not signed here: [audit_signing] key is not set");
+    match command {
+        AuditCommand::Verify => {
+            let verdict = match &signer {
+                Some(signer) => signer.verify(chrono::Utc::now()).await?,
+                None => audit_head::combine(store.verify_audit_chain().await?, None),
+            };
+            print_json(&verdict)?;
+            Ok(exit_code(verdict.ok))
+        }
+        AuditCommand::HeadKeys => {
+            let signer = signer.ok_or_else(not_signed)?;
+            print_json(&signer.keys().await?.to_file(signer.key_path()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::ResetCheckpoint { reason } => {
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason must say why");
+            let signer = signer.ok_or_else(not_signed)?;
+            let head = signer.reset(&Caller::system(), &reason).await?;
+            print_json(&head)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { .. } | AuditCommand::VerifyBundle { .. } => {
+            unreachable!("handled before")
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // A bundle is checked without configuration or database, wherever it was taken to.
     if let Some(Command::Audit {
-        command: AuditCommand::VerifyBundle { file },
+        command: AuditCommand::VerifyBundle { file, keys },
     }) = &cli.command
     {
-        return verify_bundle(file);
+        return verify_bundle(file, keys.as_deref());
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Man { .. } => Ok(ExitCode::SUCCESS),
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => {
-            let store = Store::connect(&config.database_url(), Some(1)).await?;
-            let verdict = store.verify_audit_chain().await?;
-            print_json(&verdict)?;
-            Ok(exit_code(verdict.ok))
-        }
         Command::Audit {
             command:
                 AuditCommand::Export {
@@ -192,8 +275,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => export_bundle(&config, &since, until.as_deref(), output.as_deref()).await,
         Command::Audit {
-            command: AuditCommand::VerifyBundle { file },
-        } => verify_bundle(&file),
+            command: AuditCommand::VerifyBundle { file, keys },
+        } => verify_bundle(&file, keys.as_deref()),
+        Command::Audit { command } => audit_command(&config, command).await,
         Command::Check {
             command: CheckCommand::Consistency,
         } => {

@@ -21,6 +21,7 @@ use crate::api::hosts::AgentSettings;
 use crate::api::throttle::EnrollThrottle;
 use crate::api::{AppState, router};
 use crate::audit_export::AuditExport;
+use crate::audit_head::AuditHeadSigner;
 use crate::backup::VaultBackups;
 use crate::caller::Caller;
 use crate::changes::ChangeNotifier;
@@ -33,7 +34,7 @@ use crate::proxy_protocol::TrustedProxies;
 use crate::rotation::{BulkRotations, RotationScheduler};
 use crate::store::{Role, Store, StoreError, TokenRecord, hash_token};
 use crate::tokens::new_token;
-use crate::vault::{CertificateAuthority, SecretStore, VaultError, VaultStore};
+use crate::vault::{AuditHeadVault, CertificateAuthority, SecretStore, VaultError, VaultStore};
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -154,17 +155,29 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let vault = VaultStore::connect(&config.vault).await?;
     let keepalive = tokio::spawn(vault.clone().keep_token_alive());
-    let mut server = start_with(config, vault.clone(), vault, Arc::new(SystemClock)).await?;
+    let audit_head = config.audit_signing.key.as_ref().map(|key| {
+        Arc::new(vault.audit_head_key(&config.audit_signing.transit_mount, key))
+            as Arc<dyn AuditHeadVault>
+    });
+    let mut server = start_with(
+        config,
+        vault.clone(),
+        vault,
+        audit_head,
+        Arc::new(SystemClock),
+    )
+    .await?;
     server.background.push(keepalive);
     Ok(server)
 }
 
-/// Starts the control plane over the given Vault (its secrets and its SSH certificate
-/// authority) and clock.
+/// Starts the control plane over the given Vault (its secrets, its SSH certificate authority and,
+/// where the audit head is signed, the transit key and checkpoint) and clock.
 pub async fn start_with(
     config: Config,
     vault: Arc<dyn SecretStore>,
     ssh_ca: Arc<dyn CertificateAuthority>,
+    audit_head: Option<Arc<dyn AuditHeadVault>>,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -242,6 +255,16 @@ pub async fn start_with(
         &replica,
     )?);
     background.extend(audit_export.spawn());
+    let audit_head = audit_head.map(|vault| {
+        Arc::new(AuditHeadSigner::new(
+            lifecycle.clone(),
+            vault,
+            config.audit_signing.clone(),
+        ))
+    });
+    if let Some(signer) = &audit_head {
+        background.push(tokio::spawn(signer.clone().run()));
+    }
     background.push(tokio::spawn(crate::retention::run(
         lifecycle.clone(),
         config.retention.clone(),
@@ -309,6 +332,7 @@ pub async fn start_with(
         rotations: rotations.clone(),
         backups: backups.clone(),
         audit_export: audit_export.clone(),
+        audit_head,
         hosts_feed: Arc::default(),
         replica_heartbeat: config.server.replica_heartbeat,
         metrics: metrics_handle(),

@@ -15,16 +15,19 @@
 //! follows it through leader changes ([`failover`]), settling check-and-set writes whose answer
 //! was lost ([`lost_write`]); the health shows every node ([`nodes`]).
 
+mod audit_head;
 #[cfg(test)]
 mod cluster_tests;
 mod erase;
 mod failover;
+mod http;
 mod lost_write;
 mod nodes;
 mod secrets;
 mod snapshot;
 mod ssh_ca;
 
+pub use audit_head::{AuditHeadVault, StoredCheckpoint, TransitHeadKey, TransitSignature};
 pub use nodes::VaultNodeHealth;
 pub use secrets::SecretFields;
 pub use ssh_ca::{

@@ -139,3 +139,20 @@ path "vps/data/_keyward/state_signing" {
 path "vps/data/_keyward/login_pseudonym_key" {
   capabilities = ["create", "read"]
 }
+
+# The audit chain's signed head (`[audit_signing]`, off unless a key is configured): an Ed25519
+# key of the transit engine signs the head and never leaves Vault; the control plane may only
+# sign with it and read its public keys, never export, rotate, configure or delete it. The newest
+# signed head is kept here as a checkpoint, moved forward with check-and-set (never deleted): it
+# is how a log cut short in SQL is told. With another transit mount or key name, change these.
+path "transit/sign/keyward-audit" {
+  capabilities = ["update"]
+}
+
+path "transit/keys/keyward-audit" {
+  capabilities = ["read"]
+}
+
+path "vps/data/_keyward/audit_head" {
+  capabilities = ["create", "read", "update"]
+}

@@ -24,7 +24,7 @@ use reqwest::Method;
 
 use crate::agent::AgentFiles;
 use crate::control_plane::Options;
-use crate::openbao::DevSettings;
+use crate::openbao::{AUDIT_HEAD_KEY, DevSettings};
 use crate::{Agent, ControlPlane, OpenBao, Sshd, eventually};
 
 /// The demo tenant.
@@ -166,8 +166,10 @@ async fn start_openbao(run: &Path) -> anyhow::Result<OpenBao> {
     })
     .await;
     write_pid(run, "bao", bao.pid())?;
+    bao.enable_audit_head_key().await;
     say(&format!(
-        "OpenBao dev server on {} (pid {}, log .run/bao.log), KV v2 at vps/",
+        "OpenBao dev server on {} (pid {}, log .run/bao.log), KV v2 at vps/, the audit head's \
+         key at transit/keys/{AUDIT_HEAD_KEY}",
         bao.addr,
         bao.pid().unwrap_or_default()
     ));
@@ -191,7 +193,8 @@ async fn start_control_plane(run: &Path, bao: &OpenBao) -> anyhow::Result<Contro
             "# Written by keyward-demo (make quickstart): the demo's configuration on loopback.\n\
              [server]\nlisten = \"{listen}\"\nstate_dir = \"{}\"\n\n\
              [vault]\naddress = \"{}\"\nmount = \"vps\"\ntoken_file = \"{}\"\n\n\
-             [agent_api]\nlisten = \"{agent_listen}\"\n",
+             [agent_api]\nlisten = \"{agent_listen}\"\n\n\
+             [audit_signing]\nkey = \"{AUDIT_HEAD_KEY}\"\n",
             state_dir.display(),
             bao.addr,
             run.join("bao-root-token").display()
@@ -204,6 +207,9 @@ async fn start_control_plane(run: &Path, bao: &OpenBao) -> anyhow::Result<Contro
             listen,
             agent_listen,
             state_dir: Some(state_dir),
+            configure: Some(|config| {
+                config.audit_signing.key = Some(AUDIT_HEAD_KEY.into());
+            }),
             ..Options::default()
         },
     )

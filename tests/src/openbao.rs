@@ -13,6 +13,8 @@ use crate::{eventually, free_port, workspace_root};
 pub const ROOT_TOKEN: &str = "root-token-for-tests";
 /// The SSH secrets engine role keyward signs user certificates with (`vault.ssh_user_role`).
 pub const SSH_USER_ROLE: &str = "keyward-user";
+/// The transit key that signs the audit head in the tests (and in packaging/vault/README.md).
+pub const AUDIT_HEAD_KEY: &str = "keyward-audit";
 /// The longest certificate [`SSH_USER_ROLE`] signs (its `max_ttl`), as packaging/vault/README.md
 /// sets it up.
 pub const SSH_ROLE_MAX_TTL_SECS: u64 = 8 * 3600;
@@ -390,6 +392,23 @@ impl OpenBao {
         )
         .await;
         ca["data"]["public_key"].as_str().unwrap().trim().to_owned()
+    }
+
+    /// The transit key that signs the audit chain's head, exactly as packaging/vault/README.md
+    /// has an operator create it: the `transit` engine and an Ed25519 key [`AUDIT_HEAD_KEY`].
+    pub async fn enable_audit_head_key(&self) {
+        self.root(
+            reqwest::Method::POST,
+            "sys/mounts/transit",
+            Some(json!({ "type": "transit" })),
+        )
+        .await;
+        self.root(
+            reqwest::Method::POST,
+            &format!("transit/keys/{AUDIT_HEAD_KEY}"),
+            Some(json!({ "type": "ed25519" })),
+        )
+        .await;
     }
 
     /// The next CA of a rotation, as an operator makes it: a second issuer `name` generated in

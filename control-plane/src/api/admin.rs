@@ -10,10 +10,11 @@ use utoipa::IntoParams;
 use super::auth::AdminCaller;
 use super::views::*;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, query_time, tenant_from_path};
+use crate::audit_head::{self, AuditVerdict};
 use crate::caller::Caller;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{DomainError, NewTenant, Replace, TenantSecretKind};
-use crate::store::{AuditFilter, ChainVerdict, KeySetRecord, Role, StoreError, TenantRecord};
+use crate::store::{AuditFilter, KeySetRecord, Role, StoreError, TenantRecord};
 
 /// Admin-only routes that name a tenant: a tenant's token gets 404 for another tenant (it learns
 /// nothing about who exists) and 403 for its own.
@@ -357,14 +358,20 @@ pub async fn audit_events(
     }))
 }
 
-/// Walks the hash chain of the audit log and names the first broken link.
+/// Walks the hash chain of the audit log and names the first broken link; where the head is
+/// signed (`[audit_signing]`), also checks every signed head in it and Vault's checkpoint
+/// against the chain's end (`head.status`: a truncated or rewritten log is `ok: false`).
 #[utoipa::path(get, path = "/api/v1/admin/audit/verify", tag = "admin",
-    responses((status = 200, body = ChainVerdict)))]
+    responses((status = 200, body = AuditVerdict),
+        (status = 503, description = "Vault (the transit key or the checkpoint) cannot be reached: `vault_unavailable`, `vault_sealed`", body = Problem)))]
 pub async fn verify_audit(
     State(state): State<AppState>,
     _admin: AdminCaller,
-) -> Result<Json<ChainVerdict>, ApiError> {
-    Ok(Json(state.store.verify_audit_chain().await?))
+) -> Result<Json<AuditVerdict>, ApiError> {
+    Ok(Json(match &state.audit_head {
+        Some(signer) => signer.verify(state.lifecycle.now()).await?,
+        None => audit_head::combine(state.store.verify_audit_chain().await?, None),
+    }))
 }
 
 /// Audit export's sinks (`[audit_export]`), each with its cursor, lag and status.

@@ -58,6 +58,8 @@ pub struct AppState {
     pub backups: Arc<crate::backup::VaultBackups>,
     /// Audit export's sinks, for their status.
     pub audit_export: Arc<crate::audit_export::AuditExport>,
+    /// The audit head's signer, where `[audit_signing]` is set (for `audit/verify`).
+    pub audit_head: Option<Arc<crate::audit_head::AuditHeadSigner>>,
     /// The live hosts view every admin stream follows.
     pub hosts_feed: Arc<hosts_live::HostsFeed>,
     /// `server.replica_heartbeat`: another replica's stream counts while that replica is alive.

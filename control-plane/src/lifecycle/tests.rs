@@ -208,7 +208,7 @@ pub(crate) struct Fixture {
     pub(crate) changes: Arc<RecordedChanges>,
     pub(crate) vault: Arc<FakeVault>,
     pub(crate) clock: Arc<ManualClock>,
-    _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 /// The change-notification seam, recorded.
@@ -247,7 +247,7 @@ pub(crate) async fn fixture() -> Fixture {
         changes,
         vault,
         clock,
-        _dir: dir,
+        dir,
     }
 }
 

@@ -278,6 +278,15 @@ impl Store {
 
     /// Walks the whole chain from the first event and names the first broken link.
     pub async fn verify_audit_chain(&self) -> Result<ChainVerdict, StoreError> {
+        self.verify_audit_chain_with(&mut |_, _| {}).await
+    }
+
+    /// As [`Store::verify_audit_chain`], showing `visit` each event whose hash and link hold, in
+    /// order, with its detail's exact stored text (the signed heads are checked so).
+    pub async fn verify_audit_chain_with(
+        &self,
+        visit: &mut (dyn FnMut(&AuditRecord, &str) + Send),
+    ) -> Result<ChainVerdict, StoreError> {
         const BATCH: i64 = 1000;
         let mut prev_hash = GENESIS_HASH.to_owned();
         let mut expected_seq = 1;
@@ -318,6 +327,7 @@ impl Store {
                 if expected_hash(&e, &detail_text) != e.hash {
                     return Ok(broken("the event's content does not match its hash".into()));
                 }
+                visit(&e, &detail_text);
                 prev_hash = e.hash;
                 expected_seq += 1;
                 checked += 1;

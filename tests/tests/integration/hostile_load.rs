@@ -153,22 +153,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn server_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("KEYWARD_SERVER_BIN") {
-        return std::path::PathBuf::from(path);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| keyward_tests::workspace_root().join("target"));
-    let path = target.join("debug/keyward-server");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p keyward-server` first (`make test` does)",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test]
 async fn out_of_descriptors_the_agent_accept_loop_backs_off_instead_of_spinning() {
     let bao = OpenBao::start().await;
@@ -194,7 +178,7 @@ async fn out_of_descriptors_the_agent_accept_loop_backs_off_instead_of_spinning(
     // 128 descriptors: a few dozen for the server itself, the rest for the attacker to take.
     let mut child = tokio::process::Command::new("prlimit")
         .arg("--nofile=128:128")
-        .arg(server_binary())
+        .arg(keyward_tests::control_plane::server_binary())
         .arg("--config")
         .arg(&config)
         .arg("serve")

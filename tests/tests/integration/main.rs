@@ -9,6 +9,7 @@ mod agent_e2e;
 mod agent_mtls;
 mod api_surface;
 mod audit_export;
+mod audit_signing;
 mod authorized_keys_logins;
 mod backends;
 mod bad_input;

@@ -666,6 +666,7 @@ fn approle_config(
 async fn control_plane_runs_with_only_its_policy_through_approle() {
     let bao = OpenBao::start().await;
     load_policy(&bao, CONTROL_PLANE).await;
+    bao.enable_audit_head_key().await;
     // The control plane always writes with check-and-set; make KV insist on it.
     bao.root(
         Method::POST,
@@ -719,12 +720,15 @@ async fn control_plane_runs_with_only_its_policy_through_approle() {
     );
 
     let state_dir = tempfile::tempdir().unwrap();
-    let config = approle_config(
+    let mut config = approle_config(
         &bao,
         state_dir.path().to_path_buf(),
         role_id,
         secret_id_file,
     );
+    // The audit head signed with the transit key and checkpointed, as the policy allows.
+    config.audit_signing.key = Some(keyward_tests::openbao::AUDIT_HEAD_KEY.into());
+    config.audit_signing.interval = std::time::Duration::from_secs(1);
     let token_path = config.bootstrap_token_path();
     let running = server::start(config)
         .await
@@ -807,6 +811,28 @@ async fn control_plane_runs_with_only_its_policy_through_approle() {
         key.0["key"].as_str().is_some_and(|k| k.len() >= 44),
         "{key:?}"
     );
+    // Signed at start, then moved forward (an update, with check-and-set) a second later; and
+    // the verification reads the transit key's public keys.
+    keyward_test_support::eventually(
+        "the audit checkpoint moved forward",
+        std::time::Duration::from_secs(30),
+        || async {
+            bao.read_kv("_keyward/audit_head")
+                .await
+                .filter(|(_, version)| *version >= 2)
+        },
+    )
+    .await;
+    let (status, verified) = call(
+        Method::GET,
+        "/api/v1/admin/audit/verify",
+        &admin_token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "verify: {verified}");
+    let verdict: Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(verdict["head"]["status"], "ok", "{verdict}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
         answer["newKeyFingerprint"]
@@ -1148,4 +1174,92 @@ async fn control_plane_policy_signs_only_with_its_ssh_role_and_cannot_touch_the_
     );
     let role = bao.root(Method::GET, "ssh/roles/keyward-user", None).await;
     assert_eq!(role["data"]["max_ttl"], 8 * 3600);
+}
+
+#[tokio::test]
+async fn control_plane_policy_signs_the_audit_head_but_cannot_export_rotate_or_delete_its_key() {
+    use keyward_tests::openbao::AUDIT_HEAD_KEY;
+
+    let bao = OpenBao::start().await;
+    bao.enable_audit_head_key().await;
+    // Another key on the same engine, as an operator might keep for something else.
+    bao.root(
+        Method::POST,
+        "transit/keys/other",
+        Some(json!({ "type": "ed25519", "exportable": true })),
+    )
+    .await;
+    load_policy(&bao, CONTROL_PLANE).await;
+    let cp = token_with(&bao, &[CONTROL_PLANE]).await;
+    let input = json!({ "input": "a2V5d2FyZA==" });
+
+    let signed = assert_allowed(
+        &bao,
+        &cp,
+        Method::POST,
+        &format!("transit/sign/{AUDIT_HEAD_KEY}"),
+        Some(input.clone()),
+    )
+    .await;
+    assert!(
+        signed["data"]["signature"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("vault:v1:")),
+        "{signed}"
+    );
+    let key = format!("transit/keys/{AUDIT_HEAD_KEY}");
+    let read = assert_allowed(&bao, &cp, Method::GET, &key, None).await;
+    assert_eq!(read["data"]["type"], "ed25519", "{read}");
+    // The checkpoint: created, read and moved forward with check-and-set.
+    let checkpoint = "vps/data/_keyward/audit_head";
+    for cas in [0, 1] {
+        assert_allowed(
+            &bao,
+            &cp,
+            Method::POST,
+            checkpoint,
+            Some(json!({ "options": { "cas": cas }, "data": { "seq": cas } })),
+        )
+        .await;
+    }
+    assert_allowed(&bao, &cp, Method::GET, checkpoint, None).await;
+
+    for (method, path, body) in [
+        (Method::POST, format!("{key}/rotate"), None),
+        (
+            Method::POST,
+            format!("{key}/config"),
+            Some(json!({ "deletion_allowed": true })),
+        ),
+        (Method::DELETE, key.clone(), None),
+        (
+            Method::GET,
+            format!("transit/export/signing-key/{AUDIT_HEAD_KEY}"),
+            None,
+        ),
+        (Method::GET, "transit/export/signing-key/other".into(), None),
+        (
+            Method::POST,
+            "transit/sign/other".into(),
+            Some(input.clone()),
+        ),
+        (
+            Method::POST,
+            "transit/keys/new".into(),
+            Some(json!({ "type": "ed25519" })),
+        ),
+        (Method::DELETE, checkpoint.into(), None),
+        (
+            Method::DELETE,
+            "vps/metadata/_keyward/audit_head".into(),
+            None,
+        ),
+        (
+            Method::POST,
+            "sys/mounts/transit2".into(),
+            Some(json!({ "type": "transit" })),
+        ),
+    ] {
+        assert_denied(&bao, &cp, method, &path, body).await;
+    }
 }
