@@ -118,13 +118,19 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Prints `value` as pretty JSON on standard output.
+/// Prints `value` as pretty JSON on standard output; a reader that went away (`| head`) ends the
+/// output quietly, as with other Unix tools.
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{}", serde_json::to_string_pretty(value)?);
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 fn exit_code(ok: bool) -> ExitCode {
