@@ -82,7 +82,8 @@ impl SecretType {
 pub struct TenantResult {
     #[schema(value_type = String)]
     pub tenant_id: TenantId,
-    /// `rotated`, `skipped` (nothing to rotate: its SSH keys are revoked) or `failed`.
+    /// `rotated`, `skipped` (nothing to rotate: its SSH keys are revoked, or the tenant is
+    /// offboarded) or `failed`.
     pub outcome: &'static str,
     /// The problem code of the failure, e.g. `vault_unavailable`.
     pub code: Option<&'static str>,
@@ -666,7 +667,7 @@ impl Rotation<'_> {
                 for outcome in outcomes {
                     match outcome {
                         Ok(_) => rotated += 1,
-                        Err(DomainError::KeyRevoked) => {}
+                        Err(DomainError::KeyRevoked | DomainError::TenantOffboarded(_)) => {}
                         Err(e) => {
                             first_error.get_or_insert(e);
                         }
@@ -689,6 +690,8 @@ impl Rotation<'_> {
                 }
                 match lifecycle.rotate_secret(caller, tenant, kind, trigger).await {
                     Ok(_) => result("rotated", None),
+                    // Its secrets are being (or were) destroyed: nothing of it is rotated again.
+                    Err(DomainError::TenantOffboarded(_)) => result("skipped", None),
                     Err(e) => result("failed", Some(e)),
                 }
             }

@@ -195,11 +195,27 @@ async fn offboarding_ends_every_keyward_login_and_session_and_erases_the_tenant_
     let verdict = d.cp.admin_get("/api/v1/admin/audit/verify").await.json();
     assert_eq!(verdict["ok"], true, "{verdict}");
 
-    // The other tenant is untouched.
+    // The other tenant is untouched by the offboarding.
     let creds = d.cp.tenant_call(&other_token, Method::GET, "").await;
     assert_eq!(creds.status, 200, "{}", creds.text());
     let other_after = d.bao.read_kv(&format!("{other}/tenant_ssh")).await.unwrap();
     assert_eq!(other_after, other_before);
+
+    // A fleet-wide rotation passes over the offboarded tenant (skipped, not failed) for every
+    // kind of secret; the other tenant's are rotated.
+    for secret_type in ["ssh", "smtp", "dkim"] {
+        let reply =
+            d.cp.admin_post(
+                "/api/v1/admin/secrets/rotate-all",
+                serde_json::json!({ "secretType": secret_type }),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{secret_type}: {}", reply.text());
+        let answer = reply.json();
+        assert_eq!(answer["failedCount"], 0, "{secret_type}: {answer}");
+        assert_eq!(answer["skippedCount"], 1, "{secret_type}: {answer}");
+        assert_eq!(answer["rotatedCount"], 1, "{secret_type}: {answer}");
+    }
 }
 
 #[tokio::test]
