@@ -480,6 +480,26 @@ impl ControlPlane {
         .await
     }
 
+    /// An admin's rotation of one of `tenant`'s key sets (`kind`: `tenant` or `admin`); asserts
+    /// it succeeded and returns the answer.
+    pub async fn admin_rotate(&self, tenant: &str, kind: &str) -> Value {
+        let reply = self
+            .request(
+                Method::POST,
+                &format!("/api/v1/admin/tenants/{tenant}/keys/{kind}/rotate"),
+                Some(&self.admin_token),
+                None,
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "rotate {tenant}/{kind}: {}",
+            reply.text()
+        );
+        reply.json()
+    }
+
     /// Audit events of one tenant, newest first.
     pub async fn audit_of(&self, tenant: &str) -> Vec<Value> {
         let reply = self

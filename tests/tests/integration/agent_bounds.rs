@@ -461,14 +461,17 @@ async fn retention_deletes_old_rows_only(database: Database) {
     tx.commit().await.unwrap();
 
     let pseudonyms = Pseudonymiser::from_key(&[42; 32]);
-    let swept = keyward_server::retention::sweep(
-        &store,
-        &RetentionConfig::default(),
-        now,
-        Some(&pseudonyms),
-    )
-    .await
-    .unwrap();
+    let sweep = || async {
+        keyward_server::retention::sweep(
+            &store,
+            &RetentionConfig::default(),
+            now,
+            Some(&pseudonyms),
+        )
+        .await
+        .unwrap()
+    };
+    let swept = sweep().await;
     // With the 2,500: the one stored through the stream, received today (the server's real
     // clock), years before this sweep's "now".
     assert_eq!(swept.login_events, 2500 + 1);
@@ -525,15 +528,7 @@ async fn retention_deletes_old_rows_only(database: Database) {
         ["kept"]
     );
     // A second sweep has nothing left to do.
-    let again = keyward_server::retention::sweep(
-        &store,
-        &RetentionConfig::default(),
-        now,
-        Some(&pseudonyms),
-    )
-    .await
-    .unwrap();
-    assert_eq!(again, keyward_server::retention::Swept::default());
+    assert_eq!(sweep().await, keyward_server::retention::Swept::default());
 
     let verdict = store.verify_audit_chain().await.unwrap();
     assert!(verdict.ok, "{verdict:?}");

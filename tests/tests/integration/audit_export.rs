@@ -23,15 +23,7 @@ const HMAC_KEY: &[u8] = b"0123456789abcdef0123456789abcdef-test-key";
 async fn some_changes(cp: &ControlPlane, prefix: &str) {
     let tenant = unique_tenant(prefix);
     cp.create_tenant(&tenant).await;
-    let rotated = cp
-        .request(
-            Method::POST,
-            &format!("/api/v1/admin/tenants/{tenant}/keys/tenant/rotate"),
-            Some(&cp.admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    cp.admin_rotate(&tenant, "tenant").await;
 }
 
 async fn head(cp: &ControlPlane) -> i64 {

@@ -38,15 +38,7 @@ async fn a_tenant_exports_what_keyward_holds_about_its_vps_and_nothing_else() {
     let other = unique_tenant("other");
     d.cp.create_tenant(&other).await;
     let other_token = d.cp.tenant_token(&other).await;
-    let revoked =
-        d.cp.request(
-            Method::POST,
-            &format!("/api/v1/admin/tenants/{}/keys/admin/rotate", d.tenant),
-            Some(&d.cp.admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    d.cp.admin_rotate(&d.tenant, "admin").await;
 
     let lines = eventually(
         "the login in the export",

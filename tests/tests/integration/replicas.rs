@@ -358,15 +358,7 @@ async fn three_replicas_writing_at_once_keep_one_audit_chain() {
         async move {
             let tenant = format!("chain-{i:02}");
             cp.create_tenant(&tenant).await;
-            let rotated = cp
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/admin/tenants/{tenant}/keys/tenant/rotate"),
-                    Some(&cp.admin_token),
-                    None,
-                )
-                .await;
-            assert_eq!(rotated.status, 200, "{}", rotated.text());
+            cp.admin_rotate(&tenant, "tenant").await;
         }
     });
     futures::future::join_all(writes).await;
