@@ -86,8 +86,72 @@ async function showTenant(tenantId, details, signal) {
       : h('p', {}, 'None.'));
   const certificates = certificatesPanel({ admin: true, tenantId, signal, level: 4 });
   details.append(h('h3', { id: 'tenant-certificates' }, 'SSH certificates'), certificates.element);
+  const offboarding = h('div', { id: 'tenant-offboarding' });
+  details.append(h('h3', {}, 'Offboarding'), offboarding);
   details.scrollIntoView({ block: 'nearest' });
-  await certificates.load();
+  await Promise.all([certificates.load(), offboardingPanel(tenantId, d.offboarding, offboarding, signal)]);
+}
+
+// ---- Offboarding: DELETE /tenants/{id} with the id typed again, then its progress ----------------
+
+function offboardingFacts(o) {
+  const hosts = o.hosts.length
+    ? h('ul', {}, o.hosts.map((x) => h('li', {}, h('span', { class: 'mono' }, x.hostId), ` ${x.state.replaceAll('_', ' ')}`)))
+    : 'none';
+  return facts([
+    ['Status', badge(o.status.replaceAll('_', ' '), o.status === 'completed' ? 'ok' : 'warn'), 'offboarding-status'],
+    ['Asked', when(o.requestedAt)],
+    ['Hosts', hosts],
+    ['Vault', o.vaultDestroyedAt ? ['destroyed ', when(o.vaultDestroyedAt), `: ${o.vaultDestroyed.join(', ')}`] : 'pending'],
+    ['Tokens revoked', String(o.tokensRevoked)],
+    ['Waiting on', o.lastError ? `a step that failed (${o.lastError}); it is retried` : (o.completedAt ? '—' : 'the hosts\' agents, then Vault')],
+  ]);
+}
+
+/**
+ * Shows the tenant's offboarding (`status` from its details; null when none was asked) and
+ * follows it to the end, or offers it.
+ */
+async function offboardingPanel(tenantId, status0, container, signal) {
+  const path = `${ADMIN}/tenants/${encodeURIComponent(tenantId)}`;
+  const follow = async () => {
+    for (;;) {
+      let o;
+      try {
+        o = await api(`${path}/offboarding`, { signal });
+      } catch (e) {
+        if (e.name !== 'AbortError') fill(container, h('p', { class: 'notice error' }, problemText(e)));
+        return;
+      }
+      fill(container, offboardingFacts(o));
+      if (o.status === 'completed' || signal.aborted) return;
+      await new Promise((resolve) => { setTimeout(resolve, 2000); });
+    }
+  };
+  if (status0) {
+    await follow();
+    return;
+  }
+  const status = statusLine('offboard-status');
+  const confirmField = h('input', { id: 'offboard-confirm', autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'offboard-hint' });
+  const button = h('button', { type: 'submit', class: 'danger', id: 'offboard' }, 'Offboard this tenant');
+  const form = h('form', { id: 'offboard-form' },
+    h('p', { id: 'offboard-hint', class: 'hint' },
+      'Removes keyward\'s keys from every host of the tenant and ends their sessions, then revokes the hosts, '
+      + 'destroys every secret under its Vault path (all versions) and revokes its tokens. It cannot be undone.'),
+    h('label', { for: 'offboard-confirm' }, `Type ${tenantId} to confirm`), confirmField, button, status);
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    busy(button, status, async () => {
+      if (confirmField.value !== tenantId) {
+        say(status, `Type ${tenantId} exactly to confirm.`, 'error');
+        return;
+      }
+      await api(path, { method: 'DELETE', body: { confirm: confirmField.value }, signal });
+      await follow();
+    });
+  });
+  fill(container, form);
 }
 
 // ---- Audit log and logins: filters and paging -------------------------------------------------
@@ -150,8 +214,15 @@ async function auditPage({ main, signal }) {
   const verify = h('button', { type: 'button', class: 'secondary', id: 'verify-chain' }, 'Verify the hash chain');
   verify.addEventListener('click', () => busy(verify, verdict, async () => {
     const v = await api(`${ADMIN}/audit/verify`, { signal });
-    say(verdict, v.ok ? `The chain is whole: ${v.checked} events checked.`
-      : `The chain is broken at event ${v.firstBrokenSeq}: ${v.reason}`, v.ok ? 'ok' : 'error');
+    const head = v.head;
+    const signed = head && head.checkpoint
+      ? ` Signed up to event ${head.checkpoint.seq} (${head.checkpoint.signedAt}), ${head.signedHeads} signed heads checked.`
+      : '';
+    let text;
+    if (v.firstBrokenSeq !== null) text = `The chain is broken at event ${v.firstBrokenSeq}: ${v.reason}`;
+    else if (head && head.status !== 'ok') text = `The chain links, but its signed head says ${head.status}: ${head.reason}`;
+    else text = `The chain is whole: ${v.checked} events checked.${signed}`;
+    say(verdict, text, v.ok ? 'ok' : 'error');
   }));
   const show = (params) => pagedTable({
     container: results, status, path: `${ADMIN}/audit`, params, signal, id: 'audit',

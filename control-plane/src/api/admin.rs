@@ -148,9 +148,10 @@ pub async fn tenant_secret_details(
         .iter()
         .map(TokenSummary::from)
         .collect();
-    let (smtp, dkim) = tokio::try_join!(
+    let (smtp, dkim, offboarding) = tokio::try_join!(
         store.tenant_secret(&tenant, TenantSecretKind::Smtp.name()),
         store.tenant_secret(&tenant, TenantSecretKind::Dkim.name()),
+        store.offboarding(&tenant),
     )?;
     state
         .lifecycle
@@ -162,6 +163,7 @@ pub async fn tenant_secret_details(
         smtp_credentials: smtp.map(|s| SmtpCredentialsSummary::new(&s, mount(&state))),
         dkim: dkim.map(|d| DkimSummary::new(&d, mount(&state))),
         api_keys,
+        offboarding: offboarding.map(|o| o.step.name()),
     }))
 }
 

@@ -208,6 +208,9 @@ pub struct TenantSecretDetails {
     pub dkim: Option<DkimSummary>,
     /// The tenant's API tokens' metadata.
     pub api_keys: Vec<TokenSummary>,
+    /// Where its offboarding stands (`removing_keys`, `destroying_secrets`, `completed`: follow
+    /// it at `.../tenants/{tenant_id}/offboarding`); `null` when none was asked for.
+    pub offboarding: Option<&'static str>,
 }
 
 /// A tenant's SMTP credentials, as admins may see them: no password.

@@ -561,6 +561,66 @@ async fn admin_sees_a_host_go_from_pending_to_in_sync_live() {
         })
         .await;
     browser.screenshot("tenant-with-host").await;
+
+    // The admin offboards the tenant in the page: the id typed again, then its progress followed
+    // until the agent removed the keys and Vault holds nothing of the tenant.
+    browser.click("#signout").await;
+    sign_in(&browser, &cp, &cp.admin_token, "#hosts").await;
+    browser
+        .goto(&format!("{}/ui/#/admin/tenants", cp.url))
+        .await;
+    browser
+        .click(&format!("#tenants tr[data-tenant-id=\"{tenant}\"] button"))
+        .await;
+    browser
+        .wait_for("#offboard-form", "the offboarding form")
+        .await;
+    browser
+        .type_into("#offboard-confirm", "not-the-tenant")
+        .await;
+    browser.click("#offboard").await;
+    browser
+        .wait_text("#offboard-status", "the refusal", |t| t.contains("exactly"))
+        .await;
+    assert_eq!(
+        cp.request(
+            Method::GET,
+            &format!("/api/v1/admin/tenants/{tenant}/offboarding"),
+            Some(&cp.admin_token),
+            None
+        )
+        .await
+        .status,
+        404,
+        "a wrong confirmation starts nothing"
+    );
+    browser
+        .script("document.getElementById('offboard-confirm').value = ''; return 1")
+        .await;
+    browser.type_into("#offboard-confirm", &tenant).await;
+    browser.click("#offboard").await;
+    browser
+        .wait_text("#offboarding-status", "the offboarding completed", |t| {
+            t == "completed"
+        })
+        .await;
+    let done = cp
+        .admin_get(&format!("/api/v1/admin/tenants/{tenant}/offboarding"))
+        .await
+        .json();
+    assert_eq!(done["hosts"][0]["state"], "acknowledged", "{done}");
+    assert!(
+        browser
+            .text("#tenant-offboarding")
+            .await
+            .contains("tenant_ssh"),
+        "the destroyed secrets are listed"
+    );
+    browser.screenshot("admin-offboarding").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin-offboarding: {violations:#?}");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.close().await;
     agent.kill().await;
 }
