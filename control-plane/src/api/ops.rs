@@ -57,6 +57,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         Ok(n) => metrics::gauge!("keyward_hosts_degraded").set(n as f64),
         Err(e) => tracing::warn!(error = %e, "cannot count degraded hosts"),
     }
+    state.audit_export.publish_metrics().await;
     let body = state
         .metrics
         .as_ref()

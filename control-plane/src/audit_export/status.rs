@@ -80,27 +80,28 @@ impl AuditExport {
         Ok(out)
     }
 
-    /// The sink's lag and alert state as gauges.
-    pub(super) async fn publish_metrics(&self, sink: &Sink) {
-        let head = match self.store.audit_head().await {
-            Ok(head) => head.map_or(0, |(seq, _)| seq),
-            Err(_) => return,
-        };
-        let Ok(status) = self.sink_status(sink, head).await else {
+    /// Every sink's lag and alert state as gauges, read from SQL at scrape time: every replica
+    /// tells the same, and a sink that turned `failing` while its worker waits out a backoff
+    /// says so at once.
+    pub async fn publish_metrics(&self) {
+        let Ok(statuses) = self.status().await else {
             return;
         };
-        let label = sink.name.clone();
-        metrics::gauge!("keyward_audit_export_lag_events", "sink" => label.clone())
-            .set(status.lag_events as f64);
-        metrics::gauge!("keyward_audit_export_failing", "sink" => label.clone())
-            .set(if status.status == "failing" { 1.0 } else { 0.0 });
-        let waited = status
-            .oldest_pending_at
-            .as_deref()
-            .and_then(parse_iso8601)
-            .map_or(0.0, |at| {
-                (self.clock.now() - at).num_seconds().max(0) as f64
-            });
-        metrics::gauge!("keyward_audit_export_oldest_pending_seconds", "sink" => label).set(waited);
+        for status in statuses {
+            let label = status.name.clone();
+            metrics::gauge!("keyward_audit_export_lag_events", "sink" => label.clone())
+                .set(status.lag_events as f64);
+            metrics::gauge!("keyward_audit_export_failing", "sink" => label.clone())
+                .set(if status.status == "failing" { 1.0 } else { 0.0 });
+            let waited = status
+                .oldest_pending_at
+                .as_deref()
+                .and_then(parse_iso8601)
+                .map_or(0.0, |at| {
+                    (self.clock.now() - at).num_seconds().max(0) as f64
+                });
+            metrics::gauge!("keyward_audit_export_oldest_pending_seconds", "sink" => label)
+                .set(waited);
+        }
     }
 }

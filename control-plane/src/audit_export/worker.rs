@@ -19,10 +19,6 @@ enum Step {
     Failed,
 }
 
-/// While a sink catches up batch after batch, its gauges (three SQL reads) are refreshed this
-/// often, not after every batch.
-const PUBLISH_EVERY: Duration = Duration::from_secs(1);
-
 /// Full jitter: a random wait up to `min(max, 1s · 2^failures)`.
 fn backoff(failures: u32, max: Duration) -> Duration {
     let ceiling = Duration::from_secs(1)
@@ -36,7 +32,6 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 impl AuditExport {
     pub(super) async fn run(self: Arc<Self>, sink: Arc<Sink>) {
         let mut failures = 0u32;
-        let mut published: Option<std::time::Instant> = None;
         loop {
             let wait = match self.step(&sink).await {
                 Step::Delivered => {
@@ -49,10 +44,6 @@ impl AuditExport {
                     backoff(failures, self.config.max_backoff)
                 }
             };
-            if !wait.is_zero() || published.is_none_or(|at| at.elapsed() >= PUBLISH_EVERY) {
-                self.publish_metrics(&sink).await;
-                published = Some(std::time::Instant::now());
-            }
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
