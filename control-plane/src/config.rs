@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 
 mod audit_export;
 mod audit_signing;
+mod mfa;
 pub use audit_export::{
     AuditExportConfig, AuditFormat, AuditSinkConfig, SinkTarget, SyslogTransport, facility_code,
 };
 pub use audit_signing::AuditSigningConfig;
+pub use mfa::{MfaConfig, SensitiveOperation};
 
 /// The whole configuration of `keyward-server`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -39,6 +41,7 @@ pub struct Config {
     pub audit_signing: AuditSigningConfig,
     pub download: DownloadConfig,
     pub offboarding: OffboardingConfig,
+    pub mfa: MfaConfig,
 }
 
 /// Longest passphrase a private key download takes, in bytes (UTF-8).
@@ -855,6 +858,20 @@ mod tests {
         let download = Config::load(Some(&path)).unwrap().download;
         assert!(download.require_passphrase);
         assert_eq!(download.min_passphrase_length, 16);
+
+        std::fs::write(
+            &path,
+            "[mfa]\nrequire_for = [\"download\", \"rotate_all\"]\n",
+        )
+        .unwrap();
+        let mfa = Config::load(Some(&path)).unwrap().mfa;
+        assert_eq!(
+            mfa.require_for,
+            [SensitiveOperation::Download, SensitiveOperation::RotateAll]
+        );
+        std::fs::write(&path, "[mfa]\nrequire_for = [\"everything\"]\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+        assert!(Config::default().mfa.require_for.is_empty());
 
         for heartbeat in ["500ms", "61s"] {
             std::fs::write(

@@ -28,6 +28,10 @@ pub struct Problem {
     /// `urn:keyward:request:{id}`: the request, under which the server log has the cause.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// With `mfa_required`, `mfa_invalid`, `mfa_replayed` and `mfa_not_enrolled`: how the
+    /// request can step up (`X-Keyward-MFA: totp:CODE` or `recovery:CODE`).
+    #[serde(rename = "mfaMethods", skip_serializing_if = "Option::is_none")]
+    pub mfa_methods: Option<Vec<&'static str>>,
     /// With `rotation_in_progress`: the running job, to follow instead.
     #[serde(rename = "jobId", skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
@@ -147,6 +151,15 @@ impl ApiError {
                     DomainError::PassphraseTooShort { .. } | DomainError::PassphraseInvalid(_) => {
                         (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content")
                     }
+                    DomainError::MfaRequired { .. }
+                    | DomainError::MfaInvalid
+                    | DomainError::MfaReplayed => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+                    DomainError::MfaNotEnrolled { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+                    DomainError::MfaLocked { .. } => {
+                        (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+                    }
+                    DomainError::MfaFactorNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
+                    DomainError::MfaFactorConfirmed => (StatusCode::CONFLICT, "Conflict"),
                     DomainError::Vault(_) => (StatusCode::SERVICE_UNAVAILABLE, "Vault Unavailable"),
                     DomainError::CertificatesNotConfigured => {
                         (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -228,7 +241,23 @@ impl IntoResponse for ApiError {
             ApiError::Domain(DomainError::RotationInProgress { job_id }) => Some(job_id.clone()),
             _ => None,
         };
+        let mfa = matches!(
+            &self,
+            ApiError::Domain(
+                DomainError::MfaRequired { .. }
+                    | DomainError::MfaInvalid
+                    | DomainError::MfaReplayed
+                    | DomainError::MfaNotEnrolled { .. }
+            )
+        );
+        let retry_after = match &self {
+            ApiError::Domain(DomainError::MfaLocked { retry_after_secs }) => {
+                Some(*retry_after_secs)
+            }
+            _ => None,
+        };
         let problem = Problem {
+            mfa_methods: mfa.then(|| crate::lifecycle::MFA_METHODS.to_vec()),
             problem_type: format!("urn:keyward:problem:{code}"),
             title,
             status: status.as_u16(),
@@ -249,7 +278,16 @@ impl IntoResponse for ApiError {
         }) {
             headers.insert(header::LOCATION, location);
         }
-        if status == StatusCode::UNAUTHORIZED {
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if mfa && status == StatusCode::UNAUTHORIZED {
+            // Vault answers its step-up MFA likewise: the credential is fine, the factor is not.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("X-Keyward-MFA methods=\"totp recovery\""),
+            );
+        } else if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"keyward\""),
@@ -316,6 +354,35 @@ impl From<HeadError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mfa_refusals_say_how_to_step_up_and_when_to_retry() {
+        let required = ApiError::from(DomainError::MfaRequired {
+            operation: "download",
+        })
+        .into_response();
+        assert_eq!(required.status(), 401);
+        let hint = required.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert!(
+            hint.starts_with("X-Keyward-MFA") && hint.contains("totp"),
+            "{hint}"
+        );
+        let locked = ApiError::from(DomainError::MfaLocked {
+            retry_after_secs: 42,
+        })
+        .into_response();
+        assert_eq!(locked.status(), 429);
+        assert_eq!(locked.headers()[header::RETRY_AFTER], "42");
+        let bad_token = ApiError::BadToken.into_response();
+        assert!(
+            bad_token.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+    }
 
     /// The domain's failures answer with the status and code they always had, and what the
     /// audit log calls a refusal is exactly what HTTP answers with a 4xx.
@@ -387,6 +454,35 @@ mod tests {
                 422,
                 "passphrase_invalid",
             ),
+            (
+                DomainError::MfaRequired {
+                    operation: "download",
+                },
+                401,
+                "mfa_required",
+            ),
+            (DomainError::MfaInvalid, 401, "mfa_invalid"),
+            (DomainError::MfaReplayed, 401, "mfa_replayed"),
+            (
+                DomainError::MfaNotEnrolled {
+                    operation: "download",
+                },
+                403,
+                "mfa_not_enrolled",
+            ),
+            (
+                DomainError::MfaLocked {
+                    retry_after_secs: 30,
+                },
+                429,
+                "mfa_locked",
+            ),
+            (
+                DomainError::MfaFactorNotFound("mfa_0".into()),
+                404,
+                "mfa_factor_not_found",
+            ),
+            (DomainError::MfaFactorConfirmed, 409, "mfa_factor_confirmed"),
             (
                 DomainError::ConcurrentModification,
                 409,

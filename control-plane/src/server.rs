@@ -231,6 +231,7 @@ pub async fn start_with(
             })
             .with_bastion(config.bastion.clone())
             .with_download(config.download.clone())
+            .with_mfa(config.mfa.clone())
             .with_offboarding(config.offboarding.clone()),
     );
     background.push(tokio::spawn(lifecycle.clone().fill_key_pool()));

@@ -156,3 +156,9 @@ path "transit/keys/keyward-audit" {
 path "vps/data/_keyward/audit_head" {
   capabilities = ["create", "read", "update"]
 }
+
+# The key that seals second factors' TOTP seeds in SQL (step-up MFA): kept here, never in SQL,
+# so that the database alone yields no seed.
+path "vps/data/_keyward/mfa_seal_key" {
+  capabilities = ["create", "read"]
+}

@@ -8,10 +8,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::auth::AdminCaller;
+use super::mfa::StepUp;
 use super::views::*;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, query_time, tenant_from_path};
 use crate::audit_head::{self, AuditVerdict};
 use crate::caller::Caller;
+use crate::config::SensitiveOperation;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{DomainError, NewTenant, Replace, TenantSecretKind};
 use crate::store::{AuditFilter, KeySetRecord, Role, StoreError, TenantRecord};
@@ -168,14 +170,18 @@ pub async fn tenant_secret_details(
 }
 
 /// Rotates, regenerates or revokes one of a tenant's key sets (`kind`: `admin` or `tenant`).
+/// Where the deployment's step-up policy names `regenerate` (or `revoke_admin_key`, for
+/// revoking the admin key), the request needs `X-Keyward-MFA`.
 #[utoipa::path(post, path = "/api/v1/admin/tenants/{tenant_id}/keys/{kind}/{operation}", tag = "admin",
     params(("tenant_id" = String, Path), ("kind" = String, Path, description = "admin or tenant"),
-           ("operation" = String, Path, description = "rotate, regenerate or revoke")),
-    responses((status = 200, body = NewKeyResponse), (status = 404, body = Problem), (status = 409, body = Problem)))]
+           ("operation" = String, Path, description = "rotate, regenerate or revoke"),
+           ("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE` or `recovery:CODE`: a fresh second factor, when the step-up policy names this operation")),
+    responses((status = 200, body = NewKeyResponse), (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names this operation and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"), (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names this operation and no second factor is confirmed (also `forbidden`)"), (status = 404, body = Problem), (status = 409, body = Problem), (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again")))]
 pub async fn replace_key(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath((raw_tenant, raw_kind, operation)): ApiPath<(String, String, String)>,
+    step_up: StepUp,
 ) -> Result<Json<NewKeyResponse>, ApiError> {
     let tenant = tenant_from_path(&raw_tenant)?;
     let caller = admin_for(caller, &tenant)?;
@@ -183,6 +189,16 @@ pub async fn replace_key(
         path: format!("key kind {raw_kind:?}"),
     })?;
     let lifecycle = &state.lifecycle;
+    let sensitive = match (operation.as_str(), kind) {
+        ("regenerate", _) => Some(SensitiveOperation::Regenerate),
+        ("revoke", KeyKind::Admin) => Some(SensitiveOperation::RevokeAdminKey),
+        _ => None,
+    };
+    if let Some(sensitive) = sensitive {
+        lifecycle
+            .step_up(&caller, sensitive, step_up.proof())
+            .await?;
+    }
     let (ks, message) = match operation.as_str() {
         "rotate" => (
             lifecycle
@@ -213,12 +229,15 @@ pub async fn replace_key(
     }))
 }
 
-/// Issues an API token. The token is in this answer only.
+/// Issues an API token. The token is in this answer only. Where the deployment's step-up
+/// policy names `issue_token`, the request needs `X-Keyward-MFA`.
 #[utoipa::path(post, path = "/api/v1/admin/tokens", tag = "admin", request_body = IssueTokenRequest,
-    responses((status = 201, body = IssuedToken), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    params(("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE` or `recovery:CODE`: a fresh second factor, when the step-up policy names this operation")),
+    responses((status = 201, body = IssuedToken), (status = 400, body = Problem), (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names this operation and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"), (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names this operation and no second factor is confirmed (also `forbidden`)"), (status = 404, body = Problem), (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again")))]
 pub async fn issue_token(
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
+    step_up: StepUp,
     ApiJson(body): ApiJson<IssueTokenRequest>,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
     if body.label.chars().count() > 200 || body.label.chars().any(char::is_control) {
@@ -240,6 +259,10 @@ pub async fn issue_token(
             ));
         }
     };
+    state
+        .lifecycle
+        .step_up(&caller, SensitiveOperation::IssueToken, step_up.proof())
+        .await?;
     let (record, token) = state
         .lifecycle
         .issue_token(&caller, role, body.label)

@@ -434,15 +434,26 @@ pub async fn host_details(
     Ok(Json(view))
 }
 
-/// Revokes a host: its stream is cut at once and its certificate refused from then on.
-#[utoipa::path(post, path = "/api/v1/admin/hosts/{host_id}/revoke", tag = "hosts", params(("host_id" = String, Path)),
-    responses((status = 200, body = HostView), (status = 404, body = Problem)))]
+/// Revokes a host: its stream is cut at once and its certificate refused from then on. Where
+/// the deployment's step-up policy names `revoke_host`, the request needs `X-Keyward-MFA`.
+#[utoipa::path(post, path = "/api/v1/admin/hosts/{host_id}/revoke", tag = "hosts",
+    params(("host_id" = String, Path), ("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE` or `recovery:CODE`: a fresh second factor, when the step-up policy names this operation")),
+    responses((status = 200, body = HostView), (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names this operation and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"), (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names this operation and no second factor is confirmed (also `forbidden`)"), (status = 404, body = Problem), (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again")))]
 pub async fn revoke_host(
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
     ApiPath(raw): ApiPath<String>,
+    step_up: super::mfa::StepUp,
 ) -> Result<Json<HostView>, ApiError> {
     let host = host_from_path(&raw)?;
+    state
+        .lifecycle
+        .step_up(
+            &caller,
+            crate::config::SensitiveOperation::RevokeHost,
+            step_up.proof(),
+        )
+        .await?;
     let record = state.lifecycle.revoke_host(&caller, &host).await?;
     Ok(Json(HostView::new(&record, false)))
 }

@@ -30,6 +30,7 @@ pub mod hosts_live;
 pub mod hosts_query;
 pub mod live;
 pub mod logins;
+pub mod mfa;
 pub mod offboarding;
 pub mod ops;
 pub mod rotation;
@@ -161,6 +162,17 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         download::get_download_policy,
         download::put_download_policy,
         download::delete_download_policy,
+        mfa::tenant_factors,
+        mfa::tenant_enrol,
+        mfa::tenant_confirm,
+        mfa::tenant_delete,
+        mfa::admin_factors,
+        mfa::admin_enrol,
+        mfa::admin_confirm,
+        mfa::admin_delete,
+        mfa::get_policy,
+        mfa::put_policy,
+        mfa::delete_policy,
     ),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
@@ -201,11 +213,14 @@ pub const JOB_ID_PATTERN: &str = "^job_[0-9a-f]{16}$";
 /// API token ids: `tok_` and 16 hex digits.
 pub const TOKEN_ID_PATTERN: &str = "^tok_[0-9a-fA-F]{16}$";
 
+/// Second factor ids: `mfa_` and 16 lower-case hex digits.
+pub const MFA_FACTOR_ID_PATTERN: &str = "^mfa_[0-9a-f]{16}$";
+
 /// Tenant and host ids: one grammar.
 const ID: Grammar = Grammar::Pattern(TenantId::PATTERN, TenantId::MAX_LEN);
 
 /// Path and query parameters by name, and the grammar the server holds them to.
-pub const PARAMETER_GRAMMAR: [(&str, Grammar); 9] = [
+pub const PARAMETER_GRAMMAR: [(&str, Grammar); 10] = [
     ("tenant_id", ID),
     ("tenantId", ID),
     ("host_id", ID),
@@ -216,6 +231,7 @@ pub const PARAMETER_GRAMMAR: [(&str, Grammar); 9] = [
     ),
     ("job_id", Grammar::Pattern(JOB_ID_PATTERN, 20)),
     ("token_id", Grammar::Pattern(TOKEN_ID_PATTERN, 20)),
+    ("factor_id", Grammar::Pattern(MFA_FACTOR_ID_PATTERN, 20)),
     ("kind", Grammar::OneOf(&["admin", "tenant"])),
     (
         "operation",
@@ -456,6 +472,16 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .delete(download::delete_download_policy),
         )
         .route(
+            "/tenants/{tenant_id}/mfa-policy",
+            get(mfa::get_policy)
+                .put(mfa::put_policy)
+                .delete(mfa::delete_policy),
+        )
+        .route("/mfa", get(mfa::admin_factors))
+        .route("/mfa/totp", post(mfa::admin_enrol))
+        .route("/mfa/totp/{factor_id}", delete(mfa::admin_delete))
+        .route("/mfa/totp/{factor_id}/confirm", post(mfa::admin_confirm))
+        .route(
             "/secrets/rotate-all",
             post(rotation::rotate_all).get(rotation::list_jobs),
         )
@@ -467,6 +493,16 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .nest("/api/v1/tenant/infrastructure", tenant_api)
         .nest("/api/v1/admin", admin_api)
+        .route("/api/v1/tenant/mfa", get(mfa::tenant_factors))
+        .route("/api/v1/tenant/mfa/totp", post(mfa::tenant_enrol))
+        .route(
+            "/api/v1/tenant/mfa/totp/{factor_id}",
+            delete(mfa::tenant_delete),
+        )
+        .route(
+            "/api/v1/tenant/mfa/totp/{factor_id}/confirm",
+            post(mfa::tenant_confirm),
+        )
         .route("/api/v1/agent/enroll", post(hosts::enroll))
         .route("/api/v1/whoami", get(ui::whoami))
         .merge(ui::routes())

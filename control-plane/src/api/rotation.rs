@@ -109,17 +109,28 @@ fn job_path(job_id: &str) -> String {
     format!("/api/v1/admin/secrets/rotate-all/{job_id}")
 }
 
-/// Rotates one secret type for every tenant.
+/// Rotates one secret type for every tenant. Where the deployment's step-up policy names
+/// `rotate_all`, the request needs `X-Keyward-MFA`.
 #[utoipa::path(post, path = "/api/v1/admin/secrets/rotate-all", tag = "rotation",
-    request_body = RotateAllRequest, params(RotateAllQuery),
+    request_body = RotateAllRequest,
+    params(RotateAllQuery, ("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE` or `recovery:CODE`: a fresh second factor, when the step-up policy names this operation")),
     responses((status = 200, body = RotateAllResponse), (status = 202, body = RotationJobView),
-              (status = 400, body = Problem), (status = 409, body = Problem, description = "a job is running: `jobId` names it")))]
+              (status = 400, body = Problem), (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names this operation and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"), (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names this operation and no second factor is confirmed (also `forbidden`)"), (status = 409, body = Problem, description = "a job is running: `jobId` names it"), (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again")))]
 pub async fn rotate_all(
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,
     ApiQuery(query): ApiQuery<RotateAllQuery>,
+    step_up: super::mfa::StepUp,
     ApiJson(body): ApiJson<RotateAllRequest>,
 ) -> Result<Response, ApiError> {
+    state
+        .lifecycle
+        .step_up(
+            &caller,
+            crate::config::SensitiveOperation::RotateAll,
+            step_up.proof(),
+        )
+        .await?;
     let mut progress = state.rotations.start(&caller, body.secret_type).await?;
     if query.run_async == Some(true) {
         let view = RotationJobView::new(&progress.borrow().job, None);

@@ -13,8 +13,10 @@ use keyward_common::KeyKind;
 use super::AppState;
 use super::auth::{TenantCaller, bearer_token_hash, tenant_of};
 use super::download::{DownloadBody, DownloadRequest};
+use super::mfa::StepUp;
 use super::views::{NewKeyResponse, SetAsideKeys, SetAsideOnHost, SshCredentials, StatusResponse};
 use crate::clock::iso8601;
+use crate::config::SensitiveOperation;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{DomainError, Replace};
 use crate::store::TenantCredentials;
@@ -103,24 +105,36 @@ pub async fn set_aside_keys(
 /// The download policy (`GET .../download-policy`) can require a passphrase and sets its
 /// minimum length. The passphrase is not stored, logged or audited; the audit event says
 /// whether the key went out `encrypted`. A refused download does not spend the download.
+/// Where the step-up policy names `download`, the request needs `X-Keyward-MFA`.
 #[utoipa::path(post, path = "/api/v1/tenant/infrastructure/ssh-credentials/download", tag = "tenant",
+    params(("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE` or `recovery:CODE`: a fresh second factor, when the step-up policy names this operation")),
     request_body(content = Option<DownloadRequest>, content_type = "application/json",
         description = "Optional: no body hands the key out in clear, where the policy allows it"),
     responses(
         (status = 200, description = "OpenSSH private key, encrypted when a passphrase was given", content_type = "application/x-pem-file", body = String),
         (status = 400, description = "`passphrase_required`: the download policy requires a passphrase and none was sent; `invalid_body`: the body is not `{\"passphrase\": \"...\"}`", body = Problem),
+        (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names this operation and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"),
+        (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names this operation and no second factor is confirmed (also `forbidden`)"),
         (status = 409, description = "The key is revoked", body = Problem),
         (status = 410, description = "Already downloaded: regenerate for a new key", body = Problem),
         (status = 422, description = "`passphrase_too_short`: shorter than the policy's `minPassphraseLength`; `passphrase_invalid`: over 1024 bytes, or a NUL, CR or LF in it", body = Problem),
+        (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again"),
         (status = 503, description = "Vault unavailable", body = Problem)))]
 pub async fn download(
     State(state): State<AppState>,
     who: TenantCaller,
+    step_up: StepUp,
     DownloadBody(passphrase): DownloadBody,
 ) -> Result<Response, ApiError> {
     let (_, private_key) = state
         .lifecycle
-        .download(&who.caller, &who.tenant, KeyKind::Tenant, passphrase)
+        .download(
+            &who.caller,
+            &who.tenant,
+            KeyKind::Tenant,
+            passphrase,
+            step_up.proof(),
+        )
         .await?;
     // The response body is a copy that hyper frees without wiping; the Zeroizing original is
     // wiped when it drops here.
@@ -173,13 +187,20 @@ pub async fn rotate(
     replace(state, who, Replace::Rotate).await
 }
 
-/// A new key; the previous one stops working at once.
+/// A new key; the previous one stops working at once. Where the step-up policy names
+/// `regenerate`, the request needs `X-Keyward-MFA`.
 #[utoipa::path(post, path = "/api/v1/tenant/infrastructure/ssh-credentials/regenerate", tag = "tenant",
-    responses((status = 200, body = NewKeyResponse), (status = 503, body = Problem)))]
+    params(("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE` or `recovery:CODE`: a fresh second factor, when the step-up policy names this operation")),
+    responses((status = 200, body = NewKeyResponse), (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names this operation and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"), (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names this operation and no second factor is confirmed (also `forbidden`)"), (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again"), (status = 503, body = Problem)))]
 pub async fn regenerate(
     State(state): State<AppState>,
     who: TenantCaller,
+    step_up: StepUp,
 ) -> Result<Json<NewKeyResponse>, ApiError> {
+    state
+        .lifecycle
+        .step_up(&who.caller, SensitiveOperation::Regenerate, step_up.proof())
+        .await?;
     replace(state, who, Replace::Regenerate).await
 }
 

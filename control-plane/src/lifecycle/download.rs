@@ -1,6 +1,7 @@
 //! The one-time download of a private key: the version SQL knows, checked against its
 //! fingerprint, encrypted with the caller's passphrase when one is given or the download policy
-//! requires one, claimed in SQL once, every attempt audited.
+//! requires one, claimed in SQL once, every attempt audited. Where the step-up policy names
+//! `download`, only with a fresh second factor (`mfa`).
 //!
 //! The passphrase lives in a [`Passphrase`] (zeroized when dropped, never printed by `Debug`)
 //! and goes nowhere but into the key's encryption: not into SQL, a log line, a trace or an
@@ -15,9 +16,9 @@ use keyward_common::{KeyKind, TenantId};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{DomainError, KeyLifecycle, PolicySource};
+use super::{DomainError, KeyLifecycle, MfaProof, PolicySource};
 use crate::caller::Caller;
-use crate::config::{DownloadConfig, MAX_PASSPHRASE_BYTES};
+use crate::config::{DownloadConfig, MAX_PASSPHRASE_BYTES, SensitiveOperation};
 use crate::store::{DownloadPolicyRecord, KeySetRecord, KeyState};
 use crate::vault::{KeySetSecret, VaultError};
 
@@ -115,8 +116,11 @@ impl KeyLifecycle {
         tenant: &TenantId,
         kind: KeyKind,
         passphrase: Option<Passphrase>,
+        mfa: Option<&MfaProof>,
     ) -> Result<(KeySetRecord, Zeroizing<String>), DomainError> {
-        let result = self.download_locked(caller, tenant, kind, passphrase).await;
+        let result = self
+            .download_locked(caller, tenant, kind, passphrase, mfa)
+            .await;
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => "key.download", "outcome" => outcome).increment(1);
         if let Err(e) = &result {
@@ -127,6 +131,11 @@ impl KeyLifecycle {
                     | DomainError::PassphraseRequired { .. }
                     | DomainError::PassphraseTooShort { .. }
                     | DomainError::PassphraseInvalid(_)
+                    | DomainError::MfaRequired { .. }
+                    | DomainError::MfaInvalid
+                    | DomainError::MfaReplayed
+                    | DomainError::MfaNotEnrolled { .. }
+                    | DomainError::MfaLocked { .. }
             ) {
                 "key.download_refused"
             } else {
@@ -145,6 +154,7 @@ impl KeyLifecycle {
         tenant: &TenantId,
         kind: KeyKind,
         passphrase: Option<Passphrase>,
+        mfa: Option<&MfaProof>,
     ) -> Result<(KeySetRecord, Zeroizing<String>), DomainError> {
         let _guard = self.locks.lock(tenant).await;
         let ks = self.key_set_or_404(tenant, kind).await?;
@@ -160,6 +170,9 @@ impl KeyLifecycle {
         self.download_policy(tenant)
             .await?
             .admits(passphrase.as_ref())?;
+        // Last of the refusals, so that a code is not spent on a request refused otherwise.
+        self.step_up(caller, SensitiveOperation::Download, mfa)
+            .await?;
         let version = u64::try_from(ks.vault_version).map_err(|_| DomainError::Internal)?;
         let stored = self
             .vault

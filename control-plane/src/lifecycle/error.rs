@@ -88,6 +88,28 @@ pub enum DomainError {
     /// A passphrase outside what any policy takes (too long, a NUL); never the passphrase.
     #[error("{0}")]
     PassphraseInvalid(&'static str),
+    /// The policy asks for a fresh second factor and the request carries none.
+    #[error(
+        "{operation} needs a fresh second factor: send X-Keyward-MFA: totp:CODE (or \
+         recovery:CODE)"
+    )]
+    MfaRequired { operation: &'static str },
+    #[error("the second factor (X-Keyward-MFA) is not valid")]
+    MfaInvalid,
+    #[error("that code was already used; wait for the next one")]
+    MfaReplayed,
+    /// The policy asks for a second factor and the principal has none confirmed.
+    #[error(
+        "{operation} needs a second factor and none is enrolled: enrol one (POST .../mfa/totp)"
+    )]
+    MfaNotEnrolled { operation: &'static str },
+    #[error("too many failed second factors; retry in {retry_after_secs} seconds")]
+    MfaLocked { retry_after_secs: u64 },
+    /// The factor id as given, cut to 40 characters.
+    #[error("second factor {0} not found")]
+    MfaFactorNotFound(String),
+    #[error("the second factor is already confirmed")]
+    MfaFactorConfirmed,
     #[error("the key set changed concurrently; retry the request")]
     ConcurrentModification,
     #[error("bulk rotation job {job_id} is running; follow it or wait until it ends")]
@@ -136,6 +158,13 @@ impl DomainError {
             PassphraseRequired { .. } => "passphrase_required",
             PassphraseTooShort { .. } => "passphrase_too_short",
             PassphraseInvalid(_) => "passphrase_invalid",
+            MfaRequired { .. } => "mfa_required",
+            MfaInvalid => "mfa_invalid",
+            MfaReplayed => "mfa_replayed",
+            MfaNotEnrolled { .. } => "mfa_not_enrolled",
+            MfaLocked { .. } => "mfa_locked",
+            MfaFactorNotFound(_) => "mfa_factor_not_found",
+            MfaFactorConfirmed => "mfa_factor_confirmed",
             ConcurrentModification => "concurrent_modification",
             RotationInProgress { .. } => "rotation_in_progress",
             JobNotFound(_) => "rotation_job_not_found",

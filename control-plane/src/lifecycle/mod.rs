@@ -36,6 +36,7 @@ mod error;
 mod grants;
 mod group_commit;
 mod key_pool;
+mod mfa;
 mod offboarding;
 mod policy;
 mod records;
@@ -47,6 +48,7 @@ pub use error::DomainError;
 pub use grants::{AccessAsk, Decision, Grant};
 pub use group_commit::GroupCommit;
 pub use key_pool::KeyPool;
+pub use mfa::{METHODS as MFA_METHODS, MfaFactor, MfaOwner, MfaPolicy, MfaProof, TotpEnrolment};
 pub use offboarding::{OffboardingHostStatus, OffboardingPending, OffboardingStatus};
 pub use policy::{PolicySource, RotationPolicy};
 pub use records::IssuedCertificate;
@@ -183,6 +185,10 @@ pub struct KeyLifecycle {
     offboarding: crate::config::OffboardingConfig,
     /// Woken when an offboarding starts: the worker looks at once.
     offboarding_started: Notify,
+    /// The deployment's step-up policy ([`KeyLifecycle::with_mfa`]).
+    mfa: crate::config::MfaConfig,
+    /// The key that seals TOTP seeds, read from Vault on first use.
+    mfa_seal: tokio::sync::OnceCell<mfa::seal::SealKey>,
 }
 
 /// How many replaced or revoked fingerprints a key set remembers as denied (newest first): a
@@ -234,6 +240,8 @@ impl KeyLifecycle {
             download: crate::config::DownloadConfig::default(),
             offboarding: crate::config::OffboardingConfig::default(),
             offboarding_started: Notify::new(),
+            mfa: crate::config::MfaConfig::default(),
+            mfa_seal: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -252,6 +260,12 @@ impl KeyLifecycle {
     /// The deployment's download policy (`[download]`), which tenants' own policies override.
     pub fn with_download(mut self, download: crate::config::DownloadConfig) -> Self {
         self.download = download;
+        self
+    }
+
+    /// The deployment's step-up policy (`[mfa]`), which tenants' own policies override.
+    pub fn with_mfa(mut self, mfa: crate::config::MfaConfig) -> Self {
+        self.mfa = mfa;
         self
     }
 

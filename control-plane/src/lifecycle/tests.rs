@@ -17,6 +17,8 @@ pub(crate) struct FakeVault {
     pub(crate) versions: Mutex<HashMap<(String, KeyKind), Vec<KeySetSecret>>>,
     /// The other secrets (`smtp`, `dkim`) by (tenant, name).
     secrets: Mutex<HashMap<(String, String), Vec<SecretFields>>>,
+    /// keyward's own secrets (`_keyward/{name}`), created once.
+    internal: Mutex<HashMap<String, serde_json::Value>>,
     /// Writes that succeed before every further write fails as if Vault were sealed.
     writes_left: AtomicUsize,
     limit_writes: AtomicBool,
@@ -158,12 +160,22 @@ impl SecretStore for FakeVault {
         Err(VaultError::SnapshotUnsupported)
     }
 
-    async fn read_internal(&self, _: &str) -> Result<Option<serde_json::Value>, VaultError> {
-        unimplemented!("not used by the lifecycle")
+    async fn read_internal(&self, name: &str) -> Result<Option<serde_json::Value>, VaultError> {
+        Ok(self.internal.lock().unwrap().get(name).cloned())
     }
 
-    async fn create_internal(&self, _: &str, _: &serde_json::Value) -> Result<bool, VaultError> {
-        unimplemented!("not used by the lifecycle")
+    async fn create_internal(
+        &self,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<bool, VaultError> {
+        self.take_write()?;
+        let mut all = self.internal.lock().unwrap();
+        if all.contains_key(name) {
+            return Ok(false);
+        }
+        all.insert(name.to_owned(), value.clone());
+        Ok(true)
     }
 
     async fn tenant_secret_names(&self, tenant: &TenantId) -> Result<Vec<String>, VaultError> {
@@ -343,7 +355,7 @@ async fn the_download_hands_out_the_version_sql_knows_even_if_vault_has_a_newer_
 
     let (_, private_key) = f
         .lifecycle
-        .download(&caller, &t1(), KeyKind::Tenant, None)
+        .download(&caller, &t1(), KeyKind::Tenant, None, None)
         .await
         .unwrap();
     let fingerprint = keyward_common::keys::private_key_fingerprint(&private_key).unwrap();
