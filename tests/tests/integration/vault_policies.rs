@@ -833,6 +833,18 @@ async fn control_plane_runs_with_only_its_policy_through_approle() {
     assert_eq!(status, 200, "verify: {verified}");
     let verdict: Value = serde_json::from_str(&verified).unwrap();
     assert_eq!(verdict["head"]["status"], "ok", "{verdict}");
+    // Enrolling a second factor creates the key that seals TOTP seeds, which its policy allows.
+    let (status, enrolled) =
+        call(Method::POST, "/api/v1/tenant/mfa/totp", &tenant_token, None).await;
+    assert_eq!(status, 201, "enrol a TOTP factor: {enrolled}");
+    let (seal, _) = bao
+        .read_kv("_keyward/mfa_seal_key")
+        .await
+        .expect("the MFA seal key in Vault");
+    assert!(
+        seal["key"].as_str().is_some_and(|k| k.len() == 44),
+        "{seal:?}"
+    );
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert!(
         answer["newKeyFingerprint"]

@@ -115,7 +115,11 @@ impl KeyLifecycle {
                 let now_step = step_of(at);
                 let mut found = Checked::NoMatch;
                 for factor in &factors {
-                    let seed = self.open_seed(seal, factor)?;
+                    // A seed that does not open (a row copied from another owner) matches
+                    // nothing; `open_seed` logs it.
+                    let Ok(seed) = self.open_seed(seal, factor) else {
+                        continue;
+                    };
                     if let Some(step) = seed.matching_step(code, now_step) {
                         found = Checked::Totp {
                             factor_id: factor.factor_id.clone(),
@@ -163,6 +167,8 @@ impl KeyLifecycle {
                 ))
                 .await?;
                 tx.commit().await?;
+                metrics::counter!("keyward_mfa_step_ups_total", "outcome" => "accepted")
+                    .increment(1);
                 tracing::info!(owner = %key, operation = purpose, method, "second factor accepted");
                 Ok(())
             }
