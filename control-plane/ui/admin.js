@@ -1,10 +1,11 @@
 // The admin pages: live hosts (hosts.js), tenants and their secrets' metadata, the audit log, logins,
-// Vault health and bulk rotation.
+// Vault health, bulk rotation and the admin token's second factors.
 
 import {
   api, badge, busy, confirmAction, facts, fill, follow, h, Problem, say, scrollBox, statusLine, table, when,
 } from './core.js';
 import { hostsPage } from './hosts.js';
+import { mfaSection, withStepUp } from './mfa.js';
 import { certificatesPanel } from './certs.js';
 import { evidence, outcome } from './tenant.js';
 
@@ -378,7 +379,7 @@ async function rotationPage({ main, signal }) {
     });
     if (!yes) return;
     await busy(start, status, async () => {
-      const job = await api(`${ADMIN}/secrets/rotate-all?async=true`, { method: 'POST', body: { secretType: type }, signal });
+      const job = await withStepUp((headers) => api(`${ADMIN}/secrets/rotate-all?async=true`, { method: 'POST', body: { secretType: type }, headers, signal }));
       say(status, `Started job ${job.jobId}.`, 'ok');
       listJobs();
       watch(job);
@@ -394,7 +395,16 @@ async function rotationPage({ main, signal }) {
   if (running) watch(running);
 }
 
+/** The admin token's own second factors. */
+async function adminMfaPage({ main, signal }) {
+  const section = h('section', { class: 'card', 'aria-labelledby': 'mfa-title', id: 'mfa' });
+  fill(main, h('h1', {}, 'Two-step verification'),
+    h('p', {}, 'Authenticator apps set up here belong to the API token you signed in with.'), section);
+  await mfaSection({ section, base: `${ADMIN}/mfa`, signal });
+}
+
 export const adminPages = {
+  mfa: adminMfaPage,
   hosts: hostsPage,
   tenants: tenantsPage,
   audit: auditPage,

@@ -23,6 +23,7 @@ const adminNav = [
   ['#/admin/vault', 'Vault'],
   ['#/admin/rotation', 'Bulk rotation'],
   ['#/admin/access', 'Access requests'],
+  ['#/admin/mfa', 'Two-step verification'],
 ];
 
 function home() { return session.role === 'admin' ? '#/admin/hosts' : '#/tenant'; }

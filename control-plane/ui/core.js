@@ -53,12 +53,15 @@ async function problemOf(response) {
     body.title || response.statusText, body.detail);
 }
 
+/** The 401s that ask for a second factor: the token is fine, the session goes on. */
+export const STEP_UP_CODES = ['mfa_required', 'mfa_invalid', 'mfa_replayed'];
+
 /**
  * Calls the API; resolves to the JSON answer (or the Response when `raw`), rejects with a
- * Problem. A 401 ends the session.
+ * Problem. A 401 ends the session, unless it asks for a second factor (`STEP_UP_CODES`).
  */
-export async function api(path, { method = 'GET', body, raw = false, token, signal } = {}) {
-  const headers = authHeaders({ Accept: 'application/json' }, token || session.token);
+export async function api(path, { method = 'GET', body, raw = false, token, signal, headers: extra = {} } = {}) {
+  const headers = authHeaders({ Accept: 'application/json', ...extra }, token || session.token);
   const init = { method, headers, cache: 'no-store', signal };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -73,7 +76,7 @@ export async function api(path, { method = 'GET', body, raw = false, token, sign
   }
   if (!response.ok) {
     const problem = await problemOf(response);
-    if (response.status === 401 && !token) onSignedOut('Your session ended (the token was revoked or is no longer valid). Sign in again.');
+    if (response.status === 401 && !token && !STEP_UP_CODES.includes(problem.code)) onSignedOut('Your session ended (the token was revoked or is no longer valid). Sign in again.');
     throw problem;
   }
   if (raw) return response;

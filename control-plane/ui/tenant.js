@@ -4,6 +4,7 @@
 import {
   api, badge, busy, confirmAction, facts, fill, h, Problem, say, statusLine, table, when,
 } from './core.js';
+import { mfaSection, withStepUp } from './mfa.js';
 
 const BASE = '/api/v1/tenant/infrastructure/ssh-credentials';
 const KEY_FILE = 'tenant-ssh-key.pem';
@@ -20,9 +21,10 @@ export async function tenantPage({ main, signal }) {
   const connect = h('section', { class: 'card', 'aria-labelledby': 'connect-title' });
   const manage = h('section', { class: 'card', 'aria-labelledby': 'manage-title' });
   const logins = h('section', { class: 'card', 'aria-labelledby': 'logins-title' });
+  const mfa = h('section', { class: 'card', 'aria-labelledby': 'mfa-title', id: 'mfa' });
   const pageStatus = statusLine('page-status');
   fill(main, h('h1', {}, 'Your SSH access'), pageStatus,
-    h('div', { class: 'grid' }, credentials, download), connect, manage, logins);
+    h('div', { class: 'grid' }, credentials, download), connect, manage, mfa, logins);
 
   const downloadStatus = statusLine('download-status');
   const actionStatus = statusLine('action-status');
@@ -122,7 +124,8 @@ export async function tenantPage({ main, signal }) {
       await busy(button, downloadStatus, async () => {
         const options = { method: 'POST', raw: true, signal };
         if (typed) options.body = { passphrase: typed };
-        const response = await api(`${BASE}/download`, options);
+        // Where the platform asks for a second factor, the code is asked for here.
+        const response = await withStepUp((headers) => api(`${BASE}/download`, { ...options, headers }));
         clear();
         const blob = await response.blob();
         const url = URL.createObjectURL(blob);
@@ -208,7 +211,7 @@ export async function tenantPage({ main, signal }) {
         button.addEventListener('click', async () => {
           if (!await confirmAction({ title: a.title, text: a.what, ok: a.ok })) return;
           await busy(button, actionStatus, async () => {
-            const answer = await api(`${BASE}/${a.path}`, { method: 'POST', signal });
+            const answer = await withStepUp((headers) => api(`${BASE}/${a.path}`, { method: 'POST', headers, signal }));
             say(actionStatus, answer.newKeyFingerprint
               ? `${answer.message} New fingerprint: ${answer.newKeyFingerprint}`
               : answer.message, 'ok');
@@ -241,7 +244,7 @@ export async function tenantPage({ main, signal }) {
         : h('p', { id: 'logins-empty' }, 'No logins recorded yet.'));
   }
 
-  await Promise.all([refresh(), loadLogins()]);
+  await Promise.all([refresh(), loadLogins(), mfaSection({ section: mfa, base: '/api/v1/tenant/mfa', signal })]);
 }
 
 // Whether the agent verified a login event (journald's trusted fields, or a live connection of

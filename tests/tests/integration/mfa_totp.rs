@@ -23,8 +23,8 @@ const DOWNLOAD: &str = "/api/v1/tenant/infrastructure/ssh-credentials/download";
 const REGENERATE: &str = "/api/v1/tenant/infrastructure/ssh-credentials/regenerate";
 
 /// An authenticator app: the secret it was given, and the last step it showed a code of (the
-/// server takes each step once).
-struct Authenticator {
+/// server takes each step once). The web UI's test uses it too.
+pub(crate) struct Authenticator {
     seed: Vec<u8>,
     last_step: u64,
 }
@@ -38,7 +38,7 @@ fn now_step() -> u64 {
 }
 
 impl Authenticator {
-    fn new(base32_secret: &str) -> Self {
+    pub(crate) fn new(base32_secret: &str) -> Self {
         Self {
             seed: data_encoding::BASE32_NOPAD
                 .decode(base32_secret.as_bytes())
@@ -60,7 +60,7 @@ impl Authenticator {
 
     /// A code of a step not shown before: the current one's, or the next one's (the server takes
     /// one step of skew) when the current one was shown; waits when both were.
-    async fn fresh_code(&mut self) -> String {
+    pub(crate) async fn fresh_code(&mut self) -> String {
         let step = now_step().max(self.last_step + 1);
         eventually(
             "a TOTP step within the server's skew",

@@ -318,6 +318,108 @@ async fn tenant_downloads_a_passphrase_encrypted_key_in_the_page() {
     browser.close().await;
 }
 
+/// Two-step verification in the page (#17): the tenant sets up an authenticator app from the QR
+/// code and secret shown once, confirms it and is shown its recovery codes once; where the
+/// policy names the download, the page asks for a code when the server answers `mfa_required`
+/// (the session goes on), and the key is saved with it.
+#[tokio::test]
+async fn tenant_enrols_totp_and_steps_up_for_the_download_in_the_page() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let tenant = unique_tenant("uimfa");
+    cp.create_tenant(&tenant).await;
+    let policy = cp
+        .request(
+            Method::PUT,
+            &format!("/api/v1/admin/tenants/{tenant}/mfa-policy"),
+            Some(&cp.admin_token),
+            Some(json!({ "requireFor": ["download"] })),
+        )
+        .await;
+    assert_eq!(policy.status, 200, "{}", policy.text());
+    let token = cp.tenant_token(&tenant).await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &cp, &token, "#mfa-enrol").await;
+    let asked = browser.text("#mfa-required-for").await;
+    assert!(asked.contains("download"), "{asked}");
+    browser.click("#mfa-enrol").await;
+    let secret = browser
+        .wait_text("#mfa-secret", "the new factor's secret", |t| t.len() == 32)
+        .await;
+    // The QR code is drawn in the page (paths copied from the server's SVG, no markup inserted).
+    let modules = browser
+        .script("return document.querySelectorAll('#mfa-qr path').length")
+        .await;
+    assert!(modules.as_u64().is_some_and(|n| n >= 1), "{modules}");
+    let uri = browser
+        .script("return document.getElementById('mfa-uri').textContent")
+        .await;
+    assert!(
+        uri.as_str()
+            .is_some_and(|u| u.starts_with("otpauth://totp/keyward:") && u.contains(&secret)),
+        "{uri}"
+    );
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "enrolment: {violations:#?}");
+    browser.screenshot("tenant-mfa-enrol").await;
+    let mut app = crate::mfa_totp::Authenticator::new(&secret);
+    browser
+        .type_into("#mfa-code", &app.fresh_code().await)
+        .await;
+    browser.click("#mfa-confirm").await;
+    let codes = browser
+        .wait_text("#mfa-recovery-codes", "the recovery codes", |t| {
+            t.lines().count() == 10
+        })
+        .await;
+    assert!(codes.lines().all(|c| c.len() == 19), "{codes}");
+    browser
+        .wait_text("#mfa-factors", "the confirmed factor", |t| {
+            t.contains("10 recovery codes left")
+        })
+        .await;
+    browser.screenshot("tenant-mfa-recovery-codes").await;
+
+    // The download asks for a code, and the session goes on meanwhile.
+    browser.click("#download").await;
+    confirm(&browser, "handed out once").await;
+    browser
+        .wait_text("#step-up-text", "the prompt for a code", |t| {
+            t.contains("authenticator app")
+        })
+        .await;
+    assert_eq!(
+        browser
+            .script("return document.getElementById('step-up').open")
+            .await,
+        json!(true)
+    );
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "step-up prompt: {violations:#?}");
+    browser
+        .type_into("#step-up-code", &app.fresh_code().await)
+        .await;
+    browser.click("#step-up-ok").await;
+    let (_, key) = saved_key(&browser, "Downloaded").await;
+    assert!(key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    assert!(browser.text("#signout").await.contains("Sign out"));
+    let events = cp.audit_of(&tenant).await;
+    assert!(
+        events.iter().any(|e| e["action"] == "mfa.step_up"
+            && e["outcome"] == "success"
+            && e["detail"]["operation"] == "download"),
+        "{events:#?}"
+    );
+    let errors = browser.console_errors().await;
+    // The refused first attempt (401 mfa_required) is the browser's own console line.
+    assert!(
+        errors.iter().all(|e| e.contains("401")),
+        "console errors: {errors:?}"
+    );
+    browser.close().await;
+}
+
 /// Where the platform routes SSH through a bastion, the connection instructions say how.
 #[tokio::test]
 async fn tenant_is_shown_the_proxyjump_when_ssh_goes_through_a_bastion() {
