@@ -192,6 +192,10 @@ impl KeyLifecycle {
             return Ok(None);
         }
         let tokens = tx.revoke_tenant_tokens(tenant, now).await?;
+        // Its second factors go with its tokens: their sealed seeds are the tenant's secrets.
+        let mfa_factors = tx
+            .delete_owner_mfa(&super::MfaOwner::Tenant(tenant.clone()).key())
+            .await?;
         let record = OffboardingRecord {
             tenant_id: tenant.clone(),
             step: OffboardingStep::RemovingKeys,
@@ -213,6 +217,7 @@ impl KeyLifecycle {
         let hosts = tx.record_offboarding_hosts(tenant).await?;
         let detail = json!({
             "tokensRevoked": tokens,
+            "mfaFactorsDeleted": mfa_factors,
             "hosts": hosts,
             "agentWaitUntil": iso8601(record.agent_wait_until),
         });

@@ -261,6 +261,33 @@ impl WriteTx {
         )
     }
 
+    /// Deletes every factor of `owner` and its recovery codes and failures (a tenant offboarded):
+    /// how many factors there were.
+    pub async fn delete_owner_mfa(&mut self, owner: &str) -> Result<u64, StoreError> {
+        for (statement, what) in [
+            (
+                "DELETE FROM mfa_recovery_codes WHERE owner = $1",
+                "deleting recovery codes",
+            ),
+            (
+                "DELETE FROM mfa_failures WHERE owner = $1",
+                "deleting failed step-ups",
+            ),
+        ] {
+            sqlx::query(statement)
+                .bind(owner)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query_error(what))?;
+        }
+        Ok(sqlx::query("DELETE FROM mfa_factors WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(query_error("deleting second factors"))?
+            .rows_affected())
+    }
+
     /// Counts a failed step-up of `owner`: a window that began at or before `window_floor` is
     /// over, and a new one begins `at`. The failures in the current window, this one included.
     pub async fn record_mfa_failure(

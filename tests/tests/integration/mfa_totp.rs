@@ -7,7 +7,8 @@
 //! is refused the same code twice, steps up once with a recovery code, and is locked out (429,
 //! audited) after five wrong codes. An admin's factor belongs to its token: another admin token
 //! cannot use it. The seed is sealed in SQL (a row moved to another tenant opens for no one) and
-//! is in no database file, audit event or log line; nor are the codes.
+//! is in no database file, audit event or log line; nor are the codes. Offboarding a tenant
+//! deletes its factors.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -536,6 +537,34 @@ async fn step_up_story(bao: &OpenBao, database: Database) {
     call(&cp, Method::POST, DOWNLOAD, &token, None, None)
         .await
         .assert_problem(403, "mfa_not_enrolled");
+
+    // Offboarding a tenant deletes its factors with its tokens.
+    let offboarded = call(
+        &cp,
+        Method::DELETE,
+        &format!("/api/v1/admin/tenants/{thief}"),
+        &cp.admin_token,
+        Some(json!({ "confirm": thief })),
+        None,
+    )
+    .await;
+    assert_eq!(offboarded.status, 202, "{}", offboarded.text());
+    let left: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM mfa_factors WHERE owner = $1")
+            .bind(format!("tenant:{thief}"))
+            .fetch_one(&mut db)
+            .await
+            .unwrap(),
+        "n",
+    );
+    assert_eq!(left, 0, "the offboarded tenant's factors are kept");
+    let started = cp.audit_of(&thief).await;
+    assert!(
+        started.iter().any(
+            |e| e["action"] == "tenant.offboard.start" && e["detail"]["mfaFactorsDeleted"] == 1
+        ),
+        "{started:#?}"
+    );
 
     // And nothing secret in the log, captured at TRACE.
     let logged = log.text();
