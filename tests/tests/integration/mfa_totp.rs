@@ -6,9 +6,10 @@
 //! confirms it (ten recovery codes, once), is refused without a code, downloads with a fresh one,
 //! is refused the same code twice, steps up once with a recovery code, and is locked out (429,
 //! audited) after five wrong codes. An admin's factor belongs to its token: another admin token
-//! cannot use it. The seed is sealed in SQL (a row moved to another tenant opens for no one) and
-//! is in no database file, audit event or log line; nor are the codes. Offboarding a tenant
-//! deletes its factors.
+//! cannot use it; the deployment's list makes admins step up for rotate-all, revoking the admin
+//! key or a host, and regenerating. The seed is sealed in SQL (a row moved to another tenant
+//! opens for no one) and is in no database file, audit event or log line; nor are the codes.
+//! Offboarding a tenant deletes its factors.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -204,7 +205,9 @@ async fn step_up_story(bao: &OpenBao, database: Database) {
             database,
             algorithm: KeyAlgorithm::Ed25519,
             configure: Some(|c| {
-                c.mfa.require_for = vec![keyward_server::config::SensitiveOperation::RotateAll];
+                use keyward_server::config::SensitiveOperation::*;
+                // Admins' list; the tenant gets its own below, before any of its requests.
+                c.mfa.require_for = vec![RotateAll, RevokeHost, RevokeAdminKey, Regenerate];
             }),
             ..Default::default()
         },
@@ -426,7 +429,8 @@ async fn step_up_story(bao: &OpenBao, database: Database) {
     }
 
     // An admin's factor is its token's: another admin token has none.
-    let (_, mut admin_app, _, _) = enrol(&cp, "/api/v1/admin/mfa", &cp.admin_token).await;
+    let (_, mut admin_app, admin_recovery, _) =
+        enrol(&cp, "/api/v1/admin/mfa", &cp.admin_token).await;
     let rotate = "/api/v1/admin/secrets/rotate-all?async=true";
     let body = json!({ "secretType": "ssh" });
     call(
@@ -463,6 +467,51 @@ async fn step_up_story(bao: &OpenBao, database: Database) {
     )
     .await
     .assert_problem(403, "mfa_not_enrolled");
+
+    // The deployment's list for admins: revoking the admin key, revoking a host and regenerating
+    // need the admin's factor (a recovery code each, here); rotating a key does not.
+    let host = format!("{tenant}-vps");
+    let registered = call(
+        &cp,
+        Method::POST,
+        "/api/v1/admin/hosts",
+        &cp.admin_token,
+        Some(json!({ "tenantId": tenant, "hostId": host })),
+        None,
+    )
+    .await;
+    assert_eq!(registered.status, 201, "{}", registered.text());
+    let keys = format!("/api/v1/admin/tenants/{tenant}/keys");
+    for (path, n) in [
+        (format!("{keys}/admin/revoke"), 1),
+        (format!("/api/v1/admin/hosts/{host}/revoke"), 2),
+        (format!("{keys}/tenant/regenerate"), 3),
+    ] {
+        call(&cp, Method::POST, &path, &cp.admin_token, None, None)
+            .await
+            .assert_problem(401, "mfa_required");
+        let rescue = format!("recovery:{}", admin_recovery[n]);
+        let done = call(
+            &cp,
+            Method::POST,
+            &path,
+            &cp.admin_token,
+            None,
+            Some(&rescue),
+        )
+        .await;
+        assert_eq!(done.status, 200, "{path}: {}", done.text());
+    }
+    let rotated = call(
+        &cp,
+        Method::POST,
+        &format!("{keys}/tenant/rotate"),
+        &cp.admin_token,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
     let started = call(
         &cp,
         Method::POST,
