@@ -390,6 +390,32 @@ impl ControlPlane {
         self.server = Some(server);
     }
 
+    /// Starts this deployment's control plane again after a disaster, over a restored Vault
+    /// (`bao`) and a restored database (`database_url`): on the same ports, which its agents and
+    /// clients know, with the admin token its operator kept (the restored database holds its
+    /// hash, so no bootstrap token is written), and a new, empty state directory.
+    pub async fn restart_on(&mut self, bao: &OpenBao, database_url: String) {
+        self.stop().await;
+        self.config.vault.address = Some(bao.addr.clone());
+        self.config.vault.addresses.clear();
+        self.config.vault.ca_file.clone_from(&bao.ca_file);
+        self.config.database.url = Some(database_url);
+        self.state_dir = StateDir::Temporary(tempfile::tempdir().unwrap());
+        self.config.server.state_dir = self.state_dir.path().to_path_buf();
+        let server = server::start(self.config.clone())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("control plane starts on the restored Vault and database: {e}")
+            });
+        assert!(
+            !self.config.bootstrap_token_path().exists(),
+            "the restored database holds an admin token: none is bootstrapped"
+        );
+        self.database_url = self.config.database_url();
+        self.url = server.url();
+        self.server = Some(server);
+    }
+
     /// Any request; `token` is sent as a bearer token when given.
     pub async fn request(
         &self,

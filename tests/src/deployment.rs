@@ -87,7 +87,9 @@ impl Deployment {
         Self::start_on(bao, cp).await
     }
 
-    async fn start_on(bao: OpenBao, cp: ControlPlane) -> Self {
+    /// sshd, two real Unix users, a tenant on them and its agent, started and in sync, over this
+    /// OpenBao and control plane (a test's own: raft storage, PostgreSQL, backups, ...).
+    pub async fn start_on(bao: OpenBao, cp: ControlPlane) -> Self {
         let sshd = Sshd::start_async().await;
         let admin = TestUser::create("a");
         let user = TestUser::create("t");

@@ -20,7 +20,9 @@ pub mod own_key;
 pub mod pg_server;
 pub mod postgres;
 pub mod raw_agent;
+pub mod server_cli;
 pub mod siem;
+pub mod sql_backup;
 pub mod sse;
 
 pub use agent::Agent;
@@ -31,7 +33,7 @@ pub use haproxy::HaProxy;
 pub use openbao::OpenBao;
 pub use openbao_cluster::OpenBaoCluster;
 pub use own_key::OwnKey;
-pub use postgres::PgSchema;
+pub use postgres::{PgDatabase, PgSchema};
 pub use raw_agent::{RawIdentity, RawStream};
 // Users, sshd, polling and `require_program` are shared with the agent's tests.
 pub use keyward_test_support::{

@@ -29,6 +29,9 @@ pub struct OpenBao {
     pub ca_file: Option<PathBuf>,
     /// [`ROOT_TOKEN`], unless started with another ([`OpenBao::start_dev`]).
     pub root_token: String,
+    /// The key that unseals it, with raft storage ([`OpenBao::start_raft`]); after
+    /// [`OpenBao::restore_raft_snapshot`], the snapshotted cluster's.
+    pub unseal_key: Option<String>,
     child: Child,
     /// Its `HOME`, when a temporary directory of its own.
     _home: Option<tempfile::TempDir>,
@@ -113,6 +116,7 @@ impl OpenBao {
                 addr,
                 ca_file: None,
                 root_token: ROOT_TOKEN.to_owned(),
+                unseal_key: None,
                 child,
                 _home: Some(home),
                 http: reqwest::Client::new(),
@@ -142,6 +146,7 @@ impl OpenBao {
             addr: format!("http://127.0.0.1:{}", settings.port),
             ca_file: None,
             root_token: settings.root_token.to_owned(),
+            unseal_key: None,
             child,
             _home: None,
             http: reqwest::Client::new(),
@@ -208,6 +213,7 @@ impl OpenBao {
                 addr: format!("https://127.0.0.1:{port}"),
                 ca_file: Some(ca_file),
                 root_token: ROOT_TOKEN.to_owned(),
+                unseal_key: None,
                 child,
                 _home: Some(home),
                 http: reqwest::Client::builder()
@@ -261,6 +267,7 @@ impl OpenBao {
                 addr: format!("http://127.0.0.1:{port}"),
                 ca_file: None,
                 root_token: ROOT_TOKEN.to_owned(),
+                unseal_key: None,
                 child,
                 _home: Some(home),
                 http: reqwest::Client::new(),
@@ -278,12 +285,76 @@ impl OpenBao {
             );
             create_test_root(&bao.http, &bao.addr, &root).await;
             bao.enable_kv2("vps").await;
+            bao.unseal_key = Some(key);
             return bao;
         }
         panic!(
             "OpenBao with raft storage did not start ({})",
             bin.display()
         );
+    }
+
+    /// Restores a raft snapshot of another cluster into this fresh one (raft storage, keys of its
+    /// own), as an operator does after losing the old cluster: `POST
+    /// sys/storage/raft/snapshot-force`, what `bao operator raft snapshot restore -force FILE`
+    /// sends. The restored data is sealed by the snapshotted cluster's keys, so OpenBao seals
+    /// itself and is unsealed here with that cluster's `unseal_key`; from then on its tokens
+    /// (the tests' [`ROOT_TOKEN`] among them) are the snapshotted cluster's too.
+    ///
+    /// Only into a fresh cluster: restored over data with the same keys, OpenBao stays unsealed,
+    /// and a request that reaches it while it swaps the data in can wait for ever.
+    pub async fn restore_raft_snapshot(&mut self, snapshot: &Path, unseal_key: &str) {
+        assert_ne!(
+            self.unseal_key.as_deref(),
+            Some(unseal_key),
+            "a snapshot is restored into a fresh cluster, with keys of its own"
+        );
+        let bytes = std::fs::read(snapshot)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", snapshot.display()));
+        let response = self
+            .http
+            .post(format!("{}/v1/sys/storage/raft/snapshot-force", self.addr))
+            .header("X-Vault-Token", &self.root_token)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("OpenBao at {} does not answer a restore: {e}", self.addr));
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "restoring {}: {status} {}",
+            snapshot.display(),
+            response.text().await.unwrap_or_default()
+        );
+        // A request that arrives while it seals can wait for ever: each asks for two seconds.
+        eventually(
+            "OpenBao to seal itself after the restore",
+            Duration::from_secs(30),
+            || async {
+                let seal: Value = self
+                    .http
+                    .get(format!("{}/v1/sys/seal-status", self.addr))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                seal["sealed"].as_bool().filter(|sealed| *sealed)
+            },
+        )
+        .await;
+        let unsealed = unseal_with(&self.http, &self.addr, unseal_key).await;
+        assert_eq!(
+            unsealed["sealed"], false,
+            "OpenBao unseal after the restore: {unsealed}"
+        );
+        assert!(
+            self.wait_ready().await,
+            "OpenBao did not become active after the restore"
+        );
+        self.unseal_key = Some(unseal_key.to_owned());
     }
 
     /// Waits until the listener answers at all (an uninitialised server's health is not 200).

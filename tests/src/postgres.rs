@@ -1,4 +1,5 @@
-//! A private schema in the local PostgreSQL `test` database, dropped afterwards.
+//! A private schema in the local PostgreSQL `test` database, or a database of its own on that
+//! server, dropped afterwards.
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
@@ -71,6 +72,59 @@ impl Drop for PgSchema {
                 .unwrap();
             if let Err(e) = rt.block_on(drop_schema(&name)) {
                 eprintln!("could not drop the test schema {name}: {e}");
+            }
+        })
+        .join();
+    }
+}
+
+/// A database of its own on the local server, dropped afterwards: for a test that dumps a whole
+/// database and restores it into a new, empty one, as an operator does with `pg_dump` and
+/// `pg_restore` (a schema of the shared `test` database would not be a whole database).
+#[derive(Debug)]
+pub struct PgDatabase {
+    pub name: String,
+}
+
+impl PgDatabase {
+    /// An empty database (from `template0`, as `pg_restore` wants its target), owned by
+    /// `postgres`.
+    pub async fn create() -> Self {
+        let name = format!("kwtest_db_{:016x}", rand::random::<u64>());
+        let mut conn = PgConnection::connect(ADMIN_URL).await.unwrap_or_else(|e| {
+            panic!("cannot reach PostgreSQL at {ADMIN_URL}: {e}; {INSTALL_HINT}")
+        });
+        sqlx::raw_sql(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self { name }
+    }
+
+    /// Its URL, for keyward (`database.url`) and for `pg_dump` and `pg_restore` alike.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    /// `DROP DATABASE ... WITH (FORCE)` ends the sessions still connected (a pool a stopped
+    /// server has not closed yet) before it drops.
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let dropped = rt.block_on(async {
+                let mut conn = PgConnection::connect(ADMIN_URL).await?;
+                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+            });
+            if let Err(e) = dropped {
+                eprintln!("could not drop the test database {name}: {e}");
             }
         })
         .join();

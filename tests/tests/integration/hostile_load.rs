@@ -9,6 +9,7 @@ use futures::StreamExt;
 use keyward_server::config::Config;
 use keyward_tests::control_plane::Options;
 use keyward_tests::openbao::ROOT_TOKEN;
+use keyward_tests::server_cli::server_binary;
 use keyward_tests::{ControlPlane, Database, OpenBao, RawIdentity, eventually, unique_tenant};
 use reqwest::Method;
 use serde_json::{Value, json};
