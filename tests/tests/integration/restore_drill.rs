@@ -58,6 +58,15 @@ async fn check_consistency(dir: &Path, bao: &OpenBao, database_url: &str) -> Cli
     server_cli::run(&config, &["check", "consistency"]).await
 }
 
+/// What an agent trusts and is trusted by: its certificate, the agent CA's certificate and the
+/// pinned state-signing key, as its state directory holds them.
+fn agent_identity(state_dir: &Path) -> Vec<Vec<u8>> {
+    ["agent.crt", "ca.crt", "signing.pub"]
+        .iter()
+        .map(|name| std::fs::read(state_dir.join(name)).unwrap())
+        .collect()
+}
+
 /// The base64 body of the public half of an OpenSSH private key, as `authorized_keys` holds it.
 fn public_key_body(key: &KeyFile) -> String {
     let private = ssh_key::PrivateKey::read_openssh_file(&key.path).unwrap();
@@ -143,6 +152,7 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
     let admin_file = std::fs::read_to_string(d.admin.authorized_keys()).unwrap();
     let user_file = std::fs::read_to_string(d.user.authorized_keys()).unwrap();
     let held_fingerprint = recorded[0][1].2.clone();
+    let identity = agent_identity(&d.agent.state_dir);
 
     // The disaster: the control plane, OpenBao and the database are gone. The agent stays, and
     // keeps enforcing what it last applied.
@@ -213,8 +223,13 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
     )
     .await;
     assert!(view["lastError"].is_null(), "{view}");
+    assert_eq!(
+        agent_identity(&d.agent.state_dir),
+        identity,
+        "the agent kept its certificate, CA and pinned state-signing key"
+    );
     assert!(
-        !d.agent.log_text().contains("Replay"),
+        !d.agent.log_text().contains("rejected a state"),
         "{}",
         d.agent.log_text()
     );
