@@ -50,6 +50,10 @@ mod refused;
 
 /// How long the control plane waits for `Applied` before sending the state again.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
+/// How far past its host's desired generation an agent's applied one may raise it
+/// ([`Store::raise_generation_past`](crate::store::Store::raise_generation_past)): more than the
+/// changes a host sees between two backups, far less than the range.
+const MAX_GENERATION_CATCH_UP: i64 = 1_000_000;
 /// How often the control plane pings an agent's stream (see `serve`).
 const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// Agents' hellos, acknowledgements and disconnections waiting to be recorded; a stream waits
@@ -284,6 +288,30 @@ impl Session {
         }
     }
 
+    /// The agent applied a later generation than the database knows (the database was restored
+    /// from a backup older than what the host applied), so it would refuse every state until the
+    /// host's generation passed its own: the generation is raised past the agent's and the state
+    /// sent again, and the host converges to what the database holds.
+    async fn catch_up(&self, applied: u64) {
+        let Ok(applied) = i64::try_from(applied) else {
+            return;
+        };
+        let store = self.service.lifecycle.store();
+        match store
+            .raise_generation_past(&self.host, applied, MAX_GENERATION_CATCH_UP)
+            .await
+        {
+            Ok(true) => {
+                tracing::warn!(host = %self.host, applied, "the agent had applied a later generation than the database holds (a restore?): its state is sent again as a new one");
+                self.send_state().await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(host = %self.host, error = %e, "cannot raise the host's generation past its agent's");
+            }
+        }
+    }
+
     /// Builds, signs and sends the host's current state; returns its generation.
     async fn send_state(&self) -> Option<u64> {
         let lifecycle = &self.service.lifecycle;
@@ -428,6 +456,7 @@ impl Session {
                     at: now,
                 })
                 .await;
+                self.catch_up(hello.applied_generation).await;
                 Ok(None)
             }
             agent_message::Msg::Applied(applied) => {

@@ -468,6 +468,33 @@ impl Store {
         get(&row, "n")
     }
 
+    /// An agent that applied generation `applied` of a live host whose desired generation is
+    /// older (the database was restored from a backup older than what the host applied): the
+    /// desired generation becomes `applied + 1`, so that the agent, which refuses a state older
+    /// than the one it applied, takes the database's state as a new one. Not when `applied` is
+    /// `max_jump` or more beyond the desired generation: an agent cannot push its host's
+    /// generation towards the end of the range, where every later raise would fail. True when
+    /// raised.
+    pub async fn raise_generation_past(
+        &self,
+        host: &HostId,
+        applied: i64,
+        max_jump: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE hosts SET desired_generation = $1 + 1 \
+             WHERE host_id = $2 AND revoked_at IS NULL \
+             AND desired_generation < $1 AND $1 - desired_generation < $3",
+        )
+        .bind(applied)
+        .bind(host.as_str())
+        .bind(max_jump)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("raising a host's generation past its agent's"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn record_host_error(
         &self,
         host: &HostId,

@@ -74,21 +74,19 @@ fn public_key_body(key: &KeyFile) -> String {
     public.split_whitespace().nth(1).unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_consistent() {
-    let started = Instant::now();
-    let backups = tempfile::tempdir().unwrap();
-    let vault_backups = backups.path().join("vault");
+/// OpenBao with raft storage, a control plane on a PostgreSQL database of its own that takes
+/// Vault snapshots into `backups/vault` (`[backup]`), and a host with its real agent, sshd and
+/// users.
+async fn backed_up_deployment(backups: &Path) -> (Deployment, PgDatabase) {
     let database = PgDatabase::create().await;
     let bao = OpenBao::start_raft().await;
-    let original_unseal_key = bao.unseal_key.clone().unwrap();
     let cp = ControlPlane::start_with(
         &bao,
         Options {
             database_url: Some(database.url()),
             algorithm: KeyAlgorithm::Ed25519,
             backup: Some(BackupConfig {
-                dir: Some(vault_backups.clone()),
+                dir: Some(backups.join("vault")),
                 interval: Duration::from_secs(3600),
                 retention: 10,
             }),
@@ -96,8 +94,16 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
         },
     )
     .await;
-    // A host with its real agent, sshd and users; and more tenants, one with an RSA-4096 key.
-    let mut d = Deployment::start_on(bao, cp).await;
+    (Deployment::start_on(bao, cp).await, database)
+}
+
+#[tokio::test]
+async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_consistent() {
+    let started = Instant::now();
+    let backups = tempfile::tempdir().unwrap();
+    let (mut d, database) = backed_up_deployment(backups.path()).await;
+    let original_unseal_key = d.bao.unseal_key.clone().unwrap();
+    // More tenants, one with an RSA-4096 key.
     let [acme, globex, rsa] = ["acme", "globex", "rsa"].map(unique_tenant);
     for tenant in [&acme, &globex, &rsa] {
         d.cp.create_tenant(tenant).await;
@@ -283,4 +289,58 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
 
     d.cp.stop().await;
     println!("restore drill: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[tokio::test]
+async fn a_host_that_applied_changes_the_restore_lost_converges_to_the_restored_state() {
+    let backups = tempfile::tempdir().unwrap();
+    let (mut d, database) = backed_up_deployment(backups.path()).await;
+    let unseal_key = d.bao.unseal_key.clone().unwrap();
+    let backed_up_key = d.download().await;
+    let backed_up_file = std::fs::read_to_string(d.user.authorized_keys()).unwrap();
+    let sql_backup = backups.path().join("keyward.dump");
+    pg_dump(&database.url(), &sql_backup).await;
+    let snapshot = d.cp.server().backups.snapshot_now().await.unwrap().path;
+
+    // After the backups, a regeneration the host applies: the restore loses it.
+    d.tenant_op("/regenerate").await;
+    d.agent.wait_in_sync(&d.cp).await;
+    let lost_key = d.download().await;
+    assert!(d.tenant_login(&lost_key).await);
+    assert!(!d.tenant_login(&backed_up_key).await);
+
+    d.cp.stop().await;
+    d.bao.stop().await;
+    drop(database);
+    let mut fresh = OpenBao::start_raft().await;
+    fresh.restore_raft_snapshot(&snapshot, &unseal_key).await;
+    let restored = PgDatabase::create().await;
+    pg_restore(&sql_backup, &restored.url()).await;
+    d.bao = fresh;
+    d.cp.restart_on(&d.bao, restored.url()).await;
+
+    // The host had applied a later state than the restored one: it converges to the restored
+    // state all the same, the backed-up key logs in again and the lost one no longer does.
+    eventually(
+        "the host to hold the restored keys",
+        Duration::from_secs(90),
+        || async {
+            let file = std::fs::read_to_string(d.user.authorized_keys()).ok()?;
+            (file == backed_up_file).then_some(())
+        },
+    )
+    .await;
+    let view = d.agent.wait_in_sync(&d.cp).await;
+    assert!(view["lastError"].is_null(), "{view}");
+    assert!(d.tenant_login(&backed_up_key).await);
+    assert!(!d.tenant_login(&lost_key).await);
+
+    // And what is done after the restore reaches it: a revocation.
+    d.tenant_op("/revoke").await;
+    d.agent.wait_in_sync(&d.cp).await;
+    assert!(
+        !d.tenant_login(&backed_up_key).await,
+        "a revoked key logged in"
+    );
+    d.cp.stop().await;
 }
