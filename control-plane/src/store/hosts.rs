@@ -644,4 +644,58 @@ mod tests {
         assert!(store.hosts_by_ids(&[]).await.unwrap().is_empty());
         assert!(store.host_activity_of(&[]).await.unwrap().is_empty());
     }
+
+    #[tokio::test]
+    async fn a_generation_is_raised_only_past_an_agent_ahead_of_it_and_by_a_bounded_jump() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&url, None).await.unwrap();
+        let tenant: TenantId = "t1".parse().unwrap();
+        let at = |s: &str| crate::clock::parse_iso8601(s).unwrap();
+        let (host, revoked): (HostId, HostId) = ("h1".parse().unwrap(), "h2".parse().unwrap());
+        let mut tx = store.begin().await.unwrap();
+        tx.insert_tenant(&TenantRecord {
+            tenant_id: tenant.clone(),
+            vps_ip: "192.0.2.1".into(),
+            ssh_port: 22,
+            tenant_user: "tenant".parse().unwrap(),
+            admin_user: "kwadmin".parse().unwrap(),
+            created_at: at("2026-01-01T00:00:00Z"),
+        })
+        .await
+        .unwrap();
+        for (id, hash) in [(&host, "hash1"), (&revoked, "hash2")] {
+            let (made, expires) = (at("2026-01-01T00:00:00Z"), at("2026-01-02T00:00:00Z"));
+            tx.insert_host(id, &tenant, HostRole::Vps, made, hash, expires)
+                .await
+                .unwrap();
+        }
+        tx.revoke_host(&revoked, at("2026-01-01T00:00:01Z"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let desired = async |id: &HostId| store.host(id).await.unwrap().unwrap().desired_generation;
+        assert_eq!(desired(&host).await, 1);
+
+        // An agent at the desired generation, or behind it, changes nothing.
+        assert!(!store.raise_generation_past(&host, 1, 10).await.unwrap());
+        assert!(!store.raise_generation_past(&host, 0, 10).await.unwrap());
+        assert_eq!(desired(&host).await, 1);
+        // One ahead of it (a restored database): past the agent's.
+        assert!(store.raise_generation_past(&host, 5, 10).await.unwrap());
+        assert_eq!(desired(&host).await, 6);
+        // Not by the bound or more, nor for a revoked host.
+        assert!(!store.raise_generation_past(&host, 16, 10).await.unwrap());
+        assert!(
+            !store
+                .raise_generation_past(&host, i64::MAX, 10)
+                .await
+                .unwrap()
+        );
+        assert_eq!(desired(&host).await, 6);
+        assert!(store.raise_generation_past(&host, 15, 10).await.unwrap());
+        assert_eq!(desired(&host).await, 16);
+        assert!(!store.raise_generation_past(&revoked, 5, 10).await.unwrap());
+        assert_eq!(desired(&revoked).await, 1);
+    }
 }
