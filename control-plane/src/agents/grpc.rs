@@ -226,6 +226,7 @@ impl AgentHub for AgentService {
                 &self.limits,
                 std::time::Instant::now(),
             )),
+            sent_generation: std::sync::atomic::AtomicU64::new(0),
         };
         tokio::spawn(session.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -242,6 +243,9 @@ struct Session {
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
     /// This stream's rate limits (never held across an await).
     limits: std::sync::Mutex<StreamLimits>,
+    /// The newest generation this stream sent: an agent that applied a later one has a database
+    /// behind it ([`Session::catch_up`]), and only then is the database asked.
+    sent_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -293,6 +297,12 @@ impl Session {
     /// host's generation passed its own: the generation is raised past the agent's and the state
     /// sent again, and the host converges to what the database holds.
     async fn catch_up(&self, applied: u64) {
+        let sent = self
+            .sent_generation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if applied <= sent {
+            return;
+        }
         let Ok(applied) = i64::try_from(applied) else {
             return;
         };
@@ -329,6 +339,8 @@ impl Session {
                 }
             };
         let generation = state.generation;
+        self.sent_generation
+            .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
         let signed = self.service.trust.signer.sign(&state);
         let message = ControlMessage {
             msg: Some(control_message::Msg::State(signed)),

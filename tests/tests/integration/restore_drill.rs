@@ -4,7 +4,9 @@
 //! `check consistency` and `audit verify` pass as an operator runs them, the agent reconnects
 //! with the certificate it had and converges, keys made before the backup still log in and
 //! download, and a change made after the restore reaches the host. On the way, the hazard the
-//! backup order avoids: a Vault snapshot older than the SQL backup is found as drift.
+//! backup order avoids: a Vault snapshot older than the SQL backup is found as drift. On
+//! PostgreSQL (`pg_dump -Fc`, `pg_restore`) and on SQLite (its online backup, the file copied
+//! back); and a host that applied changes the restore lost converges to the restored state.
 //! The procedure is docs/OPERATIONS.md's "Backups and restores".
 
 use std::path::Path;
@@ -15,9 +17,9 @@ use keyward_common::keys::private_key_fingerprint;
 use keyward_server::config::BackupConfig;
 use keyward_tests::control_plane::Options;
 use keyward_tests::server_cli::{self, CliAnswer};
-use keyward_tests::sql_backup::{pg_dump, pg_restore};
+use keyward_tests::sql_backup::{pg_dump, pg_restore, sqlite_backup, sqlite_restore};
 use keyward_tests::{
-    ControlPlane, Deployment, KeyFile, OpenBao, PgDatabase, eventually, unique_tenant,
+    ControlPlane, Database, Deployment, KeyFile, OpenBao, PgDatabase, eventually, unique_tenant,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -74,16 +76,23 @@ fn public_key_body(key: &KeyFile) -> String {
     public.split_whitespace().nth(1).unwrap().to_owned()
 }
 
-/// OpenBao with raft storage, a control plane on a PostgreSQL database of its own that takes
-/// Vault snapshots into `backups/vault` (`[backup]`), and a host with its real agent, sshd and
-/// users.
-async fn backed_up_deployment(backups: &Path) -> (Deployment, PgDatabase) {
-    let database = PgDatabase::create().await;
+/// OpenBao with raft storage, a control plane on `database` (a PostgreSQL database of its own,
+/// returned, or SQLite in its state directory) that takes Vault snapshots into `backups/vault`
+/// (`[backup]`), and a host with its real agent, sshd and users.
+async fn backed_up_deployment(
+    backups: &Path,
+    database: Database,
+) -> (Deployment, Option<PgDatabase>) {
+    let own = match database {
+        Database::Postgres => Some(PgDatabase::create().await),
+        Database::Sqlite => None,
+    };
     let bao = OpenBao::start_raft().await;
     let cp = ControlPlane::start_with(
         &bao,
         Options {
-            database_url: Some(database.url()),
+            database,
+            database_url: own.as_ref().map(PgDatabase::url),
             algorithm: KeyAlgorithm::Ed25519,
             backup: Some(BackupConfig {
                 dir: Some(backups.join("vault")),
@@ -94,14 +103,48 @@ async fn backed_up_deployment(backups: &Path) -> (Deployment, PgDatabase) {
         },
     )
     .await;
-    (Deployment::start_on(bao, cp).await, database)
+    (Deployment::start_on(bao, cp).await, own)
+}
+
+/// The SQL backup of the control plane's database into `file`, as docs/INSTALL.md section 7
+/// says: `pg_dump -Fc`, or SQLite's online backup.
+async fn back_up_sql(cp: &ControlPlane, file: &Path) {
+    if cp.database_url.starts_with("postgres") {
+        pg_dump(&cp.database_url, file).await;
+    } else {
+        sqlite_backup(&cp.database_url, file).await;
+    }
+}
+
+/// A fresh database restored from the SQL backup `file` (`pg_restore` into a new PostgreSQL
+/// database, or the SQLite file copied into `dir`): its URL, and the database to keep.
+async fn restore_sql(file: &Path, database: Database, dir: &Path) -> (String, Option<PgDatabase>) {
+    match database {
+        Database::Postgres => {
+            let restored = PgDatabase::create().await;
+            pg_restore(file, &restored.url()).await;
+            (restored.url(), Some(restored))
+        }
+        Database::Sqlite => (sqlite_restore(file, dir), None),
+    }
 }
 
 #[tokio::test]
 async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_consistent() {
+    restore_drill(Database::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_fresh_openbao_and_a_sqlite_backup_bring_keyward_back_consistent() {
+    restore_drill(Database::Sqlite).await;
+}
+
+/// The drill on `database`: backups taken, everything lost but them and the host, a fresh
+/// OpenBao and a fresh database restored, keyward back.
+async fn restore_drill(database: Database) {
     let started = Instant::now();
     let backups = tempfile::tempdir().unwrap();
-    let (mut d, database) = backed_up_deployment(backups.path()).await;
+    let (mut d, own_database) = backed_up_deployment(backups.path(), database).await;
     let original_unseal_key = d.bao.unseal_key.clone().unwrap();
     // More tenants, one with an RSA-4096 key.
     let [acme, globex, rsa] = ["acme", "globex", "rsa"].map(unique_tenant);
@@ -143,8 +186,8 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
     assert_eq!(rotated.status, 200, "{}", rotated.text());
 
     // The backups as docs/INSTALL.md section 7 says: SQL first, the Vault snapshot right after.
-    let sql_backup = backups.path().join("keyward.dump");
-    pg_dump(&database.url(), &sql_backup).await;
+    let sql_backup = backups.path().join("keyward.sql-backup");
+    back_up_sql(&d.cp, &sql_backup).await;
     let snapshot = d.cp.server().backups.snapshot_now().await.unwrap().path;
     assert_ne!(snapshot, stale_snapshot);
 
@@ -164,7 +207,10 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
     // keeps enforcing what it last applied.
     d.cp.stop().await;
     d.bao.stop().await;
-    drop(database);
+    drop(own_database);
+    for file in ["keyward.db", "keyward.db-wal", "keyward.db-shm"] {
+        let _ = std::fs::remove_file(d.cp.state_dir.path().join(file));
+    }
 
     // A fresh OpenBao with raft storage (its own data directory, its own keys) and a fresh
     // database. The operator restores the wrong snapshot first: the older one.
@@ -172,9 +218,9 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
     wrong
         .restore_raft_snapshot(&stale_snapshot, &original_unseal_key)
         .await;
-    let restored = PgDatabase::create().await;
-    pg_restore(&sql_backup, &restored.url()).await;
-    let check = check_consistency(backups.path(), &wrong, &restored.url()).await;
+    let (restored, _restored_database) =
+        restore_sql(&sql_backup, database, &backups.path().join("restored")).await;
+    let check = check_consistency(backups.path(), &wrong, &restored).await;
     assert_eq!(
         check.code, 1,
         "drift exits 1: {:#} {}",
@@ -194,13 +240,13 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
     fresh
         .restore_raft_snapshot(&snapshot, &original_unseal_key)
         .await;
-    let check = check_consistency(backups.path(), &fresh, &restored.url()).await;
+    let check = check_consistency(backups.path(), &fresh, &restored).await;
     assert_eq!(check.code, 0, "{:#} {}", check.json, check.stderr);
     assert_eq!(check.json["ok"], true);
     assert_eq!(check.json["checked"], 2 * tenants.len(), "{:#}", check.json);
     assert_eq!(check.json["drift"], 0);
     assert_eq!(check.json["findings"], json!([]), "not even vault_ahead");
-    let config = server_cli::write_config(backups.path(), &restored.url(), &fresh);
+    let config = server_cli::write_config(backups.path(), &restored, &fresh);
     let verify = server_cli::run(&config, &["audit", "verify"]).await;
     assert_eq!(verify.code, 0, "{:#} {}", verify.json, verify.stderr);
     assert_eq!(verify.json["ok"], true, "{:#}", verify.json);
@@ -212,7 +258,7 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
 
     // keyward starts on the restored pair, on its old ports, with the operator's admin token.
     d.bao = fresh;
-    d.cp.restart_on(&d.bao, restored.url()).await;
+    d.cp.restart_on(&d.bao, restored.clone()).await;
     for (tenant, before) in tenants.iter().zip(&recorded) {
         assert_eq!(&key_sets(&d.cp, tenant).await, before, "{tenant}");
     }
@@ -282,24 +328,27 @@ async fn a_fresh_openbao_and_database_restored_from_backups_bring_keyward_back_c
         d.tenant_login(&held_key).await,
         "the rotated key keeps its grace period"
     );
-    let check = check_consistency(backups.path(), &d.bao, &restored.url()).await;
+    let check = check_consistency(backups.path(), &d.bao, &restored).await;
     assert_eq!(check.code, 0, "{:#}", check.json);
     let verify = server_cli::run(&config, &["audit", "verify"]).await;
     assert_eq!(verify.code, 0, "{:#}", verify.json);
 
     d.cp.stop().await;
-    println!("restore drill: {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "restore drill on {database:?}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test]
 async fn a_host_that_applied_changes_the_restore_lost_converges_to_the_restored_state() {
     let backups = tempfile::tempdir().unwrap();
-    let (mut d, database) = backed_up_deployment(backups.path()).await;
+    let (mut d, database) = backed_up_deployment(backups.path(), Database::Postgres).await;
     let unseal_key = d.bao.unseal_key.clone().unwrap();
     let backed_up_key = d.download().await;
     let backed_up_file = std::fs::read_to_string(d.user.authorized_keys()).unwrap();
     let sql_backup = backups.path().join("keyward.dump");
-    pg_dump(&database.url(), &sql_backup).await;
+    back_up_sql(&d.cp, &sql_backup).await;
     let snapshot = d.cp.server().backups.snapshot_now().await.unwrap().path;
 
     // After the backups, a regeneration the host applies: the restore loses it.
@@ -314,10 +363,10 @@ async fn a_host_that_applied_changes_the_restore_lost_converges_to_the_restored_
     drop(database);
     let mut fresh = OpenBao::start_raft().await;
     fresh.restore_raft_snapshot(&snapshot, &unseal_key).await;
-    let restored = PgDatabase::create().await;
-    pg_restore(&sql_backup, &restored.url()).await;
+    let (restored, _restored_database) =
+        restore_sql(&sql_backup, Database::Postgres, backups.path()).await;
     d.bao = fresh;
-    d.cp.restart_on(&d.bao, restored.url()).await;
+    d.cp.restart_on(&d.bao, restored).await;
 
     // The host had applied a later state than the restored one: it converges to the restored
     // state all the same, the backed-up key logs in again and the lost one no longer does.
