@@ -101,24 +101,6 @@ impl StateDir {
     }
 }
 
-/// The `keyward-server` binary the workspace built (`KEYWARD_SERVER_BIN` names another), for
-/// tests that run it as an operator does.
-pub fn server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("KEYWARD_SERVER_BIN") {
-        return PathBuf::from(path);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
-    let path = target.join("debug/keyward-server");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build -p keyward-server` first (`make test` does)",
-        path.display()
-    );
-    path
-}
-
 /// The Vault a control plane is configured with: one node or every node of a cluster.
 #[derive(Debug, Clone)]
 struct VaultTarget {

@@ -4,49 +4,32 @@
 //! operator re-anchors it.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use keyward_common::KeyAlgorithm;
-use keyward_tests::control_plane::{Options, server_binary};
-use keyward_tests::openbao::{AUDIT_HEAD_KEY, ROOT_TOKEN};
+use keyward_tests::control_plane::Options;
+use keyward_tests::openbao::AUDIT_HEAD_KEY;
+use keyward_tests::server_cli::{self, run};
 use keyward_tests::{ControlPlane, OpenBao, eventually, unique_tenant};
 use reqwest::Method;
 use serde_json::Value;
 use sqlx::Connection;
 
-/// The server's configuration for the commands, as an operator's file would hold it.
+/// The server's configuration for the commands, as an operator's file would hold it: the
+/// database, Vault and the audit head's key.
 fn command_config(dir: &Path, cp: &ControlPlane, bao: &OpenBao) -> std::path::PathBuf {
-    let path = dir.join("server.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[database]\nurl = \"{}\"\n\n[vault]\naddress = \"{}\"\ntoken = \"{ROOT_TOKEN}\"\n\n\
-             [audit_signing]\nkey = \"{AUDIT_HEAD_KEY}\"\ninterval = \"1s\"\n",
-            cp.database_url, bao.addr
-        ),
+    use std::io::Write as _;
+    let path = server_cli::write_config(dir, &cp.database_url, bao);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    write!(
+        file,
+        "\n[audit_signing]\nkey = \"{AUDIT_HEAD_KEY}\"\ninterval = \"1s\"\n"
     )
     .unwrap();
     path
-}
-
-/// `keyward-server ARGS` (with `--config config` first, when given), as an operator runs it.
-fn keyward_server(config: Option<&Path>, args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(server_binary());
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    command.args(args).output().unwrap()
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 async fn verify(cp: &ControlPlane) -> Value {
@@ -100,43 +83,30 @@ async fn a_log_cut_short_in_sql_is_told_by_the_signed_checkpoint_until_an_operat
     // The commands, as an operator runs them: verify, the public keys, a bundle checked offline.
     let dir = tempfile::tempdir().unwrap();
     let config = command_config(dir.path(), &cp, &bao);
-    let out = keyward_server(Some(&config), &["audit", "verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(json_of(&out)["head"]["status"], "ok");
-    let out = keyward_server(Some(&config), &["audit", "head-keys"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let verified = run(&config, &["audit", "verify"]).await;
+    assert_eq!(verified.code, 0, "{}", verified.json);
+    assert_eq!(verified.json["head"]["status"], "ok");
+    let keys = run(&config, &["audit", "head-keys"]).await;
+    assert_eq!(keys.code, 0, "{}", keys.stderr);
+    assert_eq!(keys.json["key"], format!("transit/keys/{AUDIT_HEAD_KEY}"));
     let keys_file = dir.path().join("keys.json");
-    std::fs::write(&keys_file, &out.stdout).unwrap();
-    assert_eq!(
-        json_of(&out)["key"],
-        format!("transit/keys/{AUDIT_HEAD_KEY}")
-    );
+    std::fs::write(&keys_file, keys.json.to_string()).unwrap();
     let bundle = dir.path().join("bundle.jsonl");
     let (keys_path, bundle_path) = (keys_file.to_str().unwrap(), bundle.to_str().unwrap());
     let since = "2000-01-01T00:00:00Z";
-    let out = keyward_server(
-        Some(&config),
+    let exported = run(
+        &config,
         &["audit", "export", "--since", since, "-o", bundle_path],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = keyward_server(
-        None,
+    )
+    .await;
+    assert_eq!(exported.code, 0, "{}", exported.stderr);
+    let checked = run(
+        &config,
         &["audit", "verify-bundle", "--keys", keys_path, bundle_path],
-    );
-    let offline = json_of(&out);
-    assert!(out.status.success(), "{offline}");
+    )
+    .await;
+    let offline = checked.json;
+    assert_eq!(checked.code, 0, "{offline}");
     // (Events of the current second are after `--until`, which defaults to now.)
     let heads = &offline["signedHeads"];
     assert!(heads["signedHeads"].as_u64() >= Some(1), "{offline}");
@@ -189,29 +159,13 @@ async fn a_log_cut_short_in_sql_is_told_by_the_signed_checkpoint_until_an_operat
         metrics.contains("keyward_audit_head_mismatch 1"),
         "{metrics}"
     );
-    let out = keyward_server(Some(&config), &["audit", "verify"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let refused = run(&config, &["audit", "verify"]).await;
+    assert_eq!(refused.code, 1, "{}", refused.json);
 
     // The operator looks, then re-anchors: audited with the reason, and all is well again.
-    let out = keyward_server(
-        Some(&config),
-        &[
-            "audit",
-            "reset-checkpoint",
-            "--reason",
-            "cut in the test, looked at",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let reason = "cut in the test, looked at";
+    let reanchored = run(&config, &["audit", "reset-checkpoint", "--reason", reason]).await;
+    assert_eq!(reanchored.code, 0, "{}", reanchored.stderr);
     let verdict = eventually(
         "a good verdict after the reset",
         Duration::from_secs(20),
@@ -226,10 +180,7 @@ async fn a_log_cut_short_in_sql_is_told_by_the_signed_checkpoint_until_an_operat
         .admin_get("/api/v1/admin/audit?action=audit.head.reset")
         .await
         .json();
-    assert_eq!(
-        reset["events"][0]["detail"]["reason"], "cut in the test, looked at",
-        "{reset}"
-    );
+    assert_eq!(reset["events"][0]["detail"]["reason"], reason, "{reset}");
     let metrics = eventually("the metric back to 0", Duration::from_secs(20), || async {
         let m = cp.request(Method::GET, "/metrics", None, None).await.text();
         m.contains("keyward_audit_head_mismatch 0").then_some(m)

@@ -179,7 +179,7 @@ async fn out_of_descriptors_the_agent_accept_loop_backs_off_instead_of_spinning(
     // 128 descriptors: a few dozen for the server itself, the rest for the attacker to take.
     let mut child = tokio::process::Command::new("prlimit")
         .arg("--nofile=128:128")
-        .arg(keyward_tests::control_plane::server_binary())
+        .arg(server_binary())
         .arg("--config")
         .arg(&config)
         .arg("serve")
