@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::TenantCaller;
+use super::mfa::MfaFactorView;
 use super::{AppState, access, certificates};
 use crate::clock::iso8601;
 use crate::error::ApiError;
@@ -38,7 +39,7 @@ const BUFFERED_LINES: usize = 64;
 /// Streams the tenant's data as JSON lines (`application/x-ndjson`).
 #[utoipa::path(get, path = "/api/v1/tenant/infrastructure/data-export", tag = "tenant",
     responses((status = 200, content_type = "application/x-ndjson",
-        description = "JSON lines: `export`, `tenant`, `keySet`, `host`, `sshCertificate`, `accessGrant`, `login`, `auditEvent`, then `end` (or `error` when the export broke off)"),
+        description = "JSON lines: `export`, `tenant`, `keySet`, `host`, `sshCertificate`, `accessGrant`, `mfaFactor` (never its secret), `login`, `auditEvent`, then `end` (or `error` when the export broke off)"),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
 pub async fn tenant_data_export(
     State(state): State<AppState>,
@@ -193,6 +194,11 @@ async fn write_records(
             .await
     {
         return Ok(false);
+    }
+    for factor in state.lifecycle.tenant_mfa_factors(tenant).await? {
+        if !out.record("mfaFactor", MfaFactorView::from(factor)).await {
+            return Ok(false);
+        }
     }
     let mut before_id = None;
     loop {

@@ -292,6 +292,26 @@ async fn step_up_story(bao: &OpenBao, database: Database) {
     // Enrolled and confirmed; the factor is the tenant's, whichever of its tokens asks.
     let (factor_id, mut app, recovery, enrolment) = enrol(&cp, "/api/v1/tenant/mfa", &token).await;
     let secret = enrolment["secret"].as_str().unwrap().to_owned();
+    // The tenant's data export (GDPR art. 15) lists the factor, never its secret.
+    let export = cp
+        .request(
+            Method::GET,
+            "/api/v1/tenant/infrastructure/data-export",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(export.status, 200, "{}", export.text());
+    let factors: Vec<Value> = export
+        .text()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|line| line["record"] == "mfaFactor")
+        .collect();
+    assert_eq!(factors.len(), 1, "{}", export.text());
+    assert_eq!(factors[0]["id"], factor_id.as_str());
+    assert!(factors[0]["confirmedAt"].is_string(), "{}", factors[0]);
+    assert!(!export.text().contains(&secret), "the seed is not exported");
     let mine = call(
         &cp,
         Method::GET,

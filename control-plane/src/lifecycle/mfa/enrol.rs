@@ -12,6 +12,7 @@ use super::totp::{TotpSeed, qr_svg, step_of};
 use super::{MfaOwner, MfaProof, recovery};
 use crate::caller::Caller;
 use crate::store::MfaFactorRecord;
+use keyward_common::TenantId;
 
 /// Factors a principal can hold, confirmed or not.
 pub const MAX_FACTORS: usize = 5;
@@ -74,6 +75,20 @@ impl KeyLifecycle {
         Ok(self
             .store
             .mfa_factors(&owner.key())
+            .await?
+            .into_iter()
+            .map(MfaFactor::from)
+            .collect())
+    }
+
+    /// A tenant's own second factors (never their secrets), as its data export lists them.
+    pub async fn tenant_mfa_factors(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<MfaFactor>, DomainError> {
+        Ok(self
+            .store
+            .mfa_factors(&MfaOwner::Tenant(tenant.clone()).key())
             .await?
             .into_iter()
             .map(MfaFactor::from)
