@@ -7,8 +7,10 @@
 //! | every other audited REST call (tokens, tenants, hosts, downloads, policies, backups) | API Activity (6003, category 6 Application Activity) |
 //!
 //! Every event carries the keyward event it comes from under `unmapped.keyward` (for an audit
-//! event, its whole event line: a receiver checks the hash chain from it), and its sequence
-//! number as `metadata.uid`, which a receiver de-duplicates on.
+//! event, its whole event line: a receiver checks the hash chain from it), its hash as
+//! `metadata.uid` (a login's: its batch event's hash and the login's id), which a receiver
+//! de-duplicates on, and its sequence number as `metadata.sequence`, which orders. Not the
+//! sequence number alone: after a restore, new events take the lost events' numbers.
 
 use serde_json::{Value, json};
 
@@ -91,10 +93,11 @@ fn base(class: u32, activity: u32, activity_name: &str, at: &str, success: bool)
     })
 }
 
-fn metadata(uid: String, event_code: &str) -> Value {
+fn metadata(uid: String, sequence: i64, event_code: &str) -> Value {
     json!({
         "version": VERSION,
         "uid": uid,
+        "sequence": sequence,
         "event_code": event_code,
         "log_name": "keyward-audit",
         "product": {
@@ -122,7 +125,7 @@ pub fn audit_event(e: &EventLine) -> Value {
             "type": e.actor_role,
         },
     });
-    v["metadata"] = metadata(e.seq.to_string(), &e.action);
+    v["metadata"] = metadata(e.hash.clone(), e.seq, &e.action);
     v["actor"] = actor;
     v["message"] = json!(format!("{} {}", e.action, e.outcome));
     if let Some(addr) = &e.source_addr {
@@ -150,12 +153,13 @@ pub fn audit_event(e: &EventLine) -> Value {
     v
 }
 
-/// An SSH login an agent reported, stored with the audit event `audit_seq`.
-pub fn login(audit_seq: i64, l: &LoginRecord) -> Value {
+/// An SSH login an agent reported, stored with the audit event `audit_seq` of hash
+/// `audit_hash`.
+pub fn login(audit_seq: i64, audit_hash: &str, l: &LoginRecord) -> Value {
     let accepted = l.outcome == "accepted";
     let at = crate::clock::iso8601(l.at);
     let mut v = base(AUTHENTICATION, 1, "Logon", &at, accepted);
-    v["metadata"] = metadata(format!("{audit_seq}.{}", l.id), "ssh.login");
+    v["metadata"] = metadata(format!("{audit_hash}.{}", l.id), audit_seq, "ssh.login");
     v["message"] = json!(format!("ssh login {} for {}", l.outcome, l.user));
     v["user"] = json!({ "name": l.user, "org": { "uid": l.tenant_id } });
     v["src_endpoint"] = json!({ "ip": l.source_ip, "port": l.source_port });
@@ -164,7 +168,8 @@ pub fn login(audit_seq: i64, l: &LoginRecord) -> Value {
     v["auth_protocol"] = json!(format!("SSH {}", l.method));
     v["is_mfa"] = json!(false);
     v["status_detail"] = json!(l.outcome);
-    v["unmapped"] = json!({ "keyward": { "auditSeq": audit_seq, "login": l } });
+    v["unmapped"] =
+        json!({ "keyward": { "auditSeq": audit_seq, "auditHash": audit_hash, "login": l } });
     v
 }
 
@@ -203,7 +208,8 @@ mod tests {
         assert_eq!(v["type_uid"], 300_103);
         assert_eq!(v["user"]["uid"], "keyward:acme:tenant");
         assert_eq!(v["time"], 1_796_619_600_000_i64);
-        assert_eq!(v["metadata"]["uid"], "7");
+        assert_eq!(v["metadata"]["uid"], "b", "the hash");
+        assert_eq!(v["metadata"]["sequence"], 7);
         assert_eq!(v["src_endpoint"]["ip"], "192.0.2.1");
         assert_eq!(v["unmapped"]["keyward"]["hash"], "b");
         assert_eq!(v["status_id"], 1);

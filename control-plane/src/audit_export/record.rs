@@ -14,6 +14,9 @@ use crate::store::{AuditRecord, LoginRecord};
 pub struct Record {
     /// The audit event's sequence number (a login's: its batch's event).
     pub seq: i64,
+    /// That event's hash: with `seq`, what tells one event from another, even after a restore
+    /// handed the lost events' sequence numbers to new ones.
+    pub hash: String,
     /// When it happened (RFC 3339).
     pub at: String,
     /// Syslog's MSGID: the audit action, or `ssh.login`.
@@ -56,9 +59,11 @@ pub fn records(
     logins: &[LoginRecord],
 ) -> Vec<Record> {
     let seq = event.seq;
+    let hash = event.hash.clone();
     let mut out = Vec::with_capacity(1 + logins.len());
     let head = Record {
         seq,
+        hash: hash.clone(),
         at: event.at.clone(),
         msgid: event.action.clone(),
         severity: severity(&event.outcome),
@@ -76,16 +81,20 @@ pub fn records(
     });
     for login in logins {
         let json = match format {
-            AuditFormat::Keyward => json!({ "keywardLogin": 1, "auditSeq": seq, "login": login }),
-            AuditFormat::Ocsf => ocsf::login(seq, login),
+            AuditFormat::Keyward => {
+                json!({ "keywardLogin": 1, "auditSeq": seq, "auditHash": hash, "login": login })
+            }
+            AuditFormat::Ocsf => ocsf::login(seq, &hash, login),
         };
         out.push(Record {
             seq,
+            hash: hash.clone(),
             at: crate::clock::iso8601(login.at),
             msgid: "ssh.login".to_owned(),
             severity: severity(&login.outcome),
             params: vec![
                 ("auditSeq", seq.to_string()),
+                ("auditHash", hash.clone()),
                 ("loginId", login.id.to_string()),
             ],
             json: json.to_string(),
@@ -158,12 +167,17 @@ mod tests {
         assert_eq!(auth["type_uid"], 300_201);
         assert_eq!(auth["status_id"], 2);
         assert_eq!(auth["src_endpoint"]["ip"], "198.51.100.7");
-        assert_eq!(auth["metadata"]["uid"], "41.500");
+        assert_eq!(auth["metadata"]["uid"], "h.500");
+        assert_eq!(auth["metadata"]["sequence"], 41);
         assert_eq!(ocsf[1].msgid, "ssh.login");
         assert_eq!(ocsf[1].severity, 5);
         assert_eq!(
             ocsf[1].params,
-            vec![("auditSeq", "41".into()), ("loginId", "500".into())]
+            vec![
+                ("auditSeq", "41".into()),
+                ("auditHash", "h".into()),
+                ("loginId", "500".into())
+            ]
         );
         let own = records(AuditFormat::Keyward, event, detail.clone(), &[login()]);
         let head: serde_json::Value = serde_json::from_str(&own[0].json).unwrap();
@@ -174,6 +188,7 @@ mod tests {
         let line: serde_json::Value = serde_json::from_str(&own[1].json).unwrap();
         assert_eq!(line["keywardLogin"], 1);
         assert_eq!(line["auditSeq"], 41);
+        assert_eq!(line["auditHash"], "h");
         assert_eq!(line["login"]["sourceIp"], "198.51.100.7");
     }
 }

@@ -187,6 +187,7 @@ mod tests {
     fn a_message_is_rfc_5424_with_escaped_structured_data() {
         let record = Record {
             seq: 3,
+            hash: "a\"b]c\\".into(),
             at: "2026-12-07T05:00:00Z".into(),
             msgid: "key.rotate".into(),
             severity: 6,

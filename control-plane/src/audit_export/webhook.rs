@@ -2,7 +2,9 @@
 //!
 //! `X-Keyward-Signature: t=UNIX_SECONDS,v1=HEX` where `HEX` is HMAC-SHA256 with the sink's key
 //! over `UNIX_SECONDS.BODY` (the time is signed too, so that a receiver can refuse a replayed
-//! body); `Idempotency-Key: SINK:FIRST-LAST` names the batch's events. Any 2xx answer delivers
+//! body); `Idempotency-Key: SINK:FIRST-LAST:HASH` names the batch's events (`HASH`: the first 16
+//! hex digits of the last one's hash, so that a batch after a restore, which reuses sequence
+//! numbers, is not taken for one already received). Any 2xx answer delivers
 //! the batch; anything else (or none within the timeout) sends it again later.
 
 use hmac::{Hmac, Mac};
@@ -51,7 +53,13 @@ impl WebhookSink {
             .header(SIGNATURE_HEADER, signature(&self.key, unix_seconds, &body))
             .header(
                 "idempotency-key",
-                format!("{}:{}-{}", self.sink, first.seq, last.seq),
+                format!(
+                    "{}:{}-{}:{}",
+                    self.sink,
+                    first.seq,
+                    last.seq,
+                    last.hash.get(..16).unwrap_or(&last.hash)
+                ),
             )
             .body(body)
             .send()

@@ -246,6 +246,10 @@ async fn every_event_reaches_each_sink_once_in_order_through_outages_and_a_resta
         .expect("a rotation");
     assert_eq!(rotate["class_uid"], 3001);
     assert_eq!(rotate["type_uid"], 300_103);
+    // De-duplicated on the hash (a restore reuses sequence numbers), ordered by the sequence.
+    let keyward = &rotate["unmapped"]["keyward"];
+    assert_eq!(rotate["metadata"]["uid"], keyward["hash"], "{rotate}");
+    assert_eq!(rotate["metadata"]["sequence"], keyward["seq"], "{rotate}");
     let created = ocsf
         .iter()
         .find(|e| e["metadata"]["event_code"] == "tenant.create")
