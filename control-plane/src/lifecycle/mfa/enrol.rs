@@ -16,6 +16,14 @@ use keyward_common::TenantId;
 
 /// Factors a principal can hold, confirmed or not.
 pub const MAX_FACTORS: usize = 5;
+/// An enrolment not confirmed within this is gone: it no longer counts toward
+/// [`MAX_FACTORS`], cannot be confirmed, and is deleted at the principal's next enrolment.
+pub const ENROLMENT_TTL: chrono::Duration = chrono::Duration::minutes(15);
+
+/// Whether `factor` is an enrolment left unconfirmed past [`ENROLMENT_TTL`] at `now`.
+fn abandoned(factor: &MfaFactorRecord, now: DateTime<Utc>) -> bool {
+    factor.confirmed_at.is_none() && now - factor.created_at > ENROLMENT_TTL
+}
 /// What authenticator apps show as the issuer.
 const ISSUER: &str = "keyward";
 
@@ -104,7 +112,13 @@ impl KeyLifecycle {
     ) -> Result<TotpEnrolment, DomainError> {
         let owner = owner_of(caller)?;
         let key = owner.key();
-        let factors = self.store.mfa_factors(&key).await?;
+        let now = self.clock.now();
+        let (abandoned, factors): (Vec<_>, Vec<_>) = self
+            .store
+            .mfa_factors(&key)
+            .await?
+            .into_iter()
+            .partition(|f| abandoned(f, now));
         if factors.len() >= MAX_FACTORS {
             return Err(DomainError::Quota {
                 what: "second factors (delete an unused one first)",
@@ -128,14 +142,18 @@ impl KeyLifecycle {
             kind: "totp".to_owned(),
             sealed_seed: sealed,
             last_step: 0,
-            created_at: self.clock.now(),
+            created_at: now,
             confirmed_at: None,
             last_used_at: None,
             recovery_codes_left: 0,
         };
         let mut tx = self.store.begin().await?;
+        for old in &abandoned {
+            tx.delete_mfa_factor(&key, &old.factor_id).await?;
+        }
         tx.insert_mfa_factor(&record).await?;
-        let detail = json!({ "factorId": factor_id, "kind": "totp" });
+        let expired: Vec<&str> = abandoned.iter().map(|f| f.factor_id.as_str()).collect();
+        let detail = json!({ "factorId": factor_id, "kind": "totp", "expiredDeleted": expired });
         tx.append_audit(&self.event(caller, "mfa.enrol", owner.tenant(), "success", detail))
             .await?;
         tx.commit().await?;
@@ -164,7 +182,7 @@ impl KeyLifecycle {
             .mfa_factors(&key)
             .await?
             .into_iter()
-            .find(|f| f.factor_id == factor_id)
+            .find(|f| f.factor_id == factor_id && !abandoned(f, self.clock.now()))
             .ok_or_else(|| DomainError::MfaFactorNotFound(factor_id.chars().take(40).collect()))?;
         if factor.confirmed_at.is_some() {
             return Err(DomainError::MfaFactorConfirmed);

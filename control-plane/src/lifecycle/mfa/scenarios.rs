@@ -295,3 +295,42 @@ async fn another_factor_or_a_deletion_needs_the_confirmed_one() {
     };
     assert!(f.lifecycle.mfa_factors(&admin).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn an_enrolment_left_unconfirmed_expires_and_frees_its_place() {
+    let f = fixture().await;
+    let caller = tenant_caller();
+    f.lifecycle
+        .create_tenant(&Caller::system(), new_tenant())
+        .await
+        .unwrap();
+    let mut started = Vec::new();
+    for _ in 0..enrol::MAX_FACTORS {
+        started.push(f.lifecycle.enrol_totp(&caller, None).await.unwrap());
+    }
+    assert_eq!(
+        f.lifecycle
+            .enrol_totp(&caller, None)
+            .await
+            .unwrap_err()
+            .code(),
+        "quota_exceeded",
+        "five unconfirmed enrolments fill the places"
+    );
+    // Past the time to confirm: none can be confirmed any more, and they free their places.
+    f.clock.advance(enrol::ENROLMENT_TTL + Duration::seconds(1));
+    let late = &started[0];
+    let code = seed_of(late).code_at(step_of(f.clock.now()));
+    assert_eq!(
+        f.lifecycle
+            .confirm_totp(&caller, &late.factor_id, &code)
+            .await
+            .unwrap_err()
+            .code(),
+        "mfa_factor_not_found"
+    );
+    let fresh = f.lifecycle.enrol_totp(&caller, None).await.unwrap();
+    let listed = f.lifecycle.mfa_factors(&caller).await.unwrap();
+    assert_eq!(listed.len(), 1, "the abandoned ones were deleted");
+    assert_eq!(listed[0].factor_id, fresh.factor_id);
+}
