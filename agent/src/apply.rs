@@ -142,6 +142,7 @@ pub fn managed_keys(keys: &[proto::Key]) -> Result<Vec<ManagedKey>, ApplyError> 
                 generation: key.generation,
                 public_key: key.public_key.clone(),
                 expires_at,
+                options: Default::default(),
             })
         })
         .collect()
@@ -506,6 +507,7 @@ mod tests {
             public_key: public_key.into(),
             fingerprint: String::new(),
             expires_at: expires_at.into(),
+            verify_required: false,
         }
     }
 

@@ -620,6 +620,7 @@ impl Agent {
                         self.logins.on_ack(ack.cursor, link).await;
                         None
                     }
+                    Some(control_message::Msg::RecordingAck(_)) => None,
                     None => None,
                 };
                 let stuck = reply.is_some_and(|reply| !link.send(reply));
@@ -720,6 +721,7 @@ impl Agent {
                 })
                 .collect(),
             host_keys: read_host_keys(&self.config.host_key_dir),
+            recording: false,
         }
     }
 

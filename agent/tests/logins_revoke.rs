@@ -61,6 +61,7 @@ fn desired(
                     public_key: k.public_openssh().to_owned(),
                     fingerprint: k.fingerprint().to_string(),
                     expires_at: String::new(),
+                    verify_required: false,
                 })
                 .collect(),
             denied_fingerprints: denied.iter().map(|k| k.fingerprint().to_string()).collect(),
@@ -69,6 +70,7 @@ fn desired(
             principals: vec![],
             revoked_certificate_ids: vec![],
             jump_principals: vec![],
+            recording: None,
         }],
         sshd: None,
     }

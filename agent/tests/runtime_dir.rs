@@ -30,6 +30,7 @@ fn desired(generation: u64, key: &GeneratedKey) -> DesiredState {
             public_key: key.public_openssh().into(),
             fingerprint: key.fingerprint().to_string(),
             expires_at: String::new(),
+            verify_required: false,
         }],
         denied_fingerprints: vec![],
         session_epoch: 0,
@@ -37,6 +38,7 @@ fn desired(generation: u64, key: &GeneratedKey) -> DesiredState {
         principals: vec![],
         revoked_certificate_ids: vec![],
         jump_principals: vec![],
+        recording: None,
     };
     DesiredState {
         host_id: HOST_ID.into(),

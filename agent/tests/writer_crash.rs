@@ -60,6 +60,7 @@ fn load_sets(path: &Path) -> (Vec<ManagedKey>, Vec<ManagedKey>) {
             generation: generation.unwrap().parse().unwrap(),
             public_key: public_key.unwrap().to_owned(),
             expires_at: None,
+            options: Default::default(),
         };
         if tag == Some("A") {
             a.push(key)

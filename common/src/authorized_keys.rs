@@ -84,6 +84,23 @@ pub struct ManagedKey {
     pub public_key: String,
     /// Set while the key is in its grace period; sshd refuses it after this time.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The options the agent itself adds to the line (never taken from the key text).
+    #[serde(default)]
+    pub options: LineOptions,
+}
+
+/// The `authorized_keys` options a managed line may carry besides `expiry-time`, each decided by
+/// the agent from the signed state and its own configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LineOptions {
+    /// `command="..."`: what sshd runs for every session the key opens (shell, command or
+    /// subsystem; the client's request is in `SSH_ORIGINAL_COMMAND`). The agent's session
+    /// recorder. Only `[A-Za-z0-9/._ -]` is written, so it cannot close the quotes.
+    pub command: Option<String>,
+    /// `verify-required`: a FIDO2 key must prove user verification (PIN or biometric) as well as
+    /// presence.
+    pub verify_required: bool,
 }
 
 /// Why a managed key was refused. Nothing is rendered for a refused key, and [`merge`] fails
@@ -97,7 +114,7 @@ pub enum AuthorizedKeysError {
     ForbiddenCharacter { kind: KeyKind, generation: i64 },
     #[error(
         "{kind} key of generation {generation} carries authorized_keys options; refused \
-         (managed keys get no options but expiry-time)"
+         (the options of a managed line are the agent's own)"
     )]
     HasOptions { kind: KeyKind, generation: i64 },
     #[error("{kind} key of generation {generation} is not an OpenSSH public key: {error}")]
@@ -125,6 +142,11 @@ pub enum AuthorizedKeysError {
     },
     #[error("unknown authorized_keys mode {0:?}; expected \"exclusive\" or \"preserve\"")]
     UnknownMode(String),
+    #[error(
+        "{kind} key of generation {generation}: the forced command may hold only letters, digits, \
+         '/', '.', '_', '-' and spaces; refused"
+    )]
+    BadCommand { kind: KeyKind, generation: i64 },
 }
 
 /// The marker comment of a managed line.
@@ -133,7 +155,8 @@ pub fn marker(kind: KeyKind, generation: i64) -> String {
 }
 
 /// Renders one managed key as an `authorized_keys` line (without the trailing newline):
-/// `[expiry-time="YYYYMMDDHHMMZ" ]type base64 keyward-managed:{kind}:{generation}`.
+/// `[command="...",][expiry-time="YYYYMMDDHHMMZ",][verify-required ]type base64
+/// keyward-managed:{kind}:{generation}` (the options present, comma-separated).
 ///
 /// The algorithm name and base64 blob are re-encoded from the parsed key; the key's own comment
 /// is dropped. The expiry is written in UTC with minute precision, **rounded down**: sshd stops
@@ -180,22 +203,32 @@ pub fn render_line(key: &ManagedKey) -> Result<String, AuthorizedKeysError> {
             generation,
             error,
         })?;
-    match key.expires_at {
-        None => Ok(body),
-        Some(at) => {
-            if !(1970..=9999).contains(&at.year()) {
-                return Err(AuthorizedKeysError::BadExpiry {
-                    kind,
-                    generation,
-                    expires_at: at,
-                });
-            }
-            // `%M` without seconds truncates, which is the rounding down documented above.
-            Ok(format!(
-                "expiry-time=\"{}\" {body}",
-                at.format("%Y%m%d%H%MZ")
-            ))
+    let mut options = Vec::new();
+    if let Some(command) = &key.options.command {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "/._- ".contains(c);
+        if command.is_empty() || !command.chars().all(allowed) {
+            return Err(AuthorizedKeysError::BadCommand { kind, generation });
         }
+        options.push(format!("command=\"{command}\""));
+    }
+    if let Some(at) = key.expires_at {
+        if !(1970..=9999).contains(&at.year()) {
+            return Err(AuthorizedKeysError::BadExpiry {
+                kind,
+                generation,
+                expires_at: at,
+            });
+        }
+        // `%M` without seconds truncates, which is the rounding down documented above.
+        options.push(format!("expiry-time=\"{}\"", at.format("%Y%m%d%H%MZ")));
+    }
+    if key.options.verify_required {
+        options.push("verify-required".to_owned());
+    }
+    if options.is_empty() {
+        Ok(body)
+    } else {
+        Ok(format!("{} {body}", options.join(",")))
     }
 }
 

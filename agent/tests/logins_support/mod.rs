@@ -38,6 +38,7 @@ pub fn authorize(user: &TestUser, keys: &[&GeneratedKey]) {
             generation: 1,
             public_key: k.public_openssh().to_owned(),
             expires_at: None,
+            options: Default::default(),
         })
         .collect();
     keyward_agent::writer::apply(&user.name, Mode::Exclusive, &managed, &[]).unwrap();

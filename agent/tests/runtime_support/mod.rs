@@ -197,6 +197,7 @@ pub fn state(generation: u64, users: &[(&str, u64)]) -> DesiredState {
                     public_key: HOST_KEY.into(),
                     fingerprint: FP_A.into(),
                     expires_at: String::new(),
+                    verify_required: false,
                 }],
                 denied_fingerprints: vec![],
                 session_epoch: *epoch,
@@ -204,6 +205,7 @@ pub fn state(generation: u64, users: &[(&str, u64)]) -> DesiredState {
                 principals: vec![],
                 revoked_certificate_ids: vec![],
                 jump_principals: vec![],
+                recording: None,
             })
             .collect(),
         sshd: None,

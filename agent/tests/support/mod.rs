@@ -15,6 +15,7 @@ pub fn managed_key(kind: KeyKind, generation: i64) -> (GeneratedKey, ManagedKey)
         generation,
         public_key: key.public_openssh().to_owned(),
         expires_at: None,
+        options: Default::default(),
     };
     (key, managed)
 }

@@ -14,6 +14,7 @@ fn managed(key: &GeneratedKey, kind: KeyKind, generation: i64) -> ManagedKey {
         generation,
         public_key: key.public_openssh().to_owned(),
         expires_at: None,
+        options: Default::default(),
     }
 }
 
@@ -46,6 +47,7 @@ fn rsa_and_ecdsa_keys_from_ssh_keygen_render_byte_for_byte() {
             generation: 12,
             public_key: text.to_owned(),
             expires_at: None,
+            options: Default::default(),
         };
         let line = render_line(&key).unwrap();
         let (body, _comment) = text.rsplit_once(' ').unwrap();

@@ -584,6 +584,9 @@ impl Session {
                 self.ingest_logins(batch).await;
                 Ok(None)
             }
+            // Session recordings are not taken yet (#19): never acknowledged, so the agent keeps
+            // them spooled.
+            agent_message::Msg::Recording(_) => Ok(None),
         }
     }
 

@@ -52,6 +52,7 @@ pub fn jump_user(
         revoked: false,
         principals: Vec::new(),
         revoked_certificate_ids: jump_revoked_ids(revoked_certificates),
+        recording: None,
         jump_principals: routes
             .iter()
             .take(MAX_JUMP_PRINCIPALS)

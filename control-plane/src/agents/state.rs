@@ -42,6 +42,7 @@ fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
             public_key: ks.public_key.clone(),
             fingerprint: ks.fingerprint.to_string(),
             expires_at: String::new(),
+            verify_required: false,
         });
         let in_grace = ks.grace_until.filter(|until| *until > now);
         if let (Some(until), Some(public_key), Some(fingerprint)) =
@@ -53,6 +54,7 @@ fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
                 public_key: public_key.clone(),
                 fingerprint: fingerprint.to_string(),
                 expires_at: iso8601(until),
+                verify_required: false,
             });
         }
     }
@@ -84,6 +86,7 @@ fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -
         principals: Vec::new(),
         revoked_certificate_ids: Vec::new(),
         jump_principals: Vec::new(),
+        recording: None,
     }
 }
 
