@@ -26,6 +26,7 @@ use keyward_common::sshd_files::{
 use keyward_common::{Fingerprint, KeyKind, PermitOpen, Principal, UnixUser};
 
 use crate::config::{SshdTrust, UserMode};
+use crate::recordings::recorder::Recorder;
 use crate::sessions::{self, revoke::SessionAttribution, revoke::ValidNow};
 use crate::writer::sshd_files::check_principals_file;
 use crate::writer::{
@@ -74,12 +75,14 @@ pub struct UserApplied {
 /// blocking threads (`spawn_blocking`): implementations may do file I/O and wait on processes.
 pub trait Applier: Send + Sync + 'static {
     /// Writes `desired` (the control plane's entry for `user`) with `mode` (from the local
-    /// configuration, which wins over the state's).
+    /// configuration, which wins over the state's); `recorder`: the forced command that records
+    /// the user's sessions, put on every managed line (`None`: not recorded).
     fn apply_user(
         &self,
         user: &UnixUser,
         mode: UserMode,
         desired: &ManagedUser,
+        recorder: Option<&str>,
     ) -> Result<UserApplied, ApplyError>;
 
     /// Ends `user`'s live SSH sessions; returns how many.
@@ -166,11 +169,15 @@ pub fn denied(fingerprints: &[String]) -> Result<Vec<Fingerprint>, ApplyError> {
 /// it may have jump principals ([`jump_lines`]): a state that gives them to any other user, or
 /// any at all to an agent that is not a bastion, is refused whole. A compromised control plane
 /// can then not open port forwarding to a tenant's VPS.
+///
+/// `recorder`: the host's session recorder; a user whose entry asks for recording gets its plain
+/// principals with the recorder's forced command.
 pub fn sshd_files<'a>(
     sshd: &proto::SshdFiles,
     users: &[ManagedUser],
     managed: impl IntoIterator<Item = &'a UnixUser>,
     jump_user: Option<&UnixUser>,
+    recorder: Option<&Recorder>,
 ) -> Result<SshdFiles, ApplyError> {
     let bad = ApplyError::BadSshdFiles;
     if sshd.user_ca_keys.len() > MAX_USER_CA_KEYS {
@@ -222,15 +229,22 @@ pub fn sshd_files<'a>(
                     entry.principals.len()
                 )));
             }
-            Some(entry) => entry
-                .principals
-                .iter()
-                .map(|p| {
-                    p.parse::<Principal>()
-                        .map(PrincipalLine::Plain)
-                        .map_err(|e| bad(format!("user {user}: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
+            Some(entry) => {
+                let command = recorded_by(entry, recorder);
+                entry
+                    .principals
+                    .iter()
+                    .map(|p| {
+                        let principal = p
+                            .parse::<Principal>()
+                            .map_err(|e| bad(format!("user {user}: {e}")))?;
+                        Ok::<_, ApplyError>(match &command {
+                            Some(command) => PrincipalLine::Recorded(principal, command.clone()),
+                            None => PrincipalLine::Plain(principal),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
             None => Vec::new(),
         };
         if let Some(entry) = users.iter().find(|u| u.user == user.as_str())
@@ -258,6 +272,13 @@ pub fn sshd_files<'a>(
         revoked_keys: krl.clone(),
         principals,
     })
+}
+
+/// The forced command that records `entry`'s sessions: when its state asks for recording and the
+/// host can record.
+pub fn recorded_by(entry: &ManagedUser, recorder: Option<&Recorder>) -> Option<String> {
+    let recording = entry.recording.as_ref()?;
+    Some(recorder?.command(recording.input))
 }
 
 /// A jump user's jump principals as principals-file lines, each principal once (a principal
@@ -365,10 +386,14 @@ fn applied(outcome: ApplyOutcome, mode: Mode, denied: &[Fingerprint]) -> UserApp
 pub fn apply_with(
     mode: UserMode,
     desired: &ManagedUser,
+    recorder: Option<&str>,
     limits: PreserveLimits,
     write: impl FnOnce(&writer::Desired<'_>) -> Result<ApplyOutcome, ApplyError>,
 ) -> Result<UserApplied, ApplyError> {
-    let keys = managed_keys(&desired.keys)?;
+    let mut keys = managed_keys(&desired.keys)?;
+    for key in &mut keys {
+        key.options.command = recorder.map(str::to_owned);
+    }
     let denied = denied(&desired.denied_fingerprints)?;
     let file = writer::Desired {
         mode,
@@ -406,8 +431,9 @@ impl Applier for SystemApplier {
         user: &UnixUser,
         user_mode: UserMode,
         desired: &ManagedUser,
+        recorder: Option<&str>,
     ) -> Result<UserApplied, ApplyError> {
-        apply_with(user_mode, desired, self.limits, |file| {
+        apply_with(user_mode, desired, recorder, self.limits, |file| {
             Ok(writer::apply_desired(user, file)?)
         })
     }
@@ -463,22 +489,29 @@ impl Applier for DirApplier {
         user: &UnixUser,
         user_mode: UserMode,
         desired: &ManagedUser,
+        recorder: Option<&str>,
     ) -> Result<UserApplied, ApplyError> {
-        apply_with(user_mode, desired, PreserveLimits::default(), |file| {
-            let home = self.home(user);
-            // 0700 like a real home: the writer refuses a home writable by group or other.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&home)
-                .map_err(|e| ApplyError::Other(format!("{}: {e}", home.display())))?;
-            Ok(writer::apply_desired_in_home(
-                &home,
-                nix::unistd::geteuid(),
-                nix::unistd::getegid(),
-                file,
-            )?)
-        })
+        apply_with(
+            user_mode,
+            desired,
+            recorder,
+            PreserveLimits::default(),
+            |file| {
+                let home = self.home(user);
+                // 0700 like a real home: the writer refuses a home writable by group or other.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&home)
+                    .map_err(|e| ApplyError::Other(format!("{}: {e}", home.display())))?;
+                Ok(writer::apply_desired_in_home(
+                    &home,
+                    nix::unistd::geteuid(),
+                    nix::unistd::getegid(),
+                    file,
+                )?)
+            },
+        )
     }
 
     fn end_sessions(&self, _: &UnixUser) -> Result<u32, ApplyError> {
@@ -634,7 +667,14 @@ mod tests {
             ),
             entry("tenant", &["keyward:ta:tenant"], vec![]),
         ];
-        let got = sshd_files(&files(), &users, [&jump_user, &tenant], Some(&jump_user)).unwrap();
+        let got = sshd_files(
+            &files(),
+            &users,
+            [&jump_user, &tenant],
+            Some(&jump_user),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             rendered(&got, &jump_user),
             "keyward:ops:admin\n\
@@ -647,8 +687,14 @@ mod tests {
         // The same set in another order makes the same file.
         let mut shuffled = users.clone();
         shuffled[0].jump_principals.reverse();
-        let again =
-            sshd_files(&files(), &shuffled, [&jump_user, &tenant], Some(&jump_user)).unwrap();
+        let again = sshd_files(
+            &files(),
+            &shuffled,
+            [&jump_user, &tenant],
+            Some(&jump_user),
+            None,
+        )
+        .unwrap();
         assert_eq!(again, got);
     }
 
@@ -722,7 +768,7 @@ mod tests {
             ),
         ];
         for (users, jump_of_agent, want) in cases {
-            let err = sshd_files(&files(), &users, [&jump_user, &tenant], jump_of_agent)
+            let err = sshd_files(&files(), &users, [&jump_user, &tenant], jump_of_agent, None)
                 .unwrap_err()
                 .to_string();
             assert!(err.starts_with("sshd files: "), "{err}");
@@ -730,7 +776,7 @@ mod tests {
         }
         // And the agent's users without jump principals are as before.
         let plain = [entry("tenant", &["keyward:ta:tenant"], vec![])];
-        assert!(sshd_files(&files(), &plain, [&jump_user, &tenant], None).is_ok());
+        assert!(sshd_files(&files(), &plain, [&jump_user, &tenant], None, None).is_ok());
     }
 
     #[test]

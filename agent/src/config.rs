@@ -147,6 +147,86 @@ pub struct AgentConfig {
     /// `[bastion]`: present on a bastion (jump host) only.
     #[serde(default)]
     pub bastion: Option<BastionConfig>,
+    /// `[recording]`: SSH session recording with tlog. Absent: no session is recorded, whatever
+    /// the state asks, and the control plane shows the host as not recording.
+    #[serde(default)]
+    pub recording: Option<RecordingConfig>,
+}
+
+/// `[recording]`: session recording ([`crate::recordings`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// The wrapper sshd runs for a recorded user's sessions (`command="WRAPPER output|input
+    /// SPOOL"` on the key and principal lines the agent writes): root's, not writable by others.
+    #[serde(default = "default_recording_wrapper")]
+    pub wrapper: PathBuf,
+    /// Where tlog writes the recordings: the recorder's user's directory, 0700 (made when
+    /// missing). The agent reads, ships and deletes them.
+    #[serde(default = "default_recording_spool")]
+    pub spool_dir: PathBuf,
+    /// The user `tlog-rec-session` is set-user-ID to (Debian's `_tlog`).
+    #[serde(default = "default_recorder_user")]
+    pub recorder_user: String,
+    /// Bytes of recordings kept on disk while the control plane has not taken them; past this
+    /// the newest data is dropped, and the recordings it belonged to say so.
+    #[serde(default = "default_recording_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            wrapper: default_recording_wrapper(),
+            spool_dir: default_recording_spool(),
+            recorder_user: default_recorder_user(),
+            spool_max_bytes: default_recording_spool_max_bytes(),
+        }
+    }
+}
+
+impl RecordingConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (name, path) in [("wrapper", &self.wrapper), ("spool_dir", &self.spool_dir)] {
+            if command_word(path).is_none() {
+                return Err(format!(
+                    "[recording] {name} must be an absolute path of letters, digits, '/', '.', \
+                     '_' and '-' only (it is written into sshd's key options)"
+                ));
+            }
+        }
+        if self.spool_max_bytes < 1 << 20 {
+            return Err("[recording] spool_max_bytes must be at least 1 MiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// `path` as one word of a forced command: absolute, `[A-Za-z0-9/._-]` only, no `..`.
+pub fn command_word(path: &Path) -> Option<&str> {
+    let text = path.to_str()?;
+    let plain = text.starts_with('/')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+        && !text.split('/').any(|part| part == "..");
+    plain.then_some(text)
+}
+
+fn default_recording_wrapper() -> PathBuf {
+    PathBuf::from("/usr/lib/keyward-agent/record-session")
+}
+
+fn default_recording_spool() -> PathBuf {
+    PathBuf::from("/var/spool/keyward-agent/recordings")
+}
+
+fn default_recorder_user() -> String {
+    "_tlog".to_owned()
+}
+
+fn default_recording_spool_max_bytes() -> u64 {
+    1 << 30
 }
 
 /// `[bastion]`: this agent runs on a bastion.
@@ -368,6 +448,7 @@ impl AgentConfig {
             logins: LoginsConfig::off(),
             preserve: PreserveLimits::default(),
             bastion: None,
+            recording: None,
         }
     }
 
@@ -454,6 +535,9 @@ impl AgentConfig {
                     ));
                 }
             }
+        }
+        if let Some(recording) = &self.recording {
+            recording.validate()?;
         }
         self.logins.validate()
     }

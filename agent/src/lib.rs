@@ -34,6 +34,7 @@ pub mod enroll;
 pub mod host_keys;
 mod link;
 pub mod logins;
+pub mod recordings;
 pub mod runtime;
 /// Moved to `keyward_common::sd_notify` (the control plane uses it too); re-exported here.
 ///

@@ -54,6 +54,7 @@ use crate::endpoints::Endpoints;
 use crate::host_keys::read_host_keys;
 use crate::link::{Link, LinkEvent};
 use crate::logins::{self, Logins, SessionRecords};
+use crate::recordings::Recordings;
 use crate::sd_notify::Notifier;
 use crate::sessions::revoke::ValidNow;
 use crate::state_dir::{CERT_FILE, CachedState, Epochs, Identity, StateDir, StateDirError};
@@ -154,12 +155,18 @@ pub async fn run_with(
         &mut rand::thread_rng(),
     );
     let logins = Logins::start(&config.logins, &dir);
+    let recordings = Recordings::start(
+        config.recording.as_ref(),
+        config.users.iter().map(|u| u.name.to_string()).collect(),
+        &dir,
+    );
     let sessions = SessionWorker::start(logins.session_records(), Arc::clone(&deps.applier));
     if let Some(period) = deps.notifier.as_ref().and_then(Notifier::watchdog_interval) {
         spawn_watchdog(deps.notifier.clone(), period);
     }
     let mut agent = Agent {
         logins,
+        recordings,
         sessions,
         cert_pem: identity.cert_pem.clone(),
         config,
@@ -210,6 +217,7 @@ struct Agent {
     /// Drift found while disconnected: only the latest per user matters.
     pending_drift: BTreeMap<String, DriftReport>,
     logins: Logins,
+    recordings: Recordings,
     sessions: SessionWorker,
     /// Per user, the last result reported, kept current by repairs and session checks.
     results: BTreeMap<String, UserResult>,
@@ -535,6 +543,7 @@ impl Agent {
         let mut backoff = crate::client::backoff();
         let mut link = self.open();
         let mut login_wakes = self.logins.take_wakes();
+        let mut recordings_looked = Instant::now();
         loop {
             let due = self
                 .due
@@ -564,6 +573,10 @@ impl Agent {
                 () = sleep_until_time(expiry) => self.on_expiry(),
                 () = logins::wake(&mut login_wakes) => self.logins.on_wake(&mut link).await,
                 () = logins::sleep_until(self.logins.resend_at()) => self.logins.on_resend(&mut link),
+                () = sleep_until(self.recordings.next_tick(recordings_looked)) => {
+                    self.recordings.on_tick(&mut link);
+                    recordings_looked = Instant::now();
+                }
                 event = link.next() => {
                     if let Some(next) = self.on_link_event(event, &mut link, &mut backoff).await {
                         if link.is_up() {
@@ -605,6 +618,7 @@ impl Agent {
                     up.send(message(agent_message::Msg::Drift(report)));
                 }
                 self.logins.on_connected(&mut up);
+                self.recordings.on_connected(&mut up);
                 self.status.connected = true;
                 self.publish();
                 Some(up)
@@ -620,7 +634,10 @@ impl Agent {
                         self.logins.on_ack(ack.cursor, link).await;
                         None
                     }
-                    Some(control_message::Msg::RecordingAck(_)) => None,
+                    Some(control_message::Msg::RecordingAck(ack)) => {
+                        self.recordings.on_ack(&ack.recording_id, ack.seq, link);
+                        None
+                    }
                     None => None,
                 };
                 let stuck = reply.is_some_and(|reply| !link.send(reply));
@@ -721,7 +738,7 @@ impl Agent {
                 })
                 .collect(),
             host_keys: read_host_keys(&self.config.host_key_dir),
-            recording: false,
+            recording: self.recordings.recorder().is_some(),
         }
     }
 
@@ -893,7 +910,9 @@ impl Agent {
         users: &[ManagedUser],
     ) -> SshdFilesResult {
         let managed = self.config.users.iter().map(|u| &u.name);
-        let result = match apply::sshd_files(files, users, managed, self.config.jump_user()) {
+        let recorder = self.recordings.recorder();
+        let jump_user = self.config.jump_user();
+        let result = match apply::sshd_files(files, users, managed, jump_user, recorder) {
             Ok(files) => {
                 let applier = Arc::clone(&self.applier);
                 tokio::task::spawn_blocking(move || applier.apply_sshd_files(&files))
@@ -936,7 +955,11 @@ impl Agent {
         let mode = self.config.mode_of(user.as_str())?;
         let applier = Arc::clone(&self.applier);
         let (u, d) = (user.clone(), desired.clone());
-        match tokio::task::spawn_blocking(move || applier.apply_user(&u, mode, &d)).await {
+        let recorder = apply::recorded_by(desired, self.recordings.recorder());
+        let applied = tokio::task::spawn_blocking(move || {
+            applier.apply_user(&u, mode, &d, recorder.as_deref())
+        });
+        match applied.await {
             Ok(Ok(done)) => {
                 self.retry_wait.remove(user);
                 Some(done)

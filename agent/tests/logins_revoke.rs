@@ -14,18 +14,16 @@ mod logins_support;
 mod runtime_support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cert_support::{RunningAgent, UserCa, next};
-use keyward_agent::apply::SystemApplier;
 use keyward_agent::config::LoginsConfig;
 use keyward_agent::config::SshdTrust;
 use keyward_agent::procs::ProcSnapshot;
 use keyward_agent::sessions::revoke;
 use keyward_agent::sessions::{self, SessionTree};
 use keyward_agent::writer::{PrincipalLine, SshdFiles, apply_sshd_files};
-use keyward_agent::{RuntimeDeps, UserConfig, UserMode};
+use keyward_agent::{UserConfig, UserMode};
 use keyward_common::keys::GeneratedKey;
 use keyward_common::proto::agent_message::Msg;
 use keyward_common::proto::{
@@ -137,16 +135,7 @@ async fn revoking_a_key_ends_only_the_session_it_opened() {
         mode: UserMode::Preserve,
     }];
     config.logins = LoginsConfig::file(&sshd.log);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let deps = RuntimeDeps {
-        applier: Arc::new(SystemApplier::default()),
-        watch_events: None,
-        notifier: None,
-        status: None,
-    };
-    let task = tokio::spawn(keyward_agent::run_with(config, deps, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, task) = runtime_support::spawn_system_agent(config);
     let mut s = hub.session().await;
     let mut logins: Vec<LoginEvent> = Vec::new();
     assert!(matches!(next(&mut s, &mut logins).await, Msg::Hello(_)));

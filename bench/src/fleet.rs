@@ -67,9 +67,10 @@ impl Applier for TimingApplier {
         user: &UnixUser,
         mode: UserMode,
         desired: &ManagedUser,
+        recorder: Option<&str>,
     ) -> Result<UserApplied, ApplyError> {
         let started = Instant::now();
-        let done = self.inner.apply_user(user, mode, desired)?;
+        let done = self.inner.apply_user(user, mode, desired, recorder)?;
         let at = Instant::now();
         if done.changed {
             let _ = self.events.send(FileRenamed {
@@ -245,6 +246,7 @@ impl Fleet {
             ],
             logins: keyward_agent::config::LoginsConfig::off(),
             bastion: None,
+            recording: None,
             grpc_url: None,
             grpc_urls: Vec::new(),
             host_key_dir: self.host_key_dir.clone(),

@@ -235,6 +235,40 @@ impl Sshd {
         cmd
     }
 
+    /// `ssh -tt -i key user@127.0.0.1`: an interactive session on a terminal, even with stdin a
+    /// pipe (what it types).
+    pub fn ssh_terminal(&self, key: &Path, user: &(impl AsRef<str> + ?Sized)) -> Command {
+        let mut cmd = Command::new(SSH);
+        cmd.arg("-tt").args(self.ssh_args(key, user.as_ref()));
+        cmd
+    }
+
+    /// `scp -i key from user@127.0.0.1:to` (OpenSSH's scp speaks sftp: the server needs a
+    /// `Subsystem sftp` line), no interaction, no known_hosts.
+    pub fn scp(
+        &self,
+        key: &Path,
+        user: &(impl AsRef<str> + ?Sized),
+        from: &Path,
+        to: &str,
+    ) -> Command {
+        let mut args = self.ssh_args(key, user.as_ref());
+        let at = args.len() - 1;
+        let destination = format!("{}:{to}", args.remove(at));
+        // ssh's -p is scp's -P.
+        for arg in &mut args {
+            if arg == "-p" {
+                *arg = "-P".to_owned();
+            }
+        }
+        let mut cmd = Command::new("/usr/bin/scp");
+        cmd.args(args)
+            .arg(from)
+            .arg(destination)
+            .stdin(Stdio::null());
+        cmd
+    }
+
     fn ssh_args(&self, key: &Path, user: &str) -> Vec<String> {
         self.ssh_args_in(key, user, "BatchMode=yes")
     }

@@ -88,6 +88,9 @@ pub struct SshdFiles {
 pub enum PrincipalLine {
     /// The principal alone: a certificate with it logs in as the user.
     Plain(Principal),
+    /// The principal, its sessions recorded: `command="RECORDER" PRINCIPAL` (the recorder is
+    /// the agent's checked forced command, [`crate::recordings::recorder`]).
+    Recorded(Principal, String),
     /// A bastion's jump principal: a certificate with it may only forward to its destinations.
     Jump(JumpPrincipal),
 }
@@ -102,7 +105,7 @@ impl PrincipalLine {
     /// The principal the line names.
     pub fn principal(&self) -> &Principal {
         match self {
-            Self::Plain(principal) => principal,
+            Self::Plain(principal) | Self::Recorded(principal, _) => principal,
             Self::Jump(jump) => &jump.principal,
         }
     }
@@ -111,6 +114,7 @@ impl PrincipalLine {
     pub fn render(&self) -> String {
         match self {
             Self::Plain(principal) => principal.as_str().to_owned(),
+            Self::Recorded(principal, command) => format!("command=\"{command}\" {principal}"),
             Self::Jump(jump) => jump.render(),
         }
     }

@@ -243,6 +243,7 @@ impl Applier for FakeApplier {
         user: &UnixUser,
         mode: UserMode,
         desired: &ManagedUser,
+        _recorder: Option<&str>,
     ) -> Result<UserApplied, ApplyError> {
         self.calls.lock().unwrap().push(Call::Apply {
             user: user.to_string(),
@@ -329,6 +330,27 @@ impl Agent {
             .unwrap()
             .unwrap();
     }
+}
+
+/// An in-process agent with the real writer and session killer ([`SystemApplier`] with its
+/// defaults), until `stop` is sent.
+pub fn spawn_system_agent(
+    config: AgentConfig,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), keyward_agent::RuntimeError>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let deps = RuntimeDeps {
+        applier: Arc::new(keyward_agent::apply::SystemApplier::default()),
+        watch_events: None,
+        notifier: None,
+        status: None,
+    };
+    let task = tokio::spawn(keyward_agent::run_with(config, deps, async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
 }
 
 /// One session as the hub sees it.

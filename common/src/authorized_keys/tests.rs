@@ -344,3 +344,32 @@ fn modes_serialise_in_snake_case() {
     assert_eq!("preserve".parse::<Mode>().unwrap(), Mode::Preserve);
     assert!("Preserve".parse::<Mode>().is_err());
 }
+
+#[test]
+fn the_agents_own_options_render_in_order_and_a_command_cannot_close_its_quotes() {
+    let key = new_key("c");
+    let mut m = managed(&key, KeyKind::Admin, 3);
+    m.expires_at = Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 59).unwrap());
+    m.options = LineOptions {
+        command: Some("/usr/lib/keyward-agent/record-session output /var/spool/x".into()),
+        verify_required: true,
+    };
+    let line = render_line(&m).unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "command=\"/usr/lib/keyward-agent/record-session output /var/spool/x\",\
+             expiry-time=\"202601020304Z\",verify-required {} keyward-managed:admin:3",
+            body(&key)
+        )
+    );
+    // Still a managed line of the same key, as sshd reads it.
+    assert_eq!(fingerprints(&line), vec![(key.fingerprint().clone(), true)]);
+    for bad in ["/x\" ,no-pty", "", "/x\\y", "/x\ny", "/x,y"] {
+        m.options.command = Some(bad.into());
+        assert!(
+            matches!(render_line(&m), Err(AuthorizedKeysError::BadCommand { .. })),
+            "{bad:?}"
+        );
+    }
+}

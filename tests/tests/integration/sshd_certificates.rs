@@ -213,6 +213,7 @@ async fn the_agent_refuses_sshd_files_that_would_lock_everyone_out_or_carry_opti
         &[state_user(vec!["keyward:t1:admin"])],
         [&user],
         None,
+        None,
     )
     .unwrap();
     assert_eq!(
@@ -223,7 +224,7 @@ async fn the_agent_refuses_sshd_files_that_would_lock_everyone_out_or_carry_opti
     assert_eq!(ok.principals[&user].len(), 1);
     // A user of this agent the state does not name gets an empty file: no certificate.
     let other: keyward_common::UnixUser = "tenant".parse().unwrap();
-    let both = sshd_files(&good, &[], [&user, &other], None).unwrap();
+    let both = sshd_files(&good, &[], [&user, &other], None, None).unwrap();
     assert!(both.principals[&other].is_empty());
 
     let cases: Vec<(proto::SshdFiles, Vec<proto::ManagedUser>, &str)> = vec![
@@ -258,7 +259,7 @@ async fn the_agent_refuses_sshd_files_that_would_lock_everyone_out_or_carry_opti
         ),
     ];
     for (files, users, want) in cases {
-        let err = sshd_files(&files, &users, [&user], None)
+        let err = sshd_files(&files, &users, [&user], None, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains(want), "{want}: {err}");
