@@ -13,11 +13,8 @@ mod logins_support;
 mod runtime_support;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_agent::config::RecordingConfig;
@@ -163,51 +160,6 @@ async fn receive(
     }
 }
 
-/// Logs in on a terminal, waits for the shell's prompt, types a command, sees its output, and
-/// leaves. What is typed before the recorder set the terminal up would be discarded, as on any
-/// terminal that changes mode: a person types at the prompt, and so does this.
-fn type_in_session(sshd: &Sshd, key: &Path, user: &str) {
-    let mut ssh = sshd
-        .ssh_terminal(key, user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let shown = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let mut stdout = ssh.stdout.take().unwrap();
-    let reader = {
-        let shown = Arc::clone(&shown);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
-                if n == 0 {
-                    break;
-                }
-                shown.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        })
-    };
-    let mut stdin = ssh.stdin.take().unwrap();
-    let seen = |text: &str| String::from_utf8_lossy(&shown.lock().unwrap()).contains(text);
-    wait_for(Duration::from_secs(15), "the shell's prompt", || {
-        seen("$ ").then_some(())
-    });
-    stdin.write_all(b"echo typed-$((6*7))\n").unwrap();
-    wait_for(Duration::from_secs(15), "the command's output", || {
-        seen("typed-42").then_some(())
-    });
-    stdin.write_all(b"exit\n").unwrap();
-    drop(stdin);
-    let status = ssh.wait().unwrap();
-    reader.join().unwrap();
-    assert!(
-        status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.lock().unwrap())
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_users_sessions_reach_the_control_plane_whole_in_order_and_once() {
     require_recorder();
@@ -276,7 +228,10 @@ async fn a_recorded_users_sessions_reach_the_control_plane_whole_in_order_and_on
     assert!(written.starts_with(&forced), "{written}");
 
     // An interactive session on a terminal, typing at the prompt.
-    tokio::task::block_in_place(|| type_in_session(&sshd, &key_path, &name));
+    let shown = tokio::task::block_in_place(|| {
+        sshd.type_at_prompt(&key_path, &name, "echo typed-$((6*7))", "typed-42")
+    });
+    assert!(shown.contains("typed-42"), "{shown}");
 
     // A remote command, and a copy by scp (sftp, a subsystem, through the forced command).
     let out =

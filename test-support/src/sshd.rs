@@ -243,6 +243,60 @@ impl Sshd {
         cmd
     }
 
+    /// Logs in on a terminal as a person does: waits for the shell's prompt (`$ `), types `line`
+    /// and Enter, waits until `expect` shows, then types `exit`; returns all the terminal showed.
+    /// (What is typed before the session set its terminal up can be discarded, as on any
+    /// terminal that changes mode: so it waits for the prompt.)
+    pub fn type_at_prompt(
+        &self,
+        key: &Path,
+        user: &(impl AsRef<str> + ?Sized),
+        line: &str,
+        expect: &str,
+    ) -> String {
+        use std::io::{Read, Write};
+        use std::sync::{Arc, Mutex};
+        let mut ssh = self
+            .ssh_terminal(key, user)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let shown = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let mut stdout = ssh.stdout.take().unwrap();
+        let reader = {
+            let shown = Arc::clone(&shown);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    shown.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            })
+        };
+        let text = || String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+        let mut stdin = ssh.stdin.take().unwrap();
+        let wait = |what: &str| {
+            wait_for(
+                Duration::from_secs(15),
+                &format!("{what:?} on the terminal"),
+                || text().contains(what).then_some(()),
+            )
+        };
+        wait("$ ");
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        wait(expect);
+        stdin.write_all(b"exit\n").unwrap();
+        drop(stdin);
+        let status = ssh.wait().unwrap();
+        reader.join().unwrap();
+        assert!(status.success(), "the session failed: {}", text());
+        text()
+    }
+
     /// `scp -i key from user@127.0.0.1:to` (OpenSSH's scp speaks sftp: the server needs a
     /// `Subsystem sftp` line), no interaction, no known_hosts.
     pub fn scp(

@@ -57,6 +57,8 @@ pub struct Agent {
     child: Option<Child>,
     /// The directory of its files, when a temporary one of its own.
     _dir: Option<tempfile::TempDir>,
+    /// The session recorder's wrapper and spool ([`Agent::record_sessions`]).
+    _recording: Option<tempfile::TempDir>,
 }
 
 impl Agent {
@@ -186,8 +188,51 @@ impl Agent {
             log: files.log,
             child: None,
             _dir: None,
+            _recording: None,
         };
         (agent, token)
+    }
+
+    /// Records sessions on this agent's host as the package sets it up: the package's wrapper
+    /// installed root's, 0755, in a directory of its own under the sshd harness's root-only base
+    /// (sshd runs it as the users), the spool beside it (the agent makes it `_tlog`'s), and
+    /// `[recording]` added to the agent's configuration. Needs tlog set-user-ID to `_tlog`
+    /// (`scripts/install-test-deps`). Call before [`Agent::start`]; returns the spool.
+    pub fn record_sessions(&mut self) -> PathBuf {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        const TLOG: &str = "/usr/bin/tlog-rec-session";
+        let meta = std::fs::metadata(TLOG).unwrap_or_else(|e| {
+            panic!("{TLOG}: {e}: install Debian's tlog (bash scripts/install-test-deps)")
+        });
+        assert!(
+            meta.mode() & 0o4000 != 0 && meta.uid() != 0,
+            "{TLOG} must be set-user-ID to _tlog, as keyward-agent's package makes it: \
+             bash scripts/install-test-deps"
+        );
+        let base = std::path::Path::new(keyward_test_support::sshd::SECURE_BASE);
+        std::fs::create_dir_all(base).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("recording-")
+            .tempdir_in(base)
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let wrapper = dir.path().join("record-session");
+        std::fs::copy(
+            workspace_root().join("packaging/keyward-record-session"),
+            &wrapper,
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let spool = dir.path().join("spool");
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(&format!(
+            "\n[recording]\nwrapper = \"{}\"\nspool_dir = \"{}\"\n",
+            wrapper.display(),
+            spool.display()
+        ));
+        std::fs::write(&self.config, config).unwrap();
+        self._recording = Some(dir);
+        spool
     }
 
     pub fn start(&mut self) {
