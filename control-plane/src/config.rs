@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 mod audit_export;
 mod audit_signing;
 mod mfa;
+mod recordings;
 pub use audit_export::{
     AuditExportConfig, AuditFormat, AuditSinkConfig, SinkTarget, SyslogTransport, facility_code,
 };
 pub use audit_signing::AuditSigningConfig;
 pub use mfa::{MfaConfig, SensitiveOperation};
+pub use recordings::{RecordingBackend, RecordingsConfig};
 
 /// The whole configuration of `keyward-server`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,6 +44,7 @@ pub struct Config {
     pub download: DownloadConfig,
     pub offboarding: OffboardingConfig,
     pub mfa: MfaConfig,
+    pub recordings: RecordingsConfig,
 }
 
 /// Longest passphrase a private key download takes, in bytes (UTF-8).
@@ -767,6 +770,9 @@ impl Config {
                 "retention.login_events, drift_events, certificates, access_grants and \
                  pseudonymise_logins_after must be at least 1d",
             );
+        }
+        if let Some(problem) = self.recordings.problem() {
+            return rule(problem);
         }
         if self.backup.retention == 0 {
             return rule("backup.retention must be at least 1");

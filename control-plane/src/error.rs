@@ -76,6 +76,12 @@ pub enum ApiError {
     EnrollmentThrottled,
     #[error("the control plane is not ready")]
     NotReady,
+    #[error("no such recording")]
+    RecordingNotFound,
+    #[error("the recording is not in tlog's format and cannot be played")]
+    RecordingUnreadable,
+    #[error("the recordings' store cannot be read now")]
+    RecordingUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -186,6 +192,17 @@ impl ApiError {
             Timeout => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
+                "Service Unavailable",
+            ),
+            RecordingNotFound => (StatusCode::NOT_FOUND, "recording_not_found", "Not Found"),
+            RecordingUnreadable => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "recording_unreadable",
+                "Unprocessable Content",
+            ),
+            RecordingUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording_unavailable",
                 "Service Unavailable",
             ),
             Internal => (

@@ -26,6 +26,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod proxy_protocol;
 pub mod pseudonym;
+pub mod recordings;
 pub mod request_id;
 pub mod retention;
 pub mod rotation;

@@ -71,6 +71,8 @@ pub enum StartError {
     Serve(std::io::Error),
     #[error(transparent)]
     AuditExport(#[from] crate::audit_export::SetupError),
+    #[error(transparent)]
+    Recordings(#[from] crate::recordings::ArchiveError),
 }
 
 /// A running control plane.
@@ -270,6 +272,15 @@ pub async fn start_with(
         lifecycle.clone(),
         config.retention.clone(),
     )));
+    let recordings = crate::recordings::RecordingArchive::from_config(
+        &config.recordings,
+        &config.server.state_dir,
+    )?;
+    background.push(tokio::spawn(crate::recordings::retention::run(
+        lifecycle.clone(),
+        recordings.clone(),
+        config.recordings.retention,
+    )));
 
     let agent_config = &config.agent_api;
     let server_names = if agent_config.server_names.is_empty() {
@@ -298,6 +309,11 @@ pub async fn start_with(
             hub: hub.clone(),
             changes,
             ca_trust,
+            recordings: Arc::new(crate::agents::recordings::RecordingIngest {
+                archive: recordings.clone(),
+                max_bytes: config.recordings.max_bytes,
+                max_open_per_host: config.recordings.max_open_per_host,
+            }),
         },
         trust.clone(),
         grpc::Endpoint {
@@ -310,7 +326,8 @@ pub async fn start_with(
             max_connections: agent_config.max_connections,
             tls_handshake_timeout: agent_config.tls_handshake_timeout,
         },
-        crate::agents::limits::AgentLimits::from_config(agent_config),
+        crate::agents::limits::AgentLimits::from_config(agent_config)
+            .with_recordings(&config.recordings),
     )
     .await?;
     let agent_url = agent_config
@@ -335,6 +352,7 @@ pub async fn start_with(
         audit_export: audit_export.clone(),
         audit_head,
         hosts_feed: Arc::default(),
+        recordings,
         replica_heartbeat: config.server.replica_heartbeat,
         metrics: metrics_handle(),
         request_timeout: config.server.request_timeout,

@@ -36,6 +36,7 @@ use super::limits::{
     MAX_TEXT, MAX_TIME, MAX_USER, MAX_USERS, MAX_VERSION, MAX_WARNINGS, RECORD_DROPS_EVERY,
     Refusal, StreamLimits, bounded,
 };
+use super::recordings::{RecordingIngest, Stored};
 use super::state::{StateInputs, desired_state};
 use crate::caller::Caller;
 use crate::changes::{Change, ChangeNotifier};
@@ -149,6 +150,8 @@ pub struct AgentService {
     reports: mpsc::Sender<HostReport>,
     /// The SSH CA's keys every state carries.
     ca_trust: Arc<CaTrust>,
+    /// Where session recordings go.
+    recordings: Arc<RecordingIngest>,
 }
 
 /// Starts the task that records agents' hellos, acknowledgements and disconnections, in order,
@@ -465,6 +468,7 @@ impl Session {
                     host: self.host.clone(),
                     agent_version: version,
                     host_keys,
+                    records: hello.recording,
                     at: now,
                 })
                 .await;
@@ -584,9 +588,67 @@ impl Session {
                 self.ingest_logins(batch).await;
                 Ok(None)
             }
-            // Session recordings are not taken yet (#19): never acknowledged, so the agent keeps
-            // them spooled.
-            agent_message::Msg::Recording(_) => Ok(None),
+            agent_message::Msg::Recording(chunk) => {
+                self.ingest_recording(chunk).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stores one chunk of a session recording and acknowledges it once stored (or when it was
+    /// stored before). Over the host's chunk rate the stream waits: the chunk is not lost, and
+    /// the agent, which keeps only a few unacknowledged, slows down. A chunk that cannot be
+    /// stored now is not acknowledged: the agent sends it again after a reconnect.
+    async fn ingest_recording(
+        &self,
+        chunk: keyward_common::proto::RecordingChunk,
+    ) -> Result<(), Refused> {
+        loop {
+            let wait = self.with_limits(|l| {
+                let now = std::time::Instant::now();
+                (!l.recordings.take_one(now)).then(|| {
+                    let rate = self.service.limits.recording_chunks;
+                    Duration::from_secs_f64(60.0 / f64::from(rate.per_minute.max(1)))
+                })
+            });
+            match wait {
+                None => break,
+                Some(wait) => {
+                    metrics::counter!("keyward_recording_chunks_delayed_total").increment(1);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        let (recording_id, seq) = (chunk.recording_id.clone(), chunk.seq);
+        let outcome = self
+            .service
+            .recordings
+            .ingest(&self.service.lifecycle, &self.host, &self.tenant, chunk)
+            .await;
+        match outcome {
+            Err(refused) => {
+                Refusal::BadRecording.count();
+                Err(refused.into())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(host = %self.host, error = %e, "cannot store a recording's chunk");
+                Ok(())
+            }
+            Ok(Ok(stored)) => {
+                let counted = match stored {
+                    Stored::New => "new",
+                    Stored::Again => "again",
+                };
+                metrics::counter!("keyward_recording_chunks_total", "stored" => counted)
+                    .increment(1);
+                let ack = ControlMessage {
+                    msg: Some(control_message::Msg::RecordingAck(
+                        keyward_common::proto::RecordingAck { recording_id, seq },
+                    )),
+                };
+                let _ = self.tx.send(Ok(ack)).await;
+                Ok(())
+            }
         }
     }
 
@@ -705,6 +767,8 @@ pub struct Streams {
     pub changes: Arc<dyn ChangeNotifier>,
     /// The SSH CA's keys every state carries for sshd to trust.
     pub ca_trust: Arc<CaTrust>,
+    /// Where session recordings' chunks go.
+    pub recordings: Arc<RecordingIngest>,
 }
 
 /// Starts the agent endpoint on `endpoint.listen` with a server certificate for its names.
@@ -817,6 +881,7 @@ pub async fn start(
         lifecycle,
         hub: streams.hub,
         ca_trust: streams.ca_trust,
+        recordings: streams.recordings,
         trust,
         certificate_lifetime,
         limits,

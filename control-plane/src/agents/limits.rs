@@ -23,6 +23,7 @@
 //! | `LoginEvent` | `user` / `source_ip` / `key_type` / `fingerprint` | 64 / 64 / 32 bytes / a fingerprint that parses | truncated / dropped |
 //! | `RenewCertificate` | `csr_pem` | 16 KiB | **refused**: not signed, the stream ends |
 //! | `RenewCertificate` | per stream | 2, then 1 a minute | not answered (each renewal is an audit event, kept for ever) |
+//! | `RecordingChunk` | see [`super::recordings`] | 256 KiB of whole JSON lines, in order | **refused**: the stream ends |
 //!
 //! With these bounds the admin view of one host (`GET /api/v1/admin/hosts/{id}`) is at most about
 //! 170 KiB whatever its agent sends (4 users of 100 set-aside keys and 8 warnings each, 8 host
@@ -89,7 +90,17 @@ impl AgentLimits {
                 per_minute: config.login_events_per_minute,
                 burst: config.login_events_burst,
             },
+            recording_chunks: AgentLimits::default().recording_chunks,
         }
+    }
+
+    /// With the recordings' chunk rate `[recordings]` sets.
+    pub fn with_recordings(mut self, config: &crate::config::RecordingsConfig) -> Self {
+        self.recording_chunks = Rate {
+            per_minute: config.chunks_per_minute,
+            burst: config.chunks_burst,
+        };
+        self
     }
 }
 
@@ -119,6 +130,8 @@ pub enum Refusal {
     CsrTooLarge,
     /// A certificate request over [`RENEWALS`] on one stream.
     RenewalRate,
+    /// A session recording's chunk that is invalid, out of order or over a bound.
+    BadRecording,
 }
 
 impl Refusal {
@@ -129,6 +142,7 @@ impl Refusal {
             Refusal::TooManyLoginEvents => "too_many_login_events",
             Refusal::CsrTooLarge => "csr_too_large",
             Refusal::RenewalRate => "renewal_rate",
+            Refusal::BadRecording => "bad_recording",
         }
     }
 
@@ -150,6 +164,9 @@ pub struct Rate {
 pub struct AgentLimits {
     pub drift_reports: Rate,
     pub login_events: Rate,
+    /// Session recordings' chunks (`[recordings] chunks_per_minute`, `chunks_burst`): past it the
+    /// stream waits.
+    pub recording_chunks: Rate,
 }
 
 impl Default for AgentLimits {
@@ -162,6 +179,10 @@ impl Default for AgentLimits {
             login_events: Rate {
                 per_minute: 1000,
                 burst: 5000,
+            },
+            recording_chunks: Rate {
+                per_minute: 600,
+                burst: 120,
             },
         }
     }
@@ -228,6 +249,7 @@ pub struct StreamLimits {
     pub drift: TokenBucket,
     pub logins: TokenBucket,
     pub renewals: TokenBucket,
+    pub recordings: TokenBucket,
     /// Dropped since the last time they were added to the host's row.
     pub unrecorded: u64,
     pub recorded_at: Instant,
@@ -242,6 +264,7 @@ impl StreamLimits {
             drift: TokenBucket::new(limits.drift_reports, now),
             logins: TokenBucket::new(limits.login_events, now),
             renewals: TokenBucket::new(RENEWALS, now),
+            recordings: TokenBucket::new(limits.recording_chunks, now),
             unrecorded: 0,
             recorded_at: now,
         }

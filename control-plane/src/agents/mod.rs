@@ -8,6 +8,7 @@ pub mod hub;
 pub mod limits;
 pub mod logins;
 pub mod presence;
+pub mod recordings;
 pub mod signer;
 pub mod sshd_files;
 pub mod state;

@@ -4,13 +4,15 @@
 //! bastion, its jump user too.
 
 use chrono::{DateTime, Utc};
-use keyward_common::proto::{DesiredState, Key, KeyKind as ProtoKind, ManagedUser, Mode};
+use keyward_common::proto::{
+    DesiredState, Key, KeyKind as ProtoKind, ManagedUser, Mode, SessionRecording,
+};
 use keyward_common::sshd_files::MAX_JUMP_PRINCIPALS;
 use keyward_common::{HostId, KeyKind, UnixUser};
 
 use super::sshd_files::{SshdInputs, jump_user, sshd_files};
 use crate::clock::iso8601;
-use crate::store::{HostRole, KeySetRecord, KeyState, Store, StoreError};
+use crate::store::{HostRole, KeySetRecord, KeyState, RecordingPolicy, Store, StoreError};
 
 /// How long a revoked certificate stays in the hosts' revocation lists after its validity ended:
 /// a host whose clock is behind would still take it.
@@ -90,6 +92,18 @@ fn managed_user(user: &str, mode: Mode, ks: &KeySetRecord, now: DateTime<Utc>) -
     }
 }
 
+/// What the tenant's recording policy asks of the agent for one of its users (`None`: its
+/// sessions are not recorded).
+fn recording(policy: RecordingPolicy, kind: KeyKind) -> Option<SessionRecording> {
+    let recorded = match kind {
+        KeyKind::Admin => policy.record_admin,
+        KeyKind::Tenant => policy.record_tenant,
+    };
+    recorded.then_some(SessionRecording {
+        input: policy.record_input,
+    })
+}
+
 /// What a host's state is built from besides SQL.
 #[derive(Debug, Clone, Copy)]
 pub struct StateInputs<'a> {
@@ -117,13 +131,16 @@ pub async fn desired_state(
         .tenant(&record.tenant_id)
         .await?
         .ok_or_else(|| StateBuildError::NoHost(host.clone()))?;
+    let policy = store.recording_policy(&tenant.tenant_id).await?;
     let mut users = Vec::new();
     for (kind, user, mode) in [
         (KeyKind::Admin, &tenant.admin_user, Mode::Exclusive),
         (KeyKind::Tenant, &tenant.tenant_user, Mode::Preserve),
     ] {
         if let Some(ks) = store.key_set(&tenant.tenant_id, kind).await? {
-            users.push((kind, managed_user(user.as_str(), mode, &ks, now)));
+            let mut managed = managed_user(user.as_str(), mode, &ks, now);
+            managed.recording = recording(policy, kind);
+            users.push((kind, managed));
         }
     }
     let generation = u64::try_from(record.desired_generation).unwrap_or_default();
@@ -163,4 +180,33 @@ pub async fn desired_state(
         users,
         sshd,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_says_which_users_are_recorded_and_whether_with_keystrokes() {
+        let default = RecordingPolicy::default();
+        assert_eq!(
+            recording(default, KeyKind::Admin),
+            Some(SessionRecording { input: false })
+        );
+        assert_eq!(recording(default, KeyKind::Tenant), None);
+        let all = RecordingPolicy {
+            record_admin: true,
+            record_tenant: true,
+            record_input: true,
+        };
+        assert_eq!(
+            recording(all, KeyKind::Tenant),
+            Some(SessionRecording { input: true })
+        );
+        let none = RecordingPolicy {
+            record_admin: false,
+            ..all
+        };
+        assert_eq!(recording(none, KeyKind::Admin), None);
+    }
 }

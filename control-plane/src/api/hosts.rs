@@ -111,6 +111,9 @@ pub struct HostView {
     /// `agent_api.login_events_per_minute` and their bursts); dropped login events were still
     /// acknowledged, so the agent does not have them either.
     pub reports_dropped: i64,
+    /// The host's agent records SSH sessions (it said so when it connected): false means that
+    /// the tenant's recording policy is not carried out there.
+    pub recording: bool,
     /// The last verified accepted login on the host (its clock), and the Unix user: a login
     /// the agent tied to sshd itself, never a log line anyone could have written.
     pub last_login: Option<String>,
@@ -152,6 +155,7 @@ impl HostView {
             last_error: host.last_error.clone(),
             logins_dropped: host.logins_dropped,
             reports_dropped: host.reports_dropped,
+            recording: host.agent_records,
             last_login: None,
             last_login_user: None,
             last_drift_at: None,

@@ -243,6 +243,7 @@ mod tests {
             last_error: None,
             logins_dropped: 0,
             reports_dropped: 0,
+            recording: false,
             last_login: None,
             last_login_user: None,
             last_drift_at: None,

@@ -33,6 +33,7 @@ pub mod logins;
 pub mod mfa;
 pub mod offboarding;
 pub mod ops;
+pub mod recordings;
 pub mod rotation;
 pub mod tenant;
 pub mod throttle;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub hosts_feed: Arc<hosts_live::HostsFeed>,
     /// `server.replica_heartbeat`: another replica's stream counts while that replica is alive.
     pub replica_heartbeat: Duration,
+    /// Where session recordings' bytes are (for playback).
+    pub recordings: crate::recordings::RecordingArchive,
 }
 
 /// `Json<T>` whose failures are problem documents (malformed JSON, unknown fields, wrong types,
@@ -173,6 +176,15 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         mfa::get_policy,
         mfa::put_policy,
         mfa::delete_policy,
+        recordings::tenant_list,
+        recordings::tenant_get,
+        recordings::tenant_asciicast,
+        recordings::tenant_policy,
+        recordings::admin_list,
+        recordings::admin_get,
+        recordings::admin_asciicast,
+        recordings::get_policy,
+        recordings::put_policy,
     ),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
@@ -220,7 +232,11 @@ pub const MFA_FACTOR_ID_PATTERN: &str = "^mfa_[0-9a-f]{16}$";
 const ID: Grammar = Grammar::Pattern(TenantId::PATTERN, TenantId::MAX_LEN);
 
 /// Path and query parameters by name, and the grammar the server holds them to.
-pub const PARAMETER_GRAMMAR: [(&str, Grammar); 10] = [
+pub const PARAMETER_GRAMMAR: [(&str, Grammar); 11] = [
+    (
+        "recording_id",
+        Grammar::Pattern(recordings::RECORDING_ID_PATTERN, 36),
+    ),
     ("tenant_id", ID),
     ("tenantId", ID),
     ("host_id", ID),
@@ -392,6 +408,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/data-export", get(data_export::tenant_data_export))
         .route("/set-aside-keys", get(tenant::set_aside_keys))
         .route("/download-policy", get(download::tenant_download_policy))
+        .route("/recording-policy", get(recordings::tenant_policy))
+        .route("/recordings", get(recordings::tenant_list))
+        .route("/recordings/{recording_id}", get(recordings::tenant_get))
+        .route(
+            "/recordings/{recording_id}/asciicast",
+            get(recordings::tenant_asciicast),
+        )
         .route(
             "/ssh-certificates",
             post(certificates::tenant_issue).get(certificates::tenant_list),
@@ -476,6 +499,16 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(mfa::get_policy)
                 .put(mfa::put_policy)
                 .delete(mfa::delete_policy),
+        )
+        .route(
+            "/tenants/{tenant_id}/recording-policy",
+            get(recordings::get_policy).put(recordings::put_policy),
+        )
+        .route("/recordings", get(recordings::admin_list))
+        .route("/recordings/{recording_id}", get(recordings::admin_get))
+        .route(
+            "/recordings/{recording_id}/asciicast",
+            get(recordings::admin_asciicast),
         )
         .route("/mfa", get(mfa::admin_factors))
         .route("/mfa/totp", post(mfa::admin_enrol))

@@ -39,6 +39,7 @@ mod key_pool;
 mod mfa;
 mod offboarding;
 mod policy;
+mod recording_policy;
 mod records;
 mod secrets;
 pub use access::Registered;

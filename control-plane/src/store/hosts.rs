@@ -16,6 +16,8 @@ pub enum HostReport {
         host: HostId,
         agent_version: String,
         host_keys: Vec<String>,
+        /// The agent records sessions (`Hello.recording`).
+        records: bool,
         at: DateTime<Utc>,
     },
     /// An agent applied a generation (never lowers the recorded one).
@@ -57,14 +59,17 @@ impl HostReport {
                 host,
                 agent_version,
                 host_keys,
+                records,
                 at,
             } => sqlx::query(
-                "UPDATE hosts SET agent_version = $1, host_keys = $2, last_seen = $3 WHERE host_id = $4",
+                "UPDATE hosts SET agent_version = $1, host_keys = $2, last_seen = $3, \
+                 agent_records = $5 WHERE host_id = $4",
             )
             .bind(agent_version.as_str())
             .bind(serde_json::to_string(host_keys).unwrap_or_else(|_| "[]".into()))
             .bind(text(*at))
-            .bind(host.as_str()),
+            .bind(host.as_str())
+            .bind(i64::from(*records)),
             HostReport::Applied {
                 host,
                 generation,
@@ -119,6 +124,8 @@ pub struct HostRecord {
     /// Drift reports and login events of the host that the control plane dropped because they
     /// were over the host's rate.
     pub reports_dropped: i64,
+    /// The agent said in its last hello that it records sessions.
+    pub agent_records: bool,
 }
 
 /// An outside edit of a managed file that an agent found and repaired.
@@ -172,6 +179,7 @@ pub(super) fn host_from_row(row: &AnyRow) -> Result<HostRecord, StoreError> {
         last_error: get(row, "last_error")?,
         logins_dropped: get(row, "logins_dropped")?,
         reports_dropped: get(row, "reports_dropped")?,
+        agent_records: get::<i64>(row, "agent_records")? != 0,
     })
 }
 
@@ -403,6 +411,7 @@ impl Store {
             host: host.clone(),
             agent_version: agent_version.to_owned(),
             host_keys: host_keys.to_vec(),
+            records: false,
             at: now,
         }])
         .await

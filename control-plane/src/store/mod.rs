@@ -32,6 +32,7 @@ mod logins;
 mod mfa;
 mod notifications;
 mod offboarding;
+mod recordings;
 mod retention;
 mod rotation;
 mod streams;
@@ -55,6 +56,9 @@ pub use logins::{DayCount, KeyUsage, LoginFilter, LoginRecord, NewLogin, Unmanag
 pub use mfa::{MfaFactorRecord, MfaPolicyRecord};
 pub use notifications::{MAX_PAYLOAD_BYTES, Notifications};
 pub use offboarding::{OffboardingHost, OffboardingRecord, OffboardingStep};
+pub use recordings::{
+    ChunkTally, Completion, NewRecording, RecordingFilter, RecordingPolicy, RecordingRecord,
+};
 pub use retention::Expiring;
 pub use rotation::{
     JobFailure, JobRecord, RotationPolicyRecord, SchedulerLease, TenantSecretRecord,

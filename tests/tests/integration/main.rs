@@ -26,6 +26,7 @@ mod mfa_totp;
 mod offboarding;
 mod openapi_fuzz;
 mod passphrase_download;
+mod recordings_api;
 mod replicas;
 mod restore_drill;
 mod revocation_attacks;

@@ -36,6 +36,9 @@ pub(super) enum Refused {
     CsrTooLarge,
     #[error("a login batch holds at most {MAX_LOGIN_EVENTS} events, not {0}")]
     TooManyLoginEvents(usize),
+    /// A session recording's chunk is invalid, out of order or over a bound.
+    #[error(transparent)]
+    Recording(#[from] crate::agents::recordings::ChunkRefused),
     /// A domain operation failed: the host is unknown, or the database could not say.
     #[error(transparent)]
     Domain(#[from] DomainError),
@@ -51,6 +54,10 @@ impl From<Refused> for Status {
             }
             MessageTooLarge => Code::ResourceExhausted,
             CsrTooLarge | TooManyLoginEvents(_) => Code::InvalidArgument,
+            Recording(crate::agents::recordings::ChunkRefused::TooManyOpen { .. }) => {
+                Code::ResourceExhausted
+            }
+            Recording(_) => Code::InvalidArgument,
             Domain(failure) => {
                 // Never the cause's own text: it can name the database's address.
                 let (code, message) = match failure {
