@@ -5,6 +5,7 @@ import { tenantPage } from './tenant.js';
 import { tenantCertificatesPage } from './certs.js';
 import { tenantAccessPage, adminAccessPage } from './access.js';
 import { adminPages } from './admin.js';
+import { recordingsPage } from './recordings.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -14,12 +15,13 @@ const who = document.getElementById('who');
 let leaving = new AbortController();
 let signInMessage = '';
 
-const tenantNav = [['#/tenant', 'SSH access'], ['#/tenant/certificates', 'SSH certificates'], ['#/tenant/access', 'Access']];
+const tenantNav = [['#/tenant', 'SSH access'], ['#/tenant/certificates', 'SSH certificates'], ['#/tenant/access', 'Access'], ['#/tenant/recordings', 'Recordings']];
 const adminNav = [
   ['#/admin/hosts', 'Hosts'],
   ['#/admin/tenants', 'Tenants'],
   ['#/admin/audit', 'Audit log'],
   ['#/admin/logins', 'Logins'],
+  ['#/admin/recordings', 'Recordings'],
   ['#/admin/vault', 'Vault'],
   ['#/admin/rotation', 'Bulk rotation'],
   ['#/admin/access', 'Access requests'],
@@ -120,6 +122,12 @@ async function render() {
   } else if (route === '#/tenant/access' && session.role === 'tenant') {
     document.title = 'Access · keyward';
     await tenantAccessPage(context);
+  } else if (route === '#/tenant/recordings' && session.role === 'tenant') {
+    document.title = 'Recordings · keyward';
+    await recordingsPage(context, false);
+  } else if (route === '#/admin/recordings' && session.role === 'admin') {
+    document.title = 'Recordings · keyward';
+    await recordingsPage(context, true);
   } else if (route === '#/admin/access' && session.role === 'admin') {
     document.title = 'Access requests · keyward';
     await adminAccessPage(context);

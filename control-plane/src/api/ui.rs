@@ -25,8 +25,9 @@ use crate::store::Role;
 struct Assets;
 
 /// Scripts, styles, images and API calls from this origin only; nothing inline, no plugins, no
-/// framing, forms post nowhere else.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+/// framing, forms post nowhere else. `wasm-unsafe-eval` lets the recordings' player (asciinema's,
+/// vendored) compile its terminal emulator, which is WebAssembly; it allows no JavaScript `eval`.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; \
     style-src 'self'; img-src 'self'; connect-src 'self'; font-src 'self'; \
     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -156,5 +157,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_vendored_player_is_the_npm_package_it_names() {
+        use sha2::{Digest, Sha256};
+        let source = Assets::get("vendor/asciinema-player/SOURCE").expect("SOURCE");
+        let source = String::from_utf8(source.data.into_owned()).unwrap();
+        let mut checked = 0;
+        for line in source
+            .lines()
+            .filter(|l| l.len() > 66 && l.as_bytes()[64] == b' ')
+        {
+            let (hash, name) = line.split_once("  ").unwrap();
+            let file = Assets::get(&format!("vendor/asciinema-player/{name}")).expect(name);
+            assert_eq!(
+                hex::encode(Sha256::digest(&file.data)),
+                hash,
+                "{name} was edited"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 3, "{source}");
+        let response = asset("vendor/asciinema-player/asciinema-player.min.js");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript")
+        );
     }
 }

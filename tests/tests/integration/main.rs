@@ -44,3 +44,4 @@ mod vault_store;
 mod vault_tls;
 mod web_ui;
 mod web_ui_fleet;
+mod web_ui_recordings;

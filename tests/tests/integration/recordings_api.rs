@@ -16,12 +16,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// A real recording made with Debian's tlog (two messages: see the converter's tests).
-const SESSION: &[u8] = include_bytes!("../../../control-plane/src/recordings/session.tlog.jsonl");
+pub(crate) const SESSION: &[u8] =
+    include_bytes!("../../../control-plane/src/recordings/session.tlog.jsonl");
 
 const IP: &str = "192.0.2.9";
 const PORT: u32 = 40_123;
 
-fn chunk(id: &str, seq: u64, data: &[u8], last: bool) -> RecordingChunk {
+pub(crate) fn chunk(id: &str, seq: u64, data: &[u8], last: bool) -> RecordingChunk {
     RecordingChunk {
         recording_id: id.into(),
         seq,
@@ -41,7 +42,7 @@ fn chunk(id: &str, seq: u64, data: &[u8], last: bool) -> RecordingChunk {
     }
 }
 
-async fn acked(stream: &mut RawStream, msg: RecordingChunk) -> (String, u64) {
+pub(crate) async fn acked(stream: &mut RawStream, msg: RecordingChunk) -> (String, u64) {
     stream.send(agent_message::Msg::Recording(msg)).await;
     stream
         .next_matching(|m| match m.msg {
