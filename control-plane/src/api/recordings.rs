@@ -30,7 +30,29 @@ pub const RECORDING_ID_PATTERN: &str = "^rec_[0-9a-f]{32}$";
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RecordingQuery {
-    /// Admins only: one tenant's recordings.
+    pub host_id: Option<String>,
+    /// The Unix user whose sessions.
+    pub user: Option<String>,
+    /// RFC 3339; sessions started at or after it.
+    #[param(format = DateTime)]
+    pub since: Option<String>,
+    /// RFC 3339; sessions started before it.
+    #[param(format = DateTime)]
+    pub until: Option<String>,
+    /// 1 to 500, default 100.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    #[param(pattern = "^rec_[0-9a-f]{32}$")]
+    pub cursor: Option<String>,
+}
+
+/// Filters of the admins' listing: the tenant's, and one tenant.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AdminRecordingQuery {
+    /// One tenant's recordings.
     pub tenant_id: Option<String>,
     pub host_id: Option<String>,
     /// The Unix user whose sessions.
@@ -191,9 +213,6 @@ pub async fn tenant_list(
     who: TenantCaller,
     ApiQuery(q): ApiQuery<RecordingQuery>,
 ) -> Result<Json<RecordingPage>, ApiError> {
-    if q.tenant_id.is_some() {
-        return Err(ApiError::InvalidQuery("tenantId is for admins".into()));
-    }
     let (recordings, next_cursor) = state
         .store
         .recordings(&filter(q, Some(who.tenant))?)
@@ -235,20 +254,23 @@ pub async fn tenant_asciicast(
 }
 
 /// Every recording, newest first, with filters.
-#[utoipa::path(get, path = "/api/v1/admin/recordings", tag = "recordings", params(RecordingQuery),
+#[utoipa::path(get, path = "/api/v1/admin/recordings", tag = "recordings", params(AdminRecordingQuery),
     responses((status = 200, body = RecordingPage), (status = 400, body = Problem)))]
 pub async fn admin_list(
     State(state): State<AppState>,
     _admin: AdminCaller,
-    ApiQuery(mut q): ApiQuery<RecordingQuery>,
+    ApiQuery(q): ApiQuery<AdminRecordingQuery>,
 ) -> Result<Json<RecordingPage>, ApiError> {
-    let tenant = q
-        .tenant_id
-        .take()
-        .as_deref()
-        .map(tenant_from_path)
-        .transpose()?;
-    let (recordings, next_cursor) = state.store.recordings(&filter(q, tenant)?).await?;
+    let tenant = q.tenant_id.as_deref().map(tenant_from_path).transpose()?;
+    let filters = RecordingQuery {
+        host_id: q.host_id,
+        user: q.user,
+        since: q.since,
+        until: q.until,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let (recordings, next_cursor) = state.store.recordings(&filter(filters, tenant)?).await?;
     Ok(Json(RecordingPage {
         recordings,
         next_cursor,
