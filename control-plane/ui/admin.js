@@ -85,12 +85,50 @@ async function showTenant(tenantId, details, signal) {
       ? table('Tokens of this tenant', ['Token', 'Role', 'Label', 'Created', 'Revoked'],
         d.apiKeys.map((k) => h('tr', {}, h('td', { class: 'mono' }, k.tokenId), h('td', {}, k.role), h('td', {}, k.label), h('td', {}, when(k.createdAt)), h('td', {}, when(k.revokedAt)))))
       : h('p', {}, 'None.'));
+  const recording = h('div', { id: 'tenant-recording' });
+  details.append(h('h3', {}, 'Session recording'), recording);
+  await recordingPolicyPanel(tenantId, recording, signal);
   const certificates = certificatesPanel({ admin: true, tenantId, signal, level: 4 });
   details.append(h('h3', { id: 'tenant-certificates' }, 'SSH certificates'), certificates.element);
   const offboarding = h('div', { id: 'tenant-offboarding' });
   details.append(h('h3', {}, 'Offboarding'), offboarding);
   details.scrollIntoView({ block: 'nearest' });
   await Promise.all([certificates.load(), offboardingPanel(tenantId, d.offboarding, offboarding, signal)]);
+}
+
+// ---- Session recording policy: which of the tenant's users tlog records on its hosts -----------
+
+async function recordingPolicyPanel(tenantId, container, signal) {
+  const path = `${ADMIN}/tenants/${encodeURIComponent(tenantId)}/recording-policy`;
+  let policy;
+  try {
+    policy = await api(path, { signal });
+  } catch (e) {
+    if (e.name !== 'AbortError') fill(container, h('p', { class: 'notice error' }, problemText(e)));
+    return;
+  }
+  const status = statusLine('recording-policy-status');
+  const boxes = {};
+  const choice = (name, label, hint) => {
+    const id = `recording-${name}`;
+    boxes[name] = h('input', { id, name, type: 'checkbox', checked: policy[name] });
+    return h('div', { class: 'check' }, boxes[name], h('label', { for: id }, label), h('p', { class: 'hint' }, hint));
+  };
+  const button = h('button', { type: 'submit', id: 'recording-policy-save' }, 'Save the recording policy');
+  const form = h('form', { id: 'recording-policy', class: 'stack' },
+    choice('recordAdmin', 'Record the platform admin user\'s sessions', 'On by default: the tenant sees what was done on its servers.'),
+    choice('recordTenant', 'Record the tenant user\'s sessions', 'Off by default.'),
+    choice('recordInput', 'Record keystrokes too', 'Off by default: passwords are typed at prompts.'),
+    h('div', { class: 'actions' }, button), status);
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    busy(button, status, async () => {
+      const body = Object.fromEntries(Object.entries(boxes).map(([name, box]) => [name, box.checked]));
+      await api(path, { method: 'PUT', body, signal });
+      say(status, 'Saved: the tenant\'s hosts get the new policy now.');
+    });
+  });
+  fill(container, form);
 }
 
 // ---- Offboarding: DELETE /tenants/{id} with the id typed again, then its progress ----------------

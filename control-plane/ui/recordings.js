@@ -146,10 +146,17 @@ export async function recordingsPage({ main, signal }, admin) {
   }
 
   signal.addEventListener('abort', () => { if (player) player.dispose(); });
-  fill(main, h('h1', {}, 'Session recordings'),
-    h('p', { class: 'hint' }, admin
-      ? 'Sessions are recorded on the hosts by tlog where each tenant\'s recording policy says so.'
-      : 'Every session of the platform\'s admin user on your servers is recorded, so that you can see when and what was done there.'),
-    searchForm(admin, show), status, results, stage);
+  const intro = h('p', { id: 'recording-policy-text', class: 'hint' }, admin
+    ? 'Sessions are recorded on the hosts by tlog where each tenant\'s recording policy says so (the tenant\'s details on the Tenants page).'
+    : 'Sessions on your servers are recorded so that you can see when and what was done there.');
+  fill(main, h('h1', {}, 'Session recordings'), intro, searchForm(admin, show), status, results, stage);
+  if (!admin) {
+    api('/api/v1/tenant/infrastructure/recording-policy', { signal }).then((p) => {
+      const who = [p.recordAdmin ? 'the platform\'s admin user' : null, p.recordTenant ? 'your own user' : null].filter(Boolean);
+      intro.textContent = who.length
+        ? `Recorded on your servers: the sessions of ${who.join(' and ')}, ${p.recordInput ? 'keystrokes included' : 'without keystrokes'}. The platform sets this policy.`
+        : 'No sessions are recorded on your servers (the platform sets this policy).';
+    }).catch(() => {});
+  }
   await show(new URLSearchParams());
 }

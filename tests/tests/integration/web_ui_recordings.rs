@@ -35,6 +35,13 @@ async fn tenant_plays_the_admin_session_on_its_host_in_the_page() {
             "the recorded session",
         )
         .await;
+    browser
+        .wait_text(
+            "#recording-policy-text",
+            "the tenant's recording policy",
+            |t| t.contains("admin user") && t.contains("without keystrokes"),
+        )
+        .await;
     let row = browser.text("#recordings tr[data-recording]").await;
     assert!(
         row.contains("kwadmin") && row.contains(&host.host_id),
@@ -57,5 +64,55 @@ async fn tenant_plays_the_admin_session_on_its_host_in_the_page() {
     browser.screenshot("tenant-recording-playback").await;
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors (CSP?): {errors:?}");
+    browser.close().await;
+
+    // An admin finds it among every tenant's, and sets the tenant's recording policy in the
+    // tenant's details.
+    let browser = Browser::start().await;
+    sign_in(&browser, &cp, &cp.admin_token, "#hosts").await;
+    browser
+        .goto(&format!("{}/ui/#/admin/recordings", cp.url))
+        .await;
+    let row = browser
+        .wait_text("#recordings tr[data-recording]", "the recording", |t| {
+            t.contains(&tenant)
+        })
+        .await;
+    assert!(row.contains("kwadmin"), "{row}");
+    browser
+        .goto(&format!("{}/ui/#/admin/tenants", cp.url))
+        .await;
+    let tenant_row = format!("#tenants tr[data-tenant-id=\"{tenant}\"]");
+    browser.wait_for(&tenant_row, "the tenant").await;
+    browser.click(&format!("{tenant_row} button")).await;
+    browser
+        .wait_for(
+            "#recording-policy #recording-recordTenant",
+            "the recording policy",
+        )
+        .await;
+    assert_eq!(
+        browser.script("return [document.getElementById('recording-recordAdmin').checked, document.getElementById('recording-recordTenant').checked]").await,
+        serde_json::json!([true, false]),
+        "the defaults"
+    );
+    browser.click("#recording-recordTenant").await;
+    browser.click("#recording-policy-save").await;
+    browser
+        .wait_text("#recording-policy-status", "the saved policy", |t| {
+            t.contains("Saved")
+        })
+        .await;
+    let policy = cp
+        .admin_get(&format!("/api/v1/admin/tenants/{tenant}/recording-policy"))
+        .await
+        .json();
+    assert_eq!(policy["recordTenant"], true);
+    assert_eq!(policy["recordAdmin"], true);
+    browser.screenshot("admin-recording-policy").await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "tenant details: {violations:#?}");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
     browser.close().await;
 }
