@@ -121,7 +121,9 @@ impl RecordingArchive {
                 .create(dir)
                 .map_err(failed)?;
         }
-        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
+        // A deleted recording leaves no empty directories behind (up to `dir`, which stays).
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?
+            .with_automatic_cleanup(true);
         Ok(Self {
             store: Arc::new(store),
             directory: Some(dir.to_owned()),
@@ -277,5 +279,10 @@ mod tests {
         assert_eq!(hash, hex::encode(Sha256::digest(b"a\nb\n")));
         archive.delete(&host, &rec).await.expect("delete");
         assert!(archive.read(&host, &rec, 2).await.expect("read").is_empty());
+        assert!(
+            !dir.path().join("r/recordings/h1").exists(),
+            "no empty directories left"
+        );
+        assert!(dir.path().join("r").is_dir());
     }
 }

@@ -385,6 +385,41 @@ async fn a_recording_is_stored_once_played_and_hashed_in_the_audit_chain(databas
             ..Hello::default()
         }))
         .await;
+    // Retention: a sweep 91 days on deletes both recordings, objects and rows, audited.
+    let lifecycle = &cp.server().lifecycle;
+    let directory = cp.config().server.state_dir.join("recordings");
+    let archive = keyward_server::recordings::RecordingArchive::directory(&directory).unwrap();
+    let stored = directory.join("recordings").join(&host.host_id);
+    assert!(
+        stored.join("s-1").is_dir(),
+        "the chunks are in the directory store"
+    );
+    let later = lifecycle.now() + chrono::TimeDelta::days(91);
+    let kept = std::time::Duration::from_secs(90 * 86_400);
+    let swept = keyward_server::recordings::retention::sweep(lifecycle, &archive, kept, later)
+        .await
+        .unwrap();
+    assert_eq!(swept, 2);
+    assert!(!stored.join("s-1").exists() && !stored.join("s-big").exists());
+    cp.admin_get(&format!("/api/v1/admin/recordings/{id}"))
+        .await
+        .assert_problem(404, "recording_not_found");
+    let deleted = cp
+        .admin_get("/api/v1/admin/audit?action=session.recording.deleted")
+        .await
+        .json();
+    let deleted = deleted["events"].as_array().unwrap();
+    assert_eq!(deleted.len(), 2);
+    assert!(
+        deleted
+            .iter()
+            .any(|e| e["detail"]["sha256"] == sha.as_str())
+    );
+    assert_eq!(
+        cp.admin_get("/api/v1/admin/audit/verify").await.json()["ok"],
+        true
+    );
+
     let view_path = format!("/api/v1/admin/hosts/{}", host.host_id);
     keyward_tests::eventually(
         "the host view shows that the agent records",
