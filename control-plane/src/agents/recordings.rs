@@ -294,6 +294,15 @@ impl RecordingIngest {
             return Err(ChunkRefused::Mismatch { id: id() });
         }
         if checked.seq < next {
+            // The last chunk again, of a recording whose completion failed after the chunk was
+            // stored (the audit log could not be written): complete it now.
+            if let Some(ended_at) = checked.ended_at
+                && recording.state == "open"
+                && checked.seq + 1 == next
+            {
+                let completed = self.complete(lifecycle, recording, checked, ended_at).await;
+                return Ok(completed.map(|()| Stored::Again));
+            }
             return Ok(Ok(Stored::Again));
         }
         if recording.state != "open" {
@@ -380,20 +389,26 @@ impl RecordingIngest {
             "fingerprint": latest.fingerprint,
             "certificateId": latest.certificate_id,
         });
-        lifecycle
+        let completed = lifecycle
             .audited(
                 &Caller::system(),
                 AUDIT_ACTION,
                 Some(&recording.tenant_id),
                 move |tx| {
                     Box::pin(async move {
-                        tx.complete_recording(&id, &completion).await?;
+                        if !tx.complete_recording(&id, &completion).await? {
+                            // Another stream completed it first: no second event.
+                            return Err(DomainError::ConcurrentModification);
+                        }
                         Ok(((), detail))
                     })
                 },
             )
-            .await?;
-        Ok(())
+            .await;
+        match completed {
+            Ok(()) | Err(DomainError::ConcurrentModification) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
