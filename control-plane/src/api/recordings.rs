@@ -171,8 +171,17 @@ async fn visible(
     Ok(record)
 }
 
+/// Conversions running at once, per replica: each holds a whole recording and its asciicast in
+/// memory (up to about twice `recordings.max_bytes`), so a caller asking for large recordings
+/// over and over waits (and meets `server.request_timeout`) instead of exhausting memory.
+static CONVERSIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// The recording as asciicast v2, to play or to download.
 async fn asciicast(state: &AppState, record: &RecordingRecord) -> Result<Response, ApiError> {
+    let _permit = CONVERSIONS
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal)?;
     let name: RecordingName = record
         .recording_id
         .parse()
@@ -186,10 +195,14 @@ async fn asciicast(state: &AppState, record: &RecordingRecord) -> Result<Respons
             tracing::warn!(recording = %record.id, error = %e, "cannot read a recording");
             ApiError::RecordingUnavailable
         })?;
-    let cast = tlog_to_asciicast(&bytes).map_err(|e| {
-        tracing::warn!(recording = %record.id, error = %e, "cannot convert a recording");
-        ApiError::RecordingUnreadable
-    })?;
+    // CPU work of up to seconds for the largest recordings: off the request threads.
+    let cast = tokio::task::spawn_blocking(move || tlog_to_asciicast(&bytes))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| {
+            tracing::warn!(recording = %record.id, error = %e, "cannot convert a recording");
+            ApiError::RecordingUnreadable
+        })?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-asciicast".to_owned()),
