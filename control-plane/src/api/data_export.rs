@@ -5,7 +5,8 @@
 //! Each line is an object whose `record` says what it is: `export` (first: format, tenant, time),
 //! `tenant`, `keySet` (public data only: no private key is ever exported here), `host`,
 //! `sshCertificate`, `accessGrant`, `login` (every retained login event on its VPSs, newest
-//! first) and `auditEvent` (the tenant's own actions: those its tokens made, with the addresses
+//! first), `sessionRecording` (every retained session recording's metadata, newest first; the
+//! content is at `.../recordings/{recording_id}/asciicast`) and `auditEvent` (the tenant's own actions: those its tokens made, with the addresses
 //! they came from; what platform staff did is the platform's record, not the tenant's personal
 //! data), and last `end` with the count of lines before it. Certificates and requests are the
 //! newest 500 each, as the tenant's listings show them; a `truncated` line says when a list was
@@ -27,7 +28,7 @@ use super::{AppState, access, certificates};
 use crate::clock::iso8601;
 use crate::error::ApiError;
 use crate::lifecycle::DomainError;
-use crate::store::{AuditFilter, GRANTS_LISTED, LoginFilter};
+use crate::store::{AuditFilter, GRANTS_LISTED, LoginFilter, RecordingFilter};
 
 /// The format of the export's lines.
 pub const FORMAT: &str = "keyward-tenant-export/1";
@@ -39,7 +40,7 @@ const BUFFERED_LINES: usize = 64;
 /// Streams the tenant's data as JSON lines (`application/x-ndjson`).
 #[utoipa::path(get, path = "/api/v1/tenant/infrastructure/data-export", tag = "tenant",
     responses((status = 200, content_type = "application/x-ndjson",
-        description = "JSON lines: `export`, `tenant`, `keySet`, `host`, `sshCertificate`, `accessGrant`, `mfaFactor` (never its secret), `login`, `auditEvent`, then `end` (or `error` when the export broke off)"),
+        description = "JSON lines: `export`, `tenant`, `keySet`, `host`, `sshCertificate`, `accessGrant`, `mfaFactor` (never its secret), `login`, `sessionRecording` (metadata), `auditEvent`, then `end` (or `error` when the export broke off)"),
         (status = 401, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
 pub async fn tenant_data_export(
     State(state): State<AppState>,
@@ -217,6 +218,25 @@ async fn write_records(
         }
         match next {
             Some(cursor) => before_id = Some(cursor),
+            None => break,
+        }
+    }
+    let mut after_id = None;
+    loop {
+        let filter = RecordingFilter {
+            tenant_id: Some(tenant.clone()),
+            after_id,
+            limit: PAGE,
+            ..RecordingFilter::default()
+        };
+        let (recordings, next) = store.recordings(&filter).await?;
+        for recording in recordings {
+            if !out.record("sessionRecording", recording).await {
+                return Ok(false);
+            }
+        }
+        match next {
+            Some(cursor) => after_id = Some(cursor),
             None => break,
         }
     }

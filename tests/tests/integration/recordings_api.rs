@@ -253,6 +253,21 @@ async fn a_recording_is_stored_once_played_and_hashed_in_the_audit_chain(databas
         .await;
     assert_eq!(admin_cast.body, cast.body);
 
+    // The tenant's data export (GDPR art. 15) lists it; the other tenant's does not.
+    let export = get(&own, "/api/v1/tenant/infrastructure/data-export".into()).await;
+    assert_eq!(export.status, 200, "{}", export.text());
+    let exported: Vec<Value> = export
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["record"] == "sessionRecording")
+        .collect();
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0]["id"], id.as_str());
+    assert_eq!(exported[0]["sha256"], rec["sha256"]);
+    let theirs_export = get(&theirs, "/api/v1/tenant/infrastructure/data-export".into()).await;
+    assert!(!theirs_export.text().contains("sessionRecording"));
+
     // Another tenant: a 404, as if it did not exist.
     for path in [
         format!("/api/v1/tenant/infrastructure/recordings/{id}"),
