@@ -290,8 +290,43 @@ impl WriteTx {
             .await
             .map_err(query_error("storing a login event"))?;
             inserted += done.rows_affected();
+            if done.rows_affected() == 1 && e.outcome == "accepted" && e.verified {
+                self.tie_recordings_to_login(host, e).await?;
+            }
         }
         Ok(inserted)
+    }
+
+    /// A session's recording can be stored before its login event arrives (the agent sends
+    /// both as they come): a new accepted, verified login ties the recordings of its connection
+    /// (host, user, source address and port) that have no login yet, when they started within
+    /// five minutes of it (a port used again later is another connection).
+    async fn tie_recordings_to_login(
+        &mut self,
+        host: &HostId,
+        login: &NewLogin,
+    ) -> Result<(), StoreError> {
+        let window = chrono::Duration::minutes(5);
+        sqlx::query(
+            "UPDATE session_recordings SET \
+             login_id = (SELECT id FROM login_events WHERE host_id = $1 AND cursor = $2), \
+             fingerprint = $3, certificate_id = $4 \
+             WHERE host_id = $1 AND unix_user = $5 AND source_ip = $6 AND source_port = $7 \
+             AND login_id IS NULL AND started_at >= $8 AND started_at <= $9",
+        )
+        .bind(host.as_str())
+        .bind(login.cursor)
+        .bind(login.fingerprint.as_ref().map(|f| f.as_str().to_owned()))
+        .bind(login.certificate.as_ref().map(|(id, _)| id.clone()))
+        .bind(&login.user)
+        .bind(&login.source_ip)
+        .bind(login.source_port)
+        .bind(text(login.at - window))
+        .bind(text(login.at + window))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(query_error("tying recordings to their login"))?;
+        Ok(())
     }
 
     /// Adds to the count of events the host's agent dropped from its spool.

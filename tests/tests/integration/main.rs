@@ -32,6 +32,7 @@ mod restore_drill;
 mod revocation_attacks;
 mod rotate_all;
 mod rotation;
+mod session_recording;
 mod sshd_certificates;
 mod sshd_harness;
 mod tenant_api;

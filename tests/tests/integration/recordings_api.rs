@@ -129,7 +129,7 @@ async fn a_recording_is_stored_once_played_and_hashed_in_the_audit_chain(databas
     };
     stream
         .send(agent_message::Msg::Logins(LoginBatch {
-            events: vec![login],
+            events: vec![login.clone()],
             dropped: 0,
         }))
         .await;
@@ -326,6 +326,48 @@ async fn a_recording_is_stored_once_played_and_hashed_in_the_audit_chain(databas
     assert_eq!(big_rec["truncated"], true);
     assert_eq!(big_rec["sizeBytes"], 4 * big.len());
     assert_eq!(big_rec["droppedBytes"], big.len());
+    // A recording whose login has not arrived yet (the agent sends both as they come): the
+    // login, when it does, ties the recording of its connection to its key.
+    let late = RecordingChunk {
+        source_port: PORT + 1,
+        ..chunk("s-late", 0, first, true)
+    };
+    assert_eq!(acked(&mut stream, late).await, ("s-late".into(), 0));
+    let page_of_host = format!("/api/v1/admin/recordings?hostId={}", host.host_id);
+    let of_late = || {
+        let (cp, page_of_host) = (&cp, &page_of_host);
+        async move {
+            let page = cp.admin_get(page_of_host).await.json();
+            page["recordings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["recordingId"] == "s-late")
+                .unwrap()
+                .clone()
+        }
+    };
+    assert!(of_late().await["loginId"].is_null());
+    stream
+        .send(agent_message::Msg::Logins(LoginBatch {
+            events: vec![LoginEvent {
+                cursor: 2,
+                at: "2026-12-07T10:00:03Z".into(),
+                source_port: PORT + 1,
+                ..login.clone()
+            }],
+            dropped: 0,
+        }))
+        .await;
+    stream
+        .next_matching(|m| matches!(m.msg, Some(control_message::Msg::LoginAck(_))).then_some(()))
+        .await;
+    let tied = of_late().await;
+    assert_eq!(tied["fingerprint"], admin_fp.as_str(), "{tied}");
+    assert!(
+        tied["loginId"].is_i64() && tied["loginId"] != rec["loginId"],
+        "{tied}"
+    );
 
     // Refused, each ending its stream: a gap, a bad id, a user not managed here, a chunk over
     // 256 KiB, data that is not whole JSON lines, a chunk after the last.
@@ -354,7 +396,7 @@ async fn a_recording_is_stored_once_played_and_hashed_in_the_audit_chain(databas
         .await;
     assert_eq!(
         after.json()["recordings"].as_array().unwrap().len(),
-        2,
+        3,
         "nothing refused was kept"
     );
 
@@ -400,7 +442,7 @@ async fn a_recording_is_stored_once_played_and_hashed_in_the_audit_chain(databas
             ..Hello::default()
         }))
         .await;
-    // Retention: a sweep 91 days on deletes both recordings, objects and rows, audited.
+    // Retention: a sweep 91 days on deletes the three recordings, objects and rows, audited.
     let lifecycle = &cp.server().lifecycle;
     let directory = cp.config().server.state_dir.join("recordings");
     let archive = keyward_server::recordings::RecordingArchive::directory(&directory).unwrap();
@@ -414,7 +456,7 @@ async fn a_recording_is_stored_once_played_and_hashed_in_the_audit_chain(databas
     let swept = keyward_server::recordings::retention::sweep(lifecycle, &archive, kept, later)
         .await
         .unwrap();
-    assert_eq!(swept, 2);
+    assert_eq!(swept, 3);
     assert!(!stored.join("s-1").exists() && !stored.join("s-big").exists());
     cp.admin_get(&format!("/api/v1/admin/recordings/{id}"))
         .await
@@ -424,7 +466,7 @@ async fn a_recording_is_stored_once_played_and_hashed_in_the_audit_chain(databas
         .await
         .json();
     let deleted = deleted["events"].as_array().unwrap();
-    assert_eq!(deleted.len(), 2);
+    assert_eq!(deleted.len(), 3);
     assert!(
         deleted
             .iter()
