@@ -15,7 +15,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use keyward_common::authorized_keys::{ManagedKey, Mode};
+use keyward_common::authorized_keys::{LineOptions, ManagedKey, Mode};
 use keyward_common::keys::canonical_public_key;
 use keyward_common::keys::public_key_fingerprint;
 use keyward_common::proto::{self, ManagedUser};
@@ -145,7 +145,10 @@ pub fn managed_keys(keys: &[proto::Key]) -> Result<Vec<ManagedKey>, ApplyError> 
                 generation: key.generation,
                 public_key: key.public_key.clone(),
                 expires_at,
-                options: Default::default(),
+                options: LineOptions {
+                    verify_required: key.verify_required,
+                    ..Default::default()
+                },
             })
         })
         .collect()

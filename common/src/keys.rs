@@ -64,6 +64,41 @@ impl FromStr for KeyKind {
     }
 }
 
+/// Where a key set's key comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyOrigin {
+    /// keyward generated it; Vault holds the private key until the one download.
+    #[default]
+    Generated,
+    /// Its owner registered the public key; keyward never held the private key.
+    Registered,
+}
+
+impl KeyOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOrigin::Generated => "generated",
+            KeyOrigin::Registered => "registered",
+        }
+    }
+
+    pub fn is_generated(&self) -> bool {
+        *self == KeyOrigin::Generated
+    }
+}
+
+impl FromStr for KeyOrigin {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        match s {
+            "generated" => Ok(KeyOrigin::Generated),
+            "registered" => Ok(KeyOrigin::Registered),
+            other => Err(KeyError::UnknownOrigin(other.to_owned())),
+        }
+    }
+}
+
 /// The algorithm of a key set, chosen by its rotation policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum KeyAlgorithm {
@@ -123,6 +158,8 @@ pub enum KeyError {
     UnknownKind(String),
     #[error("unknown key algorithm {0:?}; expected \"rsa-4096\" or \"ed25519\"")]
     UnknownAlgorithm(String),
+    #[error("unknown key origin {0:?}; expected \"generated\" or \"registered\"")]
+    UnknownOrigin(String),
     #[error("not a SHA-256 fingerprint: {0:?}")]
     BadFingerprint(String),
 }

@@ -21,6 +21,6 @@ pub mod sshd_log;
 pub use certificate_id::CertificateId;
 pub use ids::{HostId, IdError, Principal, TenantId, UnixUser};
 pub use jump::{PermitOpen, SshHost};
-pub use keys::{Fingerprint, KeyAlgorithm, KeyError, KeyKind};
+pub use keys::{Fingerprint, KeyAlgorithm, KeyError, KeyKind, KeyOrigin};
 #[cfg(feature = "keygen")]
 pub use keys::{GeneratedKey, UnnamedKey, encrypt_private_key};

@@ -132,6 +132,8 @@ impl ApiError {
                     | DomainError::TenantOffboarded(_)
                     | DomainError::HostExists(_)
                     | DomainError::KeyRevoked
+                    | DomainError::KeyRegistered
+                    | DomainError::KeyAlreadyRegistered
                     | DomainError::KeyDenied
                     | DomainError::GrantClosed { .. }
                     | DomainError::ConcurrentModification
@@ -151,6 +153,9 @@ impl ApiError {
                         (StatusCode::BAD_REQUEST, "Bad Request")
                     }
                     DomainError::AlreadyDownloaded { .. } => (StatusCode::GONE, "Gone"),
+                    DomainError::KeyRefused(_) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content")
+                    }
                     DomainError::PassphraseRequired { .. } => {
                         (StatusCode::BAD_REQUEST, "Bad Request")
                     }
@@ -451,6 +456,22 @@ mod tests {
                 "invalid_body",
             ),
             (DomainError::KeyRevoked, 409, "key_revoked"),
+            (DomainError::KeyRegistered, 409, "key_registered"),
+            (
+                DomainError::KeyAlreadyRegistered,
+                409,
+                "key_already_registered",
+            ),
+            (
+                DomainError::KeyRefused(crate::lifecycle::KeyRefusal::RsaTooShort(2048)),
+                422,
+                "key_too_weak",
+            ),
+            (
+                DomainError::KeyRefused(crate::lifecycle::KeyRefusal::Fido2Required),
+                422,
+                "fido2_required",
+            ),
             (
                 DomainError::AlreadyDownloaded { generation: 2 },
                 410,

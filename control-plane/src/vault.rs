@@ -42,7 +42,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use keyward_common::{KeyKind, TenantId};
+use keyward_common::{KeyKind, KeyOrigin, TenantId};
 use serde::{Deserialize, Serialize};
 use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequestOptions};
 use vaultrs::api::kv2::responses::ReadSecretResponse;
@@ -84,6 +84,7 @@ pub enum VaultError {
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KeySetSecret {
+    #[serde(default, skip_serializing_if = "no_private_key")]
     pub private_key: Zeroizing<String>,
     pub public_key: String,
     /// ISO 8601, UTC.
@@ -92,6 +93,15 @@ pub struct KeySetSecret {
     pub last_rotated: String,
     /// `"90_days"` by default.
     pub rotation_policy: String,
+    /// `registered`: the owner brought the public key, and `private_key` is empty (and not
+    /// written). Absent for a generated key.
+    #[serde(default, skip_serializing_if = "KeyOrigin::is_generated")]
+    pub origin: KeyOrigin,
+}
+
+/// A registered key set's secret holds no private key: the field is left out of Vault.
+fn no_private_key(key: &Zeroizing<String>) -> bool {
+    key.is_empty()
 }
 
 impl fmt::Debug for KeySetSecret {
@@ -102,6 +112,7 @@ impl fmt::Debug for KeySetSecret {
             .field("created_at", &self.created_at)
             .field("last_rotated", &self.last_rotated)
             .field("rotation_policy", &self.rotation_policy)
+            .field("origin", &self.origin)
             .finish()
     }
 }

@@ -36,6 +36,10 @@ fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
         KeyKind::Admin => ProtoKind::Admin,
         KeyKind::Tenant => ProtoKind::Tenant,
     };
+    // A registered FIDO2 key's line asks for user verification when the tenant's policy says
+    // so (`verify_required` follows it); sshd ignores the option on other key types, so it is
+    // written for security keys only.
+    let verify = |public_key: &str| ks.verify_required && public_key.starts_with("sk-");
     let mut keys = Vec::new();
     if ks.state == KeyState::Active {
         keys.push(Key {
@@ -44,7 +48,7 @@ fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
             public_key: ks.public_key.clone(),
             fingerprint: ks.fingerprint.to_string(),
             expires_at: String::new(),
-            verify_required: false,
+            verify_required: verify(&ks.public_key),
         });
         let in_grace = ks.grace_until.filter(|until| *until > now);
         if let (Some(until), Some(public_key), Some(fingerprint)) =
@@ -56,7 +60,7 @@ fn keys_of(ks: &KeySetRecord, now: DateTime<Utc>) -> Vec<Key> {
                 public_key: public_key.clone(),
                 fingerprint: fingerprint.to_string(),
                 expires_at: iso8601(until),
-                verify_required: false,
+                verify_required: verify(public_key),
             });
         }
     }

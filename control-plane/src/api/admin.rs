@@ -40,12 +40,16 @@ fn parse_vps_address(raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::InvalidBody("vpsIp must be an IP address or a DNS name".into()))
 }
 
-fn ssh_keys(key_sets: &[KeySetRecord], mount: &str) -> Result<SshKeys, ApiError> {
+fn ssh_keys(
+    key_sets: &[KeySetRecord],
+    mount: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<SshKeys, ApiError> {
     let find = |kind| {
         key_sets
             .iter()
             .find(|k| k.kind == kind)
-            .map(|k| KeySetSummary::new(k, mount))
+            .map(|k| KeySetSummary::new(k, mount, now))
             .ok_or(ApiError::from(StoreError::Corrupt {
                 what: "key set",
                 detail: format!("{kind} key set missing"),
@@ -88,7 +92,10 @@ pub async fn create_tenant(
         ));
     }
     let (tenant, key_sets) = state.lifecycle.create_tenant(&caller, new).await?;
-    let summary = TenantSecretsSummary::new(&tenant, ssh_keys(&key_sets, mount(&state))?);
+    let summary = TenantSecretsSummary::new(
+        &tenant,
+        ssh_keys(&key_sets, mount(&state), state.lifecycle.now())?,
+    );
     Ok((StatusCode::CREATED, Json(summary)))
 }
 
@@ -109,7 +116,10 @@ pub async fn list_tenant_secrets(
                 .filter(|k| k.tenant_id == t.tenant_id)
                 .cloned()
                 .collect();
-            Ok(TenantSecretsSummary::new(t, ssh_keys(&own, mount(&state))?))
+            Ok(TenantSecretsSummary::new(
+                t,
+                ssh_keys(&own, mount(&state), state.lifecycle.now())?,
+            ))
         })
         .collect::<Result<_, ApiError>>()?;
     Ok(Json(summaries))
@@ -136,7 +146,7 @@ pub async fn tenant_secret_details(
                 .ok_or_else(|| DomainError::TenantNotFound(tenant.clone()))?,
         );
     }
-    let mut keys = ssh_keys(&key_sets, mount(&state))?;
+    let mut keys = ssh_keys(&key_sets, mount(&state), state.lifecycle.now())?;
     let vault = state.lifecycle.vault();
     let (admin_versions, tenant_versions) = tokio::try_join!(
         vault.key_set_versions(&tenant, KeyKind::Admin),

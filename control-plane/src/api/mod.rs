@@ -7,7 +7,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use keyward_common::{TenantId, UnixUser};
@@ -34,6 +34,7 @@ pub mod mfa;
 pub mod offboarding;
 pub mod ops;
 pub mod recordings;
+pub mod registration;
 pub mod rotation;
 pub mod tenant;
 pub mod throttle;
@@ -185,6 +186,12 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         recordings::admin_asciicast,
         recordings::get_policy,
         recordings::put_policy,
+        registration::tenant_register,
+        registration::admin_register,
+        registration::tenant_policy,
+        registration::get_policy,
+        registration::put_policy,
+        registration::delete_policy,
     ),
     modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = []))
@@ -404,6 +411,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ssh-credentials/rotate", post(tenant::rotate))
         .route("/ssh-credentials/revoke", post(tenant::revoke))
         .route("/ssh-credentials/regenerate", post(tenant::regenerate))
+        .route(
+            "/ssh-credentials/public-key",
+            put(registration::tenant_register),
+        )
+        .route("/key-registration-policy", get(registration::tenant_policy))
         .route("/ssh-logins", get(logins::tenant_logins))
         .route("/data-export", get(data_export::tenant_data_export))
         .route("/set-aside-keys", get(tenant::set_aside_keys))
@@ -446,6 +458,16 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/tenants/{tenant_id}/keys/{kind}/{operation}",
             post(admin::replace_key),
+        )
+        .route(
+            "/tenants/{tenant_id}/keys/{kind}/public-key",
+            put(registration::admin_register),
+        )
+        .route(
+            "/tenants/{tenant_id}/key-registration-policy",
+            get(registration::get_policy)
+                .put(registration::put_policy)
+                .delete(registration::delete_policy),
         )
         .route(
             "/tenants/{tenant_id}/ssh-certificates",

@@ -47,7 +47,11 @@ pub async fn ssh_credentials(
             // Checked when the configuration was read.
             let proxy_jump = state.lifecycle.bastion().proxy_jump().ok().flatten();
             Ok(Json(SshCredentials::new(
-                &tenant, &ks, &host_keys, proxy_jump,
+                &tenant,
+                &ks,
+                &host_keys,
+                proxy_jump,
+                state.lifecycle.now(),
             )))
         }
         _ => Err(DomainError::TenantNotFound(tenant).into()),

@@ -21,6 +21,14 @@ pub struct SshCredentials {
     pub key_status: KeyState,
     pub key_generation: i64,
     pub key_algorithm: String,
+    /// `generated` (keyward made the key: download it once) or `registered` (the tenant brought
+    /// its public key: there is nothing to download).
+    #[schema(example = "generated")]
+    pub key_origin: &'static str,
+    /// The OpenSSH key type of the current key (`ssh-ed25519`, `sk-ssh-ed25519@openssh.com`...).
+    pub key_type: String,
+    /// A registered key past `nextRotation`: keyward does not replace it; register a new one.
+    pub rotation_overdue: bool,
     /// Whether this generation's private key has been downloaded (it can be, once).
     pub downloaded: bool,
     /// The key replaced by the last rotation, valid until `previousKeyValidUntil`.
@@ -41,6 +49,7 @@ impl SshCredentials {
         ks: &KeySetRecord,
         host_keys: &[String],
         proxy_jump: Option<String>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Self {
         let host = if tenant.ssh_port == 22 {
             tenant.vps_ip.clone()
@@ -69,6 +78,9 @@ impl SshCredentials {
             key_status: ks.state,
             key_generation: ks.generation,
             key_algorithm: ks.algorithm.to_string(),
+            key_origin: ks.origin.as_str(),
+            key_type: key_type(&ks.public_key),
+            rotation_overdue: crate::lifecycle::overdue(ks, now),
             downloaded: ks.downloaded_at.is_some(),
             previous_key_fingerprint: ks.previous_fingerprint.as_ref().map(ToString::to_string),
             previous_key_valid_until: ks.grace_until.map(iso8601),
@@ -77,6 +89,15 @@ impl SshCredentials {
             proxy_jump,
         }
     }
+}
+
+/// The key type name of an OpenSSH public key line (its first field).
+fn key_type(public_key: &str) -> String {
+    public_key
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// `GET /api/v1/tenant/infrastructure/set-aside-keys`.
@@ -119,7 +140,17 @@ pub struct StatusResponse {
 #[serde(rename_all = "camelCase")]
 pub struct KeySetSummary {
     pub kind: String,
+    /// The rotation policy's algorithm (what keyward generates); see `keyType` for the key's.
     pub algorithm: String,
+    /// `generated` or `registered` (its owner brought the public key; Vault holds no private
+    /// key for it).
+    pub origin: &'static str,
+    /// The OpenSSH key type of the current key.
+    pub key_type: String,
+    /// A registered key past `nextRotation`: its owner should register a new one.
+    pub rotation_overdue: bool,
+    /// Its FIDO2 lines carry `verify-required`.
+    pub verify_required: bool,
     pub status: KeyState,
     pub generation: i64,
     pub fingerprint: String,
@@ -139,10 +170,14 @@ pub struct KeySetSummary {
 }
 
 impl KeySetSummary {
-    pub fn new(ks: &KeySetRecord, mount: &str) -> Self {
+    pub fn new(ks: &KeySetRecord, mount: &str, now: chrono::DateTime<chrono::Utc>) -> Self {
         Self {
             kind: ks.kind.to_string(),
             algorithm: ks.algorithm.to_string(),
+            origin: ks.origin.as_str(),
+            key_type: key_type(&ks.public_key),
+            rotation_overdue: crate::lifecycle::overdue(ks, now),
+            verify_required: ks.verify_required,
             status: ks.state,
             generation: ks.generation,
             fingerprint: ks.fingerprint.to_string(),
@@ -454,8 +489,11 @@ mod tests {
             grace_until: Some(at + chrono::Duration::days(1)),
             session_epoch: 0,
             denied_fingerprints: Vec::new(),
+            origin: keyward_common::KeyOrigin::Generated,
+            verify_required: false,
+            reminded_generation: 0,
         };
-        let json = serde_json::to_value(KeySetSummary::new(&record, "vps")).unwrap();
+        let json = serde_json::to_value(KeySetSummary::new(&record, "vps", at)).unwrap();
         assert_eq!(json["createdAt"], "2026-01-02T03:04:05Z");
         assert_eq!(json["lastRotated"], "2026-01-02T03:04:05Z");
         assert_eq!(json["nextRotation"], "2026-04-02T03:04:05Z");

@@ -128,6 +128,7 @@ impl KeyLifecycle {
                 e,
                 DomainError::AlreadyDownloaded { .. }
                     | DomainError::KeyRevoked
+                    | DomainError::KeyRegistered
                     | DomainError::PassphraseRequired { .. }
                     | DomainError::PassphraseTooShort { .. }
                     | DomainError::PassphraseInvalid(_)
@@ -158,6 +159,7 @@ impl KeyLifecycle {
     ) -> Result<(KeySetRecord, Zeroizing<String>), DomainError> {
         let _guard = self.locks.lock(tenant).await;
         let ks = self.key_set_or_404(tenant, kind).await?;
+        super::registration::refuse_registered(&ks)?;
         if ks.state == KeyState::Revoked {
             return Err(DomainError::KeyRevoked);
         }

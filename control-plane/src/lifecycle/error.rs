@@ -44,6 +44,16 @@ pub enum DomainError {
     PolicyInvalid(String),
     #[error("the tenant key is revoked; regenerate it to restore access")]
     KeyRevoked,
+    /// A public key offered for registration that is not taken.
+    #[error("{0}")]
+    KeyRefused(super::KeyRefusal),
+    #[error(
+        "this key was registered by its owner: keyward holds no private key for it and does not \
+         replace it; register a new public key to replace it"
+    )]
+    KeyRegistered,
+    #[error("that public key is already the registered key")]
+    KeyAlreadyRegistered,
     /// An SSH user certificate request refused before Vault saw it.
     #[error("{0}")]
     UserCertificateRefused(String),
@@ -154,6 +164,9 @@ impl DomainError {
             GrantClosed { .. } => "access_grant_closed",
             NotYourDecision(_) => "approval_not_allowed",
             KeyRevoked => "key_revoked",
+            KeyRefused(refusal) => refusal.code(),
+            KeyRegistered => "key_registered",
+            KeyAlreadyRegistered => "key_already_registered",
             AlreadyDownloaded { .. } => "key_already_downloaded",
             PassphraseRequired { .. } => "passphrase_required",
             PassphraseTooShort { .. } => "passphrase_too_short",

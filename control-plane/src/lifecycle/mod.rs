@@ -18,7 +18,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use keyward_common::{Fingerprint, GeneratedKey, KeyAlgorithm, KeyKind, TenantId, UnixUser};
+use keyward_common::{
+    Fingerprint, GeneratedKey, KeyAlgorithm, KeyKind, KeyOrigin, TenantId, UnixUser,
+};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, Notify, Semaphore};
 
@@ -41,6 +43,8 @@ mod offboarding;
 mod policy;
 mod recording_policy;
 mod records;
+mod registered_key;
+mod registration;
 mod secrets;
 pub use access::Registered;
 pub use certificates::{CertificateAsk, SshCertificates};
@@ -53,6 +57,8 @@ pub use mfa::{METHODS as MFA_METHODS, MfaFactor, MfaOwner, MfaPolicy, MfaProof, 
 pub use offboarding::{OffboardingHostStatus, OffboardingPending, OffboardingStatus};
 pub use policy::{PolicySource, RotationPolicy};
 pub use records::IssuedCertificate;
+pub use registered_key::{KeyRefusal, MAX_PUBLIC_KEY_BYTES, MIN_RSA_BITS, RegisteredKey};
+pub use registration::{KeyRegistrationPolicy, overdue};
 pub use secrets::{TenantSecretKind, dkim_selector};
 
 /// What an admin gives to onboard a tenant.
@@ -443,6 +449,7 @@ impl KeyLifecycle {
             created_at: iso8601(created_at),
             last_rotated: iso8601(last_rotated),
             rotation_policy: rotation_policy.to_owned(),
+            origin: keyward_common::KeyOrigin::Generated,
         };
         match self.vault.write_key_set(tenant, kind, &secret, cas).await {
             Ok(version) => i64::try_from(version).map_err(|_| DomainError::Internal),
@@ -521,6 +528,9 @@ impl KeyLifecycle {
                     grace_until: None,
                     session_epoch: 0,
                     denied_fingerprints: Vec::new(),
+                    origin: KeyOrigin::Generated,
+                    verify_required: false,
+                    reminded_generation: 0,
                 };
                 tx.put_key_set(&ks).await?;
                 tx.record_key_history(&tenant, kind, 1, &ks.fingerprint, now)
@@ -663,6 +673,12 @@ impl KeyLifecycle {
         trigger: &Trigger,
     ) -> Result<Prepared, DomainError> {
         let old = self.key_set_or_404(tenant, kind).await?;
+        // The scheduler never picks a registered key (it reminds, `remind_overdue`); one that
+        // became registered after it was listed is left alone.
+        if *trigger == Trigger::Schedule && old.origin == KeyOrigin::Registered {
+            return Ok(Prepared::Unchanged(old));
+        }
+        registration::refuse_registered(&old)?;
         if how == Replace::Rotate && old.state == KeyState::Revoked {
             return Err(DomainError::KeyRevoked);
         }

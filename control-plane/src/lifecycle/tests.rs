@@ -347,6 +347,7 @@ async fn the_download_hands_out_the_version_sql_knows_even_if_vault_has_a_newer_
         created_at: String::new(),
         last_rotated: String::new(),
         rotation_policy: "90_days".into(),
+        origin: keyward_common::KeyOrigin::Generated,
     };
     f.vault
         .write_key_set(&t1(), KeyKind::Tenant, &secret, 1)

@@ -661,6 +661,8 @@ impl Rotation<'_> {
                     .collect();
                 let mut rotated = KeyKind::ALL.len() - kinds.len();
                 let mut first_error = None;
+                // A registered key is its owner's to replace: skipped, and said why.
+                let mut registered = None;
                 let outcomes = lifecycle
                     .replace_keys_grouped(group, caller, tenant, &kinds, Replace::Rotate, trigger)
                     .await;
@@ -668,6 +670,7 @@ impl Rotation<'_> {
                     match outcome {
                         Ok(_) => rotated += 1,
                         Err(DomainError::KeyRevoked | DomainError::TenantOffboarded(_)) => {}
+                        Err(e @ DomainError::KeyRegistered) => registered = Some(e),
                         Err(e) => {
                             first_error.get_or_insert(e);
                         }
@@ -675,7 +678,7 @@ impl Rotation<'_> {
                 }
                 match (first_error, rotated) {
                     (Some(e), _) => result("failed", Some(e)),
-                    (None, 0) => result("skipped", None),
+                    (None, 0) => result("skipped", registered),
                     (None, _) => result("rotated", None),
                 }
             }

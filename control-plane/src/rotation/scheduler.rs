@@ -36,6 +36,9 @@ pub struct DueReport {
     pub failed: usize,
     /// Due when listed, but rotated meanwhile (by hand, or by a bulk job).
     pub skipped: usize,
+    /// Registered keys found overdue: keyward does not replace them; each generation's reminder
+    /// (`key.rotation_reminder`) is recorded once.
+    pub reminded: usize,
 }
 
 /// How long to sleep before the next round: until the earliest due time, at most `max_sleep`;
@@ -73,8 +76,8 @@ impl RotationScheduler {
         self.config.bulk_concurrency()
     }
 
-    /// Rotates every active key set due at `now` (the lifecycle's clock time), several tenants at
-    /// once. Each rotation is audited on its own (`key.rotate`, trigger `schedule`) and pushed to
+    /// Rotates every active generated key set due at `now` (the lifecycle's clock time), several
+    /// tenants at once, and reminds the overdue registered ones. Each rotation is audited on its own (`key.rotate`, trigger `schedule`) and pushed to
     /// the tenant's hosts; one failing does not stop the others.
     pub async fn run_due(&self, now: DateTime<Utc>) -> Result<DueReport, DomainError> {
         let due = self.lifecycle.store().due_key_sets(now).await?;
@@ -102,7 +105,13 @@ impl RotationScheduler {
             .buffer_unordered(self.concurrency())
             .collect()
             .await;
-        let mut report = DueReport::default();
+        let mut report = DueReport {
+            reminded: lifecycle.remind_overdue(now).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "recording rotation reminders failed");
+                0
+            }),
+            ..DueReport::default()
+        };
         for outcome in outcomes {
             match outcome {
                 Ok(true) => report.rotated += 1,

@@ -150,14 +150,15 @@ impl Store {
             .transpose()
     }
 
-    /// Active key sets whose `next_rotation` is at or before `now`, the longest overdue first.
+    /// Active generated key sets whose `next_rotation` is at or before `now`, the longest overdue
+    /// first (registered keys are their owners' to replace: `unreminded_overdue_key_sets`).
     pub async fn due_key_sets(
         &self,
         now: DateTime<Utc>,
     ) -> Result<Vec<(TenantId, KeyKind)>, StoreError> {
         let rows = sqlx::query(
             "SELECT tenant_id, kind FROM key_sets WHERE state = 'active' AND next_rotation <= $1 \
-             ORDER BY next_rotation, tenant_id, kind",
+             AND origin = 'generated' ORDER BY next_rotation, tenant_id, kind",
         )
         .bind(text(now))
         .fetch_all(&self.pool)
@@ -168,10 +169,12 @@ impl Store {
             .collect()
     }
 
-    /// The earliest `next_rotation` of any active key set.
+    /// The earliest `next_rotation` of any active key set the scheduler has something to do for
+    /// (a generated key to rotate, a registered one to remind).
     pub async fn earliest_next_rotation(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let row = sqlx::query(
             "SELECT next_rotation FROM key_sets WHERE state = 'active' \
+             AND (origin = 'generated' OR reminded_generation < generation) \
              ORDER BY next_rotation LIMIT 1",
         )
         .fetch_optional(&self.pool)

@@ -130,6 +130,7 @@ fn our_key_set() -> KeySetSecret {
         created_at: "2026-12-06T12:00:00Z".into(),
         last_rotated: "2026-12-06T12:00:00Z".into(),
         rotation_policy: "90_days".into(),
+        origin: keyward_common::KeyOrigin::Generated,
     }
 }
 

@@ -31,6 +31,7 @@ mod tests {
             created_at: created_at.into(),
             last_rotated: created_at.into(),
             rotation_policy: "90_days".into(),
+            origin: keyward_common::KeyOrigin::Generated,
         }
     }
 

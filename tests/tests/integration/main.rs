@@ -27,6 +27,7 @@ mod offboarding;
 mod openapi_fuzz;
 mod passphrase_download;
 mod recordings_api;
+mod registered_keys;
 mod replicas;
 mod restore_drill;
 mod revocation_attacks;

@@ -22,7 +22,7 @@ use sqlx::Connection;
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// A lifecycle over the real OpenBao and a SQLite file, on a clock that moves only when told.
-async fn lifecycle_on_manual_clock(
+pub(crate) async fn lifecycle_on_manual_clock(
     bao: &OpenBao,
     dir: &tempfile::TempDir,
 ) -> (Arc<KeyLifecycle>, Arc<ManualClock>) {
@@ -56,7 +56,7 @@ async fn lifecycle_on_manual_clock(
     (Arc::new(lifecycle), clock)
 }
 
-fn tenant(id: &str) -> NewTenant {
+pub(crate) fn tenant(id: &str) -> NewTenant {
     NewTenant {
         tenant_id: id.parse().unwrap(),
         vps_ip: "192.0.2.10".into(),

@@ -14,6 +14,7 @@ fn secret(public: &str) -> KeySetSecret {
         created_at: "2026-01-01T00:00:00Z".into(),
         last_rotated: "2026-01-01T00:00:00Z".into(),
         rotation_policy: "90_days".into(),
+        origin: keyward_common::KeyOrigin::Generated,
     }
 }
 
