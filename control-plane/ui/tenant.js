@@ -1,5 +1,6 @@
-// The tenant's page: credentials, the one-time key download, connection instructions, key
-// actions with their consequences spelled out, and the login history.
+// The tenant's page: credentials, the one-time key download (or the key the tenant registered
+// instead), connection instructions, key actions with their consequences spelled out, and the
+// login history.
 
 import {
   api, badge, busy, confirmAction, facts, fill, h, Problem, say, statusLine, table, when,
@@ -9,6 +10,7 @@ import { mfaSection, withStepUp } from './mfa.js';
 const BASE = '/api/v1/tenant/infrastructure/ssh-credentials';
 const KEY_FILE = 'tenant-ssh-key.pem';
 const POLICY = '/api/v1/tenant/infrastructure/download-policy';
+const REGISTRATION_POLICY = '/api/v1/tenant/infrastructure/key-registration-policy';
 
 const KEY_STATES = {
   active: ['active', 'ok'],
@@ -20,20 +22,24 @@ export async function tenantPage({ main, signal }) {
   const download = h('section', { class: 'card', 'aria-labelledby': 'download-title' });
   const connect = h('section', { class: 'card', 'aria-labelledby': 'connect-title' });
   const manage = h('section', { class: 'card', 'aria-labelledby': 'manage-title' });
+  const ownKey = h('section', { class: 'card', 'aria-labelledby': 'own-key-title' });
   const logins = h('section', { class: 'card', 'aria-labelledby': 'logins-title' });
   const mfa = h('section', { class: 'card', 'aria-labelledby': 'mfa-title', id: 'mfa' });
   const pageStatus = statusLine('page-status');
   fill(main, h('h1', {}, 'Your SSH access'), pageStatus,
-    h('div', { class: 'grid' }, credentials, download), connect, manage, mfa, logins);
+    h('div', { class: 'grid' }, credentials, download), connect, ownKey, manage, mfa, logins);
 
   const downloadStatus = statusLine('download-status');
   const actionStatus = statusLine('action-status');
+  const ownKeyStatus = statusLine('own-key-status');
 
   async function refresh() {
     let c;
     let policy;
+    let registration;
     try {
-      [c, policy] = await Promise.all([api(BASE, { signal }), api(POLICY, { signal })]);
+      [c, policy, registration] = await Promise.all([
+        api(BASE, { signal }), api(POLICY, { signal }), api(REGISTRATION_POLICY, { signal })]);
     } catch (e) {
       if (e.name === 'AbortError') return;
       say(pageStatus, e instanceof Problem ? e.describe() : String(e), 'error');
@@ -43,6 +49,7 @@ export async function tenantPage({ main, signal }) {
     renderCredentials(c);
     renderDownload(c, policy);
     renderConnect(c);
+    renderOwnKey(c, registration);
     renderManage(c);
   }
 
@@ -54,11 +61,15 @@ export async function tenantPage({ main, signal }) {
         ['VPS address', c.vpsIp, 'vps-address'],
         ['SSH user', c.sshUsername, 'ssh-user'],
         ['SSH port', String(c.sshPort), 'ssh-port'],
-        ['Key', `${c.keyAlgorithm}, generation ${c.keyGeneration}`],
+        c.keyOrigin === 'registered'
+          ? ['Key', `your own ${c.keyType} key, generation ${c.keyGeneration}`, 'key-origin']
+          : ['Key', `${c.keyAlgorithm}, generation ${c.keyGeneration}`, 'key-origin'],
         ['Key status', badge(stateText, stateKind), 'key-status'],
         ['Fingerprint', c.keyFingerprint ? h('code', {}, c.keyFingerprint) : 'none (revoked)', 'fingerprint'],
         ['Last rotated', when(c.lastRotated)],
-        ['Next rotation', when(c.nextRotation)],
+        ['Next rotation', c.rotationOverdue
+          ? [when(c.nextRotation), ' ', badge('overdue: register a new key', 'warn')]
+          : when(c.nextRotation), 'next-rotation'],
         c.previousKeyFingerprint && c.previousKeyValidUntil
           ? ['Previous key works until', [when(c.previousKeyValidUntil), ' (', h('code', {}, c.previousKeyFingerprint), ')']]
           : null,
@@ -66,6 +77,12 @@ export async function tenantPage({ main, signal }) {
   }
 
   function renderDownload(c, policy) {
+    if (c.keyOrigin === 'registered') {
+      fill(download, h('h2', { id: 'download-title' }, 'Private key'),
+        h('p', { id: 'download-registered' },
+          'You registered your own public key: its private key stays with you, and keyward has nothing to download.'));
+      return;
+    }
     const button = h('button', { type: 'submit', id: 'download', disabled: c.keyStatus !== 'active' }, 'Download private key');
     const warning = c.downloaded
       ? h('p', { class: 'notice warn', id: 'download-warning' },
@@ -146,7 +163,10 @@ export async function tenantPage({ main, signal }) {
   function renderConnect(c) {
     const target = `${c.sshUsername}@${c.vpsIp}`;
     const jump = c.proxyJump ? ` -J ${c.proxyJump}` : '';
-    const command = `ssh -i ${KEY_FILE}${jump} -p ${c.sshPort} ${target}`;
+    const registered = c.keyOrigin === 'registered';
+    // A registered key's private half is the tenant's own file, wherever it keeps it.
+    const keyFile = registered ? 'PATH-TO-YOUR-PRIVATE-KEY' : KEY_FILE;
+    const command = `ssh -i ${keyFile}${jump} -p ${c.sshPort} ${target}`;
     const bastion = c.proxyJump
       ? [h('li', {}, 'Your platform routes SSH through its bastion ', h('code', {}, c.proxyJump),
         '. The bastion lets you through with an SSH certificate only: get one on the ',
@@ -158,7 +178,7 @@ export async function tenantPage({ main, signal }) {
           `  HostName ${c.vpsIp}`,
           `  Port ${c.sshPort}`,
           `  User ${c.sshUsername}`,
-          `  IdentityFile ~/.ssh/${KEY_FILE}`,
+          `  IdentityFile ${registered ? keyFile : `~/.ssh/${KEY_FILE}`}`,
           `  ProxyJump ${c.proxyJump}`,
         ].join('\n')))]
       : [];
@@ -176,11 +196,58 @@ export async function tenantPage({ main, signal }) {
     fill(connect,
       h('h2', { id: 'connect-title' }, 'Connect'),
       h('ol', {},
-        h('li', {}, `Keep the downloaded key as ${KEY_FILE} and make it readable only by you (ssh refuses keys others can read):`,
-          h('pre', { id: 'chmod-command' }, `chmod 600 ${KEY_FILE}`)),
+        registered
+          ? h('li', { id: 'own-key-step' }, 'Use the private key of the public key you registered (or your security key): keyward never had it.')
+          : h('li', {}, `Keep the downloaded key as ${KEY_FILE} and make it readable only by you (ssh refuses keys others can read):`,
+            h('pre', { id: 'chmod-command' }, `chmod 600 ${KEY_FILE}`)),
         h('li', {}, 'Check the server\'s identity:', hostKeys),
         ...bastion,
         h('li', {}, 'Connect:', h('pre', { id: 'ssh-command' }, command))));
+  }
+
+  // Registering the tenant's own public key instead of using a generated one.
+  function renderOwnKey(c, registration) {
+    const registered = c.keyOrigin === 'registered';
+    const fido2 = registration.requireFido2;
+    const field = h('textarea', {
+      id: 'public-key', name: 'publicKey', rows: 3, maxlength: 8192, required: true,
+      spellcheck: 'false', autocomplete: 'off', 'aria-describedby': 'public-key-hint',
+    });
+    const hint = h('p', { id: 'public-key-hint', class: 'hint' },
+      'Paste the one line of your .pub file (for example ~/.ssh/id_ed25519.pub). keyward then never has your ',
+      'private key: there is nothing to download, and keyward does not rotate the key for you. When the ',
+      'rotation time passes, this page says the key is overdue and you register a new one. The key it replaces ',
+      'keeps working for the grace period. ',
+      h('strong', {}, fido2
+        ? 'Your platform requires a FIDO2 security key (made with ssh-keygen -t ed25519-sk or ecdsa-sk).'
+        : 'Taken: Ed25519, ECDSA, RSA of at least 3072 bits, and FIDO2 security keys (ed25519-sk, ecdsa-sk).'),
+      registration.verifyRequired ? ' Your security key will have to verify you (PIN or biometric) at each login.' : '');
+    const button = h('button', { type: 'submit', id: 'register-key' }, registered ? 'Replace my key' : 'Register my key');
+    const form = h('form', { id: 'own-key-form', class: 'stack', novalidate: true },
+      h('label', { for: 'public-key' }, 'Public key', field), hint, h('div', { class: 'actions' }, button));
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const text = field.value.trim();
+      if (!text) {
+        say(ownKeyStatus, 'Paste your public key first.', 'error');
+        field.focus();
+        return;
+      }
+      const yes = await confirmAction({
+        title: registered ? 'Replace your registered key?' : 'Use your own key?',
+        text: 'The key you use now keeps working for the grace period; then only the key you register opens your VPS.',
+        ok: registered ? 'Replace' : 'Register',
+      });
+      if (!yes) return;
+      await busy(button, ownKeyStatus, async () => {
+        const answer = await api(`${BASE}/public-key`, { method: 'PUT', body: { publicKey: text }, signal });
+        field.value = '';
+        say(ownKeyStatus, `Registered your ${answer.keyType} key ${answer.fingerprint}.`, 'ok');
+        await refresh();
+      });
+    });
+    fill(ownKey, h('h2', { id: 'own-key-title' }, registered ? 'Your own key' : 'Use your own key instead'),
+      form, ownKeyStatus);
   }
 
   function renderManage(c) {
@@ -190,13 +257,13 @@ export async function tenantPage({ main, signal }) {
         id: 'rotate', label: 'Rotate key', kind: '',
         what: `Makes a new key. ${graceNote}, so sessions open now go on and you have time to switch. Download the new key afterwards.`,
         title: 'Rotate the SSH key?', ok: 'Rotate',
-        path: 'rotate', disabled: c.keyStatus !== 'active',
+        path: 'rotate', disabled: c.keyStatus !== 'active' || c.keyOrigin === 'registered',
       },
       {
         id: 'regenerate', label: 'Regenerate key', kind: 'danger',
         what: 'Makes a new key and stops the current one at once: SSH sessions opened with the current key are ended on your VPS. Use this when the key may be exposed, or to get a key after revoking.',
         title: 'Regenerate the SSH key?', ok: 'Regenerate and end sessions',
-        path: 'regenerate',
+        path: 'regenerate', disabled: c.keyOrigin === 'registered',
       },
       {
         id: 'revoke', label: 'Revoke key', kind: 'danger',

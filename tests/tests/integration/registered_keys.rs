@@ -27,7 +27,8 @@ use keyward_server::rotation::RotationScheduler;
 use keyward_server::store::AuditFilter;
 use keyward_tests::control_plane::Options;
 use keyward_tests::{
-    ControlPlane, Database, Deployment, OpenBao, Reply, eventually, require_program,
+    Browser, ControlPlane, Database, Deployment, OpenBao, Reply, eventually, require_program,
+    unique_tenant,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -581,4 +582,80 @@ async fn the_scheduler_reminds_once_for_an_overdue_registered_key_and_never_repl
         Some(&ks.fingerprint)
     );
     assert!(replaced.grace_until.is_some_and(|g| g > clock.now()));
+}
+
+/// The tenant's page (#17): the tenant pastes its own public key, a weak one is refused with the
+/// server's reason, a good one replaces the generated key; the page then says there is nothing to
+/// download and offers no rotate or regenerate. Accessible (axe) before and after.
+#[tokio::test]
+async fn a_tenant_registers_its_own_key_in_the_page() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let tenant = unique_tenant("uibyo");
+    cp.create_tenant(&tenant).await;
+    let token = cp.tenant_token(&tenant).await;
+    let own = LaptopKey::new(&["-t", "ed25519"]);
+    let weak = LaptopKey::new(&["-t", "rsa", "-b", "2048"]);
+
+    let browser = Browser::start().await;
+    crate::web_ui::sign_in(&browser, &cp, &token, "#fingerprint code").await;
+    let hint = browser
+        .wait_text("#public-key-hint", "the explanation", |t| {
+            t.contains("never has your")
+        })
+        .await;
+    assert!(hint.contains("3072"), "{hint}");
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "own key form: {violations:#?}");
+
+    let confirm = |says: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .wait_text("#confirm-text", "the confirmation", |t| t.contains(says))
+                .await;
+            browser.click("#confirm-ok").await;
+        }
+    };
+    browser.type_into("#public-key", weak.public.trim()).await;
+    browser.click("#register-key").await;
+    confirm("grace period").await;
+    browser
+        .wait_text("#own-key-status", "the refusal", |t| {
+            t.contains("3072 bits")
+        })
+        .await;
+
+    browser.type_into("#public-key", own.public.trim()).await;
+    browser.click("#register-key").await;
+    confirm("grace period").await;
+    browser
+        .wait_text("#own-key-status", "the registration", |t| {
+            t.contains(&own.fingerprint)
+        })
+        .await;
+    browser
+        .wait_text("#fingerprint", "the new fingerprint", |t| {
+            t.contains(&own.fingerprint)
+        })
+        .await;
+    let origin = browser.text("#key-origin").await;
+    assert!(origin.contains("your own ssh-ed25519 key"), "{origin}");
+    browser
+        .wait_for("#download-registered", "nothing to download")
+        .await;
+    assert!(browser.attr("#rotate", "disabled").await.is_some());
+    assert!(browser.attr("#regenerate", "disabled").await.is_some());
+    assert_eq!(browser.text("#register-key").await, "Replace my key");
+    browser
+        .wait_for("#own-key-step", "the step for the tenant's own key")
+        .await;
+    let command = browser.text("#ssh-command").await;
+    assert!(!command.contains("tenant-ssh-key.pem"), "{command}");
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "registered: {violations:#?}");
+    browser.screenshot("tenant-own-key-registered").await;
+    let creds = cp.tenant_call(&token, Method::GET, "").await.json();
+    assert_eq!(creds["keyOrigin"], "registered", "{creds}");
+    browser.close().await;
 }
