@@ -57,7 +57,8 @@ pub struct RotateAllResponse {
     /// Tenants whose secret was rotated (for `ssh`: all its active key sets).
     pub rotated_count: i64,
     pub failed_count: i64,
-    /// Tenants with nothing to rotate (`ssh`: both key sets revoked).
+    /// Tenants with nothing to rotate (`ssh`: both key sets revoked or registered by their
+    /// owners, which keyward does not replace).
     pub skipped_count: i64,
     pub job_id: String,
     pub failures: Vec<JobFailure>,

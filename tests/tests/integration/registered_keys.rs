@@ -322,6 +322,30 @@ async fn registered_software_keys_log_in(database: Database) {
         "admin login with the registered key failed; sshd log:\n{}",
         d.sshd.log_text()
     );
+
+    // A bulk rotation skips the tenant: both its keys are its owners' to replace.
+    let answer = cp
+        .admin_post(
+            "/api/v1/admin/secrets/rotate-all",
+            json!({ "secretType": "ssh" }),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = answer.json();
+    assert_eq!(
+        (
+            answer["rotatedCount"].as_i64(),
+            answer["skippedCount"].as_i64()
+        ),
+        (Some(0), Some(1)),
+        "{answer}"
+    );
+    let creds = cp.tenant_call(token, Method::GET, "").await.json();
+    assert_eq!(
+        creds["keyFingerprint"],
+        rsa.fingerprint.as_str(),
+        "rotate-all replaced it"
+    );
 }
 
 /// A security key's public half as the authenticator would give it, and a private key file
