@@ -25,12 +25,53 @@ async function load(container, path, signal) {
 // ---- Tenants -----------------------------------------------------------------------------
 
 function keySet(k) {
+  const registered = k.origin === 'registered';
   return [
-    h('div', {}, badge(k.status, k.status === 'active' ? 'ok' : 'bad'), ` ${k.algorithm}, generation ${k.generation}`),
+    h('div', {}, badge(k.status, k.status === 'active' ? 'ok' : 'bad'),
+      registered ? ` registered ${k.keyType}, generation ${k.generation}` : ` ${k.algorithm}, generation ${k.generation}`,
+      k.rotationOverdue ? [' ', badge('overdue', 'warn')] : null),
     h('div', { class: 'mono' }, k.fingerprint),
     h('div', { class: 'hint' }, 'rotated ', when(k.lastRotated), ', next ', when(k.nextRotation)),
-    h('div', { class: 'hint' }, k.downloadedAt ? ['downloaded ', when(k.downloadedAt)] : 'not downloaded'),
+    h('div', { class: 'hint' }, registered
+      ? 'its owner holds the private key'
+      : (k.downloadedAt ? ['downloaded ', when(k.downloadedAt)] : 'not downloaded')),
   ];
+}
+
+// The admin user's own public key for a tenant, in place of the generated one.
+function adminKeyForm(tenantId, signal, reload) {
+  const status = statusLine('admin-key-status');
+  const field = h('textarea', {
+    id: 'admin-public-key', name: 'publicKey', rows: 3, maxlength: 8192, required: true,
+    spellcheck: 'false', autocomplete: 'off', 'aria-describedby': 'admin-public-key-hint',
+  });
+  const button = h('button', { type: 'submit', id: 'register-admin-key' }, 'Register admin key');
+  const form = h('form', { id: 'admin-key-form', class: 'stack', novalidate: true },
+    h('label', { for: 'admin-public-key' }, 'Admin user\'s public key', field),
+    h('p', { id: 'admin-public-key-hint', class: 'hint' },
+      'One line of a .pub file: Ed25519, ECDSA, RSA of at least 3072 bits, or a FIDO2 security key. ',
+      'keyward then holds no private key for the admin user of this tenant and does not rotate it: ',
+      'it shows the key overdue when the rotation time passes. The current key keeps its grace period.'),
+    h('div', { class: 'actions' }, button), status);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const text = field.value.trim();
+    if (!text) {
+      say(status, 'Paste the public key first.', 'error');
+      field.focus();
+      return;
+    }
+    await busy(button, status, async () => {
+      const k = await api(`${ADMIN}/tenants/${encodeURIComponent(tenantId)}/keys/admin/public-key`,
+        { method: 'PUT', body: { publicKey: text }, signal });
+      field.value = '';
+      await reload();
+      // The details were drawn again: the new form's status line says what happened.
+      say(document.getElementById('admin-key-status') || status,
+        `Registered the admin user's ${k.keyType} key ${k.fingerprint}.`, 'ok');
+    });
+  });
+  return form;
 }
 
 async function tenantsPage({ main, signal }) {
@@ -88,6 +129,9 @@ async function showTenant(tenantId, details, signal) {
   const recording = h('div', { id: 'tenant-recording' });
   details.append(h('h3', {}, 'Session recording'), recording);
   await recordingPolicyPanel(tenantId, recording, signal);
+  const adminKey = h('div', { id: 'tenant-admin-key' });
+  details.append(h('h3', {}, 'The admin user\'s own key'), adminKey);
+  fill(adminKey, adminKeyForm(tenantId, signal, () => showTenant(tenantId, details, signal)));
   const certificates = certificatesPanel({ admin: true, tenantId, signal, level: 4 });
   details.append(h('h3', { id: 'tenant-certificates' }, 'SSH certificates'), certificates.element);
   const offboarding = h('div', { id: 'tenant-offboarding' });

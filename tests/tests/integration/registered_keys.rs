@@ -683,3 +683,57 @@ async fn a_tenant_registers_its_own_key_in_the_page() {
     assert_eq!(creds["keyOrigin"], "registered", "{creds}");
     browser.close().await;
 }
+
+/// The admin's tenant details (#17): the admin registers the public key of the tenant's admin
+/// user; the key set then reads "registered" with its type, in a page axe finds nothing in.
+#[tokio::test]
+async fn an_admin_registers_the_admin_users_key_in_the_page() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
+    let tenant = unique_tenant("uiadm");
+    cp.create_tenant(&tenant).await;
+    let own = LaptopKey::new(&["-t", "ecdsa", "-b", "256"]);
+
+    let browser = Browser::start().await;
+    crate::web_ui::sign_in(&browser, &cp, &cp.admin_token, "main h1").await;
+    browser
+        .goto(&format!("{}/ui/#/admin/tenants", cp.url))
+        .await;
+    let row = format!("#tenants tr[data-tenant-id=\"{tenant}\"]");
+    browser.wait_for(&row, "the tenant").await;
+    browser.click(&format!("{row} button")).await;
+    browser
+        .wait_for("#admin-key-form #admin-public-key", "the admin key form")
+        .await;
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "admin key form: {violations:#?}");
+
+    browser
+        .type_into("#admin-public-key", "ssh-ed25519 AAAA")
+        .await;
+    browser.click("#register-admin-key").await;
+    browser
+        .wait_text("#admin-key-status", "the refusal", |t| {
+            t.contains("not an OpenSSH public key")
+        })
+        .await;
+    browser
+        .type_into("#admin-public-key", own.public.trim())
+        .await;
+    browser.click("#register-admin-key").await;
+    browser
+        .wait_text("#admin-key-status", "the registration", |t| {
+            t.contains(&own.fingerprint)
+        })
+        .await;
+    let details = browser
+        .wait_text("#tenant-details", "the registered key", |t| {
+            t.contains("registered ecdsa-sha2-nistp256")
+        })
+        .await;
+    assert!(details.contains(&own.fingerprint), "{details}");
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "registered: {violations:#?}");
+    browser.screenshot("admin-own-admin-key").await;
+    browser.close().await;
+}
