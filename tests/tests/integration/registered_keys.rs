@@ -606,6 +606,13 @@ async fn the_scheduler_reminds_once_for_an_overdue_registered_key_and_never_repl
         Some(&ks.fingerprint)
     );
     assert!(replaced.grace_until.is_some_and(|g| g > clock.now()));
+
+    // The consistency check reads the registered key sets in Vault (no private key) as the
+    // ones SQL records.
+    let report = keyward_server::consistency::check(lifecycle.store(), lifecycle.vault().as_ref())
+        .await
+        .unwrap();
+    assert!(report.ok && report.checked == 2, "{report:?}");
 }
 
 /// The tenant's page (#17): the tenant pastes its own public key, a weak one is refused with the
