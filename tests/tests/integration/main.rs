@@ -28,6 +28,7 @@ mod openapi_fuzz;
 mod passphrase_download;
 mod recordings_api;
 mod registered_keys;
+mod registered_keys_ui;
 mod replicas;
 mod restore_drill;
 mod revocation_attacks;
