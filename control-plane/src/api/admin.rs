@@ -28,6 +28,21 @@ pub(super) fn admin_for(caller: Caller, tenant: &TenantId) -> Result<Caller, Api
     }
 }
 
+/// The tenant an admin route's path names (`raw`), for an admin caller ([`admin_for`]), that
+/// exists (404 `tenant_not_found` otherwise): the start of every per-tenant policy route.
+pub(super) async fn existing_tenant_for_admin(
+    state: &super::AppState,
+    caller: Caller,
+    raw: &str,
+) -> Result<TenantId, ApiError> {
+    let tenant = super::tenant_from_path(raw)?;
+    admin_for(caller, &tenant)?;
+    if state.store.tenant(&tenant).await?.is_none() {
+        return Err(DomainError::TenantNotFound(tenant).into());
+    }
+    Ok(tenant)
+}
+
 fn parse_user(raw: &str, what: &'static str) -> Result<UnixUser, ApiError> {
     raw.parse()
         .map_err(|source| ApiError::InvalidId { what, source })

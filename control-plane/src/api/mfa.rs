@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use super::admin::admin_for;
+use super::admin::{admin_for, existing_tenant_for_admin};
 use super::auth::{AdminCaller, TenantCaller};
 use super::{ApiJson, ApiPath, AppState, tenant_from_path};
 use crate::caller::Caller;
@@ -372,11 +372,7 @@ pub async fn get_policy(
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<MfaPolicyView>, ApiError> {
-    let tenant = tenant_from_path(&raw)?;
-    admin_for(caller, &tenant)?;
-    if state.store.tenant(&tenant).await?.is_none() {
-        return Err(crate::lifecycle::DomainError::TenantNotFound(tenant).into());
-    }
+    let tenant = existing_tenant_for_admin(&state, caller, &raw).await?;
     let policy = state.lifecycle.mfa_policy(&tenant).await?;
     Ok(Json(policy_view(&tenant, policy)))
 }

@@ -13,7 +13,7 @@ use keyward_common::HostId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::admin::admin_for;
+use super::admin::{admin_for, existing_tenant_for_admin};
 use super::auth::{AdminCaller, TenantCaller};
 use super::{ApiJson, ApiPath, ApiQuery, AppState, query_time, tenant_from_path};
 use crate::caller::Caller;
@@ -343,11 +343,7 @@ pub async fn get_policy(
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<RecordingPolicyView>, ApiError> {
-    let tenant = tenant_from_path(&raw)?;
-    admin_for(caller, &tenant)?;
-    if state.store.tenant(&tenant).await?.is_none() {
-        return Err(crate::lifecycle::DomainError::TenantNotFound(tenant).into());
-    }
+    let tenant = existing_tenant_for_admin(&state, caller, &raw).await?;
     let policy = state.store.recording_policy(&tenant).await?;
     Ok(Json(RecordingPolicyView {
         tenant_id: tenant.to_string(),

@@ -13,7 +13,7 @@ use keyward_common::{KeyKind, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::admin::admin_for;
+use super::admin::{admin_for, existing_tenant_for_admin};
 use super::auth::TenantCaller;
 use super::views::KeySetSummary;
 use super::{ApiJson, ApiPath, AppState, tenant_from_path};
@@ -171,11 +171,7 @@ pub async fn get_policy(
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<KeyRegistrationPolicyView>, ApiError> {
-    let tenant = tenant_from_path(&raw)?;
-    admin_for(caller, &tenant)?;
-    if state.store.tenant(&tenant).await?.is_none() {
-        return Err(crate::lifecycle::DomainError::TenantNotFound(tenant).into());
-    }
+    let tenant = existing_tenant_for_admin(&state, caller, &raw).await?;
     let policy = state.lifecycle.key_registration_policy(&tenant).await?;
     Ok(Json(KeyRegistrationPolicyView::new(&tenant, policy)))
 }

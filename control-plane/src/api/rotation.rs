@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use utoipa::{IntoParams, ToSchema};
 
-use super::admin::admin_for;
+use super::admin::{admin_for, existing_tenant_for_admin};
 use super::auth::AdminCaller;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, tenant_from_path};
 use crate::caller::Caller;
@@ -425,11 +425,7 @@ pub async fn get_policy(
     caller: Caller,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<RotationPolicyView>, ApiError> {
-    let tenant = tenant_from_path(&raw)?;
-    admin_for(caller, &tenant)?;
-    if state.store.tenant(&tenant).await?.is_none() {
-        return Err(DomainError::TenantNotFound(tenant.clone()).into());
-    }
+    let tenant = existing_tenant_for_admin(&state, caller, &raw).await?;
     let policy = state.lifecycle.rotation_policy(&tenant).await?;
     Ok(Json(policy_view(&state, &tenant, policy).await?))
 }
