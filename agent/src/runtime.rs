@@ -824,6 +824,14 @@ impl Agent {
     /// Applies every user of `state` that this agent manages and starts the session checks that
     /// are due; returns the users being checked.
     async fn apply_state(&mut self, state: &DesiredState) -> BTreeSet<UnixUser> {
+        self.recordings.set_recorded(
+            state
+                .users
+                .iter()
+                .filter(|u| u.recording.is_some())
+                .map(|u| u.user.clone())
+                .collect(),
+        );
         // sshd's files first: the revocation list is what makes sshd itself refuse a key.
         self.sshd_retry = None;
         self.sshd = match &state.sshd {

@@ -78,16 +78,24 @@ fn desired(generation: u64, user: &TestUser, key: &GeneratedKey) -> DesiredState
 }
 
 /// The package's wrapper, installed as the package installs it: root's, 0755, in a directory
-/// no one else may write.
-fn install_wrapper(dir: &Path) -> PathBuf {
-    let wrapper = dir.join("record-session");
+/// no one else may write (under the sshd harness's base, which sshd accepts); and where the
+/// spool goes, beside it (the agent makes it). The directory, the wrapper and the spool.
+fn install_recording() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    std::fs::create_dir_all(SECURE_BASE).unwrap();
+    let installed = tempfile::Builder::new()
+        .prefix("recording-")
+        .tempdir_in(SECURE_BASE)
+        .unwrap();
+    std::fs::set_permissions(installed.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = installed.path().join("record-session");
     std::fs::copy(
         workspace_root().join("packaging/keyward-record-session"),
         &wrapper,
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    wrapper
+    let spool = installed.path().join("spool");
+    (installed, wrapper, spool)
 }
 
 /// The recordings received, by id, acknowledging each chunk unless `hold` says not to.
@@ -176,14 +184,7 @@ async fn a_recorded_users_sessions_reach_the_control_plane_whole_in_order_and_on
         },
     );
     let (key, key_path) = client_key(work.path(), "rec");
-    std::fs::create_dir_all(SECURE_BASE).unwrap();
-    let installed = tempfile::Builder::new()
-        .prefix("recording-")
-        .tempdir_in(SECURE_BASE)
-        .unwrap();
-    std::fs::set_permissions(installed.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let wrapper = install_wrapper(installed.path());
-    let spool = installed.path().join("spool");
+    let (_installed, wrapper, spool) = install_recording();
 
     let pki = Pki::new();
     let mut hub = TestHub::start(&pki).await;
@@ -356,6 +357,155 @@ async fn a_recorded_users_sessions_reach_the_control_plane_whole_in_order_and_on
             || in_spool().is_empty().then_some(()),
         )
     });
+    let _ = stop.send(());
+    within("the agent to stop", task).await.unwrap().unwrap();
+}
+
+/// Runs the set-user-ID recorder by hand as `user` (`runuser`), as a user may: the spool is named
+/// in its own key line. Its file is named as the wrapper names files (with the pid it keeps:
+/// `exec`), and no rate limit holds it back. Returns the process and the file's path (its first
+/// line of output).
+fn record_by_hand(user: &TestUser, spool: &Path, command: &str) -> (std::process::Child, PathBuf) {
+    use std::io::BufRead;
+    let config = r#"{"writer":"file","file":{"path":"'"$f"'"},"latency":1,"log":{"input":false,"output":true,"window":false},"limit":{"action":"pass"}}"#;
+    let script = format!(
+        "f={}/$(date +%s%3N)-$$-o-0-unknown.jsonl; echo \"$f\"; \
+         TLOG_REC_SESSION_CONF_TEXT='{config}' exec {TLOG} -c '{command}' >/dev/null",
+        spool.display()
+    );
+    let mut child = std::process::Command::new("runuser")
+        .args(["-u", user.name.as_str(), "--", "/bin/sh", "-c", &script])
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, PathBuf::from(line.trim()))
+}
+
+/// Bytes the spool's files take on disk.
+fn spool_allocated(spool: &Path) -> u64 {
+    std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorder_run_by_hand_ships_nothing_of_an_unrecorded_user_and_the_spool_stays_bounded()
+{
+    require_recorder();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("keyward_agent=debug")
+        .with_test_writer()
+        .try_init();
+    let homes = homes_dir();
+    let work = tempfile::tempdir().unwrap();
+    let recorded = TestUser::create_in("rr", homes.path());
+    let unrecorded = TestUser::create_in("ru", homes.path());
+    let (key, _) = client_key(work.path(), "rec");
+    let (_installed, wrapper, spool) = install_recording();
+    let pki = Pki::new();
+    let mut hub = TestHub::start(&pki).await;
+    let enrolled = Enrolled::new(&pki, &hub.url, Lifetime::Fresh);
+    let mut config = enrolled.config();
+    config.users = [&recorded, &unrecorded]
+        .iter()
+        .map(|u| UserConfig {
+            name: u.name.clone(),
+            mode: UserMode::Exclusive,
+        })
+        .collect();
+    const SPOOL_MAX: u64 = 1 << 20;
+    config.recording = Some(RecordingConfig {
+        wrapper,
+        spool_dir: spool.clone(),
+        spool_max_bytes: SPOOL_MAX,
+        ..RecordingConfig::default()
+    });
+    let (stop, task) = spawn_system_agent(config);
+    let mut s = hub.session().await;
+    let Msg::Hello(hello) = s.recv().await else {
+        panic!("expected Hello")
+    };
+    assert!(hello.recording, "the agent says it cannot record");
+    // The policy records one user and not the other.
+    let mut state = desired(1, &recorded, &key);
+    let mut not_recorded = state.users[0].clone();
+    not_recorded.user = unrecorded.name.to_string();
+    not_recorded.recording = None;
+    state.users.push(not_recorded);
+    s.send_state(enrolled.sign(&state));
+    let applied = loop {
+        if let Msg::Applied(applied) = s.recv().await {
+            break applied;
+        }
+    };
+    assert!(
+        applied.users.iter().all(|u| u.error.is_empty()),
+        "{applied:?}"
+    );
+
+    // The user who is not recorded makes recordings of its own: one still running when the
+    // agent finds it, one that has ended. Both are deleted, and nothing of them is shipped.
+    let (mut running, running_file) = record_by_hand(&unrecorded, &spool, "echo forged; sleep 8");
+    let (mut ended, ended_file) = record_by_hand(&unrecorded, &spool, "echo forged-and-ended");
+    assert!(ended.wait().unwrap().success());
+    tokio::task::block_in_place(|| {
+        wait_for(
+            Duration::from_secs(15),
+            "the hand-made recordings to be deleted",
+            || (!running_file.exists() && !ended_file.exists()).then_some(()),
+        )
+    });
+    // Seen before the agent deleted them: they were the recorder's, in the spool.
+    assert!(running_file.starts_with(&spool) && ended_file.starts_with(&spool));
+
+    // The recorded user floods past the spool's bound by hand, without the wrapper's rate limit,
+    // while the control plane takes nothing: the spool stays bounded.
+    let (mut flood, flood_file) = record_by_hand(
+        &recorded,
+        &spool,
+        "head -c 4000000 /dev/urandom | base64 -w 76",
+    );
+    // The flood ends before the agent has looked at it once: it is all over the bound.
+    assert!(flood.wait().unwrap().success());
+    let written = std::fs::metadata(&flood_file).unwrap().len();
+    assert!(written > 4 * SPOOL_MAX, "tlog wrote {written} bytes");
+    tokio::task::block_in_place(|| {
+        wait_for(
+            Duration::from_secs(15),
+            "the spool to be bounded again",
+            // The bound, and the chunks sent and not yet acknowledged (the window).
+            || (spool_allocated(&spool) <= 2 * SPOOL_MAX).then_some(()),
+        )
+    });
+
+    // The control plane takes it now: the recording still arrives, the recorded user's, and
+    // what was dropped is said in its chunks, to the byte.
+    let mut got = Received::default();
+    within(
+        "the flood's recording to end",
+        receive(&mut s, &mut got, |_| false, |g| g.ended() == 1),
+    )
+    .await;
+    assert_eq!(got.chunks.len(), 1, "only the recorded user's recording");
+    let chunks = got.chunks.values().next().unwrap();
+    assert!(chunks.iter().all(|c| c.user == recorded.name.as_str()));
+    let shipped: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
+    let dropped: u64 = chunks.iter().map(|c| c.dropped_bytes).sum();
+    assert!(dropped > 0, "nothing dropped of {written} bytes");
+    assert_eq!(
+        shipped + dropped,
+        written,
+        "every byte is shipped or counted"
+    );
+
+    let _ = running.wait();
     let _ = stop.send(());
     within("the agent to stop", task).await.unwrap().unwrap();
 }

@@ -47,6 +47,9 @@ use spool::SpoolName;
 pub const WINDOW: usize = 4;
 /// Recordings followed at once; more files wait in the spool.
 pub const MAX_OPEN: usize = 64;
+/// Recordings of one user followed at once: a user running the recorder by hand many times over
+/// cannot take every place, and the other users' sessions are still followed.
+pub const MAX_OPEN_PER_USER: usize = MAX_OPEN / 4;
 /// Unacknowledged chunks are sent again after this.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the spool is looked at.
@@ -58,6 +61,11 @@ pub struct Recordings {
     recorder: Option<Recorder>,
     max_bytes: u64,
     users: BTreeSet<String>,
+    /// The users the last applied state records; `None` until a state is applied after the
+    /// agent starts. A recording of anyone else is not shipped unless it already was: a user can
+    /// run the set-user-ID recorder by hand into the spool (its own name is in its key line), and
+    /// a user the policy does not record must not be able to ship recordings of its own making.
+    recorded: Option<BTreeSet<String>>,
     dir: StateDir,
     progress: Progress,
     /// When the oldest unacknowledged chunk was sent.
@@ -93,6 +101,7 @@ impl Recordings {
             recorder,
             max_bytes: config.map_or(0, |c| c.spool_max_bytes),
             users,
+            recorded: None,
             dir: dir.clone(),
             progress,
             waiting_since: None,
@@ -108,6 +117,17 @@ impl Recordings {
     /// The checked set-up, for the writer's forced command (`None`: this host does not record).
     pub fn recorder(&self) -> Option<&Recorder> {
         self.recorder.as_ref()
+    }
+
+    /// The users the applied state records (`ManagedUser.recording`): from now on, a recording
+    /// not yet shipped is shipped only if its user is one of them.
+    pub(crate) fn set_recorded(&mut self, users: BTreeSet<String>) {
+        self.recorded = Some(users);
+    }
+
+    /// Whether recordings of `user` are shipped: a managed user the applied state records.
+    fn may_record(&self, user: &str) -> bool {
+        self.users.contains(user) && self.recorded.as_ref().is_some_and(|r| r.contains(user))
     }
 
     /// When the spool is to be looked at next (never when the host does not record).
@@ -273,6 +293,33 @@ impl Recordings {
             if self.progress.entries.len() >= MAX_OPEN {
                 break;
             }
+            // A recorder still running says who ran it: a user who may not be recorded is
+            // refused at once, and none may hold more than its share of places.
+            let runner = spool::recorder_runner(name.pid);
+            if let Some(user) = &runner {
+                if self.recorded.is_none() {
+                    continue;
+                }
+                if !self.may_record(user) {
+                    tracing::warn!(
+                        file,
+                        user,
+                        "a recording started by a user the policy does not record (the recorder \
+                         was run by hand); deleted"
+                    );
+                    let _ = std::fs::remove_file(recorder.spool().join(&file));
+                    continue;
+                }
+                let open = self
+                    .progress
+                    .entries
+                    .values()
+                    .filter(|e| e.user() == Some(user.as_str()))
+                    .count();
+                if open >= MAX_OPEN_PER_USER {
+                    continue;
+                }
+            }
             if !self.warned_no_audit && spool::without_audit_session(name.pid) {
                 self.warned_no_audit = true;
                 tracing::warn!(
@@ -282,7 +329,7 @@ impl Recordings {
             }
             self.progress
                 .entries
-                .insert(name.id.clone(), Entry::new(&name, file));
+                .insert(name.id.clone(), Entry::new(&name, file, runner));
         }
     }
 
@@ -310,6 +357,14 @@ impl Recordings {
                 continue;
             }
             let skipped = size - entry.read_from;
+            let path = recorder.spool().join(&entry.file);
+            if entry.owner.is_none()
+                && let Ok(mut file) = spool::open(&path, uid)
+            {
+                // Whose it is, from its first line, before that is dropped too: the recording
+                // is then still reported (with what it lost) rather than gone without a trace.
+                entry.owner = spool::first_owner(&mut file);
+            }
             tracing::error!(
                 recording = id,
                 bytes = skipped,
@@ -319,7 +374,7 @@ impl Recordings {
             entry.read_from = size;
             entry.resync = true;
             total = total.saturating_sub(skipped);
-            if let Ok(file) = spool::open(&recorder.spool().join(&entry.file), uid) {
+            if let Ok(file) = spool::open(&path, uid) {
                 // Shipped and dropped bytes alike: the disk is what is short.
                 spool::punch(&file, entry.acked);
                 let unsent = entry.sent.last().map_or(entry.acked, |s| s.end);
@@ -378,14 +433,32 @@ impl Recordings {
             if let Some(time) = checked.last_time {
                 entry.last_time = Some(time);
             }
-            if let Some(owner) = &entry.owner
-                && !self.users.contains(&owner.user)
-            {
-                tracing::warn!(
-                    recording = id,
-                    user = owner.user,
-                    "a recording of a user this agent does not manage; deleted"
-                );
+        }
+        if let Some(owner) = &entry.owner {
+            // Nothing of it shipped yet: its user must be one the state records. Until a
+            // state is applied that is not known, and it waits.
+            let first = entry.next_seq == 0;
+            let recorded = self.recorded.as_ref();
+            if first && recorded.is_none() {
+                return None;
+            }
+            let why = if !self.users.contains(&owner.user) {
+                Some("a recording of a user this agent does not manage; deleted")
+            } else if entry.runner.as_ref().is_some_and(|r| *r != owner.user) {
+                Some(
+                    "a recording whose messages name another user than the one who ran the \
+                     recorder; deleted",
+                )
+            } else if first && recorded.is_some_and(|r| !r.contains(&owner.user)) {
+                Some(
+                    "a recording of a user the policy does not record (the recorder was run \
+                     by hand); deleted",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                tracing::warn!(recording = id, user = owner.user, "{why}");
                 let _ = std::fs::remove_file(&path);
                 self.progress.entries.remove(id);
                 return None;

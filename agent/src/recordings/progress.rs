@@ -51,10 +51,13 @@ pub struct Entry {
     pub poisoned: bool,
     /// The last message's time (Unix seconds).
     pub last_time: Option<f64>,
+    /// The user who ran the recorder, when it still ran as the file was found.
+    #[serde(default)]
+    pub runner: Option<String>,
 }
 
 impl Entry {
-    pub fn new(name: &SpoolName, file: String) -> Self {
+    pub fn new(name: &SpoolName, file: String, runner: Option<String>) -> Self {
         Entry {
             file,
             pid: name.pid,
@@ -71,7 +74,16 @@ impl Entry {
             resync: false,
             poisoned: false,
             last_time: None,
+            runner,
         }
+    }
+
+    /// Whose recording it is, as far as known: the first message's user, else who ran it.
+    pub fn user(&self) -> Option<&str> {
+        self.owner
+            .as_ref()
+            .map(|o| o.user.as_str())
+            .or(self.runner.as_deref())
     }
 }
 
@@ -149,7 +161,7 @@ mod tests {
         assert_eq!(Progress::load(&state).unwrap(), Progress::default());
         let name = SpoolName::parse("1000-42-o-5555-10.0.0.1.jsonl").unwrap();
         let mut progress = Progress::default();
-        let mut entry = Entry::new(&name, "1000-42-o-5555-10.0.0.1.jsonl".into());
+        let mut entry = Entry::new(&name, "1000-42-o-5555-10.0.0.1.jsonl".into(), None);
         entry.owner = Some(Owner {
             user: "kwadmin".into(),
             rec: "r".into(),

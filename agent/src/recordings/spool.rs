@@ -98,6 +98,15 @@ pub struct Checked {
     pub bad: Option<String>,
 }
 
+/// The owner of a recording from its first line, when that line is whole and a tlog message.
+pub fn first_owner(file: &mut File) -> Option<Owner> {
+    let (data, _) = read_lines(file, 0).ok()?;
+    let end = data.iter().position(|&b| b == b'\n')?;
+    let mut owner = None;
+    let checked = check_lines(&data[..=end], &mut owner);
+    checked.bad.is_none().then_some(owner)?
+}
+
 /// Checks whole lines (`data` ends at a line end): each is a tlog message of one user and one
 /// recording id, the first line's (`owner` is set from it when `None`).
 pub fn check_lines(data: &[u8], owner: &mut Option<Owner>) -> Checked {
@@ -231,6 +240,26 @@ pub fn allocated(meta: &std::fs::Metadata) -> u64 {
 pub fn recorder_alive(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .is_ok_and(|exe| exe == Path::new(TLOG_REC_SESSION))
+}
+
+/// The user who started the recorder `pid` while it runs: its real user id (the recorder is
+/// set-user-ID to its own user; the real id stays whoever ran it, which the kernel sets, not the
+/// user). `None` when `pid` is not a running recorder or its user has no name.
+pub fn recorder_runner(pid: i32) -> Option<String> {
+    if !recorder_alive(pid) {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let real: u32 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(real)).ok()??;
+    // Checked again: an id reused between the two reads is not the recorder's.
+    recorder_alive(pid).then_some(user.name)
 }
 
 /// Whether the recorder `pid` runs without an audit session id, where tlog records only one
