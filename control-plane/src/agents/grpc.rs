@@ -620,6 +620,7 @@ impl Session {
             }
         }
         let (recording_id, seq) = (chunk.recording_id.clone(), chunk.seq);
+        let dropped = chunk.dropped_bytes;
         let outcome = self
             .service
             .recordings
@@ -639,6 +640,17 @@ impl Session {
                     Stored::New => "new",
                     Stored::Again => "again",
                 };
+                if dropped > 0 && matches!(stored, Stored::New) {
+                    // The host's spool was full (or tlog left a line unfinished): say so where
+                    // operators look, besides the recording's own `droppedBytes`.
+                    metrics::counter!("keyward_recording_dropped_bytes_total").increment(dropped);
+                    tracing::warn!(
+                        host = %self.host,
+                        recording = recording_id,
+                        bytes = dropped,
+                        "a host dropped recording data (its spool was full)"
+                    );
+                }
                 metrics::counter!("keyward_recording_chunks_total", "stored" => counted)
                     .increment(1);
                 let ack = ControlMessage {
