@@ -135,6 +135,8 @@ async fn write_records(
             let line = json!({
                 "kind": kind,
                 "status": ks.state,
+                "origin": ks.origin.as_str(),
+                "verifyRequired": ks.verify_required,
                 "keyAlgorithm": ks.algorithm.to_string(),
                 "keyFingerprint": ks.fingerprint,
                 "keyGeneration": ks.generation,

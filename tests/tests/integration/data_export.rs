@@ -65,6 +65,11 @@ async fn a_tenant_exports_what_keyward_holds_about_its_vps_and_nothing_else() {
     let key_sets = of(&lines, "keySet");
     assert_eq!(key_sets.len(), 2);
     assert!(key_sets.iter().all(|k| k["publicKey"].as_str().is_some()));
+    // keyward made both keys: neither was registered by its owner.
+    assert!(
+        key_sets.iter().all(|k| k["origin"] == "generated"),
+        "{key_sets:?}"
+    );
     assert!(!text.contains("PRIVATE KEY"), "a private key in the export");
     assert_eq!(of(&lines, "host").len(), 1);
     assert_eq!(of(&lines, "host")[0]["hostId"], d.agent.host_id.as_str());
