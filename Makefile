@@ -23,7 +23,7 @@ help:
 	@echo "                 haproxy in front (TCP mode, PROXY protocol); prints how to reach them"
 	@echo "make cluster-stop stop what make cluster started (nothing is kept)"
 	@echo "make package-test build the .deb packages, lintian, install/upgrade/purge, systemd-analyze"
-	@echo "make bench       the benchmark suite (keyward-bench all, ~52 min); writes BENCHMARKS.md"
+	@echo "make bench       the benchmark suite (keyward-bench all, ~60 min); writes BENCHMARKS.md"
 
 test-deps:
 	scripts/install-test-deps
@@ -83,13 +83,14 @@ clean-demo:
 package-test:
 	scripts/package-test
 
-# The benchmark suite, `keyward-bench all` (about 54 minutes on 2 cores): RSA-4096 generation
+# The benchmark suite, `keyward-bench all` (about 60 minutes on 2 cores): RSA-4096 generation
 # against ssh-keygen, rotate-all against pure generation, propagation with 1, 1,000 and 10,000
 # agents, 10,000 streams (memory, idle CPU), Ed25519 fan-out to 10,000 hosts, the agent idle, REST
 # against OpenBao, revocation (plain, under a tenant's stall attack, the agent's CPU under a chmod
-# loop; about 20 of the 54 minutes), login ingest, the live hosts view (10,000 hosts, 500 admin
+# loop; about 20 of the 60 minutes), login ingest, the live hosts view (10,000 hosts, 500 admin
 # streams), three replicas on PostgreSQL (propagation across them, a 10,000-agent reconnection
-# storm). Prints Markdown and records it in
+# storm), session recording (agent CPU and stream bytes of a busy session, added login latency;
+# needs tlog as `make test-deps` sets it up). Prints Markdown and records it in
 # BENCHMARKS.md. Needs OpenBao and PostgreSQL (`make test-deps`), wrk and strip
 # (scripts/install-bench-deps), python3 and root. A benchmark, not a test: nothing checks a timing. The agent is measured as the .deb ships it: the `release-agent`
 # profile of Cargo.toml (fat LTO, opt-level "s"; several minutes to build), in target/release-agent/.

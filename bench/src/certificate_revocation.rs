@@ -872,10 +872,7 @@ impl Benchmark for Args {
         };
         options.dir = self.hosts.dir;
         let report = run(&options).await?;
-        let mut command = options.command(write);
-        if let Some(bin) = &self.agent.agent_bin {
-            command = format!("KEYWARD_AGENT_BIN={} {command}", bin.display());
-        }
+        let command = self.agent.reproduce(options.command(write));
         Ok(Publication::section(
             section_id(&report),
             markdown(&report, &command),

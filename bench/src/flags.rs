@@ -37,6 +37,15 @@ impl AgentBinary {
         self.agent_bin.clone().unwrap_or_else(default)
     }
 
+    /// The command line that reproduces a run: `command`, with the agent chosen by `--agent-bin`
+    /// set as the harness takes it.
+    pub fn reproduce(&self, command: String) -> String {
+        match &self.agent_bin {
+            Some(bin) => format!("KEYWARD_AGENT_BIN={} {command}", bin.display()),
+            None => command,
+        }
+    }
+
     /// For benchmarks whose harness takes the agent from `KEYWARD_AGENT_BIN`: when that is not
     /// the agent chosen, runs this binary again with it set (that child prints and records the
     /// results) and returns true; false when this process is the one to run the benchmark.

@@ -16,6 +16,8 @@
 //!   tenant stalling the agent; the agent's CPU under a tenant's chmod loop.
 //! - [`live_hosts`]: the live hosts view with 10,000 hosts reporting and 500 admins watching:
 //!   control plane CPU and memory, bytes per stream per host change, a tenant's request latency.
+//! - [`recording`]: session recording's cost on the host: the agent's CPU and the stream's bytes
+//!   a minute of a busy and a flooding session, and the login latency it adds.
 //! - [`replicas`]: three control-plane replicas on one PostgreSQL database: propagation across
 //!   replicas, and the reconnection storm when one of them is killed.
 //! - [`agent_warnings`]: the in-process agents' warnings, counted by message.
@@ -45,6 +47,7 @@ pub mod keygen;
 pub mod live_hosts;
 pub mod machine;
 pub mod propagation;
+pub mod recording;
 pub mod renames;
 pub mod replicas;
 pub mod report;

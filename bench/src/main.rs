@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 use keyward_bench::benchmark::Run;
 use keyward_bench::{
     agent_idle, agent_warnings, audit_export, certificate_revocation, certificates, cluster,
-    fanout, ingest, keygen, live_hosts, propagation, replicas, rest, revocation, rotate_all,
-    rotate_latency, streams, suite,
+    fanout, ingest, keygen, live_hosts, propagation, recording, replicas, rest, revocation,
+    rotate_all, rotate_latency, streams, suite,
 };
 
 #[derive(Debug, Parser)]
@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every benchmark of the suite, one after another (about 54 minutes; --smoke: a few minutes).
+    /// Every benchmark of the suite, one after another (about 60 minutes; --smoke: a few minutes).
     All(suite::Args),
     /// Time from the REST rotate call returning to the key's file renamed on the host.
     Propagation(Run<propagation::Args>),
@@ -65,6 +65,9 @@ enum Command {
     /// Audit events per second to each SIEM sink; a rotate call with three sinks (one down)
     /// beside one with none.
     AuditExport(Run<audit_export::Args>),
+    /// Session recording on the host: agent CPU and stream bytes a minute of a busy and a
+    /// flooding session, and the login latency recording adds, with recording on and off.
+    Recording(Run<recording::Args>),
     /// A control plane in this process until stdin closes (used by `streams`; with
     /// `--database-url`, a replica of a deployment, used by `replicas`).
     #[command(hide = true)]
@@ -114,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Certificates(run) => run.execute().await,
         Command::CertificateRevocation(run) => run.execute().await,
         Command::AuditExport(run) => run.execute().await,
+        Command::Recording(run) => run.execute().await,
         Command::ControlPlaneChild(args) => cluster::serve_child(args).await,
     }
 }

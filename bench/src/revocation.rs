@@ -989,10 +989,7 @@ impl Benchmark for Args {
             Options::new(self.rounds.max(1))
         };
         let report = run(&options).await?;
-        let mut command = options.command(write);
-        if let Some(bin) = &self.agent.agent_bin {
-            command = format!("KEYWARD_AGENT_BIN={} {command}", bin.display());
-        }
+        let command = self.agent.reproduce(options.command(write));
         let text = markdown(&report, &command);
         Ok(Publication::section(SECTION, text))
     }

@@ -1,7 +1,7 @@
 //! `keyward-bench all`: every benchmark of the suite, one after another, each in a fresh process
 //! of this binary (a fresh heap for the memory figures, nothing left over from the previous
 //! one), each writing its own sections of `BENCHMARKS.md` with `--write`. `--smoke` runs the
-//! tiny version of each (what the test suite runs); the full suite takes about 54 minutes on
+//! tiny version of each (what the test suite runs); the full suite takes about 60 minutes on
 //! two cores.
 
 use std::path::{Path, PathBuf};
@@ -116,6 +116,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "audit events/s per SIEM sink; rotate with three sinks, one down",
                 &["audit-export", "--smoke"],
             ),
+            step(
+                "recording",
+                "session recording: agent CPU, stream bytes/min, added login latency",
+                &["recording", "--smoke"],
+            ),
         ]
     } else {
         vec![
@@ -156,6 +161,11 @@ pub fn steps(smoke: bool, tmpfs: &Path, write: Option<&Path>) -> Vec<Step> {
                 "audit-export",
                 "audit events/s per SIEM sink; rotate with three sinks, one down",
                 &["audit-export"],
+            ),
+            step(
+                "recording",
+                "session recording: agent CPU, stream bytes/min, added login latency",
+                &["recording"],
             ),
             step(
                 "revocation",

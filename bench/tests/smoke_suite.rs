@@ -25,6 +25,7 @@ fn the_whole_suite_runs_in_smoke_mode() {
         "revocation",
         "ingest",
         "live-hosts",
+        "recording",
     ] {
         assert!(
             summary
