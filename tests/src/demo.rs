@@ -303,6 +303,14 @@ async fn start_sshd(run: &Path) -> anyhow::Result<Sshd> {
     Ok(sshd)
 }
 
+/// Whether this machine records sessions as keyward-agent's package sets it up: tlog's recorder
+/// set-user-ID to its own user, and utmp (tlog records terminals only with it).
+fn recorder_ready() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/usr/bin/tlog-rec-session").is_ok_and(|m| m.mode() & 0o4000 != 0 && m.uid() != 0)
+        && Path::new("/run/utmp").exists()
+}
+
 /// Registers the demo host, enrolls keyward-agent (`run/agent.toml`, a fresh `run/agent-state`:
 /// a new dev Vault means a new agent CA), runs it (log `run/agent.log`), waits until it applied
 /// the desired state, and writes the host key it reported to `run/known_hosts`.
@@ -330,6 +338,18 @@ async fn start_agent(
         "registered host {} for tenant {TENANT} and enrolled keyward-agent",
         agent.host_id
     ));
+    if recorder_ready() {
+        agent.record_sessions();
+        say(
+            "session recording on: the admin user's sessions run under tlog (as keyward-agent's \
+             package sets it up) and reach the tenant's Recordings",
+        );
+    } else {
+        say(
+            "session recording off: tlog-rec-session is not set-user-ID to _tlog (make \
+             quickstart as root sets it up, as keyward-agent's package does)",
+        );
+    }
     agent.start();
     write_pid(run, "agent", agent.pid())?;
     say(&format!(
