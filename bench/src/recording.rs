@@ -536,10 +536,12 @@ pub fn markdown(report: &RecordingReport, command: &str) -> String {
     let _ = writeln!(out, "Command: `{command}`\n");
     let _ = writeln!(
         out,
-        "Machine: {}. Agent: `{}` ({}). Started {}; load average {} before, {} after.\n",
+        "Machine: {}. Agent: `{}` ({}); the benchmark's process (the control plane): {}. Started \
+         {}; load average {} before, {} after.\n",
         report.machine.describe(),
         report.agent_bin.display(),
         report.agent_version,
+        crate::machine::BUILD,
         report.started_at,
         report.load_before,
         report.load_after,
