@@ -1,4 +1,5 @@
-//! Who is acting: a token's holder (with its role and address) or keyward itself. A plain
+//! Who is acting: a token's holder or a signed-in web UI user (with its role and address), or
+//! keyward itself. A plain
 //! value the domain records in the audit log; how a request becomes one is the transport's
 //! business (`api::auth`).
 
@@ -11,6 +12,9 @@ pub struct Caller {
     pub token_id: Option<String>,
     pub role: Option<Role>,
     pub source_addr: Option<String>,
+    /// A web UI session whose identity provider did multi-factor authentication recently
+    /// enough (`[oidc]` mfa_*): it stands for the step-up a policy asks for.
+    pub idp_mfa: bool,
 }
 
 impl Caller {
@@ -20,6 +24,7 @@ impl Caller {
             token_id: None,
             role: None,
             source_addr: None,
+            idp_mfa: false,
         }
     }
 

@@ -16,12 +16,14 @@ use serde::{Deserialize, Serialize};
 mod audit_export;
 mod audit_signing;
 mod mfa;
+mod oidc;
 mod recordings;
 pub use audit_export::{
     AuditExportConfig, AuditFormat, AuditSinkConfig, SinkTarget, SyslogTransport, facility_code,
 };
 pub use audit_signing::AuditSigningConfig;
 pub use mfa::{MfaConfig, SensitiveOperation};
+pub use oidc::{ClientSecret, OidcConfig};
 pub use recordings::{RecordingBackend, RecordingsConfig};
 
 /// The whole configuration of `keyward-server`.
@@ -45,6 +47,7 @@ pub struct Config {
     pub offboarding: OffboardingConfig,
     pub mfa: MfaConfig,
     pub recordings: RecordingsConfig,
+    pub oidc: OidcConfig,
 }
 
 /// Longest passphrase a private key download takes, in bytes (UTF-8).
@@ -666,6 +669,7 @@ impl Config {
         self.vault.validate().map_err(ConfigError::Rule)?;
         self.audit_export.validate().map_err(ConfigError::Rule)?;
         self.audit_signing.validate().map_err(ConfigError::Rule)?;
+        self.oidc.validate().map_err(ConfigError::Rule)?;
         if self.keys.rotation_interval < Duration::from_secs(3600) {
             return rule("keys.rotation_interval must be at least 1h");
         }

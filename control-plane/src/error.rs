@@ -82,6 +82,14 @@ pub enum ApiError {
     RecordingUnreadable,
     #[error("the recordings' store cannot be read now")]
     RecordingUnavailable,
+    /// A cookie-authenticated write without the session's `X-CSRF-Token`, or from another
+    /// origin.
+    #[error("{0}")]
+    CsrfFailed(&'static str),
+    #[error("the session has ended (signed out, idle or too old): sign in again")]
+    SessionEnded,
+    #[error("sign-in with OpenID Connect is not configured ([oidc] issuer)")]
+    OidcNotConfigured,
     #[error("internal error")]
     Internal,
 }
@@ -171,6 +179,11 @@ impl ApiError {
                     }
                     DomainError::MfaFactorNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
                     DomainError::MfaFactorConfirmed => (StatusCode::CONFLICT, "Conflict"),
+                    DomainError::SignInFailed(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
+                    DomainError::SignInNoRole => (StatusCode::FORBIDDEN, "Forbidden"),
+                    DomainError::IdentityProviderUnavailable => {
+                        (StatusCode::BAD_GATEWAY, "Bad Gateway")
+                    }
                     DomainError::Vault(_) => (StatusCode::SERVICE_UNAVAILABLE, "Vault Unavailable"),
                     DomainError::CertificatesNotConfigured => {
                         (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -200,6 +213,9 @@ impl ApiError {
                 "Service Unavailable",
             ),
             RecordingNotFound => (StatusCode::NOT_FOUND, "recording_not_found", "Not Found"),
+            CsrfFailed(_) => (StatusCode::FORBIDDEN, "csrf_failed", "Forbidden"),
+            SessionEnded => (StatusCode::UNAUTHORIZED, "session_ended", "Unauthorized"),
+            OidcNotConfigured => (StatusCode::NOT_FOUND, "oidc_not_configured", "Not Found"),
             RecordingUnreadable => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "recording_unreadable",

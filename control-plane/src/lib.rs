@@ -7,6 +7,7 @@
 //!   policies, SMTP credentials and DKIM keys.
 //! - [`rotation`]: the rotation scheduler and bulk rotations; [`backup`]: Vault snapshots.
 //! - [`api`]: the REST API (axum), [`auth`]: bearer tokens, [`error`]: problem documents.
+//! - [`oidc`]: the web UI's OpenID Connect relying party (sign-in with the platform's IdP).
 //! - [`audit_export`]: the audit log, as it grows, to syslog, webhooks and files (SIEM).
 //! - [`config`], [`server`], [`telemetry`]: running it.
 
@@ -24,6 +25,7 @@ pub mod conns;
 pub mod consistency;
 pub mod error;
 pub mod lifecycle;
+pub mod oidc;
 pub mod proxy_protocol;
 pub mod pseudonym;
 pub mod recordings;

@@ -73,6 +73,8 @@ pub enum StartError {
     AuditExport(#[from] crate::audit_export::SetupError),
     #[error(transparent)]
     Recordings(#[from] crate::recordings::ArchiveError),
+    #[error(transparent)]
+    Oidc(#[from] crate::oidc::OidcError),
 }
 
 /// A running control plane.
@@ -343,7 +345,9 @@ pub async fn start_with(
             .clone()
             .audit_every_minute(lifecycle.clone()),
     ));
+    let oidc = crate::oidc::RelyingParty::new(&config.oidc)?.map(Arc::new);
     let state = AppState {
+        oidc,
         lifecycle: lifecycle.clone(),
         hub: hub.clone(),
         store: lifecycle.store().clone(),

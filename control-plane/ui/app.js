@@ -37,16 +37,57 @@ function signOut(message = '') {
 }
 whenSignedOut(signOut);
 
+/** Signs out: a cookie session is ended on the server first (the cookie then works nowhere). */
+async function signOutClicked() {
+  if (session.csrf) {
+    try {
+      await api('/auth/signout', { method: 'POST' });
+    } catch (e) {
+      if (!(e instanceof Problem && e.status === 401)) {
+        say(document.getElementById('signout-error') || main, `Could not sign out: ${e instanceof Problem ? e.describe() : e}`, 'error');
+        return;
+      }
+    }
+  }
+  signOut('You signed out.');
+}
+
 function renderChrome(route) {
   const links = session.role === 'admin' ? adminNav : session.role === 'tenant' ? tenantNav : [];
   fill(nav, links.map(([href, text]) =>
     h('a', { href, 'aria-current': route === href ? 'page' : undefined }, text)));
-  if (session.token) {
+  if (session.signedIn) {
+    const role = session.role === 'admin' ? 'Admin' : `Tenant ${session.tenant}`;
     fill(who,
-      h('span', {}, session.role === 'admin' ? 'Admin' : `Tenant ${session.tenant}`),
-      h('button', { type: 'button', class: 'secondary', id: 'signout', onclick: () => signOut('You signed out.') }, 'Sign out'));
+      h('span', { id: 'signed-in-as' }, session.name ? `${session.name} · ${role}` : role),
+      h('button', { type: 'button', class: 'secondary', id: 'signout', onclick: signOutClicked }, 'Sign out'));
   } else {
     fill(who);
+  }
+}
+
+/** The identity provider's sign-in, when the server offers one (null otherwise). */
+async function signInOptions() {
+  try {
+    const response = await fetch('/api/v1/sign-in-options', { cache: 'no-store' });
+    return response.ok ? (await response.json()).oidc : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A cookie session the identity provider's sign-in left, if any. */
+let probed = false;
+async function cookieSession() {
+  if (probed) return false;
+  probed = true;
+  try {
+    const response = await fetch('/api/v1/session', { cache: 'no-store', credentials: 'same-origin' });
+    if (!response.ok) return false;
+    session.setCookie(await response.json());
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -87,6 +128,12 @@ function signInPage() {
     }
   });
   const page = [h('h1', {}, 'Sign in'), form];
+  signInOptions().then((oidc) => {
+    if (!oidc || !form.isConnected) return;
+    form.before(h('p', { class: 'actions' },
+      h('a', { id: 'oidc-signin', class: 'button', href: oidc.loginUrl }, `Sign in with ${oidc.displayName}`)),
+    h('p', { class: 'hint' }, 'Or use an API token:'));
+  });
   if (signInMessage) {
     page.splice(1, 0, h('p', { class: 'notice', role: 'status' }, signInMessage));
     signInMessage = '';
@@ -103,7 +150,8 @@ async function render() {
   leaving.abort();
   leaving = new AbortController();
   const route = location.hash || '';
-  if (!session.token) {
+  if (!session.signedIn && await cookieSession()) { location.replace(home()); return; }
+  if (!session.signedIn) {
     if (route !== '#/signin') { location.replace('#/signin'); return; }
     renderChrome(route);
     document.title = 'Sign in · keyward';

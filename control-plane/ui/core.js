@@ -1,25 +1,44 @@
 // keyward's page toolkit: the session, API calls, problem documents, DOM building and a
 // Server-Sent Events reader that can send the Authorization header (EventSource cannot).
+// A session is either a pasted API token (sent as Authorization) or, after signing in with the
+// identity provider, the server's HttpOnly cookie: the page then holds only the session's CSRF
+// token, which it sends as X-CSRF-Token with every call.
 // Every value from the server reaches the page through textContent or an attribute, never as HTML.
 
 const TOKEN = 'keyward.token';
 const ROLE = 'keyward.role';
 const TENANT = 'keyward.tenant';
+const CSRF = 'keyward.csrf';
+const NAME = 'keyward.name';
 
 export const session = {
   get token() { return sessionStorage.getItem(TOKEN); },
   get role() { return sessionStorage.getItem(ROLE); },
   get tenant() { return sessionStorage.getItem(TENANT); },
+  /** The CSRF token of a cookie session (signed in with the identity provider). */
+  get csrf() { return sessionStorage.getItem(CSRF); },
+  /** Who signed in with the identity provider. */
+  get name() { return sessionStorage.getItem(NAME); },
+  get signedIn() { return Boolean(this.token || this.csrf); },
   set(token, who) {
+    this.clear();
     sessionStorage.setItem(TOKEN, token);
+    this.setRole(who);
+  },
+  /** A cookie session, from GET /api/v1/session. */
+  setCookie(me) {
+    this.clear();
+    sessionStorage.setItem(CSRF, me.csrfToken);
+    sessionStorage.setItem(NAME, me.displayName);
+    this.setRole(me);
+  },
+  setRole(who) {
     sessionStorage.setItem(ROLE, who.role);
     if (who.tenantId) sessionStorage.setItem(TENANT, who.tenantId);
     else sessionStorage.removeItem(TENANT);
   },
   clear() {
-    sessionStorage.removeItem(TOKEN);
-    sessionStorage.removeItem(ROLE);
-    sessionStorage.removeItem(TENANT);
+    for (const key of [TOKEN, ROLE, TENANT, CSRF, NAME]) sessionStorage.removeItem(key);
   },
 };
 
@@ -43,6 +62,7 @@ let onSignedOut = () => {};
 export function whenSignedOut(callback) { onSignedOut = callback; }
 
 export function authHeaders(extra = {}, token = session.token) {
+  if (!token && session.csrf) return { 'X-CSRF-Token': session.csrf, ...extra };
   return { Authorization: `Bearer ${token}`, ...extra };
 }
 
@@ -62,7 +82,7 @@ export const STEP_UP_CODES = ['mfa_required', 'mfa_invalid', 'mfa_replayed'];
  */
 export async function api(path, { method = 'GET', body, raw = false, token, signal, headers: extra = {} } = {}) {
   const headers = authHeaders({ Accept: 'application/json', ...extra }, token || session.token);
-  const init = { method, headers, cache: 'no-store', signal };
+  const init = { method, headers, cache: 'no-store', credentials: 'same-origin', signal };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -94,7 +114,8 @@ export async function follow(path, { signal, onEvent, onState = () => {} }) {
   while (!signal.aborted) {
     try {
       const response = await fetch(path, {
-        headers: authHeaders({ Accept: 'text/event-stream' }), cache: 'no-store', signal,
+        headers: authHeaders({ Accept: 'text/event-stream' }), cache: 'no-store',
+        credentials: 'same-origin', signal,
       });
       if (response.status === 401) { onSignedOut('Your session ended. Sign in again.'); return; }
       if (!response.ok) throw await problemOf(response);

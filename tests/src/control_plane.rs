@@ -133,6 +133,8 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// `[audit_export]` (sinks at the test's own receivers); none when `None`.
     pub audit_export: Option<keyward_server::config::AuditExportConfig>,
+    /// `[oidc]` (a test's [`crate::OidcProvider`]); off when `None`.
+    pub oidc: Option<keyward_server::config::OidcConfig>,
 }
 
 /// A server certificate for 127.0.0.1 and localhost, signed by a CA made for the test.
@@ -188,6 +190,7 @@ impl Default for Options {
             agent_listen: ANY_LOOPBACK_PORT,
             state_dir: None,
             audit_export: None,
+            oidc: None,
         }
     }
 }
@@ -286,6 +289,9 @@ impl ControlPlane {
         config.rotation.key_pool_size = 2;
         if let Some(export) = &options.audit_export {
             config.audit_export = export.clone();
+        }
+        if let Some(oidc) = &options.oidc {
+            config.oidc = oidc.clone();
         }
         if let Some(configure) = options.configure {
             configure(&mut config);
@@ -409,6 +415,30 @@ impl ControlPlane {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        Reply {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    /// A request with these headers and no bearer token (a web session's cookie, its
+    /// X-CSRF-Token, an Origin).
+    pub async fn request_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         if let Some(body) = body {
             request = request.json(&body);

@@ -247,6 +247,7 @@ pub(super) async fn tenant_view(
         token_id: None,
         role: Some(Role::Tenant(tenant.clone())),
         source_addr: None,
+        idp_mfa: false,
     };
     list(state, &caller, Some(tenant), None).await
 }

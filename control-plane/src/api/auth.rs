@@ -1,5 +1,6 @@
-//! Who is calling a REST route: the bearer token of the request, looked up in the store, as a
-//! [`Caller`], and the role-checking extractors [`AdminCaller`] and [`TenantCaller`].
+//! Who is calling a REST route: the bearer token of the request, looked up in the store, or
+//! else the web UI's session cookie (with its CSRF check on writes, [`session::check_csrf`]),
+//! as a [`Caller`], and the role-checking extractors [`AdminCaller`] and [`TenantCaller`].
 //!
 //! Tenants see only their own tenant: their token names it, and tenant endpoints take no tenant
 //! id at all.
@@ -12,7 +13,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use keyward_common::TenantId;
 
-use super::AppState;
+use super::{AppState, session};
 use crate::caller::Caller;
 use crate::conns::ProxiedClient;
 use crate::error::ApiError;
@@ -78,6 +79,23 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let state = AppState::from_ref(state);
+        // A bearer token takes precedence; without one, the web UI's session cookie.
+        if !parts.headers.contains_key(AUTHORIZATION)
+            && let (Some(rp), Some(session_id)) = (
+                state.oidc.as_deref(),
+                session::cookie(&parts.headers, session::SESSION_COOKIE),
+            )
+        {
+            let web = state
+                .lifecycle
+                .web_session(rp.config(), &session_id)
+                .await?
+                .ok_or(ApiError::SessionEnded)?;
+            if !session::is_safe(&parts.method) {
+                session::check_csrf(&parts.headers, rp.config(), &session_id)?;
+            }
+            return Ok(web.caller(source_addr(parts)));
+        }
         let record = state
             .store
             .token_by_hash(&bearer_token_hash(&parts.headers)?)
@@ -87,6 +105,7 @@ where
             token_id: Some(record.token_id),
             role: Some(record.role),
             source_addr: source_addr(parts),
+            idp_mfa: false,
         })
     }
 }

@@ -256,6 +256,7 @@ pub async fn enroll(
         token_id: None,
         role: None,
         source_addr: Some(peer.ip().to_string()),
+        idp_mfa: false,
     };
     let agents = state.agents.clone();
     let csr = body.csr_pem;

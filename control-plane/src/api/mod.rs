@@ -36,6 +36,7 @@ pub mod ops;
 pub mod recordings;
 pub mod registration;
 pub mod rotation;
+pub mod session;
 pub mod tenant;
 pub mod throttle;
 pub mod ui;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub replica_heartbeat: Duration,
     /// Where session recordings' bytes are (for playback).
     pub recordings: crate::recordings::RecordingArchive,
+    /// The web UI's OpenID Connect sign-in, where `[oidc]` is set.
+    pub oidc: Option<Arc<crate::oidc::RelyingParty>>,
 }
 
 /// `Json<T>` whose failures are problem documents (malformed JSON, unknown fields, wrong types,
@@ -192,9 +195,14 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         registration::get_policy,
         registration::put_policy,
         registration::delete_policy,
+        session::login,
+        session::callback,
+        session::sign_out,
+        session::session,
+        session::sign_in_options,
     ),
     modifiers(&BearerAuth, &ProblemResponses),
-    security(("bearer" = []))
+    security(("bearer" = []), ("session" = []))
 )]
 pub struct ApiDoc;
 
@@ -202,11 +210,23 @@ struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // The web UI's session (OpenID Connect sign-in): writes also need `X-CSRF-Token`.
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                session::SESSION_COOKIE,
+                "the web UI's session after OpenID Connect sign-in; POST, PUT, PATCH and DELETE \
+                 also need the session's X-CSRF-Token (GET /api/v1/session) and a same-origin \
+                 request, else 403 csrf_failed",
+            ))),
         );
     }
 }
@@ -224,8 +244,8 @@ impl utoipa::Modify for BearerAuth {
 /// - parameters named after an id carry its pattern ([`PARAMETER_GRAMMAR`]).
 struct ProblemResponses;
 
-/// Operations that take a token but no particular role.
-const ANY_ROLE: [&str; 1] = ["whoami"];
+/// Operations that take a token (or the session cookie) but no particular role.
+const ANY_ROLE: [&str; 3] = ["whoami", "session", "sign_out"];
 
 /// `rotate-all` job ids: `job_` and 16 lower-case hex digits.
 pub const JOB_ID_PATTERN: &str = "^job_[0-9a-f]{16}$";
@@ -331,14 +351,21 @@ impl utoipa::Modify for ProblemResponses {
                     add(
                         op,
                         "401",
-                        "`unauthenticated` (no bearer token) or `invalid_token`",
+                        "`unauthenticated` (no bearer token or session cookie), `invalid_token` or \
+                         `session_ended`",
                     );
                     if !op
                         .operation_id
                         .as_deref()
                         .is_some_and(|id| ANY_ROLE.contains(&id))
                     {
-                        add(op, "403", "`forbidden`: the token's role may not do this");
+                        add(
+                            op,
+                            "403",
+                            "`forbidden`: the token's role may not do this; `csrf_failed`: a \
+                             cookie-authenticated write without the session's X-CSRF-Token or \
+                             from another origin",
+                        );
                     }
                 }
                 if op.request_body.is_some() {
@@ -560,6 +587,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/api/v1/agent/enroll", post(hosts::enroll))
         .route("/api/v1/whoami", get(ui::whoami))
+        .route("/api/v1/session", get(session::session))
+        .route("/api/v1/sign-in-options", get(session::sign_in_options))
+        .route("/auth/oidc/login", get(session::login))
+        .route("/auth/oidc/callback", get(session::callback))
+        .route("/auth/signout", post(session::sign_out))
         .merge(ui::routes())
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/healthz", get(ops::healthz))

@@ -27,7 +27,31 @@ use crate::store::TenantCredentials;
 pub async fn ssh_credentials(
     State(state): State<AppState>,
     headers: HeaderMap,
+    mut parts: axum::http::request::Parts,
 ) -> Result<Json<SshCredentials>, ApiError> {
+    // Without a bearer token, the web UI's session cookie (the extractor's path).
+    if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+        use axum::extract::FromRequestParts;
+        let who = TenantCaller::from_request_parts(&mut parts, &state).await?;
+        let credentials = state
+            .store
+            .tenant_credentials(&who.tenant, KeyKind::Tenant)
+            .await?;
+        return match credentials {
+            Some(TenantCredentials {
+                tenant,
+                key_set: Some(ks),
+                host_keys,
+            }) => Ok(Json(SshCredentials::new(
+                &tenant,
+                &ks,
+                &host_keys,
+                state.lifecycle.bastion().proxy_jump().ok().flatten(),
+                state.lifecycle.now(),
+            ))),
+            _ => Err(DomainError::TenantNotFound(who.tenant).into()),
+        };
+    }
     // One SQL statement: the token check (as the `TenantCaller` extractor makes it: active, a
     // tenant's) joined to the tenant, its key set and host keys. No Vault call is on this path,
     // so each SQL round trip it saves is a large part of its cost; nothing is cached, so a

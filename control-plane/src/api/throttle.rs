@@ -198,6 +198,7 @@ pub async fn audit(
         token_id: None,
         role: None,
         source_addr: Some(source.to_string()),
+        idp_mfa: false,
     };
     lifecycle
         .audit_enroll_refusals(&caller, attempts, &crate::clock::iso8601(since))

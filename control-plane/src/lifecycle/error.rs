@@ -127,6 +127,17 @@ pub enum DomainError {
     /// The job id as given, cut to 40 characters.
     #[error("rotation job {0} not found")]
     JobNotFound(String),
+    /// A web UI sign-in that cannot be finished: an unknown, expired or already used state, a
+    /// code the provider refused, an ID token that does not verify. The reason is for the log.
+    #[error("the sign-in could not be completed; start again from the sign-in page")]
+    SignInFailed(&'static str),
+    /// The provider's claims map to neither the admin role nor an existing tenant.
+    #[error(
+        "your identity provider account has no keyward role: ask an administrator to add you to the admin group or to a tenant"
+    )]
+    SignInNoRole,
+    #[error("the identity provider cannot be reached; try again later")]
+    IdentityProviderUnavailable,
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -181,6 +192,9 @@ impl DomainError {
             ConcurrentModification => "concurrent_modification",
             RotationInProgress { .. } => "rotation_in_progress",
             JobNotFound(_) => "rotation_job_not_found",
+            SignInFailed(_) => "sign_in_failed",
+            SignInNoRole => "sign_in_no_role",
+            IdentityProviderUnavailable => "idp_unavailable",
             Vault(VaultError::Sealed) => "vault_sealed",
             Vault(_) => "vault_unavailable",
             Store(_) => "database_unavailable",
@@ -198,6 +212,7 @@ impl DomainError {
             DomainError::Vault(_)
                 | DomainError::Store(_)
                 | DomainError::KeyGeneration
+                | DomainError::IdentityProviderUnavailable
                 | DomainError::Internal
         )
     }

@@ -46,6 +46,7 @@ mod records;
 mod registered_key;
 mod registration;
 mod secrets;
+mod web_sessions;
 pub use access::Registered;
 pub use certificates::{CertificateAsk, SshCertificates};
 pub use download::{DownloadPolicy, Passphrase};
@@ -60,6 +61,7 @@ pub use records::IssuedCertificate;
 pub use registered_key::{KeyRefusal, MAX_PUBLIC_KEY_BYTES, MIN_RSA_BITS, RegisteredKey};
 pub use registration::{KeyRegistrationPolicy, overdue};
 pub use secrets::{TenantSecretKind, dkim_selector};
+pub use web_sessions::{SIGN_IN_TTL, SignedIn, WebSession};
 
 /// What an admin gives to onboard a tenant.
 #[derive(Debug, Clone)]

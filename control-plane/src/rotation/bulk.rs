@@ -264,6 +264,7 @@ impl BulkRotations {
                 token_id: job.started_by.clone(),
                 role: Some(Role::Admin),
                 source_addr: None,
+                idp_mfa: false,
             };
             self.spawn_work(caller, job, None);
         }

@@ -40,6 +40,7 @@ mod streams;
 mod tenants;
 mod times;
 mod tokens;
+mod web_sessions;
 pub use access_grants::{GRANTS_LISTED, GrantRecord, GrantStatus};
 pub use activity::HostActivity;
 pub use audit::{
@@ -68,6 +69,7 @@ pub use rotation::{
 pub use streams::StreamedHost;
 pub use tenants::TenantRecord;
 pub use tokens::{Role, TokenRecord, hash_token};
+pub use web_sessions::{PendingLoginRecord, WebSessionRecord};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

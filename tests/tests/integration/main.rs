@@ -24,6 +24,7 @@ mod live_streams;
 mod login_ingest;
 mod mfa_totp;
 mod offboarding;
+mod oidc_sign_in;
 mod openapi_fuzz;
 mod passphrase_download;
 mod recordings_api;

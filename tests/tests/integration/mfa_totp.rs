@@ -117,7 +117,7 @@ async fn call(
 
 /// Enrols and confirms a TOTP factor under `base` (`/api/v1/tenant/mfa` or `/api/v1/admin/mfa`):
 /// the factor id, the app and the recovery codes.
-async fn enrol(
+pub(crate) async fn enrol(
     cp: &ControlPlane,
     base: &str,
     token: &str,

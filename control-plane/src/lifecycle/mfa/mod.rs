@@ -5,7 +5,10 @@
 //!
 //! Whose factor: the principal a token acts for ([`MfaOwner`]). A tenant's factors are the
 //! tenant's: any of its tokens steps up with them. An admin's belong to the admin token that
-//! enrolled them. Later kinds of factor (WebAuthn) and of principal (an OIDC subject) are new
+//! enrolled them. A web UI user signed in with OpenID Connect steps up as its role's principal:
+//! a tenant user with the tenant's factors, an admin with factors of its own (`admin:oidc:...`,
+//! its principal in place of a token id) — or with its identity provider's MFA, when the ID
+//! token said it happened ([`Caller::idp_mfa`]). Later kinds of factor (WebAuthn) and of principal (an OIDC subject) are new
 //! variants of [`Proof`] and [`MfaOwner`]; the policy, the rate limit and the audit stay.
 //!
 //! What holds: a code (its time step) is taken once across replicas (a conditional `UPDATE`);
@@ -154,6 +157,7 @@ mod tests {
             token_id: token.map(str::to_owned),
             role,
             source_addr: None,
+            idp_mfa: false,
         };
         let t = MfaOwner::of(&caller(Some(Role::Tenant(tenant.clone())), Some("tok_1"))).unwrap();
         assert_eq!(t.key(), "tenant:acme");

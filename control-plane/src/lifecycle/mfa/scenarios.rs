@@ -21,6 +21,7 @@ fn tenant_caller() -> Caller {
         token_id: Some("tok_00000000000000aa".into()),
         role: Some(Role::Tenant("t1".parse().unwrap())),
         source_addr: Some("192.0.2.1".into()),
+        idp_mfa: false,
     }
 }
 
@@ -292,6 +293,7 @@ async fn another_factor_or_a_deletion_needs_the_confirmed_one() {
         token_id: Some("tok_00000000000000bb".into()),
         role: Some(Role::Admin),
         source_addr: None,
+        idp_mfa: false,
     };
     assert!(f.lifecycle.mfa_factors(&admin).await.unwrap().is_empty());
 }

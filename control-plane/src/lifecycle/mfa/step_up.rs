@@ -79,6 +79,16 @@ impl KeyLifecycle {
         if !policy.require_for.contains(&operation) {
             return Ok(());
         }
+        // A web UI session whose identity provider did MFA recently enough (`[oidc]`).
+        if caller.idp_mfa {
+            let detail = json!({ "operation": operation.as_str(), "method": "idp" });
+            let mut tx = self.store.begin().await?;
+            tx.append_audit(&self.event(caller, "mfa.step_up", owner.tenant(), "success", detail))
+                .await?;
+            tx.commit().await?;
+            metrics::counter!("keyward_mfa_step_ups_total", "outcome" => "accepted").increment(1);
+            return Ok(());
+        }
         self.verify_second_factor(caller, &owner, operation.as_str(), proof)
             .await
     }

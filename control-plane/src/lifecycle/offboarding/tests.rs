@@ -13,6 +13,7 @@ fn admin() -> Caller {
         token_id: Some("tok_00000000000000aa".into()),
         role: Some(Role::Admin),
         source_addr: None,
+        idp_mfa: false,
     }
 }
 

@@ -52,6 +52,7 @@ async fn a_request_granted_at_once_whose_certificate_cannot_be_had_is_withdrawn_
         token_id: Some("tok-1".into()),
         role: Some(Role::Tenant(tenant.clone())),
         source_addr: None,
+        idp_mfa: false,
     };
     let ask = AccessAsk {
         tenant: tenant.clone(),
