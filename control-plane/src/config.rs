@@ -670,6 +670,9 @@ impl Config {
         self.audit_export.validate().map_err(ConfigError::Rule)?;
         self.audit_signing.validate().map_err(ConfigError::Rule)?;
         self.oidc.validate().map_err(ConfigError::Rule)?;
+        self.mfa
+            .webauthn_relying_party()
+            .map_err(ConfigError::Rule)?;
         if self.keys.rotation_interval < Duration::from_secs(3600) {
             return rule("keys.rotation_interval must be at least 1h");
         }

@@ -157,9 +157,8 @@ impl ApiError {
                     }
                     DomainError::CertificateRequestInvalid(_)
                     | DomainError::PolicyInvalid(_)
-                    | DomainError::UserCertificateRefused(_) => {
-                        (StatusCode::BAD_REQUEST, "Bad Request")
-                    }
+                    | DomainError::UserCertificateRefused(_)
+                    | DomainError::WebauthnNameInvalid => (StatusCode::BAD_REQUEST, "Bad Request"),
                     DomainError::AlreadyDownloaded { .. } => (StatusCode::GONE, "Gone"),
                     DomainError::KeyRefused(_) => {
                         (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content")
@@ -178,7 +177,9 @@ impl ApiError {
                         (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
                     }
                     DomainError::MfaFactorNotFound(_) => (StatusCode::NOT_FOUND, "Not Found"),
-                    DomainError::MfaFactorConfirmed => (StatusCode::CONFLICT, "Conflict"),
+                    DomainError::MfaFactorConfirmed | DomainError::WebauthnNotConfigured => {
+                        (StatusCode::CONFLICT, "Conflict")
+                    }
                     DomainError::SignInFailed(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
                     DomainError::SignInNoRole => (StatusCode::FORBIDDEN, "Forbidden"),
                     DomainError::IdentityProviderUnavailable => {
@@ -323,7 +324,7 @@ impl IntoResponse for ApiError {
             // Vault answers its step-up MFA likewise: the credential is fine, the factor is not.
             headers.insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("X-Keyward-MFA methods=\"totp recovery\""),
+                HeaderValue::from_static("X-Keyward-MFA methods=\"totp recovery webauthn\""),
             );
         } else if status == StatusCode::UNAUTHORIZED {
             headers.insert(
@@ -537,6 +538,11 @@ mod tests {
                 "mfa_factor_not_found",
             ),
             (DomainError::MfaFactorConfirmed, 409, "mfa_factor_confirmed"),
+            (
+                DomainError::WebauthnNotConfigured,
+                409,
+                "webauthn_not_configured",
+            ),
             (
                 DomainError::ConcurrentModification,
                 409,

@@ -125,8 +125,10 @@ impl std::fmt::Debug for RecoveryCodesView {
 #[serde(rename_all = "camelCase")]
 pub struct MfaFactorView {
     pub id: String,
-    /// `totp`.
+    /// `totp`, or `webauthn` (a security key or passkey: confirmed when registered).
     pub kind: String,
+    /// What its owner called it (security keys; `null` for TOTP).
+    pub name: Option<String>,
     pub created_at: String,
     /// `null` until a first code confirms it; only confirmed factors step up.
     pub confirmed_at: Option<String>,
@@ -139,6 +141,7 @@ impl From<MfaFactor> for MfaFactorView {
         Self {
             id: f.factor_id,
             kind: f.kind,
+            name: f.name,
             created_at: iso8601(f.created_at),
             confirmed_at: f.confirmed_at.map(iso8601),
             last_used_at: f.last_used_at.map(iso8601),

@@ -31,6 +31,7 @@ pub mod hosts_query;
 pub mod live;
 pub mod logins;
 pub mod mfa;
+pub mod mfa_webauthn;
 pub mod offboarding;
 pub mod ops;
 pub mod recordings;
@@ -180,6 +181,14 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         mfa::get_policy,
         mfa::put_policy,
         mfa::delete_policy,
+        mfa_webauthn::tenant_start,
+        mfa_webauthn::tenant_finish,
+        mfa_webauthn::tenant_challenge,
+        mfa_webauthn::tenant_delete,
+        mfa_webauthn::admin_start,
+        mfa_webauthn::admin_finish,
+        mfa_webauthn::admin_challenge,
+        mfa_webauthn::admin_delete,
         recordings::tenant_list,
         recordings::tenant_get,
         recordings::tenant_asciicast,
@@ -564,6 +573,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/mfa/totp/{factor_id}", delete(mfa::admin_delete))
         .route("/mfa/totp/{factor_id}/confirm", post(mfa::admin_confirm))
         .route(
+            "/mfa/webauthn/registrations",
+            post(mfa_webauthn::admin_start),
+        )
+        .route(
+            "/mfa/webauthn/registrations/{factor_id}",
+            post(mfa_webauthn::admin_finish),
+        )
+        .route(
+            "/mfa/webauthn/challenge",
+            post(mfa_webauthn::admin_challenge),
+        )
+        .route(
+            "/mfa/webauthn/{factor_id}",
+            delete(mfa_webauthn::admin_delete),
+        )
+        .route(
             "/secrets/rotate-all",
             post(rotation::rotate_all).get(rotation::list_jobs),
         )
@@ -584,6 +609,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/api/v1/tenant/mfa/totp/{factor_id}/confirm",
             post(mfa::tenant_confirm),
+        )
+        .route(
+            "/api/v1/tenant/mfa/webauthn/registrations",
+            post(mfa_webauthn::tenant_start),
+        )
+        .route(
+            "/api/v1/tenant/mfa/webauthn/registrations/{factor_id}",
+            post(mfa_webauthn::tenant_finish),
+        )
+        .route(
+            "/api/v1/tenant/mfa/webauthn/challenge",
+            post(mfa_webauthn::tenant_challenge),
+        )
+        .route(
+            "/api/v1/tenant/mfa/webauthn/{factor_id}",
+            delete(mfa_webauthn::tenant_delete),
         )
         .route("/api/v1/agent/enroll", post(hosts::enroll))
         .route("/api/v1/whoami", get(ui::whoami))

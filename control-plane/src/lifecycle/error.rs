@@ -120,6 +120,12 @@ pub enum DomainError {
     MfaFactorNotFound(String),
     #[error("the second factor is already confirmed")]
     MfaFactorConfirmed,
+    #[error(
+        "this deployment has no WebAuthn relying party: security keys need [mfa] webauthn_origin"
+    )]
+    WebauthnNotConfigured,
+    #[error("a security key's name is 1 to 64 characters of text (no control characters)")]
+    WebauthnNameInvalid,
     #[error("the key set changed concurrently; retry the request")]
     ConcurrentModification,
     #[error("bulk rotation job {job_id} is running; follow it or wait until it ends")]
@@ -163,9 +169,10 @@ impl DomainError {
             HostExists(_) => "host_exists",
             TokenNotFound(_) => "token_not_found",
             EnrollmentTokenInvalid => "enrollment_token_invalid",
-            CertificateRequestInvalid(_) | PolicyInvalid(_) | UserCertificateRefused(_) => {
-                "invalid_body"
-            }
+            CertificateRequestInvalid(_)
+            | PolicyInvalid(_)
+            | UserCertificateRefused(_)
+            | WebauthnNameInvalid => "invalid_body",
             KeyDenied => "key_denied",
             CertificateNotFound(_) => "certificate_not_found",
             CertificatesNotConfigured => "certificates_not_configured",
@@ -189,6 +196,7 @@ impl DomainError {
             MfaLocked { .. } => "mfa_locked",
             MfaFactorNotFound(_) => "mfa_factor_not_found",
             MfaFactorConfirmed => "mfa_factor_confirmed",
+            WebauthnNotConfigured => "webauthn_not_configured",
             ConcurrentModification => "concurrent_modification",
             RotationInProgress { .. } => "rotation_in_progress",
             JobNotFound(_) => "rotation_job_not_found",

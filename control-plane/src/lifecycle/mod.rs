@@ -54,7 +54,10 @@ pub use error::DomainError;
 pub use grants::{AccessAsk, Decision, Grant};
 pub use group_commit::GroupCommit;
 pub use key_pool::KeyPool;
-pub use mfa::{METHODS as MFA_METHODS, MfaFactor, MfaOwner, MfaPolicy, MfaProof, TotpEnrolment};
+pub use mfa::{
+    METHODS as MFA_METHODS, MfaFactor, MfaOwner, MfaPolicy, MfaProof, TotpEnrolment, WebauthnKey,
+    WebauthnRegistration,
+};
 pub use offboarding::{OffboardingHostStatus, OffboardingPending, OffboardingStatus};
 pub use policy::{PolicySource, RotationPolicy};
 pub use records::IssuedCertificate;

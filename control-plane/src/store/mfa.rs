@@ -19,8 +19,11 @@ pub struct MfaFactorRecord {
     pub factor_id: String,
     /// `tenant:{tenant_id}` or `admin:{token_id}`.
     pub owner: String,
-    /// `totp`.
+    /// `totp` or `webauthn` (a security key, `mfa_webauthn_credentials`, listed here with the
+    /// TOTP factors: always confirmed, no seed, its signature counter as `last_step`).
     pub kind: String,
+    /// What its owner called it (security keys).
+    pub name: Option<String>,
     /// base64 of nonce, ciphertext and tag.
     pub sealed_seed: String,
     /// The last RFC 6238 time step accepted (0: none yet).
@@ -44,13 +47,20 @@ pub struct MfaPolicyRecord {
 const FACTOR_COLUMNS: &str = "f.factor_id, f.owner, f.kind, f.sealed_seed, f.last_step, \
      f.created_at, f.confirmed_at, f.last_used_at, \
      (SELECT COUNT(*) FROM mfa_recovery_codes r \
-      WHERE r.factor_id = f.factor_id AND r.used_at IS NULL) AS recovery_codes_left";
+      WHERE r.factor_id = f.factor_id AND r.used_at IS NULL) AS recovery_codes_left, \
+     CAST(NULL AS TEXT) AS name";
+
+/// Security keys in the shape of [`FACTOR_COLUMNS`].
+const WEBAUTHN_FACTOR_COLUMNS: &str = "w.factor_id, w.owner, 'webauthn' AS kind, \
+     '' AS sealed_seed, w.sign_count AS last_step, w.created_at, w.created_at AS confirmed_at, \
+     w.last_used_at, 0 AS recovery_codes_left, w.name";
 
 fn factor_from_row(row: &AnyRow) -> Result<MfaFactorRecord, StoreError> {
     Ok(MfaFactorRecord {
         factor_id: get(row, "factor_id")?,
         owner: get(row, "owner")?,
         kind: get(row, "kind")?,
+        name: get(row, "name")?,
         sealed_seed: get(row, "sealed_seed")?,
         last_step: get(row, "last_step")?,
         created_at: time(row, "created_at")?,
@@ -61,11 +71,12 @@ fn factor_from_row(row: &AnyRow) -> Result<MfaFactorRecord, StoreError> {
 }
 
 impl Store {
-    /// The owner's factors, oldest first.
+    /// The owner's factors (TOTP and security keys), oldest first.
     pub async fn mfa_factors(&self, owner: &str) -> Result<Vec<MfaFactorRecord>, StoreError> {
         sqlx::query(&format!(
             "SELECT {FACTOR_COLUMNS} FROM mfa_factors f WHERE f.owner = $1 \
-             ORDER BY f.created_at, f.factor_id"
+             UNION ALL SELECT {WEBAUTHN_FACTOR_COLUMNS} FROM mfa_webauthn_credentials w \
+             WHERE w.owner = $1 ORDER BY created_at, factor_id"
         ))
         .bind(owner)
         .fetch_all(&self.pool)
@@ -237,12 +248,24 @@ impl WriteTx {
         Ok(used.then_some(factor_id))
     }
 
-    /// Deletes a factor of `owner` and its recovery codes; false when it does not exist.
+    /// Deletes a factor of `owner` (a TOTP factor and its recovery codes, or a security key);
+    /// false when it does not exist.
     pub async fn delete_mfa_factor(
         &mut self,
         owner: &str,
         factor_id: &str,
     ) -> Result<bool, StoreError> {
+        let key =
+            sqlx::query("DELETE FROM mfa_webauthn_credentials WHERE factor_id = $1 AND owner = $2")
+                .bind(factor_id)
+                .bind(owner)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query_error("deleting a security key"))?
+                .rows_affected();
+        if key == 1 {
+            return Ok(true);
+        }
         sqlx::query("DELETE FROM mfa_recovery_codes WHERE factor_id = $1 AND owner = $2")
             .bind(factor_id)
             .bind(owner)
@@ -273,6 +296,10 @@ impl WriteTx {
                 "DELETE FROM mfa_failures WHERE owner = $1",
                 "deleting failed step-ups",
             ),
+            (
+                "DELETE FROM mfa_webauthn_ceremonies WHERE owner = $1",
+                "deleting WebAuthn ceremonies",
+            ),
         ] {
             sqlx::query(statement)
                 .bind(owner)
@@ -280,12 +307,19 @@ impl WriteTx {
                 .await
                 .map_err(query_error(what))?;
         }
-        Ok(sqlx::query("DELETE FROM mfa_factors WHERE owner = $1")
+        let keys = sqlx::query("DELETE FROM mfa_webauthn_credentials WHERE owner = $1")
             .bind(owner)
             .execute(&mut *self.tx)
             .await
-            .map_err(query_error("deleting second factors"))?
-            .rows_affected())
+            .map_err(query_error("deleting security keys"))?
+            .rows_affected();
+        Ok(keys
+            + sqlx::query("DELETE FROM mfa_factors WHERE owner = $1")
+                .bind(owner)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(query_error("deleting second factors"))?
+                .rows_affected())
     }
 
     /// Counts a failed step-up of `owner`: a window that began at or before `window_floor` is

@@ -31,6 +31,7 @@ mod key_registration_policies;
 mod key_sets;
 mod logins;
 mod mfa;
+mod mfa_webauthn;
 mod notifications;
 mod offboarding;
 mod recordings;
@@ -57,6 +58,7 @@ pub use key_registration_policies::KeyRegistrationPolicyRecord;
 pub use key_sets::{KeySetRecord, KeyState};
 pub use logins::{DayCount, KeyUsage, LoginFilter, LoginRecord, NewLogin, UnmanagedUse};
 pub use mfa::{MfaFactorRecord, MfaPolicyRecord};
+pub use mfa_webauthn::{CeremonyKind, CeremonyRecord, TakenCeremony, WebauthnCredentialRecord};
 pub use notifications::{MAX_PAYLOAD_BYTES, Notifications};
 pub use offboarding::{OffboardingHost, OffboardingRecord, OffboardingStep};
 pub use recordings::{

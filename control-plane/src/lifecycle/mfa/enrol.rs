@@ -21,7 +21,7 @@ pub const MAX_FACTORS: usize = 5;
 pub const ENROLMENT_TTL: chrono::Duration = chrono::Duration::minutes(15);
 
 /// Whether `factor` is an enrolment left unconfirmed past [`ENROLMENT_TTL`] at `now`.
-fn abandoned(factor: &MfaFactorRecord, now: DateTime<Utc>) -> bool {
+pub(super) fn abandoned(factor: &MfaFactorRecord, now: DateTime<Utc>) -> bool {
     factor.confirmed_at.is_none() && now - factor.created_at > ENROLMENT_TTL
 }
 /// What authenticator apps show as the issuer.
@@ -48,6 +48,7 @@ impl std::fmt::Debug for TotpEnrolment {
 pub struct MfaFactor {
     pub factor_id: String,
     pub kind: String,
+    pub name: Option<String>,
     pub created_at: DateTime<Utc>,
     pub confirmed_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -59,6 +60,7 @@ impl From<MfaFactorRecord> for MfaFactor {
         Self {
             factor_id: r.factor_id,
             kind: r.kind,
+            name: r.name,
             created_at: r.created_at,
             confirmed_at: r.confirmed_at,
             last_used_at: r.last_used_at,
@@ -67,12 +69,12 @@ impl From<MfaFactorRecord> for MfaFactor {
     }
 }
 
-fn owner_of(caller: &Caller) -> Result<MfaOwner, DomainError> {
+pub(super) fn owner_of(caller: &Caller) -> Result<MfaOwner, DomainError> {
     MfaOwner::of(caller).ok_or(DomainError::Internal)
 }
 
 /// A factor id: `mfa_` and 64 random bits.
-fn new_factor_id() -> String {
+pub(super) fn new_factor_id() -> String {
     format!("mfa_{}", hex::encode(rand::random::<[u8; 8]>()))
 }
 
@@ -140,6 +142,7 @@ impl KeyLifecycle {
             factor_id: factor_id.clone(),
             owner: key.clone(),
             kind: "totp".to_owned(),
+            name: None,
             sealed_seed: sealed,
             last_step: 0,
             created_at: now,

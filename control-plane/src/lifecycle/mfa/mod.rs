@@ -1,7 +1,8 @@
 //! Multi-factor step-up for sensitive operations (issue #17): TOTP second factors, their
 //! recovery codes, and the check that a request for an operation the policy names carries a
 //! fresh code of its principal's (`X-Keyward-MFA: totp:123456` or `recovery:CODE`, as Vault's
-//! step-up MFA takes `X-Vault-MFA`).
+//! step-up MFA takes `X-Vault-MFA`), or a security key's signed answer to a step-up challenge
+//! (`webauthn:<base64url of the assertion's JSON>`, [`webauthn`]).
 //!
 //! Whose factor: the principal a token acts for ([`MfaOwner`]). A tenant's factors are the
 //! tenant's: any of its tokens steps up with them. An admin's belong to the admin token that
@@ -33,9 +34,11 @@ mod scenarios;
 pub mod seal;
 mod step_up;
 pub mod totp;
+pub mod webauthn;
 
 pub use enrol::{MfaFactor, TotpEnrolment};
 pub use policy::MfaPolicy;
+pub use webauthn::{WebauthnKey, WebauthnRegistration};
 
 /// The principal whose factors a request steps up with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +98,8 @@ impl MfaProof {
             Proof::Totp(code.trim())
         } else if let Some(code) = value.strip_prefix("recovery:") {
             Proof::Recovery(code.trim())
+        } else if let Some(assertion) = value.strip_prefix("webauthn:") {
+            Proof::Webauthn(assertion.trim())
         } else {
             Proof::Malformed
         }
@@ -111,6 +116,8 @@ impl fmt::Debug for MfaProof {
 enum Proof<'a> {
     Totp(&'a str),
     Recovery(&'a str),
+    /// base64url of a WebAuthn assertion's JSON.
+    Webauthn(&'a str),
     Malformed,
 }
 
@@ -119,13 +126,14 @@ impl Proof<'_> {
         match self {
             Proof::Totp(_) => "totp",
             Proof::Recovery(_) => "recovery",
+            Proof::Webauthn(_) => "webauthn",
             Proof::Malformed => "unknown",
         }
     }
 }
 
 /// What a step-up can be done with, for the `WWW-Authenticate`-like hint of a refusal.
-pub const METHODS: [&str; 2] = ["totp", "recovery"];
+pub const METHODS: [&str; 3] = ["totp", "recovery", "webauthn"];
 
 #[cfg(test)]
 mod tests {
@@ -146,7 +154,13 @@ mod tests {
             proof("recovery:ABCD-EFGH-IJKL-MNOP").parse(),
             Proof::Recovery("ABCD-EFGH-IJKL-MNOP")
         ));
+        assert!(matches!(
+            proof("webauthn:eyJpZCI6IkFBIn0").parse(),
+            Proof::Webauthn("eyJpZCI6IkFBIn0")
+        ));
+        assert_eq!(proof("webauthn:x").parse().method(), "webauthn");
         assert!(matches!(proof("123456").parse(), Proof::Malformed));
+        assert!(matches!(proof("u2f:abc").parse(), Proof::Malformed));
         assert!(!format!("{:?}", proof("totp:123456")).contains("123456"));
     }
 

@@ -35,6 +35,12 @@ enum Checked {
     Recovery {
         code_hash: String,
     },
+    /// An assertion that reads, and the challenge its client data names (checked in the
+    /// transaction, which takes the challenge).
+    Webauthn {
+        assertion: Box<webauthn_rs::prelude::PublicKeyCredential>,
+        challenge: String,
+    },
     NoMatch,
 }
 
@@ -124,7 +130,7 @@ impl KeyLifecycle {
                 let seal = self.mfa_seal().await?;
                 let now_step = step_of(at);
                 let mut found = Checked::NoMatch;
-                for factor in &factors {
+                for factor in factors.iter().filter(|f| f.kind == "totp") {
                     // A seed that does not open (a row copied from another owner) matches
                     // nothing; `open_seed` logs it.
                     let Ok(seed) = self.open_seed(seal, factor) else {
@@ -144,6 +150,13 @@ impl KeyLifecycle {
                 Some(code_hash) => Checked::Recovery { code_hash },
                 None => Checked::NoMatch,
             },
+            Proof::Webauthn(encoded) => match super::webauthn::parse_assertion(encoded) {
+                Some((assertion, challenge)) => Checked::Webauthn {
+                    assertion: Box::new(assertion),
+                    challenge,
+                },
+                None => Checked::NoMatch,
+            },
             Proof::Malformed => Checked::NoMatch,
         };
 
@@ -161,6 +174,13 @@ impl KeyLifecycle {
                 .use_mfa_recovery_code(&key, &code_hash, at)
                 .await?
                 .ok_or(DomainError::MfaInvalid),
+            Checked::Webauthn {
+                assertion,
+                challenge,
+            } => {
+                self.check_webauthn_assertion(&mut tx, &key, &assertion, &challenge, at)
+                    .await?
+            }
             Checked::NoMatch => Err(DomainError::MfaInvalid),
         };
         match taken {
