@@ -304,6 +304,28 @@ impl Browser {
             .collect()
     }
 
+    /// Plugs a virtual security key into the browser (WebDriver's WebAuthn extension): CTAP2
+    /// over USB, with resident keys and a PIN that is always given. Its id, to remove it.
+    pub async fn add_virtual_authenticator(&self) -> String {
+        let answer = self
+            .client
+            .issue_cmd(VirtualAuthenticator::Add)
+            .await
+            .expect("chromedriver adds a virtual authenticator");
+        answer
+            .as_str()
+            .unwrap_or_else(|| panic!("no authenticator id in {answer}"))
+            .to_owned()
+    }
+
+    /// Unplugs the virtual security key `id`.
+    pub async fn remove_virtual_authenticator(&self, id: &str) {
+        self.client
+            .issue_cmd(VirtualAuthenticator::Remove(id.to_owned()))
+            .await
+            .expect("chromedriver removes the virtual authenticator");
+    }
+
     /// Ends the session (Chromium exits) and chromedriver.
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
@@ -323,5 +345,48 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         self.stop_driver();
+    }
+}
+
+/// WebDriver's WebAuthn extension (Web Authentication, "Automation"), which fantoccini has no
+/// command of its own for.
+#[derive(Debug)]
+enum VirtualAuthenticator {
+    Add,
+    Remove(String),
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for VirtualAuthenticator {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        let session = session_id.unwrap_or_default();
+        match self {
+            Self::Add => base_url.join(&format!("session/{session}/webauthn/authenticator")),
+            Self::Remove(id) => {
+                base_url.join(&format!("session/{session}/webauthn/authenticator/{id}"))
+            }
+        }
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        match self {
+            Self::Add => (
+                http::Method::POST,
+                Some(
+                    json!({
+                        "protocol": "ctap2",
+                        "transport": "usb",
+                        "hasResidentKey": true,
+                        "hasUserVerification": true,
+                        "isUserVerified": true,
+                    })
+                    .to_string(),
+                ),
+            ),
+            Self::Remove(_) => (http::Method::DELETE, None),
+        }
     }
 }

@@ -335,7 +335,10 @@ async fn step_up_story(bao: &OpenBao, database: Database) {
         "{:?}",
         required.headers
     );
-    assert_eq!(required.json()["mfaMethods"], json!(["totp", "recovery"]));
+    assert_eq!(
+        required.json()["mfaMethods"],
+        json!(["totp", "recovery", "webauthn"])
+    );
     let wrong = format!("totp:{}", app.wrong_code());
     call(&cp, Method::POST, DOWNLOAD, &token, None, Some(&wrong))
         .await

@@ -23,7 +23,7 @@ pub(crate) async fn sign_in(browser: &Browser, cp: &ControlPlane, token: &str, s
 }
 
 /// Confirms the page's dialog (its text must mention `says`).
-async fn confirm(browser: &Browser, says: &str) {
+pub(crate) async fn confirm(browser: &Browser, says: &str) {
     browser
         .wait_text("#confirm-text", "the confirmation", |t| t.contains(says))
         .await;
@@ -32,7 +32,7 @@ async fn confirm(browser: &Browser, says: &str) {
 
 /// The key file the page saved once its status line `says` so: its path and its text, an
 /// OpenSSH private key.
-async fn saved_key(browser: &Browser, says: &str) -> (std::path::PathBuf, String) {
+pub(crate) async fn saved_key(browser: &Browser, says: &str) -> (std::path::PathBuf, String) {
     let file = browser.downloaded("tenant-ssh-key.pem").await;
     browser
         .wait_text("#download-status", "the download's confirmation", |t| {
