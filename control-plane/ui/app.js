@@ -66,21 +66,27 @@ function renderChrome(route) {
   }
 }
 
-/** The identity provider's sign-in, when the server offers one (null otherwise). */
-async function signInOptions() {
-  try {
-    const response = await fetch('/api/v1/sign-in-options', { cache: 'no-store' });
-    return response.ok ? (await response.json()).oidc : null;
-  } catch {
-    return null;
-  }
+/**
+ * How one may sign in besides a token: `{ oidc, sessionCookie }` (the provider's button, and
+ * whether the browser holds a session cookie). Asked once per page load.
+ */
+let options;
+function signInOptions() {
+  options ??= fetch('/api/v1/sign-in-options', { cache: 'no-store', credentials: 'same-origin' })
+    .then((response) => (response.ok ? response.json() : {}))
+    .catch(() => ({}));
+  return options;
 }
 
-/** A cookie session the identity provider's sign-in left, if any. */
+/**
+ * A cookie session the identity provider's sign-in left, if any. Asked only when the browser
+ * holds a session cookie, and only once: a session that ended is then told on the sign-in page.
+ */
 let probed = false;
 async function cookieSession() {
   if (probed) return false;
   probed = true;
+  if (!(await signInOptions()).sessionCookie) return false;
   try {
     const response = await fetch('/api/v1/session', { cache: 'no-store', credentials: 'same-origin' });
     if (!response.ok) return false;
@@ -128,7 +134,7 @@ function signInPage() {
     }
   });
   const page = [h('h1', {}, 'Sign in'), form];
-  signInOptions().then((oidc) => {
+  signInOptions().then(({ oidc }) => {
     if (!oidc || !form.isConnected) return;
     form.before(h('p', { class: 'actions' },
       h('a', { id: 'oidc-signin', class: 'button', href: oidc.loginUrl }, `Sign in with ${oidc.displayName}`)),

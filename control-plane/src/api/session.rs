@@ -309,6 +309,10 @@ pub async fn session(
 #[serde(rename_all = "camelCase")]
 pub struct SignInOptions {
     pub oidc: Option<OidcOption>,
+    /// Whether this request carried a session cookie (its value unchecked): only then does the
+    /// page ask `GET /api/v1/session` who signed in, so that a page signed in by token never
+    /// makes a call bound to fail.
+    pub session_cookie: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -323,12 +327,18 @@ pub struct OidcOption {
 /// How one can sign in to the web UI (besides pasting an API token).
 #[utoipa::path(get, path = "/api/v1/sign-in-options", tag = "web", security(()),
     responses((status = 200, body = SignInOptions)))]
-pub async fn sign_in_options(State(state): State<AppState>) -> Json<SignInOptions> {
+pub async fn sign_in_options(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Json<SignInOptions> {
+    let oidc = state.oidc.as_deref().map(|rp| OidcOption {
+        display_name: rp.config().display_name.clone(),
+        login_url: "/auth/oidc/login",
+    });
+    let session_cookie = oidc.is_some() && cookie(&headers, SESSION_COOKIE).is_some();
     Json(SignInOptions {
-        oidc: state.oidc.as_deref().map(|rp| OidcOption {
-            display_name: rp.config().display_name.clone(),
-            login_url: "/auth/oidc/login",
-        }),
+        oidc,
+        session_cookie,
     })
 }
 

@@ -182,6 +182,19 @@ async fn oidc_sign_in_maps_roles_keeps_tenants_apart_and_signs_out() {
     assert!(who.contains(&s.tenant_a), "{who}");
     browser.screenshot("oidc-tenant").await;
     let alice = browser_session(&browser).await;
+    // The page asks who signed in only when the browser holds a session cookie.
+    for (headers, held) in [
+        (vec![], false),
+        (vec![("cookie", cookie_header(&alice))], true),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let options = cp
+            .request_with_headers(Method::GET, "/api/v1/sign-in-options", &headers, None)
+            .await;
+        assert_eq!(options.status, 200, "{}", options.text());
+        assert_eq!(options.json()["sessionCookie"], held, "{}", options.text());
+        assert_eq!(options.json()["oidc"]["loginUrl"], "/auth/oidc/login");
+    }
     let (status, me) = session_of(cp, &alice).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["role"], "tenant");
