@@ -9,7 +9,8 @@
 //! cannot use it; the deployment's list makes admins step up for rotate-all, revoking the admin
 //! key or a host, and regenerating. The seed is sealed in SQL (a row moved to another tenant
 //! opens for no one) and is in no database file, audit event or log line; nor are the codes.
-//! Offboarding a tenant deletes its factors.
+//! Offboarding a tenant deletes its factors. With `issue_token` in the list, each token an admin
+//! issues takes a fresh factor of its own.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -660,4 +661,81 @@ async fn step_up_story(bao: &OpenBao, database: Database) {
     }
     let verify = cp.admin_get("/api/v1/admin/audit/verify").await;
     assert_eq!(verify.status, 200, "{}", verify.text());
+}
+
+/// Issuing a token is a sensitive operation: with `issue_token` in the deployment's list an
+/// admin steps up for each token it issues (a code is taken once), another admin token without
+/// a factor cannot issue one at all, and each step-up is audited with the operation.
+#[tokio::test]
+async fn issuing_a_token_needs_the_admins_fresh_second_factor() {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_with(
+        &bao,
+        keyward_tests::control_plane::Options {
+            database: Database::Sqlite,
+            algorithm: KeyAlgorithm::Ed25519,
+            configure: Some(|c| {
+                c.mfa.require_for = vec![keyward_server::config::SensitiveOperation::IssueToken];
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    const TOKENS: &str = "/api/v1/admin/tokens";
+    let tenant = unique_tenant("mfa-tok");
+    cp.create_tenant(&tenant).await;
+    let body = json!({ "role": "tenant", "tenantId": tenant, "label": "laptop" });
+    let issue = |mfa: Option<String>| {
+        let (cp, body) = (&cp, body.clone());
+        async move {
+            call(
+                cp,
+                Method::POST,
+                TOKENS,
+                &cp.admin_token,
+                Some(body),
+                mfa.as_deref(),
+            )
+            .await
+        }
+    };
+
+    // No factor yet: the operation cannot be stepped up for at all.
+    issue(None).await.assert_problem(403, "mfa_not_enrolled");
+    let (_, mut app, recovery, _) = enrol(&cp, "/api/v1/admin/mfa", &cp.admin_token).await;
+    issue(None).await.assert_problem(401, "mfa_required");
+    issue(Some(format!("totp:{}", app.wrong_code())))
+        .await
+        .assert_problem(401, "mfa_invalid");
+
+    // A fresh code issues one token, which works; the same code does not issue a second.
+    let code = format!("totp:{}", app.fresh_code().await);
+    let issued = issue(Some(code.clone())).await;
+    assert_eq!(issued.status, 201, "{}", issued.text());
+    let token = issued.json()["token"].as_str().unwrap().to_owned();
+    let mine = cp.tenant_call(&token, Method::GET, "").await;
+    assert_eq!(mine.status, 200, "{}", mine.text());
+    issue(Some(code)).await.assert_problem(401, "mfa_replayed");
+    let rescued = issue(Some(format!("recovery:{}", recovery[0]))).await;
+    assert_eq!(rescued.status, 201, "{}", rescued.text());
+
+    // Audited: two step-ups for issue_token, by TOTP and by recovery code.
+    let audit = cp
+        .admin_get("/api/v1/admin/audit?action=mfa.step_up&limit=100")
+        .await;
+    assert_eq!(audit.status, 200, "{}", audit.text());
+    let mut methods: Vec<String> = audit.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "success" && e["detail"]["operation"] == "issue_token")
+        .map(|e| {
+            e["detail"]["method"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    methods.sort();
+    assert_eq!(methods, ["recovery", "totp"], "{}", audit.text());
 }
