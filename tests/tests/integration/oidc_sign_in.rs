@@ -3,7 +3,8 @@
 //! over plain HTTP: role mapping from the ID token's claims, a tenant who cannot see another,
 //! the cookie session and its CSRF check, sign-out that ends the session server-side, idle
 //! expiry, forged ID tokens and replayed callbacks refused, and the provider's MFA standing for
-//! the download step-up.
+//! the download step-up. The sign-in state and sessions are SQL rows: the expiry and replay test
+//! runs on PostgreSQL, the others on SQLite.
 //!
 //! The control plane serves plain HTTP on 127.0.0.1 here: Chromium treats loopback as a secure
 //! context and keeps the `Secure` (and `__Host-`) session cookie it sets.
@@ -30,9 +31,9 @@ struct Setup {
     tenant_b: String,
 }
 
-/// A provider with these users (claims reference tenants `{A}` and `{B}`) and a control plane
-/// signed in to it; `idle` is the session idle timeout.
-async fn setup(users: &[(&'static str, IdpUser)], idle: Duration) -> Setup {
+/// A provider with these users (claims reference tenants `{A}` and `{B}`) and a control plane on
+/// `database` signed in to it; `idle` is the session idle timeout.
+async fn setup(database: Database, users: &[(&'static str, IdpUser)], idle: Duration) -> Setup {
     let bao = OpenBao::start().await;
     let tenant_a = unique_tenant("oidc-a");
     let tenant_b = unique_tenant("oidc-b");
@@ -57,7 +58,7 @@ async fn setup(users: &[(&'static str, IdpUser)], idle: Duration) -> Setup {
     let cp = ControlPlane::start_with(
         &bao,
         Options {
-            database: Database::Sqlite,
+            database,
             algorithm: keyward_common::KeyAlgorithm::Ed25519,
             listen,
             oidc: Some(oidc),
@@ -143,6 +144,7 @@ async fn audited(cp: &ControlPlane, action: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_sign_in_maps_roles_keeps_tenants_apart_and_signs_out() {
     let s = setup(
+        Database::Sqlite,
         &[
             (
                 "alice",
@@ -385,6 +387,7 @@ async fn oidc_sign_in_maps_roles_keeps_tenants_apart_and_signs_out() {
 async fn oidc_sessions_expire_and_forged_or_replayed_callbacks_are_refused() {
     let idle = Duration::from_secs(3);
     let s = setup(
+        Database::Postgres,
         &[
             ("alice", IdpUser::new(json!({"keyward_tenant": "{A}"}))),
             (
@@ -508,6 +511,7 @@ async fn http_session(cp: &ControlPlane, login: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_mfa_at_the_provider_stands_for_the_download_step_up() {
     let s = setup(
+        Database::Sqlite,
         &[
             (
                 "carol",
