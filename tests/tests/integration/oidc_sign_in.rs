@@ -2,8 +2,8 @@
 //! Provider (npm `oidc-provider`, `tests/oidc-provider/`) on loopback, in headless Chromium and
 //! over plain HTTP: role mapping from the ID token's claims, a tenant who cannot see another,
 //! the cookie session and its CSRF check, sign-out that ends the session server-side, idle
-//! expiry, forged ID tokens and replayed callbacks refused, and the provider's MFA standing for
-//! the download step-up. The sign-in state and sessions are SQL rows: the expiry and replay test
+//! expiry, forged ID tokens and replayed callbacks refused, the provider's MFA standing for the
+//! download step-up, and without it the page's prompt for the tenant's own factor. The sign-in state and sessions are SQL rows: the expiry and replay test
 //! runs on PostgreSQL, the others on SQLite.
 //!
 //! The control plane serves plain HTTP on 127.0.0.1 here: Chromium treats loopback as a secure
@@ -304,6 +304,40 @@ async fn oidc_sign_in_maps_roles_keeps_tenants_apart_and_signs_out() {
             .any(|e| e["action"] == "web.sign_in" && e["outcome"] == "success"),
         "{events:?}"
     );
+
+    // The provider said nothing of MFA for Alice: a download the tenant's policy guards asks
+    // for the tenant's own factor in the page, and the cookie session steps up with it.
+    let (_, mut app, _, _) = super::mfa_totp::enrol(cp, "/api/v1/tenant/mfa", &token_a).await;
+    let policy = cp
+        .request(
+            Method::PUT,
+            &format!("/api/v1/admin/tenants/{}/mfa-policy", s.tenant_a),
+            Some(&cp.admin_token),
+            Some(json!({ "requireFor": ["download"] })),
+        )
+        .await;
+    assert_eq!(policy.status, 200, "{}", policy.text());
+    browser.click("#download").await;
+    super::web_ui::confirm(&browser, "handed out once").await;
+    browser
+        .wait_text("#step-up-text", "the prompt for a code", |t| {
+            t.contains("authenticator app")
+        })
+        .await;
+    browser
+        .type_into("#step-up-code", &app.fresh_code().await)
+        .await;
+    browser.click("#step-up-ok").await;
+    let (_, key) = super::web_ui::saved_key(&browser, "Downloaded").await;
+    assert!(key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    let events = cp.audit_of(&s.tenant_a).await;
+    let step_up = events
+        .iter()
+        .find(|e| e["action"] == "mfa.step_up" && e["outcome"] == "success")
+        .unwrap_or_else(|| panic!("no step-up in {events:#?}"));
+    assert_eq!(step_up["detail"]["method"], "totp", "{step_up}");
+    assert_eq!(step_up["detail"]["operation"], "download", "{step_up}");
+    assert_eq!(step_up["actorTokenId"], me["principal"], "{step_up}");
 
     // Sign-out in the page ends the session on the server: the old cookie is refused.
     browser.click("#signout").await;
