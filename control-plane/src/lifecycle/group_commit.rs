@@ -1,12 +1,13 @@
-//! Group commit for bulk rotations: many key sets' replacements in one SQL transaction.
+//! Group commit for bulk rotations: many key sets' replacements (or tenant secrets' rotations)
+//! in one SQL transaction.
 //!
-//! A rotate-all replaces two key sets per tenant. One transaction each costs a commit each (a
+//! A rotate-all replaces two key sets per tenant (or its SMTP credentials or DKIM key). One transaction each costs a commit each (a
 //! synced write on SQLite and PostgreSQL alike) under the audit log's lock (on SQLite, the one
 //! writer), so the job ran at the pace of serialised commits. Here the order stays the one every
 //! replacement follows — the new key in Vault first, then SQL — but the SQL part of every
 //! replacement ready at that moment goes into one transaction, up to [`MAX_BATCH`] tenants:
 //!
-//! - Each replacement keeps its own audit event (the tenant's own audit view lists it), its key
+//! - Each replacement or rotation keeps its own audit event (the tenant's own audit view lists it), its key
 //!   history row and its job-queue record; only the transaction is shared.
 //! - Each is written inside a savepoint: one that conflicts (another replica rotated the key set)
 //!   or fails is undone alone and its caller gets its error, the others commit.
@@ -26,23 +27,38 @@ use std::sync::Arc;
 use keyward_common::{KeyKind, TenantId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::secrets::SecretReplacement;
 use super::{DomainError, KeyLifecycle, Prepared, Replace, Replacement, Trigger};
 use crate::caller::Caller;
 use crate::changes::Change;
-use crate::store::KeySetRecord;
+use crate::store::{KeySetRecord, TenantSecretRecord, WriteTx};
 
 /// Most tenants in one transaction (each with its key sets: 128 SSH key sets): enough that a
 /// 10,000-tenant job commits a few hundred times instead of 20,000, few enough that a transaction
 /// (which holds the audit log's lock) stays in the tens of milliseconds.
 pub const MAX_BATCH: usize = 64;
 
-/// A replacement waiting for its commit, with where its outcome goes.
+/// What waits for its SQL part: written to Vault already.
+#[derive(Debug)]
+enum Staged {
+    Key(Box<Replacement>),
+    Secret(SecretReplacement),
+}
+
+/// What a staged write became once committed.
+#[derive(Debug)]
+enum Committed {
+    Key(KeySetRecord),
+    Secret(TenantSecretRecord),
+}
+
+/// A staged write waiting for its commit, with where its outcome goes.
 #[derive(Debug)]
 struct Pending {
-    replacement: Replacement,
+    staged: Staged,
     caller: Caller,
     trigger: Trigger,
-    outcome: oneshot::Sender<Result<KeySetRecord, DomainError>>,
+    outcome: oneshot::Sender<Result<Committed, DomainError>>,
 }
 
 /// One tenant's replacements: committed in the same transaction, so that its hosts get one new
@@ -70,20 +86,20 @@ impl GroupCommit {
         Self { queue, committer }
     }
 
-    /// Commits `replacements` in one transaction (with other tenants'), each in a savepoint:
-    /// their outcomes, in their order.
+    /// Commits `staged` in one transaction (with other tenants'), each in a savepoint: their
+    /// outcomes, in their order.
     async fn commit_together(
         &self,
-        replacements: Vec<Replacement>,
+        staged: Vec<Staged>,
         caller: &Caller,
         trigger: &Trigger,
-    ) -> Vec<Result<KeySetRecord, DomainError>> {
-        let mut unit = Vec::with_capacity(replacements.len());
-        let mut answers = Vec::with_capacity(replacements.len());
-        for replacement in replacements {
+    ) -> Vec<Result<Committed, DomainError>> {
+        let mut unit = Vec::with_capacity(staged.len());
+        let mut answers = Vec::with_capacity(staged.len());
+        for staged in staged {
             let (outcome, answer) = oneshot::channel();
             unit.push(Pending {
-                replacement,
+                staged,
                 caller: caller.clone(),
                 trigger: trigger.clone(),
                 outcome,
@@ -99,6 +115,23 @@ impl GroupCommit {
             });
         }
         outcomes
+    }
+
+    /// Commits a tenant secret's rotation, written to Vault already, with the others ready.
+    pub(super) async fn commit_secret(
+        &self,
+        replacement: SecretReplacement,
+        caller: &Caller,
+        trigger: &Trigger,
+    ) -> Result<TenantSecretRecord, DomainError> {
+        let committed = self
+            .commit_together(vec![Staged::Secret(replacement)], caller, trigger)
+            .await;
+        match committed.into_iter().next() {
+            Some(Ok(Committed::Secret(record))) => Ok(record),
+            Some(Err(e)) => Err(e),
+            Some(Ok(Committed::Key(_))) | None => Err(DomainError::Internal),
+        }
     }
 }
 
@@ -144,7 +177,7 @@ impl KeyLifecycle {
                 match prepared {
                     Ok(Prepared::Unchanged(old)) => *outcome = Some(Ok(old)),
                     Ok(Prepared::Ready(replacement)) => {
-                        ready.push(replacement);
+                        ready.push(Staged::Key(Box::new(replacement)));
                         ready_at.push(at);
                     }
                     Err(e) => *outcome = Some(Err(e)),
@@ -154,7 +187,11 @@ impl KeyLifecycle {
                 let committed = group.commit_together(ready, caller, trigger).await;
                 for (at, result) in ready_at.into_iter().zip(committed) {
                     if let Some(outcome) = outcomes.get_mut(at) {
-                        *outcome = Some(result);
+                        *outcome = Some(match result {
+                            Ok(Committed::Key(record)) => Ok(record),
+                            Ok(Committed::Secret(_)) => Err(DomainError::Internal),
+                            Err(e) => Err(e),
+                        });
                     }
                 }
             }
@@ -167,7 +204,21 @@ impl KeyLifecycle {
         results
     }
 
-    /// Commits `batch` in one transaction, each replacement in a savepoint, and tells each
+    /// Writes one staged write's SQL part in `tx`.
+    async fn apply_staged(&self, tx: &mut WriteTx, pending: &Pending) -> Result<(), DomainError> {
+        let (caller, trigger) = (&pending.caller, &pending.trigger);
+        match &pending.staged {
+            Staged::Key(replacement) => {
+                self.apply_replacement(tx, caller, replacement, trigger)
+                    .await
+            }
+            Staged::Secret(replacement) => {
+                self.apply_secret(tx, caller, replacement, trigger).await
+            }
+        }
+    }
+
+    /// Commits `batch` in one transaction, each staged write in a savepoint, and tells each
     /// caller its outcome; falls back to one transaction each when the shared one fails.
     async fn commit_batch(&self, batch: Vec<Pending>) {
         let outcomes = async {
@@ -175,14 +226,7 @@ impl KeyLifecycle {
             let mut outcomes = Vec::with_capacity(batch.len());
             for pending in &batch {
                 tx.savepoint().await?;
-                let applied = self
-                    .apply_replacement(
-                        &mut tx,
-                        &pending.caller,
-                        &pending.replacement,
-                        &pending.trigger,
-                    )
-                    .await;
+                let applied = self.apply_staged(&mut tx, pending).await;
                 match applied {
                     Ok(()) => tx.release_savepoint().await?,
                     Err(_) => tx.rollback_to_savepoint().await?,
@@ -193,15 +237,18 @@ impl KeyLifecycle {
             Ok::<_, DomainError>(outcomes)
         }
         .await;
-        // Each tenant whose key sets changed is announced once, however many changed.
+        // Each tenant whose key sets changed is announced once, however many changed; tenant
+        // secrets are on no host.
         let mut changed: Vec<TenantId> = Vec::new();
         let mut answer = |pending: Pending, applied: Result<(), DomainError>| {
-            let outcome = applied.map(|()| {
-                let tenant = pending.replacement.tenant.clone();
-                if !changed.contains(&tenant) {
-                    changed.push(tenant);
+            let outcome = applied.map(|()| match pending.staged {
+                Staged::Key(replacement) => {
+                    if !changed.contains(&replacement.tenant) {
+                        changed.push(replacement.tenant.clone());
+                    }
+                    Committed::Key(self.replaced(*replacement))
                 }
-                self.replaced(pending.replacement)
+                Staged::Secret(replacement) => Committed::Secret(self.secret_replaced(replacement)),
             });
             let _ = pending.outcome.send(outcome);
         };
@@ -215,9 +262,13 @@ impl KeyLifecycle {
             Err(e) => {
                 tracing::warn!(error = %e, replacements = batch.len(), "a group commit failed; committing its replacements one by one");
                 for pending in batch {
-                    let applied = self
-                        .commit_replacement(&pending.caller, &pending.replacement, &pending.trigger)
-                        .await;
+                    let applied = async {
+                        let mut tx = self.store.begin().await?;
+                        self.apply_staged(&mut tx, &pending).await?;
+                        tx.commit().await?;
+                        Ok(())
+                    }
+                    .await;
                     answer(pending, applied);
                 }
             }
@@ -287,7 +338,7 @@ mod tests {
             };
             let (outcome, answer) = oneshot::channel();
             batch.push(Pending {
-                replacement,
+                staged: Staged::Key(Box::new(replacement)),
                 caller: caller.clone(),
                 trigger,
                 outcome,
@@ -299,7 +350,10 @@ mod tests {
 
         let mut outcomes = Vec::new();
         for answer in answers {
-            outcomes.push(answer.await.unwrap().map(|set| set.generation));
+            outcomes.push(answer.await.unwrap().map(|committed| match committed {
+                Committed::Key(set) => set.generation,
+                Committed::Secret(_) => unreachable!("a key set was staged"),
+            }));
         }
         assert!(matches!(outcomes[0], Ok(2)), "{outcomes:?}");
         assert!(
@@ -381,6 +435,73 @@ mod tests {
             .filter(|e| e.action == "key.rotate" && e.outcome == "success")
             .count();
         assert_eq!(rotations, ids.len() * 2);
+        assert!(lifecycle.store().verify_audit_chain().await.unwrap().ok);
+    }
+
+    /// SMTP rotations of many tenants through one committer: each committed once with its own
+    /// audit event, none announced to hosts, and a rotation over a generation that moved
+    /// meanwhile is a conflict that writes nothing.
+    #[tokio::test]
+    async fn secret_rotations_through_one_committer_commit_once_and_conflicts_write_nothing() {
+        use crate::lifecycle::TenantSecretKind;
+        let f = fixture().await;
+        let ids = tenants(&f, 6).await;
+        f.changes.take();
+        let lifecycle = Arc::new(f.lifecycle);
+        let group = GroupCommit::start(Arc::clone(&lifecycle));
+        let caller = Caller::system();
+        for round in 1..=2 {
+            let calls = ids.iter().map(|tenant| {
+                lifecycle.rotate_secret_grouped(
+                    &group,
+                    &caller,
+                    tenant,
+                    TenantSecretKind::Smtp,
+                    &Trigger::Request,
+                )
+            });
+            for record in futures::future::join_all(calls).await {
+                assert_eq!(record.unwrap().generation, round);
+            }
+        }
+        assert_eq!(f.changes.take(), vec![], "no host holds a tenant secret");
+        let rotations = |events: &[crate::store::AuditRecord]| {
+            events
+                .iter()
+                .filter(|e| e.action == "smtp.rotate" && e.outcome == "success")
+                .count()
+        };
+        let page = lifecycle
+            .store()
+            .audit_events(&crate::store::AuditFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rotations(&page.events), ids.len() * 2);
+
+        // Made over generation 2 while another rotation committed generation 3: refused.
+        let stale = lifecycle
+            .prepare_secret(&ids[0], TenantSecretKind::Smtp)
+            .await
+            .unwrap();
+        lifecycle
+            .rotate_secret(&caller, &ids[0], TenantSecretKind::Smtp, &Trigger::Request)
+            .await
+            .unwrap();
+        let refused = group.commit_secret(stale, &caller, &Trigger::Request).await;
+        assert!(
+            matches!(refused, Err(DomainError::ConcurrentModification)),
+            "{refused:?}"
+        );
+        let kept = lifecycle
+            .store()
+            .tenant_secret(&ids[0], "smtp")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.generation, 3);
         assert!(lifecycle.store().verify_audit_chain().await.unwrap().ok);
     }
 }

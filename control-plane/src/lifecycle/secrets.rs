@@ -1,8 +1,10 @@
 //! A tenant's SMTP credentials and DKIM key, kept in Vault at `{mount}/{tenant_id}/smtp` and
-//! `{mount}/{tenant_id}/dkim`. Each rotation follows the order of every key operation: make the
-//! secret (the DKIM key off the async runtime), open the SQL transaction, write Vault with
-//! check-and-set, record the metadata and the audit event, commit. SQL keeps only what may be
-//! shown: the SMTP user name, the DKIM selector and DNS record; never the password or private key.
+//! `{mount}/{tenant_id}/dkim`. Each rotation follows the order of every key operation: under the
+//! tenant's lock, make the secret (the DKIM key off the async runtime) and write it to Vault with
+//! check-and-set; then, in one SQL transaction (a bulk job's shared with other tenants', see
+//! [`GroupCommit`]), record the metadata over the generation read and the audit event. SQL keeps
+//! only what may be shown: the SMTP user name, the DKIM selector and DNS record; never the
+//! password or private key.
 //!
 //! The first rotation creates the secret. Hosts are not told: neither secret is on a VPS.
 
@@ -16,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{DomainError, KeyLifecycle, Trigger};
+use super::{DomainError, GroupCommit, KeyLifecycle, Trigger};
 use crate::caller::Caller;
 use crate::clock::iso8601;
-use crate::store::TenantSecretRecord;
+use crate::store::{TenantSecretRecord, WriteTx};
 use crate::vault::{SecretFields, VaultError};
 
 /// Length of a generated SMTP password: 32 alphanumerics, about 190 bits.
@@ -87,6 +89,16 @@ fn smtp_password() -> Zeroizing<String> {
     )
 }
 
+/// A tenant secret written to Vault, waiting for its SQL record (which the caller writes while
+/// it holds the tenant's lock).
+#[derive(Debug)]
+pub(super) struct SecretReplacement {
+    kind: TenantSecretKind,
+    /// The generation SQL held when the secret was made (`None`: the first).
+    previous: Option<i64>,
+    record: TenantSecretRecord,
+}
+
 impl KeyLifecycle {
     /// Replaces (or first creates) the tenant's SMTP credentials or DKIM key. Audited as
     /// `smtp.rotate` or `dkim.rotate`, failures too.
@@ -97,9 +109,47 @@ impl KeyLifecycle {
         kind: TenantSecretKind,
         trigger: &Trigger,
     ) -> Result<TenantSecretRecord, DomainError> {
-        let result = self
-            .lock_and_rotate_secret(caller, tenant, kind, trigger)
-            .await;
+        let result = async {
+            let _guard = self.locks.lock(tenant).await;
+            let replacement = self.prepare_secret(tenant, kind).await?;
+            let mut tx = self.store.begin().await?;
+            self.apply_secret(&mut tx, caller, &replacement, trigger)
+                .await?;
+            tx.commit().await?;
+            Ok(self.secret_replaced(replacement))
+        }
+        .await;
+        self.secret_done(caller, tenant, kind, result).await
+    }
+
+    /// [`KeyLifecycle::rotate_secret`] with the SQL part committed by `group`, in one
+    /// transaction with the other tenants' rotations ready at the same time (a bulk job's).
+    pub async fn rotate_secret_grouped(
+        &self,
+        group: &GroupCommit,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: TenantSecretKind,
+        trigger: &Trigger,
+    ) -> Result<TenantSecretRecord, DomainError> {
+        let result = async {
+            let _guard = self.locks.lock(tenant).await;
+            let replacement = self.prepare_secret(tenant, kind).await?;
+            group.commit_secret(replacement, caller, trigger).await
+        }
+        .await;
+        self.secret_done(caller, tenant, kind, result).await
+    }
+
+    /// Counts a rotation's outcome and audits its failure (in a transaction of its own: the
+    /// rotation's was rolled back).
+    async fn secret_done(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: TenantSecretKind,
+        result: Result<TenantSecretRecord, DomainError>,
+    ) -> Result<TenantSecretRecord, DomainError> {
         let outcome = if result.is_ok() { "success" } else { "failure" };
         metrics::counter!("keyward_key_operations_total", "operation" => kind.action(), "outcome" => outcome).increment(1);
         if let Err(e) = &result
@@ -110,19 +160,19 @@ impl KeyLifecycle {
         result
     }
 
-    async fn lock_and_rotate_secret(
+    /// Everything of a rotation before SQL: makes the secret and writes it to Vault with
+    /// check-and-set. The caller holds the tenant's lock, which the offboarding's start takes
+    /// too: a secret is never written to Vault after the offboarding began (it would outlive the
+    /// erasure). Vault first, as for the key sets: a version SQL never names is superseded by
+    /// the next one, and the SQL transaction is not held across Vault's round trips.
+    pub(super) async fn prepare_secret(
         &self,
-        caller: &Caller,
         tenant: &TenantId,
         kind: TenantSecretKind,
-        trigger: &Trigger,
-    ) -> Result<TenantSecretRecord, DomainError> {
-        let _guard = self.locks.lock(tenant).await;
+    ) -> Result<SecretReplacement, DomainError> {
         if self.store.tenant(tenant).await?.is_none() {
             return Err(DomainError::TenantNotFound(tenant.clone()));
         }
-        // Under the tenant's lock, which the offboarding's start takes too: a secret is never
-        // written to Vault after the offboarding began (it would outlive the erasure).
         self.refuse_offboarded(tenant).await?;
         let old = self.store.tenant_secret(tenant, kind.name()).await?;
         let generation = old.as_ref().map_or(1, |o| o.generation + 1);
@@ -161,7 +211,6 @@ impl KeyLifecycle {
         let fields = fields
             .with("created_at", iso8601(created_at))
             .with("last_rotated", iso8601(now));
-        let mut tx = self.store.begin().await?;
         let cas = self
             .vault
             .secret_versions(tenant, kind.name())
@@ -176,22 +225,47 @@ impl KeyLifecycle {
             Err(VaultError::CasMismatch { .. }) => return Err(DomainError::ConcurrentModification),
             Err(e) => return Err(e.into()),
         };
-        let record = TenantSecretRecord {
-            tenant_id: tenant.clone(),
-            name: kind.name().to_owned(),
-            generation,
-            vault_version,
-            created_at,
-            last_rotated: now,
-            public_info,
-        };
-        tx.put_tenant_secret(&record).await?;
-        trigger.record(&mut tx, tenant, kind.name()).await?;
+        Ok(SecretReplacement {
+            kind,
+            previous: old.map(|o| o.generation),
+            record: TenantSecretRecord {
+                tenant_id: tenant.clone(),
+                name: kind.name().to_owned(),
+                generation,
+                vault_version,
+                created_at,
+                last_rotated: now,
+                public_info,
+            },
+        })
+    }
+
+    /// Records a rotation written to Vault in `tx`: the secret's metadata (only over the
+    /// generation read: a rotation that committed meanwhile, on another replica, makes this one
+    /// a conflict, not a lost update), the job's progress and the audit event. On an error the
+    /// caller rolls back what this wrote.
+    pub(super) async fn apply_secret(
+        &self,
+        tx: &mut WriteTx,
+        caller: &Caller,
+        replacement: &SecretReplacement,
+        trigger: &Trigger,
+    ) -> Result<(), DomainError> {
+        let SecretReplacement {
+            kind,
+            previous,
+            record,
+        } = replacement;
+        let tenant = &record.tenant_id;
+        if !tx.replace_tenant_secret(*previous, record).await? {
+            return Err(DomainError::ConcurrentModification);
+        }
+        trigger.record(tx, tenant, kind.name()).await?;
         let (trigger_name, job_id) = trigger.detail();
         let mut detail = json!({
             "secret": kind.name(),
-            "generation": generation,
-            "vaultVersion": vault_version,
+            "generation": record.generation,
+            "vaultVersion": record.vault_version,
             "trigger": trigger_name,
             "jobId": job_id,
         });
@@ -202,9 +276,14 @@ impl KeyLifecycle {
         }
         tx.append_audit(&self.event(caller, kind.action(), Some(tenant), "success", detail))
             .await?;
-        tx.commit().await?;
-        tracing::info!(tenant = %tenant, secret = kind.name(), generation, "tenant secret rotated");
-        Ok(record)
+        Ok(())
+    }
+
+    /// After a rotation committed: its record. Hosts are not told (neither secret is on a VPS).
+    pub(super) fn secret_replaced(&self, replacement: SecretReplacement) -> TenantSecretRecord {
+        let SecretReplacement { kind, record, .. } = replacement;
+        tracing::info!(tenant = %record.tenant_id, secret = kind.name(), generation = record.generation, "tenant secret rotated");
+        record
     }
 }
 

@@ -692,7 +692,10 @@ impl Rotation<'_> {
                 if done(kind.name()) {
                     return result("rotated", None);
                 }
-                match lifecycle.rotate_secret(caller, tenant, kind, trigger).await {
+                match lifecycle
+                    .rotate_secret_grouped(group, caller, tenant, kind, trigger)
+                    .await
+                {
                     Ok(_) => result("rotated", None),
                     // Its secrets are being (or were) destroyed: nothing of it is rotated again.
                     Err(DomainError::TenantOffboarded(_)) => result("skipped", None),

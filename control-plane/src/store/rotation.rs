@@ -368,15 +368,29 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Inserts or replaces the metadata of a tenant secret.
-    pub async fn put_tenant_secret(&mut self, s: &TenantSecretRecord) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM tenant_secrets WHERE tenant_id = $1 AND name = $2")
+    /// Replaces a tenant secret's record, only over `previous` (the generation read; `None`
+    /// when there was none): false, and nothing written, when another rotation committed
+    /// meanwhile.
+    pub async fn replace_tenant_secret(
+        &mut self,
+        previous: Option<i64>,
+        s: &TenantSecretRecord,
+    ) -> Result<bool, StoreError> {
+        if let Some(previous) = previous {
+            let deleted = sqlx::query(
+                "DELETE FROM tenant_secrets WHERE tenant_id = $1 AND name = $2 AND generation = $3",
+            )
             .bind(s.tenant_id.as_str())
             .bind(&s.name)
+            .bind(previous)
             .execute(&mut *self.tx)
             .await
             .map_err(query_error("replacing a tenant secret"))?;
-        sqlx::query(
+            if deleted.rows_affected() != 1 {
+                return Ok(false);
+            }
+        }
+        let inserted = sqlx::query(
             "INSERT INTO tenant_secrets (tenant_id, name, generation, vault_version, created_at, \
              last_rotated, public_info) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -389,8 +403,13 @@ impl WriteTx {
         .bind(s.public_info.to_string())
         .execute(&mut *self.tx)
         .await
-        .map_err(query_error("writing a tenant secret"))?;
-        Ok(())
+        .map_err(query_error("writing a tenant secret"));
+        match inserted {
+            Ok(_) => Ok(true),
+            // A first rotation that another one beat to it.
+            Err(StoreError::Duplicate { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Records a new running job. Fails with [`StoreError::Duplicate`] while another job runs.
