@@ -132,6 +132,9 @@ async function showTenant(tenantId, details, signal) {
   const adminKey = h('div', { id: 'tenant-admin-key' });
   details.append(h('h3', {}, 'The admin user\'s own key'), adminKey);
   fill(adminKey, adminKeyForm(tenantId, signal, () => showTenant(tenantId, details, signal)));
+  const factors = h('div', { id: 'tenant-mfa' });
+  details.append(h('h3', {}, 'Second factors'), factors);
+  await tenantMfaPanel(tenantId, factors, signal);
   const certificates = certificatesPanel({ admin: true, tenantId, signal, level: 4 });
   details.append(h('h3', { id: 'tenant-certificates' }, 'SSH certificates'), certificates.element);
   const offboarding = h('div', { id: 'tenant-offboarding' });
@@ -173,6 +176,47 @@ async function recordingPolicyPanel(tenantId, container, signal) {
     });
   });
   fill(container, form);
+}
+
+// ---- Second factors: the tenant's as it lists them, and the reset when it lost them ----------------
+
+async function tenantMfaPanel(tenantId, container, signal) {
+  const path = `${ADMIN}/tenants/${encodeURIComponent(tenantId)}/mfa`;
+  let listed;
+  try {
+    listed = await api(path, { signal });
+  } catch (e) {
+    if (e.name !== 'AbortError') fill(container, h('p', { class: 'notice error' }, problemText(e)));
+    return;
+  }
+  const status = statusLine('tenant-mfa-status');
+  const rows = listed.factors.map((f) => h('tr', { dataset: { factorId: f.id } },
+    h('td', {}, f.kind === 'webauthn' ? `Security key ${f.name || ''}`.trim() : 'Authenticator app'),
+    h('td', {}, f.confirmedAt ? when(f.confirmedAt) : badge('unconfirmed', 'warn')),
+    h('td', {}, when(f.lastUsedAt)),
+    h('td', {}, f.kind === 'totp' ? String(f.recoveryCodesLeft) : '—')));
+  const button = h('button', { type: 'button', class: 'danger', id: 'reset-tenant-mfa', disabled: !rows.length }, 'Reset second factors');
+  button.addEventListener('click', async () => {
+    const yes = await confirmAction({
+      title: `Reset the second factors of ${tenantId}?`,
+      text: 'Removes every authenticator app and security key of this tenant and their recovery codes. '
+        + 'Whoever holds one of its tokens can then enrol a new factor: check who asks first. It cannot be undone.',
+      ok: 'Reset second factors',
+    });
+    if (!yes) return;
+    await busy(button, status, async () => {
+      const done = await withStepUp((headers) => api(path, { method: 'DELETE', headers, signal }));
+      await tenantMfaPanel(tenantId, container, signal);
+      say(document.getElementById('tenant-mfa-status') || status,
+        `Removed ${done.removed} second factor${done.removed === 1 ? '' : 's'}: the tenant can enrol again.`, 'ok');
+    });
+  });
+  fill(container,
+    rows.length
+      ? table('Second factors of this tenant (never their secrets)', ['Factor', 'Confirmed', 'Last used', 'Recovery codes left'], rows, { id: 'tenant-mfa-factors' })
+      : h('p', {}, 'None.'),
+    h('p', { class: 'hint' }, `Step-up required for: ${listed.requireFor.length ? listed.requireFor.join(', ') : 'nothing'} (${listed.policySource} policy).`),
+    h('div', { class: 'actions' }, button), status);
 }
 
 // ---- Offboarding: DELETE /tenants/{id} with the id typed again, then its progress ----------------

@@ -1,7 +1,8 @@
 //! Second factors over REST: enrolment, confirmation, listing and deletion of TOTP factors, for
 //! tenants (`/api/v1/tenant/mfa/...`: the tenant's factors) and admins (`/api/v1/admin/mfa/...`:
 //! the calling admin token's), a tenant's step-up policy
-//! (`/api/v1/admin/tenants/{tenant_id}/mfa-policy`), and the `X-Keyward-MFA` header that
+//! (`/api/v1/admin/tenants/{tenant_id}/mfa-policy`), an admin's view and reset of a tenant's
+//! factors (`/api/v1/admin/tenants/{tenant_id}/mfa`, for a tenant that lost them), and the `X-Keyward-MFA` header that
 //! sensitive operations read ([`StepUp`]) and hand to the domain, which decides.
 //!
 //! The secret, its URI and QR code, and the recovery codes are in one answer each and nowhere
@@ -177,7 +178,7 @@ pub struct MfaPolicyView {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MfaPolicyRequest {
     /// `download`, `regenerate`, `revoke_admin_key`, `rotate_all`, `issue_token`,
-    /// `revoke_host` (a tenant's tokens can do the first two).
+    /// `revoke_host`, `reset_mfa` (a tenant's tokens can do the first two).
     pub require_for: Vec<SensitiveOperation>,
 }
 
@@ -364,6 +365,68 @@ pub async fn admin_delete(
         .delete_mfa_factor(&caller, &factor_id, step_up.proof())
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/admin/tenants/{tenant_id}/mfa`: how many second factors went.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MfaResetView {
+    /// TOTP factors and security keys removed (confirmed or not).
+    pub removed: u64,
+}
+
+/// A tenant's second factors as the tenant lists them (`GET /api/v1/tenant/mfa`; never a
+/// secret), and the operations its tokens must step up for: for support.
+#[utoipa::path(get, path = "/api/v1/admin/tenants/{tenant_id}/mfa", tag = "mfa",
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = MfaFactorsView),
+        (status = 400, body = Problem, description = "`invalid_id`: not a tenant id"),
+        (status = 401, body = Problem, description = "`unauthenticated`, `invalid_token`"),
+        (status = 403, body = Problem, description = "`forbidden`: not an admin"),
+        (status = 404, body = Problem, description = "`tenant_not_found`"),
+        (status = 503, body = Problem, description = "the database unavailable")))]
+pub async fn admin_tenant_factors(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<MfaFactorsView>, ApiError> {
+    let tenant = existing_tenant_for_admin(&state, caller, &raw).await?;
+    let policy = state.lifecycle.mfa_policy(&tenant).await?;
+    let factors = state.lifecycle.tenant_mfa_factors(&tenant).await?;
+    Ok(Json(MfaFactorsView {
+        factors: factors.into_iter().map(MfaFactorView::from).collect(),
+        require_for: policy.require_for,
+        policy_source: source_name(policy.source),
+    }))
+}
+
+/// Removes every second factor of a tenant (TOTP factors, security keys, their recovery codes,
+/// pending security key ceremonies and the step-up lockout): the tenant lost them and enrols
+/// again. Where the deployment's step-up policy names `reset_mfa`, the request needs the
+/// admin's `X-Keyward-MFA`. Audited (`mfa.reset`, with the count).
+#[utoipa::path(delete, path = "/api/v1/admin/tenants/{tenant_id}/mfa", tag = "mfa",
+    params(("tenant_id" = String, Path),
+        ("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE`, `recovery:CODE` or `webauthn:...`: the admin's fresh second factor, when the step-up policy names `reset_mfa`")),
+    responses((status = 200, body = MfaResetView),
+        (status = 400, body = Problem, description = "`invalid_id`: not a tenant id"),
+        (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names `reset_mfa` and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"),
+        (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names `reset_mfa` and the admin has no confirmed second factor (also `forbidden`: not an admin)"),
+        (status = 404, body = Problem, description = "`tenant_not_found`"),
+        (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again"),
+        (status = 503, body = Problem, description = "the database or Vault unavailable")))]
+pub async fn admin_reset_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(raw): ApiPath<String>,
+    step_up: StepUp,
+) -> Result<Json<MfaResetView>, ApiError> {
+    let tenant = existing_tenant_for_admin(&state, caller.clone(), &raw).await?;
+    state
+        .lifecycle
+        .step_up(&caller, SensitiveOperation::ResetMfa, step_up.proof())
+        .await?;
+    let removed = state.lifecycle.reset_tenant_mfa(&caller, &tenant).await?;
+    Ok(Json(MfaResetView { removed }))
 }
 
 /// The step-up policy of a tenant's tokens.

@@ -181,6 +181,8 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         mfa::get_policy,
         mfa::put_policy,
         mfa::delete_policy,
+        mfa::admin_tenant_factors,
+        mfa::admin_reset_tenant,
         mfa_webauthn::tenant_start,
         mfa_webauthn::tenant_finish,
         mfa_webauthn::tenant_challenge,
@@ -557,6 +559,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(mfa::get_policy)
                 .put(mfa::put_policy)
                 .delete(mfa::delete_policy),
+        )
+        .route(
+            "/tenants/{tenant_id}/mfa",
+            get(mfa::admin_tenant_factors).delete(mfa::admin_reset_tenant),
         )
         .route(
             "/tenants/{tenant_id}/recording-policy",

@@ -34,16 +34,19 @@ pub enum SensitiveOperation {
     IssueToken,
     /// Revoking a host.
     RevokeHost,
+    /// Resetting a tenant's second factors (an admin's, for a tenant that lost its own).
+    ResetMfa,
 }
 
 impl SensitiveOperation {
-    pub const ALL: [SensitiveOperation; 6] = [
+    pub const ALL: [SensitiveOperation; 7] = [
         Self::Download,
         Self::Regenerate,
         Self::RevokeAdminKey,
         Self::RotateAll,
         Self::IssueToken,
         Self::RevokeHost,
+        Self::ResetMfa,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl SensitiveOperation {
             Self::RotateAll => "rotate_all",
             Self::IssueToken => "issue_token",
             Self::RevokeHost => "revoke_host",
+            Self::ResetMfa => "reset_mfa",
         }
     }
 }

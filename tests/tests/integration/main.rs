@@ -22,6 +22,7 @@ mod krl;
 mod leak_checks;
 mod live_streams;
 mod login_ingest;
+mod mfa_reset;
 mod mfa_totp;
 mod mfa_webauthn;
 mod offboarding;

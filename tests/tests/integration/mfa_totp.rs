@@ -91,7 +91,7 @@ impl Authenticator {
 }
 
 /// A request with `X-Keyward-MFA` when `mfa` is given.
-async fn call(
+pub(crate) async fn call(
     cp: &ControlPlane,
     method: Method,
     path: &str,

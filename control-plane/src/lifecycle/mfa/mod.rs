@@ -29,6 +29,7 @@ use crate::store::Role;
 mod enrol;
 mod policy;
 pub mod recovery;
+mod reset;
 #[cfg(test)]
 mod scenarios;
 pub mod seal;

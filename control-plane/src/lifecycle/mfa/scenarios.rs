@@ -336,3 +336,126 @@ async fn an_enrolment_left_unconfirmed_expires_and_frees_its_place() {
     assert_eq!(listed.len(), 1, "the abandoned ones were deleted");
     assert_eq!(listed[0].factor_id, fresh.factor_id);
 }
+
+#[tokio::test]
+async fn an_admin_reset_removes_a_tenants_factors_and_lockout_and_no_one_elses() {
+    let (f, seed, codes) = enrolled().await;
+    let caller = tenant_caller();
+    let admin = Caller {
+        token_id: Some("tok_00000000000000ad".into()),
+        role: Some(Role::Admin),
+        source_addr: None,
+        idp_mfa: false,
+    };
+    // Another tenant with a factor of its own, and the admin's own factor.
+    let other: keyward_common::TenantId = "t2".parse().unwrap();
+    f.lifecycle
+        .create_tenant(
+            &Caller::system(),
+            crate::lifecycle::NewTenant {
+                tenant_id: other.clone(),
+                ..new_tenant()
+            },
+        )
+        .await
+        .unwrap();
+    let other_caller = Caller {
+        role: Some(Role::Tenant(other.clone())),
+        ..tenant_caller()
+    };
+    f.lifecycle.enrol_totp(&other_caller, None).await.unwrap();
+    f.lifecycle.enrol_totp(&admin, None).await.unwrap();
+    // The tenant locks itself out.
+    for _ in 0..5 {
+        let _ = f
+            .lifecycle
+            .step_up(
+                &caller,
+                SensitiveOperation::Download,
+                Some(&proof("totp:x")),
+            )
+            .await;
+    }
+    let now = step_of(f.clock.now());
+    let code = proof(&format!("totp:{}", seed.code_at(now).as_str()));
+    let locked = f
+        .lifecycle
+        .enrol_totp(&caller, Some(&code))
+        .await
+        .unwrap_err();
+    assert_eq!(locked.code(), "mfa_locked");
+
+    let t1: keyward_common::TenantId = "t1".parse().unwrap();
+    assert_eq!(f.lifecycle.reset_tenant_mfa(&admin, &t1).await.unwrap(), 1);
+    assert!(
+        f.lifecycle
+            .tenant_mfa_factors(&t1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Nothing to step up with, and the old recovery codes are gone with the factor.
+    assert_eq!(
+        f.lifecycle
+            .step_up(&caller, SensitiveOperation::Download, None)
+            .await
+            .unwrap_err()
+            .code(),
+        "mfa_not_enrolled"
+    );
+    let rescue = proof(&format!("recovery:{}", codes[0].as_str()));
+    assert_eq!(
+        f.lifecycle
+            .step_up(&caller, SensitiveOperation::Download, Some(&rescue))
+            .await
+            .unwrap_err()
+            .code(),
+        "mfa_not_enrolled"
+    );
+    // It enrols again, with no code and no lockout left over.
+    let again = f.lifecycle.enrol_totp(&caller, None).await.unwrap();
+    let fresh = seed_of(&again);
+    f.lifecycle
+        .confirm_totp(&caller, &again.factor_id, &fresh.code_at(now))
+        .await
+        .unwrap();
+    // The other tenant's and the admin's factors are untouched.
+    assert_eq!(
+        f.lifecycle.tenant_mfa_factors(&other).await.unwrap().len(),
+        1
+    );
+    assert_eq!(f.lifecycle.mfa_factors(&admin).await.unwrap().len(), 1);
+    // An unknown tenant is not found, and not audited.
+    let missing: keyward_common::TenantId = "t9".parse().unwrap();
+    assert_eq!(
+        f.lifecycle
+            .reset_tenant_mfa(&admin, &missing)
+            .await
+            .unwrap_err()
+            .code(),
+        "tenant_not_found"
+    );
+    // Audited on the tenant's chain with the count and the admin's token, no secret.
+    let events = f
+        .lifecycle
+        .store()
+        .audit_events(&AuditFilter {
+            tenant_id: Some(t1),
+            action: Some("mfa.reset".into()),
+            since: None,
+            until: None,
+            before_seq: None,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].outcome, "success");
+    assert_eq!(events[0].detail["removed"], 1);
+    assert_eq!(
+        events[0].actor_token_id.as_deref(),
+        Some("tok_00000000000000ad")
+    );
+    assert!(!format!("{events:?}").contains(codes[0].as_str()));
+}
