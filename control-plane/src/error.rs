@@ -142,6 +142,7 @@ impl ApiError {
                     | DomainError::KeyRevoked
                     | DomainError::KeyRegistered
                     | DomainError::KeyAlreadyRegistered
+                    | DomainError::KeyNotRegistered
                     | DomainError::KeyDenied
                     | DomainError::GrantClosed { .. }
                     | DomainError::ConcurrentModification
@@ -479,6 +480,7 @@ mod tests {
                 409,
                 "key_already_registered",
             ),
+            (DomainError::KeyNotRegistered, 409, "key_not_registered"),
             (
                 DomainError::KeyRefused(crate::lifecycle::KeyRefusal::RsaTooShort(2048)),
                 422,

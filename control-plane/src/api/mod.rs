@@ -202,6 +202,8 @@ pub fn tenant_from_path(raw: &str) -> Result<TenantId, ApiError> {
         recordings::put_policy,
         registration::tenant_register,
         registration::admin_register,
+        registration::tenant_unregister,
+        registration::admin_unregister,
         registration::tenant_policy,
         registration::get_policy,
         registration::put_policy,
@@ -451,7 +453,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/ssh-credentials/regenerate", post(tenant::regenerate))
         .route(
             "/ssh-credentials/public-key",
-            put(registration::tenant_register),
+            put(registration::tenant_register).delete(registration::tenant_unregister),
         )
         .route("/key-registration-policy", get(registration::tenant_policy))
         .route("/ssh-logins", get(logins::tenant_logins))
@@ -499,7 +501,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route(
             "/tenants/{tenant_id}/keys/{kind}/public-key",
-            put(registration::admin_register),
+            put(registration::admin_register).delete(registration::admin_unregister),
         )
         .route(
             "/tenants/{tenant_id}/key-registration-policy",

@@ -2,7 +2,7 @@
 //! (`PUT /api/v1/tenant/infrastructure/ssh-credentials/public-key`), an admin the one of a
 //! tenant's admin user (`PUT /api/v1/admin/tenants/{tenant_id}/keys/admin/public-key`), and an
 //! admin sets a tenant's key registration policy (`.../key-registration-policy`), which the
-//! tenant can read.
+//! tenant can read. `DELETE` on either key route goes back to a key keyward generates.
 //!
 //! The body is one JSON string, bounded ([`MAX_PUBLIC_KEY_BYTES`]) and read by the domain
 //! ([`crate::lifecycle::RegisteredKey`]); every refusal is a problem document with its own code.
@@ -15,10 +15,12 @@ use utoipa::ToSchema;
 
 use super::admin::{admin_for, existing_tenant_for_admin};
 use super::auth::TenantCaller;
+use super::mfa::StepUp;
 use super::views::KeySetSummary;
 use super::{ApiJson, ApiPath, AppState, tenant_from_path};
 use crate::caller::Caller;
 use crate::clock::iso8601;
+use crate::config::SensitiveOperation;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::{KeyRegistrationPolicy, MAX_PUBLIC_KEY_BYTES, PolicySource};
 
@@ -103,6 +105,84 @@ pub async fn admin_register(
     let ks = state
         .lifecycle
         .register_key(&caller, &tenant, kind, body.bounded()?)
+        .await?;
+    Ok(Json(KeySetSummary::new(
+        &ks,
+        &state.vault_mount,
+        state.lifecycle.now(),
+    )))
+}
+
+/// Goes back from the caller's registered key to a generated one: keyward generates a key of
+/// the tenant's policy algorithm (Vault first, a new version with `origin: generated`), the
+/// registered key stops working at once (as in a regeneration), the hosts' agents get the new
+/// public key, and the new private key can be downloaded once. Where the step-up policy names
+/// `regenerate`, the request needs `X-Keyward-MFA`. Audited (`key.registration_removed`).
+#[utoipa::path(delete, path = "/api/v1/tenant/infrastructure/ssh-credentials/public-key", tag = "tenant",
+    params(("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE`, `recovery:CODE` or `webauthn:...`: a fresh second factor, when the step-up policy names `regenerate`")),
+    responses(
+        (status = 200, body = KeySetSummary),
+        (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names `regenerate` and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"),
+        (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names `regenerate` and no second factor is confirmed (also `forbidden`)"),
+        (status = 409, body = Problem, description = "`key_not_registered`: the key is keyward's already (regenerate it for a new one); `tenant_offboarding`; `concurrent_modification`"),
+        (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again"),
+        (status = 503, body = Problem, description = "Vault or the database unavailable")))]
+pub async fn tenant_unregister(
+    State(state): State<AppState>,
+    who: TenantCaller,
+    step_up: StepUp,
+) -> Result<Json<KeySetSummary>, ApiError> {
+    state
+        .lifecycle
+        .step_up(&who.caller, SensitiveOperation::Regenerate, step_up.proof())
+        .await?;
+    let ks = state
+        .lifecycle
+        .remove_registration(&who.caller, &who.tenant, KeyKind::Tenant)
+        .await?;
+    Ok(Json(KeySetSummary::new(
+        &ks,
+        &state.vault_mount,
+        state.lifecycle.now(),
+    )))
+}
+
+/// Goes back from a tenant's admin user's registered key to a generated one (`kind` must be
+/// `admin`), as `DELETE .../ssh-credentials/public-key` does for tenants. Where the
+/// deployment's step-up policy names `regenerate`, the request needs `X-Keyward-MFA`.
+#[utoipa::path(delete, path = "/api/v1/admin/tenants/{tenant_id}/keys/{kind}/public-key", tag = "admin",
+    params(("tenant_id" = String, Path), ("kind" = String, Path, description = "admin"),
+        ("X-Keyward-MFA" = Option<String>, Header, description = "`totp:CODE`, `recovery:CODE` or `webauthn:...`: the admin's fresh second factor, when the step-up policy names `regenerate`")),
+    responses(
+        (status = 200, body = KeySetSummary),
+        (status = 400, body = Problem, description = "`invalid_id`: not a tenant id"),
+        (status = 401, body = Problem, description = "`mfa_required`, `mfa_invalid`, `mfa_replayed`: the step-up policy names `regenerate` and `X-Keyward-MFA` is missing, wrong or already used (also `unauthenticated`, `invalid_token`)"),
+        (status = 403, body = Problem, description = "`mfa_not_enrolled`: the step-up policy names `regenerate` and the admin has no confirmed second factor; `forbidden`: `kind` is `tenant`, or not an admin"),
+        (status = 404, body = Problem, description = "`tenant_not_found`"),
+        (status = 409, body = Problem, description = "`key_not_registered`, `tenant_offboarding`, `concurrent_modification`"),
+        (status = 429, body = Problem, description = "`mfa_locked`: too many failed second factors; `Retry-After` says when to try again"),
+        (status = 503, body = Problem, description = "Vault or the database unavailable")))]
+pub async fn admin_unregister(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((raw_tenant, raw_kind)): ApiPath<(String, String)>,
+    step_up: StepUp,
+) -> Result<Json<KeySetSummary>, ApiError> {
+    let tenant = tenant_from_path(&raw_tenant)?;
+    let caller = admin_for(caller, &tenant)?;
+    let kind: KeyKind = raw_kind.parse().map_err(|_| ApiError::NoRoute {
+        path: format!("key kind {raw_kind:?}"),
+    })?;
+    if kind != KeyKind::Admin {
+        return Err(ApiError::Forbidden { needed: "tenant" });
+    }
+    state
+        .lifecycle
+        .step_up(&caller, SensitiveOperation::Regenerate, step_up.proof())
+        .await?;
+    let ks = state
+        .lifecycle
+        .remove_registration(&caller, &tenant, kind)
         .await?;
     Ok(Json(KeySetSummary::new(
         &ks,

@@ -690,6 +690,22 @@ impl KeyLifecycle {
         if *trigger == Trigger::Schedule && old.next_rotation > self.clock.now() {
             return Ok(Prepared::Unchanged(old));
         }
+        Ok(Prepared::Ready(
+            self.generate_replacement(tenant, kind, how, old).await?,
+        ))
+    }
+
+    /// A key keyward generates (of the tenant's policy algorithm, written to Vault first) in
+    /// place of `old`, and the key set it makes: what a rotation or a regeneration commits, and
+    /// the way back from a registered key ([`KeyLifecycle::remove_registration`]). The caller
+    /// holds the tenant's lock and has checked that `old` may be replaced.
+    async fn generate_replacement(
+        &self,
+        tenant: &TenantId,
+        kind: KeyKind,
+        how: Replace,
+        old: KeySetRecord,
+    ) -> Result<Replacement, DomainError> {
         let policy = self.rotation_policy(tenant).await?;
         let generation = old.generation + 1;
         let key = self
@@ -737,13 +753,13 @@ impl KeyLifecycle {
             session_epoch,
             ..old.clone()
         };
-        Ok(Prepared::Ready(Replacement {
+        Ok(Replacement {
             tenant: tenant.clone(),
             kind,
             how,
             old,
             new,
-        }))
+        })
     }
 
     /// Records a prepared replacement in `tx`: the key set (only over the generation read: a

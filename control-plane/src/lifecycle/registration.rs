@@ -9,7 +9,9 @@
 //! download is refused (`key_registered`), and so are rotate and regenerate, which would put a
 //! key of keyward's in place of the owner's: keyward cannot replace a key it never held, it
 //! reminds. When a registered key's rotation time passes, the scheduler records
-//! `key.rotation_reminder` once per generation and the API shows the key set overdue.
+//! `key.rotation_reminder` once per generation and the API shows the key set overdue. Its owner
+//! can go back to a generated key ([`KeyLifecycle::remove_registration`]): a regeneration whose
+//! new key is keyward's again, downloadable once.
 //!
 //! The tenant's policy ([`KeyRegistrationPolicy`]) can take FIDO2 security keys only, and have
 //! their lines carry sshd's `verify-required` (a PIN or biometric as well as a touch). A policy
@@ -28,6 +30,9 @@ use crate::changes::Change;
 use crate::clock::iso8601;
 use crate::store::{KeyRegistrationPolicyRecord, KeySetRecord, KeyState};
 use crate::vault::{KeySetSecret, VaultError};
+
+/// The audit action of going back from a registered key to a generated one.
+const REMOVED: &str = "key.registration_removed";
 
 /// How many overdue registered key sets one scheduler round reminds (the rest next round).
 const REMINDERS_PER_ROUND: i64 = 1000;
@@ -272,6 +277,74 @@ impl KeyLifecycle {
         Ok(replacement.new)
     }
 
+    /// Goes back from a registered key to a generated one: keyward generates a key of the
+    /// tenant's policy algorithm for (tenant, kind) as a regeneration does (Vault first, a new
+    /// version with `origin: generated`, then SQL), and the registered key stops working at
+    /// once. A key set that is not registered is `key_not_registered`. Audited as
+    /// `key.registration_removed` (both fingerprints, who), refusals too.
+    pub async fn remove_registration(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<KeySetRecord, DomainError> {
+        let result = self.remove_registration_locked(caller, tenant, kind).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        metrics::counter!("keyward_key_operations_total", "operation" => REMOVED, "outcome" => outcome).increment(1);
+        if let Err(e) = &result
+            && !matches!(e, DomainError::TenantNotFound(_))
+        {
+            self.audit_failure(caller, REMOVED, tenant, e).await;
+        }
+        result
+    }
+
+    async fn remove_registration_locked(
+        &self,
+        caller: &Caller,
+        tenant: &TenantId,
+        kind: KeyKind,
+    ) -> Result<KeySetRecord, DomainError> {
+        let _guard = self.locks.lock(tenant).await;
+        let old = self.key_set_or_404(tenant, kind).await?;
+        refuse_generated(&old)?;
+        let mut replacement = self
+            .generate_replacement(tenant, kind, Replace::Regenerate, old)
+            .await?;
+        replacement.new.origin = KeyOrigin::Generated;
+        replacement.new.verify_required = false;
+        let Replacement { old, new, .. } = &replacement;
+        let mut tx = self.store.begin().await?;
+        if !tx.replace_key_set(old.generation, new).await? {
+            return Err(DomainError::ConcurrentModification);
+        }
+        tx.record_key_history(
+            tenant,
+            kind,
+            new.generation,
+            &new.fingerprint,
+            new.last_rotated,
+        )
+        .await?;
+        tx.bump_tenant_hosts(tenant).await?;
+        let detail = json!({
+            "kind": kind,
+            "generation": new.generation,
+            "newFingerprint": new.fingerprint,
+            "oldFingerprint": old.fingerprint,
+            "origin": new.origin.as_str(),
+            "algorithm": new.algorithm,
+            "rotationPolicy": new.rotation_policy,
+        });
+        tx.append_audit(&self.event(caller, REMOVED, Some(tenant), "success", detail))
+            .await?;
+        tx.commit().await?;
+        self.changes.changed(Change::Tenant(tenant.clone()));
+        self.schedule_changed.notify_one();
+        tracing::info!(tenant = %tenant, %kind, generation = new.generation, "registered key replaced by a generated one");
+        Ok(replacement.new)
+    }
+
     /// Records a `key.rotation_reminder` for each registered key set whose rotation time has
     /// passed and that was not reminded for its generation yet (the scheduler's round). Returns
     /// how many were reminded.
@@ -323,6 +396,14 @@ pub fn overdue(ks: &KeySetRecord, now: DateTime<Utc>) -> bool {
 pub(super) fn refuse_registered(ks: &KeySetRecord) -> Result<(), DomainError> {
     if ks.origin == KeyOrigin::Registered {
         return Err(DomainError::KeyRegistered);
+    }
+    Ok(())
+}
+
+/// Refuses to remove the registration of a key keyward generated (`key_not_registered`).
+pub(super) fn refuse_generated(ks: &KeySetRecord) -> Result<(), DomainError> {
+    if ks.origin != KeyOrigin::Registered {
+        return Err(DomainError::KeyNotRegistered);
     }
     Ok(())
 }

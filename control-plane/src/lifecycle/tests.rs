@@ -514,6 +514,7 @@ async fn a_vault_write_from_elsewhere_between_read_and_write_is_a_conflict() {
 }
 
 mod grants;
+mod registration;
 mod rotation;
 
 #[tokio::test]

@@ -614,3 +614,209 @@ async fn the_scheduler_reminds_once_for_an_overdue_registered_key_and_never_repl
         .unwrap();
     assert!(report.ok && report.checked == 2, "{report:?}");
 }
+
+/// `ssh-keygen -y` on a private key file: its public half, fingerprinted by `ssh-keygen -l`.
+fn fingerprint_of_private(key: &Path) -> String {
+    let out = Command::new(ssh_keygen())
+        .arg("-y")
+        .arg("-f")
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen -y: {out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("derived.pub");
+    std::fs::write(&public, &out.stdout).unwrap();
+    fingerprints_of(&public).remove(0)
+}
+
+#[tokio::test]
+async fn removing_a_registration_goes_back_to_a_generated_key_on_sqlite_and_postgres() {
+    for database in [Database::Sqlite, Database::Postgres] {
+        back_to_a_generated_key(database).await;
+    }
+}
+
+/// A tenant registers its own key, then goes back: keyward generates a key (with the step-up
+/// `regenerate` asks for), the agent writes it, the download works again and `ssh-keygen -y`
+/// agrees with the fingerprint the credentials view shows; the registered key no longer logs in.
+/// The admin does the same for the admin user's key.
+async fn back_to_a_generated_key(database: Database) {
+    let bao = OpenBao::start().await;
+    let cp = ControlPlane::start_with(
+        &bao,
+        Options {
+            database,
+            algorithm: KeyAlgorithm::Ed25519,
+            ..Options::default()
+        },
+    )
+    .await;
+    let d = Deployment::start_on(bao, cp).await;
+    let (cp, token) = (&d.cp, d.tenant_token.as_str());
+    let doc = cp
+        .request(Method::GET, "/api/v1/openapi.json", None, None)
+        .await
+        .json();
+    let op = &doc["paths"][REGISTER]["delete"];
+    assert!(
+        op["responses"]["409"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("key_not_registered")),
+        "{op:#}"
+    );
+
+    // Nothing registered: nothing to remove.
+    cp.request(Method::DELETE, REGISTER, Some(token), None)
+        .await
+        .assert_problem(409, "key_not_registered");
+
+    let own = LaptopKey::new(&["-t", "ed25519"]);
+    let summary = registered(cp, token, &own).await;
+    let registered_generation = summary["generation"].as_i64().unwrap();
+    d.agent.wait_in_sync(cp).await;
+    assert!(d.sshd.login_async(&own.key, &d.user.name, "true").await.0);
+
+    // The tenant's policy names regenerate: going back needs its second factor too.
+    let policy = cp
+        .request(
+            Method::PUT,
+            &format!("/api/v1/admin/tenants/{}/mfa-policy", d.tenant),
+            Some(&cp.admin_token),
+            Some(json!({ "requireFor": ["regenerate"] })),
+        )
+        .await;
+    assert_eq!(policy.status, 200, "{}", policy.text());
+    let (_, mut app, _, _) = crate::mfa_totp::enrol(cp, "/api/v1/tenant/mfa", token).await;
+    cp.request(Method::DELETE, REGISTER, Some(token), None)
+        .await
+        .assert_problem(401, "mfa_required");
+    let code = format!("totp:{}", app.fresh_code().await);
+    let back = crate::mfa_totp::call(cp, Method::DELETE, REGISTER, token, None, Some(&code)).await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    let back = back.json();
+    assert_eq!(back["origin"], "generated", "{back}");
+    assert_eq!(back["algorithm"], "ed25519", "{back}");
+    assert_eq!(back["generation"], registered_generation + 1, "{back}");
+    assert!(back["previousFingerprint"].is_null(), "{back}");
+    let creds = cp.tenant_call(token, Method::GET, "").await.json();
+    assert_eq!(creds["keyOrigin"], "generated", "{creds}");
+    assert_eq!(creds["keyFingerprint"], back["fingerprint"], "{creds}");
+    assert_eq!(creds["downloaded"], false, "{creds}");
+
+    // Vault: a new version with a private key again (a generated key's metadata names no
+    // origin, as before registrations existed).
+    let (secret, _) = d
+        .bao
+        .read_kv(&format!("{}/tenant_ssh", d.tenant))
+        .await
+        .unwrap();
+    assert!(
+        secret.get("origin").is_none_or(|o| o == "generated"),
+        "{secret}"
+    );
+    assert!(secret["private_key"].is_string(), "no private key in Vault");
+
+    // The download works again; its key is the one the view shows, and it logs in through the
+    // agent, while the registered key no longer does.
+    let key = d.download().await;
+    assert_eq!(
+        fingerprint_of_private(&key.path),
+        creds["keyFingerprint"].as_str().unwrap()
+    );
+    d.agent.wait_in_sync(cp).await;
+    assert!(
+        d.tenant_login(&key).await,
+        "the generated key does not log in; sshd log:\n{}",
+        d.sshd.log_text()
+    );
+    assert!(
+        !d.sshd.login_async(&own.key, &d.user.name, "true").await.0,
+        "the registered key still logs in"
+    );
+    cp.tenant_call(token, Method::POST, "/download")
+        .await
+        .assert_problem(410, "key_already_downloaded");
+
+    // A second removal: nothing registered any more.
+    let code = format!("totp:{}", app.fresh_code().await);
+    crate::mfa_totp::call(cp, Method::DELETE, REGISTER, token, None, Some(&code))
+        .await
+        .assert_problem(409, "key_not_registered");
+
+    // The admin user's key: registered by an admin, and back (kind tenant is the tenant's own).
+    let admin_key = LaptopKey::new(&["-t", "ed25519"]);
+    let path = |kind: &str| format!("/api/v1/admin/tenants/{}/keys/{kind}/public-key", d.tenant);
+    let put = cp
+        .request(
+            Method::PUT,
+            &path("admin"),
+            Some(&cp.admin_token),
+            Some(json!({ "publicKey": admin_key.public })),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    cp.request(Method::DELETE, &path("tenant"), Some(&cp.admin_token), None)
+        .await
+        .assert_problem(403, "forbidden");
+    cp.request(Method::DELETE, &path("admin"), Some(token), None)
+        .await
+        .assert_problem(403, "forbidden");
+    cp.request(
+        Method::DELETE,
+        "/api/v1/admin/tenants/nobody-here/keys/admin/public-key",
+        Some(&cp.admin_token),
+        None,
+    )
+    .await
+    .assert_problem(404, "tenant_not_found");
+    let admin_back = cp
+        .request(Method::DELETE, &path("admin"), Some(&cp.admin_token), None)
+        .await;
+    assert_eq!(admin_back.status, 200, "{}", admin_back.text());
+    assert_eq!(admin_back.json()["origin"], "generated");
+    let admin_private = d.admin_key_from_vault().await;
+    assert_eq!(
+        fingerprint_of_private(&admin_private.path),
+        admin_back.json()["fingerprint"].as_str().unwrap()
+    );
+    cp.request(Method::DELETE, &path("admin"), Some(&cp.admin_token), None)
+        .await
+        .assert_problem(409, "key_not_registered");
+
+    // Audited: each removal with both fingerprints, the refusals with their code.
+    let events = cp.audit_of(&d.tenant).await;
+    let removed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "key.registration_removed")
+        .collect();
+    let outcomes: Vec<(&str, &str)> = removed
+        .iter()
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap(),
+                e["detail"]["kind"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("refused", ""),
+            ("success", "admin"),
+            ("refused", ""),
+            ("success", "tenant"),
+            ("refused", ""),
+        ],
+        "{removed:#?}"
+    );
+    assert_eq!(
+        removed[3]["detail"]["oldFingerprint"],
+        own.fingerprint.as_str()
+    );
+    assert_eq!(removed[3]["detail"]["newFingerprint"], back["fingerprint"]);
+    assert_eq!(removed[4]["detail"]["code"], "key_not_registered");
+    let verify = cp.admin_get("/api/v1/admin/audit/verify").await;
+    assert_eq!(verify.status, 200, "{}", verify.text());
+    assert_eq!(verify.json()["ok"], true, "{}", verify.text());
+}
