@@ -246,8 +246,32 @@ export async function tenantPage({ main, signal }) {
         await refresh();
       });
     });
+    // Back to a key keyward generates: a regeneration, so the registered key stops at once.
+    let back = null;
+    if (registered) {
+      back = h('button', { type: 'button', id: 'unregister-key', class: 'secondary', 'aria-describedby': 'unregister-key-what' }, 'Use a generated key again');
+      back.addEventListener('click', async () => {
+        const yes = await confirmAction({
+          title: 'Go back to a key keyward generates?',
+          text: 'keyward makes a new key for you to download once. The key you registered stops working at once, '
+            + 'and the SSH sessions opened with it are ended.',
+          ok: 'Use a generated key',
+        });
+        if (!yes) return;
+        await busy(back, ownKeyStatus, async () => {
+          const answer = await withStepUp((headers) => api(`${BASE}/public-key`, { method: 'DELETE', headers, signal }));
+          say(ownKeyStatus, `keyward generated a new key ${answer.fingerprint}: download it above.`, 'ok');
+          await refresh();
+        });
+      });
+    }
     fill(ownKey, h('h2', { id: 'own-key-title' }, registered ? 'Your own key' : 'Use your own key instead'),
-      form, ownKeyStatus);
+      form,
+      back ? h('div', { class: 'action' },
+        h('p', { id: 'unregister-key-what' }, 'Lost your own key, or want keyward to manage it again? '
+          + 'keyward generates a key, which you download once; the key you registered stops working at once.'),
+        back) : null,
+      ownKeyStatus);
   }
 
   function renderManage(c) {

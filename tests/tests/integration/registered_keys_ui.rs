@@ -1,6 +1,7 @@
 //! Registering one's own key in the web UI (#17), in headless Chromium: the tenant's form for
 //! its own key and the admin's for a tenant's admin user, each refused with the server's reason
-//! for a bad key, accessible (axe) before and after. The API and the hosts: `registered_keys.rs`.
+//! for a bad key, accessible (axe) before and after; and the tenant's way back to a generated
+//! key. The API and the hosts: `registered_keys.rs`.
 
 use keyward_tests::{Browser, ControlPlane, Database, OpenBao, unique_tenant};
 use reqwest::Method;
@@ -80,6 +81,32 @@ async fn a_tenant_registers_its_own_key_in_the_page() {
     browser.screenshot("tenant-own-key-registered").await;
     let creds = cp.tenant_call(&token, Method::GET, "").await.json();
     assert_eq!(creds["keyOrigin"], "registered", "{creds}");
+
+    // Back to a generated key: confirmed, then the page offers the download again.
+    browser.click("#unregister-key").await;
+    confirm("stops working at once").await;
+    browser
+        .wait_text("#own-key-status", "the generated key", |t| {
+            t.contains("generated a new key")
+        })
+        .await;
+    browser
+        .wait_text("#key-origin", "the generated key", |t| {
+            !t.contains("your own")
+        })
+        .await;
+    browser.wait_for("#download", "the download again").await;
+    assert!(browser.attr("#download", "disabled").await.is_none());
+    assert!(browser.attr("#regenerate", "disabled").await.is_none());
+    let violations = browser.accessibility_violations().await;
+    assert!(violations.is_empty(), "generated again: {violations:#?}");
+    let creds = cp.tenant_call(&token, Method::GET, "").await.json();
+    assert_eq!(creds["keyOrigin"], "generated", "{creds}");
+    let status = browser.text("#own-key-status").await;
+    assert!(
+        status.contains(creds["keyFingerprint"].as_str().unwrap()),
+        "{status}"
+    );
     browser.close().await;
 }
 
