@@ -114,7 +114,20 @@ async fn an_admin_session_on_a_vps_is_recorded_and_its_tenant_plays_it_back() {
     assert_eq!(recording["inputRecorded"], false);
     assert_eq!(recording["truncated"], false);
 
-    // Tied to the login that opened it, and so to the admin's key.
+    // Tied to the login that opened it, and so to the admin's key. The login event and the
+    // recording travel apart (sshd's log, tlog's spool): the recording is tied once both are in.
+    let id = recording["id"].as_str().unwrap().to_owned();
+    let recording = eventually(
+        "the recording tied to its login",
+        Duration::from_secs(30),
+        || async {
+            let reply = tenant_get(&d, &d.tenant_token, &format!("/{id}")).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            let recording = reply.json();
+            (!recording["loginId"].is_null()).then_some(recording)
+        },
+    )
+    .await;
     let logins =
         d.cp.admin_get(&format!(
             "/api/v1/admin/audit/logins?tenantId={}&user={admin}&outcome=accepted",
@@ -152,7 +165,6 @@ async fn an_admin_session_on_a_vps_is_recorded_and_its_tenant_plays_it_back() {
     let other = unique_tenant("rec-other");
     d.cp.create_tenant(&other).await;
     let other_token = d.cp.tenant_token(&other).await;
-    let id = recording["id"].as_str().unwrap();
     tenant_get(&d, &other_token, &format!("/{id}"))
         .await
         .assert_problem(404, "recording_not_found");
