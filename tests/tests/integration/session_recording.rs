@@ -86,8 +86,14 @@ async fn an_admin_session_on_a_vps_is_recorded_and_its_tenant_plays_it_back() {
         },
     )
     .await;
-    let host = d.agent.view(&d.cp).await;
-    assert_eq!(host["recording"], true, "{host}");
+    // The restarted agent applies its cached state (which records the admin) before it
+    // reconnects; the host shows it records once its new stream said so.
+    eventually(
+        "the host to say it records sessions",
+        Duration::from_secs(20),
+        || async { (d.agent.view(&d.cp).await["recording"] == true).then_some(()) },
+    )
+    .await;
 
     // The admin types on a terminal.
     let admin_key = d.admin_key_from_vault().await;
