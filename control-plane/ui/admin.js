@@ -38,8 +38,9 @@ function keySet(k) {
   ];
 }
 
-// The admin user's own public key for a tenant, in place of the generated one.
-function adminKeyForm(tenantId, signal, reload) {
+// The admin user's own public key for a tenant, in place of the generated one (and, once one is
+// registered, the way back to a key keyward generates).
+function adminKeyForm(tenantId, registered, signal, reload) {
   const status = statusLine('admin-key-status');
   const field = h('textarea', {
     id: 'admin-public-key', name: 'publicKey', rows: 3, maxlength: 8192, required: true,
@@ -53,6 +54,26 @@ function adminKeyForm(tenantId, signal, reload) {
       'keyward then holds no private key for the admin user of this tenant and does not rotate it: ',
       'it shows the key overdue when the rotation time passes. The current key keeps its grace period.'),
     h('div', { class: 'actions' }, button), status);
+  const path = `${ADMIN}/tenants/${encodeURIComponent(tenantId)}/keys/admin/public-key`;
+  if (registered) {
+    const back = h('button', { type: 'button', id: 'unregister-admin-key', class: 'secondary' }, 'Use a generated admin key again');
+    back.addEventListener('click', async () => {
+      const yes = await confirmAction({
+        title: 'Go back to a key keyward generates?',
+        text: 'keyward makes a new admin key for this tenant, kept in Vault. The registered key stops working at once, '
+          + 'and the SSH sessions opened with it are ended.',
+        ok: 'Use a generated key',
+      });
+      if (!yes) return;
+      await busy(back, status, async () => {
+        const k = await withStepUp((headers) => api(path, { method: 'DELETE', headers, signal }));
+        await reload();
+        say(document.getElementById('admin-key-status') || status,
+          `keyward generated the admin user's key ${k.fingerprint}; the registered key no longer works.`, 'ok');
+      });
+    });
+    form.querySelector('.actions').append(back);
+  }
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const text = field.value.trim();
@@ -62,8 +83,7 @@ function adminKeyForm(tenantId, signal, reload) {
       return;
     }
     await busy(button, status, async () => {
-      const k = await api(`${ADMIN}/tenants/${encodeURIComponent(tenantId)}/keys/admin/public-key`,
-        { method: 'PUT', body: { publicKey: text }, signal });
+      const k = await api(path, { method: 'PUT', body: { publicKey: text }, signal });
       field.value = '';
       await reload();
       // The details were drawn again: the new form's status line says what happened.
@@ -131,7 +151,8 @@ async function showTenant(tenantId, details, signal) {
   await recordingPolicyPanel(tenantId, recording, signal);
   const adminKey = h('div', { id: 'tenant-admin-key' });
   details.append(h('h3', {}, 'The admin user\'s own key'), adminKey);
-  fill(adminKey, adminKeyForm(tenantId, signal, () => showTenant(tenantId, details, signal)));
+  fill(adminKey, adminKeyForm(tenantId, d.sshKeys.adminSsh.origin === 'registered', signal,
+    () => showTenant(tenantId, details, signal)));
   const factors = h('div', { id: 'tenant-mfa' });
   details.append(h('h3', {}, 'Second factors'), factors);
   await tenantMfaPanel(tenantId, factors, signal);

@@ -1,6 +1,6 @@
 //! Registering one's own key in the web UI (#17), in headless Chromium: the tenant's form for
 //! its own key and the admin's for a tenant's admin user, each refused with the server's reason
-//! for a bad key, accessible (axe) before and after; and the tenant's way back to a generated
+//! for a bad key, accessible (axe) before and after; and each one's way back to a generated
 //! key. The API and the hosts: `registered_keys.rs`.
 
 use keyward_tests::{Browser, ControlPlane, Database, OpenBao, unique_tenant};
@@ -113,7 +113,7 @@ async fn a_tenant_registers_its_own_key_in_the_page() {
 /// The admin's tenant details (#17): the admin registers the public key of the tenant's admin
 /// user; the key set then reads "registered" with its type, in a page axe finds nothing in.
 #[tokio::test]
-async fn an_admin_registers_the_admin_users_key_in_the_page() {
+async fn an_admin_registers_the_admin_users_key_and_goes_back_to_a_generated_one_in_the_page() {
     let bao = OpenBao::start().await;
     let cp = ControlPlane::start_fast(&bao, Database::Sqlite).await;
     let tenant = unique_tenant("uiadm");
@@ -161,5 +161,34 @@ async fn an_admin_registers_the_admin_users_key_in_the_page() {
     let violations = browser.accessibility_violations().await;
     assert!(violations.is_empty(), "registered: {violations:#?}");
     browser.screenshot("admin-own-admin-key").await;
+
+    // And back to a key keyward generates: the registered one is gone from the details.
+    browser.click("#unregister-admin-key").await;
+    super::web_ui::confirm(&browser, "registered key stops working").await;
+    let said = browser
+        .wait_text("#admin-key-status", "the generated key", |t| {
+            t.contains("keyward generated")
+        })
+        .await;
+    let details = browser
+        .wait_text("#tenant-details", "the generated key", |t| {
+            !t.contains("registered ecdsa-sha2-nistp256")
+        })
+        .await;
+    assert!(!details.contains(&own.fingerprint), "{details}");
+    let view = cp
+        .admin_get(&format!("/api/v1/admin/secrets/tenant/{tenant}"))
+        .await
+        .json();
+    let generated = &view["sshKeys"]["adminSsh"];
+    assert_eq!(generated["origin"], "generated", "{view}");
+    let fingerprint = generated["fingerprint"].as_str().unwrap();
+    assert!(said.contains(fingerprint), "{said}");
+    // The refused weak key (422) is the browser's own console line; nothing else.
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.iter().all(|e| e.contains("422")),
+        "console errors: {errors:?}"
+    );
     browser.close().await;
 }
