@@ -265,12 +265,7 @@ impl KeyLifecycle {
         let result = self
             .set_download_policy_locked(caller, tenant, policy, action)
             .await;
-        if let Err(e) = &result
-            && !matches!(e, DomainError::TenantNotFound(_))
-        {
-            self.audit_failure(caller, action, tenant, e).await;
-        }
-        result
+        self.failure_audited(caller, action, tenant, result).await
     }
 
     async fn set_download_policy_locked(

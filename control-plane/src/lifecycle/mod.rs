@@ -378,6 +378,38 @@ impl KeyLifecycle {
             .await;
     }
 
+    /// Hands `result` back after auditing its refusal or failure as `action`, in a transaction of
+    /// its own (the operation's was rolled back). An unknown tenant is not audited: there is no
+    /// tenant to attribute the event to, and probing names must not grow the log.
+    async fn failure_audited<T>(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        tenant: &TenantId,
+        result: Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
+        if let Err(e) = &result
+            && !matches!(e, DomainError::TenantNotFound(_))
+        {
+            self.audit_failure(caller, action, tenant, e).await;
+        }
+        result
+    }
+
+    /// [`Self::failure_audited`] for a key operation, counted first in
+    /// `keyward_key_operations_total` by `action` and outcome.
+    async fn key_operation_done<T>(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        tenant: &TenantId,
+        result: Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        metrics::counter!("keyward_key_operations_total", "operation" => action, "outcome" => outcome).increment(1);
+        self.failure_audited(caller, action, tenant, result).await
+    }
+
     async fn audit_failure(
         &self,
         caller: &Caller,
@@ -624,15 +656,8 @@ impl KeyLifecycle {
         how: Replace,
         result: Result<KeySetRecord, DomainError>,
     ) -> Result<KeySetRecord, DomainError> {
-        let action = how.action();
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        metrics::counter!("keyward_key_operations_total", "operation" => action, "outcome" => outcome).increment(1);
-        if let Err(e) = &result
-            && !matches!(e, DomainError::TenantNotFound(_))
-        {
-            self.audit_failure(caller, action, tenant, e).await;
-        }
-        result
+        self.key_operation_done(caller, how.action(), tenant, result)
+            .await
     }
 
     async fn lock_and_replace_key(

@@ -124,12 +124,10 @@ impl KeyLifecycle {
         let result = self
             .set_rotation_policy_locked(caller, tenant, policy, action)
             .await;
-        match &result {
-            Ok(_) => self.schedule_changed.notify_one(),
-            Err(DomainError::TenantNotFound(_)) => {}
-            Err(e) => self.audit_failure(caller, action, tenant, e).await,
+        if result.is_ok() {
+            self.schedule_changed.notify_one();
         }
-        result
+        self.failure_audited(caller, action, tenant, result).await
     }
 
     async fn set_rotation_policy_locked(

@@ -39,11 +39,9 @@ impl KeyLifecycle {
             Ok(policy)
         }
         .await;
-        match &result {
-            Ok(_) => self.changes.changed(Change::Tenant(tenant.clone())),
-            Err(DomainError::TenantNotFound(_)) => {}
-            Err(e) => self.audit_failure(caller, action, tenant, e).await,
+        if result.is_ok() {
+            self.changes.changed(Change::Tenant(tenant.clone()));
         }
-        result
+        self.failure_audited(caller, action, tenant, result).await
     }
 }

@@ -101,12 +101,7 @@ impl KeyLifecycle {
         let result = self
             .set_registration_policy_locked(caller, tenant, policy, action)
             .await;
-        if let Err(e) = &result
-            && !matches!(e, DomainError::TenantNotFound(_))
-        {
-            self.audit_failure(caller, action, tenant, e).await;
-        }
-        result
+        self.failure_audited(caller, action, tenant, result).await
     }
 
     async fn set_registration_policy_locked(
@@ -168,14 +163,8 @@ impl KeyLifecycle {
         public_key: &str,
     ) -> Result<KeySetRecord, DomainError> {
         let result = self.register_locked(caller, tenant, kind, public_key).await;
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        metrics::counter!("keyward_key_operations_total", "operation" => "key.register", "outcome" => outcome).increment(1);
-        if let Err(e) = &result
-            && !matches!(e, DomainError::TenantNotFound(_))
-        {
-            self.audit_failure(caller, "key.register", tenant, e).await;
-        }
-        result
+        self.key_operation_done(caller, "key.register", tenant, result)
+            .await
     }
 
     async fn register_locked(
@@ -289,14 +278,8 @@ impl KeyLifecycle {
         kind: KeyKind,
     ) -> Result<KeySetRecord, DomainError> {
         let result = self.remove_registration_locked(caller, tenant, kind).await;
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        metrics::counter!("keyward_key_operations_total", "operation" => REMOVED, "outcome" => outcome).increment(1);
-        if let Err(e) = &result
-            && !matches!(e, DomainError::TenantNotFound(_))
-        {
-            self.audit_failure(caller, REMOVED, tenant, e).await;
-        }
-        result
+        self.key_operation_done(caller, REMOVED, tenant, result)
+            .await
     }
 
     async fn remove_registration_locked(

@@ -150,14 +150,8 @@ impl KeyLifecycle {
         kind: TenantSecretKind,
         result: Result<TenantSecretRecord, DomainError>,
     ) -> Result<TenantSecretRecord, DomainError> {
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        metrics::counter!("keyward_key_operations_total", "operation" => kind.action(), "outcome" => outcome).increment(1);
-        if let Err(e) = &result
-            && !matches!(e, DomainError::TenantNotFound(_))
-        {
-            self.audit_failure(caller, kind.action(), tenant, e).await;
-        }
-        result
+        self.key_operation_done(caller, kind.action(), tenant, result)
+            .await
     }
 
     /// Everything of a rotation before SQL: makes the secret and writes it to Vault with

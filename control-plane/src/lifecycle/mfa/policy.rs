@@ -74,12 +74,7 @@ impl KeyLifecycle {
         let result = self
             .set_mfa_policy_locked(caller, tenant, require_for, action)
             .await;
-        if let Err(e) = &result
-            && !matches!(e, DomainError::TenantNotFound(_))
-        {
-            self.audit_failure(caller, action, tenant, e).await;
-        }
-        result
+        self.failure_audited(caller, action, tenant, result).await
     }
 
     async fn set_mfa_policy_locked(

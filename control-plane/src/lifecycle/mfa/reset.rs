@@ -24,12 +24,7 @@ impl KeyLifecycle {
         tenant: &TenantId,
     ) -> Result<u64, DomainError> {
         let result = self.reset_tenant_mfa_locked(caller, tenant).await;
-        if let Err(e) = &result
-            && !matches!(e, DomainError::TenantNotFound(_))
-        {
-            self.audit_failure(caller, ACTION, tenant, e).await;
-        }
-        result
+        self.failure_audited(caller, ACTION, tenant, result).await
     }
 
     async fn reset_tenant_mfa_locked(
