@@ -254,6 +254,19 @@ impl Sshd {
         line: &str,
         expect: &str,
     ) -> String {
+        self.type_at_prompt_holding(key, user, line, expect, || {})
+    }
+
+    /// [`Self::type_at_prompt`], with `before_exit` run while the session is still open, once
+    /// `expect` is shown (e.g. to wait until the login is seen while its connection is live).
+    pub fn type_at_prompt_holding(
+        &self,
+        key: &Path,
+        user: &(impl AsRef<str> + ?Sized),
+        line: &str,
+        expect: &str,
+        before_exit: impl FnOnce(),
+    ) -> String {
         use std::io::{Read, Write};
         use std::sync::{Arc, Mutex};
         let mut ssh = self
@@ -289,6 +302,7 @@ impl Sshd {
         wait("$ ");
         stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
         wait(expect);
+        before_exit();
         stdin.write_all(b"exit\n").unwrap();
         drop(stdin);
         let status = ssh.wait().unwrap();

@@ -98,8 +98,25 @@ async fn an_admin_session_on_a_vps_is_recorded_and_its_tenant_plays_it_back() {
     // The admin types on a terminal.
     let admin_key = d.admin_key_from_vault().await;
     let (sshd, key, admin) = (&d.sshd, admin_key.path.clone(), d.admin.name.to_string());
+    // The session stays open until its recording is tied to its login: the agent reads sshd's
+    // log file, and an accepted login read from a file counts as verified (and is tied) only
+    // while its connection is live; on a loaded machine the read can come after a short
+    // session's end.
+    let runtime = tokio::runtime::Handle::current();
     let shown = tokio::task::block_in_place(|| {
-        sshd.type_at_prompt(&key, &admin, "echo typed-$((6*7))", "typed-42")
+        sshd.type_at_prompt_holding(&key, &admin, "echo typed-$((6*7))", "typed-42", || {
+            runtime.block_on(eventually(
+                "the open session's recording tied to its login",
+                Duration::from_secs(60),
+                || async {
+                    recordings(&d)
+                        .await
+                        .iter()
+                        .any(|r| !r["loginId"].is_null())
+                        .then_some(())
+                },
+            ))
+        })
     });
     assert!(shown.contains("typed-42"));
 
